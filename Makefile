@@ -1,0 +1,44 @@
+# make setup   - virtual environment with everything the pipeline needs (CPU torch unless TORCH_SPEC says otherwise)
+# make run     - the main job: the whole pipeline for params.yaml (tiny preset, local data mirror)
+# make test    - the test suite
+# make demo    - the demo preset (SmolLM2-135M from PyPI), CPU friendly
+# make dvc-repro, make bench
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CORES ?= 2
+# torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels on a CPU machine.
+TORCH_SPEC ?= torch==2.13.0
+SMK_ARGS ?=
+
+.PHONY: setup run demo test dvc-repro bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[workflow,dev]"
+	touch $@
+
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local $(SMK_ARGS)
+
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
+		--configfile config/presets/demo.yaml $(SMK_ARGS)
+
+test: setup
+	$(PY) -m pytest -q
+
+dvc-repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+bench: setup
+	$(PY) benchmarks/bench_mask_step.py
+
+clean:
+	rm -rf data/raw data/processed results/* .knowsubnet .snakemake logs
+	touch results/.gitkeep

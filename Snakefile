@@ -1,0 +1,32 @@
+# knowsubnet: data -> model -> mask discovery -> ablation evaluation -> report.
+#
+#   snakemake --cores 2                                        # params.yaml (tiny preset + local mirror)
+#   snakemake --cores 2 --configfile config/presets/demo.yaml  # another preset
+#   snakemake --profile workflow/profiles/slurm --configfile config/presets/paper.yaml
+#
+# Rules live in workflow/rules/*.smk; each calls one thin script in workflow/scripts/.
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "config/params.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/discovery.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "data/processed/splits/summary.json",
+        expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
+        expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),

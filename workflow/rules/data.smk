@@ -1,0 +1,45 @@
+# Data: datasets from the mirror (or the canonical sources), the triplets table, TargetKG/ControlKG splits.
+
+
+rule fetch_data:
+    output:
+        manifest="data/raw/manifest.json",
+        wiki_valid="data/raw/wikitext-2-raw/wiki.valid.raw",
+        wiki_test="data/raw/wikitext-2-raw/wiki.test.raw",
+    params:
+        data=section("data"),
+        lama=config["triplets"].get("lama_path") or "",
+    log:
+        "logs/fetch_data.log",
+    shell:
+        "{PY} workflow/scripts/fetch_data.py --params {PARAMS} --out data/raw 2> {log}"
+
+
+rule extract_triplets:
+    input:
+        manifest="data/raw/manifest.json",
+        facts="data/facts/conceptnet_facts.tsv",
+    output:
+        "data/processed/triplets.parquet",
+    params:
+        triplets=section("triplets"),
+    log:
+        "logs/extract_triplets.log",
+    shell:
+        "{PY} workflow/scripts/extract_triplets.py --params {PARAMS} --raw data/raw --out {output} 2> {log}"
+
+
+rule split_controls:
+    input:
+        "data/processed/triplets.parquet",
+    output:
+        [split_files(target) for target in config["targets"]],
+        summary="data/processed/splits/summary.json",
+    params:
+        targets=section("targets"),
+        split=section("split"),
+    log:
+        "logs/split_controls.log",
+    shell:
+        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input} "
+        "--out data/processed/splits 2> {log}"
