@@ -26,9 +26,12 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local $(SMK_ARGS)
 
+# The demo preset downloads its data unless the local mirror ../shared/data is there.
+MIRROR_CONFIG := $(if $(wildcard ../shared/data),config/mirror-local.yaml,)
+
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
-		--configfile config/presets/demo.yaml $(SMK_ARGS)
+		--configfile config/presets/demo.yaml $(MIRROR_CONFIG) $(SMK_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -28,5 +28,6 @@ rule all:
     default_target: True
     input:
         "data/processed/splits/summary.json",
+        "results/report.md",
         expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),

@@ -29,6 +29,10 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., None]:
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+            # An input path that is missing or unreadable: name it, no traceback.
+            print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(code or 0)
 
     return wrapper

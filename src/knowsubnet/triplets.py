@@ -210,8 +210,14 @@ def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
             pos += 1
         return pos
 
+    counted = [0, 1]  # (position, line at that position): items only move forward
+
     def line_of(pos: int) -> int:
-        return text.count("\n", 0, pos) + 1
+        if pos < counted[0]:
+            return text.count("\n", 0, pos) + 1
+        counted[1] += text.count("\n", counted[0], pos)
+        counted[0] = pos
+        return counted[1]
 
     pos = skip(0)
     if pos >= n or text[pos] != "[":
@@ -390,6 +396,7 @@ def build_triplets(raw_dir: str | os.PathLike, sources: Iterable[str],
                    lama_path: str | os.PathLike | None = None,
                    facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE) -> pd.DataFrame:
     """The triplets table (uuid, head, rel, tail, source) from the selected sources."""
+    sources = list(sources)
     facts = list(read_source_files(raw_dir, sources, lama_path, facts_table))
     table = merge_facts(facts)
     if table.empty:

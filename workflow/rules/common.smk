@@ -26,6 +26,7 @@ PARAMS = _effective_params_file()
 MODELS = config["run"]["models"]
 TARGETS = config["run"]["targets"]
 SEEDS = config["run"]["seeds"]
+COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
 
 for _target in TARGETS:
     if _target not in config["targets"]:

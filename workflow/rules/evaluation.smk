@@ -21,3 +21,48 @@ rule evaluate_ablation:
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output} 2> {log}"
+
+
+rule combine_seeds:
+    """A target's seed masks combined (union, intersection, majority) and evaluated like one mask."""
+    input:
+        masks=lambda w: expand("results/masks/{{model}}/{{target}}/seed{seed}/mask.safetensors", seed=SEEDS),
+        model="results/models/{model}/config.json",
+        verbalized="results/verbalized/{model}/{target}.parquet",
+        splits=lambda w: split_files(w.target),
+        controllm="results/controllm/{model}/test.safetensors",
+    output:
+        masks=expand("results/combined/{{model}}/{{target}}/{how}.safetensors", how=COMBINATIONS),
+        metrics=expand("results/eval/{{model}}/{{target}}/combined/{how}.json", how=COMBINATIONS),
+    params:
+        eval=section("eval"),
+    threads: 2
+    log:
+        "logs/combine_seeds/{model}/{target}.log",
+    shell:
+        "{PY} workflow/scripts/combine_seeds.py --params {PARAMS} --model {wildcards.model} "
+        "--target {wildcards.target} --masks {input.masks} --model-dir results/models/{wildcards.model} "
+        "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
+        "--controllm results/controllm/{wildcards.model} --out-masks results/combined/{wildcards.model}/{wildcards.target} "
+        "--out-eval results/eval/{wildcards.model}/{wildcards.target}/combined 2> {log}"
+
+
+rule report:
+    """Tables (CSV, Markdown), figures (PNG) and results/report.md over every model x target x seed."""
+    input:
+        metrics=expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),
+        combined=expand("results/eval/{model}/{target}/combined/{how}.json", model=MODELS, target=TARGETS,
+                        how=COMBINATIONS) if len(SEEDS) > 1 else [],
+        masks=expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
+        logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
+    output:
+        "results/report.md",
+        "results/tables/ablation.csv",
+        "results/tables/ablation.md",
+    params:
+        report=section("report"),
+    log:
+        "logs/report.log",
+    shell:
+        "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
+        "--masks {input.masks} --logs {input.logs} --out-dir results --models-root results/models 2> {log}"

@@ -1,0 +1,119 @@
+"""The four losses of mask discovery, as pure functions of logits, and their schedules.
+
+Notation: p_rem is the remaining model's next-token distribution (subnetwork removed), p_orig the
+original model's, V the vocabulary size. Every loss is a mean over the positions it is given:
+the tail-token positions of KG facts, or every position of ControlLM blocks.
+
+    suppress   = mean_pos KL(U || p_rem)      = mean_pos [ -log V - (1/V) sum_v log p_rem(v) ]
+    controlkg  = mean_pos KL(p_orig || p_rem) = mean_pos sum_v p_orig(v) [log p_orig(v) - log p_rem(v)]
+    controllm  = the same KL, at every token of the ControlLM blocks
+    sparsity   = expected subnetwork density = mean_entries sigmoid(mask logit)
+                 (hard-concrete: mean P(z != 0), the L0 expectation)
+
+    total = lambda_s * suppress + lambda_ckg * controlkg + lambda_clm * controllm + w(t) * sparsity
+
+Logits should only be computed where a loss needs them: `tail_hidden` picks the final hidden
+states at tail positions so the LM head runs on those rows only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def tail_positions(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) indices of the tail-token positions (targets != -100), row-major order."""
+    return torch.nonzero(targets != -100, as_tuple=True)
+
+
+def tail_hidden(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [B, T, d] at the tail positions of `targets` [B, T] -> [P, d]."""
+    rows, cols = tail_positions(targets)
+    return hidden[rows, cols]
+
+
+def suppress_loss(logits: torch.Tensor) -> torch.Tensor:
+    """KL(uniform || softmax(logits)), averaged over positions. logits: [..., V].
+
+    KL(U || p) = sum_v (1/V) (log(1/V) - log p(v)) = -log V - mean_v log p(v)
+               = -log V - mean_v z_v + logsumexp(z);  zero iff p is uniform.
+    """
+    z = logits.float()
+    return (torch.logsumexp(z, dim=-1) - z.mean(dim=-1)).mean() - math.log(z.shape[-1])
+
+
+class _KLFromLogits(torch.autograd.Function):
+    """mean_pos KL(p || softmax(z)) = mean_pos [sum_v p log p - sum_v p z + logsumexp(z)].
+
+    The gradient is (softmax(z) - p) / n_pos, computed in one buffer: a ControlLM batch has
+    positions x vocabulary entries (10 x 512 x 50k for the paper), so every full pass counts.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ref_logprobs):
+        p = ref_logprobs.exp()
+        neg_entropy = torch.linalg.vecdot(p, ref_logprobs)
+        cross = torch.linalg.vecdot(p, logits)
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, p, lse)
+        return (neg_entropy - cross + lse).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, p, lse = ctx.saved_tensors
+        grad = logits - lse[:, None]
+        grad.exp_().sub_(p).mul_(grad_out / logits.shape[0])
+        return grad, None
+
+
+def maintain_loss(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(p_orig || softmax(logits)), averaged over positions.
+
+    ref_logprobs: the original model's log-probabilities at the same positions ([..., V], any
+    float dtype; upcast here). KL(p || q) = sum_v p(v) (log p(v) - log q(v)).
+    """
+    vocab = logits.shape[-1]
+    return _KLFromLogits.apply(logits.float().reshape(-1, vocab), ref_logprobs.float().reshape(-1, vocab))
+
+
+def controlkg_loss(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Maintain ControlKG: KL(p_orig || p_rem) at the tail positions of ControlKG facts."""
+    return maintain_loss(logits, ref_logprobs)
+
+
+def controllm_loss(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Maintain ControlLM: KL(p_orig || p_rem) at every position of the ControlLM blocks."""
+    return maintain_loss(logits, ref_logprobs)
+
+
+def sparsity_loss(mask_logits: dict[str, torch.Tensor] | list[torch.Tensor], sampler: str = "gumbel_sigmoid",
+                  beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1) -> torch.Tensor:
+    """Expected subnetwork density: mean over all mask entries of sigmoid(logit) (Gumbel-sigmoid)
+    or of P(z != 0) = sigmoid(logit - beta * log(-gamma / zeta)) (hard-concrete)."""
+    values = list(mask_logits.values()) if isinstance(mask_logits, dict) else list(mask_logits)
+    if sampler == "gumbel_sigmoid":
+        total = sum(torch.sigmoid(v).sum() for v in values)
+    else:
+        shift = beta * math.log(-gamma / zeta)
+        total = sum(torch.sigmoid(v - shift).sum() for v in values)
+    return total / sum(v.numel() for v in values)
+
+
+def sparsity_weight(step: int, total_steps: int, start: float, end: float, ramp_from: float) -> float:
+    """Weight of the sparsity loss at `step` (1-based): `start` until the fraction `ramp_from` of
+    the run, then linear to `end` at the last step (paper: 2 for the first half, up to 3)."""
+    progress = step / max(total_steps, 1)
+    if progress <= ramp_from or ramp_from >= 1.0:
+        return float(start)
+    return float(start + (end - start) * (progress - ramp_from) / (1.0 - ramp_from))
+
+
+def learning_rate(step: int, total_steps: int, lr: float, warmup_frac: float) -> float:
+    """Linear warm-up from lr / warmup_steps to `lr` over the first `warmup_frac` of the steps
+    (1-based `step`), then constant."""
+    warmup = math.ceil(warmup_frac * total_steps)
+    if warmup <= 0 or step >= warmup:
+        return float(lr)
+    return float(lr) * step / warmup

@@ -1,0 +1,299 @@
+"""Target selection and the TargetKG / ControlKG splits.
+
+A target is a named selection of facts (params `targets.<name>`). Its ControlKG is every fact that
+shares no entity with the TargetKG, so that maintaining ControlKG never asks the model to keep
+what it is asked to forget. Splits depend only on the set of facts and the seed, never on the
+order rows arrive in: same inputs and seed, byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections import defaultdict
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from knowsubnet.errors import InputError
+from knowsubnet.io import atomic_path, write_json, write_parquet
+from knowsubnet.relations import RELATIONS
+from knowsubnet.triplets import COLUMNS, SORT_KEYS, normalize_entity
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = tuple(f"{kg}_{split}" for kg in ("targetkg", "controlkg") for split in SPLITS)
+_SELECTOR_FORMS = ({"rel"}, {"concept"}, {"concept", "hops"}, {"concept", "facts"})
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # as in config/params.schema.yaml
+_RNG_TARGET, _RNG_CONTROL = 0, 1  # independent random streams derived from the one seed
+
+
+def _canonical(triplets: pd.DataFrame) -> pd.DataFrame:
+    """The facts in one fixed order, whatever order they came in."""
+    missing = [c for c in COLUMNS if c not in triplets.columns]
+    if missing:
+        raise InputError(f"triplets table: expected columns {', '.join(COLUMNS)}, missing "
+                         f"{', '.join(missing)}")
+    frame = triplets[COLUMNS].drop_duplicates()
+    return frame.sort_values(SORT_KEYS + ["uuid", "source"], kind="stable").reset_index(drop=True)
+
+
+def _entities(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    return frame["head"].map(normalize_entity), frame["tail"].map(normalize_entity)
+
+
+def _neighbourhood(frame: pd.DataFrame, concept: str, hops: int) -> pd.Series:
+    """Mask of facts within `hops` hops of `concept` in the undirected head-tail graph: hops=1 is
+    every fact touching the concept, hops=2 adds facts touching its neighbours, and so on."""
+    heads, tails = _entities(frame)
+    adjacent: dict[str, set[str]] = defaultdict(set)
+    for h, t in zip(heads, tails):
+        adjacent[h].add(t)
+        adjacent[t].add(h)
+    reached, frontier = {concept}, {concept}
+    for _ in range(hops - 1):
+        frontier = {n for e in frontier for n in adjacent[e]} - reached
+        reached |= frontier
+    return heads.isin(reached) | tails.isin(reached)
+
+
+def select_target(triplets: pd.DataFrame, name: str, spec: Any) -> pd.DataFrame:
+    """The TargetKG facts the spec `targets.<name>` selects (before any cap).
+
+    Forms: {rel: X}; {concept: w, hops: n} (n defaults to 1); {concept: w, facts: <source tag>}
+    (the fact list with that tag; `concept` then only names the neighbourhood).
+    """
+    key = f"targets.{name}"
+    _check_spec(key, spec)
+    return _select(_canonical(triplets), key, spec)
+
+
+def _check_spec(key: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise InputError(f"params key '{key}': expected a mapping such as {{rel: IsA}} or "
+                         f"{{concept: fruit, hops: 1}}, got {spec!r}")
+    if set(spec) not in _SELECTOR_FORMS:
+        raise InputError(f"params key '{key}': expected exactly one selector - {{rel: X}}, "
+                         f"{{concept: w, hops: n}} or {{concept: w, facts: <source tag>}}; "
+                         f"got keys {sorted(map(str, spec))}")
+
+
+def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
+    """select_target on an already canonical frame, after the spec's form was checked."""
+    if "rel" in spec:
+        rel = spec["rel"]
+        if rel not in RELATIONS:
+            raise InputError(f"params key '{key}.rel': unknown relation {rel!r}; expected one "
+                             f"of: {', '.join(RELATIONS)}")
+        mask, what = frame["rel"] == rel, f"no fact has relation {rel}"
+    else:
+        concept = spec["concept"]
+        if not isinstance(concept, str) or not concept.strip():
+            raise InputError(f"params key '{key}.concept': expected a word, got {concept!r}")
+        concept = normalize_entity(concept)
+        if "facts" in spec:
+            tag = spec["facts"]
+            if not isinstance(tag, str) or not tag.strip():
+                raise InputError(f"params key '{key}.facts': expected a source tag, got {tag!r}")
+            tag = tag.strip()
+            tags = frame["source"].str.split(";")
+            mask = tags.map(lambda ts: tag in ts)
+            known = sorted({t for ts in tags for t in ts})
+            what = (f"no fact has the source tag {tag!r} (tags in the triplets: "
+                    f"{', '.join(known)})")
+        else:
+            hops = spec.get("hops", 1)
+            if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
+                raise InputError(f"params key '{key}.hops': expected an integer >= 1, got "
+                                 f"{hops!r}")
+            mask = _neighbourhood(frame, concept, hops)
+            what = f"the concept {concept!r} is in no fact"
+    selected = frame[mask.to_numpy(dtype=bool)].reset_index(drop=True)
+    if selected.empty:
+        raise InputError(f"params key '{key}': the target selects no facts ({what})")
+    return selected
+
+
+# -- split parameters ---------------------------------------------------------------------------
+
+def check_target_name(name: Any) -> str:
+    """Target names become folder names: keep them plain."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise InputError(f"params key 'targets.{name}': a target name must be a plain file name "
+                         f"(letters, digits, _ . -), got {name!r}")
+    return name
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"params key 'split.seed': expected an integer >= 0, got {seed!r}")
+    return seed
+
+
+def _check_fractions(fractions: Any) -> dict[str, float]:
+    key = "split.fractions"
+    if not isinstance(fractions, Mapping) or set(fractions) != set(SPLITS):
+        raise InputError(f"params key '{key}': expected a mapping with train, val, test, got "
+                         f"{fractions!r}")
+    for split, value in fractions.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"params key '{key}.{split}': expected a number >= 0, got {value!r}")
+    total = float(sum(fractions.values()))
+    if total <= 0 or fractions["train"] <= 0:
+        raise InputError(f"params key '{key}': expected a positive train fraction, got "
+                         f"{dict(fractions)!r}")
+    return {split: float(fractions[split]) / total for split in SPLITS}
+
+
+def _check_cap(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"params key '{key}': expected an integer >= 1 or null, got {value!r}")
+    return value
+
+
+def _check_control_caps(caps: Any) -> dict[str, int | None]:
+    key = "split.max_controlkg"
+    if caps is None or isinstance(caps, int) and not isinstance(caps, bool):
+        cap = _check_cap(caps, key)
+        return {split: cap for split in SPLITS}
+    if not isinstance(caps, Mapping) or not set(caps) <= set(SPLITS):
+        raise InputError(f"params key '{key}': expected an integer, null, or a mapping with "
+                         f"train, val, test, got {caps!r}")
+    return {split: _check_cap(caps.get(split), f"{key}.{split}") for split in SPLITS}
+
+
+def _split_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Rounded sizes summing to n; a split with a positive fraction gets at least one fact when
+    there are enough (small TargetKGs held out would otherwise lose their test split)."""
+    end_train = math.floor(n * fractions["train"] + 0.5)
+    end_val = math.floor(n * (fractions["train"] + fractions["val"]) + 0.5)
+    sizes = {"train": end_train, "val": end_val - end_train, "test": n - end_val}
+    for split in ("val", "test", "train"):
+        if fractions[split] > 0 and sizes[split] == 0:
+            donor = max(SPLITS, key=lambda s: sizes[s])
+            if sizes[donor] > 1:
+                sizes[donor] -= 1
+                sizes[split] += 1
+    return sizes
+
+
+def _split_by_fractions(frame: pd.DataFrame,
+                        fractions: dict[str, float]) -> dict[str, pd.DataFrame]:
+    """Consecutive train/val/test slices of an already shuffled frame."""
+    sizes = _split_sizes(len(frame), fractions)
+    end_train, end_val = sizes["train"], sizes["train"] + sizes["val"]
+    return {"train": frame.iloc[:end_train], "val": frame.iloc[end_train:end_val],
+            "test": frame.iloc[end_val:]}
+
+
+def _shuffled(frame: pd.DataFrame, seed: int, stream: int) -> pd.DataFrame:
+    order = np.random.default_rng([seed, stream]).permutation(len(frame))
+    return frame.iloc[order]
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)[COLUMNS]
+
+
+def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
+                fractions: Mapping[str, float], targetkg_holdout: bool,
+                max_targetkg: int | None, max_controlkg: Any) -> dict[str, pd.DataFrame]:
+    """TargetKG and ControlKG train/val/test for one target.
+
+    The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
+    then every fact with no head or tail among the TargetKG's entities, shuffled, split by
+    `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
+    not split: train = val = test = all selected facts.
+    """
+    key = f"targets.{name}"
+    check_target_name(name)
+    seed = _check_seed(seed)
+    fractions = _check_fractions(fractions)
+    max_targetkg = _check_cap(max_targetkg, "split.max_targetkg")
+    control_caps = _check_control_caps(max_controlkg)
+    frame = _canonical(triplets)
+
+    _check_spec(key, spec)
+    target = _shuffled(_select(frame, key, spec), seed, _RNG_TARGET)
+    if max_targetkg is not None:
+        target = target.iloc[:max_targetkg]
+    t_heads, t_tails = _entities(target)
+    excluded = set(t_heads) | set(t_tails)
+    heads, tails = _entities(frame)
+    control = frame[~(heads.isin(excluded) | tails.isin(excluded)).to_numpy()]
+    if control.empty:
+        raise InputError(f"params key '{key}': the ControlKG is empty: every fact shares a head "
+                         f"or tail with the {len(target)} TargetKG facts (lower "
+                         f"'split.max_targetkg' or add facts)")
+    control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
+
+    if targetkg_holdout:
+        target_parts = _split_by_fractions(target, fractions)
+    else:
+        target_parts = {split: target for split in SPLITS}
+
+    out: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        part = target_parts[split]
+        if part.empty:
+            raise InputError(f"params key '{key}': TargetKG {split} split is empty ({len(target)} "
+                             f"facts, split.fractions {fractions}); set split.targetkg_holdout "
+                             f"false or select more facts")
+        out[f"targetkg_{split}"] = _tidy(part)
+    for split in SPLITS:
+        part = control_parts[split]
+        if control_caps[split] is not None:
+            part = part.iloc[:control_caps[split]]
+        if part.empty:
+            raise InputError(f"params key '{key}': ControlKG {split} split is empty "
+                             f"({len(control)} ControlKG facts, split.fractions {fractions})")
+        out[f"controlkg_{split}"] = _tidy(part)
+    log.info("target %s: %s", name, {k: len(v) for k, v in out.items()})
+    return out
+
+
+def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
+                       names: list[str] | None = None) -> dict[str, dict[str, pd.DataFrame]]:
+    """Splits for every target in params `targets` (or the given names), with params `split`."""
+    targets = params.get("targets")
+    if not isinstance(targets, Mapping) or not targets:
+        raise InputError("params key 'targets': expected a mapping of target names to selectors")
+    split = params.get("split") or {}
+    out = {}
+    for name in names if names is not None else list(targets):
+        if name not in targets:
+            raise InputError(f"params key 'targets': no target named {name!r}")
+        out[name] = make_splits(
+            triplets, name, targets[name], seed=split.get("seed", 0),
+            fractions=split.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1}),
+            targetkg_holdout=bool(split.get("targetkg_holdout", False)),
+            max_targetkg=split.get("max_targetkg"), max_controlkg=split.get("max_controlkg"))
+    return out
+
+
+def write_splits(out_dir: str | os.PathLike,
+                 splits_by_target: Mapping[str, Mapping[str, pd.DataFrame]],
+                 provenance: dict | None = None) -> dict:
+    """Write {out}/{target}/{split}.parquet and {out}/summary.json, all or nothing."""
+    counts: dict[str, dict[str, int]] = {}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for target, splits in splits_by_target.items():
+            check_target_name(target)
+            missing = [s for s in SPLIT_NAMES if s not in splits]
+            if missing:
+                raise ValueError(f"splits for {target} lack {', '.join(missing)}")
+            for split in SPLIT_NAMES:
+                write_parquet(tmp / target / f"{split}.parquet", splits[split][COLUMNS])
+            counts[target] = {split: int(len(splits[split])) for split in SPLIT_NAMES}
+        summary: dict[str, Any] = {"counts": counts}
+        if provenance is not None:
+            summary["provenance"] = provenance
+        write_json(tmp / "summary.json", summary)
+    return summary

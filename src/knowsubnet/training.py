@@ -1,0 +1,596 @@
+"""The mask trainer: learn which weights of the top-k blocks hold the TargetKG knowledge.
+
+Only the work the method needs is done per step:
+
+- The blocks below the first masked block are frozen and unmasked, so their output (the hidden
+  states entering the first masked block) is computed ONCE for every training fact and ControlLM
+  block and cached (`TopBlocks.prefix`). Each step runs only the masked blocks, the final norm and
+  the LM head (`TopBlocks.forward`): the lower blocks are swapped for a passthrough and the cached
+  hidden states are injected by a forward pre-hook on the first masked block, so the model's own
+  forward still builds what its blocks need (causal mask, rotary embeddings, ...). This holds for
+  any HF causal LM whose blocks take and return a plain hidden-states tensor (GPT-2, Llama family
+  in transformers 5); it is checked numerically against a full forward at start-up.
+- The original model's tail log-probs for the (fixed) ControlKG training set are cached once.
+  ControlLM references are recomputed per step without grad through the top blocks (caching them
+  would take V floats per token).
+- W_eff = W * (1 - m) is built once per step and reused by every forward of the step
+  (`torch.func.functional_call`), TargetKG and ControlKG facts share one forward.
+
+A run checkpoints (logits, Adam state, generator states, step, log) every `checkpoint_every` steps
+and resumes from the checkpoint; on CPU a killed-and-resumed run ends bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from knowsubnet import objectives
+from knowsubnet.errors import InputError
+from knowsubnet.io import atomic_path
+from knowsubnet.masking import MaskableLayer, MaskLogits, find_blocks, find_maskable_layers
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+# Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
+CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
+LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "sparsity_loss", "sparsity_weight", "lr",
+               "density")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class MaskConfig:
+    granularity: str = "weight"
+    top_k_blocks: float = 2  # a count, or a share of the blocks when below 1
+    sampler: str = "gumbel_sigmoid"
+    init_prob: float = 0.45
+    tau: float = 1.0
+    beta: float = 2.0 / 3.0  # hard-concrete only
+    gamma: float = -0.1
+    zeta: float = 1.1
+    hard_concrete_hard: bool = False  # hard-concrete: threshold the forward at 0.5 (straight-through)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    lr: float = 0.2
+    warmup_frac: float = 0.1
+    lambda_suppress: float = 1.5
+    lambda_controlkg: float = 1.0
+    lambda_controllm: float = 1.0
+    sparsity_start: float = 2.0
+    sparsity_end: float = 3.0
+    sparsity_ramp_from: float = 0.5
+    batch_targetkg: int = 250
+    batch_controlkg: int = 250
+    batch_controllm: int = 10
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"
+    bf16: bool = False
+    # final losses are measured with the deterministic mask on at most this many ControlLM blocks
+    final_controllm_blocks: int = 32
+
+
+def configs_from_params(params: dict[str, Any]) -> tuple[MaskConfig, TrainConfig]:
+    """Read the `mask` and `train` sections of params (missing optional keys take the defaults)."""
+    for key in ("mask", "train"):
+        if not isinstance(params.get(key), dict):
+            raise InputError(f"params key '{key}': expected a mapping (see params.yaml)")
+    m, t = params["mask"], params["train"]
+    hc = m.get("hard_concrete") or {}
+    mask = MaskConfig(
+        granularity=m.get("granularity", "weight"), top_k_blocks=m.get("top_k_blocks", 2),
+        sampler=m.get("sampler", "gumbel_sigmoid"), init_prob=float(m.get("init_prob", 0.45)),
+        tau=float(m.get("tau", 1.0)), beta=float(hc.get("beta", 2.0 / 3.0)), gamma=float(hc.get("gamma", -0.1)),
+        zeta=float(hc.get("zeta", 1.1)), hard_concrete_hard=bool(hc.get("hard", False)))
+    sw = t.get("sparsity_weight") or {}
+    batch = t.get("batch") or {}
+    default = TrainConfig()
+    train = TrainConfig(
+        steps=int(t.get("steps", default.steps)), lr=float(t.get("lr", default.lr)),
+        warmup_frac=float(t.get("warmup_frac", default.warmup_frac)),
+        lambda_suppress=float(t.get("lambda_suppress", default.lambda_suppress)),
+        lambda_controlkg=float(t.get("lambda_controlkg", default.lambda_controlkg)),
+        lambda_controllm=float(t.get("lambda_controllm", default.lambda_controllm)),
+        sparsity_start=float(sw.get("start", default.sparsity_start)),
+        sparsity_end=float(sw.get("end", default.sparsity_end)),
+        sparsity_ramp_from=float(sw.get("ramp_from", default.sparsity_ramp_from)),
+        batch_targetkg=int(batch.get("targetkg", default.batch_targetkg)),
+        batch_controlkg=int(batch.get("controlkg", default.batch_controlkg)),
+        batch_controllm=int(batch.get("controllm", default.batch_controllm)),
+        log_every=int(t.get("log_every", default.log_every)),
+        checkpoint_every=int(t.get("checkpoint_every", default.checkpoint_every)),
+        device=str(t.get("device", default.device)), bf16=bool(t.get("bf16", default.bf16)))
+    for name in ("steps", "log_every", "checkpoint_every", "batch_targetkg", "batch_controlkg"):
+        if getattr(train, name) < 1:
+            raise InputError(f"params key 'train.{name.replace('batch_', 'batch.')}' = {getattr(train, name)}: "
+                             f"expected a positive integer")
+    if train.batch_controllm < 0:
+        raise InputError(f"params key 'train.batch.controllm' = {train.batch_controllm}: expected >= 0")
+    if not 0.0 <= train.warmup_frac <= 1.0:
+        raise InputError(f"params key 'train.warmup_frac' = {train.warmup_frac}: expected a fraction in [0, 1]")
+    return mask, train
+
+
+def resolve_device(pref: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is taken as a torch device string."""
+    if isinstance(pref, torch.device):
+        return pref
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"params key 'train.device' = {pref!r}: CUDA is not available on this machine")
+    return torch.device(pref)
+
+
+# ---------------------------------------------------------------------------------------------
+# running only the top blocks from cached hidden states
+# ---------------------------------------------------------------------------------------------
+
+class _Passthrough(nn.Module):
+    """Stands in for a frozen lower block whose output is already cached: returns its input."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class _StopForward(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _get_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class TopBlocks:
+    """Run a causal LM from its block `first` upward, given the hidden states entering that block.
+
+    `prefix(input_ids)` computes those hidden states with the full model (stopping at block
+    `first`); `forward(hidden, weights)` runs blocks first.. + final norm and returns the final
+    hidden states [B, T, d]; `weights` ({module path in the model: tensor}) replaces weights for
+    that call only (the remaining model's W_eff). `head` is the LM head (`get_output_embeddings`).
+    """
+
+    def __init__(self, model: nn.Module, first: int):
+        self.model = model
+        self.base = model.base_model
+        _, self.blocks = find_blocks(model)
+        if not 0 <= first < len(self.blocks):
+            raise ValueError(f"first block {first} out of range for {len(self.blocks)} blocks")
+        self.first = first
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise InputError(f"{type(model).__name__}: no output embeddings (LM head) to score tokens with")
+        # Parameter names are relative to the base model, which functional_call runs.
+        base_path = next(name for name, module in model.named_modules() if module is self.base)
+        self._strip = len(base_path) + 1 if base_path else 0
+
+    def param_key(self, module_path: str) -> str:
+        return module_path[self._strip:] + ".weight"
+
+    @torch.no_grad()
+    def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states entering block `first` for `input_ids` [B, T] (no grad)."""
+
+        def stop(module, args, kwargs):
+            raise _StopForward(_get_hidden(args, kwargs))
+
+        handle = self.blocks[self.first].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self.base(input_ids=input_ids, use_cache=False)
+        except _StopForward as caught:
+            return caught.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError("the first masked block was never called by the model's forward")
+
+    def forward(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Final hidden states (after the final norm) from `hidden` entering block `first`."""
+
+        def inject(module, args, kwargs):
+            return _replace_hidden(args, kwargs, hidden)
+
+        lower = [self.blocks[i] for i in range(self.first)]
+        handle = self.blocks[self.first].register_forward_pre_hook(inject, with_kwargs=True)
+        try:
+            for i in range(self.first):
+                self.blocks[i] = _Passthrough()
+            # inputs_embeds only fixes the batch shape and positions here: the hook replaces what
+            # reaches block `first` by `hidden` (GPT-2 adds position embeddings to inputs_embeds).
+            kwargs = {"inputs_embeds": hidden, "use_cache": False}
+            if weights:
+                out = functional_call(self.base, {self.param_key(k): v for k, v in weights.items()}, (), kwargs,
+                                      strict=False)
+            else:
+                out = self.base(**kwargs)
+        finally:
+            for i, block in enumerate(lower):
+                self.blocks[i] = block
+            handle.remove()
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def check_prefix_path(model: nn.Module, top: TopBlocks, input_ids: torch.Tensor, atol: float = 1e-4) -> float:
+    """Compare cached-prefix logits with a plain full forward; raise if they disagree."""
+    with torch.no_grad():
+        full = model(input_ids=input_ids, use_cache=False).logits.float()
+        cached = top.head(top.forward(top.prefix(input_ids))).float()
+    diff = float((full - cached).abs().max())
+    scale = float(full.abs().max()) or 1.0
+    if not diff <= atol * max(1.0, scale):
+        raise InputError(f"{type(model).__name__}: running the top blocks from cached hidden states disagrees "
+                         f"with the full forward (max |delta logit| = {diff:.3g}); this architecture's blocks "
+                         f"are not supported by the cached-prefix trainer")
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    logits: dict[str, torch.Tensor]  # mask logits per layer (CPU float32)
+    log: list[dict[str, float]]
+    final_losses: dict[str, float]
+    steps: int
+    wall_time_s: float
+    device: str
+    layers: list[MaskableLayer] = field(repr=False, default_factory=list)
+
+
+def _tail_lengths(targets: torch.Tensor) -> torch.Tensor:
+    pos = torch.arange(targets.shape[1]).expand_as(targets)
+    return torch.where(targets != IGNORE, pos + 1, 0).amax(dim=1)
+
+
+def _draw(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`size` distinct indices out of n (all of them, in order, when size >= n)."""
+    if size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:size]
+
+
+class MaskTrainer:
+    """Learns mask logits for `model`'s top blocks. See the module docstring.
+
+    targetkg / controlkg: FactSet-like (`input_ids` [N, T], `targets` [N, T] with -100 off-tail);
+    controllm: LongTensor [n_blocks, block_size] or None (no ControlLM term).
+    """
+
+    def __init__(self, model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None,
+                 mask_config: MaskConfig, train_config: TrainConfig, seed: int,
+                 checkpoint_path: str | Path | None = None, progress: bool = True,
+                 callback: Callable[[MaskTrainer, int], None] | None = None):
+        self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
+        self.device = resolve_device(train_config.device)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.progress, self.callback = progress, callback
+
+        # Frozen model, eval mode (no dropout); nothing of it is trained.
+        self.model = model.to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.layers = find_maskable_layers(self.model, mask_config.top_k_blocks)
+        self.first_block = min(layer.block for layer in self.layers)
+        self.top = TopBlocks(self.model, self.first_block)
+        self.mask = MaskLogits(self.layers, mask_config.granularity, mask_config.init_prob, mask_config.sampler,
+                               mask_config.tau, mask_config.beta, mask_config.gamma, mask_config.zeta,
+                               device=self.device, hard_concrete_hard=mask_config.hard_concrete_hard)
+        self.optimizer = torch.optim.Adam(self.mask.parameters(), lr=train_config.lr)
+
+        # Batches are drawn on the CPU (device-independent); mask noise on the training device.
+        self.batch_gen = torch.Generator().manual_seed(self.seed)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self.step_count = 0
+        self.log: list[dict[str, float]] = []
+        self.elapsed = 0.0
+        self.last: dict[str, float] = {}
+
+        if len(targetkg.input_ids) == 0:
+            raise InputError("TargetKG training set is empty: expected at least one fact")
+        if len(controlkg.input_ids) == 0:
+            raise InputError("ControlKG training set is empty: expected at least one fact")
+        self.n_target, self.n_control = len(targetkg.input_ids), len(controlkg.input_ids)
+        self.n_lm = 0 if controllm is None else int(controllm.shape[0])
+        self._verify_and_cache(targetkg, controlkg, controllm)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    @torch.no_grad()
+    def _prefix_all(self, input_ids: torch.Tensor, chunk: int) -> torch.Tensor:
+        parts = []
+        for start in range(0, input_ids.shape[0], chunk):
+            with self._autocast():
+                parts.append(self.top.prefix(input_ids[start:start + chunk].to(self.device)))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def _verify_and_cache(self, targetkg, controlkg, controllm):
+        dev = self.device
+        if not self.cfg.bf16:
+            check_prefix_path(self.model, self.top, targetkg.input_ids[:2].to(dev))
+
+        # KG facts: TargetKG and ControlKG share one forward per step, so both caches get a common width.
+        width = max(targetkg.input_ids.shape[1], controlkg.input_ids.shape[1])
+
+        def widen(x: torch.Tensor, fill: int) -> torch.Tensor:
+            return F.pad(x, (0, width - x.shape[1]), value=fill)
+
+        self.t_targets = widen(targetkg.targets, IGNORE).to(dev)
+        self.c_targets = widen(controlkg.targets, IGNORE).to(dev)
+        for name, targets in (("TargetKG", self.t_targets), ("ControlKG", self.c_targets)):
+            if bool(((targets != IGNORE).sum(dim=1) == 0).any()):
+                raise InputError(f"{name}: a fact has no tail-token position (targets all -100)")
+        self.t_len = _tail_lengths(self.t_targets.cpu())
+        self.c_len = _tail_lengths(self.c_targets.cpu())
+        chunk = max(self.cfg.batch_targetkg, self.cfg.batch_controlkg, 1)
+        log.info("caching hidden states entering block %d for %d TargetKG + %d ControlKG facts",
+                 self.first_block, self.n_target, self.n_control)
+        self.t_hidden = self._pad_hidden(self._prefix_all(targetkg.input_ids, chunk), width)
+        self.c_hidden = self._pad_hidden(self._prefix_all(controlkg.input_ids, chunk), width)
+
+        # Original ControlKG tail log-probs, flat in (fact, position) order, plus per-fact offsets.
+        n_tail = (self.c_targets != IGNORE).sum(dim=1).cpu()
+        self.c_tail_count = n_tail
+        self.c_tail_offset = torch.cumsum(n_tail, 0) - n_tail
+        refs = []
+        for start in range(0, self.n_control, chunk):
+            idx = torch.arange(start, min(start + chunk, self.n_control))
+            (logits,) = self._kg_tail_logits(None, [("control", idx)])
+            refs.append(F.log_softmax(logits.float(), dim=-1))
+        ref = torch.cat(refs)
+        # fp16 keeps log-probs to ~1e-3 relative; only used when the fp32 cache would be large.
+        self.c_ref = ref if ref.numel() * 4 <= (1 << 31) else ref.half()
+
+        if self.n_lm and self.cfg.batch_controllm and self.cfg.lambda_controllm > 0:
+            log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
+            self.lm_hidden = self._prefix_all(controllm, max(self.cfg.batch_controllm, 1))
+            # The original model's final hidden states too, when they fit: the per-step ControlLM
+            # reference is then one LM-head matmul instead of a forward through the top blocks.
+            self.lm_final = None
+            if self.lm_hidden.numel() * self.lm_hidden.element_size() <= CONTROLLM_FINAL_CACHE_BYTES:
+                chunk = max(self.cfg.batch_controllm, 1)
+                parts = []
+                for start in range(0, self.n_lm, chunk):
+                    with self._autocast():
+                        parts.append(self.top.forward(self.lm_hidden[start:start + chunk]))
+                self.lm_final = torch.cat(parts)
+        else:
+            self.lm_hidden = self.lm_final = None
+
+    @staticmethod
+    def _pad_hidden(hidden: torch.Tensor, width: int) -> torch.Tensor:
+        # Zero hidden states past a row's end: later positions never influence earlier ones (causal).
+        return F.pad(hidden, (0, 0, 0, width - hidden.shape[1]))
+
+    def _controlkg_ref(self, idx: torch.Tensor) -> torch.Tensor:
+        counts = self.c_tail_count[idx]
+        starts = self.c_tail_offset[idx]
+        # rows of the flat cache for the batch, in batch order (= order of tail positions in the batch)
+        first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rows = torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)
+        return self.c_ref[rows.to(self.c_ref.device)]
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _kg_tail_logits(self, weights: dict[str, torch.Tensor] | None,
+                        sides: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Remaining-model logits at the tail positions of KG facts, all sides in ONE forward.
+
+        sides: ("target" | "control", fact indices); returns one [P_side, V] tensor per side.
+        """
+        caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
+                  "control": (self.c_hidden, self.c_targets, self.c_len)}
+        width = max(int(caches[name][2][idx].max()) for name, idx in sides)
+        hidden, targets, counts = [], [], []
+        for name, idx in sides:
+            cache_hidden, cache_targets, _ = caches[name]
+            idx = idx.to(self.device)
+            hidden.append(cache_hidden[idx, :width])
+            targets.append(cache_targets[idx, :width])
+            counts.append(int((targets[-1] != IGNORE).sum()))
+        with self._autocast():
+            final = self.top.forward(torch.cat(hidden), weights)
+            # tail positions come out side by side, facts in batch order (row-major nonzero)
+            logits = self.top.head(objectives.tail_hidden(final, torch.cat(targets)))
+        return list(torch.split(logits, counts))
+
+    def _controllm_logits(self, weights: dict[str, torch.Tensor] | None,
+                          idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(remaining-model logits, original log-probs) at every position of ControlLM blocks `idx`."""
+        idx = idx.to(self.device)
+        hidden = self.lm_hidden[idx]
+        with torch.no_grad(), self._autocast():
+            final = self.lm_final[idx] if self.lm_final is not None else self.top.forward(hidden)
+            ref = F.log_softmax(self.top.head(final).float(), dim=-1)
+        with self._autocast():
+            logits = self.top.head(self.top.forward(hidden, weights))
+        return logits, ref
+
+    def _losses(self, weights: dict[str, torch.Tensor], idx_t: torch.Tensor, idx_c: torch.Tensor,
+                idx_lm: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The three model losses of the remaining model (`weights` = W_eff) on one batch."""
+        target_logits, control_logits = self._kg_tail_logits(weights, [("target", idx_t), ("control", idx_c)])
+        out = {"suppress": objectives.suppress_loss(target_logits),
+               "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c))}
+        if idx_lm is not None:
+            out["controllm"] = objectives.controllm_loss(*self._controllm_logits(weights, idx_lm))
+        else:
+            out["controllm"] = torch.zeros((), device=self.device)
+        return out
+
+    def step(self) -> dict[str, float]:
+        cfg = self.cfg
+        t = self.step_count + 1
+        lr = objectives.learning_rate(t, cfg.steps, cfg.lr, cfg.warmup_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        weight_s = objectives.sparsity_weight(t, cfg.steps, cfg.sparsity_start, cfg.sparsity_end,
+                                              cfg.sparsity_ramp_from)
+
+        idx_t = _draw(self.n_target, cfg.batch_targetkg, self.batch_gen)
+        idx_c = _draw(self.n_control, cfg.batch_controlkg, self.batch_gen)
+        idx_lm = _draw(self.n_lm, cfg.batch_controllm, self.batch_gen) if self.lm_hidden is not None else None
+
+        weights = self.mask.effective_weights(self.noise_gen)  # W_eff, once for all forwards of the step
+        parts = self._losses(weights, idx_t, idx_c, idx_lm)
+        sparsity = self.mask.expected_density()
+        loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
+                + cfg.lambda_controllm * parts["controllm"] + weight_s * sparsity)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count = t
+
+        row = {"step": t, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+               "sparsity_loss": sparsity.item(), "sparsity_weight": weight_s, "lr": lr}
+        del weights, parts  # free W_eff and activations before the next step allocates its own
+        self.last = row
+        return row
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed."""
+        return {"mask": dataclasses.asdict(self.mcfg),
+                "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
+                "seed": self.seed, "n_target": self.n_target, "n_control": self.n_control, "n_lm": self.n_lm,
+                "layers": [layer.name for layer in self.layers]}
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {"fingerprint": self.fingerprint(), "step": self.step_count, "logits": self.mask.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
+                 "noise_gen": self.noise_gen.get_state(), "log": list(self.log), "elapsed": self.elapsed}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the checkpoint file if there is one; True when resumed."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return False
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise InputError(f"{self.checkpoint_path}: unreadable training checkpoint ({err}); delete it to "
+                             f"start over") from None
+        if state.get("fingerprint") != self.fingerprint():
+            raise InputError(f"{self.checkpoint_path}: checkpoint was written by a different configuration "
+                             f"(params, seed, data or model); delete it to start over")
+        self.mask.load_state_dict({k: v.to(self.device) for k, v in state["logits"].items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batch_gen.set_state(state["batch_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        self.step_count = int(state["step"])
+        self.log = list(state["log"])
+        self.elapsed = float(state["elapsed"])
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.step_count)
+        return True
+
+    def discard_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        self.load_checkpoint()
+        started = time.perf_counter() - self.elapsed
+        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="mask", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step_count < cfg.steps:
+                row = self.step()
+                t = self.step_count
+                if t % cfg.log_every == 0 or t == cfg.steps:
+                    self.log.append(self._log_row(row))
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", density=f"{self.log[-1]['density']:.4f}")
+                self.elapsed = time.perf_counter() - started
+                if t % cfg.checkpoint_every == 0 or t == cfg.steps:
+                    self.save_checkpoint()
+                bar.update(1)
+                if self.callback is not None:
+                    self.callback(self, t)
+        finally:
+            bar.close()
+        final = self.final_losses()
+        return TrainResult(logits={k: v.cpu() for k, v in self.mask.state_dict().items()}, log=list(self.log),
+                           final_losses=final, steps=self.step_count, wall_time_s=self.elapsed,
+                           device=str(self.device), layers=self.layers)
+
+    def _log_row(self, row: dict[str, float]) -> dict[str, float]:
+        out = dict(row, density=self.mask.density())
+        return {k: out[k] for k in LOG_COLUMNS}
+
+    @torch.no_grad()
+    def final_losses(self) -> dict[str, float]:
+        """Losses of the deterministic remaining model on every training fact and on the first
+        `final_controllm_blocks` ControlLM blocks (means over tail positions / block positions)."""
+        cfg = self.cfg
+        weights = self.mask.effective_weights(deterministic=True)
+        out = {}
+        for name, n, chunk, key in (("target", self.n_target, cfg.batch_targetkg, "suppress"),
+                                    ("control", self.n_control, cfg.batch_controlkg, "controlkg")):
+            total, count = 0.0, 0
+            for start in range(0, n, chunk):
+                idx = torch.arange(start, min(start + chunk, n))
+                (logits,) = self._kg_tail_logits(weights, [(name, idx)])
+                loss = (objectives.suppress_loss(logits) if name == "target"
+                        else objectives.controlkg_loss(logits, self._controlkg_ref(idx)))
+                total += loss.item() * logits.shape[0]
+                count += logits.shape[0]
+            out[key] = total / count
+        out["controllm"] = 0.0
+        if self.lm_hidden is not None:
+            n_blocks = min(self.n_lm, cfg.final_controllm_blocks)
+            chunk = max(cfg.batch_controllm, 1)
+            total = 0.0
+            for start in range(0, n_blocks, chunk):
+                idx = torch.arange(start, min(start + chunk, n_blocks))
+                total += objectives.controllm_loss(*self._controllm_logits(weights, idx)).item() * len(idx)
+            out["controllm"] = total / n_blocks
+        out["sparsity_loss"] = self.mask.expected_density().item()
+        out["density"] = self.mask.density()
+        return out
+
+
+def train_mask(model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None, mask_config: MaskConfig,
+               train_config: TrainConfig, seed: int, checkpoint_path: str | Path | None = None,
+               progress: bool = True, callback: Callable[[MaskTrainer, int], None] | None = None) -> TrainResult:
+    """Learn a knowledge-critical subnetwork mask for `model` (entry point; see MaskTrainer)."""
+    trainer = MaskTrainer(model, targetkg, controlkg, controllm, mask_config, train_config, seed,
+                          checkpoint_path=checkpoint_path, progress=progress, callback=callback)
+    return trainer.train()

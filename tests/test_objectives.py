@@ -1,0 +1,75 @@
+"""Each loss against a hand computation on a toy case."""
+
+import math
+
+import torch
+
+from knowsubnet import objectives
+
+
+def test_suppress_loss_hand_computed():
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.7, 0.2, 0.1]])
+    logits = p.log() + 3.0  # softmax is shift invariant
+    by_hand = [sum((1 / 3) * (math.log(1 / 3) - math.log(q)) for q in row) for row in p.tolist()]
+    assert math.isclose(objectives.suppress_loss(logits).item(), sum(by_hand) / 2, rel_tol=1e-5)
+    assert abs(objectives.suppress_loss(torch.zeros(4, 10)).item()) < 1e-6  # uniform: zero
+
+
+def test_maintain_losses_hand_computed():
+    p_orig = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    p_rem = torch.tensor([[0.9, 0.1], [0.9, 0.1]])
+    by_hand = (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)) / 2  # second row: KL = 0
+    for loss in (objectives.controlkg_loss, objectives.controllm_loss, objectives.maintain_loss):
+        assert math.isclose(loss(p_rem.log() - 1.0, p_orig.log()).item(), by_hand, rel_tol=1e-5)
+    # ControlLM over [B, T, V]: the mean over every position
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    ref = torch.log_softmax(torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1)), -1)
+    q = torch.log_softmax(logits, -1)
+    expected = (ref.exp() * (ref - q)).sum(-1).mean()
+    torch.testing.assert_close(objectives.controllm_loss(logits, ref), expected)
+    assert abs(objectives.controllm_loss(ref, ref).item()) < 1e-6
+    # an fp16 reference is upcast
+    torch.testing.assert_close(objectives.controllm_loss(logits, ref.half()), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_sparsity_loss_hand_computed():
+    logits = {"a": torch.zeros(2, 1), "b": torch.tensor([math.log(3.0)])}
+    assert math.isclose(objectives.sparsity_loss(logits).item(), (0.5 + 0.5 + 0.75) / 3, rel_tol=1e-6)
+    beta, gamma, zeta = 2 / 3, -0.1, 1.1
+    shift = beta * math.log(-gamma / zeta)
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    expected = (2 * sig(0 - shift) + sig(math.log(3.0) - shift)) / 3
+    got = objectives.sparsity_loss(logits, "hard_concrete", beta, gamma, zeta).item()
+    assert math.isclose(got, expected, rel_tol=1e-6)
+
+
+def test_schedules():
+    w = lambda t: objectives.sparsity_weight(t, 100, 2.0, 3.0, 0.5)
+    assert w(1) == 2.0 and w(50) == 2.0
+    assert math.isclose(w(75), 2.5) and math.isclose(w(100), 3.0)
+    assert objectives.sparsity_weight(10, 100, 2.0, 3.0, 1.0) == 2.0
+    lr = lambda t: objectives.learning_rate(t, 100, 0.2, 0.1)
+    assert math.isclose(lr(1), 0.02) and math.isclose(lr(5), 0.1) and lr(10) == 0.2 and lr(100) == 0.2
+    assert objectives.learning_rate(1, 100, 0.2, 0.0) == 0.2
+
+
+def test_tail_hidden_gathers_tail_positions_in_row_major_order():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    targets = torch.tensor([[-100, 7, 8, -100], [-100, -100, 9, -100]])
+    assert objectives.tail_hidden(hidden, targets).flatten().tolist() == [1.0, 2.0, 6.0]
+
+
+def test_maintain_loss_gradient_matches_autograd_kl():
+    logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, 11, generator=torch.Generator().manual_seed(1)), -1)
+    (objectives.maintain_loss(logits, ref) * 3.0).backward()
+    fused = logits.grad.clone()
+    logits.grad = None
+    expected = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), ref, log_target=True, reduction="sum") / 6
+    (expected * 3.0).backward()
+    torch.testing.assert_close(fused, logits.grad)
+    torch.testing.assert_close(objectives.maintain_loss(logits, ref), expected)
+    # suppress: gradient of KL(U || softmax) is softmax - 1/V per position, over the positions
+    z = torch.randn(4, 7, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    objectives.suppress_loss(z).backward()
+    torch.testing.assert_close(z.grad, (torch.softmax(z, -1) - 1 / 7).detach() / 4)

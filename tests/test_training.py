@@ -1,0 +1,188 @@
+"""The mask trainer: cached-prefix forward, resume bit-identity, determinism, a short run that works."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from knowsubnet import masking, objectives
+from knowsubnet.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params, train_mask
+
+VOCAB = 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Toy-sized ops: a second thread only adds synchronisation (and thrashes a busy 2-core machine).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def gpt2(n_layer=4, seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                      attn_pdrop=0.0)).eval()
+
+
+def llama(n_layer=4, seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layer, hidden_size=32, intermediate_size=48,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                        max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+                                        pad_token_id=0)).eval()
+
+
+def facts(n, width, seed):
+    """Right-padded toy facts: random prompts of varied length, 1-2 tail tokens at the end."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.zeros(n, width, dtype=torch.long)
+    targets = torch.full((n, width), -100)
+    for i in range(n):
+        length = int(torch.randint(3, width + 1, (1,), generator=gen))
+        n_tail = int(torch.randint(1, 3, (1,), generator=gen))
+        input_ids[i, :length] = torch.randint(1, VOCAB, (length,), generator=gen)
+        targets[i, length - n_tail:length] = torch.randint(1, VOCAB, (n_tail,), generator=gen)
+        input_ids[i, length - n_tail + 1:length] = targets[i, length - n_tail:length - 1]  # teacher forcing
+    return SimpleNamespace(input_ids=input_ids, targets=targets)
+
+
+def data(seed=0):
+    return facts(12, 7, seed), facts(24, 9, seed + 1), torch.randint(1, VOCAB, (6, 12),
+                                                                      generator=torch.Generator().manual_seed(seed))
+
+
+def config(**over):
+    base = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "batch_targetkg": 5, "batch_controlkg": 6,
+            "batch_controllm": 2, "log_every": 2, "checkpoint_every": 4, "device": "cpu"}
+    base.update(over)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_cached_prefix_logits_equal_full_forward(build, top_k):
+    model = build()
+    layers = masking.find_maskable_layers(model, top_k)
+    top = TopBlocks(model, min(l.block for l in layers))
+    fs = facts(8, 9, seed=3)
+    with torch.no_grad():
+        full = model(input_ids=fs.input_ids).logits
+        cached = top.head(top.forward(top.prefix(fs.input_ids)))
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    # replaced weights for one call == masking the weights in place, and the model is left untouched
+    gen = torch.Generator().manual_seed(0)
+    masks = {l.name: torch.rand(l.weight.shape, generator=gen) > 0.5 for l in layers}
+    eff = {l.name: l.weight.detach().masked_fill(masks[l.name], 0.0) for l in layers}
+    with torch.no_grad():
+        got = top.head(top.forward(top.prefix(fs.input_ids), eff))
+        with masking.masked_weights(layers, masks, "weight"):
+            want = model(input_ids=fs.input_ids).logits
+        again = model(input_ids=fs.input_ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, full, rtol=0, atol=0)
+
+
+def run(tmp_path, name, callback=None, build=gpt2, **over):
+    t, c, lm = data()
+    return train_mask(build(), t, c, lm, MaskConfig(top_k_blocks=2), config(**over), seed=0,
+                      checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False, callback=callback)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, build):
+    straight = run(tmp_path, "a", build=build)
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, step):
+        if step == 6:  # checkpoint at step 4; steps 5-6 are lost and recomputed
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path, "b", callback=kill, build=build)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = run(tmp_path, "b", build=build)
+    assert resumed.steps == straight.steps == 12
+    assert resumed.log == straight.log and len(straight.log) == 6
+    for name in straight.logits:
+        assert torch.equal(resumed.logits[name], straight.logits[name])
+    assert resumed.final_losses == straight.final_losses
+
+
+def test_deterministic_and_seed_dependent(tmp_path):
+    a, b = run(tmp_path, "a"), run(tmp_path, "b")
+    assert a.log == b.log and all(torch.equal(a.logits[k], b.logits[k]) for k in a.logits)
+    t, c, lm = data()
+    other = train_mask(gpt2(), t, c, lm, MaskConfig(top_k_blocks=2), config(), seed=1, progress=False)
+    assert other.log != a.log
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    run(tmp_path, "a", steps=4)  # leaves its final checkpoint behind (the script deletes it)
+    with pytest.raises(Exception, match="different configuration"):
+        run(tmp_path, "a", steps=4, lr=0.1)
+
+
+def memorised_gpt2(fs, steps=150):
+    """A toy GPT-2 that has memorised `fs`'s tails (peaked tail distributions to suppress)."""
+    model = gpt2(n_layer=3, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(input_ids=fs.input_ids).logits.transpose(1, 2), fs.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("sampler,hard", [("gumbel_sigmoid", True), ("hard_concrete", False),
+                                          ("hard_concrete", True)])
+def test_short_run_suppresses_target_and_sparsifies(sampler, hard):
+    target, control = facts(10, 6, seed=10), facts(20, 6, seed=11)
+    both = SimpleNamespace(input_ids=torch.cat([target.input_ids, control.input_ids]),
+                           targets=torch.cat([target.targets, control.targets]))
+    model = memorised_gpt2(both)
+    with torch.no_grad():
+        logits = model(input_ids=target.input_ids).logits
+        start = objectives.suppress_loss(objectives.tail_hidden(logits, target.targets)).item()
+    assert start > 1.0  # the tails are memorised: far from uniform
+    cfg = config(steps=80, batch_targetkg=10, batch_controlkg=10, batch_controllm=0, log_every=10,
+                 checkpoint_every=1000, lambda_controllm=0.0)
+    mask_cfg = MaskConfig(top_k_blocks=2, sampler=sampler, hard_concrete_hard=hard)
+    result = train_mask(model, target, control, None, mask_cfg, cfg, seed=0, progress=False)
+    final = result.final_losses
+    assert final["suppress"] < 0.5 * start  # the deterministic remaining model forgot much of TargetKG
+    assert final["sparsity_loss"] < 0.45  # expected density fell from its start (init_prob)
+    assert 0.0 < final["density"] < 0.45  # a non-empty subnetwork (the deterministic mask starts empty)
+    assert result.log[-1]["sparsity_loss"] < result.log[0]["sparsity_loss"]
+
+
+def test_configs_from_params():
+    params = {"mask": {"granularity": "neuron_out", "top_k_blocks": 3, "sampler": "hard_concrete",
+                       "init_prob": 0.4, "tau": 0.5, "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2}},
+              "train": {"steps": 10, "lr": 0.1, "sparsity_weight": {"start": 1.0, "end": 4.0, "ramp_from": 0.25},
+                        "batch": {"targetkg": 3, "controlkg": 4, "controllm": 0}, "bf16": True}}
+    mask, train = configs_from_params(params)
+    assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.beta, mask.gamma, mask.zeta) == \
+        ("neuron_out", 3, "hard_concrete", 0.5, -0.2, 1.2)
+    assert mask.hard_concrete_hard is False
+    assert (train.steps, train.sparsity_end, train.sparsity_ramp_from, train.batch_controllm, train.bf16) == \
+        (10, 4.0, 0.25, 0, True)
+
+
+@pytest.mark.parametrize("granularity", ["neuron_in", "neuron_out"])
+def test_neuron_granularity_trains(granularity):
+    t, c, lm = data()
+    trainer = MaskTrainer(llama(), t, c, lm, MaskConfig(granularity=granularity, top_k_blocks=2),
+                          config(steps=3), seed=0, progress=False)
+    result = trainer.train()
+    assert all(v.dim() == 1 for v in result.logits.values())
+    assert len(result.log) == 2

@@ -1,0 +1,94 @@
+"""Stage combine_seeds: union / intersection / majority of a target's seed masks, and their metrics.
+
+Writes `<out-masks>/{union,intersection,majority}.safetensors` (mask logits: +1 in the
+subnetwork, -1 outside) and `<out-eval>/{union,intersection,majority}.json` (the
+evaluate_ablation shape, with `combination` and `seeds`; `seed` is null).
+Params: eval.*, mask.top_k_blocks (as evaluate_ablation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from knowsubnet import analysis, evaluation, masking
+from knowsubnet import params as params_mod
+from knowsubnet.errors import InputError, cli_entry
+from knowsubnet.io import write_json
+from knowsubnet.provenance import stamp
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("combine_seeds")
+
+
+def _seed_of(path: Path, metadata: dict[str, str]) -> int:
+    text = metadata.get("seed") or (path.parent.name[4:] if path.parent.name.startswith("seed") else "")
+    if not str(text).isdigit():
+        raise InputError(f"{path}: cannot tell its seed (metadata 'seed' or a seed<S> folder expected)")
+    return int(text)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--masks", type=Path, nargs="+", required=True, help="the seeds' mask.safetensors")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--verbalized", type=Path, required=True)
+    parser.add_argument("--splits", type=Path, required=True)
+    parser.add_argument("--controllm", type=Path, required=True)
+    parser.add_argument("--out-masks", type=Path, required=True, help="results/masks/<model>/<target>/combined")
+    parser.add_argument("--out-eval", type=Path, required=True, help="results/eval/<model>/<target>/combined")
+    parser.add_argument("--combinations", nargs="+", default=list(analysis.COMBINATIONS),
+                        choices=list(analysis.COMBINATIONS))
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    settings = evaluation.eval_settings(params)
+    device = evaluation.resolve_device(settings["device"])
+    start = time.monotonic()
+
+    loaded = [(path, *masking.load_mask(path)) for path in args.masks]
+    granularities = {meta["granularity"] for _, _, meta in loaded}
+    if len(granularities) != 1:
+        raise InputError(f"{', '.join(map(str, args.masks))}: masks of different granularities {sorted(granularities)}")
+    seeds = sorted(_seed_of(path, meta) for path, _, meta in loaded)
+    first_meta = loaded[0][2]
+    seed_masks = [analysis.to_binary(logits) for _, logits, _ in loaded]
+
+    from knowsubnet.models import load_model  # the model layer; heavy imports only when run
+
+    model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
+    layers, granularity = evaluation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
+    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm)
+
+    for how in args.combinations:
+        combined = analysis.combine(seed_masks, how)
+        # A mask file holds logits; +1 / -1 keeps the contract "subnetwork = logits > 0".
+        logits = {name: torch.where(value, 1.0, -1.0) for name, value in combined.items()}
+        metadata = {k: v for k, v in first_meta.items() if k != "seed"}
+        metadata.update(model=args.model, target=args.target, combination=how, seeds=",".join(map(str, seeds)))
+        masking.save_mask(args.out_masks / f"{how}.safetensors", logits, metadata)
+        # the random baseline is seeded by the smallest seed: same draws for every combination
+        result = evaluation.evaluate_ablation(
+            model, layers, combined, granularity, targetkg, controlkg, blocks,
+            random_draws=settings["random_draws"], seed=seeds[0], batch_size=settings["batch_size"],
+            device=device, model_name=args.model, target=args.target)
+        result.update(seed=None, combination=how, seeds=seeds,
+                      mask=str(args.out_masks / f"{how}.safetensors"),
+                      provenance=stamp({"eval": params.get("eval"), "mask": params.get("mask")},
+                                       device=str(device), source_masks=[str(p) for p in args.masks],
+                                       wall_time_s=round(time.monotonic() - start, 3)))
+        write_json(args.out_eval / f"{how}.json", result)
+        log.info("%s: %d entries, TargetKG ΔPPL removed %.3f (random %.3f)", how, analysis.count(combined),
+                 result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"])
+
+
+if __name__ == "__main__":
+    main()

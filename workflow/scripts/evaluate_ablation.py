@@ -1,0 +1,67 @@
+"""Stage evaluate_ablation: original / removed / random-removed / kept metrics for one mask.
+
+Params: eval.random_draws, eval.batch_size, eval.device, eval.dtype; mask.top_k_blocks (when the
+mask file's metadata does not record it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from knowsubnet import evaluation, masking
+from knowsubnet import params as params_mod
+from knowsubnet.errors import cli_entry
+from knowsubnet.io import write_json
+from knowsubnet.provenance import stamp
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("evaluate_ablation")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--model", required=True, help="model name (the {model} wildcard)")
+    parser.add_argument("--target", required=True, help="target name (the {target} wildcard)")
+    parser.add_argument("--seed", type=int, required=True, help="mask seed; also seeds the random baseline")
+    parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
+    parser.add_argument("--verbalized", type=Path, required=True, help="verbalize output parquet of this model")
+    parser.add_argument("--splits", type=Path, required=True, help="data/processed/splits/<target>")
+    parser.add_argument("--controllm", type=Path, required=True, help="results/controllm/<model> (test.safetensors)")
+    parser.add_argument("--mask", type=Path, required=True, help="mask.safetensors")
+    parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    settings = evaluation.eval_settings(params)
+    device = evaluation.resolve_device(settings["device"])
+    start = time.monotonic()
+
+    from knowsubnet.models import load_model  # the model layer; heavy imports only when run
+
+    model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
+    logits, metadata = masking.load_mask(args.mask)
+    layers, granularity = evaluation.mask_layers(model, logits, metadata, params, source=str(args.mask))
+    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm)
+    log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
+             args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
+
+    result = evaluation.evaluate_ablation(
+        model, layers, logits, granularity, targetkg, controlkg, blocks,
+        random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
+        device=device, model_name=args.model, target=args.target)
+    result["mask"] = str(args.mask)
+    result["provenance"] = stamp({"eval": params.get("eval"), "mask": params.get("mask")},
+                                 device=str(device), wall_time_s=round(time.monotonic() - start, 3))
+    write_json(args.out, result)
+    log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
+             result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
+             result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Stage prepare_model: a local Hugging Face model directory + provenance.json for one model.
+
+Params: models.<model> (source tiny | gguf_wheel | hub and its settings); for source tiny also
+run.targets (its training facts are the union of those targets' split files).
+Pretrained sources ignore --facts/--splits-dir/--text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from knowsubnet import params as params_mod
+from knowsubnet.errors import InputError, cli_entry
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("prepare_model")
+
+
+def read_facts(paths: list[Path]) -> pd.DataFrame:
+    """The union of split/triplet parquet files (uuid, head, rel, tail), one row per uuid, sorted."""
+    frames = []
+    for path in paths:
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: cannot read the facts file ({err})") from None
+        missing = {"uuid", "head", "rel", "tail"} - set(frame.columns)
+        if missing:
+            raise InputError(f"{path}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
+        frames.append(frame[["uuid", "head", "rel", "tail"]])
+    facts = pd.concat(frames, ignore_index=True).drop_duplicates("uuid")
+    return facts.sort_values("uuid", kind="mergesort").reset_index(drop=True)
+
+
+def split_files(splits_dir: Path, targets: list[str]) -> list[Path]:
+    files = []
+    for target in targets:
+        found = sorted((splits_dir / target).glob("*.parquet"))
+        if not found:
+            raise InputError(f"{splits_dir / target}: no split files for target '{target}' (params key "
+                             f"'run.targets'); run the split_controls stage first")
+        files += found
+    return files
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--model", required=True, help="model name: a key of params 'models'")
+    parser.add_argument("--out", type=Path, required=True, help="results/models/<model>")
+    parser.add_argument("--facts", type=Path, nargs="+", default=[], help="fact parquet files (tiny model)")
+    parser.add_argument("--splits-dir", type=Path, help="data/processed/splits: facts of run.targets (tiny model)")
+    parser.add_argument("--text", type=Path, help="ordinary text for the tiny model (wiki.valid.raw)")
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    spec = params.get("models", {}).get(args.model)
+    if spec is None:
+        raise InputError(f"params key 'models.{args.model}' is missing; known models: "
+                         f"{', '.join(params.get('models', {})) or 'none'}")
+
+    facts, text = None, None
+    if spec.get("source") == "tiny":
+        paths = list(args.facts)
+        if args.splits_dir is not None:
+            paths += split_files(args.splits_dir, list(params["run"]["targets"]))
+        if not paths:
+            raise InputError(f"model '{args.model}' is trained here (source tiny): give its facts "
+                             f"with --facts or --splits-dir")
+        facts = read_facts(paths)
+        if args.text is not None:
+            try:
+                text = args.text.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise InputError(f"{args.text}: cannot read the text ({err})") from None
+        log.info("tiny model: %d facts from %d files, %d characters of text", len(facts), len(paths),
+                 len(text or ""))
+
+    from knowsubnet.models import prepare_model  # heavy imports only when run
+
+    subset = {"models": {args.model: spec}}
+    if spec.get("source") == "tiny":
+        subset["run"] = {"targets": params["run"]["targets"]}
+    provenance = prepare_model(args.model, spec, args.out, facts=facts, text=text,
+                               seed=int(spec.get("seed", 0)), params=subset)
+    summary = {k: provenance[k] for k in ("parameters", "wall_seconds", "tail_accuracy", "tail_accuracy_filtered",
+                                          "tail_accuracy_best", "file_sha256", "revision") if k in provenance}
+    log.info("%s: %s", args.model, summary)
+
+
+if __name__ == "__main__":
+    main()

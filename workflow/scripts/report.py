@@ -1,0 +1,58 @@
+"""Stage report: tables, figures and report.md from the metrics, masks and training logs.
+
+Params: report.combine, report.top_n, report.dpi (the whole params are shown in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from knowsubnet import params as params_mod
+from knowsubnet.errors import cli_entry
+from knowsubnet.report import build_report
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("report")
+
+
+def run_files(results: Path, run: dict) -> tuple[list[Path], list[Path], list[Path]]:
+    """The per-seed metrics, masks and logs (and seed combinations) of models x targets x seeds."""
+    metrics, masks, logs = [], [], []
+    for model in run["models"]:
+        for target in run["targets"]:
+            for seed in run["seeds"]:
+                metrics.append(results / "eval" / model / target / f"seed{seed}" / "metrics.json")
+                masks.append(results / "masks" / model / target / f"seed{seed}" / "mask.safetensors")
+                logs.append(results / "masks" / model / target / f"seed{seed}" / "train_log.csv")
+            if len(run["seeds"]) > 1:
+                metrics.extend(sorted((results / "eval" / model / target / "combined").glob("*.json")))
+    return metrics, masks, logs
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--metrics", type=Path, nargs="*", default=[],
+                        help="metrics JSON files (per seed, and seed combinations)")
+    parser.add_argument("--from-run", action="store_true",
+                        help="take the metrics, masks and logs of params `run` from <out-dir> (used by DVC)")
+    parser.add_argument("--masks", type=Path, nargs="*", default=[], help="mask.safetensors files (per seed)")
+    parser.add_argument("--logs", type=Path, nargs="*", default=[], help="train_log.csv files")
+    parser.add_argument("--out-dir", type=Path, default=Path("results"))
+    parser.add_argument("--models-root", type=Path, default=None,
+                        help="model directories (config.json, provenance.json); default <out-dir>/models")
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    if args.from_run:
+        args.metrics, args.masks, args.logs = run_files(args.out_dir, params["run"])
+    written = build_report(args.metrics, args.masks, args.logs, out_dir=args.out_dir, params=params,
+                           models_root=args.models_root)
+    log.info("wrote %d files; report: %s", len(written), written["report"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Stage split_controls: TargetKG / ControlKG train/val/test parquet files for every target.
+
+Params: targets, split.seed, split.targetkg_holdout, split.fractions, split.max_targetkg,
+split.max_controlkg.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from knowsubnet import params as params_mod
+from knowsubnet.errors import InputError, cli_entry
+from knowsubnet.provenance import stamp
+from knowsubnet.splits import splits_from_params, write_splits
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True,
+                        help="params YAML files, merged in order")
+    parser.add_argument("--triplets", type=Path, default=Path("data/processed/triplets.parquet"))
+    parser.add_argument("--out", type=Path, default=Path("data/processed/splits"))
+    args = parser.parse_args(argv)
+    params = params_mod.load(args.params, SCHEMA)
+    try:
+        triplets = pd.read_parquet(args.triplets)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{args.triplets}: cannot read the triplets table ({err})") from None
+    splits = splits_from_params(triplets, params)
+    write_splits(args.out, splits,
+                 provenance=stamp({"targets": params.get("targets"), "split": params.get("split")}))
+
+
+if __name__ == "__main__":
+    main()

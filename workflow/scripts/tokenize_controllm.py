@@ -1,0 +1,72 @@
+"""Stage tokenize_controllm: WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer.
+
+Params: controllm.block_size, controllm.max_train_blocks, controllm.max_test_blocks.
+Writes the folder --out (atomically): train.safetensors and test.safetensors (key `blocks`, int64
+[n_blocks, block_size]) and meta.json (counts, provenance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from knowsubnet import params as params_mod
+from knowsubnet.errors import InputError, cli_entry
+from knowsubnet.io import atomic_path, sha256_file, write_json
+from knowsubnet.provenance import stamp
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("tokenize_controllm")
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the text ({err})") from None
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
+    parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw")
+    parser.add_argument("--test-text", type=Path, required=True, help="wiki.test.raw")
+    parser.add_argument("--out", type=Path, required=True, help="results/controllm/<model>")
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    settings = params["controllm"]
+    block_size = int(settings["block_size"])
+
+    from knowsubnet.encoding import controllm_blocks, save_blocks  # heavy imports only when run
+    from knowsubnet.models import load_tokenizer
+
+    config_path = args.model_dir / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{args.model_dir}: not a prepared model directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    context = next((config[k] for k in ("n_positions", "max_position_embeddings") if k in config), None)
+    if context is not None and block_size > context:
+        raise InputError(f"params key 'controllm.block_size' = {block_size}: longer than the model's "
+                         f"context of {context} tokens ({config_path})")
+    tokenizer = load_tokenizer(args.model_dir)
+
+    counts = {}
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        for part, path, cap in (("train", args.train_text, settings.get("max_train_blocks")),
+                                ("test", args.test_text, settings.get("max_test_blocks"))):
+            blocks = controllm_blocks(tokenizer, read_text(path), block_size, cap)
+            save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
+            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path)}
+            log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)
+        write_json(tmp / "meta.json", stamp({"controllm": settings}, model_dir=str(args.model_dir),
+                                            block_size=block_size, **counts))
+
+
+if __name__ == "__main__":
+    main()

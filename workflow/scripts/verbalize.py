@@ -1,0 +1,79 @@
+"""Stage verbalize: the best template per fact for one model (lowest tail perplexity).
+
+Params: verbalize.batch_size, verbalize.device. Facts come from --triplets (one parquet) or
+--splits (split folders or parquet files; their union). Output: one row per fact with uuid, head,
+rel, tail, template_id, prompt, tail_text, tail_ppl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from knowsubnet import params as params_mod
+from knowsubnet.errors import InputError, cli_entry
+from knowsubnet.io import write_parquet
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+log = logging.getLogger("verbalize")
+
+
+def read_facts(paths: list[Path]) -> pd.DataFrame:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.parquet"))
+            if not found:
+                raise InputError(f"{path}: no parquet files; expected a split folder (run split_controls)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    frames = []
+    for file in files:
+        try:
+            frame = pd.read_parquet(file)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{file}: cannot read the facts file ({err})") from None
+        missing = {"uuid", "head", "rel", "tail"} - set(frame.columns)
+        if missing:
+            raise InputError(f"{file}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
+        frames.append(frame[["uuid", "head", "rel", "tail"]])
+    return pd.concat(frames, ignore_index=True).drop_duplicates("uuid").reset_index(drop=True)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--triplets", type=Path, help="data/processed/triplets.parquet")
+    source.add_argument("--splits", type=Path, nargs="+", help="data/processed/splits/<target> (or parquet files)")
+    parser.add_argument("--out", type=Path, required=True, help="the output parquet")
+    args = parser.parse_args(argv)
+
+    params = params_mod.load(args.params, SCHEMA)
+    settings = params["verbalize"]
+    facts = read_facts([args.triplets] if args.triplets else list(args.splits))
+
+    from knowsubnet.models import context_length, load_model, pick_device  # heavy imports only when run
+    from knowsubnet.verbalize import best_templates
+
+    device = pick_device(settings.get("device", "auto"))
+    model, tokenizer = load_model(args.model_dir, device)
+    best = best_templates(model, tokenizer, facts, int(settings["batch_size"]), device,
+                          max_length=context_length(model), source=str(args.triplets or args.splits[0]))
+    write_parquet(args.out, best)
+    mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")
+    log.info("%d facts -> %s; tail PPL of the set %.3f; templates used %s", len(best), args.out,
+             math.exp(mean_nll), best["template_id"].value_counts().sort_index().to_dict())
+
+
+if __name__ == "__main__":
+    main()
