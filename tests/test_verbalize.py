@@ -46,7 +46,7 @@ class BigramLM(nn.Module):
 
     @property
     def base_model(self):
-        return lambda input_ids: SimpleNamespace(last_hidden_state=self.eye[input_ids])
+        return lambda input_ids, **_: SimpleNamespace(last_hidden_state=self.eye[input_ids])
 
     def get_output_embeddings(self):
         return self.head

@@ -1,8 +1,8 @@
 """Tail scoring under a model, and the best template per fact (lowest tail perplexity).
 
-`tail_nll` is the one place tail cross-entropy is computed; evaluation reuses it. It runs the
-model's body (`model.base_model`), gathers the hidden states at the positions that predict a tail
-token and applies the output embedding there only, so memory stays small for large vocabularies.
+`tail_nll` batches facts by length and scores them with `evaluation.tail_logits`, which runs the
+model's body, gathers the hidden states at the positions that predict a tail token and applies
+the output embedding there only, so memory stays small for large vocabularies.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from knowsubnet.encoding import IGNORE, FactSet, encode_facts
 from knowsubnet.errors import InputError
+from knowsubnet.evaluation import tail_logits
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
     preds = torch.full((n, width), IGNORE, dtype=torch.long) if return_predictions else None
     if n == 0:
         return (nll, preds) if return_predictions else nll
-    body = model.base_model
-    head = model.get_output_embeddings()
     lengths = factset.lengths
     order = torch.sort(lengths, stable=True).indices  # similar lengths together: less padding
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -59,11 +58,9 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
         t = int(lengths[index].max())
         ids = factset.input_ids[index, :t].to(device)
         tgt = factset.targets[index, :t].to(device)
-        hidden = body(input_ids=ids).last_hidden_state
+        logits, row, gold = tail_logits(model, ids, tgt)  # row-major tail positions, as tgt[sel]
         sel = tgt != IGNORE
-        logits = head(hidden[sel]).float()
-        ce = F.cross_entropy(logits, tgt[sel], reduction="none")
-        row = sel.nonzero()[:, 0]
+        ce = F.cross_entropy(logits, gold, reduction="none")
         per_fact = torch.zeros(len(index), device=device, dtype=torch.float32).index_add_(0, row, ce)
         per_fact = per_fact / sel.sum(dim=1).clamp_min(1)
         nll[index] = per_fact.cpu()
