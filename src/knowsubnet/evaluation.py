@@ -312,9 +312,10 @@ def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dic
     return layers, granularity
 
 
-def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path,
-                   controllm_dir: str | Path) -> tuple[Any, Any, torch.Tensor]:
-    """TargetKG test and ControlKG test FactSets, and the ControlLM test blocks."""
+def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, controllm_dir: str | Path,
+                   max_tail_ppl: float | None = None) -> tuple[Any, Any, torch.Tensor]:
+    """TargetKG test and ControlKG test FactSets (facts the model knows, see
+    `factsets.load_split_factset`), and the ControlLM test blocks."""
     from knowsubnet import encoding, factsets  # the data layer; imported here to keep this module light
 
     verbalized_frame = factsets.read_verbalized(verbalized)
@@ -324,7 +325,7 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path,
         path = splits_dir / f"{kind}_test.parquet"
         if not path.exists():
             raise InputError(f"{path}: split file not found; expected the output of split_controls")
-        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer))
+        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, max_tail_ppl))
     blocks_path = Path(controllm_dir) / "test.safetensors"
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")

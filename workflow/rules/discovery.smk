@@ -15,6 +15,7 @@ rule discover_mask:
     params:
         mask=section("mask"),
         train=section("train"),
+        known=config["verbalize"].get("max_tail_ppl"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 2
     log:

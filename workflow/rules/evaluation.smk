@@ -12,6 +12,7 @@ rule evaluate_ablation:
         "results/eval/{model}/{target}/seed{seed}/metrics.json",
     params:
         eval=section("eval"),
+        known=config["verbalize"].get("max_tail_ppl"),
         mask=section("mask"),
     threads: 2
     log:
@@ -36,6 +37,7 @@ rule combine_seeds:
         metrics=expand("results/eval/{{model}}/{{target}}/combined/{how}.json", how=COMBINATIONS),
     params:
         eval=section("eval"),
+        known=config["verbalize"].get("max_tail_ppl"),
     threads: 2
     log:
         "logs/combine_seeds/{model}/{target}.log",

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.splits / f"{name}.parquet"
         if not path.is_file():
             raise InputError(f"{path}: no such split file; run the split_controls stage for target {args.target}")
-        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer)
+        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, params["verbalize"].get("max_tail_ppl"))
     blocks = encoding.load_blocks(args.controllm / "train.safetensors")
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks of %d tokens on %s",
              args.model, args.target, args.seed, len(sets["targetkg_train"].uuids),

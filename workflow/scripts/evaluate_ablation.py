@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     logits, metadata = masking.load_mask(args.mask)
     layers, granularity = evaluation.mask_layers(model, logits, metadata, params, source=str(args.mask))
-    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm)
+    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm,
+                                                           params["verbalize"].get("max_tail_ppl"))
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
              args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 

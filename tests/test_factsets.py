@@ -1,0 +1,46 @@
+"""Joining splits with verbalisations: the known-facts filter and missing verbalisations."""
+
+import pandas as pd
+import pytest
+
+from knowsubnet.errors import InputError
+from knowsubnet.factsets import load_split_factset, read_verbalized
+from test_encoding import gpt2_style  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def files(tmp_path):
+    facts = pd.DataFrame({"uuid": ["a", "b", "c"], "head": ["dog", "cat", "oak"], "rel": ["IsA"] * 3,
+                          "tail": ["animal", "pet", "tree"], "source": ["builtin"] * 3})
+    facts.to_parquet(tmp_path / "split.parquet", index=False)
+    verbalized = facts.drop(columns="source").assign(
+        template_id=0, prompt=["A dog is an", "A cat is a", "An oak is a"],
+        tail_text=[" animal", " pet", " tree"], tail_ppl=[3.0, 250.0, 40.0])
+    verbalized.to_parquet(tmp_path / "verbalized.parquet", index=False)
+    return tmp_path / "split.parquet", tmp_path / "verbalized.parquet"
+
+
+def test_all_facts_by_default_in_split_order(files, gpt2_style):  # noqa: F811
+    split, verbalized = files
+    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style)
+    assert facts.uuids == ["a", "b", "c"]
+
+
+def test_known_facts_filter_drops_high_perplexity_tails(files, gpt2_style):  # noqa: F811
+    split, verbalized = files
+    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style, max_tail_ppl=100)
+    assert facts.uuids == ["a", "c"]
+    assert facts.input_ids.shape[0] == 2
+
+
+def test_filter_that_keeps_nothing_names_the_key(files, gpt2_style):  # noqa: F811
+    split, verbalized = files
+    with pytest.raises(InputError, match="verbalize.max_tail_ppl"):
+        load_split_factset(split, read_verbalized(verbalized), gpt2_style, max_tail_ppl=2)
+
+
+def test_fact_without_verbalisation_is_named(files, gpt2_style):  # noqa: F811
+    split, verbalized = files
+    frame = read_verbalized(verbalized).drop(index="b")
+    with pytest.raises(InputError, match="first uuid b"):
+        load_split_factset(split, frame, gpt2_style)
