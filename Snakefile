@@ -5,6 +5,8 @@
 #   snakemake --profile workflow/profiles/slurm --configfile config/presets/paper.yaml
 #
 # Rules live in workflow/rules/*.smk; each calls one thin script in workflow/scripts/.
+# Model stages use one thread per job: on a few cores, jobs side by side beat threads per job
+# (the slurm profile sets more threads per job).
 
 from snakemake.utils import min_version, validate
 

@@ -17,7 +17,7 @@ rule discover_mask:
         train=section("train"),
         known=config["verbalize"].get("max_tail_ppl"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
-    threads: 2
+    threads: 1
     log:
         "logs/discover_mask/{model}/{target}/seed{seed}.log",
     shell:

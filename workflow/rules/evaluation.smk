@@ -14,7 +14,7 @@ rule evaluate_ablation:
         eval=section("eval"),
         known=config["verbalize"].get("max_tail_ppl"),
         mask=section("mask"),
-    threads: 2
+    threads: 1
     log:
         "logs/evaluate_ablation/{model}/{target}/seed{seed}.log",
     shell:
@@ -38,7 +38,7 @@ rule combine_seeds:
     params:
         eval=section("eval"),
         known=config["verbalize"].get("max_tail_ppl"),
-    threads: 2
+    threads: 1
     log:
         "logs/combine_seeds/{model}/{target}.log",
     shell:

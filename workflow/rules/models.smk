@@ -19,7 +19,7 @@ rule prepare_model:
     params:
         spec=lambda w: section("models", w.model),
         facts_arg=lambda w, input: f"--splits-dir data/processed/splits --text {input.text}" if "splits" in input.keys() else "",
-    threads: 2
+    threads: 1
     log:
         "logs/prepare_model/{model}.log",
     shell:
@@ -35,7 +35,7 @@ rule verbalize:
         "results/verbalized/{model}/{target}.parquet",
     params:
         verbalize=section("verbalize"),
-    threads: 2
+    threads: 1
     log:
         "logs/verbalize/{model}/{target}.log",
     shell:
