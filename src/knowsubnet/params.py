@@ -42,7 +42,7 @@ def read_yaml(path: str | Path) -> dict:
 def validate(params: dict, schema_path: str | Path, source: str = "params") -> dict:
     """Validate against the schema (filling defaults is left to the schema's users); return params."""
     schema = read_yaml(schema_path)
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
