@@ -1,4 +1,4 @@
-"""Fixtures shared by the data-layer tests (relations, fetch, triplets, splits)."""
+"""Fixtures and helpers shared by the tests."""
 
 from __future__ import annotations
 
@@ -22,3 +22,28 @@ def shared_data_mirror() -> Path:
 def repo_facts_table() -> Path:
     """The in-repo facts table (the 'builtin' source)."""
     return REPO_ROOT / "data" / "facts" / "conceptnet_facts.tsv"
+
+
+def byte_bpe_tokenizer(corpus: str, vocab_size: int):
+    """A byte-level BPE tokenizer built like GPT-2's (and SmolLM2's), trained on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus.splitlines(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Toy-sized ops: a second thread only adds synchronisation (and thrashes a busy 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

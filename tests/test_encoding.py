@@ -8,6 +8,8 @@ import torch
 from knowsubnet.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
 from knowsubnet.errors import InputError
 
+from conftest import byte_bpe_tokenizer
+
 CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
           "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n"
           "A guitar is an instrument. The sun is hot. Swimming requires water.\n") * 30
@@ -15,17 +17,7 @@ CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats li
 
 @pytest.fixture(scope="module")
 def gpt2_style():
-    """A byte-level BPE tokenizer built like GPT-2's (and SmolLM2's)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS.splitlines(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return byte_bpe_tokenizer(CORPUS, 400)
 
 
 def _sentencepiece_style(legacy: bool):

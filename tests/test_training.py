@@ -13,13 +13,7 @@ from knowsubnet.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig,
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Toy-sized ops: a second thread only adds synchronisation (and thrashes a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gpt2(n_layer=4, seed=0):

@@ -14,6 +14,8 @@ from torch import nn
 from knowsubnet import relations
 from knowsubnet.encoding import encode_facts
 from knowsubnet.errors import InputError
+
+from conftest import byte_bpe_tokenizer
 from knowsubnet.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll, top1_correct
 
 CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
@@ -22,16 +24,7 @@ CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats li
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS.splitlines(), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return byte_bpe_tokenizer(CORPUS, 300)
 
 
 class BigramLM(nn.Module):
