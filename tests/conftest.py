@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests load stage scripts from their files; the scripts import their sibling `stage_params`.
+sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))
 
 
 @pytest.fixture

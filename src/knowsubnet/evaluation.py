@@ -60,15 +60,6 @@ def eval_settings(params: dict[str, Any]) -> dict[str, Any]:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(name: str, key: str = "eval.device") -> torch.device:
-    """`auto` picks the GPU when one is visible, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"params key '{key}' = {name!r}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     # Dropout must be off for deterministic scores; restore the caller's mode afterwards.

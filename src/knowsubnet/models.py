@@ -61,21 +61,27 @@ def context_length(model_or_config) -> int | None:
     return None
 
 
-def pick_device(pref: str | torch.device | None = "auto") -> torch.device:
-    """`auto`: cuda when present, else cpu. `cpu`, `cuda`, `cuda:N`, `mps` are taken as asked."""
+def pick_device(pref: str | torch.device | None = "auto", key: str = "device") -> torch.device:
+    """`auto`: cuda when present, else cpu. `cpu`, `cuda`, `cuda:N`, `mps` are taken as asked.
+
+    `key` names the params key the value came from, for the error message.
+    """
+    if isinstance(pref, torch.device):
+        return pref
     pref = "auto" if pref is None else str(pref)
+    where = f"params key '{key}' = {pref!r}" if key != "device" else f"device {pref!r}"
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", pref):
-        raise InputError(f"device {pref!r}: expected auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"{where}: expected auto, cpu, cuda, cuda:N or mps")
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError(f"device {pref!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
+            raise InputError(f"{where}: CUDA is not available on this machine; use 'auto' or 'cpu'")
         index = int(pref.split(":")[1]) if ":" in pref else 0
         if index >= torch.cuda.device_count():
-            raise InputError(f"device {pref!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise InputError(f"{where}: only {torch.cuda.device_count()} CUDA device(s) here")
     if pref == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("device 'mps': not available on this machine; use 'auto' or 'cpu'")
+        raise InputError(f"{where}: MPS is not available on this machine; use 'auto' or 'cpu'")
     return torch.device(pref)
 
 

@@ -42,6 +42,7 @@ from knowsubnet import objectives
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
 from knowsubnet.masking import MaskableLayer, MaskLogits, find_blocks, find_maskable_layers
+from knowsubnet.models import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +131,6 @@ def configs_from_params(params: dict[str, Any]) -> tuple[MaskConfig, TrainConfig
     if not 0.0 <= train.warmup_frac <= 1.0:
         raise InputError(f"params key 'train.warmup_frac' = {train.warmup_frac}: expected a fraction in [0, 1]")
     return mask, train
-
-
-def resolve_device(pref: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else is taken as a torch device string."""
-    if isinstance(pref, torch.device):
-        return pref
-    if pref == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"params key 'train.device' = {pref!r}: CUDA is not available on this machine")
-    return torch.device(pref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +280,7 @@ class MaskTrainer:
                  checkpoint_path: str | Path | None = None, progress: bool = True,
                  callback: Callable[[MaskTrainer, int], None] | None = None):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
-        self.device = resolve_device(train_config.device)
+        self.device = pick_device(train_config.device, key="train.device")
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress, self.callback = progress, callback
 

@@ -8,7 +8,6 @@ Params: eval.*, mask.top_k_blocks (as evaluate_ablation).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -16,12 +15,12 @@ from pathlib import Path
 import torch
 
 from knowsubnet import analysis, evaluation, masking
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.io import write_json
+from knowsubnet.models import load_model, pick_device
 from knowsubnet.provenance import stamp
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("combine_seeds")
 
 
@@ -34,8 +33,7 @@ def _seed_of(path: Path, metadata: dict[str, str]) -> int:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--masks", type=Path, nargs="+", required=True, help="the seeds' mask.safetensors")
@@ -49,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                         choices=list(analysis.COMBINATIONS))
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     settings = evaluation.eval_settings(params)
-    device = evaluation.resolve_device(settings["device"])
+    device = pick_device(settings["device"], key="eval.device")
     start = time.monotonic()
 
     loaded = [(path, *masking.load_mask(path)) for path in args.masks]
@@ -62,7 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     first_meta = loaded[0][2]
     seed_masks = [analysis.to_binary(logits) for _, logits, _ in loaded]
 
-    from knowsubnet.models import load_model  # the model layer; heavy imports only when run
 
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     layers, granularity = evaluation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))

@@ -9,7 +9,6 @@ outputs are written.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -18,12 +17,11 @@ from pathlib import Path
 import torch
 
 from knowsubnet import masking, training
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.io import write_json, write_text
 from knowsubnet.provenance import stamp
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("discover_mask")
 
 
@@ -38,8 +36,7 @@ def log_csv(rows: list[dict]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", required=True, help="model name (the {model} wildcard)")
     parser.add_argument("--target", required=True, help="target name (the {target} wildcard)")
     parser.add_argument("--seed", type=int, required=True, help="seed of the mask's noise and batches")
@@ -51,13 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     mask_cfg, train_cfg = training.configs_from_params(params)
 
     from knowsubnet import encoding, factsets  # the data layer
     from knowsubnet.models import load_model, pick_device  # the model layer; heavy imports only when run
 
-    device = pick_device(train_cfg.device)
+    device = pick_device(train_cfg.device, key="train.device")
     train_cfg.device = str(device)
 
     model, tokenizer = load_model(args.model_dir, device, torch.float32)

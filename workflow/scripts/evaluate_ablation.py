@@ -6,25 +6,23 @@ mask file's metadata does not record it).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
 from knowsubnet import evaluation, masking
-from knowsubnet import params as params_mod
 from knowsubnet.errors import cli_entry
 from knowsubnet.io import write_json
+from knowsubnet.models import load_model, pick_device
 from knowsubnet.provenance import stamp
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("evaluate_ablation")
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", required=True, help="model name (the {model} wildcard)")
     parser.add_argument("--target", required=True, help="target name (the {target} wildcard)")
     parser.add_argument("--seed", type=int, required=True, help="mask seed; also seeds the random baseline")
@@ -36,12 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     settings = evaluation.eval_settings(params)
-    device = evaluation.resolve_device(settings["device"])
+    device = pick_device(settings["device"], key="eval.device")
     start = time.monotonic()
-
-    from knowsubnet.models import load_model  # the model layer; heavy imports only when run
 
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     logits, metadata = masking.load_mask(args.mask)

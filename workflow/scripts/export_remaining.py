@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from knowsubnet import masking
+from knowsubnet import evaluation, masking
 from knowsubnet.errors import cli_entry
 from knowsubnet.io import atomic_path, sha256_file, write_json
 from knowsubnet.provenance import stamp
@@ -38,16 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = stored if isinstance(stored, torch.dtype) else torch.float32
     model, tokenizer = load_model(args.model_dir, torch.device("cpu"), dtype)
     logits, metadata = masking.load_mask(args.mask)
-    granularity = metadata["granularity"]
-    n_blocks = len(masking.find_blocks(model)[1])
-    if "top_k_blocks" in metadata:
-        top_k = int(metadata["top_k_blocks"])
-    else:  # older mask files: the lowest block the mask names fixes k
-        blocks = {l.name: l.block for l in masking.find_maskable_layers(model, n_blocks)}
-        named = [blocks[name] for name in logits if name in blocks]
-        top_k = n_blocks - min(named) if named else n_blocks
-    layers = masking.find_maskable_layers(model, top_k)
-    masking.check_mask_matches(layers, logits, granularity, source=str(args.mask))
+    layers, granularity = evaluation.mask_layers(model, logits, metadata, {}, source=str(args.mask))
     binary = masking.binary_masks(logits)
     sparsity = masking.sparsity(model, layers, binary, granularity)
 

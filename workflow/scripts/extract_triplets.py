@@ -5,30 +5,26 @@ Params: triplets.sources, triplets.lama_path.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import cli_entry
 from knowsubnet.io import write_parquet
 from knowsubnet.triplets import build_triplets
+from stage_params import load_params, stage_parser
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "config" / "params.schema.yaml"
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True,
-                        help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--raw", type=Path, default=Path("data/raw"),
                         help="fetch_data's output folder")
     parser.add_argument("--facts", type=Path, default=REPO / "data/facts/conceptnet_facts.tsv",
                         help="the in-repo facts table (source 'builtin')")
     parser.add_argument("--out", type=Path, default=Path("data/processed/triplets.parquet"))
     args = parser.parse_args(argv)
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     triplets = params.get("triplets") or {}
     table = build_triplets(args.raw, triplets.get("sources") or [],
                            lama_path=triplets.get("lama_path"), facts_table=args.facts)

@@ -7,16 +7,14 @@ Pretrained sources ignore --facts/--splits-dir/--text.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("prepare_model")
 
 
@@ -49,8 +47,7 @@ def split_files(splits_dir: Path, targets: list[str]) -> list[Path]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", required=True, help="model name: a key of params 'models'")
     parser.add_argument("--out", type=Path, required=True, help="results/models/<model>")
     parser.add_argument("--facts", type=Path, nargs="+", default=[], help="fact parquet files (tiny model)")
@@ -58,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", type=Path, help="ordinary text for the tiny model (wiki.valid.raw)")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     spec = params.get("models", {}).get(args.model)
     if spec is None:
         raise InputError(f"params key 'models.{args.model}' is missing; known models: "

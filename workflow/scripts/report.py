@@ -5,15 +5,13 @@ Params: report.combine, report.top_n, report.dpi (the whole params are shown in 
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import cli_entry
 from knowsubnet.report import build_report
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("report")
 
 
@@ -33,8 +31,7 @@ def run_files(results: Path, run: dict) -> tuple[list[Path], list[Path], list[Pa
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--metrics", type=Path, nargs="*", default=[],
                         help="metrics JSON files (per seed, and seed combinations)")
     parser.add_argument("--from-run", action="store_true",
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="model directories (config.json, provenance.json); default <out-dir>/models")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     if args.from_run:
         args.metrics, args.masks, args.logs = run_files(args.out_dir, params["run"])
     written = build_report(args.metrics, args.masks, args.logs, out_dir=args.out_dir, params=params,

@@ -6,28 +6,23 @@ split.max_controlkg.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.provenance import stamp
 from knowsubnet.splits import splits_from_params, write_splits
-
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
+from stage_params import load_params, stage_parser
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True,
-                        help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--triplets", type=Path, default=Path("data/processed/triplets.parquet"))
     parser.add_argument("--out", type=Path, default=Path("data/processed/splits"))
     args = parser.parse_args(argv)
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     try:
         triplets = pd.read_parquet(args.triplets)
     except (OSError, ValueError) as err:

@@ -7,17 +7,15 @@ Writes the folder --out (atomically): train.safetensors and test.safetensors (ke
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.io import atomic_path, sha256_file, write_json
 from knowsubnet.provenance import stamp
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("tokenize_controllm")
 
 
@@ -30,15 +28,14 @@ def read_text(path: Path) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
     parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw")
     parser.add_argument("--test-text", type=Path, required=True, help="wiki.test.raw")
     parser.add_argument("--out", type=Path, required=True, help="results/controllm/<model>")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     settings = params["controllm"]
     block_size = int(settings["block_size"])
 

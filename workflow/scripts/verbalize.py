@@ -7,18 +7,16 @@ rel, tail, template_id, prompt, tail_text, tail_ppl.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet import params as params_mod
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.io import write_parquet
+from stage_params import load_params, stage_parser
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 log = logging.getLogger("verbalize")
 
 
@@ -49,8 +47,7 @@ def read_facts(paths: list[Path]) -> pd.DataFrame:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", nargs="+", required=True, help="params YAML files, merged in order")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--triplets", type=Path, help="data/processed/triplets.parquet")
@@ -58,14 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the output parquet")
     args = parser.parse_args(argv)
 
-    params = params_mod.load(args.params, SCHEMA)
+    params = load_params(args)
     settings = params["verbalize"]
     facts = read_facts([args.triplets] if args.triplets else list(args.splits))
 
     from knowsubnet.models import context_length, load_model, pick_device  # heavy imports only when run
     from knowsubnet.verbalize import best_templates
 
-    device = pick_device(settings.get("device", "auto"))
+    device = pick_device(settings.get("device", "auto"), key="verbalize.device")
     model, tokenizer = load_model(args.model_dir, device)
     best = best_templates(model, tokenizer, facts, int(settings["batch_size"]), device,
                           max_length=context_length(model), source=str(args.triplets or args.splits[0]))
