@@ -207,8 +207,8 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     """TargetKG and ControlKG train/val/test for one target.
 
     The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
-    then every fact with no head or tail among the TargetKG's entities, shuffled, split by
-    `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
+    then every fact with no head or tail among the TargetKG's entities (and, for a relation
+    target, not of that relation), shuffled, split by `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
     not split: train = val = test = all selected facts.
     """
     key = f"targets.{name}"
@@ -226,7 +226,12 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     t_heads, t_tails = _entities(target)
     excluded = set(t_heads) | set(t_tails)
     heads, tails = _entities(frame)
-    control = frame[~(heads.isin(excluded) | tails.isin(excluded)).to_numpy()]
+    shared = heads.isin(excluded) | tails.isin(excluded)
+    if "rel" in spec:
+        # A relation-level removal should remove every fact of that relation: keeping some of
+        # them in ControlKG would ask the remaining model for the very knowledge it must lose.
+        shared |= frame["rel"] == spec["rel"]
+    control = frame[~shared.to_numpy()]
     if control.empty:
         raise InputError(f"params key '{key}': the ControlKG is empty: every fact shares a head "
                          f"or tail with the {len(target)} TargetKG facts (lower "
