@@ -50,6 +50,8 @@ def workspace(tmp_path_factory):
     splits.mkdir()
     frame[frame["rel"] == "IsA"].to_parquet(splits / "targetkg_train.parquet", index=False)
     frame[frame["rel"] != "IsA"].to_parquet(splits / "controlkg_train.parquet", index=False)
+    frame[frame["rel"] == "IsA"].to_parquet(splits / "targetkg_val.parquet", index=False)
+    frame[frame["rel"] == "UsedFor"].to_parquet(splits / "controlkg_val.parquet", index=False)
 
     text = " ".join(verbalized["prompt"] + verbalized["tail_text"]) + " the a of in for is kind you use find"
     tokenizer = train_tokenizer([text] * 5, vocab_size=300, model_max_length=64)
@@ -59,11 +61,13 @@ def workspace(tmp_path_factory):
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     blocks = encoding.controllm_blocks(tokenizer, text * 4, block_size=16)
-    encoding.save_blocks(root / "controllm" / "train.safetensors", blocks)
+    encoding.save_blocks(root / "controllm" / "train.safetensors", blocks[:-2])
+    encoding.save_blocks(root / "controllm" / "val.safetensors", blocks[-2:])
 
     override = {"mask": {"top_k_blocks": 1},
                 "train": {"steps": 6, "log_every": 2, "checkpoint_every": 3, "device": "cpu",
-                          "batch": {"targetkg": 3, "controlkg": 4, "controllm": 2}}}
+                          "batch": {"targetkg": 3, "controlkg": 4, "controllm": 2},
+                          "select": {"every": 3, "min_sparsity": 0.0, "min_target_ratio": 0.0}}}
     (root / "override.yaml").write_text(yaml.safe_dump(override))
     return root
 
@@ -82,9 +86,16 @@ def test_discover_then_export(workspace):
     assert set(meta["sparsity"]) == {"masked_layers", "all_weights"}
     assert meta["provenance"]["params"]["train"]["steps"] == 6
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "suppress", "controlkg", "controllm", "sparsity_loss",
-                                 "sparsity_weight", "lr", "density"]
-    assert log["step"].tolist() == [2, 4, 6]
+    assert list(log.columns) == ["step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
+                                 "sparsity_weight", "lr", "density", "val_sparsity", "val_targetkg_ppl",
+                                 "val_controlkg_ppl", "val_controllm_ppl", "val_random_targetkg_ppl",
+                                 "val_random_controlkg_ppl", "val_random_controllm_ppl"]
+    assert log["step"].tolist() == [2, 3, 4, 6]  # logged every 2 steps and at every validation
+    validated = log.dropna(subset=["val_targetkg_ppl"])
+    assert validated["step"].tolist() == [3, 6]
+    selection = meta["selection"]
+    assert selection["step"] in (3, 6) and selection["qualified"]
+    assert set(selection["original"]) == {"targetkg", "controlkg", "controllm"}
     logits, metadata = masking.load_mask(out / "mask.safetensors")
     assert metadata["granularity"] == "weight" and metadata["top_k_blocks"] == "1"
     assert all(name.startswith("transformer.h.1.") for name in logits)

@@ -180,3 +180,68 @@ def test_neuron_granularity_trains(granularity):
     result = trainer.train()
     assert all(v.dim() == 1 for v in result.logits.values())
     assert len(result.log) == 2
+
+
+# -- validation and checkpoint selection -------------------------------------------------------
+
+def test_select_checkpoint_prefers_least_control_damage_among_qualified():
+    from knowsubnet.training import SelectConfig, select_checkpoint
+
+    original = {"targetkg": 10.0, "controlkg": 20.0, "controllm": 50.0}
+    rows = [  # step, sparsity, target, controlkg, controllm
+        {"step": 50, "val_sparsity": 0.97, "val_targetkg_ppl": 500.0, "val_controlkg_ppl": 20.0, "val_controllm_ppl": 50.0},
+        {"step": 100, "val_sparsity": 0.99, "val_targetkg_ppl": 50.0, "val_controlkg_ppl": 20.0, "val_controllm_ppl": 50.0},
+        {"step": 150, "val_sparsity": 0.99, "val_targetkg_ppl": 400.0, "val_controlkg_ppl": 30.0, "val_controllm_ppl": 52.0},
+        {"step": 200, "val_sparsity": 0.99, "val_targetkg_ppl": 300.0, "val_controlkg_ppl": 22.0, "val_controllm_ppl": 51.0},
+    ]
+    cfg = SelectConfig(every=50, min_sparsity=0.98, min_target_ratio=10.0)
+    # step 50 is not sparse enough, step 100 does not remove the target: 200 beats 150 on damage
+    assert select_checkpoint(rows, original, cfg) == 3
+    # nothing qualifies: the last validation
+    assert select_checkpoint(rows, original, SelectConfig(min_sparsity=0.999)) == 3
+    assert select_checkpoint(rows[:3], original, SelectConfig(min_sparsity=0.999)) == 2
+    # no criterion: least damage overall, the later step on a tie
+    assert select_checkpoint(rows, original, SelectConfig()) == 1
+
+
+def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_one():
+    from knowsubnet import evaluation
+    from knowsubnet.training import SelectConfig, ValidationSets
+
+    model = gpt2()
+    target, control, blocks = data()
+    val = ValidationSets(facts(5, 7, seed=7), facts(6, 9, seed=8), blocks[:2])
+    trainer = MaskTrainer(model, target, control, blocks[2:], MaskConfig(top_k_blocks=2, init_prob=0.3),
+                          config(steps=8), seed=0, progress=False, validation=val,
+                          select=SelectConfig(every=2, min_sparsity=0.0, min_target_ratio=0.0))
+    # the original validation PPLs are the evaluation module's, computed the plain way
+    fs = SimpleNamespace(input_ids=val.targetkg.input_ids, targets=val.targetkg.targets, uuids=list(range(5)))
+    want = evaluation.summarize_facts(evaluation.score_facts(model, fs, 3, "cpu"))["ppl"]
+    assert trainer.val_original["targetkg"] == pytest.approx(want, rel=1e-5)
+    assert trainer.val_original["controllm"] == pytest.approx(evaluation.lm_ppl(model, val.controllm, 2, "cpu"),
+                                                              rel=1e-5)
+    result = trainer.train()
+    steps = [row["step"] for row in trainer.val_rows]
+    assert steps == [2, 4, 6, 8]
+    chosen = result.selection["step"]
+    index = steps.index(chosen)
+    # the returned logits are the chosen validation's mask: re-validating them gives its scores
+    trainer.mask.load_state_dict(result.logits)
+    again = trainer._val_ppls(trainer.mask.effective_weights(deterministic=True))
+    assert again["controlkg"] == pytest.approx(trainer.val_rows[index]["val_controlkg_ppl"], rel=1e-6)
+    logged = [row for row in result.log if row["val_targetkg_ppl"] is not None]
+    assert [row["step"] for row in logged] == steps
+
+
+def test_expression_loss_is_the_subnetwork_alone_cross_entropy():
+    model = gpt2()
+    target, control, blocks = data()
+    trainer = MaskTrainer(model, target, control, blocks, MaskConfig(top_k_blocks=1, init_prob=0.5),
+                          config(lambda_expression=1.0), seed=0, progress=False)
+    row = trainer.step()
+    assert row["expression"] > 0
+    plain = MaskTrainer(gpt2(), target, control, blocks, MaskConfig(top_k_blocks=1, init_prob=0.5),
+                        config(), seed=0, progress=False).step()
+    assert plain["expression"] == 0.0
+    # same draw, same other losses: only the total differs, by the expression term
+    assert row["suppress"] == plain["suppress"] and row["loss"] == pytest.approx(plain["loss"] + row["expression"])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -198,13 +199,20 @@ def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
 # ablation
 
 
-def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, label: str) -> dict[str, dict]:
+def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, label: str,
+                   controlkg_relations: list[str] | None = None) -> dict[str, dict]:
     log.info("evaluating %s model", label)
-    return {
+    control = score_facts(model, controlkg, batch_size, device, f"{label}/controlkg")
+    out = {
         "targetkg": _fact_metrics(summarize_facts(score_facts(model, targetkg, batch_size, device, f"{label}/targetkg"))),
-        "controlkg": _fact_metrics(summarize_facts(score_facts(model, controlkg, batch_size, device, f"{label}/controlkg"))),
+        "controlkg": _fact_metrics(summarize_facts(control)),
         "controllm": {"ppl": lm_ppl(model, blocks, batch_size, device)},
     }
+    if controlkg_relations is not None:
+        # Where collateral damage lands: ControlKG PPL per relation.
+        nll = pd.Series(control["nll"].numpy(), index=controlkg_relations)
+        out["controlkg_by_relation"] = {rel: _exp(float(v)) for rel, v in nll.groupby(level=0).mean().items()}
+    return out
 
 
 def _fact_metrics(summary: dict[str, float]) -> dict[str, float]:
@@ -227,7 +235,8 @@ def _mean_and_spread(draws: list[dict[str, dict[str, float]]]) -> tuple[dict, di
 def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], logits: dict[str, torch.Tensor],
                       granularity: str, targetkg, controlkg, controllm_blocks: torch.Tensor,
                       random_draws: int, seed: int, batch_size: int, device: str | torch.device, *,
-                      model_name: str | None = None, target: str | None = None) -> dict[str, Any]:
+                      model_name: str | None = None, target: str | None = None,
+                      controlkg_relations: list[str] | None = None) -> dict[str, Any]:
     """Original / removed / random-removed / kept metrics on the three test sets (see module doc).
 
     `logits` are mask logits (subnetwork = logits > 0) or boolean masks. The random baseline draws
@@ -238,10 +247,11 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
     masks = {name: (v if v.dtype == torch.bool else v > 0).cpu() for name, v in logits.items()}
     masking.check_mask_matches(layers, masks, granularity, source="evaluate_ablation")
     args = (targetkg, controlkg, controllm_blocks, batch_size, device)
+    by_rel = {"controlkg_relations": controlkg_relations}
 
-    original = _evaluate_sets(model, *args, label="original")
+    original = _evaluate_sets(model, *args, label="original", **by_rel)
     with masking.masked_weights(layers, masks, granularity, keep="remaining"):
-        removed = _evaluate_sets(model, *args, label="removed")
+        removed = _evaluate_sets(model, *args, label="removed", **by_rel)
     with masking.masked_weights(layers, masks, granularity, keep="subnetwork"):
         kept = _evaluate_sets(model, *args, label="kept")
 
@@ -250,7 +260,7 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
     for draw in range(random_draws):
         random_masks = masking.random_masks_like(masks, generator)
         with masking.masked_weights(layers, random_masks, granularity, keep="remaining"):
-            draws.append(_evaluate_sets(model, *args, label=f"random[{draw}]"))
+            draws.append(_evaluate_sets(model, *args, label=f"random[{draw}]", **by_rel))
     random_mean, random_spread = _mean_and_spread(draws)
 
     variants = {"removed": removed, "random": random_mean, "kept": kept}
@@ -263,7 +273,9 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
         "sparsity": masking.sparsity(model, layers, masks, granularity),
         "subnetwork_size": masking.subnetwork_size(layers, masks, granularity),
         "counts": {"targetkg": int(targetkg.input_ids.shape[0]), "controlkg": int(controlkg.input_ids.shape[0]),
-                   "controllm_blocks": int(controllm_blocks.shape[0])},
+                   "controllm_blocks": int(controllm_blocks.shape[0]),
+                   **({"controlkg_by_relation": pd.Series(controlkg_relations).value_counts().sort_index().to_dict()}
+                      if controlkg_relations is not None else {})},
         "original": original,
         "removed": removed,
         "random": random_mean,
@@ -304,7 +316,7 @@ def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dic
 
 
 def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, controllm_dir: str | Path,
-                   max_tail_ppl: float | None = None) -> tuple[Any, Any, torch.Tensor]:
+                   known: dict | None = None) -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""
     from knowsubnet import encoding, factsets  # the data layer; imported here to keep this module light
@@ -316,7 +328,7 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
         path = splits_dir / f"{kind}_test.parquet"
         if not path.exists():
             raise InputError(f"{path}: split file not found; expected the output of split_controls")
-        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, max_tail_ppl))
+        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, known))
     blocks_path = Path(controllm_dir) / "test.safetensors"
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")

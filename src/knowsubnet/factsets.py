@@ -18,22 +18,38 @@ def read_verbalized(path: str | Path) -> pd.DataFrame:
     return frame.set_index("uuid")
 
 
-def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       max_tail_ppl: float | None = None) -> FactSet:
-    """The facts of one split parquet, verbalised with this model's best templates, encoded.
+def known_mask(rows: pd.DataFrame, known: dict | None, source: str) -> pd.Series:
+    """Which verbalised facts the model knows (params section `known`; None or {}: all).
 
-    With `max_tail_ppl`, only the facts the model knows are kept: those whose best template's tail
-    perplexity is at most that (a model cannot lose knowledge it never had).
+    max_tail_ppl: best-template tail perplexity at most this (absolute);
+    min_head_gain: the tail at least this many times more likely with the fact's head than with
+    other heads (relative to the model's own distribution; needs verbalize.other_heads > 0).
+    A model cannot lose knowledge it never had.
     """
+    keep = pd.Series(True, index=rows.index)
+    known = known or {}
+    if known.get("max_tail_ppl") is not None:
+        keep &= rows["tail_ppl"] <= float(known["max_tail_ppl"])
+    if known.get("min_head_gain") is not None:
+        if "head_gain" not in rows.columns:
+            raise InputError(f"{source}: no head_gain column; params key 'known.min_head_gain' needs "
+                             f"'verbalize.other_heads' > 0 (re-run verbalize)")
+        keep &= rows["head_gain"] >= float(known["min_head_gain"])
+    return keep
+
+
+def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
+                       known: dict | None = None) -> FactSet:
+    """The facts of one split parquet, verbalised with this model's best templates, encoded;
+    only the facts the model knows (`known_mask`) when `known` sets a criterion."""
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
     if len(unknown):
         raise InputError(f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
                          f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets")
     rows = verbalized.loc[split["uuid"]]
-    if max_tail_ppl is not None:
-        rows = rows[rows["tail_ppl"] <= max_tail_ppl]
-        if rows.empty:
-            raise InputError(f"{split_path}: no fact has tail perplexity <= {max_tail_ppl} under this model "
-                             f"(params key 'verbalize.max_tail_ppl')")
+    rows = rows[known_mask(rows, known, str(split_path)).to_numpy()]
+    if rows.empty:
+        raise InputError(f"{split_path}: no fact passes the known-facts filter {known} under this model "
+                         f"(params section 'known')")
     return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist())

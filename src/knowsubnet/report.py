@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from knowsubnet import analysis, masking
+from knowsubnet import analysis, masking, tradeoff
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path, read_json, write_text
 from knowsubnet.provenance import code_version, environment
@@ -690,9 +690,44 @@ HOW_TO_READ = """\
 """
 
 
+def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | Path], params: dict | None,
+                      tables_dir: Path, figures_dir: Path, dpi: int, written: dict[str, Path]) -> list[str]:
+    """Bars, trade-off over checkpoints, ControlKG damage per relation (see knowsubnet.tradeoff)."""
+    bars = tradeoff.bars_settings(params)
+    sections = ["## Precision: does only the target go?", ""]
+    table = tradeoff.bars_table(records, bars)
+    if not table.empty:
+        written["bars_csv"] = _write_csv(tables_dir / "bars.csv", table.drop(columns="meets"))
+        sections += ["Test splits, PPL of the remaining model / original (×); ✗ marks a missed bar "
+                     "(params `report.bars`). Random share = (random ×−1) / (removed ×−1) on TargetKG.", "",
+                     markdown_table(tradeoff.bars_markdown(table, bars)), ""]
+    curve = tradeoff.tradeoff_table(tradeoff.read_metas(meta_paths)) if meta_paths else pd.DataFrame()
+    if not curve.empty:
+        written["tradeoff_csv"] = _write_csv(tables_dir / "tradeoff.csv", curve)
+        text = markdown_table(tradeoff.tradeoff_markdown(curve))
+        write_text(tables_dir / "tradeoff.md", text)
+        written["tradeoff_md"] = tables_dir / "tradeoff.md"
+        written["fig_tradeoff"] = tradeoff.figure_tradeoff(curve, bars, figures_dir / "tradeoff.png", dpi)
+        sections += ["### Trade-off over checkpoints (validation splits)", "",
+                     "Every validated checkpoint of discovery: sparsity against PPL ratios of the removed "
+                     "subnetwork (random subnetwork of the same size in brackets), mean over seeds; the last "
+                     "column counts the seeds whose kept mask (`train.select`) is that checkpoint.", "",
+                     text, "", "![Trade-off](figures/tradeoff.png)", ""]
+    relations = tradeoff.relation_table(records)
+    if not relations.empty:
+        written["controlkg_relations_csv"] = _write_csv(tables_dir / "controlkg_by_relation.csv", relations)
+        shown = relations.assign(n=relations["n"].round(1), removed_x=relations["removed_x"].map("{:.3f}".format),
+                                 random_x=relations["random_x"].map("{:.3f}".format))
+        sections += ["### ControlKG damage per relation (test, mean over seeds)", "",
+                     "Where the collateral damage lands: ControlKG PPL × per relation, removed and random.", "",
+                     markdown_table(shown), ""]
+    return sections
+
+
 def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),
                  log_paths: Sequence[str | Path] = (), out_dir: str | Path = "results",
-                 params: dict[str, Any] | None = None, models_root: str | Path | None = None) -> dict[str, Path]:
+                 params: dict[str, Any] | None = None, models_root: str | Path | None = None,
+                 meta_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Write every table, figure and `report.md`; return {name: path} of what was written."""
     settings = report_settings(params)
     out_dir = Path(out_dir)
@@ -716,6 +751,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     sections += ["## Ablation: what removing the subnetwork costs", "",
                  "Mean ± std over seeds; the random baseline removes as many weights at random.", "",
                  ablation_md, "", "![ΔPPL by target](figures/delta_ppl.png)", ""]
+    sections += precision_section(records, meta_paths, params, tables_dir, figures_dir, dpi, written)
 
     combos = combinations_table(records)
     if not combos.empty:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import pickle
 import time
 from collections.abc import Callable
@@ -41,7 +42,8 @@ from tqdm.auto import tqdm
 from knowsubnet import objectives
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
-from knowsubnet.masking import MaskableLayer, MaskLogits, find_blocks, find_maskable_layers
+from knowsubnet.masking import (MaskableLayer, MaskLogits, expand_to_weight, find_blocks, find_maskable_layers,
+                                random_masks_like)
 from knowsubnet.models import pick_device
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,11 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 # Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
-LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "sparsity_loss", "sparsity_weight", "lr",
-               "density")
+LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
+               "sparsity_weight", "lr", "density")
+# Validation of the deterministic mask (train.select); None on rows where it did not run.
+VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_controllm_ppl",
+               "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +95,33 @@ class TrainConfig:
     bf16: bool = False
     # final losses are measured with the deterministic mask on at most this many ControlLM blocks
     final_controllm_blocks: int = 32
+    # expression loss (the authors' option): cross-entropy of the subnetwork alone on TargetKG tails
+    lambda_expression: float = 0.0
+
+
+@dataclass
+class SelectConfig:
+    """Checkpoint selection on the validation sets (the paper evaluates every 200 steps).
+
+    Every `every` steps (0: only at the last step) the deterministic mask is scored on TargetKG
+    val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
+    mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
+    `min_target_ratio` x original, the one with the least damage to the controls, measured as
+    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one.
+    """
+    every: int = 0
+    min_sparsity: float = 0.0
+    min_target_ratio: float = 1.0
+
+
+def select_config_from_params(params: dict[str, Any]) -> SelectConfig:
+    """The `train.select` section (absent: validate only at the last step, keep the last mask)."""
+    section = (params.get("train") or {}).get("select") or {}
+    cfg = SelectConfig(every=int(section.get("every", 0)), min_sparsity=float(section.get("min_sparsity", 0.0)),
+                       min_target_ratio=float(section.get("min_target_ratio", 1.0)))
+    if cfg.every < 0:
+        raise InputError(f"params key 'train.select.every' = {cfg.every}: expected an integer >= 0")
+    return cfg
 
 
 def configs_from_params(params: dict[str, Any]) -> tuple[MaskConfig, TrainConfig]:
@@ -121,7 +153,8 @@ def configs_from_params(params: dict[str, Any]) -> tuple[MaskConfig, TrainConfig
         batch_controllm=int(batch.get("controllm", default.batch_controllm)),
         log_every=int(t.get("log_every", default.log_every)),
         checkpoint_every=int(t.get("checkpoint_every", default.checkpoint_every)),
-        device=str(t.get("device", default.device)), bf16=bool(t.get("bf16", default.bf16)))
+        device=str(t.get("device", default.device)), bf16=bool(t.get("bf16", default.bf16)),
+        lambda_expression=float(t.get("lambda_expression", default.lambda_expression)))
     for name in ("steps", "log_every", "checkpoint_every", "batch_targetkg", "batch_controlkg"):
         if getattr(train, name) < 1:
             raise InputError(f"params key 'train.{name.replace('batch_', 'batch.')}' = {getattr(train, name)}: "
@@ -247,13 +280,41 @@ def check_prefix_path(model: nn.Module, top: TopBlocks, input_ids: torch.Tensor,
 
 @dataclass
 class TrainResult:
-    logits: dict[str, torch.Tensor]  # mask logits per layer (CPU float32)
+    logits: dict[str, torch.Tensor]  # the selected mask's logits per layer (CPU float32)
     log: list[dict[str, float]]
     final_losses: dict[str, float]
     steps: int
     wall_time_s: float
     device: str
     layers: list[MaskableLayer] = field(repr=False, default_factory=list)
+    selection: dict[str, Any] | None = None  # chosen step, criterion, original val PPLs
+
+
+@dataclass
+class ValidationSets:
+    """Held-out data for checkpoint selection: FactSets of TargetKG / ControlKG val facts, and
+    ControlLM blocks never trained on."""
+    targetkg: Any
+    controlkg: Any
+    controllm: torch.Tensor | None = None
+
+
+def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: SelectConfig) -> int:
+    """Index into `rows` (validations) of the mask to keep; see SelectConfig."""
+    def damage(row):
+        return sum(math.log(row[f"val_{s}_ppl"] / original[s]) for s in ("controlkg", "controllm")
+                   if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
+
+    qualified = [i for i, row in enumerate(rows)
+                 if row["val_sparsity"] >= cfg.min_sparsity
+                 and row["val_targetkg_ppl"] >= cfg.min_target_ratio * original["targetkg"]]
+    if not qualified:
+        return len(rows) - 1
+    return min(qualified, key=lambda i: (damage(rows[i]), -rows[i]["step"]))
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf  # a wrecked model's PPL is +inf, not an error
 
 
 def _tail_lengths(targets: torch.Tensor) -> torch.Tensor:
@@ -278,8 +339,10 @@ class MaskTrainer:
     def __init__(self, model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None,
                  mask_config: MaskConfig, train_config: TrainConfig, seed: int,
                  checkpoint_path: str | Path | None = None, progress: bool = True,
-                 callback: Callable[[MaskTrainer, int], None] | None = None):
+                 callback: Callable[[MaskTrainer, int], None] | None = None,
+                 validation: ValidationSets | None = None, select: SelectConfig | None = None):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
+        self.select = select or SelectConfig()
         self.device = pick_device(train_config.device, key="train.device")
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress, self.callback = progress, callback
@@ -302,6 +365,8 @@ class MaskTrainer:
         self.log: list[dict[str, float]] = []
         self.elapsed = 0.0
         self.last: dict[str, float] = {}
+        self.val_rows: list[dict[str, float]] = []  # one per validation, in step order
+        self.best: tuple[int, dict[str, torch.Tensor]] | None = None  # (index in val_rows, logits on CPU)
 
         if len(targetkg.input_ids) == 0:
             raise InputError("TargetKG training set is empty: expected at least one fact")
@@ -310,6 +375,9 @@ class MaskTrainer:
         self.n_target, self.n_control = len(targetkg.input_ids), len(controlkg.input_ids)
         self.n_lm = 0 if controllm is None else int(controllm.shape[0])
         self._verify_and_cache(targetkg, controlkg, controllm)
+        self.validation = validation
+        if validation is not None:
+            self._cache_validation(validation)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -378,6 +446,87 @@ class MaskTrainer:
         else:
             self.lm_hidden = self.lm_final = None
 
+    @torch.no_grad()
+    def _cache_validation(self, val: ValidationSets) -> None:
+        """Hidden states entering the first masked block for the validation sets, and the
+        original model's validation perplexities."""
+        self.val_caches = {}
+        for name, facts in (("val_target", val.targetkg), ("val_control", val.controlkg)):
+            if facts is None or len(facts.input_ids) == 0:
+                raise InputError(f"{name.replace('val_', '')}KG validation set is empty: expected at least one fact")
+            targets = facts.targets.to(self.device)
+            hidden = self._prefix_all(facts.input_ids, max(self.cfg.batch_targetkg, 1))
+            self.val_caches[name] = (hidden, targets, _tail_lengths(targets.cpu()))
+        self.val_lm_hidden = None
+        if val.controllm is not None and val.controllm.shape[0] > 0:
+            self.val_lm_blocks = val.controllm.to(self.device)
+            self.val_lm_hidden = self._prefix_all(val.controllm, max(self.cfg.batch_controllm, 1))
+        self.val_original = self._val_ppls(None)
+        log.info("validation: %d TargetKG, %d ControlKG facts, %d ControlLM blocks; original PPL %s",
+                 len(val.targetkg.input_ids), len(val.controlkg.input_ids),
+                 0 if self.val_lm_hidden is None else self.val_lm_hidden.shape[0],
+                 {k: round(v, 3) for k, v in self.val_original.items()})
+
+    @torch.no_grad()
+    def _val_ppls(self, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
+        """PPL of the model with `weights` (None: original) on the validation sets, defined as in
+        evaluation: exp(mean over facts of the fact's mean tail CE); exp(mean token CE) for LM."""
+        out = {}
+        chunk = max(self.cfg.batch_targetkg, self.cfg.batch_controlkg, 1)
+        for name, key in (("val_target", "targetkg"), ("val_control", "controlkg")):
+            targets = self.val_caches[name][1]
+            per_fact = []
+            for start in range(0, targets.shape[0], chunk):
+                idx = torch.arange(start, min(start + chunk, targets.shape[0]))
+                (logits,) = self._kg_tail_logits(weights, [(name, idx)])
+                tg = targets[idx.to(self.device)]
+                where = tg != IGNORE
+                ce = F.cross_entropy(logits.float(), tg[where], reduction="none").double()
+                rows = where.nonzero()[:, 0]
+                nll = torch.zeros(len(idx), dtype=torch.float64, device=ce.device).index_add_(0, rows, ce)
+                per_fact.append(nll / where.sum(dim=1))
+            out[key] = _exp(float(torch.cat(per_fact).mean()))
+        if self.val_lm_hidden is not None:
+            total, count = 0.0, 0
+            step = max(self.cfg.batch_controllm, 1)
+            for start in range(0, self.val_lm_hidden.shape[0], step):
+                with self._autocast():
+                    final = self.top.forward(self.val_lm_hidden[start:start + step], weights)
+                ids = self.val_lm_blocks[start:start + step]
+                for row in range(final.shape[0]):
+                    logits = self.top.head(final[row, :-1]).float()
+                    total += float(F.cross_entropy(logits, ids[row, 1:], reduction="sum").double())
+                    count += ids.shape[1] - 1
+            out["controllm"] = _exp(total / count)
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Score the deterministic mask and a random mask of the same per-matrix size on the
+        validation sets; remember the mask when `select_checkpoint` prefers it."""
+        binary = self.mask.deterministic()
+        in_subnet = sum(int(expand_to_weight(binary[l.name], l, self.mcfg.granularity).sum()) for l in self.layers)
+        total = sum(l.weight.numel() for l in self.layers)
+        row = {"step": self.step_count, "val_sparsity": 1.0 - in_subnet / total}
+        scores = self._val_ppls(self.mask.effective_weights(deterministic=True))
+        generator = torch.Generator().manual_seed(self.seed)
+        random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)
+        random_weights = {l.name: l.weight.detach().masked_fill(
+            expand_to_weight(random[l.name].to(self.device), l, self.mcfg.granularity), 0.0) for l in self.layers}
+        random_scores = self._val_ppls(random_weights)
+        for key in ("targetkg", "controlkg", "controllm"):
+            row[f"val_{key}_ppl"] = scores.get(key, math.nan)
+            row[f"val_random_{key}_ppl"] = random_scores.get(key, math.nan)
+        self.val_rows.append(row)
+        chosen = select_checkpoint(self.val_rows, self.val_original, self.select)
+        if chosen == len(self.val_rows) - 1:
+            self.best = (chosen, {k: v.cpu() for k, v in self.mask.state_dict().items()})
+        return row
+
+    def _due_validation(self, t: int) -> bool:
+        every = self.select.every
+        return self.validation is not None and (t == self.cfg.steps or (every > 0 and t % every == 0))
+
     @staticmethod
     def _pad_hidden(hidden: torch.Tensor, width: int) -> torch.Tensor:
         # Zero hidden states past a row's end: later positions never influence earlier ones (causal).
@@ -400,7 +549,7 @@ class MaskTrainer:
         sides: ("target" | "control", fact indices); returns one [P_side, V] tensor per side.
         """
         caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
-                  "control": (self.c_hidden, self.c_targets, self.c_len)}
+                  "control": (self.c_hidden, self.c_targets, self.c_len), **getattr(self, "val_caches", {})}
         width = max(int(caches[name][2][idx].max()) for name, idx in sides)
         hidden, targets, counts = [], [], []
         for name, idx in sides:
@@ -437,6 +586,15 @@ class MaskTrainer:
             out["controllm"] = objectives.controllm_loss(*self._controllm_logits(weights, idx_lm))
         else:
             out["controllm"] = torch.zeros((), device=self.device)
+        if self.cfg.lambda_expression > 0:
+            # The subnetwork alone (in the masked layers) must still express TargetKG:
+            # W * m = W - W_eff, from the same draw.
+            subnet = {l.name: l.weight.detach() - weights[l.name] for l in self.layers}
+            (logits,) = self._kg_tail_logits(subnet, [("target", idx_t)])
+            where = self.t_targets[idx_t.to(self.device)]
+            out["expression"] = F.cross_entropy(logits.float(), where[where != IGNORE])
+        else:
+            out["expression"] = torch.zeros((), device=self.device)
         return out
 
     def step(self) -> dict[str, float]:
@@ -456,7 +614,8 @@ class MaskTrainer:
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
         sparsity = self.mask.expected_density()
         loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
-                + cfg.lambda_controllm * parts["controllm"] + weight_s * sparsity)
+                + cfg.lambda_controllm * parts["controllm"] + cfg.lambda_expression * parts["expression"]
+                + weight_s * sparsity)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -475,6 +634,7 @@ class MaskTrainer:
         """What a checkpoint must match to be resumed."""
         return {"mask": dataclasses.asdict(self.mcfg),
                 "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
+                "select": dataclasses.asdict(self.select),
                 "seed": self.seed, "n_target": self.n_target, "n_control": self.n_control, "n_lm": self.n_lm,
                 "layers": [layer.name for layer in self.layers]}
 
@@ -483,7 +643,8 @@ class MaskTrainer:
             return
         state = {"fingerprint": self.fingerprint(), "step": self.step_count, "logits": self.mask.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
-                 "noise_gen": self.noise_gen.get_state(), "log": list(self.log), "elapsed": self.elapsed}
+                 "noise_gen": self.noise_gen.get_state(), "log": list(self.log), "elapsed": self.elapsed,
+                 "val_rows": list(self.val_rows), "best": self.best}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
@@ -506,6 +667,8 @@ class MaskTrainer:
         self.step_count = int(state["step"])
         self.log = list(state["log"])
         self.elapsed = float(state["elapsed"])
+        self.val_rows = list(state.get("val_rows", []))
+        self.best = state.get("best")
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step_count)
         return True
 
@@ -525,8 +688,9 @@ class MaskTrainer:
             while self.step_count < cfg.steps:
                 row = self.step()
                 t = self.step_count
-                if t % cfg.log_every == 0 or t == cfg.steps:
-                    self.log.append(self._log_row(row))
+                validated = self.validate() if self._due_validation(t) else {}
+                if t % cfg.log_every == 0 or t == cfg.steps or validated:
+                    self.log.append(self._log_row(row, validated))
                     bar.set_postfix(loss=f"{row['loss']:.3f}", density=f"{self.log[-1]['density']:.4f}")
                 self.elapsed = time.perf_counter() - started
                 if t % cfg.checkpoint_every == 0 or t == cfg.steps:
@@ -536,14 +700,26 @@ class MaskTrainer:
                     self.callback(self, t)
         finally:
             bar.close()
+        selection = None
+        if self.best is not None:
+            index, logits = self.best
+            self.mask.load_state_dict({k: v.to(self.device) for k, v in logits.items()})
+            chosen = self.val_rows[index]
+            qualified = (chosen["val_sparsity"] >= self.select.min_sparsity and chosen["val_targetkg_ppl"]
+                         >= self.select.min_target_ratio * self.val_original["targetkg"])
+            selection = {"step": int(chosen["step"]), "qualified": bool(qualified),
+                         "criterion": dataclasses.asdict(self.select), "original": dict(self.val_original),
+                         "chosen": dict(chosen), "curve": [dict(row) for row in self.val_rows]}
+            log.info("kept the mask of step %d (%s)", chosen["step"],
+                     "meets the criterion" if qualified else "no validation met the criterion: the last")
         final = self.final_losses()
         return TrainResult(logits={k: v.cpu() for k, v in self.mask.state_dict().items()}, log=list(self.log),
                            final_losses=final, steps=self.step_count, wall_time_s=self.elapsed,
-                           device=str(self.device), layers=self.layers)
+                           device=str(self.device), layers=self.layers, selection=selection)
 
-    def _log_row(self, row: dict[str, float]) -> dict[str, float]:
+    def _log_row(self, row: dict[str, float], validated: dict[str, float]) -> dict[str, float]:
         out = dict(row, density=self.mask.density())
-        return {k: out[k] for k in LOG_COLUMNS}
+        return {**{k: out[k] for k in LOG_COLUMNS}, **{k: validated.get(k) for k in VAL_COLUMNS}}
 
     @torch.no_grad()
     def final_losses(self) -> dict[str, float]:

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 Verbalizer = Callable[[str, str, str], list[tuple[int, str, str]]]  # (rel, head, tail) -> [(tid, prompt, tail_text)]
 
 OUTPUT_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text", "tail_ppl"]
+# With other_heads > 0: the tail's perplexity with other heads in the fact's best template
+# (geometric mean), and head_gain = baseline_ppl / tail_ppl: how much more likely the model finds
+# the tail given THIS head. A fact is "known" relative to the model's own distribution when the
+# head matters, not only when the tail is frequent (see factsets.known_mask).
+BASELINE_COLUMNS = ["baseline_ppl", "head_gain"]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -123,6 +128,38 @@ def pick_best(candidates: pd.DataFrame, nll: Iterable[float], order: Iterable[st
     best["tail_ppl"] = best["_nll"].map(lambda x: float(torch.exp(torch.tensor(x, dtype=torch.float64))))
     best["template_id"] = best["template_id"].astype("int64")
     return best[OUTPUT_COLUMNS]
+
+
+def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: int, batch_size: int,
+                  device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
+                  max_length: int | None = None) -> pd.DataFrame:
+    """`best` with BASELINE_COLUMNS: the fact's tail scored in its best template with
+    `other_heads` heads drawn (seeded) from the other facts of the set."""
+    import numpy as np
+
+    verbalizer = verbalizer or _default_verbalizer()
+    heads = sorted(set(best["head"]))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, fact in enumerate(best.itertuples(index=False)):
+        pool = [h for h in heads if h != fact.head]
+        if not pool:
+            raise InputError(f"verbalize.other_heads: the set has no head other than {fact.head!r} to compare with")
+        for head in rng.choice(pool, size=min(other_heads, len(pool)), replace=False):
+            options = {tid: (prompt, tail) for tid, prompt, tail in verbalizer(fact.rel, str(head), fact.tail)}
+            prompt, tail_text = options[int(fact.template_id)]
+            rows.append((i, prompt, tail_text))
+    frame = pd.DataFrame(rows, columns=["fact", "prompt", "tail_text"])
+    labels = [f"{best['uuid'].iloc[i]} (other head)" for i in frame["fact"]]
+    factset = encode_facts(tokenizer, frame["prompt"].tolist(), frame["tail_text"].tolist(), labels,
+                           max_length=max_length)
+    nll = tail_nll(model, factset, batch_size, device=device, progress="scoring other heads").double()
+    mean_nll = torch.zeros(len(best), dtype=torch.float64).index_add_(0, torch.as_tensor(frame["fact"].values), nll)
+    mean_nll /= torch.bincount(torch.as_tensor(frame["fact"].values), minlength=len(best)).double()
+    out = best.copy()
+    out["baseline_ppl"] = mean_nll.exp().numpy()
+    out["head_gain"] = out["baseline_ppl"] / out["tail_ppl"]
+    return out
 
 
 def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,

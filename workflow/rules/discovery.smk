@@ -7,6 +7,7 @@ rule discover_mask:
         verbalized="results/verbalized/{model}/{target}.parquet",
         splits=lambda w: split_files(w.target),
         controllm="results/controllm/{model}/train.safetensors",
+        controllm_val="results/controllm/{model}/val.safetensors",
     output:
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
         meta="results/masks/{model}/{target}/seed{seed}/meta.json",
@@ -15,7 +16,7 @@ rule discover_mask:
     params:
         mask=section("mask"),
         train=section("train"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("known"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
     log:

@@ -12,7 +12,7 @@ rule evaluate_ablation:
         "results/eval/{model}/{target}/seed{seed}/metrics.json",
     params:
         eval=section("eval"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("known"),
         mask=section("mask"),
     threads: 1
     log:
@@ -37,7 +37,7 @@ rule combine_seeds:
         metrics=expand("results/eval/{{model}}/{{target}}/combined/{how}.json", how=COMBINATIONS),
     params:
         eval=section("eval"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("known"),
     threads: 1
     log:
         "logs/combine_seeds/{model}/{target}.log",
@@ -57,6 +57,7 @@ rule report:
                         how=COMBINATIONS) if len(SEEDS) > 1 else [],
         masks=expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
+        metas=expand("results/masks/{model}/{target}/seed{seed}/meta.json", model=MODELS, target=TARGETS, seed=SEEDS),
     output:
         "results/report.md",
         "results/tables/ablation.csv",
@@ -67,4 +68,4 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
-        "--masks {input.masks} --logs {input.logs} --out-dir results --models-root results/models 2> {log}"
+        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --out-dir results --models-root results/models 2> {log}"

@@ -50,6 +50,7 @@ rule tokenize_controllm:
         test="data/raw/wikitext-2-raw/wiki.test.raw",
     output:
         train="results/controllm/{model}/train.safetensors",
+        val="results/controllm/{model}/val.safetensors",
         test="results/controllm/{model}/test.safetensors",
     params:
         controllm=section("controllm"),

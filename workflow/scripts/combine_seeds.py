@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     layers, granularity = evaluation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
     targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm,
-                                                           params["verbalize"].get("max_tail_ppl"))
+                                                           params.get("known"))
 
     for how in args.combinations:
         combined = analysis.combine(seed_masks, how)

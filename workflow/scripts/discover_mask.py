@@ -26,11 +26,14 @@ log = logging.getLogger("discover_mask")
 
 
 def log_csv(rows: list[dict]) -> str:
+    columns = list(training.LOG_COLUMNS) + list(training.VAL_COLUMNS)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(training.LOG_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (int(row[k]) if k == "step" else repr(float(row[k]))) for k in training.LOG_COLUMNS})
+        # validation columns stay empty on the rows where no validation ran
+        writer.writerow({k: (int(row[k]) if k == "step" else "" if row.get(k) is None else repr(float(row[k])))
+                         for k in columns})
     return buffer.getvalue()
 
 
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args)
     mask_cfg, train_cfg = training.configs_from_params(params)
+    select_cfg = training.select_config_from_params(params)
 
     from knowsubnet import encoding, factsets  # the data layer
     from knowsubnet.models import load_model, pick_device  # the model layer; heavy imports only when run
@@ -60,19 +64,26 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model_dir, device, torch.float32)
     verbalized = factsets.read_verbalized(args.verbalized)
     sets = {}
-    for name in ("targetkg_train", "controlkg_train"):
+    known = params.get("known")
+    # Keeping the original distribution can be asked of every ControlKG fact, known or not.
+    control_known = known if params["train"].get("controlkg_known_only", True) else None
+    for name, max_ppl in (("targetkg_train", known), ("controlkg_train", control_known),
+                          ("targetkg_val", known), ("controlkg_val", known)):
         path = args.splits / f"{name}.parquet"
         if not path.is_file():
             raise InputError(f"{path}: no such split file; run the split_controls stage for target {args.target}")
-        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, params["verbalize"].get("max_tail_ppl"))
+        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, max_ppl)
     blocks = encoding.load_blocks(args.controllm / "train.safetensors")
+    val_path = args.controllm / "val.safetensors"  # held-out WikiText blocks (tokenize_controllm)
+    val_blocks = encoding.load_blocks(val_path) if val_path.is_file() else None
+    validation = training.ValidationSets(sets["targetkg_val"], sets["controlkg_val"], val_blocks)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks of %d tokens on %s",
              args.model, args.target, args.seed, len(sets["targetkg_train"].uuids),
              len(sets["controlkg_train"].uuids), blocks.shape[0], blocks.shape[1], device)
 
     trainer = training.MaskTrainer(model, sets["targetkg_train"], sets["controlkg_train"], blocks, mask_cfg,
                                    train_cfg, seed=args.seed, checkpoint_path=args.out_dir / "checkpoint.pt",
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, validation=validation, select=select_cfg)
     result = trainer.train()
 
     binary = masking.binary_masks(result.logits)
@@ -90,15 +101,19 @@ def main(argv: list[str] | None = None) -> None:
         "sparsity": sparsity,
         "subnetwork_weights": masking.subnetwork_size(trainer.layers, binary, mask_cfg.granularity),
         "final_losses": final,
+        "selection": result.selection,
         "last_logged_step": result.log[-1] if result.log else None,
         "n_facts": {"targetkg_train": len(sets["targetkg_train"].uuids),
                     "controlkg_train": len(sets["controlkg_train"].uuids), "controllm_blocks": int(blocks.shape[0])},
         "steps": result.steps, "wall_time_s": round(result.wall_time_s, 3), "device": result.device,
-        "provenance": stamp({"mask": params.get("mask"), "train": params.get("train")}, model_dir=str(args.model_dir)),
+        "provenance": stamp({"mask": params.get("mask"), "train": params.get("train"), "known": params.get("known")},
+                            model_dir=str(args.model_dir)),
     }
     write_json(args.out_dir / "meta.json", meta)
+    chosen = (result.selection or {}).get("chosen", {})
     write_json(args.out_dir / "metrics.json", {"sparsity_masked_layers": sparsity["masked_layers"],
-                                               "sparsity_all_weights": sparsity["all_weights"], **final})
+                                               "sparsity_all_weights": sparsity["all_weights"], **final,
+                                               "selected_step": chosen.get("step", result.steps)})
     trainer.discard_checkpoint()  # only once every output is in place
     log.info("sparsity %.4f of masked layers; final suppress %.4f, ControlKG KL %.4f, ControlLM KL %.4f; %.1f s",
              sparsity["masked_layers"], final["suppress"], final["controlkg"], final["controllm"],

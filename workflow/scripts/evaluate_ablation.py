@@ -12,6 +12,7 @@ from pathlib import Path
 
 from knowsubnet import evaluation, masking
 from knowsubnet.errors import cli_entry
+from knowsubnet.factsets import read_verbalized
 from knowsubnet.io import write_json
 from knowsubnet.models import load_model, pick_device
 from knowsubnet.provenance import stamp
@@ -43,14 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     logits, metadata = masking.load_mask(args.mask)
     layers, granularity = evaluation.mask_layers(model, logits, metadata, params, source=str(args.mask))
     targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm,
-                                                           params["verbalize"].get("max_tail_ppl"))
+                                                           params.get("known"))
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
              args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
+    relations = read_verbalized(args.verbalized).loc[controlkg.uuids, "rel"].tolist()
     result = evaluation.evaluate_ablation(
         model, layers, logits, granularity, targetkg, controlkg, blocks,
         random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
-        device=device, model_name=args.model, target=args.target)
+        device=device, model_name=args.model, target=args.target, controlkg_relations=relations)
     result["mask"] = str(args.mask)
     result["provenance"] = stamp({"eval": params.get("eval"), "mask": params.get("mask")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))

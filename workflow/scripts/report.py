@@ -1,6 +1,6 @@
 """Stage report: tables, figures and report.md from the metrics, masks and training logs.
 
-Params: report.combine, report.top_n, report.dpi (the whole params are shown in the report).
+Params: report.combine, report.top_n, report.dpi, report.bars (the whole params are shown in the report).
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ from stage_params import load_params, stage_parser
 log = logging.getLogger("report")
 
 
-def run_files(results: Path, run: dict) -> tuple[list[Path], list[Path], list[Path]]:
-    """The per-seed metrics, masks and logs (and seed combinations) of models x targets x seeds."""
-    metrics, masks, logs = [], [], []
+def run_files(results: Path, run: dict) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """The per-seed metrics, masks, logs and discovery metas (and seed combinations) of models x
+    targets x seeds."""
+    metrics, masks, logs, metas = [], [], [], []
     for model in run["models"]:
         for target in run["targets"]:
             for seed in run["seeds"]:
                 metrics.append(results / "eval" / model / target / f"seed{seed}" / "metrics.json")
                 masks.append(results / "masks" / model / target / f"seed{seed}" / "mask.safetensors")
                 logs.append(results / "masks" / model / target / f"seed{seed}" / "train_log.csv")
+                metas.append(results / "masks" / model / target / f"seed{seed}" / "meta.json")
             if len(run["seeds"]) > 1:
                 metrics.extend(sorted((results / "eval" / model / target / "combined").glob("*.json")))
-    return metrics, masks, logs
+    return metrics, masks, logs, metas
 
 
 @cli_entry
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="take the metrics, masks and logs of params `run` from <out-dir> (used by DVC)")
     parser.add_argument("--masks", type=Path, nargs="*", default=[], help="mask.safetensors files (per seed)")
     parser.add_argument("--logs", type=Path, nargs="*", default=[], help="train_log.csv files")
+    parser.add_argument("--metas", type=Path, nargs="*", default=[], help="discovery meta.json files (trade-off curves)")
     parser.add_argument("--out-dir", type=Path, default=Path("results"))
     parser.add_argument("--models-root", type=Path, default=None,
                         help="model directories (config.json, provenance.json); default <out-dir>/models")
@@ -45,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args)
     if args.from_run:
-        args.metrics, args.masks, args.logs = run_files(args.out_dir, params["run"])
+        args.metrics, args.masks, args.logs, args.metas = run_files(args.out_dir, params["run"])
     written = build_report(args.metrics, args.masks, args.logs, out_dir=args.out_dir, params=params,
-                           models_root=args.models_root)
+                           models_root=args.models_root, meta_paths=args.metas)
     log.info("wrote %d files; report: %s", len(written), written["report"])
 
 

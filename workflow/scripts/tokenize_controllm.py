@@ -1,8 +1,10 @@
 """Stage tokenize_controllm: WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer.
 
-Params: controllm.block_size, controllm.max_train_blocks, controllm.max_test_blocks.
-Writes the folder --out (atomically): train.safetensors and test.safetensors (key `blocks`, int64
-[n_blocks, block_size]) and meta.json (counts, provenance).
+Params: controllm.block_size, controllm.max_train_blocks, controllm.max_val_blocks,
+controllm.max_test_blocks. Writes the folder --out (atomically): train.safetensors,
+val.safetensors and test.safetensors (key `blocks`, int64 [n_blocks, block_size]) and meta.json
+(counts, provenance). val holds the LAST blocks of the training text, never trained on (the
+ControlLM part of checkpoint selection); the objective trains on the first ones.
 """
 
 from __future__ import annotations
@@ -55,9 +57,17 @@ def main(argv: list[str] | None = None) -> None:
     counts = {}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        for part, path, cap in (("train", args.train_text, settings.get("max_train_blocks")),
-                                ("test", args.test_text, settings.get("max_test_blocks"))):
-            blocks = controllm_blocks(tokenizer, read_text(path), block_size, cap)
+        train_all = controllm_blocks(tokenizer, read_text(args.train_text), block_size, None)
+        n_val = min(int(settings.get("max_val_blocks") or 0), train_all.shape[0] // 2)
+        n_train = train_all.shape[0] - n_val
+        if settings.get("max_train_blocks") is not None:
+            n_train = min(n_train, int(settings["max_train_blocks"]))
+        parts = {"train": (args.train_text, train_all[:n_train]),
+                 "val": (args.train_text, train_all[train_all.shape[0] - n_val:]),
+                 "test": (args.test_text,
+                          controllm_blocks(tokenizer, read_text(args.test_text), block_size,
+                                           settings.get("max_test_blocks")))}
+        for part, (path, blocks) in parts.items():
             save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
             counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path)}
             log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)

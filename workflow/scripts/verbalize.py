@@ -60,12 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     facts = read_facts([args.triplets] if args.triplets else list(args.splits))
 
     from knowsubnet.models import context_length, load_model, pick_device  # heavy imports only when run
-    from knowsubnet.verbalize import best_templates
+    from knowsubnet.verbalize import best_templates, head_baseline
 
     device = pick_device(settings.get("device", "auto"), key="verbalize.device")
     model, tokenizer = load_model(args.model_dir, device)
     best = best_templates(model, tokenizer, facts, int(settings["batch_size"]), device,
                           max_length=context_length(model), source=str(args.triplets or args.splits[0]))
+    other_heads = int(settings.get("other_heads", 0))
+    if other_heads and len(best):
+        best = head_baseline(model, tokenizer, best, other_heads, int(settings.get("seed", 0)),
+                             int(settings["batch_size"]), device, max_length=context_length(model))
     write_parquet(args.out, best)
     mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")
     log.info("%d facts -> %s; tail PPL of the set %.3f; templates used %s", len(best), args.out,

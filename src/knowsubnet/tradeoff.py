@@ -1,0 +1,190 @@
+"""Precision of a removal: does only the target go?
+
+Three views for the report, all as PPL ratios (PPL of the variant / PPL of the original model):
+
+- `bars_table`: each run's test-set numbers against the bars of params `report.bars` (sparsity,
+  TargetKG raised at least x-fold, the random subnetwork of the same size raising it far less,
+  ControlKG and ControlLM kept within a few percent);
+- `tradeoff_table` + `figure_tradeoff`: the validation curve of every run (each validated
+  checkpoint: sparsity against TargetKG / ControlKG / ControlLM ratios, removed and random), with
+  the checkpoint that `train.select` kept, from the runs' `meta.json`;
+- `relation_table`: ControlKG damage per relation, so a reader sees where collateral damage lands.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from knowsubnet.errors import InputError
+from knowsubnet.io import read_json
+
+SETS = ("targetkg", "controlkg", "controllm")
+LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
+COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
+# The paper's claim as numbers (defaults of params report.bars).
+BARS = {"min_sparsity": 0.98, "min_target_ratio": 10.0, "max_random_share": 0.1,
+        "max_controlkg_ratio": 1.10, "max_controllm_ratio": 1.05}
+
+
+def bars_settings(params: dict | None) -> dict[str, float]:
+    given = ((params or {}).get("report") or {}).get("bars") or {}
+    unknown = set(given) - set(BARS)
+    if unknown:
+        raise InputError(f"params key 'report.bars': unknown keys {sorted(unknown)}; expected {sorted(BARS)}")
+    return {**BARS, **{k: float(v) for k, v in given.items()}}
+
+
+def _ratio(rec: dict, variant: str, set_name: str) -> float:
+    original = rec["original"][set_name]["ppl"]
+    return rec[variant][set_name]["ppl"] / original if original else math.nan
+
+
+def bars_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.DataFrame:
+    """One row per per-seed evaluation: the test-set ratios and whether each bar is met.
+
+    random share = (random TargetKG ratio - 1) / (removed TargetKG ratio - 1): how much of the
+    discovered subnetwork's effect on TargetKG a random one of the same size has.
+    """
+    rows = []
+    for rec in records:
+        if rec.get("combination"):
+            continue
+        target, random = _ratio(rec, "removed", "targetkg"), _ratio(rec, "random", "targetkg")
+        share = (random - 1.0) / (target - 1.0) if target > 1.0 else math.inf
+        row = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
+               "sparsity": rec["sparsity"]["masked_layers"], "targetkg_x": target, "random_targetkg_x": random,
+               "random_share": share, "controlkg_x": _ratio(rec, "removed", "controlkg"),
+               "controllm_x": _ratio(rec, "removed", "controllm")}
+        row["meets"] = {"sparsity": row["sparsity"] >= bars["min_sparsity"],
+                        "target": target >= bars["min_target_ratio"] and share <= bars["max_random_share"],
+                        "controlkg": row["controlkg_x"] <= bars["max_controlkg_ratio"],
+                        "controllm": row["controllm_x"] <= bars["max_controllm_ratio"]}
+        row["all_bars"] = all(row["meets"].values())
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["model", "target", "seed"], kind="stable").reset_index(drop=True) if rows else frame
+
+
+def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
+    def mark(ok: bool) -> str:
+        return "" if ok else " ✗"
+
+    out = []
+    for row in table.itertuples(index=False):
+        meets = row.meets
+        out.append({"model": row.model, "target": row.target, "seed": row.seed,
+                    f"sparsity (≥ {bars['min_sparsity']:.0%})": f"{row.sparsity:.2%}{mark(meets['sparsity'])}",
+                    f"TargetKG × (≥ {bars['min_target_ratio']:g})": f"{row.targetkg_x:,.1f}{mark(meets['target'])}",
+                    "random TargetKG ×": f"{row.random_targetkg_x:.3f}",
+                    f"random share (≤ {bars['max_random_share']:g})": f"{row.random_share:.4f}",
+                    f"ControlKG × (≤ {bars['max_controlkg_ratio']:g})": f"{row.controlkg_x:.3f}{mark(meets['controlkg'])}",
+                    f"ControlLM × (≤ {bars['max_controllm_ratio']:g})": f"{row.controllm_x:.3f}{mark(meets['controllm'])}",
+                    "all bars": "yes" if row.all_bars else "no"})
+    return pd.DataFrame(out)
+
+
+def read_metas(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    metas = []
+    for path in paths:
+        meta = read_json(path)
+        for key in ("model", "target", "seed"):
+            if key not in meta:
+                raise InputError(f"{path}: no '{key}'; expected a meta.json of discover_mask")
+        metas.append(meta)
+    return metas
+
+
+def tradeoff_table(metas: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per validated checkpoint of every run: sparsity and the validation PPL ratios of
+    the removed and the random subnetwork; `selected` marks the checkpoint kept."""
+    rows = []
+    for meta in metas:
+        selection = meta.get("selection") or {}
+        original = selection.get("original") or {}
+        for point in selection.get("curve") or []:
+            row = {"model": meta["model"], "target": meta["target"], "seed": meta["seed"], "step": point["step"],
+                   "sparsity": point["val_sparsity"], "selected": point["step"] == selection.get("step")}
+            for s in SETS:
+                base = original.get(s)
+                for variant, key in (("removed", f"val_{s}_ppl"), ("random", f"val_random_{s}_ppl")):
+                    value = point.get(key)
+                    row[f"{s}_x_{variant}"] = value / base if base and value is not None else math.nan
+                row[f"{s}_dppl_removed"] = point.get(f"val_{s}_ppl", math.nan) - (base or math.nan)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["model", "target", "seed", "step"], kind="stable").reset_index(drop=True) if rows else frame
+
+
+def tradeoff_markdown(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per model × target × step."""
+    columns = ["sparsity"] + [f"{s}_x_{v}" for s in SETS for v in ("removed", "random")]
+    grouped = table.groupby(["model", "target", "step"], sort=True)
+    means = grouped[columns].mean()
+    chosen = grouped["selected"].sum()
+    out = []
+    for (model, target, step), row in means.iterrows():
+        out.append({"model": model, "target": target, "step": step, "sparsity": f"{row['sparsity']:.3%}",
+                    **{f"{LABELS[s]} ×": f"{row[f'{s}_x_removed']:,.3f} ({row[f'{s}_x_random']:.3f})" for s in SETS},
+                    "kept by seeds": int(chosen[(model, target, step)])})
+    return pd.DataFrame(out)
+
+
+def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi: int) -> Path:
+    """Per model × target: PPL ratio against sparsity over the validated checkpoints; solid =
+    subnetwork removed, dashed = random subnetwork of the same size; stars = the kept checkpoints."""
+    from knowsubnet.report import _save_figure  # one figure writer for the whole report
+
+    panels = list(table.groupby(["model", "target"], sort=True))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, ((model, target), group) in zip(axes, panels):
+        for seed, run in group.groupby("seed", sort=True):
+            run = run.sort_values("step")
+            x = 100 * run["sparsity"]
+            for s in SETS:
+                label = LABELS[s] if seed == group["seed"].min() else None
+                ax.plot(x, run[f"{s}_x_removed"], color=COLORS[s], marker=".", linewidth=1, label=label)
+                ax.plot(x, run[f"{s}_x_random"], color=COLORS[s], linestyle="--", linewidth=0.8)
+                kept = run[run["selected"]]
+                ax.plot(100 * kept["sparsity"], kept[f"{s}_x_removed"], color=COLORS[s], marker="*",
+                        markersize=11, linestyle="none")
+        for value, s in ((bars["min_target_ratio"], "targetkg"), (bars["max_controlkg_ratio"], "controlkg"),
+                         (bars["max_controllm_ratio"], "controllm")):
+            ax.axhline(value, color=COLORS[s], linestyle=":", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity of the masked layers (%)", fontsize=8)
+        ax.set_ylabel("val PPL / original", fontsize=8)
+        ax.set_title(f"{model} / {target}", fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Trade-off over checkpoints (solid: subnetwork removed; dashed: random, same size; "
+                 "★ kept; dotted: bars)", fontsize=9)
+    return _save_figure(fig, path, dpi)
+
+
+def relation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """ControlKG PPL ratio per relation (removed and random vs original), mean over seeds."""
+    rows = []
+    for rec in records:
+        if rec.get("combination") or "controlkg_by_relation" not in rec.get("original", {}):
+            continue
+        original = rec["original"]["controlkg_by_relation"]
+        counts = rec.get("counts", {}).get("controlkg_by_relation", {})
+        for rel, base in original.items():
+            rows.append({"model": rec["model"], "target": rec["target"], "seed": rec["seed"], "relation": rel,
+                         "n": counts.get(rel, math.nan),
+                         "removed_x": rec["removed"]["controlkg_by_relation"][rel] / base,
+                         "random_x": rec["random"]["controlkg_by_relation"][rel] / base})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    return (frame.groupby(["model", "target", "relation"], sort=True)[["n", "removed_x", "random_x"]].mean()
+            .reset_index())
