@@ -67,3 +67,10 @@ def test_invalid_value_names_the_key(tmp_path, override, key):
 def test_unreadable_params_file_is_named(tmp_path):
     with pytest.raises(InputError, match="missing.yaml"):
         load([tmp_path / "missing.yaml"], SCHEMA)
+
+
+@pytest.mark.parametrize("overlay", sorted((ROOT / "config" / "overlays").glob("*.yaml")), ids=lambda p: p.stem)
+def test_overlay_validates_over_its_preset(overlay):
+    preset = overlay.stem.split("-")[0]  # demo-gpu.yaml overlays demo.yaml
+    params = load([ROOT / "config" / "presets" / f"{preset}.yaml", overlay], SCHEMA)
+    assert params["train"]["batch"] == {"targetkg": 250, "controlkg": 250, "controllm": 10}

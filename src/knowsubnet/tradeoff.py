@@ -56,7 +56,11 @@ def bars_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.
             continue
         target, random = _ratio(rec, "removed", "targetkg"), _ratio(rec, "random", "targetkg")
         share = (random - 1.0) / (target - 1.0) if target > 1.0 else math.inf
+        before = rec.get("counts_before_known_filter", {})
+        counts = rec.get("counts", {})
         row = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
+               "targetkg_facts": f"{counts.get('targetkg', '?')} / {before.get('targetkg', '?')}",
+               "controlkg_facts": f"{counts.get('controlkg', '?')} / {before.get('controlkg', '?')}",
                "sparsity": rec["sparsity"]["masked_layers"], "targetkg_x": target, "random_targetkg_x": random,
                "random_share": share, "controlkg_x": _ratio(rec, "removed", "controlkg"),
                "controllm_x": _ratio(rec, "removed", "controllm")}
@@ -78,6 +82,7 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
     for row in table.itertuples(index=False):
         meets = row.meets
         out.append({"model": row.model, "target": row.target, "seed": row.seed,
+                    "TargetKG facts (known / all)": row.targetkg_facts, "ControlKG facts": row.controlkg_facts,
                     f"sparsity (≥ {bars['min_sparsity']:.0%})": f"{row.sparsity:.2%}{mark(meets['sparsity'])}",
                     f"TargetKG × (≥ {bars['min_target_ratio']:g})": f"{row.targetkg_x:,.1f}{mark(meets['target'])}",
                     "random TargetKG ×": f"{row.random_targetkg_x:.3f}",

@@ -14,6 +14,7 @@ import io
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from knowsubnet import masking, training
@@ -103,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         "final_losses": final,
         "selection": result.selection,
         "last_logged_step": result.log[-1] if result.log else None,
-        "n_facts": {"targetkg_train": len(sets["targetkg_train"].uuids),
-                    "controlkg_train": len(sets["controlkg_train"].uuids), "controllm_blocks": int(blocks.shape[0])},
+        "n_facts": {**{name: len(facts.uuids) for name, facts in sets.items()},
+                    "controllm_blocks": int(blocks.shape[0])},
+        "n_facts_before_known_filter": {name: len(pd.read_parquet(args.splits / f"{name}.parquet")) for name in sets},
         "steps": result.steps, "wall_time_s": round(result.wall_time_s, 3), "device": result.device,
         "provenance": stamp({"mask": params.get("mask"), "train": params.get("train"), "known": params.get("known")},
                             model_dir=str(args.model_dir)),

@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from knowsubnet import evaluation, masking
 from knowsubnet.errors import cli_entry
 from knowsubnet.factsets import read_verbalized
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         model, layers, logits, granularity, targetkg, controlkg, blocks,
         random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
         device=device, model_name=args.model, target=args.target, controlkg_relations=relations)
+    # how many facts the known-facts filter (params `known`) kept of each test split
+    result["counts_before_known_filter"] = {kind: len(pd.read_parquet(args.splits / f"{kind}_test.parquet"))
+                                            for kind in ("targetkg", "controlkg")}
     result["mask"] = str(args.mask)
     result["provenance"] = stamp({"eval": params.get("eval"), "mask": params.get("mask")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
