@@ -31,7 +31,8 @@ rule extract_triplets:
 
 rule split_controls:
     input:
-        "data/processed/triplets.parquet",
+        triplets="data/processed/triplets.parquet",
+        manifest="data/raw/manifest.json",
     output:
         [split_files(target) for target in config["targets"]],
         summary="data/processed/splits/summary.json",
@@ -41,5 +42,5 @@ rule split_controls:
     log:
         "logs/split_controls.log",
     shell:
-        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input} "
-        "--out data/processed/splits 2> {log}"
+        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} "
+        "--raw data/raw --out data/processed/splits 2> {log}"
