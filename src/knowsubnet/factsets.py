@@ -19,11 +19,13 @@ def read_verbalized(path: str | Path) -> pd.DataFrame:
 
 
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       max_tail_ppl: float | None = None) -> FactSet:
+                       max_tail_ppl: float | None = None,
+                       scored_positions: str = "all_tail_tokens") -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded.
 
     With `max_tail_ppl`, only the facts the model knows are kept: those whose best template's tail
-    perplexity is at most that (a model cannot lose knowledge it never had).
+    perplexity is at most that (a model cannot lose knowledge it never had). `scored_positions`
+    (params `verbalize.scored_positions`): see `encoding.encode_facts`.
     """
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
@@ -36,4 +38,5 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
         if rows.empty:
             raise InputError(f"{split_path}: no fact has tail perplexity <= {max_tail_ppl} under this model "
                              f"(params key 'verbalize.max_tail_ppl')")
-    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist())
+    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
+                        scored_positions=scored_positions)

@@ -103,11 +103,13 @@ def candidate_sentences(triplets: pd.DataFrame, verbalizer: Verbalizer | None = 
 
 def score_candidates(model, tokenizer, candidates: pd.DataFrame, batch_size: int,
                      device: torch.device | str | None = None, *, max_length: int | None = None,
-                     progress: bool | str = "scoring templates") -> torch.Tensor:
-    """Mean tail cross-entropy of each candidate sentence under the model: FloatTensor [len]."""
+                     progress: bool | str = "scoring templates",
+                     scored_positions: str = "all_tail_tokens") -> torch.Tensor:
+    """Mean tail cross-entropy of each candidate sentence under the model: FloatTensor [len]
+    (over the tail positions `scored_positions` names, see `encoding.encode_facts`)."""
     labels = [f"{u} (template {t})" for u, t in zip(candidates["uuid"], candidates["template_id"])]
     factset = encode_facts(tokenizer, candidates["prompt"].tolist(), candidates["tail_text"].tolist(), labels,
-                           max_length=max_length)
+                           max_length=max_length, scored_positions=scored_positions)
     return tail_nll(model, factset, batch_size, device=device, progress=progress)
 
 
@@ -127,7 +129,8 @@ def pick_best(candidates: pd.DataFrame, nll: Iterable[float], order: Iterable[st
 
 def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
                    device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
-                   max_length: int | None = None, source: str = "triplets") -> pd.DataFrame:
+                   max_length: int | None = None, source: str = "triplets",
+                   scored_positions: str = "all_tail_tokens") -> pd.DataFrame:
     """For each fact, the template with the lowest tail perplexity under the model.
 
     Returns one row per fact, in input order: uuid, head, rel, tail, template_id, prompt,
@@ -142,5 +145,6 @@ def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
     if candidates.empty:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
     log.info("scoring %d sentences (%d facts x their templates)", len(candidates), len(triplets_df))
-    nll = score_candidates(model, tokenizer, candidates, batch_size, device, max_length=max_length)
+    nll = score_candidates(model, tokenizer, candidates, batch_size, device, max_length=max_length,
+                           scored_positions=scored_positions)
     return pick_best(candidates, nll, order=triplets_df["uuid"].tolist())

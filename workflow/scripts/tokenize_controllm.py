@@ -1,6 +1,8 @@
 """Stage tokenize_controllm: WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer.
 
-Params: controllm.block_size, controllm.max_train_blocks, controllm.max_test_blocks.
+Params: controllm.block_size, controllm.max_train_blocks, controllm.max_test_blocks,
+controllm.test_fraction (the first share of the test text's lines; the paper: 0.2). Which text the
+train blocks come from (controllm.train_text: WikiText-2 valid or train) is the --train-text path.
 Writes the folder --out (atomically): train.safetensors and test.safetensors (key `blocks`, int64
 [n_blocks, block_size]) and meta.json (counts, provenance).
 """
@@ -30,7 +32,7 @@ def read_text(path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
-    parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw")
+    parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw or wiki.train.raw")
     parser.add_argument("--test-text", type=Path, required=True, help="wiki.test.raw")
     parser.add_argument("--out", type=Path, required=True, help="results/controllm/<model>")
     args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = params["controllm"]
     block_size = int(settings["block_size"])
 
-    from knowsubnet.encoding import controllm_blocks, save_blocks  # heavy imports only when run
+    from knowsubnet.encoding import controllm_blocks, save_blocks, text_head  # heavy imports only when run
     from knowsubnet.models import load_tokenizer
 
     config_path = args.model_dir / "config.json"
@@ -52,14 +54,16 @@ def main(argv: list[str] | None = None) -> None:
                          f"context of {context} tokens ({config_path})")
     tokenizer = load_tokenizer(args.model_dir)
 
+    test_fraction = float(settings.get("test_fraction", 1.0))
     counts = {}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        for part, path, cap in (("train", args.train_text, settings.get("max_train_blocks")),
-                                ("test", args.test_text, settings.get("max_test_blocks"))):
-            blocks = controllm_blocks(tokenizer, read_text(path), block_size, cap)
+        for part, path, cap, share in (("train", args.train_text, settings.get("max_train_blocks"), 1.0),
+                                       ("test", args.test_text, settings.get("max_test_blocks"), test_fraction)):
+            blocks = controllm_blocks(tokenizer, text_head(read_text(path), share), block_size, cap)
             save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
-            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path)}
+            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path),
+                            "fraction_of_lines": share}
             log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)
         write_json(tmp / "meta.json", stamp({"controllm": settings}, model_dir=str(args.model_dir),
                                             block_size=block_size, **counts))
