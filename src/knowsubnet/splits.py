@@ -358,6 +358,9 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     fractions = _check_fractions(fractions)
     max_targetkg = _check_cap(max_targetkg, "split.max_targetkg")
     control_caps = _check_control_caps(max_controlkg)
+    if controlkg not in CONTROLKG_MODES:
+        raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
+                         f"got {controlkg!r}")
     frame = _canonical(triplets)
 
     _check_spec(key, spec)
@@ -387,11 +390,8 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         control_parts = paper_controlkg(frame, key, wordnet, control_caps, paper_wordnet_controlkg,
                                         paper_order)
         control_caps = {split: None for split in SPLITS}  # applied in file order above
-    elif controlkg == "own":
-        control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
     else:
-        raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
-                         f"got {controlkg!r}")
+        control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
 
     if targetkg_holdout:
         target_parts = _split_by_fractions(target, fractions)
