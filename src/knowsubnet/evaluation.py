@@ -15,7 +15,6 @@ model's weights are restored after each variant (`masking.masked_weights`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from pathlib import Path
@@ -216,8 +215,8 @@ def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
 # ablation
 
 
-def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, label: str,
-                   controllm_ppl: str = "token_mean") -> dict[str, dict]:
+def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, controllm_ppl: str,
+                   label: str) -> dict[str, dict]:
     log.info("evaluating %s model", label)
     return {
         "targetkg": _fact_metrics(summarize_facts(score_facts(model, targetkg, batch_size, device, f"{label}/targetkg"))),
@@ -258,21 +257,20 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
         raise InputError(f"params key 'eval.random_draws' = {random_draws}: expected at least 1 draw")
     masks = {name: (v if v.dtype == torch.bool else v > 0).cpu() for name, v in logits.items()}
     masking.check_mask_matches(layers, masks, granularity, source="evaluate_ablation")
-    args = (targetkg, controlkg, controllm_blocks, batch_size, device)
-    evaluate = functools.partial(_evaluate_sets, controllm_ppl=controllm_ppl)  # same averaging everywhere
+    args = (targetkg, controlkg, controllm_blocks, batch_size, device, controllm_ppl)  # same averaging everywhere
 
-    original = evaluate(model, *args, label="original")
+    original = _evaluate_sets(model, *args, label="original")
     with masking.masked_weights(layers, masks, granularity, keep="remaining"):
-        removed = evaluate(model, *args, label="removed")
+        removed = _evaluate_sets(model, *args, label="removed")
     with masking.masked_weights(layers, masks, granularity, keep="subnetwork"):
-        kept = evaluate(model, *args, label="kept")
+        kept = _evaluate_sets(model, *args, label="kept")
 
     generator = torch.Generator().manual_seed(int(seed))
     draws = []
     for draw in range(random_draws):
         random_masks = masking.random_masks_like(masks, generator)
         with masking.masked_weights(layers, random_masks, granularity, keep="remaining"):
-            draws.append(evaluate(model, *args, label=f"random[{draw}]"))
+            draws.append(_evaluate_sets(model, *args, label=f"random[{draw}]"))
     random_mean, random_spread = _mean_and_spread(draws)
 
     variants = {"removed": removed, "random": random_mean, "kept": kept}
