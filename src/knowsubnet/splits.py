@@ -1,8 +1,10 @@
 """Target selection and the TargetKG / ControlKG splits.
 
-A target is a named selection of facts (params `targets.<name>`). Its ControlKG is every fact that
-shares no entity with the TargetKG, so that maintaining ControlKG never asks the model to keep
-what it is asked to forget. Splits depend only on the set of facts and the seed, never on the
+A target is a named selection of facts (params `targets.<name>`): a relation, a ConceptNet concept's
+neighbourhood, or a WordNet synset's hypernym subtree. Its ControlKG is every fact of the same graph
+(ConceptNet or WordNet) that shares no entity with the TargetKG, so that maintaining ControlKG never
+asks the model to keep what it is asked to forget; or, with `split.controlkg: paper`, the paper's
+fixed ControlKG files. Splits depend only on the set of facts and the seed, never on the
 order rows arrive in: same inputs and seed, byte-identical files.
 """
 
