@@ -3,6 +3,7 @@ the Hypernym relation, WordNet targets and ControlKG in split_controls, and fetc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -242,3 +243,47 @@ def test_fetch_gets_wordnet_and_wiki_train_only_when_the_params_need_them(tmp_pa
         "verified"]
     with pytest.raises(InputError, match="wiki.train.raw.*controllm.train_text"):
         fetch_data(tmp_path / "raw2", mirror, optional=["wiki_train"])
+
+
+def test_download_path_unpacks_the_wndb_tarball_and_records_unsummed_files(tmp_path, monkeypatch):
+    """mirror=None: a WNdb-3.0.tar.gz-shaped archive served by file:// stands in for Princeton's."""
+    import io
+    import tarfile
+    import zipfile
+
+    from knowsubnet import fetch
+    from knowsubnet.fetch import Origin, RawFile, fetch_data
+    from knowsubnet.io import sha256_file
+
+    served = tmp_path / "served"
+    served.mkdir()
+    data, index = DATA.encode(), INDEX.encode()
+    with tarfile.open(served / "WNdb-3.0.tar.gz", "w:gz") as archive:
+        for name, payload in (("dict/data.noun", data), ("dict/index.noun", index)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    with zipfile.ZipFile(served / "wikitext.zip", "w") as archive:
+        archive.writestr("wikitext-2-raw/wiki.train.raw", " = Train = \n")
+    tgz = (served / "WNdb-3.0.tar.gz").as_uri()
+    specs = tuple(RawFile(f"wordnet-3.0/{name}", hashlib.sha256(payload).hexdigest(),
+                          (Origin(tgz, "tar_gz", f"dict/{name}"),))
+                  for name, payload in (("data.noun", data), ("index.noun", index)))
+    wiki = RawFile("wikitext-2-raw/wiki.train.raw", None,
+                   (Origin((served / "wikitext.zip").as_uri(), "zip", "wikitext-2-raw/wiki.train.raw"),))
+    monkeypatch.setattr(fetch, "RAW_FILES", ())
+    monkeypatch.setattr(fetch, "OPTIONAL_FILES", {"wordnet": specs, "wiki_train": (wiki,)})
+    manifest = fetch_data(tmp_path / "raw", None, optional=["wordnet", "wiki_train"])
+    assert manifest["files"]["wordnet-3.0/data.noun"]["verified"]
+    assert not manifest["files"]["wikitext-2-raw/wiki.train.raw"]["verified"]  # no published sum
+    assert manifest["files"]["wikitext-2-raw/wiki.train.raw"]["sha256"] == sha256_file(
+        tmp_path / "raw" / "wikitext-2-raw" / "wiki.train.raw")
+    assert len(read_noun_database(tmp_path / "raw" / "wordnet-3.0")) == 9
+
+
+def test_wordnet_sums_are_the_mirror_readmes(shared_data_mirror):
+    from knowsubnet.fetch import WORDNET_FILES
+
+    readme = (shared_data_mirror / "README.md").read_text(encoding="utf-8")
+    for spec in WORDNET_FILES:
+        assert spec.sha256 in readme and (shared_data_mirror / spec.path).is_file(), spec.path
