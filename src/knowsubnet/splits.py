@@ -341,6 +341,7 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
                 max_targetkg: int | None, max_controlkg: Any, *, controlkg: str = "own",
                 wordnet_exclude: set[str] | None = None, paper_wordnet_controlkg: int = 50,
                 paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+                _prepared: tuple[pd.DataFrame, tuple[pd.Series, pd.Series]] | None = None,
                 ) -> dict[str, pd.DataFrame]:
     """TargetKG and ControlKG train/val/test for one target.
 
@@ -363,7 +364,12 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     if controlkg not in CONTROLKG_MODES:
         raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
                          f"got {controlkg!r}")
-    frame = _canonical(triplets)
+    # _prepared: the canonical frame and its entities, computed once by splits_from_params (the
+    # WordNet source makes the table ~80k facts; normalising it again per target dominated the stage)
+    frame, (heads, tails) = _prepared if _prepared is not None else (None, (None, None))
+    if frame is None:
+        frame = _canonical(triplets)
+        heads, tails = _entities(frame)
 
     _check_spec(key, spec)
     target = _shuffled(_select(frame, key, spec), seed, _RNG_TARGET)
@@ -371,7 +377,6 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         target = target.iloc[:max_targetkg]
     t_heads, t_tails = _entities(target)
     excluded = set(t_heads) | set(t_tails)
-    heads, tails = _entities(frame)
     shared = heads.isin(excluded) | tails.isin(excluded)
     wordnet = is_wordnet_spec(spec)
     # The two graphs never mix: a WordNet TargetKG is controlled by WordNet edges, and ConceptNet
@@ -429,7 +434,9 @@ def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
     if not isinstance(targets, Mapping) or not targets:
         raise InputError("params key 'targets': expected a mapping of target names to selectors")
     split = params.get("split") or {}
-    exclude = wordnet_excluded(triplets, targets)
+    frame = _canonical(triplets)
+    prepared = (frame, _entities(frame))
+    exclude = wordnet_excluded(frame, targets)
     out = {}
     for name in names if names is not None else list(targets):
         if name not in targets:
@@ -441,7 +448,7 @@ def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
             max_targetkg=split.get("max_targetkg"), max_controlkg=split.get("max_controlkg"),
             controlkg=split.get("controlkg", "own"), wordnet_exclude=exclude,
             paper_wordnet_controlkg=split.get("paper_wordnet_controlkg", 50),
-            paper_order=paper_order)
+            paper_order=paper_order, _prepared=prepared)
     return out
 
 
