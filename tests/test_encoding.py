@@ -140,3 +140,29 @@ def test_controllm_blocks(gpt2_style, tmp_path):
         load_blocks(tmp_path / "bad.safetensors")
     with pytest.raises(InputError, match="no such ControlLM blocks file"):
         load_blocks(tmp_path / "missing.safetensors")
+
+
+def test_last_token_scores_only_the_last_tail_token(gpt2_style):
+    tok = gpt2_style
+    prompts, tails = ["A banana is a", "A dog is an"], [" fruit", " xylophonist"]
+    every = encode_facts(tok, prompts, tails)
+    last = encode_facts(tok, prompts, tails, scored_positions="last_token")
+    assert torch.equal(every.input_ids, last.input_ids)  # the model reads the same sentence
+    assert last.tail_lengths.tolist() == [1, 1] and every.tail_lengths[1] > 1
+    for i in range(2):
+        end = int(every.lengths[i]) - 1
+        assert last.targets[i, end] == every.targets[i, end]  # the last tail token, same position
+        assert (last.targets[i, :end] == -100).all()
+    with pytest.raises(InputError, match="scored_positions"):
+        encode_facts(tok, prompts, tails, scored_positions="first_token")
+
+
+def test_text_head_keeps_the_first_share_of_lines():
+    from knowsubnet.encoding import text_head
+
+    text = "".join(f"line {i}\n" for i in range(10))
+    assert text_head(text, 1.0) == text
+    assert text_head(text, 0.2) == "line 0\nline 1\n"
+    assert text_head(text, 0.01) == "line 0\n"  # at least one line
+    with pytest.raises(InputError, match="controllm.test_fraction"):
+        text_head(text, 0)

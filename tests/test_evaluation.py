@@ -254,3 +254,16 @@ def test_tail_logits_equal_the_full_forward(arch):
     where = targets != -100
     assert rows.tolist() == [0, 0, 1, 2, 2] and gold.tolist() == [5, 6, 7, 8, 9]
     torch.testing.assert_close(logits, full[where].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_lm_ppl_batch_mean_is_the_mean_of_batch_perplexities():
+    blocks = torch.tensor([[0, 1, 2, 3], [3, 0, 0, 1]])
+    first = [ce(LOGITS[0], 1), ce(LOGITS[1], 2), ce(LOGITS[2], 3)]
+    second = [ce(LOGITS[3], 0), ce(LOGITS[0], 0), ce(LOGITS[0], 1)]
+    paper = evaluation.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu", averaging="batch_mean")
+    assert paper == pytest.approx((math.exp(sum(first) / 3) + math.exp(sum(second) / 3)) / 2, rel=1e-6)
+    token = evaluation.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu")
+    assert token == pytest.approx(math.exp(sum(first + second) / 6), rel=1e-6)
+    assert paper != pytest.approx(token)  # the two definitions differ (Jensen)
+    with pytest.raises(InputError, match="eval.controllm_ppl"):
+        evaluation.eval_settings({"eval": {"controllm_ppl": "median"}})

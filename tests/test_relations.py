@@ -7,13 +7,13 @@ import re
 import pytest
 
 from knowsubnet.errors import InputError
-from knowsubnet.relations import (RELATIONS, TEMPLATES, all_verbalizations, indefinite_article,
+from knowsubnet.relations import (ALL_RELATIONS, RELATIONS, TEMPLATES, all_verbalizations, indefinite_article,
                                   is_plural, noun_phrase, verbalize)
 
 def test_sixteen_relations_with_four_to_six_templates_each():
     assert len(RELATIONS) == 16 == len(set(RELATIONS))
-    assert set(TEMPLATES) == set(RELATIONS)
-    for rel in RELATIONS:
+    assert set(TEMPLATES) == set(ALL_RELATIONS) == set(RELATIONS) | {"Hypernym"}
+    for rel in ALL_RELATIONS:
         assert 4 <= len(TEMPLATES[rel]) <= 6, rel
         assert len(set(TEMPLATES[rel])) == len(TEMPLATES[rel]), rel
 

@@ -10,7 +10,8 @@ import pytest
 
 from knowsubnet.errors import InputError
 from knowsubnet.relations import RELATIONS
-from knowsubnet.triplets import (COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES, build_triplets,
+from knowsubnet.triplets import (COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
+                                 KNOW_SUBNET_WORDNET_FILES, build_triplets,
                                  merge_facts, read_best_format, read_facts_table, read_lama,
                                  read_lama_jsonl, read_lama_parquet, stable_uuid)
 
@@ -110,6 +111,9 @@ def make_raw_dir(tmp_path: Path) -> Path:
         else:
             chosen = BEST_FORMAT if tag == "know_subnet/controlkg_train" else []
             path.write_text(json.dumps(chosen), encoding="utf-8")
+    for rel in KNOW_SUBNET_WORDNET_FILES.values():  # the paper's WordNet lists, empty here
+        (raw / KNOW_SUBNET_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / KNOW_SUBNET_DIR / rel).write_text("[]", encoding="utf-8")
     return raw
 
 

@@ -17,6 +17,7 @@ tokenised separately and concatenated.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,16 @@ from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
 
 IGNORE = -100
+# Which tail tokens are scored: every one (default: a multi-token tail is known only when all its
+# tokens are) or only the last one (the paper's code labels the last object token only).
+SCORED_POSITIONS = ("all_tail_tokens", "last_token")
+
+
+def check_scored_positions(value: str) -> str:
+    if value not in SCORED_POSITIONS:
+        raise InputError(f"params key 'verbalize.scored_positions' = {value!r}: expected one of "
+                         f"{', '.join(SCORED_POSITIONS)}")
+    return value
 
 
 @dataclass
@@ -105,11 +116,14 @@ def tokenize_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str],
 
 
 def encode_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids: Sequence[str] | None = None,
-                 *, max_length: int | None = None) -> FactSet:
+                 *, max_length: int | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
     """Encode facts for tail scoring (contract: docs/ARCHITECTURE.md, `encoding.FactSet`).
 
     `max_length`: the model's context (positions); a longer sentence raises InputError.
+    `scored_positions`: `all_tail_tokens` labels every tail token; `last_token` only the last one
+    (the inputs still hold the whole tail before it, so the sentence the model reads is the same).
     """
+    check_scored_positions(scored_positions)
     uuids = [str(u) for u in uuids] if uuids is not None else [f"#{i}" for i in range(len(prompts))]
     pairs = tokenize_facts(tokenizer, prompts, tails, uuids)
     if max_length is not None:
@@ -125,7 +139,10 @@ def encode_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids:
         seq = p + t
         length = len(seq) - 1
         input_ids[i, :length] = torch.tensor(seq[:-1], dtype=torch.long)
-        targets[i, len(p) - 1: length] = torch.tensor(t, dtype=torch.long)
+        if scored_positions == "last_token":
+            targets[i, length - 1] = t[-1]
+        else:
+            targets[i, len(p) - 1: length] = torch.tensor(t, dtype=torch.long)
     return FactSet(input_ids=input_ids, targets=targets, uuids=uuids)
 
 
@@ -158,6 +175,17 @@ def controllm_blocks(tokenizer, text: str, block_size: int, max_blocks: int | No
         raise InputError(f"the text has {len(ids)} tokens, fewer than one block of {block_size}; "
                          f"expected WikiText-2 raw text")
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def text_head(text: str, fraction: float) -> str:
+    """The first `fraction` of the text's lines (at least one): the paper evaluates ControlLM on
+    the first 20 % of WikiText-2 test. 1.0 keeps the whole text."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"params key 'controllm.test_fraction' = {fraction!r}: expected a number in (0, 1]")
+    if fraction == 1:
+        return text
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:max(1, math.ceil(len(lines) * fraction))])
 
 
 def save_blocks(path: str | Path, blocks: torch.Tensor, metadata: dict[str, str] | None = None) -> None:

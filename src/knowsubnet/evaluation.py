@@ -36,7 +36,11 @@ VARIANTS = ("removed", "random", "kept")
 IGNORE = -100
 
 # Defaults of the `eval` params section (used when a key is absent).
-EVAL_DEFAULTS = {"random_draws": 3, "batch_size": 32, "device": "auto", "dtype": "float32"}
+EVAL_DEFAULTS = {"random_draws": 3, "batch_size": 32, "device": "auto", "dtype": "float32",
+                 "controllm_ppl": "token_mean"}
+# ControlLM perplexity: exp(mean CE over every token) (default: one number for the whole text,
+# independent of batching), or the paper's mean over batches of exp(mean CE of the batch).
+CONTROLLM_PPL = ("token_mean", "batch_mean")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,6 +57,9 @@ def eval_settings(params: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"params key 'eval.{key}' = {value!r}: expected an integer >= 1")
     if settings["device"] not in ("auto", "cpu", "mps") and not str(settings["device"]).startswith("cuda"):
         raise InputError(f"params key 'eval.device' = {settings['device']!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if settings["controllm_ppl"] not in CONTROLLM_PPL:
+        raise InputError(f"params key 'eval.controllm_ppl' = {settings['controllm_ppl']!r}: expected one of "
+                         f"{', '.join(CONTROLLM_PPL)}")
     if settings["dtype"] not in DTYPES:
         raise InputError(f"params key 'eval.dtype' = {settings['dtype']!r}: expected one of {', '.join(DTYPES)}")
     return settings
@@ -189,24 +196,34 @@ def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     return total, count
 
 
-def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device) -> float:
-    """exp(mean next-token CE) over every token of the ControlLM blocks."""
-    total, count = lm_nll(model, blocks, batch_size, device)
-    return _exp(total / count)
+def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device,
+           averaging: str = "token_mean") -> float:
+    """ControlLM perplexity of the blocks. `token_mean`: exp(mean next-token CE over every token);
+    `batch_mean` (the paper's): the mean over batches of `batch_size` blocks of exp(batch mean CE)."""
+    if averaging == "token_mean":
+        total, count = lm_nll(model, blocks, batch_size, device)
+        return _exp(total / count)
+    if averaging != "batch_mean":
+        raise InputError(f"params key 'eval.controllm_ppl' = {averaging!r}: expected one of {', '.join(CONTROLLM_PPL)}")
+    ppls = []
+    for start in range(0, blocks.shape[0], batch_size):
+        total, count = lm_nll(model, blocks[start:start + batch_size], batch_size, device)
+        ppls.append(_exp(total / count))
+    return float(np.mean(ppls))
 
 
 # ----------------------------------------------------------------------------------------------
 # ablation
 
 
-def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, label: str,
+def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, controllm_ppl: str, label: str,
                    controlkg_relations: list[str] | None = None) -> dict[str, dict]:
     log.info("evaluating %s model", label)
     control = score_facts(model, controlkg, batch_size, device, f"{label}/controlkg")
     out = {
         "targetkg": _fact_metrics(summarize_facts(score_facts(model, targetkg, batch_size, device, f"{label}/targetkg"))),
         "controlkg": _fact_metrics(summarize_facts(control)),
-        "controllm": {"ppl": lm_ppl(model, blocks, batch_size, device)},
+        "controllm": {"ppl": lm_ppl(model, blocks, batch_size, device, controllm_ppl)},
     }
     if controlkg_relations is not None:
         # Where collateral damage lands: ControlKG PPL per relation.
@@ -236,17 +253,19 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
                       granularity: str, targetkg, controlkg, controllm_blocks: torch.Tensor,
                       random_draws: int, seed: int, batch_size: int, device: str | torch.device, *,
                       model_name: str | None = None, target: str | None = None,
-                      controlkg_relations: list[str] | None = None) -> dict[str, Any]:
+                      controlkg_relations: list[str] | None = None,
+                      controllm_ppl: str = "token_mean") -> dict[str, Any]:
     """Original / removed / random-removed / kept metrics on the three test sets (see module doc).
 
     `logits` are mask logits (subnetwork = logits > 0) or boolean masks. The random baseline draws
     `random_draws` masks from `torch.Generator().manual_seed(seed)`: deterministic for a fixed seed.
+    `controllm_ppl`: how ControlLM perplexity averages (`lm_ppl`).
     """
     if random_draws < 1:
         raise InputError(f"params key 'eval.random_draws' = {random_draws}: expected at least 1 draw")
     masks = {name: (v if v.dtype == torch.bool else v > 0).cpu() for name, v in logits.items()}
     masking.check_mask_matches(layers, masks, granularity, source="evaluate_ablation")
-    args = (targetkg, controlkg, controllm_blocks, batch_size, device)
+    args = (targetkg, controlkg, controllm_blocks, batch_size, device, controllm_ppl)  # same averaging everywhere
     by_rel = {"controlkg_relations": controlkg_relations}
 
     original = _evaluate_sets(model, *args, label="original", **by_rel)
@@ -283,6 +302,7 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
         "random_spread": random_spread,
         "random_draws": draws,
         "random_seed": int(seed),
+        "controllm_ppl": controllm_ppl,
         "delta_ppl": delta,
         "delta_ppl_random_draws": [{s: d[s]["ppl"] - original[s]["ppl"] for s in SETS} for d in draws],
     }
@@ -316,7 +336,8 @@ def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dic
 
 
 def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, controllm_dir: str | Path,
-                   known: dict | None = None) -> tuple[Any, Any, torch.Tensor]:
+                   known: dict | None = None,
+                   scored_positions: str = "all_tail_tokens") -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""
     from knowsubnet import encoding, factsets  # the data layer; imported here to keep this module light
@@ -328,7 +349,7 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
         path = splits_dir / f"{kind}_test.parquet"
         if not path.exists():
             raise InputError(f"{path}: split file not found; expected the output of split_controls")
-        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, known))
+        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, known, scored_positions))
     blocks_path = Path(controllm_dir) / "test.safetensors"
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")

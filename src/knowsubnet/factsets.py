@@ -39,9 +39,10 @@ def known_mask(rows: pd.DataFrame, known: dict | None, source: str) -> pd.Series
 
 
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       known: dict | None = None) -> FactSet:
+                       known: dict | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded;
-    only the facts the model knows (`known_mask`) when `known` sets a criterion."""
+    only the facts the model knows (`known_mask`) when `known` sets a criterion.
+    `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`."""
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
     if len(unknown):
@@ -52,4 +53,5 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
     if rows.empty:
         raise InputError(f"{split_path}: no fact passes the known-facts filter {known} under this model "
                          f"(params section 'known')")
-    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist())
+    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
+                        scored_positions=scored_positions)

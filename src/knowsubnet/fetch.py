@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -39,7 +41,8 @@ _CHUNK = 1 << 20
 class Origin:
     """One public place a file can be had, and how to turn what is served into the file.
 
-    kind: `file` (the bytes as served), `zip` (member `member` of a zip archive), `hf_wikitext`
+    kind: `file` (the bytes as served), `zip` (member `member` of a zip archive), `tar_gz` (member
+    `member` of a gzipped tar archive), `hf_wikitext`
     (a Hugging Face `wikitext` parquet split, rebuilt into the original .raw text), `hf_csqa`
     (a Hugging Face `commonsense_qa` parquet split, rebuilt into the original jsonl lines).
     The rebuilt files are accepted only if their sha256 matches the original's.
@@ -53,7 +56,7 @@ class Origin:
 @dataclass(frozen=True)
 class RawFile:
     path: str  # relative to data/raw/ and to the mirror
-    sha256: str
+    sha256: str | None  # None: no published checksum; the manifest records what was fetched
     origins: tuple[Origin, ...]  # tried in order
 
 
@@ -68,6 +71,10 @@ _WIKI_GH = ("https://raw.githubusercontent.com/DRAGNLabs/LLMHumanModeling/"
             "67cb89ec83ca316877b9101d6b8b1227aa7cf8e4/data")
 _KS_GH = ("https://raw.githubusercontent.com/AmitVaisman/236004_transformers_project/"
           "d624700db9bb6f0b3c64a4501cd804a39526c1bf/know_subnet/data")
+
+_WORDNET_TGZ = "https://wordnetcode.princeton.edu/3.0/WNdb-3.0.tar.gz"  # the canonical database
+_WORDNET_NLTK = ("https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/"
+                 "wordnet.zip")
 
 _KNOW_SUBNET_SUMS = {
     "conceptnet_lama/controlkg_train_best_format.json":
@@ -96,6 +103,23 @@ _KNOW_SUBNET_SUMS = {
         "300801c4c3e42e319f29d21c63d596a1f31e1940cc05c5fb600e17c743d732fa",
     "csqa/csqa_targetkg_best_format.json":
         "babbd2e658a1bdc2ab41e4b5af9b4530e2f13a666a195adb18613733112d5709",
+    # The paper's WordNet lists (file names contain ( ' ): URL-quoted when downloaded.
+    "wordnet/controlkg/controlkg_val_best_format.json":
+        "a8cd3ba0ac62fd7c497940e0c8750ae145ba2c39b3d58419b04d05376413d85b",
+    "wordnet/targetkg/Synset('building.n.01')_best_format.json":
+        "c5eeaf554e1120f08500e99ea64432c24d98cbd65abca8295999371b8bfbacd1",
+    "wordnet/targetkg/Synset('change.n.01')_best_format.json":
+        "1573f55e5540170d5b68fc56c76f2f66b8d1689723ba3f26d1064f4d031fd624",
+    "wordnet/targetkg/Synset('communication.n.02')_best_format.json":
+        "2958e2dedadd9961ec6614937a8d7179bcb8166aed55852fe0870e61b3994168",
+    "wordnet/targetkg/Synset('location.n.01')_best_format.json":
+        "b10da5981cf6654122529009a938f23ca963459ac60ad520c5401282ecd0d642",
+    "wordnet/targetkg/Synset('magnitude.n.01')_best_format.json":
+        "e20a645768edbe3c9cb1ca72d63e3faca4f356f6e00d3da1e4d77accbe724f32",
+    "wordnet/targetkg/Synset('representation.n.02')_best_format.json":
+        "2b1fb9c895f27021adf9cbacb9efa0d4fd4beffc3d86b17fc453def31583c5b1",
+    "wordnet/targetkg/Synset('statement.n.01')_best_format.json":
+        "48dc86ec68e8135cd25ce132e64b5250bcfa00168b8cc02ed888a31c0c017ba4",
 }
 
 RAW_FILES: tuple[RawFile, ...] = (
@@ -119,9 +143,28 @@ RAW_FILES: tuple[RawFile, ...] = (
             (Origin(_WIKI_ZIP, "zip", "wikitext-2-raw/wiki.test.raw"),
              Origin(f"{_WIKI_HF}/test-00000-of-00001.parquet", "hf_wikitext"),
              Origin(f"{_WIKI_GH}/wiki.test.raw"))),
-    *(RawFile(f"know_subnet_derived/{rel}", digest, (Origin(f"{_KS_GH}/{rel}"),))
+    *(RawFile(f"know_subnet_derived/{rel}", digest, (Origin(f"{_KS_GH}/{urllib.parse.quote(rel)}"),))
       for rel, digest in sorted(_KNOW_SUBNET_SUMS.items())),
 )
+
+# Fetched only when the params need them (fetch_data's `optional` argument names which).
+# WordNet 3.0 noun database (triplets source `wordnet`): the sums are those of the mirror's copy
+# (Debian wordnet-base 1:3.0-37, built from Princeton's release). Princeton's WNdb-3.0.tar.gz is
+# canonical, NLTK's wordnet corpus the fallback.
+WORDNET_FILES: tuple[RawFile, ...] = tuple(
+    RawFile(f"wordnet-3.0/{name}", digest,
+            (Origin(_WORDNET_TGZ, "tar_gz", f"dict/{name}"),
+             Origin(_WORDNET_NLTK, "zip", f"wordnet/{name}")))
+    for name, digest in (
+        ("data.noun", "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2"),
+        ("index.noun", "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04"),
+    ))
+# WikiText-2 train (the paper's ControlLM training text; controllm.train_text: train). Not in the
+# local mirror and no checksum was published with it: the manifest records the sha256 fetched.
+WIKI_TRAIN = RawFile("wikitext-2-raw/wiki.train.raw", None,
+                     (Origin(_WIKI_ZIP, "zip", "wikitext-2-raw/wiki.train.raw"),
+                      Origin(f"{_WIKI_HF}/train-00000-of-00001.parquet", "hf_wikitext")))
+OPTIONAL_FILES: dict[str, tuple[RawFile, ...]] = {"wordnet": WORDNET_FILES, "wiki_train": (WIKI_TRAIN,)}
 
 LAMA_DEST_STEM = "lama/conceptnet_test"  # + .jsonl or .parquet, as triplets.find_lama_file expects
 
@@ -209,6 +252,13 @@ def _materialise(origin: Origin, cached: Path, dest: Path) -> None:
             with zipfile.ZipFile(cached) as archive, archive.open(origin.member) as src, \
                     open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, _CHUNK)
+        elif origin.kind == "tar_gz":
+            with tarfile.open(cached, "r:gz") as archive:
+                src = archive.extractfile(origin.member)
+                if src is None:
+                    raise KeyError(origin.member)
+                with src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
         elif origin.kind == "hf_wikitext":
             import pyarrow.parquet as pq
 
@@ -221,7 +271,7 @@ def _materialise(origin: Origin, cached: Path, dest: Path) -> None:
                              .encode("utf-8"))
         else:
             raise AssertionError(f"unknown origin kind {origin.kind!r}")
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as err:
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError, ValueError) as err:
         raise _FetchFailed(f"cannot unpack ({type(err).__name__}: {err})") from None
 
 
@@ -235,7 +285,7 @@ def _download(spec: RawFile, dest: Path, verify: bool, downloader: _Downloader) 
             failures.append(f"{origin.url}: {err}")
             continue
         actual = sha256_file(dest)
-        if verify and actual != spec.sha256:
+        if verify and spec.sha256 is not None and actual != spec.sha256:
             failures.append(f"{origin.url}: sha256 mismatch for {spec.path}: expected "
                             f"{spec.sha256}, got {actual}")
             dest.unlink()
@@ -272,12 +322,14 @@ def _copy_verified(src: Path, dest: Path) -> str:
 def _from_mirror(spec: RawFile, mirror: Path, dest: Path, verify: bool) -> dict:
     src = mirror / spec.path
     if not src.is_file():
-        raise InputError(f"params key 'data.mirror': {src} is missing from the mirror {mirror}")
+        hint = (" (WikiText-2 train is not in the local mirror: set 'controllm.train_text: valid', "
+                "or 'data.mirror: null' to download it)" if spec is WIKI_TRAIN else "")
+        raise InputError(f"params key 'data.mirror': {src} is missing from the mirror {mirror}{hint}")
     try:
         actual = _copy_verified(src, dest)
     except OSError as err:
         raise InputError(f"params key 'data.mirror': cannot read {src} ({err.strerror})") from None
-    if verify and actual != spec.sha256:
+    if verify and spec.sha256 is not None and actual != spec.sha256:
         raise InputError(f"{src}: sha256 mismatch: expected {spec.sha256}, got {actual} "
                          f"(the mirror's copy differs from the published file)")
     return _entry(dest, actual, str(src), spec, verify)
@@ -289,7 +341,7 @@ def _entry(dest: Path, sha: str, origin: str, spec: RawFile | None, verify: bool
     entry = {"sha256": sha, "bytes": dest.stat().st_size, "origin": origin}
     if spec is not None:
         entry["canonical"] = spec.origins[0].url
-    entry["verified"] = bool(verify and spec is not None)
+    entry["verified"] = bool(verify and spec is not None and spec.sha256 is not None)
     return entry
 
 
@@ -304,14 +356,27 @@ def _lama_dest(lama_path: str | os.PathLike) -> tuple[Path, str]:
     return src, LAMA_DEST_STEM + suffix
 
 
+def optional_files(params: dict[str, Any]) -> list[str]:
+    """Which OPTIONAL_FILES groups the params need: WordNet for triplets source `wordnet`,
+    WikiText-2 train for `controllm.train_text: train`."""
+    sources = [str(s).strip() for s in (params.get("triplets") or {}).get("sources") or []]
+    need = []
+    if "wordnet" in sources:
+        need.append("wordnet")
+    if (params.get("controllm") or {}).get("train_text", "valid") == "train":
+        need.append("wiki_train")
+    return need
+
+
 def fetch_data(out_dir: str | os.PathLike, mirror: str | os.PathLike | None, verify: bool = True,
                lama_path: str | os.PathLike | None = None, provenance: dict | None = None,
-               timeout: float = DEFAULT_TIMEOUT) -> dict:
+               timeout: float = DEFAULT_TIMEOUT, optional: Iterable[str] = ()) -> dict:
     """Fill `out_dir` (data/raw) with the raw datasets and a manifest; return the manifest.
 
     mirror: a folder with the layout of ../shared/data (relative paths: to the working
     directory), or None to download from the public sources. lama_path: an optional LAMA
     ConceptNet file (jsonl or parquet) copied to lama/ (it has no published checksum).
+    optional: groups of OPTIONAL_FILES to fetch as well (see `optional_files`).
     """
     out_dir = Path(out_dir)
     mirror_dir = _check_mirror(mirror) if mirror is not None else None
@@ -321,7 +386,11 @@ def fetch_data(out_dir: str | os.PathLike, mirror: str | os.PathLike | None, ver
             tempfile.TemporaryDirectory(prefix=".fetch-cache.", dir=out_dir.parent) as cache:
         tmp.mkdir()
         downloader = _Downloader(Path(cache), timeout)
-        for spec in tqdm(RAW_FILES, desc="fetch_data", unit="file"):
+        unknown = [name for name in optional if name not in OPTIONAL_FILES]
+        if unknown:
+            raise ValueError(f"unknown optional file groups {unknown}")
+        specs = RAW_FILES + tuple(spec for name in optional for spec in OPTIONAL_FILES[name])
+        for spec in tqdm(specs, desc="fetch_data", unit="file"):
             dest = tmp / spec.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if mirror_dir is not None:

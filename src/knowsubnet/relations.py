@@ -1,4 +1,4 @@
-"""The 16 LAMA-ConceptNet relations and the project's own verbalisation templates.
+"""The 16 LAMA-ConceptNet relations, WordNet's hypernym relation, and the project's own templates.
 
 The paper scores several paraphrases per fact and keeps the one the model finds most natural
 (lowest tail perplexity), so each relation has a handful of templates. They are written for this
@@ -23,12 +23,20 @@ from __future__ import annotations
 import re
 
 from knowsubnet.errors import InputError
+from knowsubnet.wordnet import synset_lemma
 
 RELATIONS: tuple[str, ...] = (
     "AtLocation", "CapableOf", "Causes", "CausesDesire", "Desires", "HasA", "HasPrerequisite",
     "HasProperty", "HasSubevent", "IsA", "MadeOf", "MotivatedByGoal", "NotDesires", "PartOf",
     "ReceivesAction", "UsedFor",
 )
+
+# WordNet facts: (hyponym synset, Hypernym, hypernym synset), "the tail is a hypernym of the head"
+# (named after WordNet's `@` pointer; read as "head is a kind of tail"). Heads and tails are synset
+# names (building.n.01), verbalised as their first lemma with `_` read as a space; kept apart from
+# ConceptNet's IsA so that relation targets and ControlKG pools of the two graphs never mix.
+WORDNET_RELATIONS: tuple[str, ...] = ("Hypernym",)
+ALL_RELATIONS: tuple[str, ...] = RELATIONS + WORDNET_RELATIONS
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "AtLocation": (
@@ -135,6 +143,13 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{S} {is|are} meant to be {o}",
         "It is common for {s} to be {o}",
         "{S} {gets|get} {o}",
+    ),
+    "Hypernym": (
+        "{S} {is|are} {a o}",
+        "{S} {is a kind|are kinds} of {o}",
+        "{S} {is a type|are types} of {o}",
+        "{S} {is a form|are forms} of {o}",
+        "In general terms, {s} {is|are} {a o}",
     ),
     "UsedFor": (
         "{S} {is|are} used for {o}",
@@ -249,9 +264,9 @@ _TAIL_FIELDS = ("{o}", "{a o}")
 
 
 def check_relation(rel: str) -> str:
-    """Return `rel` if it is one of the 16 relations; otherwise InputError listing them."""
+    """Return `rel` if it is a known relation; otherwise InputError listing them."""
     if rel not in TEMPLATES:
-        raise InputError(f"unknown relation {rel!r}; expected one of: {', '.join(RELATIONS)}")
+        raise InputError(f"unknown relation {rel!r}; expected one of: {', '.join(ALL_RELATIONS)}")
     return rel
 
 
@@ -267,6 +282,8 @@ def verbalize(rel: str, template_id: int, head: str, tail: str) -> tuple[str, st
         raise InputError(f"template_id {template_id!r} for relation {rel}: expected an integer "
                          f"from 0 to {len(templates) - 1}")
     head, tail = head.strip(), tail.strip()
+    if rel in WORDNET_RELATIONS:  # synset names -> their words
+        head, tail = synset_lemma(head), synset_lemma(tail)
     if not head or not tail:
         raise InputError(f"cannot verbalise {rel} with an empty head or tail "
                          f"(head={head!r}, tail={tail!r})")
@@ -307,10 +324,10 @@ def _tail_field(template: str) -> str:
     raise AssertionError(f"template does not end with the tail: {template!r}")
 
 
-_BY_LOWER = {rel.lower(): rel for rel in RELATIONS}
+_BY_LOWER = {rel.lower(): rel for rel in ALL_RELATIONS}
 
 # Keep the table honest at import: every relation has 4-6 templates, each ending in the tail.
-assert set(TEMPLATES) == set(RELATIONS)
+assert set(TEMPLATES) == set(ALL_RELATIONS)
 for _rel, _templates in TEMPLATES.items():
     assert 4 <= len(_templates) <= 6, _rel
     for _t in _templates:

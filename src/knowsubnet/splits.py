@@ -1,8 +1,10 @@
 """Target selection and the TargetKG / ControlKG splits.
 
-A target is a named selection of facts (params `targets.<name>`). Its ControlKG is every fact that
-shares no entity with the TargetKG, so that maintaining ControlKG never asks the model to keep
-what it is asked to forget. Splits depend only on the set of facts and the seed, never on the
+A target is a named selection of facts (params `targets.<name>`): a relation, a ConceptNet concept's
+neighbourhood, or a WordNet synset's hypernym subtree. Its ControlKG is every fact of the same graph
+(ConceptNet or WordNet) that shares no entity with the TargetKG, so that maintaining ControlKG never
+asks the model to keep what it is asked to forget; or, with `split.controlkg: paper`, the paper's
+fixed ControlKG files. Splits depend only on the set of facts and the seed, never on the
 order rows arrive in: same inputs and seed, byte-identical files.
 """
 
@@ -20,8 +22,8 @@ import pandas as pd
 
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path, write_json, write_parquet
-from knowsubnet.relations import RELATIONS
-from knowsubnet.triplets import COLUMNS, SORT_KEYS, normalize_entity
+from knowsubnet.relations import RELATIONS, WORDNET_RELATIONS
+from knowsubnet.triplets import COLUMNS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ def select_target(triplets: pd.DataFrame, name: str, spec: Any) -> pd.DataFrame:
 
 
 def _check_spec(key: str, spec: Any) -> None:
+    if isinstance(spec, Mapping) and "wordnet" in spec:
+        _check_wordnet_spec(key, spec)
+        return
     if not isinstance(spec, Mapping):
         raise InputError(f"params key '{key}': expected a mapping such as {{rel: IsA}} or "
                          f"{{concept: fruit, hops: 1}}, got {spec!r}")
@@ -84,6 +89,8 @@ def _check_spec(key: str, spec: Any) -> None:
 
 def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     """select_target on an already canonical frame, after the spec's form was checked."""
+    if "wordnet" in spec:
+        return _select_wordnet(frame, key, spec)
     if "rel" in spec:
         rel = spec["rel"]
         if rel not in RELATIONS:
@@ -116,6 +123,134 @@ def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     if selected.empty:
         raise InputError(f"params key '{key}': the target selects no facts ({what})")
     return selected
+
+
+# -- WordNet targets ----------------------------------------------------------------------------
+# {wordnet: <synset>, facts: <source tag>}: the paper's fixed list (know_subnet/wordnet/<synset>).
+# {wordnet: <synset>[, depth: n][, ancestors: n][, max_facts: n][, seed: n]}: built from the noun
+# database's hypernym edges (source `wordnet`): the edges inside the synset's hyponym subtree down
+# to `depth` levels (default: all), plus those up to `ancestors` levels above it (default 0); a
+# seeded sample of `max_facts` of them when there are more (knowsubnet.wordnet.build_target).
+
+_WORDNET_BUILD_KEYS = {"depth", "ancestors", "max_facts", "seed"}
+
+
+def is_wordnet_spec(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and "wordnet" in spec
+
+
+def _check_wordnet_spec(key: str, spec: Mapping) -> None:
+    extra = set(spec) - {"wordnet", "facts"} - _WORDNET_BUILD_KEYS
+    if extra or ("facts" in spec and set(spec) & _WORDNET_BUILD_KEYS):
+        raise InputError(f"params key '{key}': expected {{wordnet: <synset>, facts: <source tag>}} "
+                         f"or {{wordnet: <synset>[, depth, ancestors, max_facts, seed]}}; got keys "
+                         f"{sorted(map(str, spec))}")
+    name = spec["wordnet"]
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"params key '{key}.wordnet': expected a noun synset name such as "
+                         f"building.n.01, got {name!r}")
+    for field, low in (("depth", 1), ("ancestors", 0), ("max_facts", 1), ("seed", 0)):
+        value = spec.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):
+            raise InputError(f"params key '{key}.{field}': expected an integer >= {low}, got "
+                             f"{value!r}")
+
+
+def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
+    """The WordNet hypernym graph of the triplets' Hypernym facts (only those read from the noun
+    database with `database_only`)."""
+    from knowsubnet.wordnet import HypernymGraph
+
+    rows = frame[frame["rel"].isin(WORDNET_RELATIONS)]
+    if database_only:
+        rows = rows[rows["source"].str.split(";").map(lambda ts: WORDNET_SOURCE in ts)]
+    return HypernymGraph(zip(rows["head"], rows["tail"]),
+                         "the triplets' WordNet facts" + (" (source wordnet)" if database_only else ""))
+
+
+def _select_wordnet(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
+    from knowsubnet.wordnet import build_target
+
+    synset = normalize_entity(spec["wordnet"])
+    hypernyms = frame[frame["rel"].isin(WORDNET_RELATIONS)]
+    if "facts" in spec:
+        tag = str(spec["facts"]).strip()
+        mask = hypernyms["source"].str.split(";").map(lambda ts: tag in ts).to_numpy(dtype=bool)
+        selected = hypernyms[mask]
+        if selected.empty:
+            raise InputError(f"params key '{key}.facts': no WordNet fact has the source tag "
+                             f"{tag!r} (add know_subnet to 'triplets.sources'; the paper's lists "
+                             f"are know_subnet/wordnet/<synset>)")
+        return selected.reset_index(drop=True)
+    graph = hypernym_graph(frame, database_only=True)
+    if not graph.nodes:
+        raise InputError(f"params key '{key}': a WordNet target built from the noun database needs "
+                         f"the source 'wordnet' in 'triplets.sources' (or use facts: "
+                         f"know_subnet/wordnet/<synset> for the paper's lists)")
+    edges = build_target(graph, synset, depth=spec.get("depth"), ancestors=spec.get("ancestors", 0),
+                         max_facts=spec.get("max_facts"), seed=spec.get("seed", 0),
+                         key=f"{key}.wordnet")
+    pairs = pd.MultiIndex.from_tuples(edges)
+    mask = pd.MultiIndex.from_arrays([hypernyms["head"], hypernyms["tail"]]).isin(pairs)
+    return hypernyms[mask].reset_index(drop=True)
+
+
+def wordnet_excluded(triplets: pd.DataFrame, targets: Mapping[str, Any]) -> set[str]:
+    """Every synset in the hyponym subtree (whole, any depth) of any WordNet target: a WordNet
+    ControlKG keeps none of them, so no target's knowledge is maintained while another's is
+    suppressed."""
+    specs = {name: spec for name, spec in targets.items() if is_wordnet_spec(spec)}
+    if not specs:
+        return set()
+    graph = hypernym_graph(_canonical(triplets))
+    out: set[str] = set()
+    for name, spec in specs.items():
+        synset = normalize_entity(str(spec["wordnet"]))
+        if synset in graph.nodes:  # a missing synset is reported by its own target's selection
+            out |= set(graph.subtree(synset, f"targets.{name}.wordnet"))
+    return out
+
+
+# -- the paper's fixed ControlKG (split.controlkg: paper) ----------------------------------------
+# ConceptNet targets: controlkg_train_best_format.json (train), controlkg_val_best_format.json
+# (val and test). WordNet targets: the first `split.paper_wordnet_controlkg` (the paper: 50) edges
+# of wordnet/controlkg/controlkg_val_best_format.json for train, val and test (its train file is
+# empty). Taken as they are: the paper's ConceptNet ControlKG shares facts with its concept targets.
+PAPER_CONTROLKG = {
+    "conceptnet": {"train": "know_subnet/controlkg_train", "val": "know_subnet/controlkg_val",
+                   "test": "know_subnet/controlkg_val"},
+    "wordnet": {"train": "know_subnet/wordnet/controlkg_val", "val": "know_subnet/wordnet/controlkg_val",
+                "test": "know_subnet/wordnet/controlkg_val"},
+}
+CONTROLKG_MODES = ("own", "paper")
+
+
+def _paper_list(frame: pd.DataFrame, key: str, tag: str,
+                order: Mapping[str, list[tuple[str, str, str]]] | None) -> pd.DataFrame:
+    """The facts of one paper ControlKG file, in the file's order when `order` gives it."""
+    tagged = frame[frame["source"].str.split(";").map(lambda ts: tag in ts).to_numpy(dtype=bool)]
+    if tagged.empty:
+        raise InputError(f"params key 'split.controlkg' = paper: no fact has the source tag {tag!r}; "
+                         f"add know_subnet to 'triplets.sources' ({key})")
+    if order is None or tag not in order:
+        return tagged
+    index = {(h, r, t): i for i, (h, r, t) in enumerate(tagged[["head", "rel", "tail"]].itertuples(
+        index=False, name=None))}
+    rows = [index[fact] for fact in dict.fromkeys(order[tag]) if fact in index]
+    return tagged.iloc[rows]
+
+
+def paper_controlkg(frame: pd.DataFrame, key: str, wordnet: bool, caps: Mapping[str, int | None],
+                    wordnet_size: int,
+                    order: Mapping[str, list[tuple[str, str, str]]] | None = None) -> dict[str, pd.DataFrame]:
+    kind = "wordnet" if wordnet else "conceptnet"
+    out = {}
+    for split, tag in PAPER_CONTROLKG[kind].items():
+        part = _paper_list(frame, key, tag, order)
+        cap = wordnet_size if wordnet else caps.get(split)
+        out[split] = part.iloc[:cap] if cap is not None else part
+    return out
 
 
 # -- split parameters ---------------------------------------------------------------------------
@@ -203,13 +338,22 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
                 fractions: Mapping[str, float], targetkg_holdout: bool,
-                max_targetkg: int | None, max_controlkg: Any) -> dict[str, pd.DataFrame]:
+                max_targetkg: int | None, max_controlkg: Any, *, controlkg: str = "own",
+                wordnet_exclude: set[str] | None = None, paper_wordnet_controlkg: int = 50,
+                paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+                _prepared: tuple[pd.DataFrame, tuple[pd.Series, pd.Series]] | None = None,
+                ) -> dict[str, pd.DataFrame]:
     """TargetKG and ControlKG train/val/test for one target.
 
     The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
     then every fact with no head or tail among the TargetKG's entities (and, for a relation
     target, not of that relation), shuffled, split by `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
     not split: train = val = test = all selected facts.
+
+    ControlKG facts come from the target's own graph: WordNet (Hypernym) facts for a WordNet
+    target, minus every edge touching `wordnet_exclude` (the subtrees of all WordNet targets);
+    ConceptNet facts otherwise. `controlkg="paper"` takes the paper's fixed files instead
+    (`paper_controlkg`; `paper_order` gives each file's facts in file order).
     """
     key = f"targets.{name}"
     check_target_name(name)
@@ -217,7 +361,15 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     fractions = _check_fractions(fractions)
     max_targetkg = _check_cap(max_targetkg, "split.max_targetkg")
     control_caps = _check_control_caps(max_controlkg)
-    frame = _canonical(triplets)
+    if controlkg not in CONTROLKG_MODES:
+        raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
+                         f"got {controlkg!r}")
+    # _prepared: the canonical frame and its entities, computed once by splits_from_params (the
+    # WordNet source makes the table ~80k facts; normalising it again per target dominated the stage)
+    frame, (heads, tails) = _prepared if _prepared is not None else (None, (None, None))
+    if frame is None:
+        frame = _canonical(triplets)
+        heads, tails = _entities(frame)
 
     _check_spec(key, spec)
     target = _shuffled(_select(frame, key, spec), seed, _RNG_TARGET)
@@ -225,18 +377,28 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         target = target.iloc[:max_targetkg]
     t_heads, t_tails = _entities(target)
     excluded = set(t_heads) | set(t_tails)
-    heads, tails = _entities(frame)
     shared = heads.isin(excluded) | tails.isin(excluded)
+    wordnet = is_wordnet_spec(spec)
+    # The two graphs never mix: a WordNet TargetKG is controlled by WordNet edges, and ConceptNet
+    # targets keep the ControlKG they had before WordNet facts existed.
+    shared |= frame["rel"].isin(WORDNET_RELATIONS) != wordnet
+    if wordnet and wordnet_exclude:
+        shared |= heads.isin(wordnet_exclude) | tails.isin(wordnet_exclude)
     if "rel" in spec:
         # A relation-level removal should remove every fact of that relation: keeping some of
         # them in ControlKG would ask the remaining model for the very knowledge it must lose.
         shared |= frame["rel"] == spec["rel"]
     control = frame[~shared.to_numpy()]
-    if control.empty:
+    if control.empty and controlkg != "paper":
         raise InputError(f"params key '{key}': the ControlKG is empty: every fact shares a head "
                          f"or tail with the {len(target)} TargetKG facts (lower "
                          f"'split.max_targetkg' or add facts)")
-    control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
+    if controlkg == "paper":
+        control_parts = paper_controlkg(frame, key, wordnet, control_caps, paper_wordnet_controlkg,
+                                        paper_order)
+        control_caps = {split: None for split in SPLITS}  # applied in file order above
+    else:
+        control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
 
     if targetkg_holdout:
         target_parts = _split_by_fractions(target, fractions)
@@ -264,12 +426,17 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
 
 
 def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
-                       names: list[str] | None = None) -> dict[str, dict[str, pd.DataFrame]]:
+                       names: list[str] | None = None,
+                       paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+                       ) -> dict[str, dict[str, pd.DataFrame]]:
     """Splits for every target in params `targets` (or the given names), with params `split`."""
     targets = params.get("targets")
     if not isinstance(targets, Mapping) or not targets:
         raise InputError("params key 'targets': expected a mapping of target names to selectors")
     split = params.get("split") or {}
+    frame = _canonical(triplets)
+    prepared = (frame, _entities(frame))
+    exclude = wordnet_excluded(frame, targets)
     out = {}
     for name in names if names is not None else list(targets):
         if name not in targets:
@@ -278,7 +445,10 @@ def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
             triplets, name, targets[name], seed=split.get("seed", 0),
             fractions=split.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1}),
             targetkg_holdout=bool(split.get("targetkg_holdout", False)),
-            max_targetkg=split.get("max_targetkg"), max_controlkg=split.get("max_controlkg"))
+            max_targetkg=split.get("max_targetkg"), max_controlkg=split.get("max_controlkg"),
+            controlkg=split.get("controlkg", "own"), wordnet_exclude=exclude,
+            paper_wordnet_controlkg=split.get("paper_wordnet_controlkg", 50),
+            paper_order=paper_order, _prepared=prepared)
     return out
 
 

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from knowsubnet.errors import InputError
-from knowsubnet.relations import RELATIONS, canonical_relation
+from knowsubnet.relations import ALL_RELATIONS, canonical_relation
+from knowsubnet.wordnet import is_synset_name
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,17 @@ KNOW_SUBNET_FILES: dict[str, str] = {
     "know_subnet/csqa/csqa_controlkg_val": "csqa/csqa_controlkg_best_format_val.json",
 }
 KNOW_SUBNET_DIR = "know_subnet_derived"
+# The paper's WordNet lists (hypernym edges between synset names, no `rel` key), by source tag.
+PAPER_SYNSETS = ("building.n.01", "change.n.01", "communication.n.02", "location.n.01",
+                 "magnitude.n.01", "representation.n.02", "statement.n.01")
+KNOW_SUBNET_WORDNET_FILES: dict[str, str] = {
+    **{f"know_subnet/wordnet/{name}": f"wordnet/targetkg/Synset('{name}')_best_format.json"
+       for name in PAPER_SYNSETS},
+    "know_subnet/wordnet/controlkg_val": "wordnet/controlkg/controlkg_val_best_format.json",
+}
+# Source `wordnet`: every noun hypernym edge of the WordNet 3.0 database in data/raw/<this>/.
+WORDNET_SOURCE = "wordnet"
+WORDNET_RAW_DIR = "wordnet-3.0"
 # Where fetch_data puts a user's LAMA file inside data/raw (suffix kept: .jsonl or .parquet).
 LAMA_RAW_STEM = "lama/conceptnet_test"
 
@@ -102,7 +114,7 @@ def _make_fact(head: str, rel: str, tail: str, uuid: str | None, source: str, wh
     canonical = canonical_relation(rel)
     if canonical is None:
         raise InputError(f"{where}: unknown relation {rel!r}; expected one of: "
-                         f"{', '.join(RELATIONS)}")
+                         f"{', '.join(ALL_RELATIONS)}")
     return Fact(normalize_entity(head), canonical, normalize_entity(tail),
                 uuid.strip() if uuid else None, source, where, ref)
 
@@ -134,6 +146,20 @@ def _best_format_fact(item: Any, where: str, source: str) -> Fact:
     tail = _get_str(item, "tail", where, what)
     ref = _get_str(item, "id", where, what, required=False)
     return _make_fact(head, rel, tail, None, source, where, ref)
+
+
+def _wordnet_edge_fact(item: Any, where: str, source: str) -> Fact:
+    """An item of the paper's WordNet lists: {head: <synset>, tail: <synset>, ...}, a hypernym edge."""
+    what = "an object with head and tail synset names"
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: expected a JSON object ({what}), got {_type_name(item)}")
+    head = _get_str(item, "head", where, what)
+    tail = _get_str(item, "tail", where, what)
+    for key, value in (("head", head), ("tail", tail)):
+        if not is_synset_name(value):
+            raise InputError(f"{where}: expected a noun synset name such as building.n.01 for "
+                             f"{key!r}, got {value!r}")
+    return _make_fact(head, "Hypernym", tail, None, source, where)
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -256,6 +282,23 @@ def read_best_format(path: str | os.PathLike, source: str) -> Iterator[Fact]:
         yield _best_format_fact(item, where, source)
 
 
+def read_wordnet_list(path: str | os.PathLike, source: str) -> Iterator[Fact]:
+    """The paper's WordNet `*_best_format.json` lists: hypernym edges between synset names."""
+    path = Path(path)
+    for where, item in _json_list_items(path):
+        yield _wordnet_edge_fact(item, where, source)
+
+
+def read_wordnet_database(folder: str | os.PathLike, source: str = WORDNET_SOURCE) -> Iterator[Fact]:
+    """Every noun hypernym edge of a WordNet 3.0 database folder (data.noun, index.noun)."""
+    from knowsubnet.wordnet import read_noun_database
+
+    db = read_noun_database(folder)
+    where = str(Path(folder) / "data.noun")
+    for head, tail in db.hypernym_edges():
+        yield Fact(head, "Hypernym", tail, None, source, where)
+
+
 def read_facts_table(path: str | os.PathLike, source: str = "builtin") -> Iterator[Fact]:
     """The in-repo facts table: TSV with a header uuid, head, rel, tail[, lists].
 
@@ -345,11 +388,13 @@ def resolve_sources(sources: Iterable[str]) -> tuple[bool, list[str], bool]:
         elif name == "lama":
             lama = True
         else:
-            matched = [t for t in KNOW_SUBNET_FILES if t == name or t.startswith(name + "/")]
+            matched = [t for t in {**KNOW_SUBNET_FILES, **KNOW_SUBNET_WORDNET_FILES}
+                       if t == name or t.startswith(name + "/")]
             if not matched:
                 raise InputError(
                     f"params key 'triplets.sources': unknown source {entry!r}; expected builtin, "
-                    f"lama, know_subnet or one of: {', '.join(KNOW_SUBNET_FILES)}")
+                    f"lama, wordnet, know_subnet or one of: "
+                    f"{', '.join([*KNOW_SUBNET_FILES, *KNOW_SUBNET_WORDNET_FILES])}")
             tags.extend(t for t in matched if t not in tags)
     return builtin, tags, lama
 
@@ -373,7 +418,10 @@ def read_source_files(raw_dir: str | os.PathLike, sources: Iterable[str],
                       lama_path: str | os.PathLike | None = None,
                       facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE) -> Iterator[Fact]:
     """Every fact of the selected sources, unmerged, in a fixed order."""
-    builtin, tags, lama = resolve_sources(sources)
+    sources = list(sources)
+    wordnet = any(isinstance(s, str) and s.strip() == WORDNET_SOURCE for s in sources)
+    others = [s for s in sources if not (isinstance(s, str) and s.strip() == WORDNET_SOURCE)]
+    builtin, tags, lama = resolve_sources(others) if others or not wordnet else (False, [], False)
     raw_dir = Path(raw_dir)
     if builtin:
         if not Path(facts_table).is_file():
@@ -381,13 +429,18 @@ def read_source_files(raw_dir: str | os.PathLike, sources: Iterable[str],
                              f"missing")
         yield from read_facts_table(facts_table)
     for tag in tags:
-        path = raw_dir / KNOW_SUBNET_DIR / KNOW_SUBNET_FILES[tag]
+        path = raw_dir / KNOW_SUBNET_DIR / {**KNOW_SUBNET_FILES, **KNOW_SUBNET_WORDNET_FILES}[tag]
         if not path.is_file():
             raise InputError(f"{path}: missing input for source {tag!r} (run fetch_data with "
                              f"params key 'data.mirror' set, or drop the source from "
                              f"'triplets.sources')")
-        yield from (read_lama_jsonl(path, tag) if path.suffix == ".jsonl"
-                    else read_best_format(path, tag))
+        if tag in KNOW_SUBNET_WORDNET_FILES:
+            yield from read_wordnet_list(path, tag)
+        else:
+            yield from (read_lama_jsonl(path, tag) if path.suffix == ".jsonl"
+                        else read_best_format(path, tag))
+    if wordnet:
+        yield from read_wordnet_database(raw_dir / WORDNET_RAW_DIR)
     if lama:
         yield from read_lama(find_lama_file(raw_dir, lama_path), "lama")
 

@@ -108,11 +108,13 @@ def candidate_sentences(triplets: pd.DataFrame, verbalizer: Verbalizer | None = 
 
 def score_candidates(model, tokenizer, candidates: pd.DataFrame, batch_size: int,
                      device: torch.device | str | None = None, *, max_length: int | None = None,
-                     progress: bool | str = "scoring templates") -> torch.Tensor:
-    """Mean tail cross-entropy of each candidate sentence under the model: FloatTensor [len]."""
+                     progress: bool | str = "scoring templates",
+                     scored_positions: str = "all_tail_tokens") -> torch.Tensor:
+    """Mean tail cross-entropy of each candidate sentence under the model: FloatTensor [len]
+    (over the tail positions `scored_positions` names, see `encoding.encode_facts`)."""
     labels = [f"{u} (template {t})" for u, t in zip(candidates["uuid"], candidates["template_id"])]
     factset = encode_facts(tokenizer, candidates["prompt"].tolist(), candidates["tail_text"].tolist(), labels,
-                           max_length=max_length)
+                           max_length=max_length, scored_positions=scored_positions)
     return tail_nll(model, factset, batch_size, device=device, progress=progress)
 
 
@@ -132,7 +134,7 @@ def pick_best(candidates: pd.DataFrame, nll: Iterable[float], order: Iterable[st
 
 def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: int, batch_size: int,
                   device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
-                  max_length: int | None = None) -> pd.DataFrame:
+                  max_length: int | None = None, scored_positions: str = "all_tail_tokens") -> pd.DataFrame:
     """`best` with BASELINE_COLUMNS: the fact's tail scored in its best template with
     `other_heads` heads drawn (seeded) from the other facts of the set."""
     import numpy as np
@@ -152,7 +154,7 @@ def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: 
     frame = pd.DataFrame(rows, columns=["fact", "prompt", "tail_text"])
     labels = [f"{best['uuid'].iloc[i]} (other head)" for i in frame["fact"]]
     factset = encode_facts(tokenizer, frame["prompt"].tolist(), frame["tail_text"].tolist(), labels,
-                           max_length=max_length)
+                           max_length=max_length, scored_positions=scored_positions)
     nll = tail_nll(model, factset, batch_size, device=device, progress="scoring other heads").double()
     mean_nll = torch.zeros(len(best), dtype=torch.float64).index_add_(0, torch.as_tensor(frame["fact"].values), nll)
     mean_nll /= torch.bincount(torch.as_tensor(frame["fact"].values), minlength=len(best)).double()
@@ -164,7 +166,8 @@ def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: 
 
 def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
                    device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
-                   max_length: int | None = None, source: str = "triplets") -> pd.DataFrame:
+                   max_length: int | None = None, source: str = "triplets",
+                   scored_positions: str = "all_tail_tokens") -> pd.DataFrame:
     """For each fact, the template with the lowest tail perplexity under the model.
 
     Returns one row per fact, in input order: uuid, head, rel, tail, template_id, prompt,
@@ -179,5 +182,6 @@ def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
     if candidates.empty:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
     log.info("scoring %d sentences (%d facts x their templates)", len(candidates), len(triplets_df))
-    nll = score_candidates(model, tokenizer, candidates, batch_size, device, max_length=max_length)
+    nll = score_candidates(model, tokenizer, candidates, batch_size, device, max_length=max_length,
+                           scored_positions=scored_positions)
     return pick_best(candidates, nll, order=triplets_df["uuid"].tolist())

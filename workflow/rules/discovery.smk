@@ -17,6 +17,7 @@ rule discover_mask:
         mask=section("mask"),
         train=section("train"),
         known=section("known"),
+        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
     log:

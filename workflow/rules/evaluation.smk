@@ -13,6 +13,7 @@ rule evaluate_ablation:
     params:
         eval=section("eval"),
         known=section("known"),
+        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
         mask=section("mask"),
     threads: 1
     log:
@@ -38,6 +39,7 @@ rule combine_seeds:
     params:
         eval=section("eval"),
         known=section("known"),
+        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
     threads: 1
     log:
         "logs/combine_seeds/{model}/{target}.log",

@@ -46,7 +46,8 @@ rule verbalize:
 rule tokenize_controllm:
     input:
         model="results/models/{model}/config.json",
-        train="data/raw/wikitext-2-raw/wiki.valid.raw",
+        # controllm.train_text: WikiText-2 valid (default; the mirror has no train) or train (the paper)
+        train=f"data/raw/wikitext-2-raw/wiki.{config['controllm'].get('train_text', 'valid')}.raw",
         test="data/raw/wikitext-2-raw/wiki.test.raw",
     output:
         train="results/controllm/{model}/train.safetensors",

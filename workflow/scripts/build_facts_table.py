@@ -45,7 +45,8 @@ def verify_inputs(mirror: Path) -> None:
 
 
 def facts_table(mirror: Path) -> str:
-    table = merge_facts(read_source_files(mirror, ["know_subnet"]))
+    # the ConceptNet files only: the WordNet lists are not part of the ConceptNet facts table
+    table = merge_facts(read_source_files(mirror, list(KNOW_SUBNET_FILES)))
     lines = ["\t".join(FACTS_TABLE_COLUMNS)]
     for row in table.itertuples(index=False):
         tags = row.source.split(";")

@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     layers, granularity = evaluation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
-    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm,
-                                                           params.get("known"))
+    targetkg, controlkg, blocks = evaluation.load_test_sets(
+        tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
+        params["verbalize"].get("scored_positions", "all_tail_tokens"))
 
     for how in args.combinations:
         combined = analysis.combine(seed_masks, how)
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluation.evaluate_ablation(
             model, layers, combined, granularity, targetkg, controlkg, blocks,
             random_draws=settings["random_draws"], seed=seeds[0], batch_size=settings["batch_size"],
-            device=device, model_name=args.model, target=args.target)
+            device=device, model_name=args.model, target=args.target,
+            controllm_ppl=settings["controllm_ppl"])
         result.update(seed=None, combination=how, seeds=seeds,
                       mask=str(args.out_masks / f"{how}.safetensors"),
                       provenance=stamp({"eval": params.get("eval"), "mask": params.get("mask")},

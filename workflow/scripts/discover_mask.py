@@ -1,6 +1,6 @@
 """Stage discover_mask: learn the knowledge-critical subnetwork mask of one (model, target, seed).
 
-Params: mask.* (granularity, top_k_blocks, sampler, init_prob, tau, hard_concrete) and train.* (steps,
+Params: verbalize.max_tail_ppl, verbalize.scored_positions, mask.* (granularity, top_k_blocks, sampler, init_prob, tau, hard_concrete) and train.* (steps,
 lr, warmup_frac, lambda_*, sparsity_weight, batch, log_every, checkpoint_every, device, bf16).
 Writes into --out-dir: mask.safetensors, meta.json, train_log.csv, metrics.json. A checkpoint
 (checkpoint.pt) lives there while training runs; a re-run resumes from it; it is deleted once the
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         path = args.splits / f"{name}.parquet"
         if not path.is_file():
             raise InputError(f"{path}: no such split file; run the split_controls stage for target {args.target}")
-        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, max_ppl)
+        sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, max_ppl,
+                                                 scored_positions=params["verbalize"].get("scored_positions", "all_tail_tokens"))
     blocks = encoding.load_blocks(args.controllm / "train.safetensors")
     val_path = args.controllm / "val.safetensors"  # held-out WikiText blocks (tokenize_controllm)
     val_blocks = encoding.load_blocks(val_path) if val_path.is_file() else None

@@ -1,6 +1,7 @@
 """Stage evaluate_ablation: original / removed / random-removed / kept metrics for one mask.
 
-Params: eval.random_draws, eval.batch_size, eval.device, eval.dtype; mask.top_k_blocks (when the
+Params: eval.random_draws, eval.batch_size, eval.device, eval.dtype, eval.controllm_ppl;
+verbalize.max_tail_ppl, verbalize.scored_positions; mask.top_k_blocks (when the
 mask file's metadata does not record it).
 """
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
     logits, metadata = masking.load_mask(args.mask)
     layers, granularity = evaluation.mask_layers(model, logits, metadata, params, source=str(args.mask))
-    targetkg, controlkg, blocks = evaluation.load_test_sets(tokenizer, args.verbalized, args.splits, args.controllm,
-                                                           params.get("known"))
+    targetkg, controlkg, blocks = evaluation.load_test_sets(
+        tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
+        params["verbalize"].get("scored_positions", "all_tail_tokens"))
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
              args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluation.evaluate_ablation(
         model, layers, logits, granularity, targetkg, controlkg, blocks,
         random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
-        device=device, model_name=args.model, target=args.target, controlkg_relations=relations)
+        device=device, model_name=args.model, target=args.target, controlkg_relations=relations,
+        controllm_ppl=settings["controllm_ppl"])
     # how many facts the known-facts filter (params `known`) kept of each test split
     result["counts_before_known_filter"] = {kind: len(pd.read_parquet(args.splits / f"{kind}_test.parquet"))
                                             for kind in ("targetkg", "controlkg")}

@@ -1,7 +1,8 @@
 """Stage split_controls: TargetKG / ControlKG train/val/test parquet files for every target.
 
 Params: targets, split.seed, split.targetkg_holdout, split.fractions, split.max_targetkg,
-split.max_controlkg.
+split.max_controlkg, split.controlkg, split.paper_wordnet_controlkg. With split.controlkg: paper
+the paper's ControlKG files are read from --raw for their order (the paper takes the first edges).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pandas as pd
 
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.provenance import stamp
-from knowsubnet.splits import splits_from_params, write_splits
+from knowsubnet.splits import PAPER_CONTROLKG, splits_from_params, write_splits
+from knowsubnet.triplets import read_source_files
 from stage_params import load_params, stage_parser
 
 
@@ -20,6 +22,7 @@ from stage_params import load_params, stage_parser
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--triplets", type=Path, default=Path("data/processed/triplets.parquet"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="fetch_data's output folder")
     parser.add_argument("--out", type=Path, default=Path("data/processed/splits"))
     args = parser.parse_args(argv)
     params = load_params(args)
@@ -27,7 +30,12 @@ def main(argv: list[str] | None = None) -> None:
         triplets = pd.read_parquet(args.triplets)
     except (OSError, ValueError) as err:
         raise InputError(f"{args.triplets}: cannot read the triplets table ({err})") from None
-    splits = splits_from_params(triplets, params)
+    paper_order = None
+    if (params.get("split") or {}).get("controlkg") == "paper":
+        tags = sorted({tag for kind in PAPER_CONTROLKG.values() for tag in kind.values()})
+        paper_order = {tag: [(f.head, f.rel, f.tail) for f in read_source_files(args.raw, [tag])]
+                       for tag in tags}
+    splits = splits_from_params(triplets, params, paper_order=paper_order)
     write_splits(args.out, splits,
                  provenance=stamp({"targets": params.get("targets"), "split": params.get("split")}))
 

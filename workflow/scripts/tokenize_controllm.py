@@ -1,7 +1,9 @@
 """Stage tokenize_controllm: WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer.
 
 Params: controllm.block_size, controllm.max_train_blocks, controllm.max_val_blocks,
-controllm.max_test_blocks. Writes the folder --out (atomically): train.safetensors,
+controllm.max_test_blocks, controllm.test_fraction (the first share of the test text's lines; the
+paper: 0.2). Which text the train blocks come from (controllm.train_text: WikiText-2 valid or
+train) is the --train-text path. Writes the folder --out (atomically): train.safetensors,
 val.safetensors and test.safetensors (key `blocks`, int64 [n_blocks, block_size]) and meta.json
 (counts, provenance). val holds the LAST blocks of the training text, never trained on (the
 ControlLM part of checkpoint selection); the objective trains on the first ones.
@@ -32,7 +34,7 @@ def read_text(path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="results/models/<model>")
-    parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw")
+    parser.add_argument("--train-text", type=Path, required=True, help="wiki.valid.raw or wiki.train.raw")
     parser.add_argument("--test-text", type=Path, required=True, help="wiki.test.raw")
     parser.add_argument("--out", type=Path, required=True, help="results/controllm/<model>")
     args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = params["controllm"]
     block_size = int(settings["block_size"])
 
-    from knowsubnet.encoding import controllm_blocks, save_blocks  # heavy imports only when run
+    from knowsubnet.encoding import controllm_blocks, save_blocks, text_head  # heavy imports only when run
     from knowsubnet.models import load_tokenizer
 
     config_path = args.model_dir / "config.json"
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"context of {context} tokens ({config_path})")
     tokenizer = load_tokenizer(args.model_dir)
 
+    test_fraction = float(settings.get("test_fraction", 1.0))
     counts = {}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
@@ -62,14 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         n_train = train_all.shape[0] - n_val
         if settings.get("max_train_blocks") is not None:
             n_train = min(n_train, int(settings["max_train_blocks"]))
-        parts = {"train": (args.train_text, train_all[:n_train]),
-                 "val": (args.train_text, train_all[train_all.shape[0] - n_val:]),
+        parts = {"train": (args.train_text, train_all[:n_train], 1.0),
+                 "val": (args.train_text, train_all[train_all.shape[0] - n_val:], 1.0),
                  "test": (args.test_text,
-                          controllm_blocks(tokenizer, read_text(args.test_text), block_size,
-                                           settings.get("max_test_blocks")))}
-        for part, (path, blocks) in parts.items():
+                          controllm_blocks(tokenizer, text_head(read_text(args.test_text), test_fraction),
+                                           block_size, settings.get("max_test_blocks")), test_fraction)}
+        for part, (path, blocks, share) in parts.items():
             save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
-            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path)}
+            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path),
+                            "fraction_of_lines": share}
             log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)
         write_json(tmp / "meta.json", stamp({"controllm": settings}, model_dir=str(args.model_dir),
                                             block_size=block_size, **counts))

@@ -1,6 +1,6 @@
 """Stage verbalize: the best template per fact for one model (lowest tail perplexity).
 
-Params: verbalize.batch_size, verbalize.device. Facts come from --triplets (one parquet) or
+Params: verbalize.batch_size, verbalize.device, verbalize.scored_positions. Facts come from --triplets (one parquet) or
 --splits (split folders or parquet files; their union). Output: one row per fact with uuid, head,
 rel, tail, template_id, prompt, tail_text, tail_ppl.
 """
@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> None:
 
     device = pick_device(settings.get("device", "auto"), key="verbalize.device")
     model, tokenizer = load_model(args.model_dir, device)
+    scored_positions = settings.get("scored_positions", "all_tail_tokens")
     best = best_templates(model, tokenizer, facts, int(settings["batch_size"]), device,
-                          max_length=context_length(model), source=str(args.triplets or args.splits[0]))
+                          max_length=context_length(model), source=str(args.triplets or args.splits[0]),
+                          scored_positions=scored_positions)
     other_heads = int(settings.get("other_heads", 0))
     if other_heads and len(best):
         best = head_baseline(model, tokenizer, best, other_heads, int(settings.get("seed", 0)),
-                             int(settings["batch_size"]), device, max_length=context_length(model))
+                             int(settings["batch_size"]), device, max_length=context_length(model),
+                             scored_positions=scored_positions)
     write_parquet(args.out, best)
     mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")
     log.info("%d facts -> %s; tail PPL of the set %.3f; templates used %s", len(best), args.out,
