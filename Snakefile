@@ -19,6 +19,11 @@ configfile: "params.yaml"
 validate(config, "config/params.schema.yaml")
 
 
+# Downloads run where snakemake runs (on a cluster: the login node, which has network); the tiny
+# model's training there takes a minute on one CPU.
+localrules: all, fetch_data, prepare_model
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"

@@ -18,6 +18,8 @@ rule discover_mask:
         known=config["verbalize"].get("max_tail_ppl"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/discover_mask/{model}/{target}/seed{seed}.log",
     shell:

@@ -15,6 +15,8 @@ rule evaluate_ablation:
         known=config["verbalize"].get("max_tail_ppl"),
         mask=section("mask"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/evaluate_ablation/{model}/{target}/seed{seed}.log",
     shell:
@@ -39,6 +41,8 @@ rule combine_seeds:
         eval=section("eval"),
         known=config["verbalize"].get("max_tail_ppl"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/combine_seeds/{model}/{target}.log",
     shell:

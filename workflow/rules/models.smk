@@ -36,6 +36,8 @@ rule verbalize:
     params:
         verbalize=section("verbalize"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/verbalize/{model}/{target}.log",
     shell:
