@@ -34,7 +34,7 @@ include: "workflow/rules/evaluation.smk"
 rule all:
     default_target: True
     input:
-        "data/processed/splits/summary.json",
+        expand("data/processed/splits/{target}/summary.json", target=TARGETS),
         "results/report.md",
         expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),

@@ -321,3 +321,17 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")
     return sets[0], sets[1], encoding.load_blocks(blocks_path)
+
+
+def headline(result: dict) -> dict:
+    """The few numbers that summarise an ablation (`dvc metrics show`): sparsity, ΔPPL of the removed
+    and random-removed models on TargetKG / ControlKG / ControlLM, TargetKG accuracy before and after."""
+    out = {"sparsity": round(float(result["sparsity"]["masked_layers"]), 6)}
+    for variant in ("removed", "random"):
+        for name, value in result["delta_ppl"][variant].items():
+            out[f"dppl_{variant}_{name}"] = round(float(value), 4)
+    for variant in ("original", "removed"):
+        acc = result.get(variant, {}).get("targetkg", {}).get("acc")
+        if acc is not None:
+            out[f"targetkg_acc_{variant}"] = round(float(acc), 4)
+    return out

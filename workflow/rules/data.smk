@@ -3,12 +3,12 @@
 
 rule fetch_data:
     output:
-        manifest="data/raw/manifest.json",
+        manifest=whole_dir("data/raw/manifest.json", "data/raw"),
         wiki_valid="data/raw/wikitext-2-raw/wiki.valid.raw",
         wiki_test="data/raw/wikitext-2-raw/wiki.test.raw",
     params:
         data=section("data"),
-        lama=config["triplets"].get("lama_path") or "",
+        lama=section("triplets", "lama_path"),
     log:
         "logs/fetch_data.log",
     shell:
@@ -30,16 +30,17 @@ rule extract_triplets:
 
 
 rule split_controls:
+    """One target's TargetKG / ControlKG splits: editing one target re-runs only its own jobs."""
     input:
         "data/processed/triplets.parquet",
     output:
-        [split_files(target) for target in config["targets"]],
-        summary="data/processed/splits/summary.json",
+        whole_dir(split_summary("{target}"), "data/processed/splits/{target}"),
+        split_files("{target}"),
     params:
-        targets=section("targets"),
+        target=lambda w: section("targets", w.target),
         split=section("split"),
     log:
-        "logs/split_controls.log",
+        "logs/split_controls/{target}.log",
     shell:
-        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input} "
-        "--out data/processed/splits 2> {log}"
+        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input} --target {wildcards.target} "
+        "--out data/processed/splits/{wildcards.target} 2> {log}"

@@ -10,12 +10,12 @@ rule discover_mask:
     output:
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
         meta="results/masks/{model}/{target}/seed{seed}/meta.json",
-        log_csv="results/masks/{model}/{target}/seed{seed}/train_log.csv",
-        metrics="results/masks/{model}/{target}/seed{seed}/metrics.json",
+        log_csv=plots_file("results/masks/{model}/{target}/seed{seed}/train_log.csv", x="step", y="loss"),
+        metrics=metrics_file("results/masks/{model}/{target}/seed{seed}/metrics.json"),
     params:
         mask=section("mask"),
         train=section("train"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("verbalize", "max_tail_ppl"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
     resources:

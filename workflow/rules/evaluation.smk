@@ -9,10 +9,11 @@ rule evaluate_ablation:
         controllm="results/controllm/{model}/test.safetensors",
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
     output:
-        "results/eval/{model}/{target}/seed{seed}/metrics.json",
+        metrics="results/eval/{model}/{target}/seed{seed}/metrics.json",
+        headline=metrics_file("results/eval/{model}/{target}/seed{seed}/headline.json"),
     params:
         eval=section("eval"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("verbalize", "max_tail_ppl"),
         mask=section("mask"),
     threads: 1
     resources:
@@ -23,7 +24,8 @@ rule evaluate_ablation:
         "{PY} workflow/scripts/evaluate_ablation.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
-        "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output} 2> {log}"
+        "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
+        "--headline {output.headline} 2> {log}"
 
 
 rule combine_seeds:
@@ -39,7 +41,7 @@ rule combine_seeds:
         metrics=expand("results/eval/{{model}}/{{target}}/combined/{how}.json", how=COMBINATIONS),
     params:
         eval=section("eval"),
-        known=config["verbalize"].get("max_tail_ppl"),
+        known=section("verbalize", "max_tail_ppl"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
