@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet import masking
 from knowsubnet.errors import InputError
@@ -145,7 +145,7 @@ def score_facts(model: nn.Module, factset, batch_size: int, device: str | torch.
         raise InputError(f"{desc}: fact {factset.uuids[int(empty.nonzero()[0])]} has no tail token to score")
     parts: list[dict[str, torch.Tensor]] = []
     with _eval_mode(model):
-        for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=None):
+        for start in progress_bar(range(0, n, batch_size), desc=desc, leave=False):
             ids = factset.input_ids[start:start + batch_size].to(device)
             tg = factset.targets[start:start + batch_size].to(device)
             logits, rows, gold = tail_logits(model, ids, tg)
@@ -176,7 +176,7 @@ def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     head = model.get_output_embeddings()
     total, count = 0.0, 0
     with _eval_mode(model):
-        for start in tqdm(range(0, blocks.shape[0], batch_size), desc=desc, leave=False, disable=None):
+        for start in progress_bar(range(0, blocks.shape[0], batch_size), desc=desc, leave=False):
             ids = blocks[start:start + batch_size].to(device)
             hidden = _hidden_states(model, ids[:, :-1])
             # One block at a time through the LM head: [T, V] logits, not [B, T, V].

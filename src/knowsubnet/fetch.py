@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tqdm import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet import __version__
 from knowsubnet.errors import InputError
@@ -321,7 +321,7 @@ def fetch_data(out_dir: str | os.PathLike, mirror: str | os.PathLike | None, ver
             tempfile.TemporaryDirectory(prefix=".fetch-cache.", dir=out_dir.parent) as cache:
         tmp.mkdir()
         downloader = _Downloader(Path(cache), timeout)
-        for spec in tqdm(RAW_FILES, desc="fetch_data", unit="file"):
+        for spec in progress_bar(RAW_FILES, desc="fetch_data", unit="file"):
             dest = tmp / spec.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if mirror_dir is not None:

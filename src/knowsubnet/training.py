@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from knowsubnet import digest, objectives
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
 from knowsubnet.masking import MaskableLayer, MaskLogits, find_blocks, find_maskable_layers
 from knowsubnet.models import pick_device
+from knowsubnet.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -533,8 +533,7 @@ class MaskTrainer:
         cfg = self.cfg
         self.load_checkpoint()
         started = time.perf_counter() - self.elapsed
-        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="mask", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=self.step_count, desc="mask", disable=not self.progress)
         try:
             while self.step_count < cfg.steps:
                 row = self.step()
