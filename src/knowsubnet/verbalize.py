@@ -71,12 +71,6 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
     return (nll, preds) if return_predictions else nll
 
 
-def top1_correct(factset: FactSet, preds: torch.Tensor) -> torch.BoolTensor:
-    """Whether every tail token of each fact is the top-1 prediction (teacher forcing)."""
-    tail = factset.targets != IGNORE
-    return ((preds == factset.targets) | ~tail).all(dim=1)
-
-
 def _default_verbalizer() -> Verbalizer:
     from knowsubnet import relations
 
