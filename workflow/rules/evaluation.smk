@@ -42,6 +42,7 @@ rule combine_seeds:
     params:
         eval=section("eval"),
         known=section("verbalize", "max_tail_ppl"),
+        mask=section("mask"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
