@@ -3,6 +3,7 @@ only what a params change touches, and a bad params value stops Snakemake with i
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,3 +88,16 @@ def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_p
     rerun = run([BIN / "dvc", "repro", "split_controls@IsA"], proj).stdout
     assert "Running stage 'split_controls@IsA'" in rerun
     assert "Running stage 'extract_triplets'" not in rerun and "Running stage 'fetch_data'" not in rerun
+
+
+def test_gpu_stages_keep_their_gpu_when_set_resources_is_given_on_the_command_line():
+    """`--set-resources` replaces a profile's whole block; the GPU request lives in the rules."""
+    proc = run([BIN / "snakemake", "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors", "-n", "--forceall",
+                "--set-resources", "discover_mask:mem_mb=1000"], ROOT)
+    out = proc.stdout + proc.stderr
+    blocks = re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M)
+    discover = next(b for b in blocks if b.startswith("rule discover_mask:"))
+    verbalize = next(b for b in blocks if b.startswith("rule verbalize:"))
+    assert "gpu=1" in discover and "mem_mb=1000" in discover
+    assert "gpu=1" in verbalize
+    assert all("gpu=1" not in b for b in blocks if b.startswith(("rule split_controls:", "rule extract_triplets:")))
