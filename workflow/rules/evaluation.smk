@@ -64,6 +64,7 @@ rule report:
                         how=COMBINATIONS) if len(SEEDS) > 1 else [],
         masks=expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
+        models=expand("results/models/{model}/config.json", model=MODELS),  # read for the attention geometry
     output:
         "results/report.md",
         "results/tables/ablation.csv",
