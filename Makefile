@@ -2,6 +2,7 @@
 # make run     - the main job: the whole pipeline for params.yaml (tiny preset, local data mirror)
 # make test    - the test suite
 # make demo    - the demo preset (SmolLM2-135M from PyPI), CPU friendly
+# make dvc.yaml - regenerate dvc.yaml from the Snakemake rules (after editing rules or `run` in params.yaml)
 # make dvc-repro, make bench
 
 VENV ?= .venv
@@ -12,7 +13,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 SMK_ARGS ?=
 
-.PHONY: setup run demo test dvc-repro bench clean
+.PHONY: setup run demo test dvc-repro dvc-yaml bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +36,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/test_dvc_yaml.py checks it is current.
+dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py)
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
+
+dvc-yaml: dvc.yaml
 
 dvc-repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

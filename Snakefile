@@ -19,6 +19,11 @@ configfile: "params.yaml"
 validate(config, "config/params.schema.yaml")
 
 
+# Downloads run where snakemake runs (on a cluster: the login node, which has network); the tiny
+# model's training there takes a minute on one CPU.
+localrules: all, fetch_data, prepare_model
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
@@ -29,7 +34,7 @@ include: "workflow/rules/evaluation.smk"
 rule all:
     default_target: True
     input:
-        "data/processed/splits/summary.json",
+        expand("data/processed/splits/{target}/summary.json", target=TARGETS),
         "results/report.md",
         expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),

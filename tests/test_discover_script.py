@@ -116,3 +116,44 @@ def test_discover_then_export(workspace):
     for key, value in remaining.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert json.loads((root / "remaining" / "provenance.json").read_text())["keep"] == "remaining"
+
+
+def test_stale_checkpoint_of_other_model_weights_is_not_resumed(workspace, tmp_path, monkeypatch):
+    """A run killed before its outputs were written, re-run after the model changed (same shapes,
+    same facts, same params), ends with exactly the mask of a clean run on the new model."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from knowsubnet import training
+
+    root = workspace
+    model_dir = tmp_path / "model"
+    shutil.copytree(root / "model", model_dir)
+
+    def discover(out):
+        run_script("discover_mask", [
+            "--params", str(REPO / "params.yaml"), str(root / "override.yaml"), "--model", "toy", "--target",
+            "IsA", "--seed", "0", "--model-dir", str(model_dir), "--verbalized", str(root / "verbalized.parquet"),
+            "--splits", str(root / "splits"), "--controllm", str(root / "controllm"), "--out-dir", str(out),
+            "--no-progress"])
+
+    with monkeypatch.context() as m:  # "killed" after training: the checkpoint stays behind
+        m.setattr(training.MaskTrainer, "discard_checkpoint", lambda self: None)
+        discover(tmp_path / "stale")
+    assert (tmp_path / "stale" / "checkpoint.pt").is_file()
+    for name in ("mask.safetensors", "meta.json", "metrics.json", "train_log.csv"):
+        (tmp_path / "stale" / name).unlink()
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(0.9)  # new weights, same shapes
+    model.save_pretrained(model_dir)
+
+    discover(tmp_path / "clean")
+    discover(tmp_path / "stale")  # finds the old checkpoint, must not resume it
+    clean, _ = masking.load_mask(tmp_path / "clean" / "mask.safetensors")
+    rerun, _ = masking.load_mask(tmp_path / "stale" / "mask.safetensors")
+    assert clean.keys() == rerun.keys() and all(torch.equal(clean[k], rerun[k]) for k in clean)
+    assert not (tmp_path / "stale" / "checkpoint.pt").exists()

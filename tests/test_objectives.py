@@ -32,17 +32,6 @@ def test_maintain_losses_hand_computed():
     torch.testing.assert_close(objectives.controllm_loss(logits, ref.half()), expected, atol=1e-3, rtol=1e-3)
 
 
-def test_sparsity_loss_hand_computed():
-    logits = {"a": torch.zeros(2, 1), "b": torch.tensor([math.log(3.0)])}
-    assert math.isclose(objectives.sparsity_loss(logits).item(), (0.5 + 0.5 + 0.75) / 3, rel_tol=1e-6)
-    beta, gamma, zeta = 2 / 3, -0.1, 1.1
-    shift = beta * math.log(-gamma / zeta)
-    sig = lambda x: 1 / (1 + math.exp(-x))
-    expected = (2 * sig(0 - shift) + sig(math.log(3.0) - shift)) / 3
-    got = objectives.sparsity_loss(logits, "hard_concrete", beta, gamma, zeta).item()
-    assert math.isclose(got, expected, rel_tol=1e-6)
-
-
 def test_schedules():
     w = lambda t: objectives.sparsity_weight(t, 100, 2.0, 3.0, 0.5)
     assert w(1) == 2.0 and w(50) == 2.0

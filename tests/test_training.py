@@ -91,15 +91,8 @@ def run(tmp_path, name, callback=None, build=gpt2, **over):
 def test_killed_and_resumed_run_is_bit_identical(tmp_path, build):
     straight = run(tmp_path, "a", build=build)
 
-    class Killed(Exception):
-        pass
-
-    def kill(trainer, step):
-        if step == 6:  # checkpoint at step 4; steps 5-6 are lost and recomputed
-            raise Killed
-
     with pytest.raises(Killed):
-        run(tmp_path, "b", callback=kill, build=build)
+        run(tmp_path, "b", callback=kill_at(6), build=build)  # checkpoint at step 4; steps 5-6 are recomputed
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
     resumed = run(tmp_path, "b", build=build)
     assert resumed.steps == straight.steps == 12
@@ -117,10 +110,77 @@ def test_deterministic_and_seed_dependent(tmp_path):
     assert other.log != a.log
 
 
-def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+class Killed(Exception):
+    pass
+
+
+def kill_at(at):
+    def kill(trainer, step):
+        if step == at:
+            raise Killed
+    return kill
+
+
+def test_checkpoint_of_other_params_restarts_from_scratch(tmp_path, caplog):
     run(tmp_path, "a", steps=4)  # leaves its final checkpoint behind (the script deletes it)
-    with pytest.raises(Exception, match="different configuration"):
-        run(tmp_path, "a", steps=4, lr=0.1)
+    clean = run(tmp_path, "clean", steps=4, lr=0.1)
+    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+        again = run(tmp_path, "a", steps=4, lr=0.1)
+    assert [r.message for r in caplog.records if "starting from scratch" in r.message] == [
+        f"{tmp_path / 'a' / 'checkpoint.pt'}: checkpoint was written for other inputs (changed: train); "
+        "starting from scratch"]
+    assert again.log == clean.log and all(torch.equal(again.logits[k], clean.logits[k]) for k in clean.logits)
+
+
+def changed_inputs(which):
+    """The run's inputs with one of them changed in content only (same shapes and counts)."""
+    t, c, lm = data()
+    model = gpt2()
+    if which == "model":
+        with torch.no_grad():
+            model.transformer.h[0].mlp.c_fc.weight[0, 0] += 1.0  # a block below the masked ones
+    elif which == "targetkg":
+        t.input_ids[0, 0] = t.input_ids[0, 0] % (VOCAB - 1) + 1
+    elif which == "controlkg":
+        c.targets = c.targets.clone()
+        c.targets[c.targets != -100] = c.targets[c.targets != -100] % (VOCAB - 1) + 1
+    elif which == "controllm":
+        lm = lm.clone()
+        lm[0, 0] = lm[0, 0] % (VOCAB - 1) + 1
+    return model, t, c, lm
+
+
+@pytest.mark.parametrize("which", ["model", "targetkg", "controlkg", "controllm"])
+def test_killed_run_resumed_after_an_input_changed_equals_a_clean_run(tmp_path, caplog, which):
+    with pytest.raises(Killed):
+        run(tmp_path, "b", callback=kill_at(6))  # the old inputs; checkpoint at step 4
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+
+    def new_run(name):
+        model, t, c, lm = changed_inputs(which)
+        return train_mask(model, t, c, lm, MaskConfig(top_k_blocks=2), config(), seed=0,
+                          checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False)
+
+    clean = new_run("clean")
+    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+        resumed = new_run("b")
+    lines = [r.message for r in caplog.records if "starting from scratch" in r.message]
+    assert len(lines) == 1 and f"changed: {'model_weights' if which == 'model' else which})" in lines[0]
+    assert resumed.log == clean.log and resumed.final_losses == clean.final_losses
+    for name in clean.logits:
+        assert torch.equal(resumed.logits[name], clean.logits[name])
+
+
+def test_checkpoint_loads_with_weights_only_and_unreadable_one_restarts(tmp_path, caplog):
+    run(tmp_path, "a", steps=4)
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["fingerprint"]["model_weights"]) == 64
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    clean = run(tmp_path, "clean", steps=4)
+    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+        again = run(tmp_path, "a", steps=4)
+    assert sum("unreadable checkpoint" in r.message for r in caplog.records) == 1
+    assert again.log == clean.log
 
 
 def memorised_gpt2(fs, steps=150):

@@ -16,7 +16,7 @@ from knowsubnet.encoding import encode_facts
 from knowsubnet.errors import InputError
 
 from conftest import byte_bpe_tokenizer
-from knowsubnet.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll, top1_correct
+from knowsubnet.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll
 
 CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
           "A guitar belongs to music. Water is made of hydrogen and oxygen. A knife is used for cutting.\n") * 30
@@ -104,7 +104,6 @@ def test_tail_nll_matches_full_logits(tokenizer):
     assert torch.allclose(tail_nll(model, fs, batch_size=1), ref, atol=1e-5)
     sel = fs.targets != -100
     assert torch.equal(preds[sel], logits.argmax(-1)[sel]) and (preds[~sel] == -100).all()
-    assert torch.equal(top1_correct(fs, preds), ((logits.argmax(-1) == fs.targets) | ~sel).all(1))
     assert not any(p.grad is not None for p in model.parameters())
 
 

@@ -3,6 +3,7 @@ only what a params change touches, and a bad params value stops Snakemake with i
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,25 +66,38 @@ def digest(folder: Path) -> dict[str, str]:
 @needs_mirror
 def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_path):
     proj = project_copy(tmp_path)
-    run([BIN / "snakemake", "--cores", "2", "data/processed/splits/summary.json"], proj)
+    run([BIN / "snakemake", "--cores", "2", *[f"data/processed/splits/{t}/summary.json" for t in ("IsA", "UsedFor")]],
+        proj)
     triplets = hashlib.sha256((proj / "data/processed/triplets.parquet").read_bytes()).hexdigest()
     splits = digest(proj / "data/processed/splits")
     targets = {p.name for p in (proj / "data/processed/splits").iterdir() if p.is_dir()}
-    assert len(targets) == 21 and {"IsA", "NotDesires", "fruit", "sun", "swimming", "building",
-                                   "building-wn"} <= targets
+    assert targets == {"IsA", "UsedFor"}  # one split job per target, only those asked for
 
     shutil.rmtree(proj / "data/raw")
     shutil.rmtree(proj / "data/processed")
-    run([BIN / "dvc", "repro", "split_controls"], proj)
+    run([BIN / "dvc", "repro", "split_controls@IsA", "split_controls@UsedFor"], proj)
     assert hashlib.sha256((proj / "data/processed/triplets.parquet").read_bytes()).hexdigest() == triplets
     assert digest(proj / "data/processed/splits") == splits
 
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["split"]["max_controlkg"]["train"] += 7
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run([BIN / "dvc", "status", "fetch_data", "extract_triplets", "split_controls"], proj).stdout
-    assert "split_controls" in status
+    status = run([BIN / "dvc", "status", "fetch_data", "extract_triplets", "split_controls@IsA"], proj).stdout
+    assert "split_controls@IsA" in status
     assert "fetch_data" not in status and "extract_triplets" not in status
-    rerun = run([BIN / "dvc", "repro", "split_controls"], proj).stdout
-    assert "Running stage 'split_controls'" in rerun
+    rerun = run([BIN / "dvc", "repro", "split_controls@IsA"], proj).stdout
+    assert "Running stage 'split_controls@IsA'" in rerun
     assert "Running stage 'extract_triplets'" not in rerun and "Running stage 'fetch_data'" not in rerun
+
+
+def test_gpu_stages_keep_their_gpu_when_set_resources_is_given_on_the_command_line():
+    """`--set-resources` replaces a profile's whole block; the GPU request lives in the rules."""
+    proc = run([BIN / "snakemake", "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors", "-n", "--forceall",
+                "--set-resources", "discover_mask:mem_mb=1000"], ROOT)
+    out = proc.stdout + proc.stderr
+    blocks = re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M)
+    discover = next(b for b in blocks if b.startswith("rule discover_mask:"))
+    verbalize = next(b for b in blocks if b.startswith("rule verbalize:"))
+    assert "gpu=1" in discover and "mem_mb=1000" in discover
+    assert "gpu=1" in verbalize
+    assert all("gpu=1" not in b for b in blocks if b.startswith(("rule split_controls:", "rule extract_triplets:")))

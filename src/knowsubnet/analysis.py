@@ -162,12 +162,6 @@ def seed_overlap(masks_by_seed: Mapping[Any, Mapping[str, torch.Tensor]]) -> pd.
     return jaccard_matrix({f"seed{seed}": masks for seed, masks in masks_by_seed.items()})
 
 
-def target_overlap(masks_by_target: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
-                   how: str = "majority") -> pd.DataFrame:
-    """Jaccard between targets, each target's seeds first combined with `how`."""
-    return jaccard_matrix({target: combine(seeds, how) for target, seeds in masks_by_target.items()})
-
-
 # ----------------------------------------------------------------------------------------------
 # structure
 
@@ -330,6 +324,3 @@ def neuron_summary(masks: Mapping[str, torch.Tensor], granularity: str) -> pd.Da
     return frame
 
 
-def top_layers(summary: pd.DataFrame, n: int = 5, by: str = "n_masked") -> pd.DataFrame:
-    """The `n` layers with the most masked neurons (ties: layer order)."""
-    return summary.sort_values(by, ascending=False, kind="stable").head(n).reset_index(drop=True)

@@ -24,6 +24,9 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        from knowsubnet.progress import quiet_library_bars
+
+        quiet_library_bars()  # progress as log lines in log files: no carriage-return frames
         try:
             code = main(*args, **kwargs)
         except InputError as err:

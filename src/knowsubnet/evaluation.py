@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet import masking
 from knowsubnet.errors import InputError
@@ -153,7 +153,7 @@ def score_facts(model: nn.Module, factset, batch_size: int, device: str | torch.
         raise InputError(f"{desc}: fact {factset.uuids[int(empty.nonzero()[0])]} has no tail token to score")
     parts: list[dict[str, torch.Tensor]] = []
     with _eval_mode(model):
-        for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=None):
+        for start in progress_bar(range(0, n, batch_size), desc=desc, leave=False):
             ids = factset.input_ids[start:start + batch_size].to(device)
             tg = factset.targets[start:start + batch_size].to(device)
             logits, rows, gold = tail_logits(model, ids, tg)
@@ -184,7 +184,7 @@ def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     head = model.get_output_embeddings()
     total, count = 0.0, 0
     with _eval_mode(model):
-        for start in tqdm(range(0, blocks.shape[0], batch_size), desc=desc, leave=False, disable=None):
+        for start in progress_bar(range(0, blocks.shape[0], batch_size), desc=desc, leave=False):
             ids = blocks[start:start + batch_size].to(device)
             hidden = _hidden_states(model, ids[:, :-1])
             # One block at a time through the LM head: [T, V] logits, not [B, T, V].
@@ -354,3 +354,17 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")
     return sets[0], sets[1], encoding.load_blocks(blocks_path)
+
+
+def headline(result: dict) -> dict:
+    """The few numbers that summarise an ablation (`dvc metrics show`): sparsity, ΔPPL of the removed
+    and random-removed models on TargetKG / ControlKG / ControlLM, TargetKG accuracy before and after."""
+    out = {"sparsity": round(float(result["sparsity"]["masked_layers"]), 6)}
+    for variant in ("removed", "random"):
+        for name, value in result["delta_ppl"][variant].items():
+            out[f"dppl_{variant}_{name}"] = round(float(value), 4)
+    for variant in ("original", "removed"):
+        acc = result.get(variant, {}).get("targetkg", {}).get("acc")
+        if acc is not None:
+            out[f"targetkg_acc_{variant}"] = round(float(acc), 4)
+    return out

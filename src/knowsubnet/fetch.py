@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tqdm import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet import __version__
 from knowsubnet.errors import InputError
@@ -390,7 +390,7 @@ def fetch_data(out_dir: str | os.PathLike, mirror: str | os.PathLike | None, ver
         if unknown:
             raise ValueError(f"unknown optional file groups {unknown}")
         specs = RAW_FILES + tuple(spec for name in optional for spec in OPTIONAL_FILES[name])
-        for spec in tqdm(specs, desc="fetch_data", unit="file"):
+        for spec in progress_bar(specs, desc="fetch_data", unit="file"):
             dest = tmp / spec.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if mirror_dir is not None:

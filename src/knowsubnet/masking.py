@@ -141,14 +141,6 @@ def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], 
                 layer.weight.copy_(original)
 
 
-def remove_subnetwork(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str) -> None:
-    """Zero the subnetwork's weights for good (for exporting the remaining model)."""
-    with torch.no_grad():
-        for layer in layers:
-            in_subnet = expand_to_weight(masks[layer.name].to(layer.weight.device), layer, granularity)
-            layer.weight.masked_fill_(in_subnet, 0.0)
-
-
 def random_masks_like(masks: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random masks with exactly as many True entries as each given mask (per matrix)."""
     out = {}
@@ -275,11 +267,6 @@ def hard_concrete_l0(logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: float
     return torch.sigmoid(logits - beta * math.log(-gamma / zeta))
 
 
-def deterministic_mask(logits: torch.Tensor) -> torch.Tensor:
-    """The evaluation-time mask: 1.0 where logit > 0 (sigmoid > 0.5), else 0.0."""
-    return (logits > 0).to(logits.dtype)
-
-
 class _GumbelMaskedWeight(torch.autograd.Function):
     """Fused W_eff = W * (1 - m) for a straight-through Gumbel-sigmoid weight mask.
 
@@ -350,14 +337,6 @@ class MaskLogits:
 
     def numel(self) -> int:
         return sum(t.numel() for t in self.logits.values())
-
-    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One differentiable training draw of m per layer (layer order fixes the noise order)."""
-        return {layer.name: self.sample_one(layer, generator) for layer in self.layers}
-
-    def deterministic(self) -> dict[str, torch.Tensor]:
-        """The evaluation subnetwork: bool per entry, True where logit > 0."""
-        return binary_masks({name: value.detach() for name, value in self.logits.items()})
 
     def expected_density(self) -> torch.Tensor:
         """Differentiable expected share of mask entries in the subnetwork (the sparsity loss).

@@ -88,19 +88,6 @@ def controllm_loss(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Te
     return maintain_loss(logits, ref_logprobs)
 
 
-def sparsity_loss(mask_logits: dict[str, torch.Tensor] | list[torch.Tensor], sampler: str = "gumbel_sigmoid",
-                  beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1) -> torch.Tensor:
-    """Expected subnetwork density: mean over all mask entries of sigmoid(logit) (Gumbel-sigmoid)
-    or of P(z != 0) = sigmoid(logit - beta * log(-gamma / zeta)) (hard-concrete)."""
-    values = list(mask_logits.values()) if isinstance(mask_logits, dict) else list(mask_logits)
-    if sampler == "gumbel_sigmoid":
-        total = sum(torch.sigmoid(v).sum() for v in values)
-    else:
-        shift = beta * math.log(-gamma / zeta)
-        total = sum(torch.sigmoid(v - shift).sum() for v in values)
-    return total / sum(v.numel() for v in values)
-
-
 def sparsity_weight(step: int, total_steps: int, start: float, end: float, ramp_from: float) -> float:
     """Weight of the sparsity loss at `step` (1-based): `start` until the fraction `ramp_from` of
     the run, then linear to `end` at the last step (paper: 2 for the first half, up to 3)."""

@@ -472,3 +472,21 @@ def write_splits(out_dir: str | os.PathLike,
             summary["provenance"] = provenance
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def write_target_splits(out_dir: str | os.PathLike, target: str, splits: Mapping[str, pd.DataFrame],
+                        provenance: dict | None = None) -> dict:
+    """Write one target's {out}/{split}.parquet and {out}/summary.json, all or nothing."""
+    check_target_name(target)
+    missing = [s for s in SPLIT_NAMES if s not in splits]
+    if missing:
+        raise ValueError(f"splits for {target} lack {', '.join(missing)}")
+    summary: dict[str, Any] = {"target": target, "counts": {s: int(len(splits[s])) for s in SPLIT_NAMES}}
+    if provenance is not None:
+        summary["provenance"] = provenance
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for split in SPLIT_NAMES:
+            write_parquet(tmp / f"{split}.parquet", splits[split][COLUMNS])
+        write_json(tmp / "summary.json", summary)
+    return summary

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
 from knowsubnet.errors import InputError
@@ -298,8 +298,7 @@ def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed:
     metrics: dict[str, float] = {}
     step = 0
     with _deterministic(int(spec["threads"])):
-        bar = tqdm(total=int(spec["max_steps"]), desc="tiny model", disable=not progress, leave=False,
-                   mininterval=2.0)
+        bar = progress_bar(total=int(spec["max_steps"]), desc="tiny model", disable=not progress, leave=False)
         while step < int(spec["max_steps"]):
             if cursor + bf > n:
                 perm, cursor = torch.randperm(n, generator=gen), 0

@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
-from knowsubnet import objectives
+from knowsubnet import digest, objectives
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
 from knowsubnet.masking import (MaskableLayer, MaskLogits, expand_to_weight, find_blocks, find_maskable_layers,
                                 random_masks_like)
 from knowsubnet.models import pick_device
+from knowsubnet.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +374,7 @@ class MaskTrainer:
             raise InputError("ControlKG training set is empty: expected at least one fact")
         self.n_target, self.n_control = len(targetkg.input_ids), len(controlkg.input_ids)
         self.n_lm = 0 if controllm is None else int(controllm.shape[0])
+        self.input_digests = digest.training_inputs(targetkg, controlkg, controllm)  # for the checkpoint fingerprint
         self._verify_and_cache(targetkg, controlkg, controllm)
         self.validation = validation
         if validation is not None:
@@ -631,41 +632,54 @@ class MaskTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed."""
+        """What a checkpoint must match to be resumed: params, seed, masked layers, and the content of
+        every input (model weights, TargetKG / ControlKG tokens, ControlLM blocks)."""
+        if getattr(self, "_model_digest", None) is None:
+            self._model_digest = digest.state_dict(self.model)  # the model is frozen: hash it once
         return {"mask": dataclasses.asdict(self.mcfg),
                 "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
                 "select": dataclasses.asdict(self.select),
-                "seed": self.seed, "n_target": self.n_target, "n_control": self.n_control, "n_lm": self.n_lm,
-                "layers": [layer.name for layer in self.layers]}
+                "seed": self.seed, "layers": [layer.name for layer in self.layers],
+                "model_weights": self._model_digest, **self.input_digests}
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None:
             return
-        state = {"fingerprint": self.fingerprint(), "step": self.step_count, "logits": self.mask.state_dict(),
+        # Plain containers, tensors and numbers only, so that `torch.load(weights_only=True)` reads it.
+        state = {"fingerprint": self.fingerprint(), "step": int(self.step_count),
+                 "logits": {k: v.detach().cpu() for k, v in self.mask.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
-                 "noise_gen": self.noise_gen.get_state(), "log": list(self.log), "elapsed": self.elapsed,
-                 "val_rows": list(self.val_rows), "best": self.best}
+                 "noise_gen": self.noise_gen.get_state(), "log": [dict(row) for row in self.log],
+                 "elapsed": float(self.elapsed), "val_rows": [dict(row) for row in self.val_rows],
+                 "best": self.best}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
     def load_checkpoint(self) -> bool:
-        """Resume from the checkpoint file if there is one; True when resumed."""
+        """Resume from the checkpoint file if there is one; True when resumed. A checkpoint that cannot
+        be read, or was written for other inputs or params, is set aside: training starts from scratch
+        with one log line saying why."""
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return False
         try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise InputError(f"{self.checkpoint_path}: unreadable training checkpoint ({err}); delete it to "
-                             f"start over") from None
-        if state.get("fingerprint") != self.fingerprint():
-            raise InputError(f"{self.checkpoint_path}: checkpoint was written by a different configuration "
-                             f"(params, seed, data or model); delete it to start over")
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            saved = state["fingerprint"]
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
+            log.warning("%s: unreadable checkpoint (%s); starting from scratch",
+                        self.checkpoint_path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return False
+        current = self.fingerprint()
+        if saved != current:
+            changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
+            log.warning("%s: checkpoint was written for other inputs (changed: %s); starting from scratch",
+                        self.checkpoint_path, ", ".join(changed))
+            return False
         self.mask.load_state_dict({k: v.to(self.device) for k, v in state["logits"].items()})
         self.optimizer.load_state_dict(state["optimizer"])
         self.batch_gen.set_state(state["batch_gen"])
         self.noise_gen.set_state(state["noise_gen"])
         self.step_count = int(state["step"])
-        self.log = list(state["log"])
+        self.log = [dict(row) for row in state["log"]]
         self.elapsed = float(state["elapsed"])
         self.val_rows = list(state.get("val_rows", []))
         self.best = state.get("best")
@@ -682,8 +696,7 @@ class MaskTrainer:
         cfg = self.cfg
         self.load_checkpoint()
         started = time.perf_counter() - self.elapsed
-        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="mask", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=self.step_count, desc="mask", disable=not self.progress)
         try:
             while self.step_count < cfg.steps:
                 row = self.step()

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from knowsubnet.progress import progress_bar
 
 from knowsubnet.encoding import IGNORE, FactSet, encode_facts
 from knowsubnet.errors import InputError
@@ -59,7 +59,7 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
     order = torch.sort(lengths, stable=True).indices  # similar lengths together: less padding
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     desc = progress if isinstance(progress, str) else "tail NLL"
-    for index in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for index in progress_bar(batches, desc=desc, disable=not progress, leave=False):
         t = int(lengths[index].max())
         ids = factset.input_ids[index, :t].to(device)
         tgt = factset.targets[index, :t].to(device)
@@ -74,12 +74,6 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
             top[sel] = logits.argmax(dim=-1)
             preds[index, :t] = top.cpu()
     return (nll, preds) if return_predictions else nll
-
-
-def top1_correct(factset: FactSet, preds: torch.Tensor) -> torch.BoolTensor:
-    """Whether every tail token of each fact is the top-1 prediction (teacher forcing)."""
-    tail = factset.targets != IGNORE
-    return ((preds == factset.targets) | ~tail).all(dim=1)
 
 
 def _default_verbalizer() -> Verbalizer:

@@ -41,14 +41,44 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+class Section(str):
+    """Canonical JSON of a params section (what Snakemake compares for `--rerun-triggers params`),
+    remembering which key it came from (`workflow/dvc_yaml.py` turns it into a DVC `params:` entry)."""
+
+    key: str
+
+
 def section(*keys):
-    """A params section as canonical JSON: a rule's `params:` entry, so editing it re-runs the rule."""
+    """A params section as a rule's `params:` entry, so that editing it re-runs the rule. A key
+    missing from the config reads as null (optional keys; the DVC generator's ${item.x} names)."""
     value = config
     for key in keys:
-        value = value[key]
-    return json.dumps(value, sort_keys=True)
+        value = value.get(key) if isinstance(value, dict) else None
+    out = Section(json.dumps(value, sort_keys=True))
+    out.key = ".".join(map(str, keys))
+    return out
+
+
+# Hints for the dvc.yaml generator (workflow/dvc_yaml.py); Snakemake ignores them.
+def whole_dir(path, directory):
+    """`path` is the marker file of a `directory` its rule writes as a whole: DVC tracks the directory."""
+    return flag(path, "dvc_dir", directory)
+
+
+def metrics_file(path):
+    """A small JSON of headline numbers: a DVC metric (`dvc metrics show / diff`)."""
+    return flag(path, "dvc_metrics")
+
+
+def plots_file(path, x, y):
+    """A CSV to plot (`dvc plots show`)."""
+    return flag(path, "dvc_plots", {"x": x, "y": y})
 
 
 def split_files(target):
     return expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=target,
                   kind=["targetkg", "controlkg"], part=["train", "val", "test"])
+
+
+def split_summary(target):
+    return f"data/processed/splits/{target}/summary.json"

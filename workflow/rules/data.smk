@@ -13,13 +13,13 @@ def _optional_raw():
 
 rule fetch_data:
     output:
-        manifest="data/raw/manifest.json",
+        manifest=whole_dir("data/raw/manifest.json", "data/raw"),
         wiki_valid="data/raw/wikitext-2-raw/wiki.valid.raw",
         wiki_test="data/raw/wikitext-2-raw/wiki.test.raw",
         **_optional_raw(),
     params:
         data=section("data"),
-        lama=config["triplets"].get("lama_path") or "",
+        lama=section("triplets", "lama_path"),
         optional=",".join(_optional_raw()),
     log:
         "logs/fetch_data.log",
@@ -42,17 +42,18 @@ rule extract_triplets:
 
 
 rule split_controls:
+    """One target's TargetKG / ControlKG splits: editing one target re-runs only its own jobs."""
     input:
         triplets="data/processed/triplets.parquet",
         manifest="data/raw/manifest.json",
     output:
-        [split_files(target) for target in config["targets"]],
-        summary="data/processed/splits/summary.json",
+        whole_dir(split_summary("{target}"), "data/processed/splits/{target}"),
+        split_files("{target}"),
     params:
-        targets=section("targets"),
+        target=lambda w: section("targets", w.target),
         split=section("split"),
     log:
-        "logs/split_controls.log",
+        "logs/split_controls/{target}.log",
     shell:
-        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} "
-        "--raw data/raw --out data/processed/splits 2> {log}"
+        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} --raw data/raw "
+        "--target {wildcards.target} --out data/processed/splits/{wildcards.target} 2> {log}"

@@ -11,15 +11,17 @@ rule discover_mask:
     output:
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
         meta="results/masks/{model}/{target}/seed{seed}/meta.json",
-        log_csv="results/masks/{model}/{target}/seed{seed}/train_log.csv",
-        metrics="results/masks/{model}/{target}/seed{seed}/metrics.json",
+        log_csv=plots_file("results/masks/{model}/{target}/seed{seed}/train_log.csv", x="step", y="loss"),
+        metrics=metrics_file("results/masks/{model}/{target}/seed{seed}/metrics.json"),
     params:
         mask=section("mask"),
         train=section("train"),
         known=section("known"),
-        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
+        scored=section("verbalize", "scored_positions"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/discover_mask/{model}/{target}/seed{seed}.log",
     shell:

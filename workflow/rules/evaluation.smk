@@ -9,20 +9,24 @@ rule evaluate_ablation:
         controllm="results/controllm/{model}/test.safetensors",
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
     output:
-        "results/eval/{model}/{target}/seed{seed}/metrics.json",
+        metrics="results/eval/{model}/{target}/seed{seed}/metrics.json",
+        headline=metrics_file("results/eval/{model}/{target}/seed{seed}/headline.json"),
     params:
         eval=section("eval"),
         known=section("known"),
-        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
+        scored=section("verbalize", "scored_positions"),
         mask=section("mask"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/evaluate_ablation/{model}/{target}/seed{seed}.log",
     shell:
         "{PY} workflow/scripts/evaluate_ablation.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
-        "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output} 2> {log}"
+        "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
+        "--headline {output.headline} 2> {log}"
 
 
 rule combine_seeds:
@@ -39,8 +43,11 @@ rule combine_seeds:
     params:
         eval=section("eval"),
         known=section("known"),
-        scored=config["verbalize"].get("scored_positions", "all_tail_tokens"),
+        scored=section("verbalize", "scored_positions"),
+        mask=section("mask"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/combine_seeds/{model}/{target}.log",
     shell:
@@ -60,6 +67,7 @@ rule report:
         masks=expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
         metas=expand("results/masks/{model}/{target}/seed{seed}/meta.json", model=MODELS, target=TARGETS, seed=SEEDS),
+        models=expand("results/models/{model}/config.json", model=MODELS),  # read for the attention geometry
     output:
         "results/report.md",
         "results/tables/ablation.csv",

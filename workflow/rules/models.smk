@@ -2,9 +2,15 @@
 # and cut WikiText-2 into its ControlLM blocks.
 
 
+def is_tiny(model):
+    """A model trained here (a name not in the config, the DVC generator's ${item.model}, counts as one)."""
+    return config["models"].get(model, {"source": "tiny"})["source"] == "tiny"
+
+
 def model_inputs(wildcards):
-    """The tiny model is trained on the facts of the run's splits; pretrained models need nothing."""
-    if config["models"][wildcards.model]["source"] != "tiny":
+    """The tiny model is trained on the facts of the run's splits; pretrained models need nothing.
+    A model name not in the config (the DVC generator's ${item.model}) gets the tiny model's inputs."""
+    if not is_tiny(wildcards.model):
         return {}
     return {"splits": [f for t in TARGETS for f in split_files(t)],
             "text": "data/raw/wikitext-2-raw/wiki.valid.raw"}
@@ -14,10 +20,12 @@ rule prepare_model:
     input:
         unpack(model_inputs),
     output:
-        config="results/models/{model}/config.json",
+        config=whole_dir("results/models/{model}/config.json", "results/models/{model}"),
         provenance="results/models/{model}/provenance.json",
     params:
         spec=lambda w: section("models", w.model),
+        # the tiny model trains on the facts of run.targets (prepare_model.py reads them)
+        targets=lambda w: section("run", "targets") if is_tiny(w.model) else "",
         facts_arg=lambda w, input: f"--splits-dir data/processed/splits --text {input.text}" if "splits" in input.keys() else "",
     threads: 1
     log:
@@ -36,6 +44,8 @@ rule verbalize:
     params:
         verbalize=section("verbalize"),
     threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/verbalize/{model}/{target}.log",
     shell:

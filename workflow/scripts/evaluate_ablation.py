@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--controllm", type=Path, required=True, help="results/controllm/<model> (test.safetensors)")
     parser.add_argument("--mask", type=Path, required=True, help="mask.safetensors")
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
+    parser.add_argument("--headline", type=Path, help="headline.json to write: the few numbers of `dvc metrics show`")
     args = parser.parse_args(argv)
 
     params = load_params(args)
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     result["provenance"] = stamp({"eval": params.get("eval"), "mask": params.get("mask")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
     write_json(args.out, result)
+    if args.headline is not None:
+        write_json(args.headline, evaluation.headline(result))
     log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
              result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
              result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])

@@ -1,8 +1,10 @@
-"""Stage split_controls: TargetKG / ControlKG train/val/test parquet files for every target.
+"""Stage split_controls: TargetKG / ControlKG train/val/test parquet files for one target (--target),
+or for every target in params when --target is not given.
 
-Params: targets, split.seed, split.targetkg_holdout, split.fractions, split.max_targetkg,
-split.max_controlkg, split.controlkg, split.paper_wordnet_controlkg. With split.controlkg: paper
-the paper's ControlKG files are read from --raw for their order (the paper takes the first edges).
+Params: targets (the one target's entry; for a WordNet target the other targets' subtrees too),
+split.seed, split.targetkg_holdout, split.fractions, split.max_targetkg, split.max_controlkg,
+split.controlkg, split.paper_wordnet_controlkg. With split.controlkg: paper the paper's ControlKG
+files are read from --raw for their order (the paper takes the first edges).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pandas as pd
 
 from knowsubnet.errors import InputError, cli_entry
 from knowsubnet.provenance import stamp
-from knowsubnet.splits import PAPER_CONTROLKG, splits_from_params, write_splits
+from knowsubnet.splits import PAPER_CONTROLKG, splits_from_params, write_splits, write_target_splits
 from knowsubnet.triplets import read_source_files
 from stage_params import load_params, stage_parser
 
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--triplets", type=Path, default=Path("data/processed/triplets.parquet"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="fetch_data's output folder")
+    parser.add_argument("--target", help="one target's name: --out is then that target's folder")
     parser.add_argument("--out", type=Path, default=Path("data/processed/splits"))
     args = parser.parse_args(argv)
     params = load_params(args)
@@ -35,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
         tags = sorted({tag for kind in PAPER_CONTROLKG.values() for tag in kind.values()})
         paper_order = {tag: [(f.head, f.rel, f.tail) for f in read_source_files(args.raw, [tag])]
                        for tag in tags}
+    if args.target is not None:
+        splits = splits_from_params(triplets, params, names=[args.target], paper_order=paper_order)
+        write_target_splits(args.out, args.target, splits[args.target], provenance=stamp(
+            {"targets": params.get("targets"), "split": params.get("split")}))
+        return
     splits = splits_from_params(triplets, params, paper_order=paper_order)
     write_splits(args.out, splits,
                  provenance=stamp({"targets": params.get("targets"), "split": params.get("split")}))
