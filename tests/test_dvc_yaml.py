@@ -31,7 +31,7 @@ def test_committed_dvc_yaml_is_the_generated_one():
         assert f"src/knowsubnet/{module}.py" in stages["verbalize"]["deps"]
     assert "mask" in stages["evaluate_ablation"]["params"]
     combine = stages["combine_seeds"]
-    assert {"verbalize.max_tail_ppl", "eval", "mask"} <= set(combine["params"])
+    assert {"known", "verbalize.scored_positions", "eval", "mask"} <= set(combine["params"])
     assert "data/processed/splits/${item.target}/targetkg_test.parquet" in combine["deps"]
     assert "*" not in combine["cmd"]  # the run's seeds, not a glob over whatever seed folders exist
     assert stages["evaluate_ablation"]["metrics"] == ["results/eval/${item.model}/${item.target}/seed${item.seed}/headline.json"]

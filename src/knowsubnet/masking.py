@@ -303,8 +303,8 @@ class MaskLogits:
     `hard_concrete` (stretched (gamma, zeta), temperature `beta`, clamped to [0, 1]; thresholded
     at 0.5 with a straight-through gradient when `hard_concrete_hard`).
 
-    `sample()` draws a training mask, `effective_weights()` turns a draw into the remaining
-    model's weights W * (1 - m); `deterministic()` is the evaluation mask (logit > 0).
+    `effective_weights()` draws a training mask and turns it into the remaining model's weights
+    W * (1 - m); with `deterministic=True` it uses the evaluation mask (logit > 0) instead.
     The frozen weights are read, never copied, except for the one W_eff per layer autograd needs.
     """
 

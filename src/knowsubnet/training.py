@@ -41,7 +41,7 @@ from torch.func import functional_call
 from knowsubnet import digest, objectives
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path
-from knowsubnet.masking import (MaskableLayer, MaskLogits, expand_to_weight, find_blocks, find_maskable_layers,
+from knowsubnet.masking import (MaskableLayer, MaskLogits, binary_masks, expand_to_weight, find_blocks, find_maskable_layers,
                                 random_masks_like)
 from knowsubnet.models import pick_device
 from knowsubnet.progress import progress_bar
@@ -505,7 +505,7 @@ class MaskTrainer:
     def validate(self) -> dict[str, float]:
         """Score the deterministic mask and a random mask of the same per-matrix size on the
         validation sets; remember the mask when `select_checkpoint` prefers it."""
-        binary = self.mask.deterministic()
+        binary = binary_masks(self.mask.state_dict())  # the evaluation subnetwork: logit > 0
         in_subnet = sum(int(expand_to_weight(binary[l.name], l, self.mcfg.granularity).sum()) for l in self.layers)
         total = sum(l.weight.numel() for l in self.layers)
         row = {"step": self.step_count, "val_sparsity": 1.0 - in_subnet / total}
