@@ -57,6 +57,7 @@ rule report:
                         how=COMBINATIONS) if len(SEEDS) > 1 else [],
         masks=expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
+        csqa=csqa_results(),
     output:
         "results/report.md",
         "results/tables/ablation.csv",
@@ -67,4 +68,4 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
-        "--masks {input.masks} --logs {input.logs} --out-dir results --models-root results/models 2> {log}"
+        "--masks {input.masks} --logs {input.logs} --csqa {input.csqa} --out-dir results --models-root results/models 2> {log}"
