@@ -281,3 +281,46 @@ def test_bootstrap_interval_and_paired_delta():
     assert lo < 0.3 < hi and 0.15 < lo and hi < 0.45
     same = csqa.paired_delta(values, values, 200, 0, 0)
     assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's CSQA section
+
+
+def _csqa_record(model, target, seed, mode, accs):
+    """A finetune_csqa-shaped result; accs[variant] = (removed, kept, dev) accuracies."""
+    variants = {v: {"groups": {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50}
+                               for g, a in zip(csqa.GROUPS, accs[v])}, "curve": []} for v in csqa.VARIANTS}
+    delta = {v: {g: {"diff": accs[v][i] - accs["original"][i], "ci95": [-0.2, 0.1], "n": 50}
+                 for i, g in enumerate(csqa.GROUPS)} for v in ("remaining", "random")}
+    return {"model": model, "target": target, "seed": seed, "mode": mode, "variants": variants,
+            "delta_vs_original": delta}
+
+
+def test_report_csqa_section(tmp_path):
+    from knowsubnet import report
+    from test_report import write_inputs
+
+    accs = {"original": (0.6, 0.5, 0.4), "remaining": (0.3, 0.5, 0.35), "random": (0.6, 0.45, 0.4)}
+    paths = []
+    for mode in ("head", "lora"):
+        path = tmp_path / "csqa" / "m" / "csqa1" / "seed0" / f"{mode}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_csqa_record("m", "csqa1", 0, mode, accs)))
+        paths.append(path)
+    metrics_paths, mask_paths, log_paths = write_inputs(tmp_path)
+    written = report.build_report(metrics_paths, out_dir=tmp_path, params={"report": {"dpi": 40}},
+                                  csqa_paths=paths)
+    table = pd.read_csv(tmp_path / "tables" / "csqa.csv")
+    assert len(table) == 2 * 3 * 3
+    row = table[(table["mode"] == "lora") & (table["variant"] == "remaining") & (table["group"] == "removed")]
+    assert float(row["acc"].iloc[0]) == 0.3 and float(row["diff_vs_original"].iloc[0]) == pytest.approx(-0.3)
+    delta_md = (tmp_path / "tables" / "csqa_delta.md").read_text()
+    assert "-30.0 pts" in delta_md and "+0.0 pts" in delta_md  # removed group vs kept group
+    assert written["fig_csqa"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "report.md").read_text()
+    assert "## CommonsenseQA after finetuning" in text and "figures/csqa.png" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": "m"}))
+    with pytest.raises(InputError, match=r"bad\.json: expected key 'target'"):
+        report.load_csqa_results([bad])

@@ -787,7 +787,7 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
             acc = np.array([mean.loc[(variant, g), "acc"] for g in CSQA_GROUPS])
             low = np.array([mean.loc[(variant, g), "ci_low"] for g in CSQA_GROUPS])
             high = np.array([mean.loc[(variant, g), "ci_high"] for g in CSQA_GROUPS])
-            ax.bar(x + (k - 1) * 0.27, 100 * acc, 0.27, yerr=100 * np.vstack([acc - low, high - acc]), capsize=2,
+            ax.bar(x + (k - 1) * 0.27, 100 * acc, 0.27, yerr=100 * np.clip(np.vstack([acc - low, high - acc]), 0, None), capsize=2,
                    color=colors[variant], label=variant)
         ax.axhline(20, color="black", linewidth=0.6, linestyle=":")  # chance: 1 in 5
         ax.set_xticks(x, [CSQA_GROUP_LABELS[g] for g in CSQA_GROUPS], fontsize=7)
@@ -800,7 +800,7 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
             diff = np.array([mean.loc[(variant, g), "diff_vs_original"] for g in CSQA_GROUPS])
             low = np.array([mean.loc[(variant, g), "diff_ci_low"] for g in CSQA_GROUPS])
             high = np.array([mean.loc[(variant, g), "diff_ci_high"] for g in CSQA_GROUPS])
-            ax.bar(x + (k - 0.5) * 0.4, 100 * diff, 0.4, yerr=100 * np.vstack([diff - low, high - diff]), capsize=2,
+            ax.bar(x + (k - 0.5) * 0.4, 100 * diff, 0.4, yerr=100 * np.clip(np.vstack([diff - low, high - diff]), 0, None), capsize=2,
                    color=colors[variant], label=f"{variant} − original")
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(x, [CSQA_GROUP_LABELS[g] for g in CSQA_GROUPS], fontsize=7)
