@@ -324,3 +324,23 @@ def test_report_csqa_section(tmp_path):
     bad.write_text(json.dumps({"model": "m"}))
     with pytest.raises(InputError, match=r"bad\.json: expected key 'target'"):
         report.load_csqa_results([bad])
+
+
+# ---------------------------------------------------------------------------------------------
+# the workflow: only CSQA-linked targets are finetuned, one job per mode
+
+
+def test_snakemake_finetunes_only_csqa_targets():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(snakemake), "results/report.md", "-n", "--nolock", "--forceall", "--configfile",
+                           "config/presets/demo.yaml"], cwd=root, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    jobs = sorted(set(line.split("output: ")[1] for line in out.splitlines()
+                      if "output: results/csqa/" in line))
+    assert jobs == [f"results/csqa/smollm2-135m/csqa1/seed0/{mode}.json" for mode in ("head", "lora")]
