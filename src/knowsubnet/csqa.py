@@ -419,7 +419,9 @@ class _Variant:
                  device: torch.device, first_block: int):
         from knowsubnet.training import TopBlocks
 
-        self.mode, self.removed, self.layer_names, self.device = mode, removed, layer_names, device
+        self.mode, self.layer_names, self.device = mode, layer_names, device
+        self.removed = {name: mask.to(device) for name, mask in removed.items()}  # moved once, not per forward
+        removed = self.removed
         self.model = copy.deepcopy(base).to(device)
         self.model.eval()  # dropout off: every variant sees the same deterministic forward
         self.model.requires_grad_(False)
