@@ -68,6 +68,7 @@ GROUPS = ("removed", "kept", "dev")
 
 DEFAULTS: dict[str, Any] = {
     "modes": ["head"],
+    "seeds": None,                  # which mask seeds the workflow finetunes (None: every run seed)
     "train_questions": None,        # None: every training question
     "dev_questions": None,          # None: the whole dev split
     "epochs": {"head": 20, "lora": 1, "full": 1},

@@ -4,11 +4,15 @@
 
 CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
 CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
+CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
+for _seed in CSQA_SEEDS:
+    if _seed not in SEEDS:
+        raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
 
 
 def csqa_results():
     return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
-                  seed=SEEDS, mode=CSQA_MODES)
+                  seed=CSQA_SEEDS, mode=CSQA_MODES)
 
 
 rule finetune_csqa:

@@ -33,10 +33,11 @@ def csqa_run_files(results: Path, params: dict) -> list[Path]:
     """The finetune_csqa results of params `run` (CSQA-linked targets only) x `csqa.modes`."""
     run, targets = params["run"], params.get("targets") or {}
     modes = (params.get("csqa") or {}).get("modes", ["head"])
+    seeds = (params.get("csqa") or {}).get("seeds") or run["seeds"]
     return [results / "csqa" / model / target / f"seed{seed}" / f"{mode}.json"
             for model in run["models"] for target in run["targets"]
             if isinstance(targets.get(target), dict) and "csqa" in targets[target]
-            for seed in run["seeds"] for mode in modes]
+            for seed in seeds for mode in modes]
 
 
 @cli_entry
