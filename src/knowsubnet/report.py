@@ -696,6 +696,7 @@ HOW_TO_READ = """\
 CSQA_VARIANTS = ("original", "remaining", "random")
 CSQA_GROUPS = ("removed", "kept", "dev")
 CSQA_GROUP_LABELS = {"removed": "removed target's questions", "kept": "other half's questions", "dev": "CSQA dev"}
+CSQA_GROUP_TICKS = {"removed": "removed\ntarget's", "kept": "other\nhalf's", "dev": "CSQA\ndev"}
 
 
 def load_csqa_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -790,7 +791,7 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
             ax.bar(x + (k - 1) * 0.27, 100 * acc, 0.27, yerr=100 * np.clip(np.vstack([acc - low, high - acc]), 0, None), capsize=2,
                    color=colors[variant], label=variant)
         ax.axhline(20, color="black", linewidth=0.6, linestyle=":")  # chance: 1 in 5
-        ax.set_xticks(x, [CSQA_GROUP_LABELS[g] for g in CSQA_GROUPS], fontsize=7)
+        ax.set_xticks(x, [CSQA_GROUP_TICKS[g] for g in CSQA_GROUPS], fontsize=7)
         ax.set_title(f"{model} / {target} / {mode}", fontsize=9)
         if c == 0:
             ax.set_ylabel("accuracy % (95 % CI; dotted: chance)")
@@ -803,7 +804,7 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
             ax.bar(x + (k - 0.5) * 0.4, 100 * diff, 0.4, yerr=100 * np.clip(np.vstack([diff - low, high - diff]), 0, None), capsize=2,
                    color=colors[variant], label=f"{variant} − original")
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(x, [CSQA_GROUP_LABELS[g] for g in CSQA_GROUPS], fontsize=7)
+        ax.set_xticks(x, [CSQA_GROUP_TICKS[g] for g in CSQA_GROUPS], fontsize=7)
         if c == 0:
             ax.set_ylabel("accuracy difference, points (paired 95 % CI)")
             ax.legend(fontsize=7)
