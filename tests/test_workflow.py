@@ -69,7 +69,7 @@ def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_p
     triplets = hashlib.sha256((proj / "data/processed/triplets.parquet").read_bytes()).hexdigest()
     splits = digest(proj / "data/processed/splits")
     targets = {p.name for p in (proj / "data/processed/splits").iterdir() if p.is_dir()}
-    assert len(targets) == 19 and {"IsA", "NotDesires", "fruit", "sun", "swimming"} <= targets
+    assert len(targets) == 21 and {"IsA", "NotDesires", "fruit", "sun", "swimming", "csqa1", "csqa2"} <= targets
 
     shutil.rmtree(proj / "data/raw")
     shutil.rmtree(proj / "data/processed")
