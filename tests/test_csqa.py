@@ -344,3 +344,75 @@ def test_snakemake_finetunes_only_csqa_targets():
     jobs = sorted(set(line.split("output: ")[1] for line in out.splitlines()
                       if "output: results/csqa/" in line))
     assert jobs == [f"results/csqa/smollm2-135m/csqa1/seed0/{mode}.json" for mode in ("head", "lora")]
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage script end to end on a toy model directory
+
+
+def test_finetune_csqa_script(csqa_files, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from knowsubnet.splits import write_splits
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("finetune_csqa", repo / "workflow" / "scripts" / "finetune_csqa.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    table = csqa_files["triplets"]
+    table.to_parquet(tmp_path / "triplets.parquet", index=False)
+    splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+                         targetkg_holdout=False, max_targetkg=None, max_controlkg=None)
+    write_splits(tmp_path / "splits", {"csqa1": splits})
+    csqa_dir = tmp_path / "csqa"
+    csqa_dir.mkdir()
+    csqa_files["train"].rename(csqa_dir / "train_rand_split.jsonl")
+    csqa_files["dev"].rename(csqa_dir / "dev_rand_split.jsonl")
+    corpus = "\n".join(csqa.question_text(q.stem, c) for q in csqa.read_questions(csqa_dir / "train_rand_split.jsonl")
+                       for c in q.choices)
+    tokenizer = byte_bpe_tokenizer(corpus, 300)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    layers = masking.find_maskable_layers(model, 1)
+    gen = torch.Generator().manual_seed(0)
+    masking.save_mask(tmp_path / "mask.safetensors",
+                      {l.name: torch.randn(l.mask_shape("weight"), generator=gen) - 1.5 for l in layers},
+                      {"granularity": "weight", "top_k_blocks": 1, "model": "toy", "target": "csqa1", "seed": 0})
+    override = {"targets": {"csqa1": {"csqa": "csqa1"}},
+                "csqa": {"modes": ["lora"], "train_questions": 12, "dev_questions": 6, "batch_size": 4,
+                         "epochs": {"lora": 1}, "max_length": 40, "bootstrap": 50, "device": "cpu"}}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    out = tmp_path / "results" / "lora.json"
+    argv = ["--params", str(repo / "config" / "presets" / "tiny.yaml"), str(tmp_path / "override.yaml"),
+            "--model", "toy", "--target", "csqa1", "--seed", "0", "--mode", "lora", "--model-dir",
+            str(tmp_path / "model"), "--mask", str(tmp_path / "mask.safetensors"), "--triplets",
+            str(tmp_path / "triplets.parquet"), "--splits", str(tmp_path / "splits" / "csqa1"), "--csqa-dir",
+            str(csqa_dir), "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 0
+    result = json.loads(out.read_text())
+    assert result["groups"]["removed"]["question_ids"] == ["q0", "q1", "q2", "q3"]
+    assert result["groups"]["kept"]["n"] == 4 and result["groups"]["dev"]["n"] == 6 and result["n_train"] == 12
+    assert result["variants"]["remaining"]["max_abs_removed_weight"] == 0.0
+    assert "code_version" in result["provenance"] and result["provenance"]["params"]["target"] == {"csqa": "csqa1"}
+    assert not list(out.parent.glob(".*ckpt"))  # the checkpoint is gone once the result is written
+
+    # a choice count other than five stops with the file and line, exit code 2
+    lines = (csqa_dir / "dev_rand_split.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row["question"]["choices"] = row["question"]["choices"][:3]
+    lines[2] = json.dumps(row)
+    (csqa_dir / "dev_rand_split.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    assert "dev_rand_split.jsonl:3: expected 5 choices" in capsys.readouterr().err
