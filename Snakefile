@@ -28,6 +28,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/discovery.smk"
+include: "workflow/rules/downstream.smk"
 include: "workflow/rules/evaluation.smk"
 
 
@@ -38,3 +39,4 @@ rule all:
         "results/report.md",
         expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),
+        csqa_results(),

@@ -10,7 +10,7 @@ import pytest
 
 from knowsubnet.errors import InputError
 from knowsubnet.relations import RELATIONS
-from knowsubnet.triplets import (COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
+from knowsubnet.triplets import (COLUMNS, TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
                                  KNOW_SUBNET_WORDNET_FILES, build_triplets,
                                  merge_facts, read_best_format, read_facts_table, read_lama,
                                  read_lama_jsonl, read_lama_parquet, stable_uuid)
@@ -126,7 +126,7 @@ def test_build_triplets_merges_sources_and_prefers_lama_uuids(tmp_path):
     lama = write_jsonl(tmp_path / "lama.jsonl", LAMA_ORIGINAL)
     table = build_triplets(raw, ["builtin", "know_subnet", "lama"], lama_path=lama,
                            facts_table=facts)
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == TABLE_COLUMNS
     rows = {(r.head, r.rel, r.tail): (r.uuid, r.source) for r in table.itertuples()}
     assert rows[("guitar", "IsA", "instrument")] == (
         "u-guitar", "builtin;know_subnet/controlkg_train;lama")

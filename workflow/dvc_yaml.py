@@ -142,7 +142,7 @@ def _flatten(value) -> list[str]:
     return [x for v in value for x in _flatten(v)]
 
 
-def stage(rule, run: dict, dirs: dict[str, str]) -> dict:
+def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> dict:
     from snakemake.io import get_flag_value, is_flagged
     from snakemake.iocontainers import Namedlist, Wildcards
     from snakemake.utils import format as smk_format
@@ -196,10 +196,12 @@ def stage(rule, run: dict, dirs: dict[str, str]) -> dict:
 
     entry: dict = {}
     if names:
+        matrix = matrix or {}  # the rule's own lists (DVC_MATRIX in common.smk)
         for n in names:
-            if f"{n}s" not in run:
-                raise SystemExit(f"rule {rule.name}: wildcard {{{n}}} has no list `run.{n}s` in params.yaml")
-        entry["matrix"] = {n: f"${{run.{n}s}}" for n in names}
+            if n not in matrix and f"{n}s" not in run:
+                raise SystemExit(f"rule {rule.name}: wildcard {{{n}}} has no list `run.{n}s` in params.yaml "
+                                 f"and no DVC_MATRIX entry")
+        entry["matrix"] = {n: matrix.get(n, f"${{run.{n}s}}") for n in names}
     entry["cmd"] = cmd
     entry["deps"] = deps
     if param_keys:
@@ -228,7 +230,8 @@ def generate() -> str:
             for out in outputs:
                 if is_flagged(out, "dvc_dir"):
                     dirs[untoken(str(out))] = templated(get_flag_value(out, "dvc_dir"))
-        stages = {rule.name: stage(rule, run, dirs) for rule in rules}
+        matrices = workflow.globals.get("DVC_MATRIX", {})
+        stages = {rule.name: stage(rule, run, dirs, matrices.get(rule.name)) for rule in rules}
     finally:
         api.__exit__(None, None, None)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=10_000, default_flow_style=False)

@@ -23,13 +23,15 @@ import pandas as pd
 from knowsubnet.errors import InputError
 from knowsubnet.io import atomic_path, write_json, write_parquet
 from knowsubnet.relations import RELATIONS, WORDNET_RELATIONS
-from knowsubnet.triplets import COLUMNS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
+from knowsubnet.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = tuple(f"{kg}_{split}" for kg in ("targetkg", "controlkg") for split in SPLITS)
-_SELECTOR_FORMS = ({"rel"}, {"concept"}, {"concept", "hops"}, {"concept", "facts"})
+_SELECTOR_FORMS = ({"rel"}, {"concept"}, {"concept", "hops"}, {"concept", "facts"}, {"csqa"})
+# `csqa: csqa1` / `csqa: csqa2`: the paper's CSQA-linked halves, by their source tag.
+CSQA_HALVES = {"csqa1": "know_subnet/csqa/csqa1_targetkg", "csqa2": "know_subnet/csqa/csqa2_targetkg"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # as in config/params.schema.yaml
 _RNG_TARGET, _RNG_CONTROL = 0, 1  # independent random streams derived from the one seed
 
@@ -40,8 +42,32 @@ def _canonical(triplets: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise InputError(f"triplets table: expected columns {', '.join(COLUMNS)}, missing "
                          f"{', '.join(missing)}")
-    frame = triplets[COLUMNS].drop_duplicates()
-    return frame.sort_values(SORT_KEYS + ["uuid", "source"], kind="stable").reset_index(drop=True)
+    columns = _columns(triplets)
+    frame = triplets[columns].drop_duplicates()
+    return frame.sort_values(SORT_KEYS + ["uuid", "source"] + columns[len(COLUMNS):],
+                             kind="stable").reset_index(drop=True)
+
+
+def _columns(frame: pd.DataFrame) -> list[str]:
+    """COLUMNS, plus `csqa_ids` when the table has it (tables from before it existed lack it)."""
+    return COLUMNS + [CSQA_IDS] if CSQA_IDS in frame.columns else list(COLUMNS)
+
+
+def csqa_ids(frame: pd.DataFrame) -> set[str]:
+    """Every CSQA question id the facts of `frame` are linked to (empty without the column)."""
+    if CSQA_IDS not in frame.columns:
+        return set()
+    return {q for value in frame[CSQA_IDS].fillna("") for q in str(value).split(";") if q}
+
+
+def selector_kind(spec: Any) -> str | None:
+    """'rel', 'concept' or 'csqa': which kind of selector a target spec is (None if malformed)."""
+    if not isinstance(spec, Mapping):
+        return None
+    for kind in ("rel", "csqa", "concept"):
+        if kind in spec:
+            return kind
+    return None
 
 
 def _entities(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -83,8 +109,8 @@ def _check_spec(key: str, spec: Any) -> None:
                          f"{{concept: fruit, hops: 1}}, got {spec!r}")
     if set(spec) not in _SELECTOR_FORMS:
         raise InputError(f"params key '{key}': expected exactly one selector - {{rel: X}}, "
-                         f"{{concept: w, hops: n}} or {{concept: w, facts: <source tag>}}; "
-                         f"got keys {sorted(map(str, spec))}")
+                         f"{{concept: w, hops: n}}, {{concept: w, facts: <source tag>}} or "
+                         f"{{csqa: csqa1 | csqa2 | [question ids]}}; got keys {sorted(map(str, spec))}")
 
 
 def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
@@ -97,6 +123,8 @@ def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
             raise InputError(f"params key '{key}.rel': unknown relation {rel!r}; expected one "
                              f"of: {', '.join(RELATIONS)}")
         mask, what = frame["rel"] == rel, f"no fact has relation {rel}"
+    elif "csqa" in spec:
+        mask, what = _select_csqa(frame, key, spec["csqa"])
     else:
         concept = spec["concept"]
         if not isinstance(concept, str) or not concept.strip():
@@ -253,6 +281,27 @@ def paper_controlkg(frame: pd.DataFrame, key: str, wordnet: bool, caps: Mapping[
     return out
 
 
+def _select_csqa(frame: pd.DataFrame, key: str, value: Any) -> tuple[pd.Series, str]:
+    """Facts linked to CSQA questions: a paper half (csqa1 / csqa2) or a list of question ids."""
+    if isinstance(value, str) and value in CSQA_HALVES:
+        tag = CSQA_HALVES[value]
+        return (frame["source"].str.split(";").map(lambda ts: tag in ts),
+                f"no fact has the source tag {tag!r}; add know_subnet/csqa to 'triplets.sources'")
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(q, str) and q.strip() for q in value)):
+        raise InputError(f"params key '{key}.csqa': expected csqa1, csqa2 or a non-empty list of "
+                         f"CSQA question ids, got {value!r}")
+    wanted = {q.strip() for q in value}
+    linked = csqa_ids(frame)
+    unknown = sorted(wanted - linked)
+    if unknown:
+        raise InputError(f"params key '{key}.csqa': question id {unknown[0]!r} is linked to no fact "
+                         f"of the triplets table ({len(unknown)} unknown of {len(wanted)}; "
+                         f"{len(linked)} linked question ids known)")
+    ids = frame[CSQA_IDS].fillna("").map(lambda v: bool(wanted.intersection(str(v).split(";"))))
+    return ids, "no fact is linked to these questions"
+
+
 # -- split parameters ---------------------------------------------------------------------------
 
 def check_target_name(name: Any) -> str:
@@ -333,7 +382,7 @@ def _shuffled(frame: pd.DataFrame, seed: int, stream: int) -> pd.DataFrame:
 
 
 def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)[COLUMNS]
+    return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)[_columns(frame)]
 
 
 def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
@@ -465,7 +514,8 @@ def write_splits(out_dir: str | os.PathLike,
             if missing:
                 raise ValueError(f"splits for {target} lack {', '.join(missing)}")
             for split in SPLIT_NAMES:
-                write_parquet(tmp / target / f"{split}.parquet", splits[split][COLUMNS])
+                write_parquet(tmp / target / f"{split}.parquet",
+                              splits[split][_columns(splits[split])])
             counts[target] = {split: int(len(splits[split])) for split in SPLIT_NAMES}
         summary: dict[str, Any] = {"counts": counts}
         if provenance is not None:

@@ -27,6 +27,11 @@ from knowsubnet.wordnet import is_synset_name
 log = logging.getLogger(__name__)
 
 COLUMNS = ["uuid", "head", "rel", "tail", "source"]
+# The CommonsenseQA question ids a fact is linked to (the paper's csqa*_targetkg files), ';'-joined
+# and sorted; empty for every other fact. Optional for readers of older tables.
+CSQA_IDS = "csqa_ids"
+TABLE_COLUMNS = COLUMNS + [CSQA_IDS]
+CSQA_SOURCE_PREFIX = "know_subnet/csqa/"
 SORT_KEYS = ["rel", "head", "tail"]
 
 # The in-repo facts table, relative to the repository root (the working directory of the stages).
@@ -340,14 +345,19 @@ def read_facts_table(path: str | os.PathLike, source: str = "builtin") -> Iterat
 # -- the triplets table -------------------------------------------------------------------------
 
 def merge_facts(facts: Iterable[Fact]) -> pd.DataFrame:
-    """One row per distinct (head, rel, tail); sources merged with ';'; LAMA uuid preferred."""
+    """One row per distinct (head, rel, tail); sources merged with ';'; LAMA uuid preferred; the
+    CSQA question ids of the paper's CSQA-linked files kept in `csqa_ids` (';'-joined)."""
     merged: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
+    question_ids: dict[tuple[str, str, str], set[str]] = {}
     for fact in facts:
         key = (fact.head, fact.rel, fact.tail)
         sources, uuids = merged.setdefault(key, (set(), set()))
         sources.update(tag for tag in fact.source.split(";") if tag)
         if fact.uuid:
             uuids.add(fact.uuid)
+        ids = question_ids.setdefault(key, set())
+        if fact.ref and fact.source.startswith(CSQA_SOURCE_PREFIX):
+            ids.add(fact.ref.strip())
     rows = []
     for (head, rel, tail), (sources, uuids) in merged.items():
         fallback = stable_uuid(head, rel, tail)
@@ -356,8 +366,9 @@ def merge_facts(facts: Iterable[Fact]) -> pd.DataFrame:
             log.warning("fact (%s, %s, %s) has %d LAMA uuids; keeping %s", head, rel, tail,
                         len(real), real[0])
         rows.append((real[0] if real else fallback, head, rel, tail,
-                     ";".join(sorted(sources, key=_source_order))))
-    frame = pd.DataFrame(rows, columns=COLUMNS, dtype=str)
+                     ";".join(sorted(sources, key=_source_order)),
+                     ";".join(sorted(question_ids[(head, rel, tail)]))))
+    frame = pd.DataFrame(rows, columns=TABLE_COLUMNS, dtype=str)
     return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
@@ -448,7 +459,7 @@ def read_source_files(raw_dir: str | os.PathLike, sources: Iterable[str],
 def build_triplets(raw_dir: str | os.PathLike, sources: Iterable[str],
                    lama_path: str | os.PathLike | None = None,
                    facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE) -> pd.DataFrame:
-    """The triplets table (uuid, head, rel, tail, source) from the selected sources."""
+    """The triplets table (uuid, head, rel, tail, source, csqa_ids) from the selected sources."""
     sources = list(sources)
     facts = list(read_source_files(raw_dir, sources, lama_path, facts_table))
     table = merge_facts(facts)

@@ -60,6 +60,7 @@ def section(*keys):
 
 
 # Hints for the dvc.yaml generator (workflow/dvc_yaml.py); Snakemake ignores them.
+DVC_MATRIX = {}  # rule name -> {wildcard: list or ${params.key}} where `run.<wildcard>s` does not apply
 def whole_dir(path, directory):
     """`path` is the marker file of a `directory` its rule writes as a whole: DVC tracks the directory."""
     return flag(path, "dvc_dir", directory)

@@ -68,6 +68,7 @@ rule report:
         logs=expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS, seed=SEEDS),
         metas=expand("results/masks/{model}/{target}/seed{seed}/meta.json", model=MODELS, target=TARGETS, seed=SEEDS),
         models=expand("results/models/{model}/config.json", model=MODELS),  # read for the attention geometry
+        csqa=csqa_results(),
     output:
         "results/report.md",
         "results/tables/ablation.csv",
@@ -78,4 +79,5 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
-        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --out-dir results --models-root results/models 2> {log}"
+        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --out-dir results "
+        "--models-root results/models 2> {log}"

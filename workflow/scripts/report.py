@@ -31,6 +31,17 @@ def run_files(results: Path, run: dict) -> tuple[list[Path], list[Path], list[Pa
     return metrics, masks, logs, metas
 
 
+def csqa_run_files(results: Path, params: dict) -> list[Path]:
+    """The finetune_csqa results of params `run` (CSQA-linked targets only) x `csqa.modes`."""
+    run, targets = params["run"], params.get("targets") or {}
+    modes = (params.get("csqa") or {}).get("modes", ["head"])
+    seeds = (params.get("csqa") or {}).get("seeds") or run["seeds"]
+    return [results / "csqa" / model / target / f"seed{seed}" / f"{mode}.json"
+            for model in run["models"] for target in run["targets"]
+            if isinstance(targets.get(target), dict) and "csqa" in targets[target]
+            for seed in seeds for mode in modes]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
@@ -41,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--masks", type=Path, nargs="*", default=[], help="mask.safetensors files (per seed)")
     parser.add_argument("--logs", type=Path, nargs="*", default=[], help="train_log.csv files")
     parser.add_argument("--metas", type=Path, nargs="*", default=[], help="discovery meta.json files (trade-off curves)")
+    parser.add_argument("--csqa", type=Path, nargs="*", default=[],
+                        help="finetune_csqa result files (results/csqa/<model>/<target>/seed<seed>/<mode>.json)")
     parser.add_argument("--out-dir", type=Path, default=Path("results"))
     parser.add_argument("--models-root", type=Path, default=None,
                         help="model directories (config.json, provenance.json); default <out-dir>/models")
@@ -49,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args)
     if args.from_run:
         args.metrics, args.masks, args.logs, args.metas = run_files(args.out_dir, params["run"])
+        args.csqa = csqa_run_files(args.out_dir, params)
     written = build_report(args.metrics, args.masks, args.logs, out_dir=args.out_dir, params=params,
-                           models_root=args.models_root, meta_paths=args.metas)
+                           models_root=args.models_root, meta_paths=args.metas, csqa_paths=args.csqa)
     log.info("wrote %d files; report: %s", len(written), written["report"])
 
 

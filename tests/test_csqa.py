@@ -1,0 +1,418 @@
+"""CommonsenseQA finetuning: question-id plumbing, groups, held-at-zero weights, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import byte_bpe_tokenizer
+from knowsubnet import csqa, masking
+from knowsubnet.errors import InputError
+from knowsubnet.splits import make_splits, select_target
+from knowsubnet.triplets import TABLE_COLUMNS, merge_facts, read_best_format
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Made-up questions (no dataset text): ids q0..q39; q0-q3 linked to half 1, q4-q7 to half 2.
+WORDS = ["apple", "river", "stone", "cloud", "bread", "chair", "light", "music", "paper", "glass"]
+
+
+def _question(i: int, n_choices: int = 5, answer: str | None = None) -> dict:
+    choices = [{"label": "ABCDE"[j] if j < 5 else "F", "text": WORDS[(i + j) % len(WORDS)]}
+               for j in range(n_choices)]
+    return {"answerKey": answer or "ABCDE"[i % 5], "id": f"q{i}",
+            "question": {"question_concept": WORDS[i % 10], "choices": choices,
+                         "stem": f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?"}}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _write_best_format(path, items):
+    path.write_text(json.dumps(items))
+    return path
+
+
+@pytest.fixture
+def csqa_files(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", [_question(i) for i in range(40)])
+    dev = _write_jsonl(tmp_path / "dev.jsonl", [_question(100 + i) for i in range(12)])
+    half1 = [{"head": WORDS[i], "rel": "AtLocation", "tail": WORDS[i + 1], "id": f"q{i}"} for i in range(4)]
+    half2 = [{"head": WORDS[i + 4], "rel": "UsedFor", "tail": WORDS[i + 5], "id": f"q{i + 4}"} for i in range(4)]
+    control = [{"head": "dog", "rel": "IsA", "tail": "animal"}, {"head": "cat", "rel": "IsA", "tail": "pet"},
+               {"head": "car", "rel": "UsedFor", "tail": "driving"}]
+    facts = (list(read_best_format(_write_best_format(tmp_path / "h1.json", half1), "know_subnet/csqa/csqa1_targetkg"))
+             + list(read_best_format(_write_best_format(tmp_path / "h2.json", half2),
+                                     "know_subnet/csqa/csqa2_targetkg"))
+             + list(read_best_format(_write_best_format(tmp_path / "c.json", control),
+                                     "know_subnet/controlkg_train")))
+    return {"train": train, "dev": dev, "triplets": merge_facts(facts)}
+
+
+# ---------------------------------------------------------------------------------------------
+# question-id plumbing
+
+
+def test_question_ids_reach_the_triplets_and_the_splits(csqa_files):
+    table = csqa_files["triplets"]
+    assert list(table.columns) == TABLE_COLUMNS
+    linked = table[table["csqa_ids"] != ""]
+    assert sorted(linked["csqa_ids"]) == [f"q{i}" for i in range(8)]
+    assert (table[table["source"] == "know_subnet/controlkg_train"]["csqa_ids"] == "").all()
+    splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, seed=0,
+                         fractions={"train": 0.8, "val": 0.1, "test": 0.1}, targetkg_holdout=False,
+                         max_targetkg=None, max_controlkg=None)
+    assert sorted(splits["targetkg_test"]["csqa_ids"]) == ["q0", "q1", "q2", "q3"]
+    assert "csqa_ids" in splits["controlkg_train"].columns
+    by_ids = select_target(table, "some", {"csqa": ["q5", "q2"]})
+    assert sorted(by_ids["csqa_ids"]) == ["q2", "q5"]
+    assert sorted(select_target(table, "h2", {"csqa": "csqa2"})["csqa_ids"]) == ["q4", "q5", "q6", "q7"]
+
+
+def test_a_fact_in_both_halves_keeps_both_ids(tmp_path):
+    item = {"head": "a", "rel": "IsA", "tail": "b"}
+    facts = (list(read_best_format(_write_best_format(tmp_path / "1.json", [dict(item, id="x1")]),
+                                   "know_subnet/csqa/csqa1_targetkg"))
+             + list(read_best_format(_write_best_format(tmp_path / "2.json", [dict(item, id="x2")]),
+                                     "know_subnet/csqa/csqa2_targetkg")))
+    table = merge_facts(facts)
+    assert table["csqa_ids"].tolist() == ["x1;x2"]
+
+
+def test_unknown_question_id_in_a_selector_is_named(csqa_files):
+    with pytest.raises(InputError, match=r"targets\.bad\.csqa.*'nope'"):
+        select_target(csqa_files["triplets"], "bad", {"csqa": ["q1", "nope"]})
+    with pytest.raises(InputError, match=r"targets\.bad\.csqa"):
+        select_target(csqa_files["triplets"], "bad", {"csqa": "csqa3"})
+
+
+# ---------------------------------------------------------------------------------------------
+# groups
+
+
+def test_groups_do_not_overlap_with_training(csqa_files):
+    table = csqa_files["triplets"]
+    target = select_target(table, "csqa1", {"csqa": "csqa1"})
+    groups = csqa.question_groups(table, target)
+    assert groups["removed"] == {"q0", "q1", "q2", "q3"}
+    assert groups["kept"] == {"q4", "q5", "q6", "q7"}
+    train = csqa.read_questions(csqa_files["train"])
+    dev = csqa.read_questions(csqa_files["dev"])
+    train_set, eval_groups = csqa.assemble_data(train, dev, groups, None, 5, seed=3)
+    train_ids = {q.id for q in train_set}
+    assert len(train_ids) == 32
+    assert not train_ids & (groups["linked"])
+    assert [q.id for q in eval_groups["removed"]] == ["q0", "q1", "q2", "q3"]
+    assert {q.id for q in eval_groups["kept"]} == {"q4", "q5", "q6", "q7"}
+    assert len(eval_groups["dev"]) == 5 and {q.id for q in eval_groups["dev"]} <= {q.id for q in dev}
+    # a capped TargetKG: the selected-but-dropped questions are in no group and not trained on
+    capped = target[target["csqa_ids"] != "q3"]
+    groups = csqa.question_groups(table, capped, target)
+    assert groups["removed"] == {"q0", "q1", "q2"} and "q3" not in groups["kept"]
+    train_set, _ = csqa.assemble_data(train, dev, groups, 10, None, seed=0)
+    assert len(train_set) == 10 and "q3" not in {q.id for q in train_set}
+
+
+def test_linked_question_missing_from_csqa_train_is_named(csqa_files, tmp_path):
+    table = csqa_files["triplets"]
+    groups = csqa.question_groups(table, select_target(table, "csqa1", {"csqa": "csqa1"}))
+    short = _write_jsonl(tmp_path / "short.jsonl", [_question(i) for i in range(1, 40)])
+    train = csqa.read_questions(short)
+    with pytest.raises(InputError, match=r"short\.jsonl: question id 'q0'"):
+        csqa.assemble_data(train, train, groups, None, None, seed=0, train_source=str(short))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad CSQA input
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", r"bad\.jsonl:2: expected a JSON object"),
+    (json.dumps(_question(1, n_choices=4)), r"bad\.jsonl:2: expected 5 choices .* got 4"),
+    (json.dumps(_question(1, n_choices=6)), r"bad\.jsonl:2: expected 5 choices .* got 6"),
+    (json.dumps(_question(1, answer="F")), r"bad\.jsonl:2: expected 'answerKey'"),
+    (json.dumps({"id": "x", "answerKey": "A"}), r"bad\.jsonl:2: expected key 'question'"),
+    (json.dumps(_question(0)), r"bad\.jsonl:2: question id 'q0' repeats line 1"),
+])
+def test_bad_csqa_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(_question(0)) + "\n" + line + "\n")
+    with pytest.raises(InputError, match=message):
+        csqa.read_questions(path)
+
+
+def test_bad_settings_name_the_params_key():
+    with pytest.raises(InputError, match=r"csqa\.modes"):
+        csqa.settings_from_params({"csqa": {"modes": ["prompt"]}})
+    with pytest.raises(InputError, match=r"csqa\.lr\.lora"):
+        csqa.settings_from_params({"csqa": {"lr": {"lora": 0}}})
+
+
+# ---------------------------------------------------------------------------------------------
+# finetuning on a tiny GPT-2: removed weights stay exactly zero in every mode
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    questions = [csqa.Question(f"q{i}", f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?",
+                               tuple(WORDS[(i + j) % 10] for j in range(5)), i % 5) for i in range(30)]
+    corpus = "\n".join(csqa.question_text(q.stem, c) for q in questions for c in q.choices)
+    tokenizer = byte_bpe_tokenizer(corpus, 300)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48,
+                                       bos_token_id=0, eos_token_id=0)).eval()
+    model.requires_grad_(False)
+    layers = masking.find_maskable_layers(model, 1)
+    gen = torch.Generator().manual_seed(1)
+    logits = {l.name: torch.randn(l.mask_shape("weight"), generator=gen) - 1.0 for l in layers}
+    groups = {"removed": questions[20:24], "kept": questions[24:27], "dev": questions[27:30]}
+    return model, tokenizer, layers, logits, questions[:20], groups
+
+
+def _settings(**over):
+    settings = csqa.settings_from_params({"csqa": {"batch_size": 4, "eval_batch_size": 8, "bootstrap": 50,
+                                                   "max_length": 40, "log_every": 2, "checkpoint_every": 3,
+                                                   "epochs": {"head": 2, "lora": 1, "full": 1},
+                                                   "lr": {"head": 0.05, "lora": 0.05, "full": 0.01}}})
+    settings.update(over)
+    return settings
+
+
+@pytest.mark.parametrize("mode", ["head", "lora", "full"])
+def test_removed_weights_stay_exactly_zero(tiny_setup, mode, tmp_path):
+    model, tokenizer, layers, logits, train, groups = tiny_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuner = csqa.CSQAFinetuner(model, tokenizer, layers, logits, "weight", mode, train, groups, _settings(), seed=0,
+                               progress=False)
+    removed = tuner.removed["remaining"]
+    assert sum(int(m.sum()) for m in removed.values()) > 0
+    variant = csqa._Variant(model, tuner.layer_names, tuner.transposed, removed, mode, tuner.settings, 0,
+                            torch.device("cpu"), tuner.first_block)
+    start = csqa.effective_weights(variant.model, tuner.layer_names, removed, mode)
+    features = tuner._all_features(variant) if mode == "head" else None
+    for step in range(4):
+        index = tuner._step_index(step)
+        scores = tuner._scores(variant, "train", index, features).view(-1, 5)
+        loss = torch.nn.functional.cross_entropy(scores, tuner.train_enc.labels[index])
+        variant.optimizer.zero_grad()
+        loss.backward()
+        variant.optimizer.step()
+        variant.rezero()
+    after = csqa.effective_weights(variant.model, tuner.layer_names, removed, mode)
+    changed = False
+    for name in tuner.layer_names:
+        assert bool((after[name][removed[name]] == 0).all()), f"{mode}: a removed weight of {name} moved"
+        changed |= not torch.equal(after[name][~removed[name]], start[name][~removed[name]])
+    if mode != "head":
+        assert changed, f"{mode}: finetuning changed no kept weight of the masked layers"
+    # the layers' forward really uses the effective weight: zeroing it by hand changes nothing
+    if mode == "lora":
+        name = tuner.layer_names[0]
+        module = variant.model.get_submodule(name)
+        x = torch.randn(3, module.base_layer.weight.shape[0])
+        expected = x @ after[name] + module.base_layer.bias
+        assert torch.allclose(module(x), expected, atol=1e-6)
+    variant.close()
+    for key, value in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(value, before[key]), key
+
+
+def test_full_run_is_resumable_and_reproducible(tiny_setup, tmp_path):
+    model, tokenizer, layers, logits, train, groups = tiny_setup
+    ckpt = tmp_path / "lora.ckpt"
+
+    def make(**kw):
+        return csqa.CSQAFinetuner(model, tokenizer, layers, logits, "weight", "lora", train, groups, _settings(),
+                                  seed=0, progress=False, **kw)
+
+    plain = make().run()
+    assert set(plain["variants"]) == {"original", "remaining", "random"}
+    for v in ("remaining", "random"):
+        assert plain["variants"][v]["max_abs_removed_weight"] == 0.0
+    group = plain["variants"]["remaining"]["groups"]["removed"]
+    assert group["n"] == 4 and group["ci95"][0] <= group["acc"] <= group["ci95"][1]
+    assert plain["variants"]["original"]["curve"][-1]["step"] == plain["steps"] == 5
+    assert set(plain["delta_vs_original"]["remaining"]) == {"removed", "kept", "dev"}
+
+    # interrupted after the first checkpoint of the second variant, then resumed
+    tuner = make(checkpoint_path=ckpt)
+    real = tuner._run_variant
+    calls = []
+
+    def flaky(name, done, current):
+        calls.append(name)
+        if name == "remaining" and len(calls) == 2:
+            original_save = tuner._save
+
+            def save_then_stop(d, cur):
+                original_save(d, cur)
+                if cur is not None:
+                    raise KeyboardInterrupt
+
+            tuner._save = save_then_stop
+            try:
+                return real(name, done, current)
+            finally:
+                tuner._save = original_save
+        return real(name, done, current)
+
+    tuner._run_variant = flaky
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run()
+    assert ckpt.is_file()
+    resumed = make(checkpoint_path=ckpt).run()
+    for v in ("original", "remaining", "random"):
+        assert resumed["variants"][v]["groups"] == plain["variants"][v]["groups"]
+        assert resumed["variants"][v]["curve"] == plain["variants"][v]["curve"]
+    assert resumed["per_question_correct"] == plain["per_question_correct"]
+
+
+def test_bootstrap_interval_and_paired_delta():
+    values = np.array([1.0] * 30 + [0.0] * 70)
+    lo, hi = csqa.bootstrap_ci(values, 500, 0, 0)
+    assert lo < 0.3 < hi and 0.15 < lo and hi < 0.45
+    same = csqa.paired_delta(values, values, 200, 0, 0)
+    assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's CSQA section
+
+
+def _csqa_record(model, target, seed, mode, accs):
+    """A finetune_csqa-shaped result; accs[variant] = (removed, kept, dev) accuracies."""
+    variants = {v: {"groups": {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50}
+                               for g, a in zip(csqa.GROUPS, accs[v])}, "curve": []} for v in csqa.VARIANTS}
+    delta = {v: {g: {"diff": accs[v][i] - accs["original"][i], "ci95": [-0.2, 0.1], "n": 50}
+                 for i, g in enumerate(csqa.GROUPS)} for v in ("remaining", "random")}
+    return {"model": model, "target": target, "seed": seed, "mode": mode, "variants": variants,
+            "delta_vs_original": delta}
+
+
+def test_report_csqa_section(tmp_path):
+    from knowsubnet import report
+    from test_report import write_inputs
+
+    accs = {"original": (0.6, 0.5, 0.4), "remaining": (0.3, 0.5, 0.35), "random": (0.6, 0.45, 0.4)}
+    paths = []
+    for mode in ("head", "lora"):
+        path = tmp_path / "csqa" / "m" / "csqa1" / "seed0" / f"{mode}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_csqa_record("m", "csqa1", 0, mode, accs)))
+        paths.append(path)
+    metrics_paths, mask_paths, log_paths = write_inputs(tmp_path)
+    written = report.build_report(metrics_paths, out_dir=tmp_path, params={"report": {"dpi": 40}},
+                                  csqa_paths=paths)
+    table = pd.read_csv(tmp_path / "tables" / "csqa.csv")
+    assert len(table) == 2 * 3 * 3
+    row = table[(table["mode"] == "lora") & (table["variant"] == "remaining") & (table["group"] == "removed")]
+    assert float(row["acc"].iloc[0]) == 0.3 and float(row["diff_vs_original"].iloc[0]) == pytest.approx(-0.3)
+    delta_md = (tmp_path / "tables" / "csqa_delta.md").read_text()
+    assert "-30.0 pts" in delta_md and "+0.0 pts" in delta_md  # removed group vs kept group
+    assert written["fig_csqa"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "report.md").read_text()
+    assert "## CommonsenseQA after finetuning" in text and "figures/csqa.png" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": "m"}))
+    with pytest.raises(InputError, match=r"bad\.json: expected key 'target'"):
+        report.load_csqa_results([bad])
+
+
+# ---------------------------------------------------------------------------------------------
+# the workflow: only CSQA-linked targets are finetuned, one job per mode
+
+
+def test_snakemake_finetunes_only_csqa_targets():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(snakemake), "results/report.md", "-n", "--nolock", "--forceall", "--configfile",
+                           "config/presets/demo.yaml"], cwd=root, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    jobs = sorted(set(line.split("output: ")[1] for line in out.splitlines()
+                      if "output: results/csqa/" in line))
+    assert jobs == [f"results/csqa/smollm2-135m/csqa1/seed0/{mode}.json" for mode in ("head", "lora")]
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage script end to end on a toy model directory
+
+
+def test_finetune_csqa_script(csqa_files, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from knowsubnet.splits import write_splits
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("finetune_csqa", repo / "workflow" / "scripts" / "finetune_csqa.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    table = csqa_files["triplets"]
+    table.to_parquet(tmp_path / "triplets.parquet", index=False)
+    splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+                         targetkg_holdout=False, max_targetkg=None, max_controlkg=None)
+    write_splits(tmp_path / "splits", {"csqa1": splits})
+    csqa_dir = tmp_path / "csqa"
+    csqa_dir.mkdir()
+    csqa_files["train"].rename(csqa_dir / "train_rand_split.jsonl")
+    csqa_files["dev"].rename(csqa_dir / "dev_rand_split.jsonl")
+    corpus = "\n".join(csqa.question_text(q.stem, c) for q in csqa.read_questions(csqa_dir / "train_rand_split.jsonl")
+                       for c in q.choices)
+    tokenizer = byte_bpe_tokenizer(corpus, 300)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    layers = masking.find_maskable_layers(model, 1)
+    gen = torch.Generator().manual_seed(0)
+    masking.save_mask(tmp_path / "mask.safetensors",
+                      {l.name: torch.randn(l.mask_shape("weight"), generator=gen) - 1.5 for l in layers},
+                      {"granularity": "weight", "top_k_blocks": 1, "model": "toy", "target": "csqa1", "seed": 0})
+    override = {"targets": {"csqa1": {"csqa": "csqa1"}},
+                "csqa": {"modes": ["lora"], "train_questions": 12, "dev_questions": 6, "batch_size": 4,
+                         "epochs": {"lora": 1}, "max_length": 40, "bootstrap": 50, "device": "cpu"}}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    out = tmp_path / "results" / "lora.json"
+    argv = ["--params", str(repo / "config" / "presets" / "tiny.yaml"), str(tmp_path / "override.yaml"),
+            "--model", "toy", "--target", "csqa1", "--seed", "0", "--mode", "lora", "--model-dir",
+            str(tmp_path / "model"), "--mask", str(tmp_path / "mask.safetensors"), "--triplets",
+            str(tmp_path / "triplets.parquet"), "--splits", str(tmp_path / "splits" / "csqa1"), "--csqa-dir",
+            str(csqa_dir), "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 0
+    result = json.loads(out.read_text())
+    assert result["groups"]["removed"]["question_ids"] == ["q0", "q1", "q2", "q3"]
+    assert result["groups"]["kept"]["n"] == 4 and result["groups"]["dev"]["n"] == 6 and result["n_train"] == 12
+    assert result["variants"]["remaining"]["max_abs_removed_weight"] == 0.0
+    assert "code_version" in result["provenance"] and result["provenance"]["params"]["target"] == {"csqa": "csqa1"}
+    assert not list(out.parent.glob(".*ckpt"))  # the checkpoint is gone once the result is written
+
+    # a choice count other than five stops with the file and line, exit code 2
+    lines = (csqa_dir / "dev_rand_split.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row["question"]["choices"] = row["question"]["choices"][:3]
+    lines[2] = json.dumps(row)
+    (csqa_dir / "dev_rand_split.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    assert "dev_rand_split.jsonl:3: expected 5 choices" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+# Downstream: CommonsenseQA finetuning of the original / remaining / random-removed models, for the
+# CSQA-linked targets of the run (selector `csqa:`), one results file per finetuning mode.
+# Device from params csqa.device (auto: CUDA when present); a GPU stage on a cluster, like discover_mask.
+
+CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
+CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
+CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
+for _seed in CSQA_SEEDS:
+    if _seed not in SEEDS:
+        raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
+
+
+# DVC cannot filter run.targets: the generator writes this stage's matrix out (workflow/dvc_yaml.py).
+DVC_MATRIX["finetune_csqa"] = {"target": CSQA_TARGETS, "seed": "${csqa.seeds}", "mode": "${csqa.modes}"}
+
+
+def csqa_results():
+    return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
+                  seed=CSQA_SEEDS, mode=CSQA_MODES)
+
+
+rule finetune_csqa:
+    input:
+        model="results/models/{model}/config.json",
+        mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
+        triplets="data/processed/triplets.parquet",
+        splits=lambda w: split_files(w.target),
+        manifest="data/raw/manifest.json",
+    output:
+        "results/csqa/{model}/{target}/seed{seed}/{mode}.json",
+    wildcard_constraints:
+        mode="head|lora|full",
+    params:
+        csqa=section("csqa"),
+        target=lambda w: section("targets", w.target),
+        top_k=section("mask", "top_k_blocks"),
+    threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    log:
+        "logs/finetune_csqa/{model}/{target}/seed{seed}/{mode}.log",
+    shell:
+        "{PY} workflow/scripts/finetune_csqa.py --params {PARAMS} --model {wildcards.model} "
+        "--target {wildcards.target} --seed {wildcards.seed} --mode {wildcards.mode} "
+        "--model-dir results/models/{wildcards.model} --mask {input.mask} --triplets {input.triplets} "
+        "--splits data/processed/splits/{wildcards.target} --csqa-dir data/raw/commonsenseqa "
+        "--out {output} 2> {log}"
