@@ -21,8 +21,12 @@ def test_committed_dvc_yaml_is_the_generated_one():
     assert (ROOT / "dvc.yaml").read_text() == text, "dvc.yaml is stale: run `make dvc.yaml` and commit it"
     stages = yaml.safe_load(text)["stages"]
     # every stage the default target needs, split per target, and the library modules each imports
-    assert list(stages) == ["fetch_data", "extract_triplets", "split_controls", "prepare_model", "verbalize",
-                            "tokenize_controllm", "discover_mask", "evaluate_ablation", "combine_seeds", "report"]
+    assert set(stages) == {"fetch_data", "extract_triplets", "split_controls", "prepare_model", "verbalize",
+                           "tokenize_controllm", "discover_mask", "finetune_csqa", "evaluate_ablation",
+                           "combine_seeds", "report"}
+    # a rule's own matrix (DVC_MATRIX): only the CSQA-linked targets are finetuned
+    assert stages["finetune_csqa"]["matrix"]["target"] == ["csqa1"]
+    assert stages["finetune_csqa"]["matrix"]["mode"] == "${csqa.modes}"
     assert stages["split_controls"]["matrix"] == {"target": "${run.targets}"}
     assert stages["split_controls"]["params"] == ["split", "targets.${item.target}"]
     for module in ("encoding", "factsets", "models", "training", "masking", "objectives", "digest"):
