@@ -14,7 +14,7 @@ import pytest
 from knowsubnet.errors import InputError
 from knowsubnet.relations import all_verbalizations
 from knowsubnet.splits import make_splits, select_target, splits_from_params
-from knowsubnet.triplets import COLUMNS, PAPER_SYNSETS, merge_facts, Fact, stable_uuid
+from knowsubnet.triplets import TABLE_COLUMNS, COLUMNS, PAPER_SYNSETS, merge_facts, Fact, stable_uuid
 from knowsubnet.wordnet import build_target, read_noun_database, synset_lemma
 
 # A made-up database in the real format: entity <- {structure, thing}; structure <- building (+ an
@@ -181,7 +181,7 @@ def test_wordnet_targets_paper_list_and_built(mixed_triplets):
     built = select_target(mixed_triplets, "b", {"wordnet": "structure.n.01", "depth": 1, "ancestors": 1})
     assert sorted(zip(built["head"], built["tail"])) == [("building.n.01", "structure.n.01"),
                                                          ("structure.n.01", "entity.n.01")]
-    assert set(built["rel"]) == {"Hypernym"} and list(built.columns) == COLUMNS
+    assert set(built["rel"]) == {"Hypernym"} and list(built.columns) == TABLE_COLUMNS
     with pytest.raises(InputError, match=r"targets\.b\.wordnet.*'castle\.n\.01'"):
         select_target(mixed_triplets, "b", {"wordnet": "castle.n.01"})
     with pytest.raises(InputError, match=r"targets\.b"):

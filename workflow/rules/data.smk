@@ -21,6 +21,9 @@ rule fetch_data:
         data=section("data"),
         lama=section("triplets", "lama_path"),
         optional=",".join(_optional_raw()),
+        # what decides the optional files, as keys DVC tracks too
+        sources=section("triplets", "sources"),
+        train_text=section("controllm", "train_text"),
     log:
         "logs/fetch_data.log",
     shell:
