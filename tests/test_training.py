@@ -8,9 +8,13 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from knowsubnet import masking, objectives
-from knowsubnet.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params, train_mask
+from knowsubnet.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params
 
 VOCAB = 40
+
+
+def train_mask(*args, **kwargs):
+    return MaskTrainer(*args, **kwargs).train()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,6 +16,10 @@ Only the work the method needs is done per step:
 - W_eff = W * (1 - m) is built once per step and reused by every forward of the step
   (`torch.func.functional_call`), TargetKG and ControlKG facts share one forward.
 
+Every `select.every` steps the deterministic mask, and a random mask of the same size per matrix,
+are scored on held-out validation sets through the same cached top blocks (`validate`); the mask
+returned is the one `select_checkpoint` prefers (see SelectConfig), not necessarily the last.
+
 A run checkpoints (logits, Adam state, generator states, step, log) every `checkpoint_every` steps
 and resumes from the checkpoint; on CPU a killed-and-resumed run ends bit-identical to an
 uninterrupted one.
@@ -765,11 +769,3 @@ class MaskTrainer:
         out["density"] = self.mask.density()
         return out
 
-
-def train_mask(model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None, mask_config: MaskConfig,
-               train_config: TrainConfig, seed: int, checkpoint_path: str | Path | None = None,
-               progress: bool = True, callback: Callable[[MaskTrainer, int], None] | None = None) -> TrainResult:
-    """Learn a knowledge-critical subnetwork mask for `model` (entry point; see MaskTrainer)."""
-    trainer = MaskTrainer(model, targetkg, controlkg, controllm, mask_config, train_config, seed,
-                          checkpoint_path=checkpoint_path, progress=progress, callback=callback)
-    return trainer.train()
