@@ -28,6 +28,7 @@ EDITS = {
     "train": ("train.steps", 301),
     "eval": ("eval.random_draws", 2),
     "report": ("report.dpi", 100),
+    "csqa": ("csqa.bootstrap", 500),
 }
 
 
@@ -36,7 +37,7 @@ def touched(tmp_path_factory):
     proj = project_copy(tmp_path_factory.mktemp("engines"))
     # a smaller run (fewer jobs to check), still with several targets and seeds (combine_seeds)
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["run"] = {"models": ["tiny-gpt2"], "targets": ["IsA", "UsedFor"], "seeds": [0, 1]}
+    params["run"] = {"models": ["tiny-gpt2"], "targets": ["IsA", "UsedFor", "csqa1"], "seeds": [0, 1]}
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)
     summary = run([BIN / "snakemake", "--summary"], proj).stdout.splitlines()[1:]
@@ -105,3 +106,5 @@ def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
         (proj / "params.yaml").write_text(original)
     assert smk, f"editing {EDITS[section][0]} re-runs nothing"
     assert smk == dvc
+    if section == "csqa":  # a finetuning param re-runs only the finetuning and the report
+        assert {name.split("@")[0] for name in smk} == {"finetune_csqa", "report"}
