@@ -128,6 +128,15 @@ def default_target_rules() -> set[str]:
     return set(re.findall(r'label = "(\w+)"', out)) - {"all"}
 
 
+def _containers():
+    """Snakemake's Namedlist and Wildcards: snakemake.iocontainers from 9.2x on, snakemake.io before."""
+    try:
+        from snakemake.iocontainers import Namedlist, Wildcards
+    except ImportError:
+        from snakemake.io import Namedlist, Wildcards
+    return Namedlist, Wildcards
+
+
 def _call(func, **available):
     """Call a rule's params function as Snakemake does: wildcards first, the rest by name."""
     first, *rest = inspect.signature(func).parameters
@@ -144,7 +153,7 @@ def _flatten(value) -> list[str]:
 
 def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> dict:
     from snakemake.io import get_flag_value, is_flagged
-    from snakemake.iocontainers import Namedlist, Wildcards
+    Namedlist, Wildcards = _containers()
     from snakemake.utils import format as smk_format
 
     names = wildcard_order(rule)
@@ -217,7 +226,7 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
 
 def generate() -> str:
     from snakemake.io import get_flag_value, is_flagged
-    from snakemake.iocontainers import Wildcards
+    _, Wildcards = _containers()
 
     needed = default_target_rules()
     api, workflow = load_workflow()
