@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from knowsubnet import masking
 from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path
+from knowsubnet.io import atomic_path, jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -138,31 +138,14 @@ def read_questions(path: str | Path) -> list[Question]:
     Each line: {"id", "answerKey", "question": {"stem", "choices": [{"label", "text"} x 5]}}.
     """
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read CommonsenseQA file ({err.strerror})") from None
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    with f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{where}: expected a JSON object (a CSQA question), got invalid "
-                                     f"JSON ({err.msg} at column {err.colno})") from None
-                question = _parse_question(row, where)
-                if question.id in seen:
-                    raise InputError(f"{where}: question id {question.id!r} repeats line {seen[question.id]}")
-                seen[question.id] = lineno
-                questions.append(question)
-        except UnicodeDecodeError:
-            raise InputError(f"{path}:{lineno + 1}: expected UTF-8 text") from None
+    for where, lineno, row in jsonl_rows(path, "a JSON object (a CSQA question)"):
+        question = _parse_question(row, where)
+        if question.id in seen:
+            raise InputError(f"{where}: question id {question.id!r} repeats line {seen[question.id]}")
+        seen[question.id] = lineno
+        questions.append(question)
     if not questions:
         raise InputError(f"{path}: expected CSQA questions, got none")
     return questions

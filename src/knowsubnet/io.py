@@ -62,6 +62,33 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def jsonl_rows(path: str | os.PathLike, what: str = "a JSON object") -> Iterator[tuple[str, int, Any]]:
+    """(where "path:line", line number, parsed object) per non-blank line of a jsonl file; a bad
+    line or encoding stops with an InputError naming the file and line."""
+    from knowsubnet.errors import InputError
+
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the file ({err.strerror})") from None
+    with f:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{where}: expected {what}, got invalid JSON "
+                                     f"({err.msg} at column {err.colno})") from None
+                yield where, lineno, row
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{lineno + 1}: expected UTF-8 text") from None
+
+
 def _json_default(obj: Any) -> Any:
     # numpy scalars and paths appear in metrics; make them plain JSON.
     if hasattr(obj, "item"):

@@ -44,9 +44,10 @@ from torch.func import functional_call
 
 from knowsubnet import digest, objectives
 from knowsubnet.errors import InputError
+from knowsubnet.evaluation import fact_scores_from_logits
 from knowsubnet.io import atomic_path
 from knowsubnet.masking import (MaskableLayer, MaskLogits, binary_masks, expand_to_weight, find_blocks, find_maskable_layers,
-                                random_masks_like)
+                                random_masks_like, subnetwork_size)
 from knowsubnet.models import pick_device
 from knowsubnet.progress import progress_bar
 
@@ -485,11 +486,9 @@ class MaskTrainer:
                 idx = torch.arange(start, min(start + chunk, targets.shape[0]))
                 (logits,) = self._kg_tail_logits(weights, [(name, idx)])
                 tg = targets[idx.to(self.device)]
-                where = tg != IGNORE
-                ce = F.cross_entropy(logits.float(), tg[where], reduction="none").double()
-                rows = where.nonzero()[:, 0]
-                nll = torch.zeros(len(idx), dtype=torch.float64, device=ce.device).index_add_(0, rows, ce)
-                per_fact.append(nll / where.sum(dim=1))
+                where = tg != IGNORE  # tail positions, row-major as _kg_tail_logits returns them
+                scores = fact_scores_from_logits(logits.float(), where.nonzero()[:, 0], tg[where], len(idx))
+                per_fact.append(scores["nll"])
             out[key] = _exp(float(torch.cat(per_fact).mean()))
         if self.val_lm_hidden is not None:
             total, count = 0.0, 0
@@ -510,9 +509,9 @@ class MaskTrainer:
         """Score the deterministic mask and a random mask of the same per-matrix size on the
         validation sets; remember the mask when `select_checkpoint` prefers it."""
         binary = binary_masks(self.mask.state_dict())  # the evaluation subnetwork: logit > 0
-        in_subnet = sum(int(expand_to_weight(binary[l.name], l, self.mcfg.granularity).sum()) for l in self.layers)
-        total = sum(l.weight.numel() for l in self.layers)
-        row = {"step": self.step_count, "val_sparsity": 1.0 - in_subnet / total}
+        in_subnet = subnetwork_size(self.layers, binary, self.mcfg.granularity)
+        row = {"step": self.step_count,
+               "val_sparsity": 1.0 - in_subnet / sum(l.weight.numel() for l in self.layers)}
         scores = self._val_ppls(self.mask.effective_weights(deterministic=True))
         generator = torch.Generator().manual_seed(self.seed)
         random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)

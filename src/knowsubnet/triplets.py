@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from knowsubnet.errors import InputError
+from knowsubnet.io import jsonl_rows
 from knowsubnet.relations import ALL_RELATIONS, canonical_relation
 from knowsubnet.wordnet import is_synset_name
 
@@ -178,20 +179,8 @@ def _open_text(path: Path):
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, parsed object) per non-blank line of a jsonl file."""
-    with _open_text(path) as f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{where}: expected a JSON object, got invalid JSON "
-                                     f"({err.msg} at column {err.colno})") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{path}:{lineno + 1}: expected UTF-8 text") from None
+    for where, _, row in jsonl_rows(path):
+        yield where, row
 
 
 def read_lama_jsonl(path: str | os.PathLike, source: str = "lama") -> Iterator[Fact]:
