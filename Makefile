@@ -38,7 +38,7 @@ test: setup
 	$(PY) -m pytest -q
 
 # dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/test_dvc_yaml.py checks it is current.
-dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py)
+dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 dvc-yaml: dvc.yaml

@@ -125,7 +125,7 @@ def worker(shape: str, method: str, args, queue) -> None:
     cuda = device.type == "cuda"
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from knowsubnet import training  # noqa: F401
+    from knowsubnet.method import training  # noqa: F401
 
     # Warm the libraries (lazily loaded kernels count as resident memory) before the baseline.
     warm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16))
@@ -142,7 +142,7 @@ def worker(shape: str, method: str, args, queue) -> None:
 
     setup_s = 0.0
     if method == "mask":
-        from knowsubnet.training import MaskConfig, MaskTrainer, TrainConfig
+        from knowsubnet.method.training import MaskConfig, MaskTrainer, TrainConfig
 
         cfg = TrainConfig(steps=10 ** 6, batch_targetkg=args.batch_targetkg, batch_controlkg=args.batch_controlkg,
                           batch_controllm=args.batch_controllm, device=str(device), bf16=args.bf16,

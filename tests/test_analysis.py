@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowsubnet import analysis, masking
-from knowsubnet.errors import InputError
+from knowsubnet.report import analysis
+
+from knowsubnet.method import masking
+from knowsubnet.core.errors import InputError
 
 
 def m(*rows):

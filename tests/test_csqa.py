@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import byte_bpe_tokenizer
-from knowsubnet import csqa, masking
-from knowsubnet.errors import InputError
-from knowsubnet.splits import make_splits, select_target
-from knowsubnet.triplets import TABLE_COLUMNS, merge_facts, read_best_format
+from knowsubnet.downstream import csqa
+from knowsubnet.method import masking
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.splits import make_splits, select_target
+from knowsubnet.data.triplets import TABLE_COLUMNS, merge_facts, read_best_format
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -298,7 +299,7 @@ def _csqa_record(model, target, seed, mode, accs):
 
 
 def test_report_csqa_section(tmp_path):
-    from knowsubnet import report
+    from knowsubnet.report import build as report
     from test_report import write_inputs
 
     accs = {"original": (0.6, 0.5, 0.4), "remaining": (0.3, 0.5, 0.35), "random": (0.6, 0.45, 0.4)}
@@ -357,7 +358,7 @@ def test_finetune_csqa_script(csqa_files, tmp_path, capsys):
     import yaml
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from knowsubnet.splits import write_splits
+    from knowsubnet.data.splits import write_splits
 
     repo = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("finetune_csqa", repo / "workflow" / "scripts" / "finetune_csqa.py")

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from knowsubnet import encoding, masking
+from knowsubnet.data import encoding
+
+from knowsubnet.method import masking
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def workspace(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from knowsubnet.tiny import train_tokenizer
+    from knowsubnet.models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("discover")
     facts = [(f"f{i}", head, rel, tail) for i, (head, rel, tail) in enumerate([
@@ -125,7 +127,7 @@ def test_stale_checkpoint_of_other_model_weights_is_not_resumed(workspace, tmp_p
 
     from transformers import AutoModelForCausalLM
 
-    from knowsubnet import training
+    from knowsubnet.method import training
 
     root = workspace
     model_dir = tmp_path / "model"

@@ -29,9 +29,10 @@ def test_committed_dvc_yaml_is_the_generated_one():
     assert stages["finetune_csqa"]["matrix"]["mode"] == "${csqa.modes}"
     assert stages["split_controls"]["matrix"] == {"target": "${run.targets}"}
     assert stages["split_controls"]["params"] == ["split", "targets.${item.target}"]
-    for module in ("encoding", "factsets", "models", "training", "masking", "objectives", "digest"):
+    for module in ("data/encoding", "data/factsets", "models/prepare", "method/training", "method/masking",
+                   "method/objectives", "core/digest"):
         assert f"src/knowsubnet/{module}.py" in stages["discover_mask"]["deps"]
-    for module in ("evaluation", "encoding"):
+    for module in ("evaluation/scoring", "data/encoding"):
         assert f"src/knowsubnet/{module}.py" in stages["verbalize"]["deps"]
     assert "mask" in stages["evaluate_ablation"]["params"]
     combine = stages["combine_seeds"]

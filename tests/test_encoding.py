@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowsubnet.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
-from knowsubnet.errors import InputError
+from knowsubnet.data.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
+from knowsubnet.core.errors import InputError
 
 from conftest import byte_bpe_tokenizer
 
@@ -158,7 +158,7 @@ def test_last_token_scores_only_the_last_tail_token(gpt2_style):
 
 
 def test_text_head_keeps_the_first_share_of_lines():
-    from knowsubnet.encoding import text_head
+    from knowsubnet.data.encoding import text_head
 
     text = "".join(f"line {i}\n" for i in range(10))
     assert text_head(text, 1.0) == text

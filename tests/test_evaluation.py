@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from knowsubnet import evaluation, masking
-from knowsubnet.encoding import FactSet
-from knowsubnet.errors import InputError
+from knowsubnet.evaluation import ablation, scoring
+
+from knowsubnet.method import masking
+from knowsubnet.data.encoding import FactSet
+from knowsubnet.core.errors import InputError
 
 # Bigram toy LM: the logits for the next token given current token i are LOGITS[i].
 LOGITS = torch.tensor([
@@ -66,7 +68,7 @@ def expected_toy():
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 def test_score_facts_matches_hand_computation(batch_size):
-    scores = evaluation.score_facts(BigramLM(LOGITS), toy_facts(), batch_size, "cpu")
+    scores = scoring.score_facts(BigramLM(LOGITS), toy_facts(), batch_size, "cpu")
     nll_a, nll_b = expected_toy()
     assert scores["nll"].tolist() == pytest.approx([nll_a, nll_b], abs=1e-6)
     assert scores["rank"].tolist() == [1, 2]  # first tail token: 2 after 1 (top-1); 0 after 3 (second)
@@ -74,8 +76,8 @@ def test_score_facts_matches_hand_computation(batch_size):
 
 
 def test_summarize_facts():
-    scores = evaluation.score_facts(BigramLM(LOGITS), toy_facts(), 2, "cpu")
-    summary = evaluation.summarize_facts(scores)
+    scores = scoring.score_facts(BigramLM(LOGITS), toy_facts(), 2, "cpu")
+    summary = scoring.summarize_facts(scores)
     nll_a, nll_b = expected_toy()
     assert summary["ppl"] == pytest.approx(math.exp((nll_a + nll_b) / 2), rel=1e-6)
     assert summary["rank"] == 1.5 and summary["rank_median"] == 1.5
@@ -85,13 +87,13 @@ def test_summarize_facts():
 def test_correct_needs_every_tail_token_top1():
     # prompt [1], tail [2, 1]: 2 is top-1 after 1, 1 is top-1 after 2 -> correct
     facts = FactSet(torch.tensor([[1, 2]]), torch.tensor([[2, 1]]), ["c"])
-    scores = evaluation.score_facts(BigramLM(LOGITS), facts, 4, "cpu")
+    scores = scoring.score_facts(BigramLM(LOGITS), facts, 4, "cpu")
     assert scores["correct"].tolist() == [True] and scores["rank"].tolist() == [1]
 
 
 def test_token_ranks_ties_count_for_gold():
     logits = torch.tensor([[1.0, 1.0, 0.5], [0.0, 2.0, 1.0]])
-    assert evaluation.token_ranks(logits, torch.tensor([1, 0])).tolist() == [1, 3]
+    assert scoring.token_ranks(logits, torch.tensor([1, 0])).tolist() == [1, 3]
 
 
 def test_lm_ppl_matches_hand_computation():
@@ -99,14 +101,14 @@ def test_lm_ppl_matches_hand_computation():
     expected = [ce(LOGITS[0], 1), ce(LOGITS[1], 2), ce(LOGITS[2], 3),
                 ce(LOGITS[3], 0), ce(LOGITS[0], 0), ce(LOGITS[0], 1)]
     for batch_size in (1, 2):
-        ppl = evaluation.lm_ppl(BigramLM(LOGITS), blocks, batch_size, "cpu")
+        ppl = scoring.lm_ppl(BigramLM(LOGITS), blocks, batch_size, "cpu")
         assert ppl == pytest.approx(math.exp(sum(expected) / len(expected)), rel=1e-6)
 
 
 def test_fact_without_tail_is_an_input_error():
     facts = FactSet(torch.tensor([[1, 2]]), torch.tensor([[-100, -100]]), ["empty"])
     with pytest.raises(InputError, match="empty"):
-        evaluation.score_facts(BigramLM(LOGITS), facts, 4, "cpu")
+        scoring.score_facts(BigramLM(LOGITS), facts, 4, "cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def tiny():
 
 def _run(tiny, logits=None, seed=7, draws=2):
     model, layers, default_logits, facts, control, blocks = tiny
-    return evaluation.evaluate_ablation(model, layers, default_logits if logits is None else logits, "weight",
+    return ablation.evaluate_ablation(model, layers, default_logits if logits is None else logits, "weight",
                                         facts, control, blocks, random_draws=draws, seed=seed, batch_size=4,
                                         device="cpu", model_name="tiny", target="T")
 
@@ -179,7 +181,7 @@ def test_removed_equals_scoring_with_weights_zeroed(tiny):
         with torch.no_grad():
             for l in layers:
                 l.weight[logits[l.name] > 0] = 0.0
-        ppl = evaluation.summarize_facts(evaluation.score_facts(model, facts, 4, "cpu"))["ppl"]
+        ppl = scoring.summarize_facts(scoring.score_facts(model, facts, 4, "cpu"))["ppl"]
     finally:
         with torch.no_grad():
             for l in layers:
@@ -221,12 +223,12 @@ def test_random_draws_must_be_positive(tiny):
 
 
 def test_eval_settings_defaults_and_errors():
-    settings = evaluation.eval_settings({"eval": {"random_draws": 5}})
+    settings = ablation.eval_settings({"eval": {"random_draws": 5}})
     assert settings["random_draws"] == 5 and settings["batch_size"] == 32 and settings["device"] == "auto"
     with pytest.raises(InputError, match="eval.batch_size"):
-        evaluation.eval_settings({"eval": {"batch_size": 0}})
+        ablation.eval_settings({"eval": {"batch_size": 0}})
     with pytest.raises(InputError, match="eval.dtype"):
-        evaluation.eval_settings({"eval": {"dtype": "int8"}})
+        ablation.eval_settings({"eval": {"dtype": "int8"}})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -249,7 +251,7 @@ def test_tail_logits_equal_the_full_forward(arch):
     targets[1, 1] = 7
     targets[2, 3:5] = torch.tensor([8, 9])
     with torch.no_grad():
-        logits, rows, gold = evaluation.tail_logits(model, ids, targets)
+        logits, rows, gold = scoring.tail_logits(model, ids, targets)
         full = model(input_ids=ids).logits
     where = targets != -100
     assert rows.tolist() == [0, 0, 1, 2, 2] and gold.tolist() == [5, 6, 7, 8, 9]
@@ -260,10 +262,10 @@ def test_lm_ppl_batch_mean_is_the_mean_of_batch_perplexities():
     blocks = torch.tensor([[0, 1, 2, 3], [3, 0, 0, 1]])
     first = [ce(LOGITS[0], 1), ce(LOGITS[1], 2), ce(LOGITS[2], 3)]
     second = [ce(LOGITS[3], 0), ce(LOGITS[0], 0), ce(LOGITS[0], 1)]
-    paper = evaluation.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu", averaging="batch_mean")
+    paper = scoring.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu", averaging="batch_mean")
     assert paper == pytest.approx((math.exp(sum(first) / 3) + math.exp(sum(second) / 3)) / 2, rel=1e-6)
-    token = evaluation.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu")
+    token = scoring.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu")
     assert token == pytest.approx(math.exp(sum(first + second) / 6), rel=1e-6)
     assert paper != pytest.approx(token)  # the two definitions differ (Jensen)
     with pytest.raises(InputError, match="eval.controllm_ppl"):
-        evaluation.eval_settings({"eval": {"controllm_ppl": "median"}})
+        ablation.eval_settings({"eval": {"controllm_ppl": "median"}})

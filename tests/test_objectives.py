@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from knowsubnet import objectives
+from knowsubnet.method import objectives
 
 
 def test_suppress_loss_hand_computed():

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knowsubnet.errors import InputError
-from knowsubnet.params import deep_merge, load
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.params import deep_merge, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "params.schema.yaml"

@@ -2,14 +2,14 @@
 
 import logging
 
-from knowsubnet import progress
+from knowsubnet.core import progress
 
 
 def test_log_progress_writes_a_few_plain_lines(caplog, monkeypatch):
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
     clock = iter(range(0, 10_000, 1))
     monkeypatch.setattr(progress.time, "monotonic", lambda: float(next(clock)))
-    with caplog.at_level(logging.INFO, logger="knowsubnet.progress"):
+    with caplog.at_level(logging.INFO, logger="knowsubnet.core.progress"):
         bar = progress.progress_bar(total=100, desc="mask")
         assert isinstance(bar, progress.LogProgress)
         for _ in range(100):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from knowsubnet.errors import InputError
-from knowsubnet.relations import (ALL_RELATIONS, RELATIONS, TEMPLATES, all_verbalizations, indefinite_article,
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.relations import (ALL_RELATIONS, RELATIONS, TEMPLATES, all_verbalizations, indefinite_article,
                                   is_plural, noun_phrase, verbalize)
 
 def test_sixteen_relations_with_four_to_six_templates_each():

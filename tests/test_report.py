@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from knowsubnet import masking, report
-from knowsubnet.errors import InputError
+from knowsubnet.method import masking
+
+from knowsubnet.report import build as report
+from knowsubnet.core.errors import InputError
 
 SETS = ("targetkg", "controlkg", "controllm")
 

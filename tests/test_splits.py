@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from knowsubnet.errors import InputError
-from knowsubnet.params import read_yaml
-from knowsubnet.relations import RELATIONS
-from knowsubnet.splits import (SPLIT_NAMES, make_splits, select_target, splits_from_params,
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.params import read_yaml
+from knowsubnet.data.relations import RELATIONS
+from knowsubnet.data.splits import (SPLIT_NAMES, make_splits, select_target, splits_from_params,
                                write_splits)
-from knowsubnet.triplets import COLUMNS, build_triplets, stable_uuid
+from knowsubnet.data.triplets import COLUMNS, build_triplets, stable_uuid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -190,7 +190,7 @@ def test_bad_split_params_name_their_keys(toy_triplets):
 # -- end to end on the real mirror --------------------------------------------------------------
 
 def test_fetch_extract_split_on_the_real_mirror(shared_data_mirror, tmp_path, repo_facts_table):
-    from knowsubnet.fetch import fetch_data
+    from knowsubnet.data.fetch import fetch_data
 
     params = read_yaml(REPO_ROOT / "params.yaml")
     raw = tmp_path / "data" / "raw"

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from knowsubnet import report, tradeoff
-from knowsubnet.errors import InputError
+from knowsubnet.report import build as report
+
+from knowsubnet.report import tradeoff
+from knowsubnet.core.errors import InputError
 from test_report import metrics
 
 

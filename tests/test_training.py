@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from knowsubnet import masking, objectives
-from knowsubnet.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params
+from knowsubnet.method import masking
+
+from knowsubnet.method import objectives
+from knowsubnet.method.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params
 
 VOCAB = 40
 
@@ -128,7 +130,7 @@ def kill_at(at):
 def test_checkpoint_of_other_params_restarts_from_scratch(tmp_path, caplog):
     run(tmp_path, "a", steps=4)  # leaves its final checkpoint behind (the script deletes it)
     clean = run(tmp_path, "clean", steps=4, lr=0.1)
-    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+    with caplog.at_level("WARNING", logger="knowsubnet.method.training"):
         again = run(tmp_path, "a", steps=4, lr=0.1)
     assert [r.message for r in caplog.records if "starting from scratch" in r.message] == [
         f"{tmp_path / 'a' / 'checkpoint.pt'}: checkpoint was written for other inputs (changed: train); "
@@ -166,7 +168,7 @@ def test_killed_run_resumed_after_an_input_changed_equals_a_clean_run(tmp_path, 
                           checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False)
 
     clean = new_run("clean")
-    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+    with caplog.at_level("WARNING", logger="knowsubnet.method.training"):
         resumed = new_run("b")
     lines = [r.message for r in caplog.records if "starting from scratch" in r.message]
     assert len(lines) == 1 and f"changed: {'model_weights' if which == 'model' else which})" in lines[0]
@@ -181,7 +183,7 @@ def test_checkpoint_loads_with_weights_only_and_unreadable_one_restarts(tmp_path
     assert state["step"] == 4 and len(state["fingerprint"]["model_weights"]) == 64
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     clean = run(tmp_path, "clean", steps=4)
-    with caplog.at_level("WARNING", logger="knowsubnet.training"):
+    with caplog.at_level("WARNING", logger="knowsubnet.method.training"):
         again = run(tmp_path, "a", steps=4)
     assert sum("unreadable checkpoint" in r.message for r in caplog.records) == 1
     assert again.log == clean.log
@@ -249,7 +251,7 @@ def test_neuron_granularity_trains(granularity):
 # -- validation and checkpoint selection -------------------------------------------------------
 
 def test_select_checkpoint_prefers_least_control_damage_among_qualified():
-    from knowsubnet.training import SelectConfig, select_checkpoint
+    from knowsubnet.method.training import SelectConfig, select_checkpoint
 
     original = {"targetkg": 10.0, "controlkg": 20.0, "controllm": 50.0}
     rows = [  # step, sparsity, target, controlkg, controllm
@@ -269,8 +271,8 @@ def test_select_checkpoint_prefers_least_control_damage_among_qualified():
 
 
 def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_one():
-    from knowsubnet import evaluation
-    from knowsubnet.training import SelectConfig, ValidationSets
+    from knowsubnet.evaluation import scoring
+    from knowsubnet.method.training import SelectConfig, ValidationSets
 
     model = gpt2()
     target, control, blocks = data()
@@ -280,9 +282,9 @@ def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_on
                           select=SelectConfig(every=2, min_sparsity=0.0, min_target_ratio=0.0))
     # the original validation PPLs are the evaluation module's, computed the plain way
     fs = SimpleNamespace(input_ids=val.targetkg.input_ids, targets=val.targetkg.targets, uuids=list(range(5)))
-    want = evaluation.summarize_facts(evaluation.score_facts(model, fs, 3, "cpu"))["ppl"]
+    want = scoring.summarize_facts(scoring.score_facts(model, fs, 3, "cpu"))["ppl"]
     assert trainer.val_original["targetkg"] == pytest.approx(want, rel=1e-5)
-    assert trainer.val_original["controllm"] == pytest.approx(evaluation.lm_ppl(model, val.controllm, 2, "cpu"),
+    assert trainer.val_original["controllm"] == pytest.approx(scoring.lm_ppl(model, val.controllm, 2, "cpu"),
                                                               rel=1e-5)
     result = trainer.train()
     steps = [row["step"] for row in trainer.val_rows]

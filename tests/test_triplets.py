@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from knowsubnet.errors import InputError
-from knowsubnet.relations import RELATIONS
-from knowsubnet.triplets import (COLUMNS, TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.relations import RELATIONS
+from knowsubnet.data.triplets import (COLUMNS, TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
                                  KNOW_SUBNET_WORDNET_FILES, build_triplets,
                                  merge_facts, read_best_format, read_facts_table, read_lama,
                                  read_lama_jsonl, read_lama_parquet, stable_uuid)

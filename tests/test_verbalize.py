@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from knowsubnet import relations
-from knowsubnet.encoding import encode_facts
-from knowsubnet.errors import InputError
+from knowsubnet.data import relations
+from knowsubnet.data.encoding import encode_facts
+from knowsubnet.core.errors import InputError
 
 from conftest import byte_bpe_tokenizer
-from knowsubnet.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll
+from knowsubnet.evaluation.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll
 
 CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
           "A guitar belongs to music. Water is made of hydrogen and oxygen. A knife is used for cutting.\n") * 30

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from knowsubnet.errors import InputError
-from knowsubnet.relations import all_verbalizations
-from knowsubnet.splits import make_splits, select_target, splits_from_params
-from knowsubnet.triplets import TABLE_COLUMNS, COLUMNS, PAPER_SYNSETS, merge_facts, Fact, stable_uuid
-from knowsubnet.wordnet import build_target, read_noun_database, synset_lemma
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.relations import all_verbalizations
+from knowsubnet.data.splits import make_splits, select_target, splits_from_params
+from knowsubnet.data.triplets import TABLE_COLUMNS, COLUMNS, PAPER_SYNSETS, merge_facts, Fact, stable_uuid
+from knowsubnet.data.wordnet import build_target, read_noun_database, synset_lemma
 
 # A made-up database in the real format: entity <- {structure, thing}; structure <- building (+ an
 # instance hypernym that must not be followed); building <- house, house(2nd sense of "house");
@@ -155,7 +155,7 @@ def _facts(rows, source):
 
 @pytest.fixture
 def mixed_triplets(small_db):
-    from knowsubnet.triplets import read_wordnet_database
+    from knowsubnet.data.triplets import read_wordnet_database
 
     facts = list(read_wordnet_database(small_db))
     facts += _facts([("house.n.01", "Hypernym", "building.n.01"),
@@ -228,7 +228,7 @@ def test_paper_controlkg_uses_the_papers_files_in_file_order(mixed_triplets):
 # -- fetching --------------------------------------------------------------------------------------
 
 def test_fetch_gets_wordnet_and_wiki_train_only_when_the_params_need_them(tmp_path):
-    from knowsubnet.fetch import fetch_data, optional_files
+    from knowsubnet.data.fetch import fetch_data, optional_files
 
     assert optional_files({"triplets": {"sources": ["builtin"]}, "controllm": {}}) == []
     assert optional_files({"triplets": {"sources": ["wordnet"]},
@@ -251,9 +251,9 @@ def test_download_path_unpacks_the_wndb_tarball_and_records_unsummed_files(tmp_p
     import tarfile
     import zipfile
 
-    from knowsubnet import fetch
-    from knowsubnet.fetch import Origin, RawFile, fetch_data
-    from knowsubnet.io import sha256_file
+    from knowsubnet.data import fetch
+    from knowsubnet.data.fetch import Origin, RawFile, fetch_data
+    from knowsubnet.core.io import sha256_file
 
     served = tmp_path / "served"
     served.mkdir()
@@ -282,7 +282,7 @@ def test_download_path_unpacks_the_wndb_tarball_and_records_unsummed_files(tmp_p
 
 
 def test_wordnet_sums_are_the_mirror_readmes(shared_data_mirror):
-    from knowsubnet.fetch import WORDNET_FILES
+    from knowsubnet.data.fetch import WORDNET_FILES
 
     readme = (shared_data_mirror / "README.md").read_text(encoding="utf-8")
     for spec in WORDNET_FILES:

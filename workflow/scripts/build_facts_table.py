@@ -19,10 +19,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.fetch import RAW_FILES
-from knowsubnet.io import sha256_file, write_text
-from knowsubnet.triplets import (FACTS_TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.data.fetch import RAW_FILES
+from knowsubnet.core.io import sha256_file, write_text
+from knowsubnet.data.triplets import (FACTS_TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
                                  merge_facts, read_source_files)
 
 REPO = Path(__file__).resolve().parents[2]

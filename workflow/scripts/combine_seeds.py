@@ -14,11 +14,15 @@ from pathlib import Path
 
 import torch
 
-from knowsubnet import analysis, evaluation, masking
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.io import write_json
-from knowsubnet.models import load_model, pick_device
-from knowsubnet.provenance import stamp
+from knowsubnet.report import analysis
+
+from knowsubnet.evaluation import ablation, scoring
+
+from knowsubnet.method import masking
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.io import write_json
+from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.core.provenance import stamp
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("combine_seeds")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = evaluation.eval_settings(params)
+    settings = ablation.eval_settings(params)
     device = pick_device(settings["device"], key="eval.device")
     start = time.monotonic()
 
@@ -61,9 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_masks = [analysis.to_binary(logits) for _, logits, _ in loaded]
 
 
-    model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
-    layers, granularity = evaluation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
-    targetkg, controlkg, blocks = evaluation.load_test_sets(
+    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings["dtype"]])
+    layers, granularity = ablation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
+    targetkg, controlkg, blocks = ablation.load_test_sets(
         tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
         params["verbalize"].get("scored_positions", "all_tail_tokens"))
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         metadata.update(model=args.model, target=args.target, combination=how, seeds=",".join(map(str, seeds)))
         masking.save_mask(args.out_masks / f"{how}.safetensors", logits, metadata)
         # the random baseline is seeded by the smallest seed: same draws for every combination
-        result = evaluation.evaluate_ablation(
+        result = ablation.evaluate_ablation(
             model, layers, combined, granularity, targetkg, controlkg, blocks,
             random_draws=settings["random_draws"], seed=seeds[0], batch_size=settings["batch_size"],
             device=device, model_name=args.model, target=args.target,

@@ -17,10 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from knowsubnet import masking, training
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.io import write_json, write_text
-from knowsubnet.provenance import stamp
+from knowsubnet.method import masking
+
+from knowsubnet.method import training
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.io import write_json, write_text
+from knowsubnet.core.provenance import stamp
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("discover_mask")
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     mask_cfg, train_cfg = training.configs_from_params(params)
     select_cfg = training.select_config_from_params(params)
 
-    from knowsubnet import encoding, factsets  # the data layer
-    from knowsubnet.models import load_model, pick_device  # the model layer; heavy imports only when run
+    from knowsubnet.data import encoding  # the data layer
+
+    from knowsubnet.data import factsets
+    from knowsubnet.models.prepare import load_model, pick_device  # the model layer; heavy imports only when run
 
     device = pick_device(train_cfg.device, key="train.device")
     train_cfg.device = str(device)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet import evaluation, masking
-from knowsubnet.errors import cli_entry
-from knowsubnet.factsets import read_verbalized
-from knowsubnet.io import write_json
-from knowsubnet.models import load_model, pick_device
-from knowsubnet.provenance import stamp
+from knowsubnet.evaluation import ablation, scoring
+
+from knowsubnet.method import masking
+from knowsubnet.core.errors import cli_entry
+from knowsubnet.data.factsets import read_verbalized
+from knowsubnet.core.io import write_json
+from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.core.provenance import stamp
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("evaluate_ablation")
@@ -40,21 +42,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = evaluation.eval_settings(params)
+    settings = ablation.eval_settings(params)
     device = pick_device(settings["device"], key="eval.device")
     start = time.monotonic()
 
-    model, tokenizer = load_model(args.model_dir, device, evaluation.DTYPES[settings["dtype"]])
+    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings["dtype"]])
     logits, metadata = masking.load_mask(args.mask)
-    layers, granularity = evaluation.mask_layers(model, logits, metadata, params, source=str(args.mask))
-    targetkg, controlkg, blocks = evaluation.load_test_sets(
+    layers, granularity = ablation.mask_layers(model, logits, metadata, params, source=str(args.mask))
+    targetkg, controlkg, blocks = ablation.load_test_sets(
         tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
         params["verbalize"].get("scored_positions", "all_tail_tokens"))
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
              args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
     relations = read_verbalized(args.verbalized).loc[controlkg.uuids, "rel"].tolist()
-    result = evaluation.evaluate_ablation(
+    result = ablation.evaluate_ablation(
         model, layers, logits, granularity, targetkg, controlkg, blocks,
         random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
         device=device, model_name=args.model, target=args.target, controlkg_relations=relations,
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
     write_json(args.out, result)
     if args.headline is not None:
-        write_json(args.headline, evaluation.headline(result))
+        write_json(args.headline, ablation.headline(result))
     log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
              result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
              result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])

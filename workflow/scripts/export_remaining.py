@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
-from knowsubnet import evaluation, masking
-from knowsubnet.errors import cli_entry
-from knowsubnet.io import atomic_path, sha256_file, write_json
-from knowsubnet.provenance import stamp
+from knowsubnet.evaluation import ablation
+
+from knowsubnet.method import masking
+from knowsubnet.core.errors import cli_entry
+from knowsubnet.core.io import atomic_path, sha256_file, write_json
+from knowsubnet.core.provenance import stamp
 
 log = logging.getLogger("export_remaining")
 
@@ -31,14 +33,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoConfig
 
-    from knowsubnet.models import load_model  # the model layer; heavy imports only when run
+    from knowsubnet.models.prepare import load_model  # the model layer; heavy imports only when run
 
     # keep the weights' stored dtype (a bf16 model stays bf16; zeroing is exact in any dtype)
     stored = getattr(AutoConfig.from_pretrained(args.model_dir), "dtype", None)
     dtype = stored if isinstance(stored, torch.dtype) else torch.float32
     model, tokenizer = load_model(args.model_dir, torch.device("cpu"), dtype)
     logits, metadata = masking.load_mask(args.mask)
-    layers, granularity = evaluation.mask_layers(model, logits, metadata, {}, source=str(args.mask))
+    layers, granularity = ablation.mask_layers(model, logits, metadata, {}, source=str(args.mask))
     binary = masking.binary_masks(logits)
     sparsity = masking.sparsity(model, layers, binary, granularity)
 

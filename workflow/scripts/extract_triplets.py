@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from knowsubnet.errors import cli_entry
-from knowsubnet.io import write_parquet
-from knowsubnet.triplets import build_triplets
+from knowsubnet.core.errors import cli_entry
+from knowsubnet.core.io import write_parquet
+from knowsubnet.data.triplets import build_triplets
 from stage_params import load_params, stage_parser
 
 REPO = Path(__file__).resolve().parents[2]

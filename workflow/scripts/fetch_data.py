@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from knowsubnet.errors import cli_entry
-from knowsubnet.fetch import fetch_data, optional_files
-from knowsubnet.provenance import stamp
+from knowsubnet.core.errors import cli_entry
+from knowsubnet.data.fetch import fetch_data, optional_files
+from knowsubnet.core.provenance import stamp
 from stage_params import load_params, stage_parser
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet import csqa, masking
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.io import write_json
-from knowsubnet.models import load_model, pick_device
-from knowsubnet.provenance import stamp
-from knowsubnet.splits import SPLITS, select_target
+from knowsubnet.downstream import csqa
+
+from knowsubnet.method import masking
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.io import write_json
+from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.core.provenance import stamp
+from knowsubnet.data.splits import SPLITS, select_target
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("finetune_csqa")

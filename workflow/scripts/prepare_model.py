@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.errors import InputError, cli_entry
+from knowsubnet.core.errors import InputError, cli_entry
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("prepare_model")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("tiny model: %d facts from %d files, %d characters of text", len(facts), len(paths),
                  len(text or ""))
 
-    from knowsubnet.models import prepare_model  # heavy imports only when run
+    from knowsubnet.models.prepare import prepare_model  # heavy imports only when run
 
     subset = {"models": {args.model: spec}}
     if spec.get("source") == "tiny":

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from knowsubnet.errors import cli_entry
-from knowsubnet.report import build_report
+from knowsubnet.core.errors import cli_entry
+from knowsubnet.report.build import build_report
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("report")

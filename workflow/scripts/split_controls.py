@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.provenance import stamp
-from knowsubnet.splits import PAPER_CONTROLKG, splits_from_params, write_splits, write_target_splits
-from knowsubnet.triplets import read_source_files
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.provenance import stamp
+from knowsubnet.data.splits import PAPER_CONTROLKG, splits_from_params, write_splits, write_target_splits
+from knowsubnet.data.triplets import read_source_files
 from stage_params import load_params, stage_parser
 
 

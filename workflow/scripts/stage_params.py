@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from knowsubnet import params as params_mod
+from knowsubnet.core import params as params_mod
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 

@@ -15,9 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.io import atomic_path, sha256_file, write_json
-from knowsubnet.provenance import stamp
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.io import atomic_path, sha256_file, write_json
+from knowsubnet.core.provenance import stamp
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("tokenize_controllm")
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = params["controllm"]
     block_size = int(settings["block_size"])
 
-    from knowsubnet.encoding import controllm_blocks, save_blocks, text_head  # heavy imports only when run
-    from knowsubnet.models import load_tokenizer
+    from knowsubnet.data.encoding import controllm_blocks, save_blocks, text_head  # heavy imports only when run
+    from knowsubnet.models.prepare import load_tokenizer
 
     config_path = args.model_dir / "config.json"
     if not config_path.is_file():

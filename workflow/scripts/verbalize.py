@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.errors import InputError, cli_entry
-from knowsubnet.io import write_parquet
+from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.io import write_parquet
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("verbalize")
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = params["verbalize"]
     facts = read_facts([args.triplets] if args.triplets else list(args.splits))
 
-    from knowsubnet.models import context_length, load_model, pick_device  # heavy imports only when run
-    from knowsubnet.verbalize import best_templates, head_baseline
+    from knowsubnet.models.prepare import context_length, load_model, pick_device  # heavy imports only when run
+    from knowsubnet.evaluation.verbalize import best_templates, head_baseline
 
     device = pick_device(settings.get("device", "auto"), key="verbalize.device")
     model, tokenizer = load_model(args.model_dir, device)

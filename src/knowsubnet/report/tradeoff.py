@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from knowsubnet.errors import InputError
-from knowsubnet.io import read_json
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import read_json
 
 SETS = ("targetkg", "controlkg", "controllm")
 LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
@@ -142,7 +142,7 @@ def tradeoff_markdown(table: pd.DataFrame) -> pd.DataFrame:
 def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi: int) -> Path:
     """Per model × target: PPL ratio against sparsity over the validated checkpoints; solid =
     subnetwork removed, dashed = random subnetwork of the same size; stars = the kept checkpoints."""
-    from knowsubnet.report import _save_figure  # one figure writer for the whole report
+    from knowsubnet.report.build import _save_figure  # one figure writer for the whole report
 
     panels = list(table.groupby(["model", "target"], sort=True))
     ncols = min(3, len(panels))

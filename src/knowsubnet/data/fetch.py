@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from knowsubnet.progress import progress_bar
+from knowsubnet.core.progress import progress_bar
 
 from knowsubnet import __version__
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path, sha256_file, write_json
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def jsonl_rows(path: str | os.PathLike, what: str = "a JSON object") -> Iterator[tuple[str, int, Any]]:
     """(where "path:line", line number, parsed object) per non-blank line of a jsonl file; a bad
     line or encoding stops with an InputError naming the file and line."""
-    from knowsubnet.errors import InputError
+    from knowsubnet.core.errors import InputError
 
     path = Path(path)
     try:

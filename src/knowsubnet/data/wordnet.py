@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knowsubnet.errors import InputError
+from knowsubnet.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

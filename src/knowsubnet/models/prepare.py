@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from knowsubnet.encoding import readable
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path, read_json, sha256_file, write_json
-from knowsubnet.provenance import stamp
+from knowsubnet.data.encoding import readable
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, read_json, sha256_file, write_json
+from knowsubnet.core.provenance import stamp
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if source == "tiny":
-            from knowsubnet import tiny
+            from knowsubnet.models import tiny
 
             stats = tiny.prepare(spec, tmp, facts=facts, text=text, seed=seed)
             info: dict[str, Any] = {"seed": seed, "training": {k: v for k, v in stats.items() if k != "spec"},

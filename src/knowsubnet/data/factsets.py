@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.encoding import FactSet, encode_facts
-from knowsubnet.errors import InputError
+from knowsubnet.data.encoding import FactSet, encode_facts
+from knowsubnet.core.errors import InputError
 
 
 def read_verbalized(path: str | Path) -> pd.DataFrame:

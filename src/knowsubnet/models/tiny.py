@@ -38,10 +38,10 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from knowsubnet.progress import progress_bar
+from knowsubnet.core.progress import progress_bar
 
-from knowsubnet.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
-from knowsubnet.errors import InputError
+from knowsubnet.data.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
+from knowsubnet.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def resolve_spec(spec: dict | None) -> dict[str, Any]:
 
 def fact_sentences(facts: pd.DataFrame, verbalizer: Verbalizer | None = None) -> pd.DataFrame:
     """Every fact with every template of its relation: uuid, template_id, prompt, tail_text."""
-    from knowsubnet.verbalize import candidate_sentences
+    from knowsubnet.evaluation.verbalize import candidate_sentences
 
     if facts is None or len(facts) == 0:
         raise InputError("tiny model: no facts to train on; expected the run's split files (--facts/--splits-dir)")
@@ -215,7 +215,7 @@ def _text_ids(tokenizer, text: str | None, block: int, n_positions: int) -> torc
 @torch.no_grad()
 def probe_accuracy(model, data: _Sentences, index: torch.Tensor, batch_size: int) -> float:
     """Filtered tail accuracy over the sentences `index`."""
-    from knowsubnet.verbalize import tail_nll
+    from knowsubnet.evaluation.verbalize import tail_nll
 
     was_training = model.training
     model.eval()
@@ -231,7 +231,7 @@ def probe_accuracy(model, data: _Sentences, index: torch.Tensor, batch_size: int
 @torch.no_grad()
 def tail_accuracy(model, data: _Sentences, sentences: pd.DataFrame, batch_size: int) -> dict[str, float]:
     """Strict and filtered tail accuracy over all sentences and for the best template per fact."""
-    from knowsubnet.verbalize import tail_nll
+    from knowsubnet.evaluation.verbalize import tail_nll
 
     was_training = model.training
     model.eval()

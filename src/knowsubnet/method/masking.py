@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path
 
 GRANULARITIES = ("weight", "neuron_in", "neuron_out")
 

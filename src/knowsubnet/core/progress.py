@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-log = logging.getLogger("knowsubnet.progress")
+log = logging.getLogger("knowsubnet.core.progress")
 
 
 class LogProgress:

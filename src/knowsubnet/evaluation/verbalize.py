@@ -13,11 +13,11 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from knowsubnet.progress import progress_bar
+from knowsubnet.core.progress import progress_bar
 
-from knowsubnet.encoding import IGNORE, FactSet, encode_facts
-from knowsubnet.errors import InputError
-from knowsubnet.evaluation import tail_logits
+from knowsubnet.data.encoding import IGNORE, FactSet, encode_facts
+from knowsubnet.core.errors import InputError
+from knowsubnet.evaluation.scoring import tail_logits
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def tail_nll(model, factset: FactSet, batch_size: int = 64, *, device: torch.dev
 
 
 def _default_verbalizer() -> Verbalizer:
-    from knowsubnet import relations
+    from knowsubnet.data import relations
 
     return relations.all_verbalizations
 

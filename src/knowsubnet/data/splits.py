@@ -20,10 +20,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path, write_json, write_parquet
-from knowsubnet.relations import RELATIONS, WORDNET_RELATIONS
-from knowsubnet.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, write_json, write_parquet
+from knowsubnet.data.relations import RELATIONS, WORDNET_RELATIONS
+from knowsubnet.data.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _check_wordnet_spec(key: str, spec: Mapping) -> None:
 def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
     """The WordNet hypernym graph of the triplets' Hypernym facts (only those read from the noun
     database with `database_only`)."""
-    from knowsubnet.wordnet import HypernymGraph
+    from knowsubnet.data.wordnet import HypernymGraph
 
     rows = frame[frame["rel"].isin(WORDNET_RELATIONS)]
     if database_only:
@@ -198,7 +198,7 @@ def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
 
 
 def _select_wordnet(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
-    from knowsubnet.wordnet import build_target
+    from knowsubnet.data.wordnet import build_target
 
     synset = normalize_entity(spec["wordnet"])
     hypernyms = frame[frame["rel"].isin(WORDNET_RELATIONS)]

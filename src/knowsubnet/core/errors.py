@@ -24,7 +24,7 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        from knowsubnet.progress import quiet_library_bars
+        from knowsubnet.core.progress import quiet_library_bars
 
         quiet_library_bars()  # progress as log lines in log files: no carriage-return frames
         try:

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from knowsubnet.errors import InputError
+from knowsubnet.core.errors import InputError
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import re
 
-from knowsubnet.errors import InputError
-from knowsubnet.wordnet import synset_lemma
+from knowsubnet.core.errors import InputError
+from knowsubnet.data.wordnet import synset_lemma
 
 RELATIONS: tuple[str, ...] = (
     "AtLocation", "CapableOf", "Causes", "CausesDesire", "Desires", "HasA", "HasPrerequisite",

@@ -36,10 +36,14 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from knowsubnet import analysis, masking, tradeoff
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path, read_json, write_text
-from knowsubnet.provenance import code_version, environment
+from knowsubnet.report import analysis
+
+from knowsubnet.method import masking
+
+from knowsubnet.report import tradeoff
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, read_json, write_text
+from knowsubnet.core.provenance import code_version, environment
 
 log = logging.getLogger(__name__)
 

@@ -54,9 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from knowsubnet import masking
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path, jsonl_rows
+from knowsubnet.method import masking
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _parse_question(row: Any, where: str) -> Question:
 
 
 def _ids_of(frame) -> set[str]:
-    from knowsubnet.splits import csqa_ids
+    from knowsubnet.data.splits import csqa_ids
 
     return csqa_ids(frame)
 
@@ -199,7 +199,7 @@ def question_groups(triplets, target_facts, selected_facts=None) -> dict[str, se
     Questions linked to selected facts that a cap left out of the TargetKG are in neither group
     (and never trained on).
     """
-    from knowsubnet.triplets import CSQA_IDS
+    from knowsubnet.data.triplets import CSQA_IDS
 
     for name, frame in (("triplets table", triplets), ("target facts", target_facts)):
         if CSQA_IDS not in frame.columns:
@@ -401,7 +401,7 @@ class _Variant:
     def __init__(self, base: nn.Module, layer_names: list[str], transposed: dict[str, bool],
                  removed: dict[str, torch.Tensor], mode: str, settings: dict, seed: int,
                  device: torch.device, first_block: int):
-        from knowsubnet.training import TopBlocks
+        from knowsubnet.method.training import TopBlocks
 
         self.mode, self.layer_names, self.device = mode, layer_names, device
         self.removed = {name: mask.to(device) for name, mask in removed.items()}  # moved once, not per forward
@@ -518,7 +518,7 @@ class CSQAFinetuner:
                  progress: bool = True):
         if mode not in MODES:
             raise InputError(f"params key 'csqa.modes': unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        from knowsubnet.models import context_length
+        from knowsubnet.models.prepare import context_length
 
         context = context_length(model)
         if context is not None and settings["max_length"] > context:
@@ -550,7 +550,7 @@ class CSQAFinetuner:
     def _prefixes(self) -> dict[str, list[torch.Tensor]]:
         """Hidden states entering the first masked block, per question (shared by all variants)."""
         if self._prefix is None:
-            from knowsubnet.training import TopBlocks
+            from knowsubnet.method.training import TopBlocks
 
             top = TopBlocks(self.model, self.first_block)
             self.model.to(self.device)
@@ -761,7 +761,7 @@ def finetune_csqa(model: nn.Module, tokenizer, mask_logits: Mapping[str, torch.T
                   checkpoint_path: str | Path | None = None, progress: bool = True,
                   params: Mapping[str, Any] | None = None, mask_source: str = "mask") -> dict[str, Any]:
     """Everything `finetune_csqa` computes for one (model, target, seed, mode): see the module doc."""
-    from knowsubnet.evaluation import mask_layers
+    from knowsubnet.evaluation.ablation import mask_layers
 
     layers, granularity = mask_layers(model, dict(mask_logits), dict(metadata), dict(params or {}), mask_source)
     groups = question_groups(triplets, target_facts, selected_facts)

@@ -42,14 +42,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from knowsubnet import digest, objectives
-from knowsubnet.errors import InputError
-from knowsubnet.evaluation import fact_scores_from_logits
-from knowsubnet.io import atomic_path
-from knowsubnet.masking import (MaskableLayer, MaskLogits, binary_masks, expand_to_weight, find_blocks, find_maskable_layers,
+from knowsubnet.core import digest
+
+from knowsubnet.method import objectives
+from knowsubnet.core.errors import InputError
+from knowsubnet.evaluation.scoring import fact_scores_from_logits
+from knowsubnet.core.io import atomic_path
+from knowsubnet.method.masking import (MaskableLayer, MaskLogits, binary_masks, expand_to_weight, find_blocks, find_maskable_layers,
                                 random_masks_like, subnetwork_size)
-from knowsubnet.models import pick_device
-from knowsubnet.progress import progress_bar
+from knowsubnet.models.prepare import pick_device
+from knowsubnet.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

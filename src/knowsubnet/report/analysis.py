@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knowsubnet.errors import InputError
+from knowsubnet.core.errors import InputError
 
 Masks = dict[str, torch.Tensor]
 

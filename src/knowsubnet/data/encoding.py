@@ -27,8 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from knowsubnet.errors import InputError
-from knowsubnet.io import atomic_path
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path
 
 IGNORE = -100
 # Which tail tokens are scored: every one (default: a multi-token tail is known only when all its

@@ -20,10 +20,10 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from knowsubnet.errors import InputError
-from knowsubnet.io import jsonl_rows
-from knowsubnet.relations import ALL_RELATIONS, canonical_relation
-from knowsubnet.wordnet import is_synset_name
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import jsonl_rows
+from knowsubnet.data.relations import ALL_RELATIONS, canonical_relation
+from knowsubnet.data.wordnet import is_synset_name
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def read_wordnet_list(path: str | os.PathLike, source: str) -> Iterator[Fact]:
 
 def read_wordnet_database(folder: str | os.PathLike, source: str = WORDNET_SOURCE) -> Iterator[Fact]:
     """Every noun hypernym edge of a WordNet 3.0 database folder (data.noun, index.noun)."""
-    from knowsubnet.wordnet import read_noun_database
+    from knowsubnet.data.wordnet import read_noun_database
 
     db = read_noun_database(folder)
     where = str(Path(folder) / "data.noun")
