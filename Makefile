@@ -2,6 +2,7 @@
 # make run     - the main job: the whole pipeline for params.yaml (tiny preset, local data mirror)
 # make test    - the test suite
 # make demo    - the demo preset (SmolLM2-135M from PyPI), CPU friendly
+# make params   - write params.yaml = config/base.yaml + config/mirror-local.yaml [+ config/presets/$(PRESET).yaml]
 # make dvc.yaml - regenerate dvc.yaml from the Snakemake rules (after editing rules or `run` in params.yaml)
 # make dvc-repro, make bench
 
@@ -13,7 +14,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 SMK_ARGS ?=
 
-.PHONY: setup run demo test dvc-repro dvc-yaml bench clean
+.PHONY: setup run demo test params dvc-repro dvc-yaml bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +37,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# params.yaml is what DVC reads; tests/test_params.py checks the committed one is `make params` (no PRESET).
+PRESET ?=
+params: setup
+	$(PY) workflow/params_yaml.py $(if $(PRESET),--preset $(PRESET),)
 
 # dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/test_dvc_yaml.py checks it is current.
 dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py)

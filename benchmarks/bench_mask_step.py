@@ -142,14 +142,19 @@ def worker(shape: str, method: str, args, queue) -> None:
 
     setup_s = 0.0
     if method == "mask":
-        from knowsubnet.method.training import MaskConfig, MaskTrainer, TrainConfig
+        import dataclasses
 
-        cfg = TrainConfig(steps=10 ** 6, batch_targetkg=args.batch_targetkg, batch_controlkg=args.batch_controlkg,
-                          batch_controllm=args.batch_controllm, device=str(device), bf16=args.bf16,
-                          log_every=10 ** 6, checkpoint_every=10 ** 6)
+        from knowsubnet.core import config
+        from knowsubnet.method.training import MaskTrainer
+
+        # the base params (config/base.yaml) with the benchmark's sizes
+        base = config.load([ROOT / "config" / "base.yaml"], ROOT / "config" / "params.schema.yaml")
+        cfg = dataclasses.replace(
+            base.train, steps=10 ** 6, device=str(device), bf16=args.bf16, log_every=10 ** 6, checkpoint_every=10 ** 6,
+            batch=config.Batch(args.batch_targetkg, args.batch_controlkg, args.batch_controllm))
         start = time.perf_counter()
-        trainer = MaskTrainer(model, target, control, blocks, MaskConfig(top_k_blocks=top_k), cfg, seed=0,
-                              progress=False)
+        trainer = MaskTrainer(model, target, control, blocks, dataclasses.replace(base.mask, top_k_blocks=top_k), cfg,
+                              seed=0, progress=False)
         setup_s = time.perf_counter() - start
         step = trainer.step
     else:

@@ -51,3 +51,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def base_params(*overlays: dict):
+    """Typed params: config/base.yaml (the one set of defaults) with mapping overlays merged in order."""
+    from knowsubnet.core import config
+
+    merged = config.read_yaml(REPO_ROOT / "config" / "base.yaml")
+    for overlay in overlays:
+        merged = config.deep_merge(merged, overlay)
+    return config.from_mapping(merged, REPO_ROOT / "config" / "params.schema.yaml")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import byte_bpe_tokenizer
+from conftest import base_params
 from knowsubnet.downstream import csqa
 from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError
@@ -150,9 +151,9 @@ def test_bad_csqa_lines_name_file_and_line(tmp_path, line, message):
 
 def test_bad_settings_name_the_params_key():
     with pytest.raises(InputError, match=r"csqa\.modes"):
-        csqa.settings_from_params({"csqa": {"modes": ["prompt"]}})
+        base_params({"csqa": {"modes": ["prompt"]}})
     with pytest.raises(InputError, match=r"csqa\.lr\.lora"):
-        csqa.settings_from_params({"csqa": {"lr": {"lora": 0}}})
+        base_params({"csqa": {"lr": {"lora": 0}}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,12 +180,9 @@ def tiny_setup():
 
 
 def _settings(**over):
-    settings = csqa.settings_from_params({"csqa": {"batch_size": 4, "eval_batch_size": 8, "bootstrap": 50,
-                                                   "max_length": 40, "log_every": 2, "checkpoint_every": 3,
-                                                   "epochs": {"head": 2, "lora": 1, "full": 1},
-                                                   "lr": {"head": 0.05, "lora": 0.05, "full": 0.01}}})
-    settings.update(over)
-    return settings
+    return base_params({"csqa": {"batch_size": 4, "eval_batch_size": 8, "bootstrap": 50, "max_length": 40,
+                                 "log_every": 2, "checkpoint_every": 3, "epochs": {"head": 2, "lora": 1, "full": 1},
+                                 "lr": {"head": 0.05, "lora": 0.05, "full": 0.01}, **over}}).csqa
 
 
 @pytest.mark.parametrize("mode", ["head", "lora", "full"])
@@ -310,7 +308,7 @@ def test_report_csqa_section(tmp_path):
         path.write_text(json.dumps(_csqa_record("m", "csqa1", 0, mode, accs)))
         paths.append(path)
     metrics_paths, mask_paths, log_paths = write_inputs(tmp_path)
-    written = report.build_report(metrics_paths, out_dir=tmp_path, params={"report": {"dpi": 40}},
+    written = report.build_report(metrics_paths, out_dir=tmp_path, params=base_params({"report": {"dpi": 40}}),
                                   csqa_paths=paths)
     table = pd.read_csv(tmp_path / "tables" / "csqa.csv")
     assert len(table) == 2 * 3 * 3
@@ -392,7 +390,7 @@ def test_finetune_csqa_script(csqa_files, tmp_path, capsys):
                          "epochs": {"lora": 1}, "max_length": 40, "bootstrap": 50, "device": "cpu"}}
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
     out = tmp_path / "results" / "lora.json"
-    argv = ["--params", str(repo / "config" / "presets" / "tiny.yaml"), str(tmp_path / "override.yaml"),
+    argv = ["--params", str(repo / "config" / "base.yaml"), str(tmp_path / "override.yaml"),
             "--model", "toy", "--target", "csqa1", "--seed", "0", "--mode", "lora", "--model-dir",
             str(tmp_path / "model"), "--mask", str(tmp_path / "mask.safetensors"), "--triplets",
             str(tmp_path / "triplets.parquet"), "--splits", str(tmp_path / "splits" / "csqa1"), "--csqa-dir",

@@ -34,9 +34,10 @@ def test_committed_dvc_yaml_is_the_generated_one():
         assert f"src/knowsubnet/{module}.py" in stages["discover_mask"]["deps"]
     for module in ("evaluation/scoring", "data/encoding"):
         assert f"src/knowsubnet/{module}.py" in stages["verbalize"]["deps"]
-    assert "mask" in stages["evaluate_ablation"]["params"]
+    # evaluation reads the mask file (its metadata records granularity and blocks), not `mask` params
+    assert "mask" not in stages["evaluate_ablation"]["params"]
     combine = stages["combine_seeds"]
-    assert {"known", "verbalize.scored_positions", "eval", "mask"} <= set(combine["params"])
+    assert {"known", "verbalize.scored_positions", "eval"} <= set(combine["params"])
     assert "data/processed/splits/${item.target}/targetkg_test.parquet" in combine["deps"]
     assert "*" not in combine["cmd"]  # the run's seeds, not a glob over whatever seed folders exist
     assert stages["evaluate_ablation"]["metrics"] == ["results/eval/${item.model}/${item.target}/seed${item.seed}/headline.json"]

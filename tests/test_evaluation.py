@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import base_params
 from knowsubnet.evaluation import ablation, scoring
 
 from knowsubnet.method import masking
@@ -222,13 +223,15 @@ def test_random_draws_must_be_positive(tiny):
         _run(tiny, draws=0)
 
 
-def test_eval_settings_defaults_and_errors():
-    settings = ablation.eval_settings({"eval": {"random_draws": 5}})
-    assert settings["random_draws"] == 5 and settings["batch_size"] == 32 and settings["device"] == "auto"
+def test_eval_section_defaults_and_errors():
+    settings = base_params({"eval": {"random_draws": 5}}).eval
+    assert settings.random_draws == 5 and settings.batch_size == 32 and settings.device == "auto"
     with pytest.raises(InputError, match="eval.batch_size"):
-        ablation.eval_settings({"eval": {"batch_size": 0}})
+        base_params({"eval": {"batch_size": 0}})
     with pytest.raises(InputError, match="eval.dtype"):
-        ablation.eval_settings({"eval": {"dtype": "int8"}})
+        base_params({"eval": {"dtype": "int8"}})
+    with pytest.raises(InputError, match="eval.controllm_ppl"):
+        base_params({"eval": {"controllm_ppl": "median"}})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -268,4 +271,4 @@ def test_lm_ppl_batch_mean_is_the_mean_of_batch_perplexities():
     assert token == pytest.approx(math.exp(sum(first + second) / 6), rel=1e-6)
     assert paper != pytest.approx(token)  # the two definitions differ (Jensen)
     with pytest.raises(InputError, match="eval.controllm_ppl"):
-        ablation.eval_settings({"eval": {"controllm_ppl": "median"}})
+        scoring.lm_ppl(BigramLM(LOGITS), blocks, 1, "cpu", averaging="median")

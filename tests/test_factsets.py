@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.config import Known
 from knowsubnet.data.factsets import load_split_factset, read_verbalized
 from test_encoding import gpt2_style  # noqa: F401  (fixture)
 
@@ -28,7 +29,7 @@ def test_all_facts_by_default_in_split_order(files, gpt2_style):  # noqa: F811
 
 def test_known_facts_filter_drops_high_perplexity_tails(files, gpt2_style):  # noqa: F811
     split, verbalized = files
-    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style, {"max_tail_ppl": 100})
+    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=100, min_head_gain=None))
     assert facts.uuids == ["a", "c"]
     assert facts.input_ids.shape[0] == 2
 
@@ -37,22 +38,22 @@ def test_head_gain_filter_is_relative_to_other_heads(files, gpt2_style):  # noqa
     split, verbalized = files
     frame = read_verbalized(verbalized)
     frame["head_gain"] = [5.0, 1.5, 0.9]  # a, b, c: only a's head makes its tail much likelier
-    facts = load_split_factset(split, frame, gpt2_style, {"max_tail_ppl": None, "min_head_gain": 2.0})
+    facts = load_split_factset(split, frame, gpt2_style, Known(max_tail_ppl=None, min_head_gain=2.0))
     assert facts.uuids == ["a"]
-    both = load_split_factset(split, frame, gpt2_style, {"max_tail_ppl": 100, "min_head_gain": 1.0})
+    both = load_split_factset(split, frame, gpt2_style, Known(max_tail_ppl=100, min_head_gain=1.0))
     assert both.uuids == ["a"]  # c passes PPL but not the gain, b the gain but not PPL
 
 
 def test_head_gain_filter_needs_the_baseline_column(files, gpt2_style):  # noqa: F811
     split, verbalized = files
     with pytest.raises(InputError, match="verbalize.other_heads"):
-        load_split_factset(split, read_verbalized(verbalized), gpt2_style, {"min_head_gain": 2.0})
+        load_split_factset(split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=None, min_head_gain=2.0))
 
 
 def test_filter_that_keeps_nothing_names_the_key(files, gpt2_style):  # noqa: F811
     split, verbalized = files
     with pytest.raises(InputError, match="params section 'known'"):
-        load_split_factset(split, read_verbalized(verbalized), gpt2_style, {"max_tail_ppl": 2})
+        load_split_factset(split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=2, min_head_gain=None))
 
 
 def test_fact_without_verbalisation_is_named(files, gpt2_style):  # noqa: F811

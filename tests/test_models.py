@@ -248,7 +248,7 @@ def _script(name: str):
 def _params_file(tmp_path: Path, **override) -> Path:
     import yaml
 
-    from knowsubnet.core.params import deep_merge, read_yaml
+    from knowsubnet.core.config import deep_merge, read_yaml
 
     params = deep_merge(read_yaml(REPO / "params.yaml"), override)
     path = tmp_path / "params.yaml"

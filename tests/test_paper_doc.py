@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from knowsubnet.core.config import deep_merge
+
 ROOT = Path(__file__).resolve().parents[1]
-CODE = [*sorted((ROOT / "src" / "knowsubnet").glob("*.py")), *sorted((ROOT / "workflow" / "scripts").glob("*.py")),
+CODE = [*sorted((ROOT / "src" / "knowsubnet").rglob("*.py")), *sorted((ROOT / "workflow" / "scripts").glob("*.py")),
         *sorted((ROOT / "workflow" / "rules").glob("*.smk")), ROOT / "Snakefile"]
 ABSENT = "—"  # the param is not set in that file
 PAPER_TARGETS = {"building", "change", "communication", "location", "magnitude", "representation", "statement",
@@ -62,12 +64,14 @@ def schema_has(schema: dict, key: str) -> bool:
 
 
 def read_in_code(key: str) -> list[str]:
-    """Code files that name both the key's section and its leaf as string literals."""
+    """Code files that read the key: as an attribute of the typed params (`params.train.steps`,
+    `settings.steps`), or by name in a rule (`section("train")`)."""
     parts = key.split(".")
     section, leaf = parts[0], parts[-1]
     quoted = lambda word: re.compile(rf"""["']{re.escape(word)}["']""")
+    attribute = re.compile(rf"\.{re.escape(leaf)}\b")
     return [path.name for path in CODE
-            if quoted(section).search(text := path.read_text()) and quoted(leaf).search(text)]
+            if attribute.search(text := path.read_text()) or (quoted(section).search(text) and quoted(leaf).search(text))]
 
 
 ROWS = table_rows()
@@ -83,12 +87,14 @@ def test_every_row_names_a_param_that_is_set_and_read(row):
     key = unquote(row["Param"])
     schema = yaml.safe_load((ROOT / "config" / "params.schema.yaml").read_text())
     assert schema_has(schema, key), f"{key} is not in config/params.schema.yaml"
-    for column, file in (("paper.yaml", ROOT / "config" / "presets" / "paper.yaml"),
-                         ("params.yaml", ROOT / "params.yaml")):
+    base = yaml.safe_load((ROOT / "config" / "base.yaml").read_text())
+    paper = deep_merge(base, yaml.safe_load((ROOT / "config" / "presets" / "paper.yaml").read_text()))
+    for column, file, params in (("paper.yaml", "config/base.yaml + config/presets/paper.yaml", paper),
+                                 ("params.yaml", "params.yaml", yaml.safe_load((ROOT / "params.yaml").read_text()))):
         stated = unquote(row[column])
-        actual = lookup(yaml.safe_load(file.read_text()), key)
+        actual = lookup(params, key)
         expected = stated if stated == ABSENT else yaml.safe_load(stated)
-        assert actual == expected, f"{key} in {file.name}: the table says {stated}, the file has {actual!r}"
+        assert actual == expected, f"{key} in {file}: the table says {stated}, the file has {actual!r}"
     assert read_in_code(key), f"{key}: no library, script or rule reads it"
 
 

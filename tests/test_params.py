@@ -1,49 +1,80 @@
-"""Params files: presets validate, merging works, a bad value names its key."""
+"""Params: one base with every default, presets as small overlays, typed sections, a bad value
+names its key, and params.yaml is what `make params` writes."""
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+from knowsubnet.core import config
+from knowsubnet.core.config import deep_merge, load
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.params import deep_merge, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "params.schema.yaml"
+BASE = ROOT / "config" / "base.yaml"
 PRESETS = sorted((ROOT / "config" / "presets").glob("*.yaml"))
 
 
+def _params_yaml_module():
+    spec = importlib.util.spec_from_file_location("params_yaml", ROOT / "workflow" / "params_yaml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"tiny", "demo", "paper"}
+    assert {p.stem for p in PRESETS} >= {"demo", "paper", "relations"}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_is_a_whole_valid_params_file(preset):
-    params = load([preset], SCHEMA)
-    for target in params["run"]["targets"]:
-        assert target in params["targets"]
-    for model in params["run"]["models"]:
-        assert model in params["models"]
+def test_preset_is_a_small_overlay_that_types_over_the_base(preset):
+    overlay = config.read_yaml(preset)
+    base = config.read_yaml(BASE)
+    assert set(overlay) < set(base)  # an overlay names a few sections, never a new one
+    params = load([BASE, preset], SCHEMA)
+    assert isinstance(params.train.batch, config.Batch)
+    for target in params.run.targets:
+        assert target in params.targets
+    for model in params.run.models:
+        assert model in params.models
 
 
-def test_params_yaml_is_the_tiny_preset_with_the_mirror():
-    default = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tiny = yaml.safe_load((ROOT / "config" / "presets" / "tiny.yaml").read_text())
-    assert default["data"]["mirror"] == "../shared/data"
-    default["data"]["mirror"] = tiny["data"]["mirror"]
-    assert default == tiny
+def test_params_yaml_is_what_make_params_writes():
+    committed = (ROOT / "params.yaml").read_text()
+    assert committed == _params_yaml_module().render(None), "params.yaml is stale: run `make params`"
+    params = load([ROOT / "params.yaml"], SCHEMA)
+    assert params.data.mirror == "../shared/data"
+    assert params == load([BASE, ROOT / "config" / "mirror-local.yaml"], SCHEMA)
+
+
+def test_make_params_with_a_preset_equals_the_overlays(tmp_path):
+    module = _params_yaml_module()
+    out = tmp_path / "params.yaml"
+    module.main(["--preset", "demo", "--out", str(out)])
+    assert load([out], SCHEMA) == load([BASE, ROOT / "config" / "mirror-local.yaml",
+                                        ROOT / "config" / "presets" / "demo.yaml"], SCHEMA)
 
 
 def test_mirror_only_file_merges_over_a_preset(tmp_path):
     mirror = tmp_path / "mirror.yaml"
     mirror.write_text("data: {mirror: /some/where}\n")
-    params = load([ROOT / "config" / "presets" / "tiny.yaml", mirror], SCHEMA)
-    assert params["data"]["mirror"] == "/some/where"
-    assert params["data"]["verify_checksums"] is True  # the rest of `data` survives the merge
+    params = load([BASE, ROOT / "config" / "presets" / "demo.yaml", mirror], SCHEMA)
+    assert params.data.mirror == "/some/where"
+    assert params.data.verify_checksums is True  # the rest of `data` survives the merge
 
 
 def test_deep_merge_replaces_lists_and_merges_dicts():
     assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
+
+
+def test_sections_are_frozen_and_the_raw_mapping_is_kept():
+    params = load([BASE], SCHEMA)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.train.steps = 3
+    assert params.section("train")["batch"]["targetkg"] == params.train.batch.targetkg
 
 
 @pytest.mark.parametrize(
@@ -55,6 +86,7 @@ def test_deep_merge_replaces_lists_and_merges_dicts():
         ({"targets": {"bad": {"rel": "IsAn"}}}, "targets.bad.rel"),
         ({"run": {"seeds": []}}, "run.seeds"),
         ({"triplets": {"sources": ["wikidata"]}}, "triplets.sources.0"),
+        ({"eval": {"dtype": "int8"}}, "eval.dtype"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path, override, key):
@@ -62,6 +94,20 @@ def test_invalid_value_names_the_key(tmp_path, override, key):
     bad.write_text(yaml.safe_dump(override))
     with pytest.raises(InputError, match=f"params key '{key}'"):
         load([ROOT / "params.yaml", bad], SCHEMA)
+
+
+def test_a_missing_key_is_named_with_where_defaults_live():
+    mapping = config.read_yaml(BASE)
+    del mapping["train"]["select"]["every"]
+    with pytest.raises(InputError, match=r"'train\.select\.every' is missing .*config/base\.yaml"):
+        config.from_mapping(mapping)
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  steps: 3\n  steps: 4\n")
+    with pytest.raises(InputError, match="given twice"):
+        load([BASE, twice], SCHEMA)
 
 
 def test_unreadable_params_file_is_named(tmp_path):
@@ -72,6 +118,6 @@ def test_unreadable_params_file_is_named(tmp_path):
 @pytest.mark.parametrize("overlay", sorted((ROOT / "config" / "overlays").glob("*.yaml")), ids=lambda p: p.stem)
 def test_overlay_validates_over_its_preset(overlay):
     preset = overlay.stem.split("-")[0]  # demo-gpu.yaml overlays demo.yaml
-    params = load([ROOT / "config" / "presets" / f"{preset}.yaml", overlay], SCHEMA)
-    for target in params["run"]["targets"]:
-        assert target in params["targets"]
+    params = load([BASE, ROOT / "config" / "presets" / f"{preset}.yaml", overlay], SCHEMA)
+    for target in params.run.targets:
+        assert target in params.targets

@@ -12,6 +12,7 @@ import torch
 
 from knowsubnet.method import masking
 
+from conftest import base_params
 from knowsubnet.report import build as report
 from knowsubnet.core.errors import InputError
 
@@ -83,7 +84,7 @@ def write_inputs(root):
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     metrics_paths, mask_paths, log_paths = write_inputs(root)
-    params = {"report": {"combine": "majority", "top_n": 3, "dpi": 50}, "eval": {"random_draws": 3}}
+    params = base_params({"report": {"combine": "majority", "top_n": 3, "dpi": 50}, "eval": {"random_draws": 3}})
     written = report.build_report(metrics_paths, mask_paths, log_paths, out_dir=root, params=params)
     return root, written
 
@@ -148,17 +149,17 @@ def test_report_md(built):
 
 def test_empty_and_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="no metrics files"):
-        report.build_report([], out_dir=tmp_path)
+        report.build_report([], out_dir=tmp_path, params=base_params())
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "m", "target": "A", "seed": 0}))
     with pytest.raises(InputError, match="bad.json"):
-        report.build_report([bad], out_dir=tmp_path)
+        report.build_report([bad], out_dir=tmp_path, params=base_params())
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     with pytest.raises(InputError, match="broken.json"):
-        report.build_report([broken], out_dir=tmp_path)
+        report.build_report([broken], out_dir=tmp_path, params=base_params())
     with pytest.raises(InputError, match="report.combine"):
-        report.report_settings({"report": {"combine": "all"}})
+        base_params({"report": {"combine": "all"}})
 
 
 def test_duplicate_runs_are_rejected(tmp_path):
@@ -168,7 +169,7 @@ def test_duplicate_runs_are_rejected(tmp_path):
         path.write_text(json.dumps(metrics("m", "A", 0, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))))
         paths.append(path)
     with pytest.raises(InputError, match="same model / target / seed"):
-        report.build_report(paths, out_dir=tmp_path)
+        report.build_report(paths, out_dir=tmp_path, params=base_params())
 
 
 def test_report_is_deterministic(tmp_path):
@@ -176,7 +177,7 @@ def test_report_is_deterministic(tmp_path):
     for root in (a, b):
         metrics_paths, mask_paths, log_paths = write_inputs(root)
         report.build_report(metrics_paths, mask_paths, log_paths, out_dir=root / "out",
-                            params={"report": {"dpi": 40}}, models_root=root / "models")
+                            params=base_params({"report": {"dpi": 40}}), models_root=root / "models")
     for path in sorted((a / "out").rglob("*")):
         if path.is_file() and path.name != "report.md":  # report.md names its code version only
             assert path.read_bytes() == (b / "out" / path.relative_to(a / "out")).read_bytes(), path

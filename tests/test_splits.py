@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.params import read_yaml
+from knowsubnet.core.config import from_mapping, read_yaml
 from knowsubnet.data.relations import RELATIONS
 from knowsubnet.data.splits import (SPLIT_NAMES, make_splits, select_target, splits_from_params,
                                write_splits)
@@ -207,7 +207,7 @@ def test_fetch_extract_split_on_the_real_mirror(shared_data_mirror, tmp_path, re
     targets.update({c: {"concept": c, "facts": f"know_subnet/targetkg/{c}"}
                     for c in ("fruit", "sun", "swimming")})
     params["targets"] = {**targets, **params["targets"]}
-    splits = splits_from_params(triplets, params, names=list(targets))
+    splits = splits_from_params(triplets, from_mapping(params), names=list(targets))
     summary = write_splits(tmp_path / "splits", splits)
     assert len(summary["counts"]) == 19
     for name, counts in summary["counts"].items():

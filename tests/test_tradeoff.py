@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
 
+from conftest import base_params
 from knowsubnet.report import build as report
 
 from knowsubnet.report import tradeoff
@@ -32,7 +35,7 @@ def meta(target, seed, curve, chosen):
 
 
 def test_bars_mark_each_missed_bar():
-    bars = tradeoff.bars_settings({"report": {"bars": {"max_controlkg_ratio": 1.2}}})
+    bars = dataclasses.asdict(base_params({"report": {"bars": {"max_controlkg_ratio": 1.2}}}).report.bars)
     assert bars["max_controlkg_ratio"] == 1.2 and bars["min_target_ratio"] == 10.0
     good = metrics("m", "A", 0, (190.0, 1.0, 0.2), (1.0, 0.1, 0.1), sparsity=0.99)  # TargetKG 10 -> 200: x20
     leaky = metrics("m", "A", 1, (190.0, 5.0, 2.0), (1.0, 0.1, 0.1), sparsity=0.99)  # ControlKG x1.5, LM x1.2
@@ -46,7 +49,7 @@ def test_bars_mark_each_missed_bar():
     shown = tradeoff.bars_markdown(table, bars)
     assert shown.iloc[1]["ControlKG × (≤ 1.2)"].endswith("✗") and shown.iloc[0]["all bars"] == "yes"
     with pytest.raises(InputError, match="report.bars"):
-        tradeoff.bars_settings({"report": {"bars": {"max_ppl": 2}}})
+        base_params({"report": {"bars": {"max_ppl": 2}}})
 
 
 def test_tradeoff_curve_marks_the_kept_checkpoint_and_averages_seeds():
@@ -82,7 +85,7 @@ def test_report_has_the_precision_section(tmp_path):
         meta_path.write_text(json.dumps(meta("A", seed, [(50, 0.97, 30.0, 1.2, 1.1), (100, 0.99, 20.0, 1.05, 1.02)],
                                              chosen=100)))
         metas.append(meta_path)
-    written = report.build_report(paths, out_dir=tmp_path / "out", meta_paths=metas)
+    written = report.build_report(paths, out_dir=tmp_path / "out", meta_paths=metas, params=base_params())
     text = written["report"].read_text()
     assert "## Precision: does only the target go?" in text and "figures/tradeoff.png" in text
     assert written["fig_tradeoff"].is_file() and written["tradeoff_csv"].is_file()

@@ -1,5 +1,6 @@
 """The mask trainer: cached-prefix forward, resume bit-identity, determinism, a short run that works."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from knowsubnet.method import masking
 
 from knowsubnet.method import objectives
-from knowsubnet.method.training import MaskConfig, MaskTrainer, TopBlocks, TrainConfig, configs_from_params
+from knowsubnet.core import config as params_config
+from knowsubnet.core.config import Mask, Select, Train
+from knowsubnet.method.training import MaskTrainer, TopBlocks
 
 VOCAB = 40
 
@@ -56,11 +59,37 @@ def data(seed=0):
                                                                       generator=torch.Generator().manual_seed(seed))
 
 
+# The mask and training settings these tests were written for (not a preset's).
+MASK = {"granularity": "weight", "top_k_blocks": 2, "sampler": "gumbel_sigmoid", "init_prob": 0.45, "tau": 1.0,
+        "hard_concrete": {"beta": 2.0 / 3.0, "gamma": -0.1, "zeta": 1.1, "hard": False}}
+TRAIN = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "lambda_suppress": 1.5, "lambda_controlkg": 1.0,
+         "lambda_controllm": 1.0, "lambda_expression": 0.0, "sparsity_start": 2.0, "sparsity_end": 3.0,
+         "sparsity_ramp_from": 0.5, "batch_targetkg": 5, "batch_controlkg": 6, "batch_controllm": 2,
+         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True,
+         "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0}}
+
+
+def mask_config(**over):
+    hard = over.pop("hard_concrete_hard", False)
+    mapping = {**MASK, **over}
+    mapping["hard_concrete"] = {**MASK["hard_concrete"], "hard": hard}
+    return params_config.make(Mask, mapping)
+
+
+def select_config(**over):
+    return params_config.make(Select, {**TRAIN["select"], **over})
+
+
 def config(**over):
-    base = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "batch_targetkg": 5, "batch_controlkg": 6,
-            "batch_controllm": 2, "log_every": 2, "checkpoint_every": 4, "device": "cpu"}
-    base.update(over)
-    return TrainConfig(**base)
+    """A `train` section; batch_* and sparsity_* keys set the nested batch / sparsity_weight."""
+    flat = {**TRAIN, **over}
+    mapping = {k: v for k, v in flat.items() if not k.startswith(("batch_", "sparsity_"))}
+    mapping["batch"] = {part: flat[f"batch_{part}"] for part in ("targetkg", "controlkg", "controllm")}
+    mapping["sparsity_weight"] = {"start": flat["sparsity_start"], "end": flat["sparsity_end"],
+                                  "ramp_from": flat["sparsity_ramp_from"]}
+    if not isinstance(mapping["select"], dict):
+        mapping["select"] = dataclasses.asdict(mapping["select"])
+    return params_config.make(Train, mapping)
 
 
 @pytest.mark.parametrize("build", [gpt2, llama])
@@ -89,7 +118,7 @@ def test_cached_prefix_logits_equal_full_forward(build, top_k):
 
 def run(tmp_path, name, callback=None, build=gpt2, **over):
     t, c, lm = data()
-    return train_mask(build(), t, c, lm, MaskConfig(top_k_blocks=2), config(**over), seed=0,
+    return train_mask(build(), t, c, lm, mask_config(top_k_blocks=2), config(**over), seed=0,
                       checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False, callback=callback)
 
 
@@ -112,7 +141,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
     a, b = run(tmp_path, "a"), run(tmp_path, "b")
     assert a.log == b.log and all(torch.equal(a.logits[k], b.logits[k]) for k in a.logits)
     t, c, lm = data()
-    other = train_mask(gpt2(), t, c, lm, MaskConfig(top_k_blocks=2), config(), seed=1, progress=False)
+    other = train_mask(gpt2(), t, c, lm, mask_config(top_k_blocks=2), config(), seed=1, progress=False)
     assert other.log != a.log
 
 
@@ -164,7 +193,7 @@ def test_killed_run_resumed_after_an_input_changed_equals_a_clean_run(tmp_path, 
 
     def new_run(name):
         model, t, c, lm = changed_inputs(which)
-        return train_mask(model, t, c, lm, MaskConfig(top_k_blocks=2), config(), seed=0,
+        return train_mask(model, t, c, lm, mask_config(top_k_blocks=2), config(), seed=0,
                           checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False)
 
     clean = new_run("clean")
@@ -216,7 +245,7 @@ def test_short_run_suppresses_target_and_sparsifies(sampler, hard):
     assert start > 1.0  # the tails are memorised: far from uniform
     cfg = config(steps=80, batch_targetkg=10, batch_controlkg=10, batch_controllm=0, log_every=10,
                  checkpoint_every=1000, lambda_controllm=0.0)
-    mask_cfg = MaskConfig(top_k_blocks=2, sampler=sampler, hard_concrete_hard=hard)
+    mask_cfg = mask_config(top_k_blocks=2, sampler=sampler, hard_concrete_hard=hard)
     result = train_mask(model, target, control, None, mask_cfg, cfg, seed=0, progress=False)
     final = result.final_losses
     assert final["suppress"] < 0.5 * start  # the deterministic remaining model forgot much of TargetKG
@@ -225,23 +254,25 @@ def test_short_run_suppresses_target_and_sparsifies(sampler, hard):
     assert result.log[-1]["sparsity_loss"] < result.log[0]["sparsity_loss"]
 
 
-def test_configs_from_params():
-    params = {"mask": {"granularity": "neuron_out", "top_k_blocks": 3, "sampler": "hard_concrete",
-                       "init_prob": 0.4, "tau": 0.5, "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2}},
-              "train": {"steps": 10, "lr": 0.1, "sparsity_weight": {"start": 1.0, "end": 4.0, "ramp_from": 0.25},
-                        "batch": {"targetkg": 3, "controlkg": 4, "controllm": 0}, "bf16": True}}
-    mask, train = configs_from_params(params)
-    assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.beta, mask.gamma, mask.zeta) == \
-        ("neuron_out", 3, "hard_concrete", 0.5, -0.2, 1.2)
-    assert mask.hard_concrete_hard is False
-    assert (train.steps, train.sparsity_end, train.sparsity_ramp_from, train.batch_controllm, train.bf16) == \
-        (10, 4.0, 0.25, 0, True)
+def test_the_trainer_reads_the_typed_mask_and_train_sections():
+    from conftest import base_params
+
+    params = base_params({"mask": {"granularity": "neuron_out", "top_k_blocks": 3, "sampler": "hard_concrete",
+                                   "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2}},
+                          "train": {"steps": 10, "sparsity_weight": {"end": 4.0, "ramp_from": 0.25},
+                                    "batch": {"controllm": 0}, "bf16": True}})
+    mask, train = params.mask, params.train
+    assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.hard_concrete.beta, mask.hard_concrete.zeta) == \
+        ("neuron_out", 3, "hard_concrete", 0.5, 1.2)
+    assert mask.hard_concrete.hard is False  # from config/base.yaml
+    assert (train.steps, train.sparsity_weight.end, train.sparsity_weight.ramp_from, train.batch.controllm,
+            train.bf16) == (10, 4.0, 0.25, 0, True)
 
 
 @pytest.mark.parametrize("granularity", ["neuron_in", "neuron_out"])
 def test_neuron_granularity_trains(granularity):
     t, c, lm = data()
-    trainer = MaskTrainer(llama(), t, c, lm, MaskConfig(granularity=granularity, top_k_blocks=2),
+    trainer = MaskTrainer(llama(), t, c, lm, mask_config(granularity=granularity, top_k_blocks=2),
                           config(steps=3), seed=0, progress=False)
     result = trainer.train()
     assert all(v.dim() == 1 for v in result.logits.values())
@@ -251,7 +282,7 @@ def test_neuron_granularity_trains(granularity):
 # -- validation and checkpoint selection -------------------------------------------------------
 
 def test_select_checkpoint_prefers_least_control_damage_among_qualified():
-    from knowsubnet.method.training import SelectConfig, select_checkpoint
+    from knowsubnet.method.training import select_checkpoint
 
     original = {"targetkg": 10.0, "controlkg": 20.0, "controllm": 50.0}
     rows = [  # step, sparsity, target, controlkg, controllm
@@ -260,26 +291,26 @@ def test_select_checkpoint_prefers_least_control_damage_among_qualified():
         {"step": 150, "val_sparsity": 0.99, "val_targetkg_ppl": 400.0, "val_controlkg_ppl": 30.0, "val_controllm_ppl": 52.0},
         {"step": 200, "val_sparsity": 0.99, "val_targetkg_ppl": 300.0, "val_controlkg_ppl": 22.0, "val_controllm_ppl": 51.0},
     ]
-    cfg = SelectConfig(every=50, min_sparsity=0.98, min_target_ratio=10.0)
+    cfg = select_config(every=50, min_sparsity=0.98, min_target_ratio=10.0)
     # step 50 is not sparse enough, step 100 does not remove the target: 200 beats 150 on damage
     assert select_checkpoint(rows, original, cfg) == 3
     # nothing qualifies: the last validation
-    assert select_checkpoint(rows, original, SelectConfig(min_sparsity=0.999)) == 3
-    assert select_checkpoint(rows[:3], original, SelectConfig(min_sparsity=0.999)) == 2
+    assert select_checkpoint(rows, original, select_config(min_sparsity=0.999)) == 3
+    assert select_checkpoint(rows[:3], original, select_config(min_sparsity=0.999)) == 2
     # no criterion: least damage overall, the later step on a tie
-    assert select_checkpoint(rows, original, SelectConfig()) == 1
+    assert select_checkpoint(rows, original, select_config()) == 1
 
 
 def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_one():
     from knowsubnet.evaluation import scoring
-    from knowsubnet.method.training import SelectConfig, ValidationSets
+    from knowsubnet.method.training import ValidationSets
 
     model = gpt2()
     target, control, blocks = data()
     val = ValidationSets(facts(5, 7, seed=7), facts(6, 9, seed=8), blocks[:2])
-    trainer = MaskTrainer(model, target, control, blocks[2:], MaskConfig(top_k_blocks=2, init_prob=0.3),
-                          config(steps=8), seed=0, progress=False, validation=val,
-                          select=SelectConfig(every=2, min_sparsity=0.0, min_target_ratio=0.0))
+    trainer = MaskTrainer(model, target, control, blocks[2:], mask_config(top_k_blocks=2, init_prob=0.3),
+                          config(steps=8, select=select_config(every=2, min_sparsity=0.0, min_target_ratio=0.0)),
+                          seed=0, progress=False, validation=val)
     # the original validation PPLs are the evaluation module's, computed the plain way
     fs = SimpleNamespace(input_ids=val.targetkg.input_ids, targets=val.targetkg.targets, uuids=list(range(5)))
     want = scoring.summarize_facts(scoring.score_facts(model, fs, 3, "cpu"))["ppl"]
@@ -302,11 +333,11 @@ def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_on
 def test_expression_loss_is_the_subnetwork_alone_cross_entropy():
     model = gpt2()
     target, control, blocks = data()
-    trainer = MaskTrainer(model, target, control, blocks, MaskConfig(top_k_blocks=1, init_prob=0.5),
+    trainer = MaskTrainer(model, target, control, blocks, mask_config(top_k_blocks=1, init_prob=0.5),
                           config(lambda_expression=1.0), seed=0, progress=False)
     row = trainer.step()
     assert row["expression"] > 0
-    plain = MaskTrainer(gpt2(), target, control, blocks, MaskConfig(top_k_blocks=1, init_prob=0.5),
+    plain = MaskTrainer(gpt2(), target, control, blocks, mask_config(top_k_blocks=1, init_prob=0.5),
                         config(), seed=0, progress=False).step()
     assert plain["expression"] == 0.0
     # same draw, same other losses: only the total differs, by the expression term

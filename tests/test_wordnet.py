@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +13,7 @@ import pytest
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.relations import all_verbalizations
+from conftest import base_params
 from knowsubnet.data.splits import make_splits, select_target, splits_from_params
 from knowsubnet.data.triplets import TABLE_COLUMNS, COLUMNS, PAPER_SYNSETS, merge_facts, Fact, stable_uuid
 from knowsubnet.data.wordnet import build_target, read_noun_database, synset_lemma
@@ -173,6 +174,12 @@ SPLIT = dict(seed=0, fractions={"train": 0.5, "val": 0.25, "test": 0.25}, target
              max_targetkg=None, max_controlkg=None)
 
 
+def _params(targets: dict):
+    """Base params with exactly these targets and the SPLIT settings."""
+    params = base_params()
+    return dataclasses.replace(params, targets=targets, split=dataclasses.replace(params.split, **SPLIT))
+
+
 def test_wordnet_targets_paper_list_and_built(mixed_triplets):
     listed = select_target(mixed_triplets, "b", {"wordnet": "building.n.01",
                                                  "facts": "know_subnet/wordnet/building.n.01"})
@@ -191,7 +198,7 @@ def test_wordnet_targets_paper_list_and_built(mixed_triplets):
 def test_wordnet_controlkg_is_wordnet_outside_every_subtree(mixed_triplets):
     targets = {"b": {"wordnet": "building.n.01", "facts": "know_subnet/wordnet/building.n.01"},
                "s": {"wordnet": "structure.n.01", "depth": 1}, "fruit": {"concept": "pear", "hops": 1}}
-    out = splits_from_params(mixed_triplets, {"targets": targets, "split": SPLIT})
+    out = splits_from_params(mixed_triplets, _params(targets))
     control = pd.concat([out["b"][f"controlkg_{s}"] for s in ("train", "val", "test")])
     assert set(control["rel"]) == {"Hypernym"}
     # structure.n.01's subtree (a target's) and building's entities stay out
@@ -202,7 +209,7 @@ def test_wordnet_controlkg_is_wordnet_outside_every_subtree(mixed_triplets):
     fruit_control = pd.concat([out["fruit"][f"controlkg_{s}"] for s in ("train", "val", "test")])
     assert "Hypernym" not in set(fruit_control["rel"])
     conceptnet_only = mixed_triplets[mixed_triplets["rel"] != "Hypernym"]
-    alone = splits_from_params(conceptnet_only, {"targets": {"fruit": targets["fruit"]}, "split": SPLIT})
+    alone = splits_from_params(conceptnet_only, _params({"fruit": targets["fruit"]}))
     for name in out["fruit"]:
         assert out["fruit"][name].equals(alone["fruit"][name]), name
 
@@ -230,9 +237,9 @@ def test_paper_controlkg_uses_the_papers_files_in_file_order(mixed_triplets):
 def test_fetch_gets_wordnet_and_wiki_train_only_when_the_params_need_them(tmp_path):
     from knowsubnet.data.fetch import fetch_data, optional_files
 
-    assert optional_files({"triplets": {"sources": ["builtin"]}, "controllm": {}}) == []
-    assert optional_files({"triplets": {"sources": ["wordnet"]},
-                           "controllm": {"train_text": "train"}}) == ["wordnet", "wiki_train"]
+    assert optional_files(base_params({"triplets": {"sources": ["builtin"]}})) == []
+    assert optional_files(base_params({"triplets": {"sources": ["wordnet"]},
+                                       "controllm": {"train_text": "train"}})) == ["wordnet", "wiki_train"]
     mirror = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (mirror / "wordnet-3.0").is_dir():
         pytest.skip("no local data mirror")

@@ -33,7 +33,6 @@ rule finetune_csqa:
     params:
         csqa=section("csqa"),
         target=lambda w: section("targets", w.target),
-        top_k=section("mask", "top_k_blocks"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)

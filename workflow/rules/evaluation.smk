@@ -15,7 +15,6 @@ rule evaluate_ablation:
         eval=section("eval"),
         known=section("known"),
         scored=section("verbalize", "scored_positions"),
-        mask=section("mask"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -44,7 +43,6 @@ rule combine_seeds:
         eval=section("eval"),
         known=section("known"),
         scored=section("verbalize", "scored_positions"),
-        mask=section("mask"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)

@@ -3,7 +3,7 @@
 Writes `<out-masks>/{union,intersection,majority}.safetensors` (mask logits: +1 in the
 subnetwork, -1 outside) and `<out-eval>/{union,intersection,majority}.json` (the
 evaluate_ablation shape, with `combination` and `seeds`; `seed` is null).
-Params: eval.*, mask.top_k_blocks (as evaluate_ablation).
+Params: eval, known, verbalize.scored_positions (as evaluate_ablation).
 """
 
 from __future__ import annotations
@@ -28,13 +28,6 @@ from stage_params import load_params, stage_parser
 log = logging.getLogger("combine_seeds")
 
 
-def _seed_of(path: Path, metadata: dict[str, str]) -> int:
-    text = metadata.get("seed") or (path.parent.name[4:] if path.parent.name.startswith("seed") else "")
-    if not str(text).isdigit():
-        raise InputError(f"{path}: cannot tell its seed (metadata 'seed' or a seed<S> folder expected)")
-    return int(text)
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
@@ -52,24 +45,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = ablation.eval_settings(params)
-    device = pick_device(settings["device"], key="eval.device")
+    settings = params.eval
+    device = pick_device(settings.device, key="eval.device")
     start = time.monotonic()
 
     loaded = [(path, *masking.load_mask(path)) for path in args.masks]
     granularities = {meta["granularity"] for _, _, meta in loaded}
     if len(granularities) != 1:
         raise InputError(f"{', '.join(map(str, args.masks))}: masks of different granularities {sorted(granularities)}")
-    seeds = sorted(_seed_of(path, meta) for path, _, meta in loaded)
+    seeds = sorted(masking.mask_seed(meta, source=str(path)) for path, _, meta in loaded)
     first_meta = loaded[0][2]
     seed_masks = [analysis.to_binary(logits) for _, logits, _ in loaded]
 
 
-    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings["dtype"]])
-    layers, granularity = ablation.mask_layers(model, loaded[0][1], first_meta, params, source=str(args.masks[0]))
+    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings.dtype])
+    layers, granularity = ablation.mask_layers(model, loaded[0][1], first_meta, source=str(args.masks[0]))
     targetkg, controlkg, blocks = ablation.load_test_sets(
-        tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
-        params["verbalize"].get("scored_positions", "all_tail_tokens"))
+        tokenizer, args.verbalized, args.splits, args.controllm, params.known,
+        params.verbalize.scored_positions)
 
     for how in args.combinations:
         combined = analysis.combine(seed_masks, how)
@@ -81,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
         # the random baseline is seeded by the smallest seed: same draws for every combination
         result = ablation.evaluate_ablation(
             model, layers, combined, granularity, targetkg, controlkg, blocks,
-            random_draws=settings["random_draws"], seed=seeds[0], batch_size=settings["batch_size"],
+            random_draws=settings.random_draws, seed=seeds[0], batch_size=settings.batch_size,
             device=device, model_name=args.model, target=args.target,
-            controllm_ppl=settings["controllm_ppl"])
+            controllm_ppl=settings.controllm_ppl)
         result.update(seed=None, combination=how, seeds=seeds,
                       mask=str(args.out_masks / f"{how}.safetensors"),
-                      provenance=stamp({"eval": params.get("eval"), "mask": params.get("mask")},
+                      provenance=stamp({"eval": params.section("eval")},
                                        device=str(device), source_masks=[str(p) for p in args.masks],
                                        wall_time_s=round(time.monotonic() - start, 3)))
         write_json(args.out_eval / f"{how}.json", result)

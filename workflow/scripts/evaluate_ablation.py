@@ -1,8 +1,6 @@
 """Stage evaluate_ablation: original / removed / random-removed / kept metrics for one mask.
 
-Params: eval.random_draws, eval.batch_size, eval.device, eval.dtype, eval.controllm_ppl;
-verbalize.max_tail_ppl, verbalize.scored_positions; mask.top_k_blocks (when the
-mask file's metadata does not record it).
+Params: eval, known, verbalize.scored_positions.
 """
 
 from __future__ import annotations
@@ -42,30 +40,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = ablation.eval_settings(params)
-    device = pick_device(settings["device"], key="eval.device")
+    settings = params.eval
+    device = pick_device(settings.device, key="eval.device")
     start = time.monotonic()
 
-    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings["dtype"]])
+    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings.dtype])
     logits, metadata = masking.load_mask(args.mask)
-    layers, granularity = ablation.mask_layers(model, logits, metadata, params, source=str(args.mask))
+    layers, granularity = ablation.mask_layers(model, logits, metadata, source=str(args.mask))
     targetkg, controlkg, blocks = ablation.load_test_sets(
-        tokenizer, args.verbalized, args.splits, args.controllm, params.get("known"),
-        params["verbalize"].get("scored_positions", "all_tail_tokens"))
+        tokenizer, args.verbalized, args.splits, args.controllm, params.known,
+        params.verbalize.scored_positions)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
              args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
     relations = read_verbalized(args.verbalized).loc[controlkg.uuids, "rel"].tolist()
     result = ablation.evaluate_ablation(
         model, layers, logits, granularity, targetkg, controlkg, blocks,
-        random_draws=settings["random_draws"], seed=args.seed, batch_size=settings["batch_size"],
+        random_draws=settings.random_draws, seed=args.seed, batch_size=settings.batch_size,
         device=device, model_name=args.model, target=args.target, controlkg_relations=relations,
-        controllm_ppl=settings["controllm_ppl"])
+        controllm_ppl=settings.controllm_ppl)
     # how many facts the known-facts filter (params `known`) kept of each test split
     result["counts_before_known_filter"] = {kind: len(pd.read_parquet(args.splits / f"{kind}_test.parquet"))
                                             for kind in ("targetkg", "controlkg")}
     result["mask"] = str(args.mask)
-    result["provenance"] = stamp({"eval": params.get("eval"), "mask": params.get("mask")},
+    result["provenance"] = stamp({"eval": params.section("eval")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
     write_json(args.out, result)
     if args.headline is not None:

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = stored if isinstance(stored, torch.dtype) else torch.float32
     model, tokenizer = load_model(args.model_dir, torch.device("cpu"), dtype)
     logits, metadata = masking.load_mask(args.mask)
-    layers, granularity = ablation.mask_layers(model, logits, metadata, {}, source=str(args.mask))
+    layers, granularity = ablation.mask_layers(model, logits, metadata, source=str(args.mask))
     binary = masking.binary_masks(logits)
     sparsity = masking.sparsity(model, layers, binary, granularity)
 

@@ -25,9 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/processed/triplets.parquet"))
     args = parser.parse_args(argv)
     params = load_params(args)
-    triplets = params.get("triplets") or {}
-    table = build_triplets(args.raw, triplets.get("sources") or [],
-                           lama_path=triplets.get("lama_path"), facts_table=args.facts)
+    table = build_triplets(args.raw, params.triplets.sources, lama_path=params.triplets.lama_path,
+                           facts_table=args.facts)
     write_parquet(args.out, table)
 
 

@@ -20,13 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/raw"))
     args = parser.parse_args(argv)
     params = load_params(args)
-    data = params.get("data") or {}
-    triplets = params.get("triplets") or {}
-    lama_path = triplets.get("lama_path")
+    lama_path = params.triplets.lama_path
     optional = optional_files(params)
-    fetch_data(args.out, data.get("mirror"), verify=bool(data.get("verify_checksums", True)),
-               lama_path=lama_path, optional=optional,
-               provenance=stamp({"data": data, "triplets": {"lama_path": lama_path},
+    fetch_data(args.out, params.data.mirror, verify=params.data.verify_checksums, lama_path=lama_path,
+               optional=optional,
+               provenance=stamp({"data": params.section("data"), "triplets": {"lama_path": lama_path},
                                  "optional": optional}))
 
 

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = csqa.settings_from_params(params)
-    spec = (params.get("targets") or {}).get(args.target)
+    settings = params.csqa
+    spec = params.targets.get(args.target)
     if spec is None:
         raise InputError(f"params key 'targets': no target named {args.target!r}")
-    device = pick_device(settings["device"], key="csqa.device")
-    seed = args.seed if settings["seed"] is None else settings["seed"]
+    device = pick_device(settings.device, key="csqa.device")
+    seed = args.seed if settings.seed is None else settings.seed
     start = time.monotonic()
 
     triplets = _read_parquet(args.triplets, "the triplets table")
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     result = csqa.finetune_csqa(
         model, tokenizer, logits, metadata, triplets, target_facts, selected,
         args.csqa_dir / "train_rand_split.jsonl", args.csqa_dir / "dev_rand_split.jsonl", args.mode, settings,
-        seed, device=device, checkpoint_path=checkpoint, params=params, mask_source=str(args.mask))
+        seed, device=device, checkpoint_path=checkpoint, mask_source=str(args.mask))
     result = {"model": args.model, "target": args.target, "seed": args.seed, **result, "mask": str(args.mask),
-              "provenance": stamp({"csqa": params.get("csqa"), "target": spec}, device=str(device),
+              "provenance": stamp({"csqa": params.section("csqa"), "target": spec}, device=str(device),
                                   wall_time_s=round(time.monotonic() - start, 3))}
     write_json(args.out, result)
     checkpoint.unlink(missing_ok=True)

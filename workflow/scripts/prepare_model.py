@@ -10,39 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.data.factsets import read_facts, split_files
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("prepare_model")
-
-
-def read_facts(paths: list[Path]) -> pd.DataFrame:
-    """The union of split/triplet parquet files (uuid, head, rel, tail), one row per uuid, sorted."""
-    frames = []
-    for path in paths:
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: cannot read the facts file ({err})") from None
-        missing = {"uuid", "head", "rel", "tail"} - set(frame.columns)
-        if missing:
-            raise InputError(f"{path}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
-        frames.append(frame[["uuid", "head", "rel", "tail"]])
-    facts = pd.concat(frames, ignore_index=True).drop_duplicates("uuid")
-    return facts.sort_values("uuid", kind="mergesort").reset_index(drop=True)
-
-
-def split_files(splits_dir: Path, targets: list[str]) -> list[Path]:
-    files = []
-    for target in targets:
-        found = sorted((splits_dir / target).glob("*.parquet"))
-        if not found:
-            raise InputError(f"{splits_dir / target}: no split files for target '{target}' (params key "
-                             f"'run.targets'); run the split_controls stage first")
-        files += found
-    return files
 
 
 @cli_entry
@@ -56,16 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    spec = params.get("models", {}).get(args.model)
+    spec = params.models.get(args.model)
     if spec is None:
         raise InputError(f"params key 'models.{args.model}' is missing; known models: "
-                         f"{', '.join(params.get('models', {})) or 'none'}")
+                         f"{', '.join(params.models) or 'none'}")
 
     facts, text = None, None
     if spec.get("source") == "tiny":
         paths = list(args.facts)
         if args.splits_dir is not None:
-            paths += split_files(args.splits_dir, list(params["run"]["targets"]))
+            paths += split_files(args.splits_dir, list(params.run.targets))
         if not paths:
             raise InputError(f"model '{args.model}' is trained here (source tiny): give its facts "
                              f"with --facts or --splits-dir")
@@ -82,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
     subset = {"models": {args.model: spec}}
     if spec.get("source") == "tiny":
-        subset["run"] = {"targets": params["run"]["targets"]}
+        subset["run"] = {"targets": params.run.targets}
     provenance = prepare_model(args.model, spec, args.out, facts=facts, text=text,
                                seed=int(spec.get("seed", 0)), params=subset)
     summary = {k: provenance[k] for k in ("parameters", "wall_seconds", "tail_accuracy", "tail_accuracy_filtered",

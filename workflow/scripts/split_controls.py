@@ -34,18 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:
         raise InputError(f"{args.triplets}: cannot read the triplets table ({err})") from None
     paper_order = None
-    if (params.get("split") or {}).get("controlkg") == "paper":
+    if params.split.controlkg == "paper":
         tags = sorted({tag for kind in PAPER_CONTROLKG.values() for tag in kind.values()})
         paper_order = {tag: [(f.head, f.rel, f.tail) for f in read_source_files(args.raw, [tag])]
                        for tag in tags}
     if args.target is not None:
         splits = splits_from_params(triplets, params, names=[args.target], paper_order=paper_order)
         write_target_splits(args.out, args.target, splits[args.target], provenance=stamp(
-            {"targets": params.get("targets"), "split": params.get("split")}))
+            {"targets": params.section("targets"), "split": params.section("split")}))
         return
     splits = splits_from_params(triplets, params, paper_order=paper_order)
     write_splits(args.out, splits,
-                 provenance=stamp({"targets": params.get("targets"), "split": params.get("split")}))
+                 provenance=stamp({"targets": params.section("targets"), "split": params.section("split")}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from knowsubnet.core import params as params_mod
+from knowsubnet.core import config
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "params.schema.yaml"
 
@@ -20,6 +20,6 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_params(args: argparse.Namespace) -> dict:
-    """The params files of `--params`, merged in order and validated against the schema."""
-    return params_mod.load(args.params, SCHEMA)
+def load_params(args: argparse.Namespace) -> config.Params:
+    """The params files of `--params`, merged in order, validated once and typed."""
+    return config.load(args.params, SCHEMA)

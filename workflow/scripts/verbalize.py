@@ -1,6 +1,6 @@
 """Stage verbalize: the best template per fact for one model (lowest tail perplexity).
 
-Params: verbalize.batch_size, verbalize.device, verbalize.scored_positions. Facts come from --triplets (one parquet) or
+Params: verbalize. Facts come from --triplets (one parquet) or
 --splits (split folders or parquet files; their union). Output: one row per fact with uuid, head,
 rel, tail, template_id, prompt, tail_text, tail_ppl.
 """
@@ -11,38 +11,12 @@ import logging
 import math
 from pathlib import Path
 
-import pandas as pd
-
-from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.errors import cli_entry
 from knowsubnet.core.io import write_parquet
+from knowsubnet.data.factsets import read_facts
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("verbalize")
-
-
-def read_facts(paths: list[Path]) -> pd.DataFrame:
-    files = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(path.glob("*.parquet"))
-            if not found:
-                raise InputError(f"{path}: no parquet files; expected a split folder (run split_controls)")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InputError(f"{path}: no such file or folder")
-    frames = []
-    for file in files:
-        try:
-            frame = pd.read_parquet(file)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{file}: cannot read the facts file ({err})") from None
-        missing = {"uuid", "head", "rel", "tail"} - set(frame.columns)
-        if missing:
-            raise InputError(f"{file}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
-        frames.append(frame[["uuid", "head", "rel", "tail"]])
-    return pd.concat(frames, ignore_index=True).drop_duplicates("uuid").reset_index(drop=True)
 
 
 @cli_entry
@@ -56,22 +30,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args)
-    settings = params["verbalize"]
+    settings = params.verbalize
     facts = read_facts([args.triplets] if args.triplets else list(args.splits))
 
     from knowsubnet.models.prepare import context_length, load_model, pick_device  # heavy imports only when run
     from knowsubnet.evaluation.verbalize import best_templates, head_baseline
 
-    device = pick_device(settings.get("device", "auto"), key="verbalize.device")
+    device = pick_device(settings.device, key="verbalize.device")
     model, tokenizer = load_model(args.model_dir, device)
-    scored_positions = settings.get("scored_positions", "all_tail_tokens")
-    best = best_templates(model, tokenizer, facts, int(settings["batch_size"]), device,
+    scored_positions = settings.scored_positions
+    best = best_templates(model, tokenizer, facts, settings.batch_size, device,
                           max_length=context_length(model), source=str(args.triplets or args.splits[0]),
                           scored_positions=scored_positions)
-    other_heads = int(settings.get("other_heads", 0))
+    other_heads = settings.other_heads
     if other_heads and len(best):
-        best = head_baseline(model, tokenizer, best, other_heads, int(settings.get("seed", 0)),
-                             int(settings["batch_size"]), device, max_length=context_length(model),
+        best = head_baseline(model, tokenizer, best, other_heads, settings.seed,
+                             settings.batch_size, device, max_length=context_length(model),
                              scored_positions=scored_positions)
     write_parquet(args.out, best)
     mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")

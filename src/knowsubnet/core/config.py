@@ -205,7 +205,7 @@ class Params:
     report: Report
     csqa: Csqa
     # the merged mapping, as read: what provenance stamps and the report print
-    raw: dict[str, Any] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as the plain mapping it was read from (for provenance records)."""
@@ -268,42 +268,37 @@ def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> 
         raise InputError(f"{source}: invalid value for params key '{key}': {err.message}")
 
 
-def _build(cls: type, value: Any, key: str, source: str):
+def _build(cls: type, value: Any, prefix: str, source: str):
+    """`cls` from a mapping: nested sections recursively, every field required, no unknown key."""
+    where = prefix.rstrip(".") or "(top level)"
     if not isinstance(value, dict):
-        raise InputError(f"{source}: params key '{key}': expected a mapping, got {value!r}")
+        raise InputError(f"{source}: params key '{where}': expected a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "raw"]
     unknown = sorted(set(value) - set(names))
     if unknown:
-        raise InputError(f"{source}: unknown params key '{key}.{unknown[0]}' (expected one of {', '.join(names)})")
+        raise InputError(f"{source}: unknown params key '{prefix}{unknown[0]}' (expected one of {', '.join(names)})")
     kwargs = {}
     for name in names:
         if name not in value:
-            raise InputError(f"{source}: params key '{key}.{name}' is missing "
+            raise InputError(f"{source}: params key '{prefix}{name}' is missing "
                              f"(every key has its default in config/base.yaml)")
         hint = hints[name]
-        kwargs[name] = (_build(hint, value[name], f"{key}.{name}", source) if dataclasses.is_dataclass(hint)
+        kwargs[name] = (_build(hint, value[name], f"{prefix}{name}.", source) if dataclasses.is_dataclass(hint)
                         else copy.deepcopy(value[name]))
     return cls(**kwargs)
+
+
+def make(cls: type, mapping: dict, key: str | None = None):
+    """One section (or sub-section) from its mapping, every key required: `make(Mask, {...})`."""
+    return _build(cls, mapping, f"{key or cls.__name__.lower()}.", "params")
 
 
 def from_mapping(mapping: dict, schema_path: str | Path | None = None, source: str = "params") -> Params:
     """Typed params from a merged mapping (validated against the schema when one is given)."""
     if schema_path is not None:
         validate(mapping, schema_path, source)
-    hints = typing.get_type_hints(Params)
-    names = [f.name for f in dataclasses.fields(Params) if f.name != "raw"]
-    unknown = sorted(set(mapping) - set(names))
-    if unknown:
-        raise InputError(f"{source}: unknown params key '{unknown[0]}' (expected one of {', '.join(names)})")
-    kwargs = {}
-    for name in names:
-        if name not in mapping:
-            raise InputError(f"{source}: params key '{name}' is missing (every key has its default in config/base.yaml)")
-        hint = hints[name]
-        kwargs[name] = (_build(hint, mapping[name], name, source) if dataclasses.is_dataclass(hint)
-                        else copy.deepcopy(mapping[name]))
-    return Params(**kwargs, raw=copy.deepcopy(mapping))
+    return dataclasses.replace(_build(Params, mapping, "", source), raw=copy.deepcopy(mapping))
 
 
 def merge_files(paths: Iterable[str | Path]) -> dict[str, Any]:
@@ -317,13 +312,3 @@ def load(paths: Iterable[str | Path], schema_path: str | Path) -> Params:
     """Read each params file, merge them in order, validate the result once, type it."""
     paths = list(paths)
     return from_mapping(merge_files(paths), schema_path, source=" + ".join(str(p) for p in paths))
-
-
-def replace(section, **changes):
-    """A copy of a section with some keys changed; nested sections by dict (`batch={"targetkg": 8}`)."""
-    out = {}
-    for name, value in changes.items():
-        current = getattr(section, name)
-        out[name] = dataclasses.replace(current, **value) if dataclasses.is_dataclass(current) and isinstance(value, dict) \
-            else value
-    return dataclasses.replace(section, **out)

@@ -1,4 +1,5 @@
-"""Join a split (facts) with a model's verbalisations (sentences) and encode them as a FactSet."""
+"""Fact sets for a model: a split's facts joined with the model's verbalisations (its best template
+per fact), kept when the model knows them, and encoded as a FactSet; and the union of split files."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.data.encoding import FactSet, encode_facts
+from knowsubnet.core.config import Known
 from knowsubnet.core.errors import InputError
+from knowsubnet.data.encoding import FactSet, encode_facts
 
 
 def read_verbalized(path: str | Path) -> pd.DataFrame:
@@ -18,8 +20,8 @@ def read_verbalized(path: str | Path) -> pd.DataFrame:
     return frame.set_index("uuid")
 
 
-def known_mask(rows: pd.DataFrame, known: dict | None, source: str) -> pd.Series:
-    """Which verbalised facts the model knows (params section `known`; None or {}: all).
+def known_mask(rows: pd.DataFrame, known: Known | None, source: str) -> pd.Series:
+    """Which verbalised facts the model knows (params section `known`; None: all).
 
     max_tail_ppl: best-template tail perplexity at most this (absolute);
     min_head_gain: the tail at least this many times more likely with the fact's head than with
@@ -27,19 +29,20 @@ def known_mask(rows: pd.DataFrame, known: dict | None, source: str) -> pd.Series
     A model cannot lose knowledge it never had.
     """
     keep = pd.Series(True, index=rows.index)
-    known = known or {}
-    if known.get("max_tail_ppl") is not None:
-        keep &= rows["tail_ppl"] <= float(known["max_tail_ppl"])
-    if known.get("min_head_gain") is not None:
+    if known is None:
+        return keep
+    if known.max_tail_ppl is not None:
+        keep &= rows["tail_ppl"] <= float(known.max_tail_ppl)
+    if known.min_head_gain is not None:
         if "head_gain" not in rows.columns:
             raise InputError(f"{source}: no head_gain column; params key 'known.min_head_gain' needs "
                              f"'verbalize.other_heads' > 0 (re-run verbalize)")
-        keep &= rows["head_gain"] >= float(known["min_head_gain"])
+        keep &= rows["head_gain"] >= float(known.min_head_gain)
     return keep
 
 
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       known: dict | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
+                       known: Known | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded;
     only the facts the model knows (`known_mask`) when `known` sets a criterion.
     `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`."""
@@ -55,3 +58,43 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
                          f"(params section 'known')")
     return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
                         scored_positions=scored_positions)
+
+
+def read_facts(paths: list[Path]) -> pd.DataFrame:
+    """The union of fact parquet files (uuid, head, rel, tail), one row per uuid, sorted by uuid.
+    A folder stands for every parquet file in it (a target's split folder)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.parquet"))
+            if not found:
+                raise InputError(f"{path}: no parquet files; expected a split folder (run split_controls)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    frames = []
+    for file in files:
+        try:
+            frame = pd.read_parquet(file)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{file}: cannot read the facts file ({err})") from None
+        missing = {"uuid", "head", "rel", "tail"} - set(frame.columns)
+        if missing:
+            raise InputError(f"{file}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
+        frames.append(frame[["uuid", "head", "rel", "tail"]])
+    facts = pd.concat(frames, ignore_index=True).drop_duplicates("uuid")
+    return facts.sort_values("uuid", kind="mergesort").reset_index(drop=True)
+
+
+def split_files(splits_dir: Path, targets: list[str]) -> list[Path]:
+    """Every split parquet of these targets (the tiny model trains on the run's facts)."""
+    files = []
+    for target in targets:
+        found = sorted((splits_dir / target).glob("*.parquet"))
+        if not found:
+            raise InputError(f"{splits_dir / target}: no split files for target '{target}' (params key "
+                             f"'run.targets'); run the split_controls stage first")
+        files += found
+    return files

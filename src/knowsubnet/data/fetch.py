@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from knowsubnet.core.progress import progress_bar
 
 from knowsubnet import __version__
+from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, sha256_file, write_json
 
@@ -356,14 +357,13 @@ def _lama_dest(lama_path: str | os.PathLike) -> tuple[Path, str]:
     return src, LAMA_DEST_STEM + suffix
 
 
-def optional_files(params: dict[str, Any]) -> list[str]:
+def optional_files(params: Params) -> list[str]:
     """Which OPTIONAL_FILES groups the params need: WordNet for triplets source `wordnet`,
     WikiText-2 train for `controllm.train_text: train`."""
-    sources = [str(s).strip() for s in (params.get("triplets") or {}).get("sources") or []]
     need = []
-    if "wordnet" in sources:
+    if "wordnet" in params.triplets.sources:
         need.append("wordnet")
-    if (params.get("controllm") or {}).get("train_text", "valid") == "train":
+    if params.controllm.train_text == "train":
         need.append("wiki_train")
     return need
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, write_json, write_parquet
 from knowsubnet.data.relations import RELATIONS, WORDNET_RELATIONS
@@ -474,15 +475,11 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     return out
 
 
-def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
-                       names: list[str] | None = None,
+def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] | None = None,
                        paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
                        ) -> dict[str, dict[str, pd.DataFrame]]:
     """Splits for every target in params `targets` (or the given names), with params `split`."""
-    targets = params.get("targets")
-    if not isinstance(targets, Mapping) or not targets:
-        raise InputError("params key 'targets': expected a mapping of target names to selectors")
-    split = params.get("split") or {}
+    targets, split = params.targets, params.split
     frame = _canonical(triplets)
     prepared = (frame, _entities(frame))
     exclude = wordnet_excluded(frame, targets)
@@ -491,12 +488,10 @@ def splits_from_params(triplets: pd.DataFrame, params: Mapping[str, Any],
         if name not in targets:
             raise InputError(f"params key 'targets': no target named {name!r}")
         out[name] = make_splits(
-            triplets, name, targets[name], seed=split.get("seed", 0),
-            fractions=split.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1}),
-            targetkg_holdout=bool(split.get("targetkg_holdout", False)),
-            max_targetkg=split.get("max_targetkg"), max_controlkg=split.get("max_controlkg"),
-            controlkg=split.get("controlkg", "own"), wordnet_exclude=exclude,
-            paper_wordnet_controlkg=split.get("paper_wordnet_controlkg", 50),
+            triplets, name, targets[name], seed=split.seed, fractions=split.fractions,
+            targetkg_holdout=split.targetkg_holdout, max_targetkg=split.max_targetkg,
+            max_controlkg=split.max_controlkg, controlkg=split.controlkg, wordnet_exclude=exclude,
+            paper_wordnet_controlkg=split.paper_wordnet_controlkg,
             paper_order=paper_order, _prepared=prepared)
     return out
 

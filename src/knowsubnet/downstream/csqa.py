@@ -55,6 +55,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from knowsubnet.method import masking
+from knowsubnet.core.config import Csqa
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, jsonl_rows
 
@@ -65,60 +66,6 @@ LABELS = "ABCDE"
 MODES = ("head", "lora", "full")
 VARIANTS = ("original", "remaining", "random")
 GROUPS = ("removed", "kept", "dev")
-
-DEFAULTS: dict[str, Any] = {
-    "modes": ["head"],
-    "seeds": None,                  # which mask seeds the workflow finetunes (None: every run seed)
-    "train_questions": None,        # None: every training question
-    "dev_questions": None,          # None: the whole dev split
-    "epochs": {"head": 20, "lora": 1, "full": 1},
-    "lr": {"head": 0.001, "lora": 0.0005, "full": 0.00002},
-    "batch_size": 8,
-    "eval_batch_size": 16,
-    "weight_decay": 0.0,
-    "lora": {"r": 8, "alpha": 16},
-    "max_length": 64,
-    "seed": None,                   # None: the mask's seed
-    "bootstrap": 1000,
-    "log_every": 10,
-    "checkpoint_every": 50,
-    "device": "auto",
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# settings
-
-
-def settings_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The `csqa` params section with defaults filled in and values checked."""
-    section = dict(params.get("csqa") or {})
-    out = {**DEFAULTS, **section}
-    for key in ("epochs", "lr", "lora"):
-        out[key] = {**DEFAULTS[key], **(section.get(key) or {})}
-    modes = out["modes"]
-    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
-        raise InputError(f"params key 'csqa.modes' = {modes!r}: expected a list of {', '.join(MODES)}")
-    for key in ("batch_size", "eval_batch_size", "bootstrap", "log_every", "checkpoint_every"):
-        _check_int(out[key], f"csqa.{key}", 1)
-    _check_int(out["max_length"], "csqa.max_length", 8)
-    for key in ("train_questions", "dev_questions", "seed"):
-        if out[key] is not None:
-            _check_int(out[key], f"csqa.{key}", 0 if key == "seed" else 1)
-    for mode in MODES:
-        _check_int(out["epochs"][mode], f"csqa.epochs.{mode}", 1)
-        lr = out["lr"][mode]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise InputError(f"params key 'csqa.lr.{mode}' = {lr!r}: expected a positive number")
-    _check_int(out["lora"]["r"], "csqa.lora.r", 1)
-    return out
-
-
-def _check_int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"params key '{key}' = {value!r}: expected an integer >= {minimum}")
-    return value
-
 
 # ----------------------------------------------------------------------------------------------
 # reading CSQA
@@ -399,7 +346,7 @@ class _Variant:
     """One model version being finetuned in one mode: its copy of the model, head, optimiser."""
 
     def __init__(self, base: nn.Module, layer_names: list[str], transposed: dict[str, bool],
-                 removed: dict[str, torch.Tensor], mode: str, settings: dict, seed: int,
+                 removed: dict[str, torch.Tensor], mode: str, settings: Csqa, seed: int,
                  device: torch.device, first_block: int):
         from knowsubnet.method.training import TopBlocks
 
@@ -420,7 +367,7 @@ class _Variant:
         params = list(self.head.parameters())
         self._hooks = []
         if mode == "lora":
-            params += self._inject_lora(layer_names, transposed, settings["lora"], seed)
+            params += self._inject_lora(layer_names, transposed, settings.lora, seed)
         elif mode == "full":
             for name, p in self.model.named_parameters():
                 p.requires_grad_(True)
@@ -431,7 +378,7 @@ class _Variant:
                     self._hooks.append(weight.register_hook(lambda g, keep=keep: g.masked_fill(keep, 0.0)))
             params += [p for p in self.model.parameters()]
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=settings["lr"][mode], weight_decay=settings["weight_decay"])
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr[mode], weight_decay=settings.weight_decay)
         self.top = TopBlocks(self.model, first_block) if mode != "full" else None
 
     def _inject_lora(self, layer_names, transposed, lora_settings, seed) -> list[torch.Tensor]:
@@ -513,7 +460,7 @@ class CSQAFinetuner:
 
     def __init__(self, model: nn.Module, tokenizer, layers: list[masking.MaskableLayer],
                  masks: Mapping[str, torch.Tensor], granularity: str, mode: str,
-                 train: list[Question], groups: Mapping[str, list[Question]], settings: dict, seed: int,
+                 train: list[Question], groups: Mapping[str, list[Question]], settings: Csqa, seed: int,
                  device: str | torch.device = "cpu", checkpoint_path: str | Path | None = None,
                  progress: bool = True):
         if mode not in MODES:
@@ -521,8 +468,8 @@ class CSQAFinetuner:
         from knowsubnet.models.prepare import context_length
 
         context = context_length(model)
-        if context is not None and settings["max_length"] > context:
-            raise InputError(f"params key 'csqa.max_length' = {settings['max_length']}: the model reads at most "
+        if context is not None and settings.max_length > context:
+            raise InputError(f"params key 'csqa.max_length' = {settings.max_length}: the model reads at most "
                              f"{context} tokens")
         masks = {name: (v if v.dtype == torch.bool else v > 0).cpu() for name, v in masks.items()}
         masking.check_mask_matches(layers, masks, granularity, source="finetune_csqa")
@@ -536,13 +483,13 @@ class CSQAFinetuner:
                         "random": removed_weight_masks(layers, random_masks, granularity)}
         self.subnetwork_size = masking.subnetwork_size(layers, masks, granularity)
         self.sparsity = masking.sparsity(model, layers, masks, granularity)
-        self.train_enc = encode_questions(tokenizer, train, settings["max_length"])
-        self.group_enc = {g: encode_questions(tokenizer, qs, settings["max_length"]) for g, qs in groups.items()}
+        self.train_enc = encode_questions(tokenizer, train, settings.max_length)
+        self.group_enc = {g: encode_questions(tokenizer, qs, settings.max_length) for g, qs in groups.items()}
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress = progress
-        bs = settings["batch_size"]
+        bs = settings.batch_size
         self.steps_per_epoch = math.ceil(len(train) / bs)
-        self.steps = self.steps_per_epoch * settings["epochs"][mode]
+        self.steps = self.steps_per_epoch * settings.epochs[mode]
         self._prefix: dict[str, list[torch.Tensor]] | None = None
 
     # -- data --------------------------------------------------------------------------------
@@ -557,7 +504,7 @@ class CSQAFinetuner:
             out = {}
             for name, enc in [("train", self.train_enc)] + list(self.group_enc.items()):
                 parts: list[torch.Tensor] = []
-                chunk = self.settings["eval_batch_size"]
+                chunk = self.settings.eval_batch_size
                 for start in tqdm(range(0, len(enc.ids), chunk), desc=f"prefix/{name}", leave=False,
                                   disable=not self.progress):
                     ids = enc.ids[start:start + chunk]
@@ -584,7 +531,7 @@ class CSQAFinetuner:
         return np.random.default_rng([self.seed, 7, epoch]).permutation(len(self.train_enc.ids))
 
     def _step_index(self, step: int) -> np.ndarray:
-        bs = self.settings["batch_size"]
+        bs = self.settings.batch_size
         epoch, within = divmod(step, self.steps_per_epoch)
         return self._order(epoch)[within * bs:(within + 1) * bs]
 
@@ -593,7 +540,7 @@ class CSQAFinetuner:
     @torch.no_grad()
     def _all_features(self, variant: _Variant) -> dict[str, torch.Tensor]:
         out = {}
-        chunk = self.settings["eval_batch_size"]
+        chunk = self.settings.eval_batch_size
         for which, enc in [("train", self.train_enc)] + list(self.group_enc.items()):
             feats = []
             for start in range(0, len(enc.ids), chunk):
@@ -613,7 +560,7 @@ class CSQAFinetuner:
     @torch.no_grad()
     def _evaluate(self, variant: _Variant, features) -> dict[str, np.ndarray]:
         out = {}
-        chunk = self.settings["eval_batch_size"]
+        chunk = self.settings.eval_batch_size
         for group, enc in self.group_enc.items():
             correct = []
             for start in range(0, len(enc.ids), chunk):
@@ -632,7 +579,7 @@ class CSQAFinetuner:
                 digest.update(self.removed[variant][name].numpy().tobytes())
         keys = ("epochs", "lr", "batch_size", "weight_decay", "lora", "max_length", "log_every")
         return {"mode": self.mode, "seed": self.seed, "data_and_masks": digest.hexdigest(),
-                "settings": json.dumps({k: self.settings[k] for k in keys}, sort_keys=True),
+                "settings": json.dumps({k: getattr(self.settings, k) for k in keys}, sort_keys=True),
                 "layers": ",".join(self.layer_names)}
 
     def _save(self, done: dict, current: dict | None) -> None:
@@ -681,13 +628,13 @@ class CSQAFinetuner:
                 variant.rezero()
                 step += 1
                 window.append([loss.item(), float((scores.detach().argmax(1) == labels).float().mean())])
-                if step % settings["log_every"] == 0 or step == self.steps:
+                if step % settings.log_every == 0 or step == self.steps:
                     curve.append({"step": step, "loss": float(np.mean([w[0] for w in window])),
                                   "train_acc": float(np.mean([w[1] for w in window]))})
                     window = []
                     bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
                 bar.update(1)
-                if step % settings["checkpoint_every"] == 0 and step < self.steps:
+                if step % settings.checkpoint_every == 0 and step < self.steps:
                     self._save(done, {"variant": name, "step": step, "curve": curve, "window": window,
                                       "elapsed": elapsed + time.perf_counter() - started,
                                       "trainable": variant.state(), "optimizer": variant.optimizer.state_dict()})
@@ -710,7 +657,7 @@ class CSQAFinetuner:
         }
         for i, group in enumerate(GROUPS):
             values = correct[group]
-            lo, hi = bootstrap_ci(values, settings["bootstrap"], self.seed, i)
+            lo, hi = bootstrap_ci(values, settings.bootstrap, self.seed, i)
             result["groups"][group] = {"acc": float(values.mean()), "ci95": [lo, hi], "n": int(len(values))}
         return result
 
@@ -730,7 +677,7 @@ class CSQAFinetuner:
                    for v in VARIANTS}
         delta = {}
         for v in ("remaining", "random"):
-            delta[v] = {g: paired_delta(correct[v][g], correct["original"][g], self.settings["bootstrap"], self.seed,
+            delta[v] = {g: paired_delta(correct[v][g], correct["original"][g], self.settings.bootstrap, self.seed,
                                         i) for i, g in enumerate(GROUPS)}
         return {
             "mode": self.mode,
@@ -757,17 +704,17 @@ class CSQAFinetuner:
 
 def finetune_csqa(model: nn.Module, tokenizer, mask_logits: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
                   triplets, target_facts, selected_facts, train_path: str | Path, dev_path: str | Path,
-                  mode: str, settings: dict, seed: int, device: str | torch.device = "cpu",
+                  mode: str, settings: Csqa, seed: int, device: str | torch.device = "cpu",
                   checkpoint_path: str | Path | None = None, progress: bool = True,
-                  params: Mapping[str, Any] | None = None, mask_source: str = "mask") -> dict[str, Any]:
+                  mask_source: str = "mask") -> dict[str, Any]:
     """Everything `finetune_csqa` computes for one (model, target, seed, mode): see the module doc."""
     from knowsubnet.evaluation.ablation import mask_layers
 
-    layers, granularity = mask_layers(model, dict(mask_logits), dict(metadata), dict(params or {}), mask_source)
+    layers, granularity = mask_layers(model, dict(mask_logits), dict(metadata), mask_source)
     groups = question_groups(triplets, target_facts, selected_facts)
     train = read_questions(train_path)
     dev = read_questions(dev_path)
-    train_set, eval_groups = assemble_data(train, dev, groups, settings["train_questions"], settings["dev_questions"],
+    train_set, eval_groups = assemble_data(train, dev, groups, settings.train_questions, settings.dev_questions,
                                            seed, train_source=str(train_path))
     log.info("CSQA: %d training questions, groups %s", len(train_set), {g: len(v) for g, v in eval_groups.items()})
     tuner = CSQAFinetuner(model, tokenizer, layers, mask_logits, granularity, mode, train_set, eval_groups, settings,

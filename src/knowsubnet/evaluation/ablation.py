@@ -23,41 +23,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from knowsubnet.core.config import Known
 from knowsubnet.core.errors import InputError
-from knowsubnet.evaluation.scoring import CONTROLLM_PPL, DTYPES, _exp, lm_ppl, score_facts, summarize_facts
+from knowsubnet.evaluation.scoring import _exp, lm_ppl, score_facts, summarize_facts
 from knowsubnet.method import masking
 
 log = logging.getLogger(__name__)
 
 SETS = ("targetkg", "controlkg", "controllm")
 VARIANTS = ("removed", "random", "kept")
-
-# Defaults of the `eval` params section (used when a key is absent).
-EVAL_DEFAULTS = {"random_draws": 3, "batch_size": 32, "device": "auto", "dtype": "float32",
-                 "controllm_ppl": "token_mean"}
-
-
-# ----------------------------------------------------------------------------------------------
-# settings
-
-
-def eval_settings(params: dict[str, Any]) -> dict[str, Any]:
-    """The `eval` params section with defaults filled in and values checked."""
-    section = params.get("eval") or {}
-    settings = {**EVAL_DEFAULTS, **section}
-    for key in ("random_draws", "batch_size"):
-        value = settings[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"params key 'eval.{key}' = {value!r}: expected an integer >= 1")
-    if settings["device"] not in ("auto", "cpu", "mps") and not str(settings["device"]).startswith("cuda"):
-        raise InputError(f"params key 'eval.device' = {settings['device']!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if settings["controllm_ppl"] not in CONTROLLM_PPL:
-        raise InputError(f"params key 'eval.controllm_ppl' = {settings['controllm_ppl']!r}: expected one of "
-                         f"{', '.join(CONTROLLM_PPL)}")
-    if settings["dtype"] not in DTYPES:
-        raise InputError(f"params key 'eval.dtype' = {settings['dtype']!r}: expected one of {', '.join(DTYPES)}")
-    return settings
-
 
 # ----------------------------------------------------------------------------------------------
 # ablation
@@ -160,19 +134,15 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
 
 
 def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dict[str, str],
-                params: dict[str, Any], source: str) -> tuple[list[masking.MaskableLayer], str]:
-    """The model's maskable layers for a mask file, checked to fit it; and its granularity.
-
-    top_k comes from the mask's metadata (`top_k_blocks` or `top_k`), else params `mask.top_k_blocks`.
-    """
+                source: str) -> tuple[list[masking.MaskableLayer], str]:
+    """The model's maskable layers for a mask file (its metadata records granularity and the
+    resolved `top_k_blocks`), checked to fit it; and its granularity."""
     granularity = metadata.get("granularity")
     if granularity not in masking.GRANULARITIES:
         raise InputError(f"{source}: metadata 'granularity' must be one of {', '.join(masking.GRANULARITIES)}")
-    top_k = metadata.get("top_k_blocks", metadata.get("top_k"))
+    top_k = metadata.get("top_k_blocks")
     if top_k is None:
-        top_k = (params.get("mask") or {}).get("top_k_blocks")
-        if top_k is None:
-            raise InputError(f"{source}: metadata has no 'top_k_blocks' and params key 'mask.top_k_blocks' is not set")
+        raise InputError(f"{source}: metadata has no 'top_k_blocks'; expected a mask written by discover_mask")
     try:
         top_k = int(top_k)
     except ValueError:
@@ -183,7 +153,7 @@ def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dic
 
 
 def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, controllm_dir: str | Path,
-                   known: dict | None = None,
+                   known: Known | None = None,
                    scored_positions: str = "all_tail_tokens") -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""

@@ -116,24 +116,35 @@ def binary_masks(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value > 0 for name, value in logits.items()}
 
 
-@contextlib.contextmanager
-def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
-                   keep: str = "remaining") -> Iterator[None]:
-    """Temporarily zero weights in place; restore them on exit.
+def apply_mask(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
+               keep: str = "remaining") -> dict[str, torch.Tensor]:
+    """The one way a binary mask is applied: {layer name: its weight with the mask applied} (new tensors).
 
-    keep="remaining": the subnetwork (mask True) is removed, the rest kept;
+    keep="remaining": the subnetwork (mask True) is removed (zeroed), the rest kept;
     keep="subnetwork": only the subnetwork is kept, everything else in the masked layers zeroed.
+    Training's validation runs these weights through `torch.func.functional_call`; evaluation
+    writes them into the model for a while (`masked_weights`).
     """
     if keep not in ("remaining", "subnetwork"):
         raise ValueError(f"keep must be 'remaining' or 'subnetwork', got {keep!r}")
+    out = {}
+    for layer in layers:
+        in_subnet = expand_to_weight(masks[layer.name].to(layer.weight.device, torch.bool), layer, granularity)
+        out[layer.name] = layer.weight.detach().masked_fill(in_subnet if keep == "remaining" else ~in_subnet, 0.0)
+    return out
+
+
+@contextlib.contextmanager
+def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
+                   keep: str = "remaining") -> Iterator[None]:
+    """`apply_mask`'s weights written into the model in place for the block; restored on exit."""
+    masked = apply_mask(layers, masks, granularity, keep)
     saved = []
     try:
         with torch.no_grad():
             for layer in layers:
-                in_subnet = expand_to_weight(masks[layer.name].to(layer.weight.device), layer, granularity)
-                zero = in_subnet if keep == "remaining" else ~in_subnet
                 saved.append((layer, layer.weight.detach().clone()))
-                layer.weight.masked_fill_(zero, 0.0)
+                layer.weight.copy_(masked[layer.name])
         yield
     finally:
         with torch.no_grad():
@@ -189,6 +200,14 @@ def load_mask(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if metadata.get("granularity") not in GRANULARITIES:
         raise InputError(f"{path}: metadata 'granularity' must be one of {', '.join(GRANULARITIES)}")
     return logits, metadata
+
+
+def mask_seed(metadata: dict[str, str], source: str) -> int:
+    """The seed a discovered mask records in its metadata (discover_mask writes it)."""
+    seed = metadata.get("seed", "")
+    if not str(seed).isdigit():
+        raise InputError(f"{source}: metadata 'seed' = {seed!r}: expected the integer seed of a discovered mask")
+    return int(seed)
 
 
 def check_mask_matches(layers: list[MaskableLayer], logits: dict[str, torch.Tensor], granularity: str,
@@ -369,9 +388,8 @@ class MaskLogits:
         for layer in self.layers:
             value = self.logits[layer.name]
             weight = layer.weight
-            if deterministic:
-                m = expand_to_weight(value.detach() > 0, layer, self.granularity)
-                out[layer.name] = weight.detach().masked_fill(m, 0.0)
+            if deterministic:  # the evaluation subnetwork, logit > 0
+                out.update(apply_mask([layer], {layer.name: value.detach() > 0}, self.granularity))
             elif self.sampler == "gumbel_sigmoid" and self.granularity == "weight":
                 noise = logistic_noise(value.shape, generator, value.device, value.dtype)
                 out[layer.name] = _GumbelMaskedWeight.apply(value, weight.detach(), noise, self.tau)

@@ -18,7 +18,7 @@ Only the work the method needs is done per step:
 
 Every `select.every` steps the deterministic mask, and a random mask of the same size per matrix,
 are scored on held-out validation sets through the same cached top blocks (`validate`); the mask
-returned is the one `select_checkpoint` prefers (see SelectConfig), not necessarily the last.
+returned is the one `select_checkpoint` prefers (params `train.select`), not necessarily the last.
 
 A run checkpoints (logits, Adam state, generator states, step, log) every `checkpoint_every` steps
 and resumes from the checkpoint; on CPU a killed-and-resumed run ends bit-identical to an
@@ -43,13 +43,13 @@ from torch import nn
 from torch.func import functional_call
 
 from knowsubnet.core import digest
-
+from knowsubnet.core.config import Mask, Select, Train
 from knowsubnet.method import objectives
 from knowsubnet.core.errors import InputError
 from knowsubnet.evaluation.scoring import fact_scores_from_logits
 from knowsubnet.core.io import atomic_path
-from knowsubnet.method.masking import (MaskableLayer, MaskLogits, binary_masks, expand_to_weight, find_blocks, find_maskable_layers,
-                                random_masks_like, subnetwork_size)
+from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_blocks,
+                                       find_maskable_layers, random_masks_like, subnetwork_size)
 from knowsubnet.models.prepare import pick_device
 from knowsubnet.core.progress import progress_bar
 
@@ -65,112 +65,10 @@ VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_con
                "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
 
 
-# ---------------------------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class MaskConfig:
-    granularity: str = "weight"
-    top_k_blocks: float = 2  # a count, or a share of the blocks when below 1
-    sampler: str = "gumbel_sigmoid"
-    init_prob: float = 0.45
-    tau: float = 1.0
-    beta: float = 2.0 / 3.0  # hard-concrete only
-    gamma: float = -0.1
-    zeta: float = 1.1
-    hard_concrete_hard: bool = False  # hard-concrete: threshold the forward at 0.5 (straight-through)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 100
-    lr: float = 0.2
-    warmup_frac: float = 0.1
-    lambda_suppress: float = 1.5
-    lambda_controlkg: float = 1.0
-    lambda_controllm: float = 1.0
-    sparsity_start: float = 2.0
-    sparsity_end: float = 3.0
-    sparsity_ramp_from: float = 0.5
-    batch_targetkg: int = 250
-    batch_controlkg: int = 250
-    batch_controllm: int = 10
-    log_every: int = 10
-    checkpoint_every: int = 100
-    device: str = "auto"
-    bf16: bool = False
-    # final losses are measured with the deterministic mask on at most this many ControlLM blocks
-    final_controllm_blocks: int = 32
-    # expression loss (the authors' option): cross-entropy of the subnetwork alone on TargetKG tails
-    lambda_expression: float = 0.0
-
-
-@dataclass
-class SelectConfig:
-    """Checkpoint selection on the validation sets (the paper evaluates every 200 steps).
-
-    Every `every` steps (0: only at the last step) the deterministic mask is scored on TargetKG
-    val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
-    mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
-    `min_target_ratio` x original, the one with the least damage to the controls, measured as
-    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one.
-    """
-    every: int = 0
-    min_sparsity: float = 0.0
-    min_target_ratio: float = 1.0
-
-
-def select_config_from_params(params: dict[str, Any]) -> SelectConfig:
-    """The `train.select` section (absent: validate only at the last step, keep the last mask)."""
-    section = (params.get("train") or {}).get("select") or {}
-    cfg = SelectConfig(every=int(section.get("every", 0)), min_sparsity=float(section.get("min_sparsity", 0.0)),
-                       min_target_ratio=float(section.get("min_target_ratio", 1.0)))
-    if cfg.every < 0:
-        raise InputError(f"params key 'train.select.every' = {cfg.every}: expected an integer >= 0")
-    return cfg
-
-
-def configs_from_params(params: dict[str, Any]) -> tuple[MaskConfig, TrainConfig]:
-    """Read the `mask` and `train` sections of params (missing optional keys take the defaults)."""
-    for key in ("mask", "train"):
-        if not isinstance(params.get(key), dict):
-            raise InputError(f"params key '{key}': expected a mapping (see params.yaml)")
-    m, t = params["mask"], params["train"]
-    hc = m.get("hard_concrete") or {}
-    mask = MaskConfig(
-        granularity=m.get("granularity", "weight"), top_k_blocks=m.get("top_k_blocks", 2),
-        sampler=m.get("sampler", "gumbel_sigmoid"), init_prob=float(m.get("init_prob", 0.45)),
-        tau=float(m.get("tau", 1.0)), beta=float(hc.get("beta", 2.0 / 3.0)), gamma=float(hc.get("gamma", -0.1)),
-        zeta=float(hc.get("zeta", 1.1)), hard_concrete_hard=bool(hc.get("hard", False)))
-    sw = t.get("sparsity_weight") or {}
-    batch = t.get("batch") or {}
-    default = TrainConfig()
-    train = TrainConfig(
-        steps=int(t.get("steps", default.steps)), lr=float(t.get("lr", default.lr)),
-        warmup_frac=float(t.get("warmup_frac", default.warmup_frac)),
-        lambda_suppress=float(t.get("lambda_suppress", default.lambda_suppress)),
-        lambda_controlkg=float(t.get("lambda_controlkg", default.lambda_controlkg)),
-        lambda_controllm=float(t.get("lambda_controllm", default.lambda_controllm)),
-        sparsity_start=float(sw.get("start", default.sparsity_start)),
-        sparsity_end=float(sw.get("end", default.sparsity_end)),
-        sparsity_ramp_from=float(sw.get("ramp_from", default.sparsity_ramp_from)),
-        batch_targetkg=int(batch.get("targetkg", default.batch_targetkg)),
-        batch_controlkg=int(batch.get("controlkg", default.batch_controlkg)),
-        batch_controllm=int(batch.get("controllm", default.batch_controllm)),
-        log_every=int(t.get("log_every", default.log_every)),
-        checkpoint_every=int(t.get("checkpoint_every", default.checkpoint_every)),
-        device=str(t.get("device", default.device)), bf16=bool(t.get("bf16", default.bf16)),
-        lambda_expression=float(t.get("lambda_expression", default.lambda_expression)))
-    for name in ("steps", "log_every", "checkpoint_every", "batch_targetkg", "batch_controlkg"):
-        if getattr(train, name) < 1:
-            raise InputError(f"params key 'train.{name.replace('batch_', 'batch.')}' = {getattr(train, name)}: "
-                             f"expected a positive integer")
-    if train.batch_controllm < 0:
-        raise InputError(f"params key 'train.batch.controllm' = {train.batch_controllm}: expected >= 0")
-    if not 0.0 <= train.warmup_frac <= 1.0:
-        raise InputError(f"params key 'train.warmup_frac' = {train.warmup_frac}: expected a fraction in [0, 1]")
-    return mask, train
+# The trainer reads params sections `mask` and `train` (knowsubnet.core.config.Mask / Train; every
+# value documented in config/base.yaml). Final losses are measured with the deterministic mask on
+# at most this many ControlLM blocks:
+FINAL_CONTROLLM_BLOCKS = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +204,14 @@ class ValidationSets:
     controllm: torch.Tensor | None = None
 
 
-def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: SelectConfig) -> int:
-    """Index into `rows` (validations) of the mask to keep; see SelectConfig."""
+def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: Select) -> int:
+    """Index into `rows` (validations) of the mask to keep.
+
+    Every `cfg.every` steps (0: only at the last step) the deterministic mask is scored on TargetKG
+    val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
+    mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
+    `min_target_ratio` x original, the one with the least damage to the controls, measured as
+    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one."""
     def damage(row):
         return sum(math.log(row[f"val_{s}_ppl"] / original[s]) for s in ("controlkg", "controllm")
                    if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
@@ -344,12 +248,12 @@ class MaskTrainer:
     """
 
     def __init__(self, model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None,
-                 mask_config: MaskConfig, train_config: TrainConfig, seed: int,
+                 mask_config: Mask, train_config: Train, seed: int,
                  checkpoint_path: str | Path | None = None, progress: bool = True,
                  callback: Callable[[MaskTrainer, int], None] | None = None,
-                 validation: ValidationSets | None = None, select: SelectConfig | None = None):
+                 validation: ValidationSets | None = None):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
-        self.select = select or SelectConfig()
+        self.select = train_config.select
         self.device = pick_device(train_config.device, key="train.device")
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress, self.callback = progress, callback
@@ -360,9 +264,10 @@ class MaskTrainer:
         self.layers = find_maskable_layers(self.model, mask_config.top_k_blocks)
         self.first_block = min(layer.block for layer in self.layers)
         self.top = TopBlocks(self.model, self.first_block)
+        hc = mask_config.hard_concrete
         self.mask = MaskLogits(self.layers, mask_config.granularity, mask_config.init_prob, mask_config.sampler,
-                               mask_config.tau, mask_config.beta, mask_config.gamma, mask_config.zeta,
-                               device=self.device, hard_concrete_hard=mask_config.hard_concrete_hard)
+                               mask_config.tau, hc.beta, hc.gamma, hc.zeta, device=self.device,
+                               hard_concrete_hard=hc.hard)
         self.optimizer = torch.optim.Adam(self.mask.parameters(), lr=train_config.lr)
 
         # Batches are drawn on the CPU (device-independent); mask noise on the training device.
@@ -419,7 +324,7 @@ class MaskTrainer:
                 raise InputError(f"{name}: a fact has no tail-token position (targets all -100)")
         self.t_len = _tail_lengths(self.t_targets.cpu())
         self.c_len = _tail_lengths(self.c_targets.cpu())
-        chunk = max(self.cfg.batch_targetkg, self.cfg.batch_controlkg, 1)
+        chunk = max(self.cfg.batch.targetkg, self.cfg.batch.controlkg, 1)
         log.info("caching hidden states entering block %d for %d TargetKG + %d ControlKG facts",
                  self.first_block, self.n_target, self.n_control)
         self.t_hidden = self._pad_hidden(self._prefix_all(targetkg.input_ids, chunk), width)
@@ -438,14 +343,14 @@ class MaskTrainer:
         # fp16 keeps log-probs to ~1e-3 relative; only used when the fp32 cache would be large.
         self.c_ref = ref if ref.numel() * 4 <= (1 << 31) else ref.half()
 
-        if self.n_lm and self.cfg.batch_controllm and self.cfg.lambda_controllm > 0:
+        if self.n_lm and self.cfg.batch.controllm and self.cfg.lambda_controllm > 0:
             log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
-            self.lm_hidden = self._prefix_all(controllm, max(self.cfg.batch_controllm, 1))
+            self.lm_hidden = self._prefix_all(controllm, max(self.cfg.batch.controllm, 1))
             # The original model's final hidden states too, when they fit: the per-step ControlLM
             # reference is then one LM-head matmul instead of a forward through the top blocks.
             self.lm_final = None
             if self.lm_hidden.numel() * self.lm_hidden.element_size() <= CONTROLLM_FINAL_CACHE_BYTES:
-                chunk = max(self.cfg.batch_controllm, 1)
+                chunk = max(self.cfg.batch.controllm, 1)
                 parts = []
                 for start in range(0, self.n_lm, chunk):
                     with self._autocast():
@@ -463,12 +368,12 @@ class MaskTrainer:
             if facts is None or len(facts.input_ids) == 0:
                 raise InputError(f"{name.replace('val_', '')}KG validation set is empty: expected at least one fact")
             targets = facts.targets.to(self.device)
-            hidden = self._prefix_all(facts.input_ids, max(self.cfg.batch_targetkg, 1))
+            hidden = self._prefix_all(facts.input_ids, max(self.cfg.batch.targetkg, 1))
             self.val_caches[name] = (hidden, targets, _tail_lengths(targets.cpu()))
         self.val_lm_hidden = None
         if val.controllm is not None and val.controllm.shape[0] > 0:
             self.val_lm_blocks = val.controllm.to(self.device)
-            self.val_lm_hidden = self._prefix_all(val.controllm, max(self.cfg.batch_controllm, 1))
+            self.val_lm_hidden = self._prefix_all(val.controllm, max(self.cfg.batch.controllm, 1))
         self.val_original = self._val_ppls(None)
         log.info("validation: %d TargetKG, %d ControlKG facts, %d ControlLM blocks; original PPL %s",
                  len(val.targetkg.input_ids), len(val.controlkg.input_ids),
@@ -480,7 +385,7 @@ class MaskTrainer:
         """PPL of the model with `weights` (None: original) on the validation sets, defined as in
         evaluation: exp(mean over facts of the fact's mean tail CE); exp(mean token CE) for LM."""
         out = {}
-        chunk = max(self.cfg.batch_targetkg, self.cfg.batch_controlkg, 1)
+        chunk = max(self.cfg.batch.targetkg, self.cfg.batch.controlkg, 1)
         for name, key in (("val_target", "targetkg"), ("val_control", "controlkg")):
             targets = self.val_caches[name][1]
             per_fact = []
@@ -494,7 +399,7 @@ class MaskTrainer:
             out[key] = _exp(float(torch.cat(per_fact).mean()))
         if self.val_lm_hidden is not None:
             total, count = 0.0, 0
-            step = max(self.cfg.batch_controllm, 1)
+            step = max(self.cfg.batch.controllm, 1)
             for start in range(0, self.val_lm_hidden.shape[0], step):
                 with self._autocast():
                     final = self.top.forward(self.val_lm_hidden[start:start + step], weights)
@@ -517,9 +422,7 @@ class MaskTrainer:
         scores = self._val_ppls(self.mask.effective_weights(deterministic=True))
         generator = torch.Generator().manual_seed(self.seed)
         random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)
-        random_weights = {l.name: l.weight.detach().masked_fill(
-            expand_to_weight(random[l.name].to(self.device), l, self.mcfg.granularity), 0.0) for l in self.layers}
-        random_scores = self._val_ppls(random_weights)
+        random_scores = self._val_ppls(apply_mask(self.layers, random, self.mcfg.granularity))
         for key in ("targetkg", "controlkg", "controllm"):
             row[f"val_{key}_ppl"] = scores.get(key, math.nan)
             row[f"val_random_{key}_ppl"] = random_scores.get(key, math.nan)
@@ -609,12 +512,12 @@ class MaskTrainer:
         lr = objectives.learning_rate(t, cfg.steps, cfg.lr, cfg.warmup_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        weight_s = objectives.sparsity_weight(t, cfg.steps, cfg.sparsity_start, cfg.sparsity_end,
-                                              cfg.sparsity_ramp_from)
+        weight_s = objectives.sparsity_weight(t, cfg.steps, cfg.sparsity_weight.start, cfg.sparsity_weight.end,
+                                              cfg.sparsity_weight.ramp_from)
 
-        idx_t = _draw(self.n_target, cfg.batch_targetkg, self.batch_gen)
-        idx_c = _draw(self.n_control, cfg.batch_controlkg, self.batch_gen)
-        idx_lm = _draw(self.n_lm, cfg.batch_controllm, self.batch_gen) if self.lm_hidden is not None else None
+        idx_t = _draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
+        idx_c = _draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
+        idx_lm = _draw(self.n_lm, cfg.batch.controllm, self.batch_gen) if self.lm_hidden is not None else None
 
         weights = self.mask.effective_weights(self.noise_gen)  # W_eff, once for all forwards of the step
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
@@ -643,7 +546,6 @@ class MaskTrainer:
             self._model_digest = digest.state_dict(self.model)  # the model is frozen: hash it once
         return {"mask": dataclasses.asdict(self.mcfg),
                 "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
-                "select": dataclasses.asdict(self.select),
                 "seed": self.seed, "layers": [layer.name for layer in self.layers],
                 "model_weights": self._model_digest, **self.input_digests}
 
@@ -746,8 +648,8 @@ class MaskTrainer:
         cfg = self.cfg
         weights = self.mask.effective_weights(deterministic=True)
         out = {}
-        for name, n, chunk, key in (("target", self.n_target, cfg.batch_targetkg, "suppress"),
-                                    ("control", self.n_control, cfg.batch_controlkg, "controlkg")):
+        for name, n, chunk, key in (("target", self.n_target, cfg.batch.targetkg, "suppress"),
+                                    ("control", self.n_control, cfg.batch.controlkg, "controlkg")):
             total, count = 0.0, 0
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(start + chunk, n))
@@ -759,8 +661,8 @@ class MaskTrainer:
             out[key] = total / count
         out["controllm"] = 0.0
         if self.lm_hidden is not None:
-            n_blocks = min(self.n_lm, cfg.final_controllm_blocks)
-            chunk = max(cfg.batch_controllm, 1)
+            n_blocks = min(self.n_lm, FINAL_CONTROLLM_BLOCKS)
+            chunk = max(cfg.batch.controllm, 1)
             total = 0.0
             for start in range(0, n_blocks, chunk):
                 idx = torch.arange(start, min(start + chunk, n_blocks))

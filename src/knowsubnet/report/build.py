@@ -21,6 +21,7 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from knowsubnet.report import analysis
 from knowsubnet.method import masking
 
 from knowsubnet.report import tradeoff
+from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, read_json, write_text
 from knowsubnet.core.provenance import code_version, environment
@@ -54,24 +56,6 @@ VARIANTS = ("original", "removed", "random", "kept")
 CURVE_COLUMNS = ("loss", "suppress", "controlkg", "controllm", "sparsity_loss", "density")
 
 # Defaults of the `report` params section.
-REPORT_DEFAULTS = {"combine": "majority", "top_n": 10, "dpi": 120}
-
-
-def report_settings(params: dict[str, Any] | None) -> dict[str, Any]:
-    settings = {**REPORT_DEFAULTS, **((params or {}).get("report") or {})}
-    if settings["combine"] not in analysis.COMBINATIONS:
-        raise InputError(f"params key 'report.combine' = {settings['combine']!r}: "
-                         f"expected one of {', '.join(analysis.COMBINATIONS)}")
-    for key in ("top_n", "dpi"):
-        if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
-            raise InputError(f"params key 'report.{key}' = {settings[key]!r}: expected an integer >= 1")
-    return settings
-
-
-# ----------------------------------------------------------------------------------------------
-# formatting and writing
-
-
 def fmt(value: Any) -> str:
     """A number for a Markdown cell: few digits, readable across magnitudes."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -310,20 +294,15 @@ class MaskInfo:
 
 
 def identify_mask(path: str | Path, metadata: dict[str, str]) -> MaskInfo:
-    """Model / target / seed from the mask metadata, else from `.../{model}/{target}/seed{S}/mask.safetensors`."""
-    path = Path(path)
-    parts = path.parts
-    model = metadata.get("model") or (parts[-4] if len(parts) >= 4 else None)
-    target = metadata.get("target") or (parts[-3] if len(parts) >= 3 else None)
+    """Model / target / seed (or seed combination) of a mask file, from its metadata: the library
+    never reads them from a results path."""
     combination = metadata.get("combination") or None
-    seed_text = metadata.get("seed")
-    if seed_text in (None, "") and len(parts) >= 2 and parts[-2].startswith("seed"):
-        seed_text = parts[-2][4:]
-    seed = int(seed_text) if seed_text not in (None, "") and str(seed_text).lstrip("-").isdigit() else None
-    if model is None or target is None or (seed is None and combination is None):
-        raise InputError(f"{path}: cannot tell model / target / seed (no metadata, path not "
-                         f".../<model>/<target>/seed<S>/mask.safetensors)")
-    return MaskInfo(path, model, target, seed, combination, metadata["granularity"])
+    missing = [key for key in ("model", "target", "granularity") if not metadata.get(key)]
+    if missing or (combination is None and not str(metadata.get("seed", "")).isdigit()):
+        raise InputError(f"{path}: mask metadata lacks {', '.join(missing) or 'seed'}; expected a mask written by "
+                         f"discover_mask or combine_seeds")
+    seed = int(metadata["seed"]) if combination is None else None
+    return MaskInfo(Path(path), metadata["model"], metadata["target"], seed, combination, metadata["granularity"])
 
 
 @dataclass
@@ -649,7 +628,7 @@ def _params_digest(params: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def provenance_section(records: list[dict[str, Any]], params: dict | None, models_root: Path | None) -> str:
+def provenance_section(records: list[dict[str, Any]], params: dict, models_root: Path | None) -> str:
     lines = ["## Provenance", ""]
     models = sorted({r["model"] for r in records})
     model_rows = []
@@ -839,10 +818,9 @@ def csqa_section(csqa_paths: Sequence[str | Path], tables_dir: Path, figures_dir
             "![CSQA accuracy](figures/csqa.png)", ""]
 
 
-def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | Path], params: dict | None,
+def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | Path], bars: dict[str, float],
                       tables_dir: Path, figures_dir: Path, dpi: int, written: dict[str, Path]) -> list[str]:
     """Bars, trade-off over checkpoints, ControlKG damage per relation (see knowsubnet.tradeoff)."""
-    bars = tradeoff.bars_settings(params)
     sections = ["## Precision: does only the target go?", ""]
     table = tradeoff.bars_table(records, bars)
     if not table.empty:
@@ -874,15 +852,15 @@ def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | 
 
 
 def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),
-                 log_paths: Sequence[str | Path] = (), out_dir: str | Path = "results",
-                 params: dict[str, Any] | None = None, models_root: str | Path | None = None,
+                 log_paths: Sequence[str | Path] = (), *, params: Params, out_dir: str | Path = "results",
+                 models_root: str | Path | None = None,
                  meta_paths: Sequence[str | Path] = (), csqa_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Write every table, figure and `report.md`; return {name: path} of what was written."""
-    settings = report_settings(params)
+    settings = params.report
     out_dir = Path(out_dir)
     tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
     models_root = Path(models_root) if models_root is not None else out_dir / "models"
-    dpi, top_n = settings["dpi"], settings["top_n"]
+    dpi, top_n = settings.dpi, settings.top_n
     written: dict[str, Path] = {}
     sections: list[str] = []
 
@@ -900,7 +878,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     sections += ["## Ablation: what removing the subnetwork costs", "",
                  "Mean ± std over seeds; the random baseline removes as many weights at random.", "",
                  ablation_md, "", "![ΔPPL by target](figures/delta_ppl.png)", ""]
-    sections += precision_section(records, meta_paths, params, tables_dir, figures_dir, dpi, written)
+    sections += precision_section(records, meta_paths, dataclasses.asdict(settings.bars), tables_dir, figures_dir, dpi, written)
 
     combos = combinations_table(records)
     if not combos.empty:
@@ -914,7 +892,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
 
     # --- structure and overlap
     if mask_paths:
-        result = analyse_masks(mask_paths, combine=settings["combine"], models_root=models_root)
+        result = analyse_masks(mask_paths, combine=settings.combine, models_root=models_root)
         sections += ["## Structure of the subnetworks", ""]
         for name in ("matrices", "blocks", "kinds", "heads", "neurons"):
             frame = getattr(result, name)
@@ -944,7 +922,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
         overlap_parts = ["### Between seeds", "", markdown_table(overlap_markdown(result.overlap_seeds))]
         for model, matrix in sorted(result.target_matrices.items()):
             shown = matrix.reset_index().rename(columns={"index": "target"})
-            overlap_parts += [f"### Between targets: {model} ({settings['combine']} mask of each target's seeds)",
+            overlap_parts += [f"### Between targets: {model} ({settings.combine} mask of each target's seeds)",
                               "", markdown_table(shown)]
         overlap_md = "\n".join(overlap_parts)
         write_text(tables_dir / "overlap.md", overlap_md)
@@ -960,7 +938,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
             titles = {model: model for model in result.target_matrices}
             written["fig_overlap_targets"] = figure_heatmaps(result.target_matrices, titles,
                                                              figures_dir / "overlap_targets.png", dpi,
-                                                             f"Jaccard overlap between targets ({settings['combine']} masks)")
+                                                             f"Jaccard overlap between targets ({settings.combine} masks)")
             sections += ["![Jaccard between targets](figures/overlap_targets.png)", ""]
 
     # --- downstream: CommonsenseQA
@@ -987,7 +965,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
               "the subnetwork for a target is removed.", "",
               f"Models: {', '.join(sorted(table['model'].unique()))}. "
               f"Targets: {', '.join(sorted(table['target'].unique()))}.", "", HOW_TO_READ]
-    text = "\n".join(header + sections + [provenance_section(records, params, models_root)])
+    text = "\n".join(header + sections + [provenance_section(records, params.raw, models_root)])
     write_text(out_dir / "report.md", text)
     written["report"] = out_dir / "report.md"
     return written

@@ -26,19 +26,6 @@ from knowsubnet.core.io import read_json
 SETS = ("targetkg", "controlkg", "controllm")
 LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
-# The paper's claim as numbers (defaults of params report.bars).
-BARS = {"min_sparsity": 0.98, "min_target_ratio": 10.0, "max_random_share": 0.1,
-        "max_controlkg_ratio": 1.10, "max_controllm_ratio": 1.05}
-
-
-def bars_settings(params: dict | None) -> dict[str, float]:
-    given = ((params or {}).get("report") or {}).get("bars") or {}
-    unknown = set(given) - set(BARS)
-    if unknown:
-        raise InputError(f"params key 'report.bars': unknown keys {sorted(unknown)}; expected {sorted(BARS)}")
-    return {**BARS, **{k: float(v) for k, v in given.items()}}
-
-
 def _ratio(rec: dict, variant: str, set_name: str) -> float:
     original = rec["original"][set_name]["ppl"]
     return rec[variant][set_name]["ppl"] / original if original else math.nan
