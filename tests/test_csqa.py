@@ -14,7 +14,7 @@ from conftest import base_params
 from knowsubnet.downstream import csqa
 from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError
-from knowsubnet.data.splits import make_splits, select_target
+from knowsubnet.data.splits import make_splits, select_target, write_splits, write_target_splits
 from knowsubnet.data.triplets import TABLE_COLUMNS, merge_facts, read_best_format
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +61,7 @@ def csqa_files(tmp_path):
 # question-id plumbing
 
 
-def test_question_ids_reach_the_triplets_and_the_splits(csqa_files):
+def test_question_ids_reach_the_triplets_and_the_splits(csqa_files, tmp_path):
     table = csqa_files["triplets"]
     assert list(table.columns) == TABLE_COLUMNS
     linked = table[table["csqa_ids"] != ""]
@@ -72,6 +72,11 @@ def test_question_ids_reach_the_triplets_and_the_splits(csqa_files):
                          max_targetkg=None, max_controlkg=None)
     assert sorted(splits["targetkg_test"]["csqa_ids"]) == ["q0", "q1", "q2", "q3"]
     assert "csqa_ids" in splits["controlkg_train"].columns
+    # both split writers keep the ids (finetune_csqa reads them from the split files)
+    write_target_splits(tmp_path / "one", "csqa1", splits)
+    write_splits(tmp_path / "all", {"csqa1": splits})
+    for written in (tmp_path / "one", tmp_path / "all" / "csqa1"):
+        assert sorted(pd.read_parquet(written / "targetkg_test.parquet")["csqa_ids"]) == ["q0", "q1", "q2", "q3"]
     by_ids = select_target(table, "some", {"csqa": ["q5", "q2"]})
     assert sorted(by_ids["csqa_ids"]) == ["q2", "q5"]
     assert sorted(select_target(table, "h2", {"csqa": "csqa2"})["csqa_ids"]) == ["q4", "q5", "q6", "q7"]

@@ -532,6 +532,6 @@ def write_target_splits(out_dir: str | os.PathLike, target: str, splits: Mapping
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for split in SPLIT_NAMES:
-            write_parquet(tmp / f"{split}.parquet", splits[split][COLUMNS])
+            write_parquet(tmp / f"{split}.parquet", splits[split][_columns(splits[split])])
         write_json(tmp / "summary.json", summary)
     return summary
