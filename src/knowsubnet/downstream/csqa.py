@@ -52,11 +52,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from knowsubnet.method import masking
 from knowsubnet.core.config import Csqa
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.progress import progress_bar
 from knowsubnet.core.io import atomic_path, jsonl_rows
 
 log = logging.getLogger(__name__)
@@ -505,8 +505,8 @@ class CSQAFinetuner:
             for name, enc in [("train", self.train_enc)] + list(self.group_enc.items()):
                 parts: list[torch.Tensor] = []
                 chunk = self.settings.eval_batch_size
-                for start in tqdm(range(0, len(enc.ids), chunk), desc=f"prefix/{name}", leave=False,
-                                  disable=not self.progress):
+                for start in progress_bar(range(0, len(enc.ids), chunk), desc=f"prefix/{name}", leave=False,
+                                          disable=not self.progress):
                     ids = enc.ids[start:start + chunk]
                     hidden = top.prefix(_pad_stack(ids, 0).to(self.device)).cpu()
                     for i, q in enumerate(ids):
@@ -614,8 +614,7 @@ class CSQAFinetuner:
             step, curve, elapsed = int(current["step"]), list(current["curve"]), float(current["elapsed"])
             window = [list(w) for w in current["window"]]
         features = self._all_features(variant) if self.mode == "head" else None
-        bar = tqdm(total=self.steps, initial=step, desc=f"{self.mode}/{name}", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=self.steps, initial=step, desc=f"{self.mode}/{name}", disable=not self.progress)
         try:
             while step < self.steps:
                 index = self._step_index(step)
