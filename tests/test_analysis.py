@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowsubnet.report import analysis
-
-from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError
+from knowsubnet.method import masking
+from knowsubnet.report import analysis
 
 
 def m(*rows):

@@ -11,11 +11,11 @@ import torch
 
 from conftest import byte_bpe_tokenizer
 from conftest import base_params
-from knowsubnet.downstream import csqa
-from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.splits import make_splits, select_target, write_splits, write_target_splits
 from knowsubnet.data.triplets import TABLE_COLUMNS, merge_facts, read_best_format
+from knowsubnet.downstream import csqa
+from knowsubnet.method import masking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,6 @@ import torch
 import yaml
 
 from knowsubnet.data import encoding
-
 from knowsubnet.method import masking
 
 REPO = Path(__file__).resolve().parents[1]

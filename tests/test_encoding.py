@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowsubnet.data.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
 from knowsubnet.core.errors import InputError
+from knowsubnet.data.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
 
 from conftest import byte_bpe_tokenizer
 

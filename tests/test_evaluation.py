@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from conftest import base_params
-from knowsubnet.evaluation import ablation, scoring
-
-from knowsubnet.method import masking
-from knowsubnet.data.encoding import FactSet
 from knowsubnet.core.errors import InputError
+from knowsubnet.data.encoding import FactSet
+from knowsubnet.evaluation import ablation, scoring
+from knowsubnet.method import masking
 
 # Bigram toy LM: the logits for the next token given current token i are LOGITS[i].
 LOGITS = torch.tensor([

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from knowsubnet.core.errors import InputError
 from knowsubnet.core.config import Known
+from knowsubnet.core.errors import InputError
 from knowsubnet.data.factsets import load_split_factset, read_verbalized
 from test_encoding import gpt2_style  # noqa: F401  (fixture)
 

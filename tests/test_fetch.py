@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from knowsubnet.data import fetch
 from knowsubnet.core.errors import InputError
+from knowsubnet.data import fetch
 from knowsubnet.data.fetch import (Origin, RawFile, csqa_jsonl_from_rows, fetch_data,
                               wikitext_raw_from_rows)
 

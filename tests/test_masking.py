@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError
+from knowsubnet.method import masking
 
 
 def gpt2(n_layer=4):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from knowsubnet.models import prepare as models
 from knowsubnet.core.errors import InputError
+from knowsubnet.models import prepare as models
 
 EOS = "<|endoftext|>"
 TEXT = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from knowsubnet.core.errors import InputError
 from knowsubnet.core.config import from_mapping, read_yaml
+from knowsubnet.core.errors import InputError
 from knowsubnet.data.relations import RELATIONS
 from knowsubnet.data.splits import (SPLIT_NAMES, make_splits, select_target, splits_from_params,
                                write_splits)

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from knowsubnet.models import prepare as models
-
-from knowsubnet.models import tiny
 from knowsubnet.core.errors import InputError
 from knowsubnet.evaluation.verbalize import best_templates
+from knowsubnet.models import prepare as models
+from knowsubnet.models import tiny
 
 FACTS = [
     ("banana", "IsA", "fruit"), ("apple", "IsA", "fruit"), ("dog", "IsA", "animal"), ("guitar", "IsA", "instrument"),

@@ -9,10 +9,9 @@ import json
 import pytest
 
 from conftest import base_params
-from knowsubnet.report import build as report
-
-from knowsubnet.report import tradeoff
 from knowsubnet.core.errors import InputError
+from knowsubnet.report import build as report
+from knowsubnet.report import tradeoff
 from test_report import metrics
 
 

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from knowsubnet.method import masking
-
-from knowsubnet.method import objectives
 from knowsubnet.core import config as params_config
 from knowsubnet.core.config import Mask, Select, Train
+from knowsubnet.method import masking
+from knowsubnet.method import objectives
 from knowsubnet.method.training import MaskTrainer, TopBlocks
 
 VOCAB = 40

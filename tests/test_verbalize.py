@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from knowsubnet.core.errors import InputError
 from knowsubnet.data import relations
 from knowsubnet.data.encoding import encode_facts
-from knowsubnet.core.errors import InputError
 
 from conftest import byte_bpe_tokenizer
 from knowsubnet.evaluation.verbalize import OUTPUT_COLUMNS, best_templates, tail_nll

@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 
 from knowsubnet.core.errors import InputError, cli_entry
-from knowsubnet.data.fetch import RAW_FILES
 from knowsubnet.core.io import sha256_file, write_text
+from knowsubnet.data.fetch import RAW_FILES
 from knowsubnet.data.triplets import (FACTS_TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES,
                                  merge_facts, read_source_files)
 

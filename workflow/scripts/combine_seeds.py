@@ -14,15 +14,13 @@ from pathlib import Path
 
 import torch
 
-from knowsubnet.report import analysis
-
-from knowsubnet.evaluation import ablation, scoring
-
-from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError, cli_entry
 from knowsubnet.core.io import write_json
-from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.core.provenance import stamp
+from knowsubnet.evaluation import ablation, scoring
+from knowsubnet.method import masking
+from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.report import analysis
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("combine_seeds")

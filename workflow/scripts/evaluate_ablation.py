@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.evaluation import ablation, scoring
-
-from knowsubnet.method import masking
 from knowsubnet.core.errors import cli_entry
-from knowsubnet.data.factsets import read_verbalized
 from knowsubnet.core.io import write_json
-from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.core.provenance import stamp
+from knowsubnet.data.factsets import read_verbalized
+from knowsubnet.evaluation import ablation, scoring
+from knowsubnet.method import masking
+from knowsubnet.models.prepare import load_model, pick_device
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("evaluate_ablation")

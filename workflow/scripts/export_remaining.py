@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch
 
-from knowsubnet.evaluation import ablation
-
-from knowsubnet.method import masking
 from knowsubnet.core.errors import cli_entry
 from knowsubnet.core.io import atomic_path, sha256_file, write_json
 from knowsubnet.core.provenance import stamp
+from knowsubnet.evaluation import ablation
+from knowsubnet.method import masking
 
 log = logging.getLogger("export_remaining")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowsubnet.core.errors import cli_entry
-from knowsubnet.data.fetch import fetch_data, optional_files
 from knowsubnet.core.provenance import stamp
+from knowsubnet.data.fetch import fetch_data, optional_files
 from stage_params import load_params, stage_parser
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.downstream import csqa
-
-from knowsubnet.method import masking
 from knowsubnet.core.errors import InputError, cli_entry
 from knowsubnet.core.io import write_json
-from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data.splits import SPLITS, select_target
+from knowsubnet.downstream import csqa
+from knowsubnet.method import masking
+from knowsubnet.models.prepare import load_model, pick_device
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("finetune_csqa")

@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from knowsubnet.core.errors import InputError, cli_entry
-from knowsubnet.data.factsets import read_facts, split_files
+from knowsubnet.data.encoding import read_text
+from knowsubnet.data.factsets import read_facts
 from stage_params import load_params, stage_parser
 
 log = logging.getLogger("prepare_model")
@@ -37,17 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     if spec.get("source") == "tiny":
         paths = list(args.facts)
         if args.splits_dir is not None:
-            paths += split_files(args.splits_dir, list(params.run.targets))
+            paths += [args.splits_dir / target for target in params.run.targets]  # the run's split folders
         if not paths:
             raise InputError(f"model '{args.model}' is trained here (source tiny): give its facts "
                              f"with --facts or --splits-dir")
         facts = read_facts(paths)
         if args.text is not None:
-            try:
-                text = args.text.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                raise InputError(f"{args.text}: cannot read the text ({err})") from None
-        log.info("tiny model: %d facts from %d files, %d characters of text", len(facts), len(paths),
+            text = read_text(args.text)
+        log.info("tiny model: %d facts from %d files or split folders, %d characters of text", len(facts), len(paths),
                  len(text or ""))
 
     from knowsubnet.models.prepare import prepare_model  # heavy imports only when run

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -204,12 +204,11 @@ class Params:
     eval: Eval
     report: Report
     csqa: Csqa
-    # the merged mapping, as read: what provenance stamps and the report print
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
-        """A section as the plain mapping it was read from (for provenance records)."""
-        return copy.deepcopy(self.raw[name])
+        """A section as a plain mapping (for provenance records)."""
+        value = getattr(self, name)
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +273,7 @@ def _build(cls: type, value: Any, prefix: str, source: str):
     if not isinstance(value, dict):
         raise InputError(f"{source}: params key '{where}': expected a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "raw"]
+    names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
         raise InputError(f"{source}: unknown params key '{prefix}{unknown[0]}' (expected one of {', '.join(names)})")
@@ -298,7 +297,7 @@ def from_mapping(mapping: dict, schema_path: str | Path | None = None, source: s
     """Typed params from a merged mapping (validated against the schema when one is given)."""
     if schema_path is not None:
         validate(mapping, schema_path, source)
-    return dataclasses.replace(_build(Params, mapping, "", source), raw=copy.deepcopy(mapping))
+    return _build(Params, mapping, "", source)
 
 
 def merge_files(paths: Iterable[str | Path]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from knowsubnet.core.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -62,17 +64,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def open_text(path: str | os.PathLike, what: str = "the file"):
+    """`path` opened as UTF-8 text; an unreadable path is an InputError naming it."""
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {what} ({err.strerror})") from None
+
+
 def jsonl_rows(path: str | os.PathLike, what: str = "a JSON object") -> Iterator[tuple[str, int, Any]]:
     """(where "path:line", line number, parsed object) per non-blank line of a jsonl file; a bad
     line or encoding stops with an InputError naming the file and line."""
-    from knowsubnet.core.errors import InputError
-
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the file ({err.strerror})") from None
-    with f:
+    with open_text(path) as f:
         lineno = 0
         try:
             for lineno, line in enumerate(f, 1):

@@ -12,7 +12,7 @@ from knowsubnet import __version__
 
 def code_version() -> str:
     """Package version plus the git commit of the source tree (with '+dirty' if modified)."""
-    src = Path(__file__).resolve().parent
+    src = Path(__file__).resolve().parents[1]  # the whole package, not only core/
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()

@@ -17,7 +17,6 @@ tokenised separately and concatenated.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,6 +48,12 @@ def check_scored_positions(value: str) -> str:
     return value
 
 
+def row_lengths(targets: torch.Tensor) -> torch.LongTensor:
+    """Real (unpadded) length of every row of a `targets` tensor: one past its last tail position."""
+    pos = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+    return torch.where(targets != IGNORE, pos + 1, 0).amax(dim=1)
+
+
 @dataclass
 class FactSet:
     input_ids: torch.LongTensor  # [N, T] prompt + tail tokens except the last, right-padded
@@ -61,8 +66,7 @@ class FactSet:
     @property
     def lengths(self) -> torch.LongTensor:
         """Real (unpadded) length of every row: one past its last tail-predicting position."""
-        pos = torch.arange(self.targets.shape[1]).expand_as(self.targets)
-        return torch.where(self.targets != IGNORE, pos + 1, 0).amax(dim=1)
+        return row_lengths(self.targets)
 
     @property
     def tail_lengths(self) -> torch.LongTensor:
@@ -240,7 +244,9 @@ def write_controllm(model_dir: Path, train_text: Path, test_text: Path, out: Pat
     model's tokens, and meta.json. val holds the LAST `controllm.max_val_blocks` blocks of the
     training text, never trained on (the ControlLM part of checkpoint selection); train the first
     ones (at most `max_train_blocks`); test the first `test_fraction` of the test text's lines."""
-    from knowsubnet.models.prepare import load_tokenizer  # heavy imports only when run
+    from transformers import AutoConfig  # heavy imports only when run
+
+    from knowsubnet.models.prepare import context_length, load_tokenizer
 
     settings = params.controllm
     block_size = settings.block_size
@@ -248,8 +254,7 @@ def write_controllm(model_dir: Path, train_text: Path, test_text: Path, out: Pat
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise InputError(f"{model_dir}: not a prepared model directory (no config.json)")
-    model_config = json.loads(config_path.read_text())
-    context = next((model_config[k] for k in ("n_positions", "max_position_embeddings") if k in model_config), None)
+    context = context_length(AutoConfig.from_pretrained(model_dir))
     if context is not None and block_size > context:
         raise InputError(f"params key 'controllm.block_size' = {block_size}: longer than the model's "
                          f"context of {context} tokens ({config_path})")

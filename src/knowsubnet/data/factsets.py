@@ -1,5 +1,5 @@
 """Fact sets for a model: a split's facts joined with the model's verbalisations (its best template
-per fact), kept when the model knows them, and encoded as a FactSet; and the union of split files."""
+per fact), kept when the model knows them, and encoded as a FactSet; and the union of fact files or split folders."""
 
 from __future__ import annotations
 
@@ -87,14 +87,3 @@ def read_facts(paths: list[Path]) -> pd.DataFrame:
     facts = pd.concat(frames, ignore_index=True).drop_duplicates("uuid")
     return facts.sort_values("uuid", kind="mergesort").reset_index(drop=True)
 
-
-def split_files(splits_dir: Path, targets: list[str]) -> list[Path]:
-    """Every split parquet of these targets (the tiny model trains on the run's facts)."""
-    files = []
-    for target in targets:
-        found = sorted((splits_dir / target).glob("*.parquet"))
-        if not found:
-            raise InputError(f"{splits_dir / target}: no split files for target '{target}' (params key "
-                             f"'run.targets'); run the split_controls stage first")
-        files += found
-    return files

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from knowsubnet.core.progress import progress_bar
-
 from knowsubnet import __version__
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, sha256_file, write_json
+from knowsubnet.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import jsonl_rows
+from knowsubnet.core.io import jsonl_rows, open_text
 from knowsubnet.data.relations import ALL_RELATIONS, canonical_relation
 from knowsubnet.data.wordnet import is_synset_name
 
@@ -170,25 +170,12 @@ def _wordnet_edge_fact(item: Any, where: str, source: str) -> Fact:
 
 # -- readers ------------------------------------------------------------------------------------
 
-def _open_text(path: Path):
-    try:
-        return open(path, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read facts file ({err.strerror})") from None
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed object) per non-blank line of a jsonl file."""
-    for where, _, row in jsonl_rows(path):
-        yield where, row
-
-
 def read_lama_jsonl(path: str | os.PathLike, source: str = "lama") -> Iterator[Fact]:
     """LAMA ConceptNet jsonl: the original release (`masked_sentences`), rows exported from the
     Hugging Face `lama` dataset (`masked_sentence`, `negated`), or the paper's TargetKG lists.
     Sentences are ignored: only the fact is kept."""
     path = Path(path)
-    for where, row in _jsonl_rows(path):
+    for where, _, row in jsonl_rows(path):
         yield _lama_fact(row, where, source)
 
 
@@ -217,7 +204,7 @@ def read_lama(path: str | os.PathLike, source: str = "lama") -> Iterator[Fact]:
 def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, item) for each item of a top-level JSON list, with the line each item starts on,
     so errors point into pretty-printed files as well as one-line ones."""
-    with _open_text(path) as f:
+    with open_text(path, "facts file") as f:
         try:
             text = f.read()
         except UnicodeDecodeError:
@@ -300,7 +287,7 @@ def read_facts_table(path: str | os.PathLike, source: str = "builtin") -> Iterat
     source tag `know_subnet/<list>`, so the paper's neighbourhood targets work with no mirror.
     """
     path = Path(path)
-    with _open_text(path) as f:
+    with open_text(path, "facts file") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
             header = next(reader, None)

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from knowsubnet.method import masking
 from knowsubnet.core.config import Csqa
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.progress import progress_bar
 from knowsubnet.core.io import atomic_path, jsonl_rows
+from knowsubnet.core.progress import progress_bar
+from knowsubnet.method import masking
 
 log = logging.getLogger(__name__)
 

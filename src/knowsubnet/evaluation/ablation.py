@@ -25,7 +25,7 @@ from torch import nn
 
 from knowsubnet.core.config import Known
 from knowsubnet.core.errors import InputError
-from knowsubnet.evaluation.scoring import _exp, lm_ppl, score_facts, summarize_facts
+from knowsubnet.evaluation.scoring import lm_ppl, ppl_from_nll, score_facts, summarize_facts
 from knowsubnet.method import masking
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, contr
     if controlkg_relations is not None:
         # Where collateral damage lands: ControlKG PPL per relation.
         nll = pd.Series(control["nll"].numpy(), index=controlkg_relations)
-        out["controlkg_by_relation"] = {rel: _exp(float(v)) for rel, v in nll.groupby(level=0).mean().items()}
+        out["controlkg_by_relation"] = {rel: ppl_from_nll(float(v)) for rel, v in nll.groupby(level=0).mean().items()}
     return out
 
 

@@ -17,10 +17,10 @@ from torch import nn
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
+from knowsubnet.data.encoding import IGNORE
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # ControlLM perplexity: exp(mean CE over every token) (default: one number for the whole text,
 # independent of batching), or the paper's mean over batches of exp(mean CE of the batch).
@@ -38,7 +38,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _exp(x: float) -> float:
+def ppl_from_nll(x: float) -> float:
     # exp of a mean CE; a wrecked model (e.g. "kept") can overflow, which is +inf, not an error.
     try:
         return math.exp(x)
@@ -127,7 +127,7 @@ def summarize_facts(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     nll = scores["nll"].double()
     ranks = scores["rank"].double()
     return {
-        "ppl": _exp(float(nll.mean())),
+        "ppl": ppl_from_nll(float(nll.mean())),
         "rank": float(ranks.mean()),
         "acc": float(scores["correct"].double().mean()),
         "rank_median": float(np.median(ranks.numpy())),
@@ -163,13 +163,13 @@ def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     `batch_mean` (the paper's): the mean over batches of `batch_size` blocks of exp(batch mean CE)."""
     if averaging == "token_mean":
         total, count = lm_nll(model, blocks, batch_size, device)
-        return _exp(total / count)
+        return ppl_from_nll(total / count)
     if averaging != "batch_mean":
         raise InputError(f"params key 'eval.controllm_ppl' = {averaging!r}: expected one of {', '.join(CONTROLLM_PPL)}")
     ppls = []
     for start in range(0, blocks.shape[0], batch_size):
         total, count = lm_nll(model, blocks[start:start + batch_size], batch_size, device)
-        ppls.append(_exp(total / count))
+        ppls.append(ppl_from_nll(total / count))
     return float(np.mean(ppls))
 
 

@@ -13,10 +13,9 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from knowsubnet.core.progress import progress_bar
-
-from knowsubnet.data.encoding import IGNORE, FactSet, encode_facts
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.progress import progress_bar
+from knowsubnet.data.encoding import IGNORE, FactSet, encode_facts
 from knowsubnet.evaluation.scoring import tail_logits
 
 log = logging.getLogger(__name__)

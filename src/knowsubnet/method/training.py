@@ -44,18 +44,18 @@ from torch.func import functional_call
 
 from knowsubnet.core import digest
 from knowsubnet.core.config import Mask, Select, Train
-from knowsubnet.method import objectives
 from knowsubnet.core.errors import InputError
-from knowsubnet.evaluation.scoring import fact_scores_from_logits
 from knowsubnet.core.io import atomic_path
+from knowsubnet.core.progress import progress_bar
+from knowsubnet.data.encoding import IGNORE, row_lengths
+from knowsubnet.evaluation.scoring import fact_scores_from_logits, ppl_from_nll
+from knowsubnet.method import objectives
 from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_blocks,
                                        find_maskable_layers, random_masks_like, subnetwork_size)
 from knowsubnet.models.prepare import pick_device
-from knowsubnet.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 # Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
 LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
@@ -224,15 +224,6 @@ def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], 
     return min(qualified, key=lambda i: (damage(rows[i]), -rows[i]["step"]))
 
 
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf  # a wrecked model's PPL is +inf, not an error
-
-
-def _tail_lengths(targets: torch.Tensor) -> torch.Tensor:
-    pos = torch.arange(targets.shape[1]).expand_as(targets)
-    return torch.where(targets != IGNORE, pos + 1, 0).amax(dim=1)
-
-
 def _draw(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """`size` distinct indices out of n (all of them, in order, when size >= n)."""
     if size >= n:
@@ -253,7 +244,6 @@ class MaskTrainer:
                  callback: Callable[[MaskTrainer, int], None] | None = None,
                  validation: ValidationSets | None = None):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
-        self.select = train_config.select
         self.device = pick_device(train_config.device, key="train.device")
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress, self.callback = progress, callback
@@ -322,8 +312,8 @@ class MaskTrainer:
         for name, targets in (("TargetKG", self.t_targets), ("ControlKG", self.c_targets)):
             if bool(((targets != IGNORE).sum(dim=1) == 0).any()):
                 raise InputError(f"{name}: a fact has no tail-token position (targets all -100)")
-        self.t_len = _tail_lengths(self.t_targets.cpu())
-        self.c_len = _tail_lengths(self.c_targets.cpu())
+        self.t_len = row_lengths(self.t_targets.cpu())
+        self.c_len = row_lengths(self.c_targets.cpu())
         chunk = max(self.cfg.batch.targetkg, self.cfg.batch.controlkg, 1)
         log.info("caching hidden states entering block %d for %d TargetKG + %d ControlKG facts",
                  self.first_block, self.n_target, self.n_control)
@@ -369,7 +359,7 @@ class MaskTrainer:
                 raise InputError(f"{name.replace('val_', '')}KG validation set is empty: expected at least one fact")
             targets = facts.targets.to(self.device)
             hidden = self._prefix_all(facts.input_ids, max(self.cfg.batch.targetkg, 1))
-            self.val_caches[name] = (hidden, targets, _tail_lengths(targets.cpu()))
+            self.val_caches[name] = (hidden, targets, row_lengths(targets.cpu()))
         self.val_lm_hidden = None
         if val.controllm is not None and val.controllm.shape[0] > 0:
             self.val_lm_blocks = val.controllm.to(self.device)
@@ -396,7 +386,7 @@ class MaskTrainer:
                 where = tg != IGNORE  # tail positions, row-major as _kg_tail_logits returns them
                 scores = fact_scores_from_logits(logits.float(), where.nonzero()[:, 0], tg[where], len(idx))
                 per_fact.append(scores["nll"])
-            out[key] = _exp(float(torch.cat(per_fact).mean()))
+            out[key] = ppl_from_nll(float(torch.cat(per_fact).mean()))
         if self.val_lm_hidden is not None:
             total, count = 0.0, 0
             step = max(self.cfg.batch.controllm, 1)
@@ -408,7 +398,7 @@ class MaskTrainer:
                     logits = self.top.head(final[row, :-1]).float()
                     total += float(F.cross_entropy(logits, ids[row, 1:], reduction="sum").double())
                     count += ids.shape[1] - 1
-            out["controllm"] = _exp(total / count)
+            out["controllm"] = ppl_from_nll(total / count)
         return out
 
     @torch.no_grad()
@@ -427,13 +417,13 @@ class MaskTrainer:
             row[f"val_{key}_ppl"] = scores.get(key, math.nan)
             row[f"val_random_{key}_ppl"] = random_scores.get(key, math.nan)
         self.val_rows.append(row)
-        chosen = select_checkpoint(self.val_rows, self.val_original, self.select)
+        chosen = select_checkpoint(self.val_rows, self.val_original, self.cfg.select)
         if chosen == len(self.val_rows) - 1:
             self.best = (chosen, {k: v.cpu() for k, v in self.mask.state_dict().items()})
         return row
 
     def _due_validation(self, t: int) -> bool:
-        every = self.select.every
+        every = self.cfg.select.every
         return self.validation is not None and (t == self.cfg.steps or (every > 0 and t % every == 0))
 
     @staticmethod
@@ -625,10 +615,10 @@ class MaskTrainer:
             index, logits = self.best
             self.mask.load_state_dict({k: v.to(self.device) for k, v in logits.items()})
             chosen = self.val_rows[index]
-            qualified = (chosen["val_sparsity"] >= self.select.min_sparsity and chosen["val_targetkg_ppl"]
-                         >= self.select.min_target_ratio * self.val_original["targetkg"])
+            qualified = (chosen["val_sparsity"] >= self.cfg.select.min_sparsity and chosen["val_targetkg_ppl"]
+                         >= self.cfg.select.min_target_ratio * self.val_original["targetkg"])
             selection = {"step": int(chosen["step"]), "qualified": bool(qualified),
-                         "criterion": dataclasses.asdict(self.select), "original": dict(self.val_original),
+                         "criterion": dataclasses.asdict(self.cfg.select), "original": dict(self.val_original),
                          "chosen": dict(chosen), "curve": [dict(row) for row in self.val_rows]}
             log.info("kept the mask of step %d (%s)", chosen["step"],
                      "meets the criterion" if qualified else "no validation met the criterion: the last")

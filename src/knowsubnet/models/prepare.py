@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from knowsubnet.data.encoding import readable
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, read_json, sha256_file, write_json
 from knowsubnet.core.provenance import stamp
+from knowsubnet.data.encoding import readable
 
 log = logging.getLogger(__name__)
 

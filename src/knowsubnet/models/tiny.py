@@ -38,10 +38,9 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from knowsubnet.core.progress import progress_bar
-
-from knowsubnet.data.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.progress import progress_bar
+from knowsubnet.data.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
 
 log = logging.getLogger(__name__)
 

@@ -37,15 +37,12 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from knowsubnet.report import analysis
-
-from knowsubnet.method import masking
-
-from knowsubnet.report import tradeoff
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, read_json, write_text
 from knowsubnet.core.provenance import code_version, environment
+from knowsubnet.method import masking
+from knowsubnet.report import analysis, tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -965,7 +962,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
               "the subnetwork for a target is removed.", "",
               f"Models: {', '.join(sorted(table['model'].unique()))}. "
               f"Targets: {', '.join(sorted(table['target'].unique()))}.", "", HOW_TO_READ]
-    text = "\n".join(header + sections + [provenance_section(records, params.raw, models_root)])
+    text = "\n".join(header + sections + [provenance_section(records, dataclasses.asdict(params), models_root)])
     write_text(out_dir / "report.md", text)
     written["report"] = out_dir / "report.md"
     return written
