@@ -88,7 +88,7 @@ def test_discover_then_export(workspace):
     assert meta["provenance"]["params"]["train"]["steps"] == 6
     log = pd.read_csv(out / "train_log.csv")
     assert list(log.columns) == ["step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
-                                 "sparsity_weight", "lr", "density", "val_sparsity", "val_targetkg_ppl",
+                                 "sparsity_weight", "noise_scale", "lr", "density", "val_sparsity", "val_targetkg_ppl",
                                  "val_controlkg_ppl", "val_controllm_ppl", "val_random_targetkg_ppl",
                                  "val_random_controlkg_ppl", "val_random_controllm_ppl"]
     assert log["step"].tolist() == [2, 3, 4, 6]  # logged every 2 steps and at every validation

@@ -193,6 +193,24 @@ def test_fused_masked_weight_matches_composed_autograd(tau):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("granularity", ["weight", "neuron_out"])
+def test_noise_scale_moves_training_draws_to_the_deterministic_mask(granularity):
+    """Scale 1 is the plain draw; a small scale samples the evaluated mask (logit > 0) itself."""
+    layers = masking.find_maskable_layers(gpt2(), top_k=1)
+    ml = masking.MaskLogits(layers, granularity)
+    with torch.no_grad():
+        for v in ml.parameters():  # logits away from 0, as after training: -4 or +4
+            v.copy_(4.0 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)).sign())
+    plain = ml.effective_weights(torch.Generator().manual_seed(5))
+    scale_one = ml.effective_weights(torch.Generator().manual_seed(5), noise_scale=1.0)
+    annealed = ml.effective_weights(torch.Generator().manual_seed(5), noise_scale=0.01)
+    deterministic = ml.effective_weights(deterministic=True)
+    assert any(not torch.equal(plain[l.name], deterministic[l.name]) for l in layers)  # noise at scale 1
+    for l in layers:
+        assert torch.equal(scale_one[l.name], plain[l.name])
+        assert torch.equal(annealed[l.name], deterministic[l.name])
+
+
 def test_random_masks_like_counts():
     gen = torch.Generator().manual_seed(0)
     masks = {"a": torch.rand(20, 30, generator=gen) > 0.9, "b": torch.zeros(7, dtype=torch.bool),

@@ -86,6 +86,7 @@ def config(**over):
     mapping["batch"] = {part: flat[f"batch_{part}"] for part in ("targetkg", "controlkg", "controllm")}
     mapping["sparsity_weight"] = {"start": flat["sparsity_start"], "end": flat["sparsity_end"],
                                   "ramp_from": flat["sparsity_ramp_from"]}
+    mapping.setdefault("noise_scale", {"start": 1.0, "end": 1.0, "ramp_from": 0.5})
     if not isinstance(mapping["select"], dict):
         mapping["select"] = dataclasses.asdict(mapping["select"])
     return params_config.make(Train, mapping)

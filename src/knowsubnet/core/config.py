@@ -102,7 +102,8 @@ class Mask:
 
 
 @dataclass(frozen=True)
-class SparsityWeight:
+class Ramp:
+    """`start` until the fraction `ramp_from` of the run, then linear to `end` at the last step."""
     start: float
     end: float
     ramp_from: float
@@ -132,7 +133,8 @@ class Train:
     lambda_controlkg: float
     lambda_controllm: float
     lambda_expression: float
-    sparsity_weight: SparsityWeight
+    sparsity_weight: Ramp
+    noise_scale: Ramp
     batch: Batch
     log_every: int
     checkpoint_every: int

@@ -250,14 +250,20 @@ def logistic_noise(shape, generator: torch.Generator | None, device=None,
     return u.logit_(_NOISE_EPS)
 
 
+def _scaled(noise: torch.Tensor, scale: float) -> torch.Tensor:
+    # Scale 1 leaves the draw untouched (bit-identical to unscaled); below 1 the sampled masks
+    # approach the deterministic one (logit > 0) that is evaluated.
+    return noise if scale == 1.0 else noise.mul_(scale)
+
+
 def gumbel_sigmoid_sample(logits: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
-                          hard: bool = True) -> torch.Tensor:
-    """Binary-concrete sample: soft = sigmoid((logits + logistic noise) / tau).
+                          hard: bool = True, noise_scale: float = 1.0) -> torch.Tensor:
+    """Binary-concrete sample: soft = sigmoid((logits + noise_scale * logistic noise) / tau).
 
     hard=True returns the 0/1 mask (soft > 0.5) in the forward with the straight-through
     gradient of `soft` in the backward: m = hard - soft.detach() + soft.
     """
-    y = (logits + logistic_noise(logits.shape, generator, logits.device, logits.dtype)) / tau
+    y = (logits + _scaled(logistic_noise(logits.shape, generator, logits.device, logits.dtype), noise_scale)) / tau
     soft = torch.sigmoid(y)
     if not hard:
         return soft
@@ -266,13 +272,14 @@ def gumbel_sigmoid_sample(logits: torch.Tensor, tau: float = 1.0, generator: tor
 
 
 def hard_concrete_sample(logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1,
-                         generator: torch.Generator | None = None, hard: bool = False) -> torch.Tensor:
+                         generator: torch.Generator | None = None, hard: bool = False,
+                         noise_scale: float = 1.0) -> torch.Tensor:
     """Hard-concrete sample (Louizos et al. 2018): a stretched, clamped binary-concrete variable.
 
     s = sigmoid((logits + logistic noise) / beta);  z = clamp(s * (zeta - gamma) + gamma, 0, 1).
     hard=True thresholds z at 0.5 in the forward, with z's (straight-through) gradient.
     """
-    noise = logistic_noise(logits.shape, generator, logits.device, logits.dtype)
+    noise = _scaled(logistic_noise(logits.shape, generator, logits.device, logits.dtype), noise_scale)
     s = torch.sigmoid((logits + noise) / beta)
     z = (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
     if not hard:
@@ -377,8 +384,8 @@ class MaskLogits:
         """Share of mask entries in the deterministic subnetwork (logit > 0)."""
         return sum(int((v > 0).sum()) for v in self.logits.values()) / self.numel()
 
-    def effective_weights(self, generator: torch.Generator | None = None,
-                          deterministic: bool = False) -> dict[str, torch.Tensor]:
+    def effective_weights(self, generator: torch.Generator | None = None, deterministic: bool = False,
+                          noise_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """{layer name: W * (1 - m)} for one training draw (or the deterministic mask).
 
         Weight-granularity Gumbel-sigmoid masks use the fused autograd function; other
@@ -391,18 +398,20 @@ class MaskLogits:
             if deterministic:  # the evaluation subnetwork, logit > 0
                 out.update(apply_mask([layer], {layer.name: value.detach() > 0}, self.granularity))
             elif self.sampler == "gumbel_sigmoid" and self.granularity == "weight":
-                noise = logistic_noise(value.shape, generator, value.device, value.dtype)
+                noise = _scaled(logistic_noise(value.shape, generator, value.device, value.dtype), noise_scale)
                 out[layer.name] = _GumbelMaskedWeight.apply(value, weight.detach(), noise, self.tau)
             else:
-                m = self.sample_one(layer, generator)
+                m = self.sample_one(layer, generator, noise_scale)
                 out[layer.name] = weight.detach() * (1.0 - expand_to_weight(m, layer, self.granularity).to(weight.dtype))
         return out
 
-    def sample_one(self, layer: MaskableLayer, generator: torch.Generator | None) -> torch.Tensor:
+    def sample_one(self, layer: MaskableLayer, generator: torch.Generator | None,
+                   noise_scale: float = 1.0) -> torch.Tensor:
         value = self.logits[layer.name]
         if self.sampler == "gumbel_sigmoid":
-            return gumbel_sigmoid_sample(value, self.tau, generator, hard=True)
-        return hard_concrete_sample(value, self.beta, self.gamma, self.zeta, generator, hard=self.hard_concrete_hard)
+            return gumbel_sigmoid_sample(value, self.tau, generator, hard=True, noise_scale=noise_scale)
+        return hard_concrete_sample(value, self.beta, self.gamma, self.zeta, generator, hard=self.hard_concrete_hard,
+                                    noise_scale=noise_scale)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: value.detach().clone() for name, value in self.logits.items()}

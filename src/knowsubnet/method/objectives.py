@@ -88,9 +88,10 @@ def controllm_loss(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Te
     return maintain_loss(logits, ref_logprobs)
 
 
-def sparsity_weight(step: int, total_steps: int, start: float, end: float, ramp_from: float) -> float:
-    """Weight of the sparsity loss at `step` (1-based): `start` until the fraction `ramp_from` of
-    the run, then linear to `end` at the last step (paper: 2 for the first half, up to 3)."""
+def ramp(step: int, total_steps: int, start: float, end: float, ramp_from: float) -> float:
+    """A scheduled value at `step` (1-based): `start` until the fraction `ramp_from` of the run, then
+    linear to `end` at the last step. The sparsity weight (paper: 2 for the first half, up to 3) and
+    the mask noise's scale follow it."""
     progress = step / max(total_steps, 1)
     if progress <= ramp_from or ramp_from >= 1.0:
         return float(start)

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 # Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
 LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
-               "sparsity_weight", "lr", "density")
+               "sparsity_weight", "noise_scale", "lr", "density")
 # Validation of the deterministic mask (train.select); None on rows where it did not run.
 VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_controllm_ppl",
                "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
@@ -502,14 +502,17 @@ class MaskTrainer:
         lr = objectives.learning_rate(t, cfg.steps, cfg.lr, cfg.warmup_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        weight_s = objectives.sparsity_weight(t, cfg.steps, cfg.sparsity_weight.start, cfg.sparsity_weight.end,
-                                              cfg.sparsity_weight.ramp_from)
+        weight_s = objectives.ramp(t, cfg.steps, cfg.sparsity_weight.start, cfg.sparsity_weight.end,
+                                   cfg.sparsity_weight.ramp_from)
+        noise_scale = objectives.ramp(t, cfg.steps, cfg.noise_scale.start, cfg.noise_scale.end,
+                                      cfg.noise_scale.ramp_from)
 
         idx_t = _draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
         idx_c = _draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
         idx_lm = _draw(self.n_lm, cfg.batch.controllm, self.batch_gen) if self.lm_hidden is not None else None
 
-        weights = self.mask.effective_weights(self.noise_gen)  # W_eff, once for all forwards of the step
+        # W_eff, once for all forwards of the step
+        weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
         sparsity = self.mask.expected_density()
         loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
@@ -522,7 +525,8 @@ class MaskTrainer:
         self.step_count = t
 
         row = {"step": t, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-               "sparsity_loss": sparsity.item(), "sparsity_weight": weight_s, "lr": lr}
+               "sparsity_loss": sparsity.item(), "sparsity_weight": weight_s, "noise_scale": noise_scale,
+               "lr": lr}
         del weights, parts  # free W_eff and activations before the next step allocates its own
         self.last = row
         return row
