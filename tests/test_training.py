@@ -12,7 +12,7 @@ from knowsubnet.core import config as params_config
 from knowsubnet.core.config import Mask, Select, Train
 from knowsubnet.method import masking
 from knowsubnet.method import objectives
-from knowsubnet.method.training import MaskTrainer, TopBlocks
+from knowsubnet.method.training import MaskTrainer, TopBlocks, length_groups
 
 VOCAB = 40
 
@@ -64,7 +64,7 @@ MASK = {"granularity": "weight", "top_k_blocks": 2, "sampler": "gumbel_sigmoid",
 TRAIN = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "lambda_suppress": 1.5, "lambda_controlkg": 1.0,
          "lambda_controllm": 1.0, "lambda_expression": 0.0, "sparsity_start": 2.0, "sparsity_end": 3.0,
          "sparsity_ramp_from": 0.5, "batch_targetkg": 5, "batch_controlkg": 6, "batch_controllm": 2,
-         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True,
+         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True, "group_by_length": False,
          "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0}}
 
 
@@ -342,3 +342,37 @@ def test_expression_loss_is_the_subnetwork_alone_cross_entropy():
     assert plain["expression"] == 0.0
     # same draw, same other losses: only the total differs, by the expression term
     assert row["suppress"] == plain["suppress"] and row["loss"] == pytest.approx(plain["loss"] + row["expression"])
+
+
+def test_length_groups_cover_every_row_once_with_the_fewest_padded_positions():
+    lengths = torch.tensor([7, 3, 3, 12, 4, 7, 3, 5, 12, 4])
+    groups = length_groups(lengths, overhead=4)
+    assert sorted(torch.cat(groups).tolist()) == list(range(len(lengths)))
+    spans = [(int(lengths[g].min()), int(lengths[g].max())) for g in groups]
+    assert all(hi < lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # contiguous runs of sorted lengths
+    padded = sum(len(g) * int(lengths[g].max()) + 4 for g in groups)
+    assert padded < len(lengths) * 12 + 4  # beats one forward padded to the longest
+    assert len(length_groups(lengths, overhead=10_000)) == 1  # a costly forward: one group
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+def test_grouping_facts_by_length_changes_only_rounding(build, monkeypatch):
+    from knowsubnet.method import training
+    sizes = []
+
+    def every_length_apart(lengths):  # toy facts are too short for the default overhead to split them
+        groups = length_groups(lengths, overhead=0)
+        sizes.append(len(groups))
+        return groups
+
+    monkeypatch.setattr(training, "length_groups", every_length_apart)
+    target, control, lm = data()
+    rows = {}
+    for grouped in (False, True):
+        trainer = MaskTrainer(build(), target, control, lm, mask_config(), config(group_by_length=grouped), seed=3,
+                              progress=False)
+        rows[grouped] = [trainer.step() for _ in range(3)]
+    for plain, grouped in zip(rows[False], rows[True]):
+        for key in ("loss", "suppress", "controlkg", "controllm"):
+            assert grouped[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-6)
+    assert max(sizes) > 1

@@ -141,6 +141,7 @@ class Train:
     device: str
     bf16: bool
     controlkg_known_only: bool
+    group_by_length: bool
     select: Select
 
 

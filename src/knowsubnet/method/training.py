@@ -231,6 +231,34 @@ def _draw(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:size]
 
 
+def length_groups(lengths: torch.Tensor, overhead: int = 48) -> list[torch.Tensor]:
+    """Split rows into groups of similar length so that padding each group to its longest row
+    costs the fewest positions, counting `overhead` positions for every extra forward.
+
+    Returns index tensors (ascending within a group) covering every row once. The partition is
+    optimal over contiguous runs of the rows sorted by length (dynamic programming over the
+    distinct lengths, at most a few dozen)."""
+    values, counts = torch.unique(lengths.cpu(), return_counts=True)  # ascending distinct lengths
+    values, counts = values.tolist(), counts.tolist()
+    n = len(values)
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    best = [0] + [math.inf] * n  # best[j]: cost of the first j distinct lengths
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # group = distinct lengths i..j-1, padded to values[j - 1]
+            cost = best[i] + (prefix[j] - prefix[i]) * values[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((values[cut[j]], values[j - 1]))
+        j = cut[j]
+    cpu = lengths.cpu()
+    return [torch.nonzero((cpu >= lo) & (cpu <= hi)).flatten() for lo, hi in reversed(bounds)]
+
+
 class MaskTrainer:
     """Learns mask logits for `model`'s top blocks. See the module docstring.
 
@@ -449,18 +477,33 @@ class MaskTrainer:
         """
         caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
                   "control": (self.c_hidden, self.c_targets, self.c_len), **getattr(self, "val_caches", {})}
-        width = max(int(caches[name][2][idx].max()) for name, idx in sides)
-        hidden, targets, counts = [], [], []
+        hidden, targets, lengths, counts = [], [], [], []
         for name, idx in sides:
-            cache_hidden, cache_targets, _ = caches[name]
+            cache_hidden, cache_targets, cache_len = caches[name]
+            lengths.append(cache_len[idx])
             idx = idx.to(self.device)
-            hidden.append(cache_hidden[idx, :width])
-            targets.append(cache_targets[idx, :width])
+            hidden.append(cache_hidden[idx])
+            targets.append(cache_targets[idx])
             counts.append(int((targets[-1] != IGNORE).sum()))
+        hidden, targets, lengths = torch.cat(hidden), torch.cat(targets), torch.cat(lengths)
+        # Facts are a few tokens long and a random batch pads them to its longest (about 40 % of the
+        # positions are padding on SmolLM2). With train.group_by_length, rows run in groups of similar
+        # length, each cut to its own longest row; a row's positions past its end never influence its
+        # tail (causal attention), so only float rounding differs from one padded forward.
+        groups = length_groups(lengths) if self.cfg.group_by_length else [torch.arange(len(lengths))]
+        parts, rows = [], []
+        for group in groups:
+            width = int(lengths[group].max())
+            g = group.to(self.device)
+            with self._autocast():
+                final = self.top.forward(hidden[g, :width], weights)
+            local_rows, cols = objectives.tail_positions(targets[g, :width])
+            parts.append(final[local_rows, cols])
+            rows.append(g[local_rows])
+        # back to batch order: facts side by side, tail positions row-major, as the callers expect
+        order = torch.argsort(torch.cat(rows), stable=True)
         with self._autocast():
-            final = self.top.forward(torch.cat(hidden), weights)
-            # tail positions come out side by side, facts in batch order (row-major nonzero)
-            logits = self.top.head(objectives.tail_hidden(final, torch.cat(targets)))
+            logits = self.top.head(torch.cat(parts)[order])
         return list(torch.split(logits, counts))
 
     def _controllm_logits(self, weights: dict[str, torch.Tensor] | None,
