@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "params.schema.yaml"
 BASE = ROOT / "config" / "base.yaml"
 PRESETS = sorted((ROOT / "config" / "presets").glob("*.yaml"))
+OVERLAYS = sorted((ROOT / "config" / "overlays").glob("*.yaml"))  # <preset>-<what>.yaml
 
 
 def _params_yaml_module():
@@ -40,6 +41,14 @@ def test_preset_is_a_small_overlay_that_types_over_the_base(preset):
         assert target in params.targets
     for model in params.run.models:
         assert model in params.models
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.stem)
+def test_overlay_types_over_its_preset(overlay):
+    preset = ROOT / "config" / "presets" / f"{overlay.stem.split('-')[0]}.yaml"
+    params = load([BASE, preset, overlay], SCHEMA)
+    for target in params.run.targets:
+        assert target in params.targets
 
 
 def test_params_yaml_is_what_make_params_writes():
