@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, FactSet, encode_facts

@@ -238,7 +238,8 @@ def length_groups(lengths: torch.Tensor, overhead: int = 48) -> list[torch.Tenso
     Returns index tensors (ascending within a group) covering every row once. The partition is
     optimal over contiguous runs of the rows sorted by length (dynamic programming over the
     distinct lengths, at most a few dozen)."""
-    values, counts = torch.unique(lengths.cpu(), return_counts=True)  # ascending distinct lengths
+    lengths = lengths.cpu()
+    values, counts = torch.unique(lengths, return_counts=True)  # ascending distinct lengths
     values, counts = values.tolist(), counts.tolist()
     n = len(values)
     prefix = [0]
@@ -255,8 +256,7 @@ def length_groups(lengths: torch.Tensor, overhead: int = 48) -> list[torch.Tenso
     while j > 0:
         bounds.append((values[cut[j]], values[j - 1]))
         j = cut[j]
-    cpu = lengths.cpu()
-    return [torch.nonzero((cpu >= lo) & (cpu <= hi)).flatten() for lo, hi in reversed(bounds)]
+    return [torch.nonzero((lengths >= lo) & (lengths <= hi)).flatten() for lo, hi in reversed(bounds)]
 
 
 class MaskTrainer:
@@ -471,21 +471,23 @@ class MaskTrainer:
 
     def _kg_tail_logits(self, weights: dict[str, torch.Tensor] | None,
                         sides: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """Remaining-model logits at the tail positions of KG facts, all sides in ONE forward.
+        """Remaining-model logits at the tail positions of KG facts, all sides in one forward (one per
+        group of similar length with train.group_by_length).
 
         sides: ("target" | "control", fact indices); returns one [P_side, V] tensor per side.
         """
         caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
                   "control": (self.c_hidden, self.c_targets, self.c_len), **getattr(self, "val_caches", {})}
-        hidden, targets, lengths, counts = [], [], [], []
+        lengths = torch.cat([caches[name][2][idx] for name, idx in sides])
+        width = int(lengths.max())  # the batch's longest row: nothing past it is gathered
+        hidden, targets, counts = [], [], []
         for name, idx in sides:
-            cache_hidden, cache_targets, cache_len = caches[name]
-            lengths.append(cache_len[idx])
+            cache_hidden, cache_targets, _ = caches[name]
             idx = idx.to(self.device)
-            hidden.append(cache_hidden[idx])
-            targets.append(cache_targets[idx])
+            hidden.append(cache_hidden[idx, :width])
+            targets.append(cache_targets[idx, :width])
             counts.append(int((targets[-1] != IGNORE).sum()))
-        hidden, targets, lengths = torch.cat(hidden), torch.cat(targets), torch.cat(lengths)
+        hidden, targets = torch.cat(hidden), torch.cat(targets)
         # Facts are a few tokens long and a random batch pads them to its longest (about 40 % of the
         # positions are padding on SmolLM2). With train.group_by_length, rows run in groups of similar
         # length, each cut to its own longest row; a row's positions past its end never influence its
@@ -493,11 +495,11 @@ class MaskTrainer:
         groups = length_groups(lengths) if self.cfg.group_by_length else [torch.arange(len(lengths))]
         parts, rows = [], []
         for group in groups:
-            width = int(lengths[group].max())
+            group_width = int(lengths[group].max())
             g = group.to(self.device)
             with self._autocast():
-                final = self.top.forward(hidden[g, :width], weights)
-            local_rows, cols = objectives.tail_positions(targets[g, :width])
+                final = self.top.forward(hidden[g, :group_width], weights)
+            local_rows, cols = objectives.tail_positions(targets[g, :group_width])
             parts.append(final[local_rows, cols])
             rows.append(g[local_rows])
         # back to batch order: facts side by side, tail positions row-major, as the callers expect
@@ -545,10 +547,8 @@ class MaskTrainer:
         lr = objectives.learning_rate(t, cfg.steps, cfg.lr, cfg.warmup_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        weight_s = objectives.ramp(t, cfg.steps, cfg.sparsity_weight.start, cfg.sparsity_weight.end,
-                                   cfg.sparsity_weight.ramp_from)
-        noise_scale = objectives.ramp(t, cfg.steps, cfg.noise_scale.start, cfg.noise_scale.end,
-                                      cfg.noise_scale.ramp_from)
+        weight_s, noise_scale = (objectives.ramp(t, cfg.steps, r.start, r.end, r.ramp_from)
+                                 for r in (cfg.sparsity_weight, cfg.noise_scale))
 
         idx_t = _draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
         idx_c = _draw(self.n_control, cfg.batch.controlkg, self.batch_gen)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
