@@ -1,6 +1,8 @@
 """Mask layers, granularities, samplers and mask files (small random GPT-2 / Llama, no downloads)."""
 
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -238,6 +240,23 @@ def test_save_load_mask(tmp_path):
     masking.save_mask(tmp_path / "nogran.safetensors", logits, {"model": "m"})
     with pytest.raises(InputError):
         masking.load_mask(tmp_path / "nogran.safetensors")
+
+
+def test_saving_the_same_mask_twice_writes_the_same_bytes(tmp_path):
+    # safetensors orders header metadata by a hash map, differently on every save
+    logits = {"b.weight": torch.randn(3, 4), "a.weight": torch.randn(2)}
+    metadata = {"granularity": "weight", "model": "m", "target": "IsA", "seed": 0, "top_k_blocks": 1,
+                "sampler": "gumbel_sigmoid"}
+    paths = [tmp_path / f"{i}.safetensors" for i in range(6)]
+    for path in paths:
+        masking.save_mask(path, logits, metadata)
+    assert len({path.read_bytes() for path in paths}) == 1
+    loaded, meta = masking.load_mask(paths[0])
+    assert meta == {k: str(v) for k, v in metadata.items()}
+    assert all(torch.equal(loaded[k], logits[k]) for k in logits)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(paths[0].stat().st_mode) == 0o666 & ~umask  # not safetensors' own 0600
 
 
 def test_load_mask_rejects_a_non_mask_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Atomic file output, checksums and small JSON/parquet helpers.
+"""Atomic file output, checksums and small JSON / parquet / safetensors helpers.
 
 Every artifact is written to a temporary name in the same folder and renamed into place, so a
 killed job never leaves a half-written file behind.
@@ -44,6 +44,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Tensors as a safetensors file, its header's metadata in sorted key order. The library keeps
+    metadata in a hash map whose order changes from save to save, so two identical runs would
+    otherwise write files that differ in their header bytes."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -26,11 +26,11 @@ from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path, sha256_file, write_json
+from knowsubnet.core.io import atomic_path, sha256_file, write_json, write_safetensors
 from knowsubnet.core.provenance import stamp
 
 log = logging.getLogger(__name__)
@@ -200,10 +200,7 @@ def text_head(text: str, fraction: float) -> str:
 
 def save_blocks(path: str | Path, blocks: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
     """Write blocks atomically as safetensors, key `blocks` (int64 [n, block_size])."""
-    with atomic_path(path) as tmp:
-        save_file({"blocks": blocks.to(torch.long).contiguous()}, str(tmp),
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
-        readable(tmp)
+    write_safetensors(path, {"blocks": blocks.to(torch.long).contiguous()}, metadata)
 
 
 def readable(path: str | Path) -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path
+from knowsubnet.core.io import write_safetensors
 
 GRANULARITIES = ("weight", "neuron_in", "neuron_out")
 
@@ -181,8 +181,7 @@ def sparsity(model: nn.Module, layers: list[MaskableLayer], masks: dict[str, tor
 
 def save_mask(path: str | Path, logits: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {name: value.detach().float().cpu().contiguous() for name, value in logits.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    write_safetensors(path, tensors, metadata)
 
 
 def load_mask(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
