@@ -59,8 +59,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | N
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.write(memoryview(data)[8 + n:])  # the tensors as they are: no copy of a mask's 84 MB
 
 
 def read_json(path: str | os.PathLike) -> Any:
