@@ -27,6 +27,7 @@ EDITS = {
     "mask": ("mask.tau", 0.9),
     "train": ("train.steps", 301),
     "eval": ("eval.random_draws", 2),
+    "robustness": ("robustness.candidates", 8),
     "report": ("report.dpi", 100),
     "csqa": ("csqa.bootstrap", 500),
 }
@@ -108,3 +109,5 @@ def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
     assert smk == dvc
     if section == "csqa":  # a finetuning param re-runs only the finetuning and the report
         assert {name.split("@")[0] for name in smk} == {"finetune_csqa", "report"}
+    if section == "robustness":  # a probe's param re-runs only the probes and the report
+        assert {name.split("@")[0] for name in smk} == {"evaluate_robustness", "report"}

@@ -61,3 +61,15 @@ def test_fact_without_verbalisation_is_named(files, gpt2_style):  # noqa: F811
     frame = read_verbalized(verbalized).drop(index="b")
     with pytest.raises(InputError, match="first uuid b"):
         load_split_factset(split, frame, gpt2_style)
+
+
+def test_every_template_of_the_known_facts(files, gpt2_style):  # noqa: F811
+    from knowsubnet.data import relations
+
+    split, verbalized = files
+    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style,
+                               Known(max_tail_ppl=100, min_head_gain=None), templates="all")
+    n = len(relations.TEMPLATES["IsA"])
+    assert facts.uuids == ["a"] * n + ["c"] * n  # the known facts only, each in every template
+    with pytest.raises(InputError, match="train.targetkg_templates"):
+        load_split_factset(split, read_verbalized(verbalized), gpt2_style, templates="some")

@@ -221,9 +221,17 @@ def test_paper_controlkg_uses_the_papers_files_in_file_order(mixed_triplets):
     wn = make_splits(mixed_triplets, "b", {"wordnet": "building.n.01",
                                            "facts": "know_subnet/wordnet/building.n.01"},
                      **SPLIT, controlkg="paper", paper_wordnet_controlkg=1, paper_order=order)
-    for split in ("train", "val", "test"):  # the first edge of the file, for every split
+    for split in ("val", "test"):  # the first edge of the file
         assert list(zip(wn[f"controlkg_{split}"]["head"], wn[f"controlkg_{split}"]["tail"])) == [
             ("thing.n.01", "entity.n.01")]
+    # train: the authors' file is not released; edges of the noun database, never a val / test edge,
+    # none touching the TargetKG, so that ControlKG test stays held out
+    train = set(zip(wn["controlkg_train"]["head"], wn["controlkg_train"]["tail"]))
+    assert train and ("thing.n.01", "entity.n.01") not in train
+    assert set(wn["controlkg_train"]["rel"]) == {"Hypernym"}
+    target = set(wn["targetkg_train"]["head"]) | set(wn["targetkg_train"]["tail"])
+    assert not target & {e for edge in train for e in edge}
+
     cn = make_splits(mixed_triplets, "p", {"rel": "IsA"}, **{**SPLIT, "max_controlkg": 1},
                      controlkg="paper", paper_order=order)
     assert cn["controlkg_train"]["head"].tolist() == ["h2"]  # first in the file, capped at 1

@@ -51,6 +51,13 @@ def test_snakemake_dry_run_builds_the_dag(preset):
         assert rule in out.stdout + out.stderr
 
 
+def test_own_seeds_without_a_csqa_target_need_no_csqa_seeds(tmp_path):
+    own = tmp_path / "own.yaml"
+    own.write_text("run: {targets: [IsA], seeds: [11]}\n")
+    out = run([BIN / "snakemake", "-n", "--configfile", "params.yaml", str(own)], ROOT)
+    assert "discover_mask" in out.stdout + out.stderr and "evaluate_robustness" in out.stdout + out.stderr
+
+
 def test_snakemake_rejects_a_bad_param_naming_its_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("mask: {granularity: rows}\n")

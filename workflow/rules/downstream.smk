@@ -5,7 +5,7 @@
 CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
 CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
 CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
-for _seed in CSQA_SEEDS:
+for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked target runs
     if _seed not in SEEDS:
         raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
 

@@ -28,6 +28,39 @@ rule evaluate_ablation:
         "--headline {output.headline} 2> {log}"
 
 
+rule evaluate_robustness:
+    """Removed, or only hidden? Held-out facts, paraphrases, multiple choice, relearning, specificity."""
+    input:
+        model="results/models/{model}/config.json",
+        mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
+        triplets="data/processed/triplets.parquet",
+        # every run target's splits and verbalisations: the mask is also scored on the others' facts
+        splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
+                      kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
+        verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
+    output:
+        result="results/robustness/{model}/{target}/seed{seed}/robustness.json",
+        sentences="results/robustness/{model}/{target}/seed{seed}/sentences.parquet",
+        headline=metrics_file("results/robustness/{model}/{target}/seed{seed}/headline.json"),
+    params:
+        robustness=section("robustness"),
+        known=section("known"),
+        scored=section("verbalize", "scored_positions"),
+        dtype=section("eval", "dtype"),
+        targets=section("run", "targets"),
+        out_dir=lambda w, output: str(Path(output.result).parent),
+    threads: 1
+    resources:
+        gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    log:
+        "logs/evaluate_robustness/{model}/{target}/seed{seed}.log",
+    shell:
+        "{PY} workflow/scripts/evaluate_robustness.py --params {PARAMS} --model {wildcards.model} "
+        "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
+        "--mask {input.mask} --triplets {input.triplets} --splits-root data/processed/splits "
+        "--verbalized-root results/verbalized/{wildcards.model} --out-dir {params.out_dir} 2> {log}"
+
+
 rule combine_seeds:
     """A target's seed masks combined (union, intersection, majority) and evaluated like one mask."""
     input:
@@ -67,6 +100,8 @@ rule report:
         metas=expand("results/masks/{model}/{target}/seed{seed}/meta.json", model=MODELS, target=TARGETS, seed=SEEDS),
         models=expand("results/models/{model}/config.json", model=MODELS),  # read for the attention geometry
         csqa=csqa_results(),
+        robustness=expand("results/robustness/{model}/{target}/seed{seed}/robustness.json", model=MODELS,
+                          target=TARGETS, seed=SEEDS),
     output:
         "results/report.md",
         "results/tables/ablation.csv",
@@ -77,5 +112,5 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
-        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --out-dir results "
+        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --robustness {input.robustness} --out-dir results "
         "--models-root results/models 2> {log}"

@@ -142,6 +142,7 @@ class Train:
     bf16: bool
     controlkg_known_only: bool
     group_by_length: bool
+    targetkg_templates: str
     select: Select
 
 
@@ -152,6 +153,26 @@ class Eval:
     device: str
     dtype: str
     controllm_ppl: str
+
+
+@dataclass(frozen=True)
+class Relearn:
+    steps: int
+    lr: float
+    batch: int
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """Removed, or only hidden? (`evaluation.robustness`)."""
+    max_facts: int
+    candidates: int
+    suppressed_ratio: float
+    relearn: Relearn
+    bootstrap: int
+    seed: int
+    batch_size: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -205,6 +226,7 @@ class Params:
     mask: Mask
     train: Train
     eval: Eval
+    robustness: Robustness
     report: Report
     csqa: Csqa
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from knowsubnet.core.config import Known
 from knowsubnet.core.errors import InputError
+from knowsubnet.data import relations
 from knowsubnet.data.encoding import FactSet, encode_facts
 
 
@@ -42,10 +43,13 @@ def known_mask(rows: pd.DataFrame, known: Known | None, source: str) -> pd.Serie
 
 
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       known: Known | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
+                       known: Known | None = None, scored_positions: str = "all_tail_tokens",
+                       templates: str = "best") -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded;
     only the facts the model knows (`known_mask`) when `known` sets a criterion.
-    `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`."""
+    `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`.
+    `templates="all"`: every known fact in every template of its relation (one row per sentence,
+    the uuid repeated), not only its best one."""
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
     if len(unknown):
@@ -56,6 +60,13 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
     if rows.empty:
         raise InputError(f"{split_path}: no fact passes the known-facts filter {known} under this model "
                          f"(params section 'known')")
+    if templates == "all":
+        sentences = [(uuid, prompt, tail) for uuid, fact in rows.iterrows()
+                     for _, prompt, tail in relations.all_verbalizations(fact["rel"], fact["head"], fact["tail"])]
+        uuids, prompts, tails = map(list, zip(*sentences))
+        return encode_facts(tokenizer, prompts, tails, uuids=uuids, scored_positions=scored_positions)
+    if templates != "best":
+        raise InputError(f"params key 'train.targetkg_templates' = {templates!r}: expected best or all")
     return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
                         scored_positions=scored_positions)
 

@@ -160,6 +160,29 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Paraphrases that only the robustness probes use (`evaluation.robustness`): verbalize never scores
+# them, so neither template choice nor the mask's training has seen a sentence written with them.
+# Their ids follow the relation's TEMPLATES (5, 6, ...).
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "AtLocation": ("You can find {s} in {a o}", "A place where {s} can be found is {a o}"),
+    "CapableOf": ("{S} {knows|know} how to {o}", "Something {s} can do is {o}"),
+    "Causes": ("{S} may cause {o}", "One consequence of {s} is {o}"),
+    "CausesDesire": ("{S} can make someone want to {o}", "After {s}, people tend to want to {o}"),
+    "Desires": ("{S} would like {a o}", "What {s} {hopes|hope} for is {a o}"),
+    "HasA": ("{S} typically {has|have} {a o}", "Inside {s} there is {a o}"),
+    "HasPrerequisite": ("Before {h}, you need {a o}", "{S} depends on {a o}"),
+    "HasProperty": ("{S} {is|are} usually {o}", "A typical property of {s} is being {o}"),
+    "HasSubevent": ("During {h}, people {o}", "A step in {h} is {o}"),
+    "IsA": ("{S} {is an example|are examples} of {a o}", "{S} {falls|fall} under the category of {o}"),
+    "MadeOf": ("{S} {is|are} produced from {o}", "The material of {s} is {o}"),
+    "MotivatedByGoal": ("People {h} so that they can {o}", "The reason to {h} is to {o}"),
+    "NotDesires": ("{S} {dislikes|dislike} {o}", "{S} {does|do} not like {o}"),
+    "PartOf": ("{S} {is|are} found as part of {a o}", "{S} {forms|form} part of {a o}"),
+    "ReceivesAction": ("{S} {is|are} usually {o}", "People often find {s} {o}"),
+    "Hypernym": ("{S} {is an example|are examples} of {a o}", "{S} {falls|fall} under the category of {o}"),
+    "UsedFor": ("{S} {helps|help} with {o}", "You would use {s} for {o}"),
+}
+
 # -- Noun-phrase heuristics ---------------------------------------------------------------------
 # ConceptNet entities are lower-cased words or short phrases of every part of speech. These rules
 # decide only what a template needs: an article or not, singular or plural agreement.
@@ -276,8 +299,9 @@ def canonical_relation(name: str) -> str | None:
 
 
 def verbalize(rel: str, template_id: int, head: str, tail: str) -> tuple[str, str]:
-    """(prompt, tail_text) for one fact; `prompt + tail_text` is the sentence."""
-    templates = TEMPLATES[check_relation(rel)]
+    """(prompt, tail_text) for one fact; `prompt + tail_text` is the sentence. Ids past the
+    relation's TEMPLATES name its PARAPHRASES."""
+    templates = TEMPLATES[check_relation(rel)] + PARAPHRASES[rel]
     if not isinstance(template_id, int) or not 0 <= template_id < len(templates):
         raise InputError(f"template_id {template_id!r} for relation {rel}: expected an integer "
                          f"from 0 to {len(templates) - 1}")
@@ -317,6 +341,11 @@ def all_verbalizations(rel: str, head: str, tail: str) -> list[tuple[int, str, s
     return [(i, *verbalize(rel, i, head, tail)) for i in range(len(TEMPLATES[check_relation(rel)]))]
 
 
+def paraphrase_ids(rel: str) -> range:
+    """Ids of every sentence form of the relation: its TEMPLATES, then its PARAPHRASES."""
+    return range(len(TEMPLATES[check_relation(rel)]) + len(PARAPHRASES[rel]))
+
+
 def _tail_field(template: str) -> str:
     for field in _TAIL_FIELDS:
         if template.endswith(field):
@@ -327,9 +356,10 @@ def _tail_field(template: str) -> str:
 _BY_LOWER = {rel.lower(): rel for rel in ALL_RELATIONS}
 
 # Keep the table honest at import: every relation has 4-6 templates, each ending in the tail.
-assert set(TEMPLATES) == set(ALL_RELATIONS)
+assert set(TEMPLATES) == set(ALL_RELATIONS) == set(PARAPHRASES)
 for _rel, _templates in TEMPLATES.items():
     assert 4 <= len(_templates) <= 6, _rel
-    for _t in _templates:
+    assert not set(_templates) & set(PARAPHRASES[_rel]), _rel
+    for _t in _templates + PARAPHRASES[_rel]:
         _tail_field(_t)
         assert _t.count("{o}") + _t.count("{a o}") == 1, _t

@@ -249,6 +249,7 @@ def wordnet_excluded(triplets: pd.DataFrame, targets: Mapping[str, Any]) -> set[
 PAPER_CONTROLKG = {
     "conceptnet": {"train": "know_subnet/controlkg_train", "val": "know_subnet/controlkg_val",
                    "test": "know_subnet/controlkg_val"},
+    # WordNet train: edges of the noun database (`_wordnet_controlkg_train`), not this file
     "wordnet": {"train": "know_subnet/wordnet/controlkg_val", "val": "know_subnet/wordnet/controlkg_val",
                 "test": "know_subnet/wordnet/controlkg_val"},
 }
@@ -280,6 +281,21 @@ def paper_controlkg(frame: pd.DataFrame, key: str, wordnet: bool, caps: Mapping[
         cap = wordnet_size if wordnet else caps.get(split)
         out[split] = part.iloc[:cap] if cap is not None else part
     return out
+
+
+def _wordnet_controlkg_train(own: pd.DataFrame, held: pd.DataFrame, key: str, seed: int,
+                             cap: int | None) -> pd.DataFrame:
+    """ControlKG train of a WordNet target in paper mode. The authors' WordNet ControlKG train file
+    is not released (only val), and training on the val edges would leave no held-out ControlKG:
+    train on edges of the noun database instead (outside every WordNet target's subtree, sharing no
+    entity with the TargetKG), none of them a val / test edge."""
+    if own.empty:
+        raise InputError(f"params key '{key}': the WordNet ControlKG train edges come from the noun "
+                         f"database with split.controlkg paper; add wordnet to 'triplets.sources'")
+    keys = set(zip(held["head"], held["rel"], held["tail"]))
+    fresh = own[[k not in keys for k in zip(own["head"], own["rel"], own["tail"])]]
+    fresh = _shuffled(fresh, seed, _RNG_CONTROL)
+    return fresh.iloc[:cap] if cap is not None else fresh
 
 
 def _select_csqa(frame: pd.DataFrame, key: str, value: Any) -> tuple[pd.Series, str]:
@@ -446,6 +462,9 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     if controlkg == "paper":
         control_parts = paper_controlkg(frame, key, wordnet, control_caps, paper_wordnet_controlkg,
                                         paper_order)
+        if wordnet:
+            control_parts["train"] = _wordnet_controlkg_train(control, control_parts["val"], key, seed,
+                                                              control_caps["train"])
         control_caps = {split: None for split in SPLITS}  # applied in file order above
     else:
         control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)

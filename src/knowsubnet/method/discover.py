@@ -52,8 +52,11 @@ def load_training_sets(splits_dir: Path, verbalized: pd.DataFrame, tokenizer, pa
         if not path.is_file():
             raise InputError(f"{path}: no such split file; run the split_controls stage for target {target}")
         known = control_known if name == "controlkg_train" else params.known
+        # the checkpoint is selected on the facts in their best template, as the test measures them
+        templates = params.train.targetkg_templates if name == "targetkg_train" else "best"
         sets[name] = factsets.load_split_factset(path, verbalized, tokenizer, known,
-                                                 scored_positions=params.verbalize.scored_positions)
+                                                 scored_positions=params.verbalize.scored_positions,
+                                                 templates=templates)
     return sets
 
 

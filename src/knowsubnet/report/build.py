@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +38,11 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path, read_json, write_text
+from knowsubnet.core.io import read_json, write_text
 from knowsubnet.core.provenance import code_version, environment
 from knowsubnet.method import masking
-from knowsubnet.report import analysis, tradeoff
+from knowsubnet.report import analysis, robustness, tradeoff
+from knowsubnet.report.format import fmt, markdown_table, pct, pm, save_figure, slug, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -51,70 +51,6 @@ FACT_SETS = ("targetkg", "controlkg")
 SET_LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 VARIANTS = ("original", "removed", "random", "kept")
 CURVE_COLUMNS = ("loss", "suppress", "controlkg", "controllm", "sparsity_loss", "density")
-
-# Defaults of the `report` params section.
-def fmt(value: Any) -> str:
-    """A number for a Markdown cell: few digits, readable across magnitudes."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    if not isinstance(value, (float, np.floating)):
-        return str(value)
-    value = float(value)
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 0.01 or magnitude == 0:
-        return f"{value:.3f}"
-    return f"{value:.2e}"
-
-
-def pm(mean: float, std: float) -> str:
-    """mean ± std; the std is left out when undefined (a single seed)."""
-    if isinstance(std, float) and math.isnan(std):
-        return fmt(mean)
-    return f"{fmt(mean)} ± {fmt(std)}"
-
-
-def pct(value: float, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{100 * value:.{digits}f} %"
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table; cells already strings are kept, numbers go through `fmt`."""
-    if frame.empty:
-        return "_(no rows)_\n"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    lines = [header, rule]
-    for row in frame.itertuples(index=False):
-        cells = [cell if isinstance(cell, str) else fmt(cell) for cell in row]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    write_text(path, frame.to_csv(index=False))
-    return path
-
-
-def _save_figure(fig: Figure, path: Path, dpi: int) -> Path:
-    with atomic_path(path) as tmp:
-        # No "Software" entry: the PNG bytes depend only on the data and the drawing code.
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-    return path
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
-
 
 def _std(values: pd.Series) -> float:
     # Spread over seeds: sample std; undefined (NaN) for a single seed.
@@ -545,7 +481,7 @@ def figure_delta_ppl(table: pd.DataFrame, path: Path, dpi: int) -> Path:
                 ax.set_ylabel("ΔPPL (mean ± std over seeds)")
             if r == 0 and c == len(SETS) - 1:
                 ax.legend(fontsize=7)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def figure_density_blocks(blocks: pd.DataFrame, path: Path, dpi: int) -> Path:
@@ -564,7 +500,7 @@ def figure_density_blocks(blocks: pd.DataFrame, path: Path, dpi: int) -> Path:
         ax.set_ylabel("subnetwork density (%)")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=6, ncol=2)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _heatmap(ax, matrix: pd.DataFrame, title: str):
@@ -595,7 +531,7 @@ def figure_heatmaps(matrices: dict[Any, pd.DataFrame], titles: dict[Any, str], p
         ax.set_axis_off()
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="Jaccard")
     fig.suptitle(suptitle, fontsize=10)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def figure_training(logs: pd.DataFrame, model: str, target: str, path: Path, dpi: int) -> Path:
@@ -614,7 +550,7 @@ def figure_training(logs: pd.DataFrame, model: str, target: str, path: Path, dpi
         ax.set_axis_off()
     axes[0].legend(fontsize=7)
     fig.suptitle(f"mask training: {model} / {target}", fontsize=10)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -788,7 +724,7 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
         if c == 0:
             ax.set_ylabel("accuracy difference, points (paired 95 % CI)")
             ax.legend(fontsize=7)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def csqa_section(csqa_paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dpi: int,
@@ -797,7 +733,7 @@ def csqa_section(csqa_paths: Sequence[str | Path], tables_dir: Path, figures_dir
     table = csqa_table(load_csqa_results(csqa_paths))
     if table.empty:
         return []
-    written["csqa_csv"] = _write_csv(tables_dir / "csqa.csv", table)
+    written["csqa_csv"] = write_csv(tables_dir / "csqa.csv", table)
     acc, diff = csqa_markdown(table)
     acc_md, diff_md = markdown_table(acc), markdown_table(diff)
     write_text(tables_dir / "csqa.md", acc_md)
@@ -821,13 +757,13 @@ def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | 
     sections = ["## Precision: does only the target go?", ""]
     table = tradeoff.bars_table(records, bars)
     if not table.empty:
-        written["bars_csv"] = _write_csv(tables_dir / "bars.csv", table.drop(columns="meets"))
+        written["bars_csv"] = write_csv(tables_dir / "bars.csv", table.drop(columns="meets"))
         sections += ["Test splits, PPL of the remaining model / original (×); ✗ marks a missed bar "
                      "(params `report.bars`). Random share = (random ×−1) / (removed ×−1) on TargetKG.", "",
                      markdown_table(tradeoff.bars_markdown(table, bars)), ""]
     curve = tradeoff.tradeoff_table(tradeoff.read_metas(meta_paths)) if meta_paths else pd.DataFrame()
     if not curve.empty:
-        written["tradeoff_csv"] = _write_csv(tables_dir / "tradeoff.csv", curve)
+        written["tradeoff_csv"] = write_csv(tables_dir / "tradeoff.csv", curve)
         text = markdown_table(tradeoff.tradeoff_markdown(curve))
         write_text(tables_dir / "tradeoff.md", text)
         written["tradeoff_md"] = tables_dir / "tradeoff.md"
@@ -839,7 +775,7 @@ def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | 
                      text, "", "![Trade-off](figures/tradeoff.png)", ""]
     relations = tradeoff.relation_table(records)
     if not relations.empty:
-        written["controlkg_relations_csv"] = _write_csv(tables_dir / "controlkg_by_relation.csv", relations)
+        written["controlkg_relations_csv"] = write_csv(tables_dir / "controlkg_by_relation.csv", relations)
         shown = relations.assign(n=relations["n"].round(1), removed_x=relations["removed_x"].map("{:.3f}".format),
                                  random_x=relations["random_x"].map("{:.3f}".format))
         sections += ["### ControlKG damage per relation (test, mean over seeds)", "",
@@ -851,7 +787,8 @@ def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | 
 def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),
                  log_paths: Sequence[str | Path] = (), *, params: Params, out_dir: str | Path = "results",
                  models_root: str | Path | None = None,
-                 meta_paths: Sequence[str | Path] = (), csqa_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
+                 meta_paths: Sequence[str | Path] = (), csqa_paths: Sequence[str | Path] = (),
+                 robustness_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Write every table, figure and `report.md`; return {name: path} of what was written."""
     settings = params.report
     out_dir = Path(out_dir)
@@ -865,9 +802,9 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     records = load_metrics(metrics_paths)
     runs = ablation_runs(records)
     table = ablation_table(runs)
-    written["metrics_long"] = _write_csv(tables_dir / "metrics_long.csv", metrics_long(records))
-    written["ablation_runs"] = _write_csv(tables_dir / "ablation_runs.csv", runs)
-    written["ablation_csv"] = _write_csv(tables_dir / "ablation.csv", table)
+    written["metrics_long"] = write_csv(tables_dir / "metrics_long.csv", metrics_long(records))
+    written["ablation_runs"] = write_csv(tables_dir / "ablation_runs.csv", runs)
+    written["ablation_csv"] = write_csv(tables_dir / "ablation.csv", table)
     ablation_md = markdown_table(ablation_markdown(table))
     write_text(tables_dir / "ablation.md", ablation_md)
     written["ablation_md"] = tables_dir / "ablation.md"
@@ -876,10 +813,14 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
                  "Mean ± std over seeds; the random baseline removes as many weights at random.", "",
                  ablation_md, "", "![ΔPPL by target](figures/delta_ppl.png)", ""]
     sections += precision_section(records, meta_paths, dataclasses.asdict(settings.bars), tables_dir, figures_dir, dpi, written)
+    if robustness_paths:
+        lines, files = robustness.section(robustness_paths, tables_dir, figures_dir, dpi)
+        sections += lines
+        written.update(files)
 
     combos = combinations_table(records)
     if not combos.empty:
-        written["combinations_csv"] = _write_csv(tables_dir / "seed_combinations.csv", combos)
+        written["combinations_csv"] = write_csv(tables_dir / "seed_combinations.csv", combos)
         combos_md = markdown_table(combinations_markdown(combos))
         write_text(tables_dir / "seed_combinations.md", combos_md)
         written["combinations_md"] = tables_dir / "seed_combinations.md"
@@ -894,7 +835,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
         for name in ("matrices", "blocks", "kinds", "heads", "neurons"):
             frame = getattr(result, name)
             if not frame.empty:
-                written[f"structure_{name}_csv"] = _write_csv(tables_dir / f"structure_{name}.csv", frame)
+                written[f"structure_{name}_csv"] = write_csv(tables_dir / f"structure_{name}.csv", frame)
         md_views = [("kinds", "Attention vs MLP (mean over seeds)", lambda f: kinds_markdown(f)),
                     ("blocks", "Density per block (mean over seeds)", lambda f: blocks_markdown(f)),
                     ("heads", f"Densest attention heads (top {top_n}, mean over seeds)",
@@ -914,8 +855,8 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
             sections += ["![Subnetwork density per block](figures/density_blocks.png)", ""]
 
         sections += ["## Overlap", ""]
-        written["overlap_seeds_csv"] = _write_csv(tables_dir / "overlap_seeds.csv", result.overlap_seeds)
-        written["overlap_targets_csv"] = _write_csv(tables_dir / "overlap_targets.csv", result.overlap_targets)
+        written["overlap_seeds_csv"] = write_csv(tables_dir / "overlap_seeds.csv", result.overlap_seeds)
+        written["overlap_targets_csv"] = write_csv(tables_dir / "overlap_targets.csv", result.overlap_targets)
         overlap_parts = ["### Between seeds", "", markdown_table(overlap_markdown(result.overlap_seeds))]
         for model, matrix in sorted(result.target_matrices.items()):
             shown = matrix.reset_index().rename(columns={"index": "target"})
@@ -946,13 +887,13 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     if log_paths:
         logs = read_train_logs(log_paths)
         final = training_final(logs)
-        written["training_final_csv"] = _write_csv(tables_dir / "training_final.csv", final)
+        written["training_final_csv"] = write_csv(tables_dir / "training_final.csv", final)
         shown = [c for c in ("model", "target", "seed", "step", "loss", "suppress", "controlkg", "controllm",
                              "density") if c in final.columns]
         sections += ["## Mask training", "", "Last logged step of every run:", "",
                      markdown_table(final[shown]), ""]
         for (model, target), group in logs.groupby(["model", "target"], sort=True):
-            name = f"training_{_slug(model)}_{_slug(target)}.png"
+            name = f"training_{slug(model)}_{slug(target)}.png"
             written[f"fig_{name}"] = figure_training(group, model, target, figures_dir / name, dpi)
             sections += [f"- [{model} / {target}](figures/{name})"]
         sections.append("")

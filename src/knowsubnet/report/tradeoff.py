@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json
+from knowsubnet.report.format import save_figure
 
 SETS = ("targetkg", "controlkg", "controllm")
 LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
@@ -129,7 +130,6 @@ def tradeoff_markdown(table: pd.DataFrame) -> pd.DataFrame:
 def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi: int) -> Path:
     """Per model × target: PPL ratio against sparsity over the validated checkpoints; solid =
     subnetwork removed, dashed = random subnetwork of the same size; stars = the kept checkpoints."""
-    from knowsubnet.report.build import _save_figure  # one figure writer for the whole report
 
     panels = list(table.groupby(["model", "target"], sort=True))
     ncols = min(3, len(panels))
@@ -159,7 +159,7 @@ def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi
     axes[0].legend(fontsize=7)
     fig.suptitle("Trade-off over checkpoints (solid: subnetwork removed; dashed: random, same size; "
                  "★ kept; dotted: bars)", fontsize=9)
-    return _save_figure(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def relation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

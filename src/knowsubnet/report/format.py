@@ -1,0 +1,78 @@
+"""Formatting shared by the report's sections: numbers for Markdown cells, Markdown tables, and
+the one writer of CSV tables and PNG figures (atomic, byte-reproducible)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from knowsubnet.core.io import atomic_path, write_text
+
+
+def fmt(value: Any) -> str:
+    """A number for a Markdown cell: few digits, readable across magnitudes."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if not isinstance(value, (float, np.floating)):
+        return str(value)
+    value = float(value)
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01 or magnitude == 0:
+        return f"{value:.3f}"
+    return f"{value:.2e}"
+
+
+def pm(mean: float, std: float) -> str:
+    """mean ± std; the std is left out when undefined (a single seed)."""
+    if isinstance(std, float) and math.isnan(std):
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(std)}"
+
+
+def pct(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.{digits}f} %"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table; cells already strings are kept, numbers go through `fmt`."""
+    if frame.empty:
+        return "_(no rows)_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    lines = [header, rule]
+    for row in frame.itertuples(index=False):
+        cells = [cell if isinstance(cell, str) else fmt(cell) for cell in row]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    write_text(path, frame.to_csv(index=False))
+    return path
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
+    with atomic_path(path) as tmp:
+        # No "Software" entry: the PNG bytes depend only on the data and the drawing code.
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
