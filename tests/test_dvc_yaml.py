@@ -23,7 +23,7 @@ def test_committed_dvc_yaml_is_the_generated_one():
     # every stage the default target needs, split per target, and the library modules each imports
     assert set(stages) == {"fetch_data", "extract_triplets", "split_controls", "prepare_model", "verbalize",
                            "tokenize_controllm", "discover_mask", "finetune_csqa", "evaluate_ablation",
-                           "combine_seeds", "report"}
+                           "evaluate_robustness", "combine_seeds", "report"}
     # a rule's own matrix (DVC_MATRIX): only the CSQA-linked targets are finetuned
     assert stages["finetune_csqa"]["matrix"]["target"] == ["csqa1"]
     assert stages["finetune_csqa"]["matrix"]["mode"] == "${csqa.modes}"

@@ -16,6 +16,7 @@ from conftest import base_params
 from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn, robustness
+from knowsubnet.evaluation.verbalize import tail_nll
 from knowsubnet.method import masking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -227,15 +228,19 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     before = {l.name: l.weight.detach().clone() for l in layers}
     removed = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for l in layers}
     table = verbalized_frame(facts_frame())
-    facts = encode_facts(workspace["tokenizer"], table["prompt"].tolist(), table["tail_text"].tolist())
-    with relearn.finetuned(model, layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8,
-                           lr=1e-2, batch=6, seed=0, device="cpu") as losses:
+    facts = relearn.CachedFacts(model, layers, encode_facts(workspace["tokenizer"], table["prompt"].tolist(),
+                                                            table["tail_text"].tolist()), "cpu")
+    # the cached top blocks score like the whole model
+    full = tail_nll(model, facts.facts, 4).double().mean()
+    assert facts.mean_nll() == pytest.approx(float(full), abs=1e-5)
+    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8,
+                           lr=1e-2, batch=6, seed=0) as losses:
         for l in layers:
             assert (l.weight[removed[l.name]] == 0).all()
             assert not torch.equal(l.weight[~removed[l.name]], before[l.name][~removed[l.name]])
     assert losses[-1] < losses[0]  # the finetune lowers the loss on what it trains on
-    with relearn.finetuned(model, layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8,
-                           lr=1e-2, batch=6, seed=0, device="cpu"):
+    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8,
+                           lr=1e-2, batch=6, seed=0):
         assert any((l.weight[removed[l.name]] != 0).any() for l in layers)  # free: removed weights train
     for l in layers:
         assert torch.equal(l.weight, before[l.name]) and not l.weight.requires_grad

@@ -64,7 +64,7 @@ MASK = {"granularity": "weight", "top_k_blocks": 2, "sampler": "gumbel_sigmoid",
 TRAIN = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "lambda_suppress": 1.5, "lambda_controlkg": 1.0,
          "lambda_controllm": 1.0, "lambda_expression": 0.0, "sparsity_start": 2.0, "sparsity_end": 3.0,
          "sparsity_ramp_from": 0.5, "batch_targetkg": 5, "batch_controlkg": 6, "batch_controllm": 2,
-         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True, "group_by_length": False,
+         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True, "group_by_length": False, "targetkg_templates": "best",
          "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0}}
 
 

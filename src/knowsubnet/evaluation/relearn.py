@@ -4,8 +4,10 @@ only hidden returns after a few steps, often even from unrelated data (RMU on WM
 2024; Lynch et al. 2024).
 
 What trains: the weights of the masked layers (the top blocks' linear layers the mask chose from);
-embeddings, norms and the lower blocks stay frozen. Adam on the tail cross-entropy of fact
-sentences, seeded batches, eval mode (no dropout), so a CPU run is bit-identical for a seed.
+embeddings, norms and the lower blocks stay frozen, so the hidden states entering the first masked
+block are computed once (`CachedFacts`) and every step runs the top blocks only. Adam on the tail
+cross-entropy of fact sentences, seeded batches, eval mode (no dropout), so a CPU run is
+bit-identical for a seed.
 `hold_zero`: the removed weights get no gradient and stay exactly zero (the remaining model as a
 deployed artefact); otherwise they start at zero and train like the rest.
 """
@@ -19,26 +21,79 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.data.encoding import FactSet
-from knowsubnet.evaluation.scoring import tail_logits
+from knowsubnet.data.encoding import IGNORE, FactSet
 from knowsubnet.method import masking
+from knowsubnet.method.training import TopBlocks
 
 # A recovered fraction needs something to recover: below x2 it is reported as undefined.
 MIN_REMOVAL_LOG_RATIO = math.log(2.0)
 
 
+class CachedFacts:
+    """Facts with the hidden states entering the first masked block, computed once: the lower
+    blocks never change while the masked layers train."""
+
+    def __init__(self, model: torch.nn.Module, layers: list[masking.MaskableLayer], facts: FactSet,
+                 device: str | torch.device, chunk: int = 64):
+        self.top = TopBlocks(model, min(layer.block for layer in layers))
+        self.facts = facts
+        lengths = facts.lengths
+        width = int(lengths.max())
+        self.hidden = None
+        order = torch.sort(lengths, stable=True).indices  # similar lengths together: less padding
+        with torch.no_grad():
+            for start in range(0, len(facts), chunk):
+                index = order[start:start + chunk]
+                part = self.top.prefix(facts.input_ids[index, :int(lengths[index].max())].to(device))
+                if self.hidden is None:
+                    self.hidden = part.new_zeros(len(facts), width, part.shape[-1])
+                self.hidden[index.to(part.device), :part.shape[1]] = part
+        self.targets = facts.targets[:, :width].to(device)
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    def tail_ce(self, index: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of every tail position of the facts `index`, through the top blocks."""
+        targets = self.targets[index]
+        width = int(targets.ne(IGNORE).nonzero()[:, 1].max()) + 1
+        hidden = self.top.forward(self.hidden[index, :width])
+        where = targets[:, :width] != IGNORE
+        logits = self.top.head(hidden[where]).float()
+        return F.cross_entropy(logits, targets[:, :width][where], reduction="none")
+
+    @torch.no_grad()
+    def nll(self, batch: int = 64) -> torch.Tensor:
+        """Mean tail cross-entropy of every fact, float64 [N] on the CPU (batched by length)."""
+        out = torch.zeros(len(self), dtype=torch.float64)
+        order = torch.sort(self.facts.lengths, stable=True).indices
+        for start in range(0, len(self), batch):
+            index = order[start:start + batch]
+            ce = self.tail_ce(index).double()
+            rows = (self.targets[index] != IGNORE).nonzero()[:, 0]
+            sums = torch.zeros(len(index), dtype=torch.float64, device=ce.device).index_add_(0, rows, ce)
+            out[index] = (sums / torch.bincount(rows, minlength=len(index))).cpu()
+        return out
+
+    def mean_nll(self, batch: int = 64) -> float:
+        """Mean over facts of the mean tail cross-entropy (log PPL of the set)."""
+        return float(self.nll(batch).mean())
+
+
 @contextlib.contextmanager
-def finetuned(model: torch.nn.Module, layers: list[masking.MaskableLayer], facts: FactSet, *,
+def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
               removed: dict[str, torch.Tensor] | None, granularity: str, hold_zero: bool, steps: int,
-              lr: float, batch: int, seed: int, device: str | torch.device) -> Iterator[list[float]]:
-    """The model with `removed` zeroed (None: nothing removed) and then finetuned on `facts` for
-    `steps` Adam steps, for the duration of the block (yields the loss per step); the masked
-    layers' weights are restored on exit."""
+              lr: float, batch: int, seed: int) -> Iterator[list[float]]:
+    """The model of `layers` with `removed` zeroed (None: nothing removed) and then finetuned on
+    `facts` for `steps` Adam steps, for the duration of the block (yields the loss per step); the
+    masked layers' weights are restored on exit."""
     saved = [(layer, layer.weight.detach().clone()) for layer in layers]
     zero = ({layer.name: masking.expand_to_weight(removed[layer.name].to(layer.weight.device, torch.bool),
                                                  layer, granularity) for layer in layers}
             if removed is not None else None)
     weights = [layer.weight for layer in layers]
+    model = facts.top.model
+    was_training = model.training
     losses: list[float] = []
     try:
         with torch.no_grad():
@@ -51,16 +106,13 @@ def finetuned(model: torch.nn.Module, layers: list[masking.MaskableLayer], facts
         generator = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(len(facts), generator=generator)
         position = 0
-        was_training = model.training
         model.eval()
         for _ in range(steps):
             if position + min(batch, len(facts)) > len(order):  # a new epoch: a new order
                 order, position = torch.randperm(len(facts), generator=generator), 0
             index = order[position:position + batch]
             position += len(index)
-            part = facts.subset(index)
-            logits, _, gold = tail_logits(model, part.input_ids.to(device), part.targets.to(device))
-            loss = F.cross_entropy(logits, gold)
+            loss = facts.tail_ce(index).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hold_zero and zero is not None:
@@ -72,9 +124,9 @@ def finetuned(model: torch.nn.Module, layers: list[masking.MaskableLayer], facts
                     for layer in layers:
                         layer.weight.masked_fill_(zero[layer.name], 0.0)
             losses.append(float(loss.detach()))
-        model.train(was_training)
         yield losses
     finally:
+        model.train(was_training)
         with torch.no_grad():
             for layer, original in saved:
                 layer.weight.requires_grad_(False)

@@ -39,7 +39,6 @@ from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn
 from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.evaluation.scoring import DTYPES, tail_logits
-from knowsubnet.evaluation.verbalize import tail_nll
 from knowsubnet.method import masking
 from knowsubnet.models.prepare import load_model, pick_device
 
@@ -121,7 +120,8 @@ class _nothing:
 
 def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
                     scored_positions: str) -> pd.DataFrame:
-    """`sentences` with nll_<variant> columns (mean tail cross-entropy of each sentence)."""
+    """`sentences` with nll_<variant> columns (mean tail cross-entropy of each sentence). The blocks
+    below the mask are the same in every variant: they run once (`relearn.CachedFacts`)."""
     out = sentences.reset_index(drop=True).copy()
     if out.empty:
         for variant in VARIANTS:
@@ -130,10 +130,11 @@ def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batc
     labels = [f"{u} ({p}, template {t})" for u, p, t in zip(out["uuid"], out["probe"], out["template_id"])]
     encoded = encode_facts(tokenizer, out["prompt"].tolist(), out["tail_text"].tolist(), labels,
                            scored_positions=scored_positions)
+    cached = relearn.CachedFacts(variants.model, variants.layers, encoded, device)
     for variant in VARIANTS:
         with variants.entered(variant):
-            out[f"nll_{variant}"] = tail_nll(variants.model, encoded, batch_size, device=device,
-                                             progress=f"{variant}: {len(out)} sentences").double().numpy()
+            out[f"nll_{variant}"] = cached.nll(batch_size).numpy()
+        log.info("scored %d sentences under the %s model", len(out), variant)
     return out
 
 
@@ -286,36 +287,31 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
     return out
 
 
-def relearning(model, layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFrame], cfg, device,
+def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFrame], cfg, device,
                scored_positions: str) -> dict[str, Any]:
     """Probe 4: every (model variant, finetuning data) pair, scored on the facts it did not see."""
-    scored = _factset(tokenizer, sets["scored"], scored_positions)
-    batch = cfg.batch_size
-
-    def mean_nll() -> float:
-        return float(tail_nll(model, scored, batch, device=device).double().mean())
-
+    model = variants.model
+    scored = relearn.CachedFacts(model, layers, _factset(tokenizer, sets["scored"], scored_positions), device)
     before = {}
     for variant in VARIANTS:
         with variants.entered(variant):
-            before[variant] = mean_nll()
+            before[variant] = scored.mean_nll()
     runs: dict[str, Any] = {"n_scored": len(scored), "before_ppl": {v: math.exp(x) for v, x in before.items()}}
     setups = [("original", None, True), ("removed_held", "removed", True), ("removed_free", "removed", False),
               ("random_held", "random", True)]
     for data in ("targetkg", "unrelated"):
-        facts = sets[data]
-        if facts.empty:
+        if sets[data].empty:
             runs[data] = None
             continue
-        train = _factset(tokenizer, facts, scored_positions)
+        train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device)
         runs[data] = {"n_train": len(train)}
         for name, variant, hold in setups:
             removed = variants.removed_masks(variant) if variant else None
             start = time.monotonic()
-            with relearn.finetuned(model, layers, train, removed=removed, granularity=variants.granularity,
-                                   hold_zero=hold, steps=cfg.relearn.steps, lr=cfg.relearn.lr,
-                                   batch=cfg.relearn.batch, seed=cfg.seed, device=device) as losses:
-                after = mean_nll()
+            with relearn.finetuned(layers, train, removed=removed, granularity=variants.granularity, hold_zero=hold,
+                                   steps=cfg.relearn.steps, lr=cfg.relearn.lr, batch=cfg.relearn.batch,
+                                   seed=cfg.seed) as losses:
+                after = scored.mean_nll()
             base = before[variant or "original"]
             runs[data][name] = {
                 "ppl_after": math.exp(after),
@@ -325,6 +321,8 @@ def relearning(model, layers, variants: Variants, tokenizer, sets: dict[str, pd.
                 "final_loss": losses[-1] if losses else None,
                 "wall_time_s": round(time.monotonic() - start, 2),
             }
+            log.info("relearning %s on %s facts: TargetKG PPL %.1f -> %.1f (%.1f s)", name, data,
+                     math.exp(base), math.exp(after), time.monotonic() - start)
     return runs
 
 
@@ -394,7 +392,7 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     control = scored[scored["probe"] == "controlkg_test"]
     kl = controlkg_kl(variants, _factset(tokenizer, control, scored_positions), cfg.batch_size, device)
     lap("controlkg_kl")
-    relearned = relearning(lm, layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions)
+    relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions)
     lap("relearning")
 
     result = {"model": model, "target": target, "seed": int(seed),
