@@ -42,6 +42,17 @@ def known_mask(rows: pd.DataFrame, known: Known | None, source: str) -> pd.Serie
     return keep
 
 
+def known_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | None = None) -> pd.DataFrame:
+    """The verbalised rows (best template, indexed by uuid) of a split's facts the model knows."""
+    split = pd.read_parquet(split_path)
+    unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
+    if len(unknown):
+        raise InputError(f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
+                         f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets")
+    rows = verbalized.loc[split["uuid"]]
+    return rows[known_mask(rows, known, str(split_path)).to_numpy()]
+
+
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
                        known: Known | None = None, scored_positions: str = "all_tail_tokens",
                        templates: str = "best") -> FactSet:
@@ -50,13 +61,7 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
     `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`.
     `templates="all"`: every known fact in every template of its relation (one row per sentence,
     the uuid repeated), not only its best one."""
-    split = pd.read_parquet(split_path)
-    unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
-    if len(unknown):
-        raise InputError(f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
-                         f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets")
-    rows = verbalized.loc[split["uuid"]]
-    rows = rows[known_mask(rows, known, str(split_path)).to_numpy()]
+    rows = known_rows(split_path, verbalized, known)
     if rows.empty:
         raise InputError(f"{split_path}: no fact passes the known-facts filter {known} under this model "
                          f"(params section 'known')")

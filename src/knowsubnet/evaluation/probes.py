@@ -70,12 +70,17 @@ def best_template(probe: str, facts: pd.DataFrame) -> pd.DataFrame:
     return out[COLUMNS].reset_index(drop=True)
 
 
-def paraphrases(probe: str, facts: pd.DataFrame) -> pd.DataFrame:
-    """Each fact in every sentence form of its relation except its best (trained) template."""
-    expanded = [(fact, tid) for fact in facts.itertuples(index=False)
-                for tid in relations.paraphrase_ids(fact.rel) if tid != int(fact.template_id)]
+def _in_templates(probe: str, facts: pd.DataFrame, template_ids) -> pd.DataFrame:
+    """Each fact in each template `template_ids(fact)` gives."""
+    expanded = [(fact, tid) for fact in facts.itertuples(index=False) for tid in template_ids(fact)]
     frame = pd.DataFrame([f for f, _ in expanded], columns=facts.columns)
     return _rows(probe, frame, template_ids=[t for _, t in expanded])
+
+
+def paraphrases(probe: str, facts: pd.DataFrame) -> pd.DataFrame:
+    """Each fact in every sentence form of its relation except its best (trained) template."""
+    return _in_templates(probe, facts, lambda fact: [t for t in relations.paraphrase_ids(fact.rel)
+                                                     if t != int(fact.template_id)])
 
 
 def true_tails(triplets: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
@@ -128,10 +133,7 @@ def same_head_facts(triplets: pd.DataFrame, targetkg: pd.DataFrame, relation: st
     if relation is not None:
         about = about[about["rel"] != relation]
     about = sample(about.sort_values("uuid", kind="stable"), n, seed, "same_head")
-    expanded = [(fact, tid) for fact in about.itertuples(index=False)
-                for tid in range(len(relations.TEMPLATES[fact.rel]))]
-    frame = pd.DataFrame([f for f, _ in expanded], columns=about.columns)
-    return _rows("same_head", frame, template_ids=[t for _, t in expanded])
+    return _in_templates("same_head", about, lambda fact: range(len(relations.TEMPLATES[fact.rel])))
 
 
 def halves(uuids: list[str], seed: int) -> tuple[list[str], list[str]]:

@@ -53,14 +53,19 @@ class CachedFacts:
     def __len__(self) -> int:
         return len(self.facts)
 
-    def tail_ce(self, index: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of every tail position of the facts `index`, through the top blocks."""
+    def tail_logits(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Through the top blocks, for the facts `index`: logits at the tail positions [P, V]
+        (float32), the row of each in `index` [P], the gold token [P] (as `scoring.tail_logits`)."""
         targets = self.targets[index]
         width = int(targets.ne(IGNORE).nonzero()[:, 1].max()) + 1
         hidden = self.top.forward(self.hidden[index, :width])
         where = targets[:, :width] != IGNORE
-        logits = self.top.head(hidden[where]).float()
-        return F.cross_entropy(logits, targets[:, :width][where], reduction="none")
+        return self.top.head(hidden[where]).float(), where.nonzero()[:, 0], targets[:, :width][where]
+
+    def tail_ce(self, index: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of every tail position of the facts `index`, through the top blocks."""
+        logits, _, gold = self.tail_logits(index)
+        return F.cross_entropy(logits, gold, reduction="none")
 
     @torch.no_grad()
     def nll(self, batch: int = 64) -> torch.Tensor:
@@ -69,8 +74,8 @@ class CachedFacts:
         order = torch.sort(self.facts.lengths, stable=True).indices
         for start in range(0, len(self), batch):
             index = order[start:start + batch]
-            ce = self.tail_ce(index).double()
-            rows = (self.targets[index] != IGNORE).nonzero()[:, 0]
+            logits, rows, gold = self.tail_logits(index)
+            ce = F.cross_entropy(logits, gold, reduction="none").double()
             sums = torch.zeros(len(index), dtype=torch.float64, device=ce.device).index_add_(0, rows, ce)
             out[index] = (sums / torch.bincount(rows, minlength=len(index))).cpu()
         return out

@@ -20,6 +20,7 @@ NLL under every variant), so any number here can be recomputed or broken down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn
 from knowsubnet.evaluation.ablation import mask_layers
-from knowsubnet.evaluation.scoring import DTYPES, tail_logits
+from knowsubnet.evaluation.scoring import DTYPES
 from knowsubnet.method import masking
 from knowsubnet.models.prepare import load_model, pick_device
 
@@ -106,16 +107,8 @@ class Variants:
     def entered(self, variant: str):
         removed = self.removed_masks(variant)
         if removed is None:
-            return _nothing()
+            return contextlib.nullcontext()
         return masking.masked_weights(self.layers, removed, self.granularity, keep="remaining")
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
@@ -139,14 +132,13 @@ def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batc
 
 
 @torch.no_grad()
-def controlkg_kl(variants: Variants, facts, batch_size: int, device) -> dict[str, float]:
+def controlkg_kl(variants: Variants, facts: relearn.CachedFacts, batch_size: int) -> dict[str, float]:
     """Mean over ControlKG facts of the mean over their tail positions of KL(p_original || p_variant)."""
-    def log_probs() -> list[torch.Tensor]:
+    def log_probs() -> list[tuple[torch.Tensor, torch.Tensor]]:
         parts = []
         for start in range(0, len(facts), batch_size):
-            part = facts.subset(range(start, min(start + batch_size, len(facts))))
-            logits, rows, _ = tail_logits(variants.model, part.input_ids.to(device), part.targets.to(device))
-            parts.append((torch.log_softmax(logits.float(), dim=-1).cpu(), rows.cpu() + start))
+            logits, rows, _ = facts.tail_logits(torch.arange(start, min(start + batch_size, len(facts))))
+            parts.append((torch.log_softmax(logits, dim=-1).cpu(), rows.cpu() + start))
         return parts
 
     variants.model.eval()
@@ -176,13 +168,7 @@ def known_split(splits_dir: Path, name: str, verbalized: pd.DataFrame, params: P
     path = splits_dir / f"{name}.parquet"
     if not path.is_file():
         raise InputError(f"{path}: no such split file; run split_controls")
-    uuids = pd.read_parquet(path, columns=["uuid"])["uuid"]
-    missing = uuids[~uuids.isin(verbalized.index)]
-    if len(missing):
-        raise InputError(f"{path}: fact {missing.iloc[0]} has no verbalisation for this model; re-run verbalize")
-    rows = verbalized.loc[uuids]
-    rows = rows[factsets.known_mask(rows, params.known, str(path)).to_numpy()]
-    return rows.reset_index()
+    return factsets.known_rows(path, verbalized, params.known).reset_index()
 
 
 def build_sentences(params: Params, *, target: str, splits_root: Path, verbalized_root: Path,
@@ -390,7 +376,8 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     scored = score_sentences(variants, tokenizer, sentences, cfg.batch_size, device, scored_positions)
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
-    kl = controlkg_kl(variants, _factset(tokenizer, control, scored_positions), cfg.batch_size, device)
+    kl = controlkg_kl(variants, relearn.CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
+                      cfg.batch_size)
     lap("controlkg_kl")
     relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions)
     lap("relearning")
@@ -403,10 +390,10 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
               "wall_time_s": timings,
               "provenance": stamp({"robustness": params.section("robustness"), "known": params.section("known")},
                                   model_dir=str(model_dir), mask=str(mask), device=str(device))}
+    summary = headline(result)
     write_parquet(out_dir / "sentences.parquet", scored)
-    write_json(out_dir / "headline.json", headline(result))
+    write_json(out_dir / "headline.json", summary)
     write_json(out_dir / "robustness.json", result)  # last: its presence means the stage finished
     log.info("%s / %s / seed %d: in-sample x%s, held-out x%s, paraphrases x%s; %s", model, target, seed,
-             headline(result)["in_sample_ratio"], headline(result)["held_out_ratio"],
-             headline(result)["paraphrase_ratio"], timings)
+             summary["in_sample_ratio"], summary["held_out_ratio"], summary["paraphrase_ratio"], timings)
     return result

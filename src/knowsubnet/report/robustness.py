@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json, write_text
-from knowsubnet.report.format import fmt, markdown_table, save_figure, write_csv
+from knowsubnet.report.format import fmt, markdown_table, pct, save_figure, write_csv
 
 # (column, label) of the ratios drawn in the figure, removed beside random
 RATIO_PROBES = [("in_sample", "in-sample"), ("held_out", "held-out"), ("paraphrases", "paraphrases"),
@@ -87,10 +87,6 @@ def _x(row: pd.Series, name: str, variant: str = "removed") -> str:
     return f"×{fmt(value)} [{fmt(low)}, {fmt(high)}]"
 
 
-def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f} %"
-
-
 def _frac(value) -> str:
     return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
@@ -105,10 +101,10 @@ def summary_markdown(table: pd.DataFrame) -> pd.DataFrame:
             "held-out × (random)": (f"{_x(row, 'held_out')} ({fmt(row['held_out_random'])}); {row['held_out_facts']} facts"
                                     if row["holdout"] else "not held out"),
             "paraphrases × (random)": f"{_x(row, 'paraphrases')} ({fmt(row['paraphrases_random'])})",
-            "paraphrases suppressed (random)": (f"{_pct(row['paraphrase_share_removed'])} [{_pct(row['paraphrase_share_removed_low'])}, "
-                                                f"{_pct(row['paraphrase_share_removed_high'])}] ({_pct(row['paraphrase_share_random'])})"),
+            "paraphrases suppressed (random)": (f"{pct(row['paraphrase_share_removed'], 0)} [{pct(row['paraphrase_share_removed_low'], 0)}, "
+                                                f"{pct(row['paraphrase_share_removed_high'], 0)}] ({pct(row['paraphrase_share_random'], 0)})"),
             "multiple choice top-1: original → removed (random)": (
-                f"{_pct(row['choice_acc_original'])} → {_pct(row['choice_acc_removed'])} ({_pct(row['choice_acc_random'])})"),
+                f"{pct(row['choice_acc_original'], 0)} → {pct(row['choice_acc_removed'], 0)} ({pct(row['choice_acc_random'], 0)})"),
         })
     return pd.DataFrame(out)
 
