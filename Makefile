@@ -38,13 +38,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# params.yaml is what DVC reads; tests/test_params.py checks the committed one is `make params` (no PRESET).
+# params.yaml is what DVC reads; tests/workflow/test_params.py checks the committed one is `make params` (no PRESET).
 PRESET ?=
 params: setup
 	$(PY) workflow/params_yaml.py $(if $(PRESET),--preset $(PRESET),)
 
-# dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/test_dvc_yaml.py checks it is current.
-dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py)
+# dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/workflow/test_dvc_yaml.py checks it is current.
+dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py src/knowsubnet/*/*/*.py)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 dvc-yaml: dvc.yaml

@@ -10,7 +10,7 @@
 
 from snakemake.utils import min_version, validate
 
-min_version("8.0")
+min_version("9.15")
 
 
 configfile: "params.yaml"

@@ -1,13 +1,35 @@
-"""Fixtures and helpers shared by the tests."""
+"""Fixtures and helpers shared by the tests.
+
+Layout: `unit/<subpackage>/` tests the library, one folder per subpackage of `src/knowsubnet`;
+`workflow/` tests the pipeline definition, the engines and the documented commands (marker
+`workflow`; the whole-pipeline runs are also marked `e2e`). `pytest -m "not workflow"` runs the
+unit tests alone.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MIRROR = REPO_ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+E2E = {"test_end_to_end.py", "test_engines_agree.py", "test_slurm.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if "workflow" in path.relative_to(REPO_ROOT / "tests").parts[:1]:
+            item.add_marker(pytest.mark.workflow)
+            if path.name in E2E:
+                item.add_marker(pytest.mark.e2e)
 
 # Tests load stage scripts from their files; the scripts import their sibling `stage_params`.
 sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))
@@ -61,3 +83,71 @@ def base_params(*overlays: dict):
     for overlay in overlays:
         merged = config.deep_merge(merged, overlay)
     return config.from_mapping(merged, REPO_ROOT / "config" / "params.schema.yaml")
+
+
+# -- running the workflow engines on a copy of the project ----------------------------------------
+
+def run(cmd, cwd, check=True):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def project_copy(tmp_path: Path, mirror: bool = True) -> Path:
+    """The tracked project files in a fresh git repo (DVC needs one), mirror made absolute."""
+    dest = tmp_path / "proj"
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO_ROOT).stdout.split()
+    for name in files:
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"]["mirror"] = str(MIRROR) if mirror else None
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", "--allow-empty"], dest)
+    return dest
+
+
+# -- small data ------------------------------------------------------------------------------------
+
+CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
+          "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n"
+          "A guitar is an instrument. The sun is hot. Swimming requires water.\n") * 30
+
+
+@pytest.fixture(scope="module")
+def gpt2_style():
+    """A GPT-2-style byte-level BPE tokenizer trained on CORPUS."""
+    return byte_bpe_tokenizer(CORPUS, 400)
+
+
+# -- an evaluate_ablation-shaped record -----------------------------------------------------------
+
+SETS = ("targetkg", "controlkg", "controllm")
+
+
+def metrics(model, target, seed, dppl_removed, dppl_random, sparsity=0.98, combination=None):
+    """An evaluate_ablation-shaped record with ΔPPL per set (original PPL 10 everywhere)."""
+    def variant(delta, acc):
+        out = {s: {"ppl": 10.0 + delta[i], "rank": 1.0 + delta[i], "acc": acc} for i, s in enumerate(SETS)}
+        out["controllm"] = {"ppl": 10.0 + delta[2]}
+        return out
+    rec = {
+        "model": model, "target": target, "seed": seed,
+        "sparsity": {"masked_layers": sparsity, "all_weights": 1 - (1 - sparsity) / 10},
+        "original": variant((0.0, 0.0, 0.0), 0.9),
+        "removed": variant(dppl_removed, 0.1),
+        "random": variant(dppl_random, 0.85),
+        "kept": variant((50.0, 60.0, 70.0), 0.0),
+        "random_spread": {s: {"ppl": 0.5} for s in SETS},
+        "delta_ppl": {"removed": dict(zip(SETS, dppl_removed)), "random": dict(zip(SETS, dppl_random)),
+                      "kept": dict(zip(SETS, (50.0, 60.0, 70.0)))},
+        "provenance": {"code_version": "0.1.0+gtest", "params": {"eval": {"random_draws": 3}}},
+    }
+    if combination:
+        rec.update(combination=combination, seeds=[0, 1], seed=None)
+    return rec

@@ -96,7 +96,9 @@ def module_deps(script: Path) -> list[str]:
             candidates = []
             if parts[0] == PACKAGE:
                 rel = src.joinpath(*parts[1:])
-                candidates = [rel.with_suffix(".py"), rel / "__init__.py"]
+                # importing a.b.c runs the __init__ of every package above it
+                packages = [src.joinpath(*parts[1:i]) / "__init__.py" for i in range(1, len(parts))]
+                candidates = [rel.with_suffix(".py"), rel / "__init__.py", *packages]
             elif len(parts) == 1 and name in siblings:
                 candidates = [siblings[name]]
             for cand in candidates:

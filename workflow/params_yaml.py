@@ -3,7 +3,7 @@ data mirror (config/mirror-local.yaml) + an optional preset overlay, merged.
 
     python workflow/params_yaml.py [--preset demo] [--out params.yaml]     (make params PRESET=demo)
 
-tests/test_params.py checks that the committed params.yaml is what this writes without a preset.
+tests/workflow/test_params.py checks that the committed params.yaml is what this writes without a preset.
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """Stage evaluate_ablation: original / removed / random-removed / kept metrics for one mask.
 
-Params: eval, known, verbalize.scored_positions.
+Params: eval, known, verbalize.scored_positions (knowsubnet.evaluation.ablation.evaluate_mask).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
-import pandas as pd
-
 from knowsubnet.core.errors import cli_entry
-from knowsubnet.core.io import write_json
-from knowsubnet.core.provenance import stamp
-from knowsubnet.data.factsets import read_verbalized
-from knowsubnet.evaluation import ablation, scoring
-from knowsubnet.method import masking
-from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.evaluation.ablation import evaluate_mask
 from stage_params import load_params, stage_parser
-
-log = logging.getLogger("evaluate_ablation")
 
 
 @cli_entry
@@ -37,39 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
     parser.add_argument("--headline", type=Path, help="headline.json to write: the few numbers of `dvc metrics show`")
     args = parser.parse_args(argv)
-
-    params = load_params(args)
-    settings = params.eval
-    device = pick_device(settings.device, key="eval.device")
-    start = time.monotonic()
-
-    model, tokenizer = load_model(args.model_dir, device, scoring.DTYPES[settings.dtype])
-    logits, metadata = masking.load_mask(args.mask)
-    layers, granularity = ablation.mask_layers(model, logits, metadata, source=str(args.mask))
-    targetkg, controlkg, blocks = ablation.load_test_sets(
-        tokenizer, args.verbalized, args.splits, args.controllm, params.known,
-        params.verbalize.scored_positions)
-    log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", args.model,
-             args.target, args.seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
-
-    relations = read_verbalized(args.verbalized).loc[controlkg.uuids, "rel"].tolist()
-    result = ablation.evaluate_ablation(
-        model, layers, logits, granularity, targetkg, controlkg, blocks,
-        random_draws=settings.random_draws, seed=args.seed, batch_size=settings.batch_size,
-        device=device, model_name=args.model, target=args.target, controlkg_relations=relations,
-        controllm_ppl=settings.controllm_ppl)
-    # how many facts the known-facts filter (params `known`) kept of each test split
-    result["counts_before_known_filter"] = {kind: len(pd.read_parquet(args.splits / f"{kind}_test.parquet"))
-                                            for kind in ("targetkg", "controlkg")}
-    result["mask"] = str(args.mask)
-    result["provenance"] = stamp({"eval": params.section("eval")},
-                                 device=str(device), wall_time_s=round(time.monotonic() - start, 3))
-    write_json(args.out, result)
-    if args.headline is not None:
-        write_json(args.headline, ablation.headline(result))
-    log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
-             result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
-             result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])
+    evaluate_mask(load_params(args), model=args.model, target=args.target, seed=args.seed, model_dir=args.model_dir,
+                  verbalized=args.verbalized, splits_dir=args.splits, controllm_dir=args.controllm,
+                  mask=args.mask, out=args.out, headline_out=args.headline)
 
 
 if __name__ == "__main__":

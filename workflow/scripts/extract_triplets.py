@@ -1,6 +1,6 @@
 """Stage extract_triplets: read every selected fact source into data/processed/triplets.parquet.
 
-Params: triplets.sources, triplets.lama_path.
+Params: triplets.sources, triplets.lama_path (knowsubnet.data.triplets.extract_triplets).
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowsubnet.core.errors import cli_entry
-from knowsubnet.core.io import write_parquet
-from knowsubnet.data.triplets import build_triplets
+from knowsubnet.data.triplets import extract_triplets
 from stage_params import load_params, stage_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,10 +23,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the in-repo facts table (source 'builtin')")
     parser.add_argument("--out", type=Path, default=Path("data/processed/triplets.parquet"))
     args = parser.parse_args(argv)
-    params = load_params(args)
-    table = build_triplets(args.raw, params.triplets.sources, lama_path=params.triplets.lama_path,
-                           facts_table=args.facts)
-    write_parquet(args.out, table)
+    extract_triplets(load_params(args), raw_dir=args.raw, facts_table=args.facts, out=args.out)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,11 @@ Params: report, run, targets, csqa (the whole params are shown in the report).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from knowsubnet.core.errors import cli_entry
 from knowsubnet.report.build import build_report
 from stage_params import load_params, stage_parser
-
-log = logging.getLogger("report")
 
 
 @cli_entry
@@ -31,12 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-root", type=Path, default=None,
                         help="model directories (config.json, provenance.json); default <out-dir>/models")
     args = parser.parse_args(argv)
-
-    params = load_params(args)
-    written = build_report(args.metrics, args.masks, args.logs, out_dir=args.out_dir, params=params,
-                           models_root=args.models_root, meta_paths=args.metas, csqa_paths=args.csqa,
-                           robustness_paths=args.robustness)
-    log.info("wrote %d files; report: %s", len(written), written["report"])
+    build_report(args.metrics, args.masks, args.logs, params=load_params(args), out_dir=args.out_dir,
+                 models_root=args.models_root, meta_paths=args.metas, csqa_paths=args.csqa,
+                 robustness_paths=args.robustness)
 
 
 if __name__ == "__main__":

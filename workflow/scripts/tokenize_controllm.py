@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowsubnet.core.errors import cli_entry
-from knowsubnet.data.encoding import write_controllm
+from knowsubnet.models.controllm import write_controllm
 from stage_params import load_params, stage_parser
 
 

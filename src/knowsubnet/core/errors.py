@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Callable
 
+from knowsubnet.core.progress import quiet_library_bars
+
 
 class InputError(Exception):
     """Bad input from the user: a file, a line of a file, or a params key."""
@@ -24,8 +26,6 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        from knowsubnet.core.progress import quiet_library_bars
-
         quiet_library_bars()  # progress as log lines in log files: no carriage-return frames
         try:
             code = main(*args, **kwargs)

@@ -118,3 +118,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the text ({err})") from None
+
+
+def readable(path: str | Path) -> None:
+    """Give a file (or every file under a folder) the usual 0644-minus-umask permissions.
+
+    safetensors and transformers write some files 0600; results are shared between users/jobs.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    for item in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        os.chmod(item, 0o666 & ~umask)

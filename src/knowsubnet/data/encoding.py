@@ -1,4 +1,4 @@
-"""Facts -> tensors (`FactSet`), WikiText -> ControlLM blocks (`write_controllm`, the stage).
+"""Facts -> tensors (`FactSet`), text -> ControlLM blocks, and the blocks files.
 
 A fact is a sentence `prompt + tail_text`; only the tail's tokens are scored. Prompt and tail are
 tokenised without special tokens and concatenated, the last tail token is dropped from the inputs,
@@ -17,9 +17,7 @@ tokenised separately and concatenated.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,12 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path, sha256_file, write_json, write_safetensors
-from knowsubnet.core.provenance import stamp
-
-log = logging.getLogger(__name__)
+from knowsubnet.core.io import write_safetensors
 
 IGNORE = -100
 # Which tail tokens are scored: every one (default: a multi-token tail is known only when all its
@@ -203,18 +197,6 @@ def save_blocks(path: str | Path, blocks: torch.Tensor, metadata: dict[str, str]
     write_safetensors(path, {"blocks": blocks.to(torch.long).contiguous()}, metadata)
 
 
-def readable(path: str | Path) -> None:
-    """Give a file (or every file under a folder) the usual 0644-minus-umask permissions.
-
-    safetensors and transformers write some files 0600; results are shared between users/jobs.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    path = Path(path)
-    for item in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
-        os.chmod(item, 0o666 & ~umask)
-
-
 def load_blocks(path: str | Path) -> torch.LongTensor:
     path = Path(path)
     if not path.is_file():
@@ -227,55 +209,3 @@ def load_blocks(path: str | Path) -> torch.LongTensor:
     if blocks is None or blocks.dim() != 2 or blocks.dtype != torch.long:
         raise InputError(f"{path}: expected key 'blocks' holding an int64 [n_blocks, block_size] tensor")
     return blocks
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the text ({err})") from None
-
-
-def write_controllm(model_dir: Path, train_text: Path, test_text: Path, out: Path, params: Params) -> dict:
-    """Write the folder `out` (atomically): train / val / test.safetensors of ControlLM blocks in the
-    model's tokens, and meta.json. val holds the LAST `controllm.max_val_blocks` blocks of the
-    training text, never trained on (the ControlLM part of checkpoint selection); train the first
-    ones (at most `max_train_blocks`); test the first `test_fraction` of the test text's lines."""
-    from transformers import AutoConfig  # heavy imports only when run
-
-    from knowsubnet.models.prepare import context_length, load_tokenizer
-
-    settings = params.controllm
-    block_size = settings.block_size
-
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{model_dir}: not a prepared model directory (no config.json)")
-    context = context_length(AutoConfig.from_pretrained(model_dir))
-    if context is not None and block_size > context:
-        raise InputError(f"params key 'controllm.block_size' = {block_size}: longer than the model's "
-                         f"context of {context} tokens ({config_path})")
-    tokenizer = load_tokenizer(model_dir)
-
-    test_fraction = settings.test_fraction
-    counts = {}
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        train_all = controllm_blocks(tokenizer, read_text(train_text), block_size, None)
-        n_val = min(settings.max_val_blocks, train_all.shape[0] // 2)
-        n_train = train_all.shape[0] - n_val
-        if settings.max_train_blocks is not None:
-            n_train = min(n_train, settings.max_train_blocks)
-        parts = {"train": (train_text, train_all[:n_train], 1.0),
-                 "val": (train_text, train_all[train_all.shape[0] - n_val:], 1.0),
-                 "test": (test_text,
-                          controllm_blocks(tokenizer, text_head(read_text(test_text), test_fraction),
-                                           block_size, settings.max_test_blocks), test_fraction)}
-        for part, (path, blocks, share) in parts.items():
-            save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
-            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path),
-                            "fraction_of_lines": share}
-            log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)
-        write_json(tmp / "meta.json", stamp({"controllm": params.section("controllm")}, model_dir=str(model_dir),
-                                            block_size=block_size, **counts))
-    return counts

@@ -29,6 +29,7 @@ from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, sha256_file, write_json
 from knowsubnet.core.progress import progress_bar
+from knowsubnet.core.provenance import stamp
 
 log = logging.getLogger(__name__)
 
@@ -416,3 +417,15 @@ def fetch_data(out_dir: str | os.PathLike, mirror: str | os.PathLike | None, ver
         write_json(tmp / "manifest.json", manifest)
     log.info("fetched %d files into %s", len(files), out_dir)
     return manifest
+
+
+def fetch_from_params(params: Params, out_dir: str | os.PathLike) -> dict:
+    """The fetch_data stage: `fetch_data` into `out_dir` with params data.mirror,
+    data.verify_checksums, triplets.lama_path and the optional files they need
+    (`optional_files`), their values stamped into the manifest; returns the manifest."""
+    lama_path = params.triplets.lama_path
+    optional = optional_files(params)
+    return fetch_data(out_dir, params.data.mirror, verify=params.data.verify_checksums, lama_path=lama_path,
+                      optional=optional,
+                      provenance=stamp({"data": params.section("data"), "triplets": {"lama_path": lama_path},
+                                        "optional": optional}))

@@ -21,6 +21,9 @@ The tail is always the final span, so `prompt + tail_text` is the sentence and `
 from __future__ import annotations
 
 import re
+from typing import Callable
+
+import pandas as pd
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.wordnet import synset_lemma
@@ -363,3 +366,26 @@ for _rel, _templates in TEMPLATES.items():
     for _t in _templates + PARAPHRASES[_rel]:
         _tail_field(_t)
         assert _t.count("{o}") + _t.count("{a o}") == 1, _t
+
+
+# (rel, head, tail) -> [(template_id, prompt, tail_text)]
+Verbalizer = Callable[[str, str, str], list[tuple[int, str, str]]]
+SENTENCE_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text"]
+
+
+def candidate_sentences(triplets: pd.DataFrame, verbalizer: Verbalizer | None = None,
+                        source: str = "triplets") -> pd.DataFrame:
+    """One row per (fact, template): SENTENCE_COLUMNS. `verbalizer` defaults to `all_verbalizations`."""
+    missing = {"uuid", "head", "rel", "tail"} - set(triplets.columns)
+    if missing:
+        raise InputError(f"{source}: missing columns {sorted(missing)}; expected uuid, head, rel, tail")
+    verbalizer = verbalizer or all_verbalizations
+    rows = []
+    for fact in triplets[["uuid", "head", "rel", "tail"]].itertuples(index=False):
+        try:
+            options = verbalizer(fact.rel, fact.head, fact.tail)
+        except InputError as err:
+            raise InputError(f"{source}: fact {fact.uuid} ({fact.head} {fact.rel} {fact.tail}): {err}") from None
+        for template_id, prompt, tail_text in options:
+            rows.append((fact.uuid, fact.head, fact.rel, fact.tail, int(template_id), prompt, tail_text))
+    return pd.DataFrame(rows, columns=SENTENCE_COLUMNS)

@@ -23,8 +23,9 @@ import pandas as pd
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, write_json, write_parquet
+from knowsubnet.data import wordnet_targets
 from knowsubnet.data.relations import RELATIONS, WORDNET_RELATIONS
-from knowsubnet.data.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, WORDNET_SOURCE, normalize_entity
+from knowsubnet.data.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, normalize_entity
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,6 @@ def csqa_ids(frame: pd.DataFrame) -> set[str]:
     return {q for value in frame[CSQA_IDS].fillna("") for q in str(value).split(";") if q}
 
 
-def selector_kind(spec: Any) -> str | None:
-    """'rel', 'concept' or 'csqa': which kind of selector a target spec is (None if malformed)."""
-    if not isinstance(spec, Mapping):
-        return None
-    for kind in ("rel", "csqa", "concept"):
-        if kind in spec:
-            return kind
-    return None
-
-
 def _entities(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return frame["head"].map(normalize_entity), frame["tail"].map(normalize_entity)
 
@@ -103,7 +94,7 @@ def select_target(triplets: pd.DataFrame, name: str, spec: Any) -> pd.DataFrame:
 
 def _check_spec(key: str, spec: Any) -> None:
     if isinstance(spec, Mapping) and "wordnet" in spec:
-        _check_wordnet_spec(key, spec)
+        wordnet_targets.check_spec(key, spec)
         return
     if not isinstance(spec, Mapping):
         raise InputError(f"params key '{key}': expected a mapping such as {{rel: IsA}} or "
@@ -117,7 +108,7 @@ def _check_spec(key: str, spec: Any) -> None:
 def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     """select_target on an already canonical frame, after the spec's form was checked."""
     if "wordnet" in spec:
-        return _select_wordnet(frame, key, spec)
+        return wordnet_targets.select(frame, key, spec)
     if "rel" in spec:
         rel = spec["rel"]
         if rel not in RELATIONS:
@@ -154,85 +145,14 @@ def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     return selected
 
 
-# -- WordNet targets ----------------------------------------------------------------------------
-# {wordnet: <synset>, facts: <source tag>}: the paper's fixed list (know_subnet/wordnet/<synset>).
-# {wordnet: <synset>[, depth: n][, ancestors: n][, max_facts: n][, seed: n]}: built from the noun
-# database's hypernym edges (source `wordnet`): the edges inside the synset's hyponym subtree down
-# to `depth` levels (default: all), plus those up to `ancestors` levels above it (default 0); a
-# seeded sample of `max_facts` of them when there are more (knowsubnet.wordnet.build_target).
-
-_WORDNET_BUILD_KEYS = {"depth", "ancestors", "max_facts", "seed"}
-
-
-def is_wordnet_spec(spec: Any) -> bool:
-    return isinstance(spec, Mapping) and "wordnet" in spec
-
-
-def _check_wordnet_spec(key: str, spec: Mapping) -> None:
-    extra = set(spec) - {"wordnet", "facts"} - _WORDNET_BUILD_KEYS
-    if extra or ("facts" in spec and set(spec) & _WORDNET_BUILD_KEYS):
-        raise InputError(f"params key '{key}': expected {{wordnet: <synset>, facts: <source tag>}} "
-                         f"or {{wordnet: <synset>[, depth, ancestors, max_facts, seed]}}; got keys "
-                         f"{sorted(map(str, spec))}")
-    name = spec["wordnet"]
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"params key '{key}.wordnet': expected a noun synset name such as "
-                         f"building.n.01, got {name!r}")
-    for field, low in (("depth", 1), ("ancestors", 0), ("max_facts", 1), ("seed", 0)):
-        value = spec.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < low):
-            raise InputError(f"params key '{key}.{field}': expected an integer >= {low}, got "
-                             f"{value!r}")
-
-
-def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
-    """The WordNet hypernym graph of the triplets' Hypernym facts (only those read from the noun
-    database with `database_only`)."""
-    from knowsubnet.data.wordnet import HypernymGraph
-
-    rows = frame[frame["rel"].isin(WORDNET_RELATIONS)]
-    if database_only:
-        rows = rows[rows["source"].str.split(";").map(lambda ts: WORDNET_SOURCE in ts)]
-    return HypernymGraph(zip(rows["head"], rows["tail"]),
-                         "the triplets' WordNet facts" + (" (source wordnet)" if database_only else ""))
-
-
-def _select_wordnet(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
-    from knowsubnet.data.wordnet import build_target
-
-    synset = normalize_entity(spec["wordnet"])
-    hypernyms = frame[frame["rel"].isin(WORDNET_RELATIONS)]
-    if "facts" in spec:
-        tag = str(spec["facts"]).strip()
-        mask = hypernyms["source"].str.split(";").map(lambda ts: tag in ts).to_numpy(dtype=bool)
-        selected = hypernyms[mask]
-        if selected.empty:
-            raise InputError(f"params key '{key}.facts': no WordNet fact has the source tag "
-                             f"{tag!r} (add know_subnet to 'triplets.sources'; the paper's lists "
-                             f"are know_subnet/wordnet/<synset>)")
-        return selected.reset_index(drop=True)
-    graph = hypernym_graph(frame, database_only=True)
-    if not graph.nodes:
-        raise InputError(f"params key '{key}': a WordNet target built from the noun database needs "
-                         f"the source 'wordnet' in 'triplets.sources' (or use facts: "
-                         f"know_subnet/wordnet/<synset> for the paper's lists)")
-    edges = build_target(graph, synset, depth=spec.get("depth"), ancestors=spec.get("ancestors", 0),
-                         max_facts=spec.get("max_facts"), seed=spec.get("seed", 0),
-                         key=f"{key}.wordnet")
-    pairs = pd.MultiIndex.from_tuples(edges)
-    mask = pd.MultiIndex.from_arrays([hypernyms["head"], hypernyms["tail"]]).isin(pairs)
-    return hypernyms[mask].reset_index(drop=True)
-
-
 def wordnet_excluded(triplets: pd.DataFrame, targets: Mapping[str, Any]) -> set[str]:
     """Every synset in the hyponym subtree (whole, any depth) of any WordNet target: a WordNet
     ControlKG keeps none of them, so no target's knowledge is maintained while another's is
     suppressed."""
-    specs = {name: spec for name, spec in targets.items() if is_wordnet_spec(spec)}
+    specs = {name: spec for name, spec in targets.items() if wordnet_targets.is_wordnet_spec(spec)}
     if not specs:
         return set()
-    graph = hypernym_graph(_canonical(triplets))
+    graph = wordnet_targets.hypernym_graph(_canonical(triplets))
     out: set[str] = set()
     for name, spec in specs.items():
         synset = normalize_entity(str(spec["wordnet"]))
@@ -444,7 +364,7 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     t_heads, t_tails = _entities(target)
     excluded = set(t_heads) | set(t_tails)
     shared = heads.isin(excluded) | tails.isin(excluded)
-    wordnet = is_wordnet_spec(spec)
+    wordnet = wordnet_targets.is_wordnet_spec(spec)
     # The two graphs never mix: a WordNet TargetKG is controlled by WordNet edges, and ConceptNet
     # targets keep the ControlKG they had before WordNet facts existed.
     shared |= frame["rel"].isin(WORDNET_RELATIONS) != wordnet

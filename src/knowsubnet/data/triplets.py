@@ -20,10 +20,11 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import jsonl_rows, open_text
+from knowsubnet.core.io import jsonl_rows, open_text, write_parquet
 from knowsubnet.data.relations import ALL_RELATIONS, canonical_relation
-from knowsubnet.data.wordnet import is_synset_name
+from knowsubnet.data.wordnet import is_synset_name, read_noun_database
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,6 @@ def read_wordnet_list(path: str | os.PathLike, source: str) -> Iterator[Fact]:
 
 def read_wordnet_database(folder: str | os.PathLike, source: str = WORDNET_SOURCE) -> Iterator[Fact]:
     """Every noun hypernym edge of a WordNet 3.0 database folder (data.noun, index.noun)."""
-    from knowsubnet.data.wordnet import read_noun_database
-
     db = read_noun_database(folder)
     where = str(Path(folder) / "data.noun")
     for head, tail in db.hypernym_edges():
@@ -444,4 +443,14 @@ def build_triplets(raw_dir: str | os.PathLike, sources: Iterable[str],
                          f"facts")
     log.info("%d facts read, %d distinct; per relation: %s", len(facts), len(table),
              table["rel"].value_counts().sort_index().to_dict())
+    return table
+
+
+def extract_triplets(params: Params, *, raw_dir: str | os.PathLike, facts_table: str | os.PathLike,
+                     out: str | os.PathLike) -> pd.DataFrame:
+    """The extract_triplets stage: the triplets table of params triplets.sources (and
+    triplets.lama_path) written to the parquet file `out`; returns the table."""
+    table = build_triplets(raw_dir, params.triplets.sources, lama_path=params.triplets.lama_path,
+                           facts_table=facts_table)
+    write_parquet(out, table)
     return table

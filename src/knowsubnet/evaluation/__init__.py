@@ -1,3 +1,4 @@
-"""Measuring a model: `scoring` (tail-token PPL / rank / accuracy, ControlLM perplexity),
-`verbalize` (each fact's best template, and how much better its head predicts its tail) and
-`ablation` (original / removed / random / kept on the test splits)."""
+"""Measuring what a subnetwork removed: `ablation` (original / removed / random / kept on the test
+splits; the evaluate_ablation and combine_seeds stages) and `robustness` (held-out facts,
+paraphrases, multiple choice, relearning, specificity), with its `probes` and `relearn` pieces;
+`export` writes the remaining model as a Hugging Face directory. Scores come from `knowsubnet.scoring`."""

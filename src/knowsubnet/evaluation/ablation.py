@@ -10,23 +10,32 @@ It compares four versions of one model on TargetKG, ControlKG and ControlLM test
 
 ΔPPL = PPL(variant) − PPL(original). Every forward pass runs without gradients in eval mode; the
 model's weights are restored after each variant (`masking.masked_weights`).
+
+The stages, from files to files: `evaluate_mask` (evaluate_ablation: one seed's mask) and
+`combine_seeds` (the union / intersection / majority of a target's seed masks, each evaluated).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from knowsubnet.core.config import Known
+from knowsubnet.core.config import Known, Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.evaluation.scoring import lm_ppl, ppl_from_nll, score_facts, summarize_facts
-from knowsubnet.method import masking
+from knowsubnet.core.io import write_json
+from knowsubnet.core.provenance import stamp
+from knowsubnet.data import encoding, factsets
+from knowsubnet.method import combination, masking
+from knowsubnet.models.prepare import load_model, pick_device
+from knowsubnet.scoring.facts import DTYPES, ppl_from_nll, score_facts, summarize_facts
+from knowsubnet.scoring.text import lm_ppl
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +166,6 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
                    scored_positions: str = "all_tail_tokens") -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""
-    from knowsubnet.data import encoding  # the data layer; imported here to keep this module light
-    from knowsubnet.data import factsets
-
     verbalized_frame = factsets.read_verbalized(verbalized)
     splits_dir = Path(splits_dir)
     sets = []
@@ -186,3 +192,96 @@ def headline(result: dict) -> dict:
         if acc is not None:
             out[f"targetkg_acc_{variant}"] = round(float(acc), 4)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluate_ablation and combine_seeds stages
+
+
+def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_dir: Path, verbalized: Path,
+                  splits_dir: Path, controllm_dir: Path, mask: Path, out: Path,
+                  headline_out: Path | None = None) -> dict[str, Any]:
+    """The evaluate_ablation stage: `evaluate_ablation` of the mask file `mask` on the test splits
+    (params eval, known, verbalize.scored_positions), written to `out` with provenance, and its
+    `headline` to `headline_out` when given; returns the result."""
+    settings = params.eval
+    device = pick_device(settings.device, key="eval.device")
+    start = time.monotonic()
+
+    lm, tokenizer = load_model(model_dir, device, DTYPES[settings.dtype])
+    logits, metadata = masking.load_mask(mask)
+    layers, granularity = mask_layers(lm, logits, metadata, source=str(mask))
+    targetkg, controlkg, blocks = load_test_sets(
+        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions)
+    log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", model,
+             target, seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
+
+    relations = factsets.read_verbalized(verbalized).loc[controlkg.uuids, "rel"].tolist()
+    result = evaluate_ablation(
+        lm, layers, logits, granularity, targetkg, controlkg, blocks,
+        random_draws=settings.random_draws, seed=seed, batch_size=settings.batch_size,
+        device=device, model_name=model, target=target, controlkg_relations=relations,
+        controllm_ppl=settings.controllm_ppl)
+    # how many facts the known-facts filter (params `known`) kept of each test split
+    result["counts_before_known_filter"] = {kind: len(pd.read_parquet(Path(splits_dir) / f"{kind}_test.parquet"))
+                                            for kind in ("targetkg", "controlkg")}
+    result["mask"] = str(mask)
+    result["provenance"] = stamp({"eval": params.section("eval")},
+                                 device=str(device), wall_time_s=round(time.monotonic() - start, 3))
+    write_json(out, result)
+    if headline_out is not None:
+        write_json(headline_out, headline(result))
+    log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
+             result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
+             result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])
+    return result
+
+
+def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path], model_dir: Path,
+                  verbalized: Path, splits_dir: Path, controllm_dir: Path, out_masks: Path, out_eval: Path,
+                  combinations: Iterable[str] = tuple(combination.COMBINATIONS)) -> dict[str, dict]:
+    """The combine_seeds stage: for each of `combinations`, the seed masks' combination written to
+    `out_masks/<how>.safetensors` (logits +1 in the subnetwork, -1 outside) and its
+    `evaluate_ablation` result to `out_eval/<how>.json` (`combination` and `seeds` set, `seed`
+    null); params as `evaluate_mask`. Returns the results by combination."""
+    settings = params.eval
+    device = pick_device(settings.device, key="eval.device")
+    start = time.monotonic()
+
+    loaded = [(path, *masking.load_mask(path)) for path in masks]
+    granularities = {meta["granularity"] for _, _, meta in loaded}
+    if len(granularities) != 1:
+        raise InputError(f"{', '.join(map(str, masks))}: masks of different granularities {sorted(granularities)}")
+    seeds = sorted(masking.mask_seed(meta, source=str(path)) for path, _, meta in loaded)
+    first_meta = loaded[0][2]
+    seed_masks = [combination.to_binary(logits) for _, logits, _ in loaded]
+
+    lm, tokenizer = load_model(model_dir, device, DTYPES[settings.dtype])
+    layers, granularity = mask_layers(lm, loaded[0][1], first_meta, source=str(masks[0]))
+    targetkg, controlkg, blocks = load_test_sets(
+        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions)
+
+    results = {}
+    for how in combinations:
+        combined = combination.combine(seed_masks, how)
+        # A mask file holds logits; +1 / -1 keeps the contract "subnetwork = logits > 0".
+        logits = {name: torch.where(value, 1.0, -1.0) for name, value in combined.items()}
+        metadata = {k: v for k, v in first_meta.items() if k != "seed"}
+        metadata.update(model=model, target=target, combination=how, seeds=",".join(map(str, seeds)))
+        masking.save_mask(Path(out_masks) / f"{how}.safetensors", logits, metadata)
+        # the random baseline is seeded by the smallest seed: same draws for every combination
+        result = evaluate_ablation(
+            lm, layers, combined, granularity, targetkg, controlkg, blocks,
+            random_draws=settings.random_draws, seed=seeds[0], batch_size=settings.batch_size,
+            device=device, model_name=model, target=target,
+            controllm_ppl=settings.controllm_ppl)
+        result.update(seed=None, combination=how, seeds=seeds,
+                      mask=str(Path(out_masks) / f"{how}.safetensors"),
+                      provenance=stamp({"eval": params.section("eval")},
+                                       device=str(device), source_masks=[str(p) for p in masks],
+                                       wall_time_s=round(time.monotonic() - start, 3)))
+        write_json(Path(out_eval) / f"{how}.json", result)
+        log.info("%s: %d entries, TargetKG ΔPPL removed %.3f (random %.3f)", how, combination.count(combined),
+                 result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"])
+        results[how] = result
+    return results

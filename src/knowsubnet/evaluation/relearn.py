@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from knowsubnet.data.encoding import IGNORE, FactSet
 from knowsubnet.method import masking
-from knowsubnet.method.training import TopBlocks
+from knowsubnet.models.top_blocks import TopBlocks
 
 # A recovered fraction needs something to recover: below x2 it is reported as undefined.
 MIN_REMOVAL_LOG_RATIO = math.log(2.0)

@@ -39,7 +39,7 @@ from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn
 from knowsubnet.evaluation.ablation import mask_layers
-from knowsubnet.evaluation.scoring import DTYPES
+from knowsubnet.scoring.facts import DTYPES
 from knowsubnet.method import masking
 from knowsubnet.models.prepare import load_model, pick_device
 

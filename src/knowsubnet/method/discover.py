@@ -22,7 +22,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_json, write_text
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
-from knowsubnet.method import masking, training
+from knowsubnet.method import masking, selection, training
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ TRAIN_SETS = ("targetkg_train", "controlkg_train", "targetkg_val", "controlkg_va
 
 
 def log_csv(rows: list[dict]) -> str:
-    columns = list(training.LOG_COLUMNS) + list(training.VAL_COLUMNS)
+    columns = list(training.LOG_COLUMNS) + list(selection.VAL_COLUMNS)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -69,7 +69,7 @@ def discover(params: Params, *, model: str, target: str, seed: int, model_dir: P
     blocks = encoding.load_blocks(controllm_dir / "train.safetensors")
     val_path = controllm_dir / "val.safetensors"  # held-out WikiText blocks (tokenize_controllm)
     val_blocks = encoding.load_blocks(val_path) if val_path.is_file() else None
-    validation = training.ValidationSets(sets["targetkg_val"], sets["controlkg_val"], val_blocks)
+    validation = selection.ValidationSets(sets["targetkg_val"], sets["controlkg_val"], val_blocks)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks of %d tokens",
              model, target, seed, len(sets["targetkg_train"].uuids), len(sets["controlkg_train"].uuids),
              blocks.shape[0], blocks.shape[1])

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_safetensors
+from knowsubnet.models.top_blocks import find_blocks
 
 GRANULARITIES = ("weight", "neuron_in", "neuron_out")
 
@@ -56,18 +58,6 @@ class MaskableLayer:
 def _is_conv1d(module: nn.Module) -> bool:
     # transformers.pytorch_utils.Conv1D: a linear layer with its weight stored as [in, out].
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer blocks: the longest ModuleList whose children all share one class."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if len({type(child) for child in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
-    if best is None:
-        raise InputError(f"{type(model).__name__}: found no list of transformer blocks to mask")
-    return best
 
 
 def resolve_top_k(top_k: float, n_blocks: int) -> int:
@@ -185,12 +175,11 @@ def save_mask(path: str | Path, logits: dict[str, torch.Tensor], metadata: dict[
 
 
 def load_mask(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Mask logits and metadata; checks the file is a knowsubnet mask."""
-    from safetensors import safe_open
-
+    """Mask logits and metadata (keys sorted: the file's header order varies); checks the file is a
+    knowsubnet mask."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            metadata = dict(sorted((f.metadata() or {}).items()))
         logits = load_file(str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: mask file not found") from None

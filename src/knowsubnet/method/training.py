@@ -2,14 +2,9 @@
 
 Only the work the method needs is done per step:
 
-- The blocks below the first masked block are frozen and unmasked, so their output (the hidden
-  states entering the first masked block) is computed ONCE for every training fact and ControlLM
-  block and cached (`TopBlocks.prefix`). Each step runs only the masked blocks, the final norm and
-  the LM head (`TopBlocks.forward`): the lower blocks are swapped for a passthrough and the cached
-  hidden states are injected by a forward pre-hook on the first masked block, so the model's own
-  forward still builds what its blocks need (causal mask, rotary embeddings, ...). This holds for
-  any HF causal LM whose blocks take and return a plain hidden-states tensor (GPT-2, Llama family
-  in transformers 5); it is checked numerically against a full forward at start-up.
+- The blocks below the first masked block are frozen and unmasked, so their output is computed
+  ONCE for every training fact and ControlLM block and cached; each step runs only the masked
+  blocks, the final norm and the LM head (`models.top_blocks.TopBlocks`).
 - The original model's tail log-probs for the (fixed) ControlKG training set are cached once.
   ControlLM references are recomputed per step without grad through the top blocks (caching them
   would take V floats per token).
@@ -30,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,19 +34,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from knowsubnet.core import digest
-from knowsubnet.core.config import Mask, Select, Train
+from knowsubnet.core import checkpoint, digest
+from knowsubnet.core.config import Mask, Train
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, row_lengths
-from knowsubnet.evaluation.scoring import fact_scores_from_logits, ppl_from_nll
 from knowsubnet.method import objectives
-from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_blocks,
-                                       find_maskable_layers, random_masks_like, subnetwork_size)
+from knowsubnet.method.batching import draw, length_groups
+from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_maskable_layers,
+                                       random_masks_like, subnetwork_size)
+from knowsubnet.method.selection import VAL_COLUMNS, ValidationSets, select_checkpoint, selection_summary
 from knowsubnet.models.prepare import pick_device
+from knowsubnet.models.top_blocks import TopBlocks, check_prefix_path
+from knowsubnet.scoring.facts import fact_scores_from_logits, ppl_from_nll
 
 log = logging.getLogger(__name__)
 
@@ -60,128 +55,12 @@ log = logging.getLogger(__name__)
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
 LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
                "sparsity_weight", "noise_scale", "lr", "density")
-# Validation of the deterministic mask (train.select); None on rows where it did not run.
-VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_controllm_ppl",
-               "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
-
 
 # The trainer reads params sections `mask` and `train` (knowsubnet.core.config.Mask / Train; every
 # value documented in config/base.yaml). Final losses are measured with the deterministic mask on
 # at most this many ControlLM blocks:
 FINAL_CONTROLLM_BLOCKS = 32
 
-
-# ---------------------------------------------------------------------------------------------
-# running only the top blocks from cached hidden states
-# ---------------------------------------------------------------------------------------------
-
-class _Passthrough(nn.Module):
-    """Stands in for a frozen lower block whose output is already cached: returns its input."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-class _StopForward(Exception):
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden = hidden
-
-
-def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-def _get_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-class TopBlocks:
-    """Run a causal LM from its block `first` upward, given the hidden states entering that block.
-
-    `prefix(input_ids)` computes those hidden states with the full model (stopping at block
-    `first`); `forward(hidden, weights)` runs blocks first.. + final norm and returns the final
-    hidden states [B, T, d]; `weights` ({module path in the model: tensor}) replaces weights for
-    that call only (the remaining model's W_eff). `head` is the LM head (`get_output_embeddings`).
-    """
-
-    def __init__(self, model: nn.Module, first: int):
-        self.model = model
-        self.base = model.base_model
-        _, self.blocks = find_blocks(model)
-        if not 0 <= first < len(self.blocks):
-            raise ValueError(f"first block {first} out of range for {len(self.blocks)} blocks")
-        self.first = first
-        self.head = model.get_output_embeddings()
-        if self.head is None:
-            raise InputError(f"{type(model).__name__}: no output embeddings (LM head) to score tokens with")
-        # Parameter names are relative to the base model, which functional_call runs.
-        base_path = next(name for name, module in model.named_modules() if module is self.base)
-        self._strip = len(base_path) + 1 if base_path else 0
-
-    def param_key(self, module_path: str) -> str:
-        return module_path[self._strip:] + ".weight"
-
-    @torch.no_grad()
-    def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states entering block `first` for `input_ids` [B, T] (no grad)."""
-
-        def stop(module, args, kwargs):
-            raise _StopForward(_get_hidden(args, kwargs))
-
-        handle = self.blocks[self.first].register_forward_pre_hook(stop, with_kwargs=True)
-        try:
-            self.base(input_ids=input_ids, use_cache=False)
-        except _StopForward as caught:
-            return caught.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError("the first masked block was never called by the model's forward")
-
-    def forward(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Final hidden states (after the final norm) from `hidden` entering block `first`."""
-
-        def inject(module, args, kwargs):
-            return _replace_hidden(args, kwargs, hidden)
-
-        lower = [self.blocks[i] for i in range(self.first)]
-        handle = self.blocks[self.first].register_forward_pre_hook(inject, with_kwargs=True)
-        try:
-            for i in range(self.first):
-                self.blocks[i] = _Passthrough()
-            # inputs_embeds only fixes the batch shape and positions here: the hook replaces what
-            # reaches block `first` by `hidden` (GPT-2 adds position embeddings to inputs_embeds).
-            kwargs = {"inputs_embeds": hidden, "use_cache": False}
-            if weights:
-                out = functional_call(self.base, {self.param_key(k): v for k, v in weights.items()}, (), kwargs,
-                                      strict=False)
-            else:
-                out = self.base(**kwargs)
-        finally:
-            for i, block in enumerate(lower):
-                self.blocks[i] = block
-            handle.remove()
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def check_prefix_path(model: nn.Module, top: TopBlocks, input_ids: torch.Tensor, atol: float = 1e-4) -> float:
-    """Compare cached-prefix logits with a plain full forward; raise if they disagree."""
-    with torch.no_grad():
-        full = model(input_ids=input_ids, use_cache=False).logits.float()
-        cached = top.head(top.forward(top.prefix(input_ids))).float()
-    diff = float((full - cached).abs().max())
-    scale = float(full.abs().max()) or 1.0
-    if not diff <= atol * max(1.0, scale):
-        raise InputError(f"{type(model).__name__}: running the top blocks from cached hidden states disagrees "
-                         f"with the full forward (max |delta logit| = {diff:.3g}); this architecture's blocks "
-                         f"are not supported by the cached-prefix trainer")
-    return diff
-
-
-# ---------------------------------------------------------------------------------------------
-# the trainer
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class TrainResult:
@@ -193,70 +72,6 @@ class TrainResult:
     device: str
     layers: list[MaskableLayer] = field(repr=False, default_factory=list)
     selection: dict[str, Any] | None = None  # chosen step, criterion, original val PPLs
-
-
-@dataclass
-class ValidationSets:
-    """Held-out data for checkpoint selection: FactSets of TargetKG / ControlKG val facts, and
-    ControlLM blocks never trained on."""
-    targetkg: Any
-    controlkg: Any
-    controllm: torch.Tensor | None = None
-
-
-def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: Select) -> int:
-    """Index into `rows` (validations) of the mask to keep.
-
-    Every `cfg.every` steps (0: only at the last step) the deterministic mask is scored on TargetKG
-    val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
-    mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
-    `min_target_ratio` x original, the one with the least damage to the controls, measured as
-    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one."""
-    def damage(row):
-        return sum(math.log(row[f"val_{s}_ppl"] / original[s]) for s in ("controlkg", "controllm")
-                   if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
-
-    qualified = [i for i, row in enumerate(rows)
-                 if row["val_sparsity"] >= cfg.min_sparsity
-                 and row["val_targetkg_ppl"] >= cfg.min_target_ratio * original["targetkg"]]
-    if not qualified:
-        return len(rows) - 1
-    return min(qualified, key=lambda i: (damage(rows[i]), -rows[i]["step"]))
-
-
-def _draw(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """`size` distinct indices out of n (all of them, in order, when size >= n)."""
-    if size >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=generator)[:size]
-
-
-def length_groups(lengths: torch.Tensor, overhead: int = 48) -> list[torch.Tensor]:
-    """Split rows into groups of similar length so that padding each group to its longest row
-    costs the fewest positions, counting `overhead` positions for every extra forward.
-
-    Returns index tensors (ascending within a group) covering every row once. The partition is
-    optimal over contiguous runs of the rows sorted by length (dynamic programming over the
-    distinct lengths, at most a few dozen)."""
-    lengths = lengths.cpu()
-    values, counts = torch.unique(lengths, return_counts=True)  # ascending distinct lengths
-    values, counts = values.tolist(), counts.tolist()
-    n = len(values)
-    prefix = [0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
-    best = [0] + [math.inf] * n  # best[j]: cost of the first j distinct lengths
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j):  # group = distinct lengths i..j-1, padded to values[j - 1]
-            cost = best[i] + (prefix[j] - prefix[i]) * values[j - 1] + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    bounds, j = [], n
-    while j > 0:
-        bounds.append((values[cut[j]], values[j - 1]))
-        j = cut[j]
-    return [torch.nonzero((lengths >= lo) & (lengths <= hi)).flatten() for lo, hi in reversed(bounds)]
 
 
 class MaskTrainer:
@@ -550,9 +365,9 @@ class MaskTrainer:
         weight_s, noise_scale = (objectives.ramp(t, cfg.steps, r.start, r.end, r.ramp_from)
                                  for r in (cfg.sparsity_weight, cfg.noise_scale))
 
-        idx_t = _draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
-        idx_c = _draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
-        idx_lm = _draw(self.n_lm, cfg.batch.controllm, self.batch_gen) if self.lm_hidden is not None else None
+        idx_t = draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
+        idx_c = draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
+        idx_lm = draw(self.n_lm, cfg.batch.controllm, self.batch_gen) if self.lm_hidden is not None else None
 
         # W_eff, once for all forwards of the step
         weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
@@ -587,36 +402,16 @@ class MaskTrainer:
                 "model_weights": self._model_digest, **self.input_digests}
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
-            return
-        # Plain containers, tensors and numbers only, so that `torch.load(weights_only=True)` reads it.
-        state = {"fingerprint": self.fingerprint(), "step": int(self.step_count),
-                 "logits": {k: v.detach().cpu() for k, v in self.mask.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
-                 "noise_gen": self.noise_gen.get_state(), "log": [dict(row) for row in self.log],
-                 "elapsed": float(self.elapsed), "val_rows": [dict(row) for row in self.val_rows],
-                 "best": self.best}
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        checkpoint.save(self.checkpoint_path, self.fingerprint(), {
+            "step": int(self.step_count), "logits": {k: v.detach().cpu() for k, v in self.mask.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(), "log": [dict(row) for row in self.log],
+            "elapsed": float(self.elapsed), "val_rows": [dict(row) for row in self.val_rows], "best": self.best})
 
     def load_checkpoint(self) -> bool:
-        """Resume from the checkpoint file if there is one; True when resumed. A checkpoint that cannot
-        be read, or was written for other inputs or params, is set aside: training starts from scratch
-        with one log line saying why."""
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
-            return False
-        try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            saved = state["fingerprint"]
-        except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
-            log.warning("%s: unreadable checkpoint (%s); starting from scratch",
-                        self.checkpoint_path, str(err).splitlines()[0] if str(err) else type(err).__name__)
-            return False
-        current = self.fingerprint()
-        if saved != current:
-            changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
-            log.warning("%s: checkpoint was written for other inputs (changed: %s); starting from scratch",
-                        self.checkpoint_path, ", ".join(changed))
+        """Resume from the checkpoint file if it was written for these inputs and params (core.checkpoint)."""
+        state = checkpoint.load(self.checkpoint_path, self.fingerprint())
+        if state is None:
             return False
         self.mask.load_state_dict({k: v.to(self.device) for k, v in state["logits"].items()})
         self.optimizer.load_state_dict(state["optimizer"])
@@ -625,14 +420,13 @@ class MaskTrainer:
         self.step_count = int(state["step"])
         self.log = [dict(row) for row in state["log"]]
         self.elapsed = float(state["elapsed"])
-        self.val_rows = list(state.get("val_rows", []))
-        self.best = state.get("best")
+        self.val_rows = list(state["val_rows"])
+        self.best = state["best"]
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step_count)
         return True
 
     def discard_checkpoint(self) -> None:
-        if self.checkpoint_path is not None:
-            self.checkpoint_path.unlink(missing_ok=True)
+        checkpoint.discard(self.checkpoint_path)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -661,14 +455,9 @@ class MaskTrainer:
         if self.best is not None:
             index, logits = self.best
             self.mask.load_state_dict({k: v.to(self.device) for k, v in logits.items()})
-            chosen = self.val_rows[index]
-            qualified = (chosen["val_sparsity"] >= self.cfg.select.min_sparsity and chosen["val_targetkg_ppl"]
-                         >= self.cfg.select.min_target_ratio * self.val_original["targetkg"])
-            selection = {"step": int(chosen["step"]), "qualified": bool(qualified),
-                         "criterion": dataclasses.asdict(self.cfg.select), "original": dict(self.val_original),
-                         "chosen": dict(chosen), "curve": [dict(row) for row in self.val_rows]}
-            log.info("kept the mask of step %d (%s)", chosen["step"],
-                     "meets the criterion" if qualified else "no validation met the criterion: the last")
+            selection = selection_summary(self.val_rows, index, self.val_original, self.cfg.select)
+            log.info("kept the mask of step %d (%s)", selection["step"], "meets the criterion"
+                     if selection["qualified"] else "no validation met the criterion: the last")
         final = self.final_losses()
         return TrainResult(logits={k: v.cpu() for k, v in self.mask.state_dict().items()}, log=list(self.log),
                            final_losses=final, steps=self.step_count, wall_time_s=self.elapsed,

@@ -25,14 +25,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
+from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import atomic_path, read_json, sha256_file, write_json
+from knowsubnet.core.io import atomic_path, read_json, read_text, readable, sha256_file, write_json
 from knowsubnet.core.provenance import stamp
-from knowsubnet.data.encoding import readable
+from knowsubnet.data.factsets import read_facts
+from knowsubnet.models import tiny
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +129,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     return model, tokenizer
 
 
-def read_provenance(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / "provenance.json"
-    if not path.is_file():
-        raise InputError(f"{path}: missing; run the prepare_model stage")
-    return read_json(path)
-
-
 # -- prepare ------------------------------------------------------------------------------------
 
 def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, text: str | None = None,
@@ -155,8 +150,6 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if source == "tiny":
-            from knowsubnet.models import tiny
-
             stats = tiny.prepare(spec, tmp, facts=facts, text=text, seed=seed)
             info: dict[str, Any] = {"seed": seed, "training": {k: v for k, v in stats.items() if k != "spec"},
                                     "tail_accuracy": stats["tail_accuracy"],
@@ -176,6 +169,45 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
         readable(tmp)
     log.info("prepared %s (%s, %s parameters) in %.1f s -> %s", name, source, f"{provenance['parameters']:,}",
              provenance["wall_seconds"], out_dir)
+    return provenance
+
+
+
+def prepare_from_params(params: Params, *, model: str, out: str | Path, facts: Iterable[Path] = (),
+                        splits_dir: Path | None = None, text: Path | None = None) -> dict[str, Any]:
+    """The prepare_model stage: the model directory `out` of params `models.<model>` (`prepare_model`),
+    its params entry (and for source tiny `run.targets`) stamped into provenance.json.
+
+    Source tiny trains on the union of the fact files `facts` and the split folders of params
+    `run.targets` under `splits_dir`, and on the text file `text`; pretrained sources ignore them.
+    """
+    spec = params.models.get(model)
+    if spec is None:
+        raise InputError(f"params key 'models.{model}' is missing; known models: "
+                         f"{', '.join(params.models) or 'none'}")
+
+    fact_table, text_str = None, None
+    if spec.get("source") == "tiny":
+        paths = list(facts)
+        if splits_dir is not None:
+            paths += [splits_dir / target for target in params.run.targets]  # the run's split folders
+        if not paths:
+            raise InputError(f"model '{model}' is trained here (source tiny): give its facts "
+                             f"with --facts or --splits-dir")
+        fact_table = read_facts(paths)
+        if text is not None:
+            text_str = read_text(text)
+        log.info("tiny model: %d facts from %d files or split folders, %d characters of text", len(fact_table),
+                 len(paths), len(text_str or ""))
+
+    subset = {"models": {model: spec}}
+    if spec.get("source") == "tiny":
+        subset["run"] = {"targets": params.run.targets}
+    provenance = prepare_model(model, spec, out, facts=fact_table, text=text_str,
+                               seed=int(spec.get("seed", 0)), params=subset)
+    summary = {k: provenance[k] for k in ("parameters", "wall_seconds", "tail_accuracy", "tail_accuracy_filtered",
+                                          "tail_accuracy_best", "file_sha256", "revision") if k in provenance}
+    log.info("%s: %s", model, summary)
     return provenance
 
 

@@ -33,7 +33,7 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 import torch
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, FactSet, controllm_blocks, tokenize_facts
+from knowsubnet.data.relations import Verbalizer, candidate_sentences
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,            # intra-op CPU threads while training (fixed: same weights everywhere)
 }
 
-Verbalizer = Callable[[str, str, str], list[tuple[int, str, str]]]
-
 
 def resolve_spec(spec: dict | None) -> dict[str, Any]:
     spec = {k: v for k, v in (spec or {}).items() if k not in ("source", "seed")}
@@ -97,8 +96,6 @@ def resolve_spec(spec: dict | None) -> dict[str, Any]:
 
 def fact_sentences(facts: pd.DataFrame, verbalizer: Verbalizer | None = None) -> pd.DataFrame:
     """Every fact with every template of its relation: uuid, template_id, prompt, tail_text."""
-    from knowsubnet.evaluation.verbalize import candidate_sentences
-
     if facts is None or len(facts) == 0:
         raise InputError("tiny model: no facts to train on; expected the run's split files (--facts/--splits-dir)")
     facts = facts.drop_duplicates("uuid", keep="first")
@@ -213,14 +210,36 @@ def _text_ids(tokenizer, text: str | None, block: int, n_positions: int) -> torc
 # -- evaluation ---------------------------------------------------------------------------------
 
 @torch.no_grad()
+def _tail_predictions(model, factset: FactSet, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean tail CE [N] float32 and the top-1 token at every tail-predicting position [N, T] (-100
+    elsewhere). The trainer's own monitor: filtered accuracy needs the prediction at every position,
+    and `models` sits below `scoring`. Facts run in batches of similar length."""
+    n, width = factset.input_ids.shape
+    nll = torch.zeros(n, dtype=torch.float32)
+    preds = torch.full((n, width), IGNORE, dtype=torch.long)
+    order = torch.sort(factset.lengths, stable=True).indices
+    for index in (order[i:i + batch_size] for i in range(0, n, batch_size)):
+        t = int(factset.lengths[index].max())
+        ids, tgt = factset.input_ids[index, :t], factset.targets[index, :t]
+        sel = tgt != IGNORE
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[sel]).float()
+        ce = F.cross_entropy(logits, tgt[sel], reduction="none")
+        per_fact = torch.zeros(len(index), dtype=torch.float32).index_add_(0, sel.nonzero()[:, 0], ce)
+        nll[index] = per_fact / sel.sum(dim=1).clamp_min(1)
+        top = torch.full_like(tgt, IGNORE)
+        top[sel] = logits.argmax(dim=-1)
+        preds[index, :t] = top
+    return nll, preds
+
+
+@torch.no_grad()
 def probe_accuracy(model, data: _Sentences, index: torch.Tensor, batch_size: int) -> float:
     """Filtered tail accuracy over the sentences `index`."""
-    from knowsubnet.evaluation.verbalize import tail_nll
-
     was_training = model.training
     model.eval()
     sub = data.factset.subset(index)
-    _, preds = tail_nll(model, sub, batch_size, return_predictions=True)
+    _, preds = _tail_predictions(model, sub, batch_size)
     model.train(was_training)
     alt = data.alternatives[index, : preds.shape[1]]
     tail = sub.targets != IGNORE
@@ -231,11 +250,9 @@ def probe_accuracy(model, data: _Sentences, index: torch.Tensor, batch_size: int
 @torch.no_grad()
 def tail_accuracy(model, data: _Sentences, sentences: pd.DataFrame, batch_size: int) -> dict[str, float]:
     """Strict and filtered tail accuracy over all sentences and for the best template per fact."""
-    from knowsubnet.evaluation.verbalize import tail_nll
-
     was_training = model.training
     model.eval()
-    nll, preds = tail_nll(model, data.factset, batch_size, return_predictions=True)
+    nll, preds = _tail_predictions(model, data.factset, batch_size)
     model.train(was_training)
     tail = data.tail_targets != IGNORE
     strict = ((preds == data.tail_targets) | ~tail).all(dim=1)

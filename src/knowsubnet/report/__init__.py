@@ -1,2 +1,4 @@
-"""From results to a report: mask `analysis` (seed combinations, overlap, structure), the
-precision `tradeoff`, and `build` (tables, figures and report.md)."""
+"""From results to a report: mask `analysis` (seed combinations, overlap, structure); one module
+per report section (`ablation`, `tradeoff`, `robustness`, `structure` and `overlap` over
+`masks.analyse_masks`, `csqa`, `training`, `provenance`), each returning a `format.Section`; and
+`build`, which writes report.md from them in order."""

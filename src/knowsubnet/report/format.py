@@ -1,18 +1,32 @@
-"""Formatting shared by the report's sections: numbers for Markdown cells, Markdown tables, and
-the one writer of CSV tables and PNG figures (atomic, byte-reproducible)."""
+"""What the report's sections share: `Section` (a section's Markdown and the files it wrote),
+numbers for Markdown cells, Markdown tables, and the one writer of CSV tables and PNG figures
+(atomic, byte-reproducible)."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import atomic_path, write_text
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of report.md: its Markdown and the files it wrote, {name: path} (the names are the
+    keys of `build_report`'s result). A section function returns None when it has nothing to show."""
+    markdown: str
+    files: Mapping[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str], files: Mapping[str, Path] | None = None) -> Section:
+        return cls("\n".join(lines), dict(files or {}))
 
 
 def fmt(value: Any) -> str:

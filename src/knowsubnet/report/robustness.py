@@ -1,5 +1,8 @@
 """The report's section "Removed, or only hidden?": tables and figures of the evaluate_robustness
-results (`evaluation.robustness`), one row per model x target x seed."""
+results (`evaluation.robustness`), one row per model x target x seed.
+
+`section` returns (lines, files); `robustness_section` gives the same as a `format.Section`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json, write_text
-from knowsubnet.report.format import fmt, markdown_table, pct, save_figure, write_csv
+from knowsubnet.report.format import Section, fmt, markdown_table, pct, save_figure, write_csv
 
 # (column, label) of the ratios drawn in the figure, removed beside random
 RATIO_PROBES = [("in_sample", "in-sample"), ("held_out", "held-out"), ("paraphrases", "paraphrases"),
@@ -246,3 +249,9 @@ def section(paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dp
              texts["robustness_specificity_md"], "", "Each target's mask on every run target's TargetKG test facts "
              "(geometric mean over seeds):", "", *matrix_md, "", "![Robustness](figures/robustness.png)", ""]
     return lines, written
+
+
+def robustness_section(paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dpi: int) -> Section | None:
+    """`section` as a Section, like the report's other sections; None without results."""
+    lines, files = section(paths, tables_dir, figures_dir, dpi)
+    return Section.from_lines(lines, files) if lines else None

@@ -9,6 +9,9 @@ Three views for the report, all as PPL ratios (PPL of the variant / PPL of the o
   checkpoint: sparsity against TargetKG / ControlKG / ControlLM ratios, removed and random), with
   the checkpoint that `train.select` kept, from the runs' `meta.json`;
 - `relation_table`: ControlKG damage per relation, so a reader sees where collateral damage lands.
+
+`precision_section` is the report section "Precision: does only the target go?" built from them
+(tables/bars.csv, tradeoff.{csv,md}, controlkg_by_relation.csv, figures/tradeoff.png).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json
-from knowsubnet.report.format import save_figure
+from knowsubnet.core.io import read_json, write_text
+from knowsubnet.report.format import Section, markdown_table, save_figure, write_csv
 
 SETS = ("targetkg", "controlkg", "controllm")
 LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
+
+
 def _ratio(rec: dict, variant: str, set_name: str) -> float:
     original = rec["original"][set_name]["ppl"]
     return rec[variant][set_name]["ppl"] / original if original else math.nan
@@ -180,3 +185,37 @@ def relation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     return (frame.groupby(["model", "target", "relation"], sort=True)[["n", "removed_x", "random_x"]].mean()
             .reset_index())
+
+
+def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | Path], bars: dict[str, float],
+                      tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
+    """Bars, the trade-off over checkpoints (from the discovery runs' meta.json), ControlKG damage per relation."""
+    lines = ["## Precision: does only the target go?", ""]
+    files = {}
+    table = bars_table(records, bars)
+    if not table.empty:
+        files["bars_csv"] = write_csv(tables_dir / "bars.csv", table.drop(columns="meets"))
+        lines += ["Test splits, PPL of the remaining model / original (×); ✗ marks a missed bar "
+                  "(params `report.bars`). Random share = (random ×−1) / (removed ×−1) on TargetKG.", "",
+                  markdown_table(bars_markdown(table, bars)), ""]
+    curve = tradeoff_table(read_metas(meta_paths)) if meta_paths else pd.DataFrame()
+    if not curve.empty:
+        files["tradeoff_csv"] = write_csv(tables_dir / "tradeoff.csv", curve)
+        text = markdown_table(tradeoff_markdown(curve))
+        write_text(tables_dir / "tradeoff.md", text)
+        files["tradeoff_md"] = tables_dir / "tradeoff.md"
+        files["fig_tradeoff"] = figure_tradeoff(curve, bars, figures_dir / "tradeoff.png", dpi)
+        lines += ["### Trade-off over checkpoints (validation splits)", "",
+                  "Every validated checkpoint of discovery: sparsity against PPL ratios of the removed "
+                  "subnetwork (random subnetwork of the same size in brackets), mean over seeds; the last "
+                  "column counts the seeds whose kept mask (`train.select`) is that checkpoint.", "",
+                  text, "", "![Trade-off](figures/tradeoff.png)", ""]
+    relations = relation_table(records)
+    if not relations.empty:
+        files["controlkg_relations_csv"] = write_csv(tables_dir / "controlkg_by_relation.csv", relations)
+        shown = relations.assign(n=relations["n"].round(1), removed_x=relations["removed_x"].map("{:.3f}".format),
+                                 random_x=relations["random_x"].map("{:.3f}".format))
+        lines += ["### ControlKG damage per relation (test, mean over seeds)", "",
+                  "Where the collateral damage lands: ControlKG PPL × per relation, removed and random.", "",
+                  markdown_table(shown), ""]
+    return Section.from_lines(lines, files)

@@ -1,0 +1,197 @@
+"""Reading CommonsenseQA: the question files (every line checked), which questions are linked to
+which facts (the `removed` / `kept` groups), the training pool and the evaluation groups, and the
+questions' token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import jsonl_rows
+from knowsubnet.data.splits import SPLITS, csqa_ids, select_target
+from knowsubnet.data.triplets import CSQA_IDS
+
+N_CHOICES = 5
+LABELS = "ABCDE"
+GROUPS = ("removed", "kept", "dev")
+
+# ----------------------------------------------------------------------------------------------
+# reading CSQA
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    stem: str
+    choices: tuple[str, ...]  # five answer texts, in label order A..E
+    label: int  # index of the answer in `choices`
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """A CSQA jsonl file (the official release format); every line checked.
+
+    Each line: {"id", "answerKey", "question": {"stem", "choices": [{"label", "text"} x 5]}}.
+    """
+    path = Path(path)
+    questions: list[Question] = []
+    seen: dict[str, int] = {}
+    for where, lineno, row in jsonl_rows(path, "a JSON object (a CSQA question)"):
+        question = _parse_question(row, where)
+        if question.id in seen:
+            raise InputError(f"{where}: question id {question.id!r} repeats line {seen[question.id]}")
+        seen[question.id] = lineno
+        questions.append(question)
+    if not questions:
+        raise InputError(f"{path}: expected CSQA questions, got none")
+    return questions
+
+
+def _parse_question(row: Any, where: str) -> Question:
+    what = 'a CSQA question {"id", "answerKey", "question": {"stem", "choices"}}'
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object ({what}), got {type(row).__name__}")
+    for key in ("id", "answerKey", "question"):
+        if key not in row:
+            raise InputError(f"{where}: expected key {key!r} in {what}, got keys {sorted(map(str, row))}")
+    qid, answer, body = row["id"], row["answerKey"], row["question"]
+    if not isinstance(qid, str) or not qid.strip():
+        raise InputError(f"{where}: expected a non-empty string 'id', got {qid!r}")
+    if not isinstance(body, dict) or not isinstance(body.get("stem"), str) or not body["stem"].strip():
+        raise InputError(f"{where}: expected 'question' to be an object with a non-empty 'stem'")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != N_CHOICES:
+        got = len(choices) if isinstance(choices, list) else type(choices).__name__
+        raise InputError(f"{where}: expected {N_CHOICES} choices (labels {', '.join(LABELS)}), got {got}")
+    texts = []
+    for i, choice in enumerate(choices):
+        if (not isinstance(choice, dict) or choice.get("label") != LABELS[i]
+                or not isinstance(choice.get("text"), str) or not choice["text"].strip()):
+            raise InputError(f"{where}: choice {i + 1}: expected {{\"label\": \"{LABELS[i]}\", \"text\": "
+                             f"<non-empty string>}}, got {choice!r}")
+        texts.append(choice["text"])
+    if not isinstance(answer, str) or answer not in LABELS:
+        raise InputError(f"{where}: expected 'answerKey' to be one of {', '.join(LABELS)}, got {answer!r}")
+    return Question(qid.strip(), body["stem"], tuple(texts), LABELS.index(answer))
+
+
+# ----------------------------------------------------------------------------------------------
+# which questions go where
+
+
+def question_groups(triplets, target_facts, selected_facts=None) -> dict[str, set[str]]:
+    """Question ids per role, from the triplets table and a target's facts.
+
+    - `linked`:  every question linked to a fact of the triplets table (both CSQA halves);
+    - `removed`: the questions linked to `target_facts` (the TargetKG the mask removed);
+    - `kept`:    `linked` minus the questions of `selected_facts` (every fact the target's selector
+                 picks, before any cap; defaults to `target_facts`): for csqa1, the csqa2 half.
+    Questions linked to selected facts that a cap left out of the TargetKG are in neither group
+    (and never trained on).
+    """
+    for name, frame in (("triplets table", triplets), ("target facts", target_facts)):
+        if CSQA_IDS not in frame.columns:
+            raise InputError(f"{name}: no '{CSQA_IDS}' column; re-run extract_triplets and split_controls")
+    linked = csqa_ids(triplets)
+    removed = csqa_ids(target_facts)
+    if not removed:
+        raise InputError("target facts: no fact of the target is linked to a CSQA question; finetune_csqa "
+                         "needs a CSQA-linked target (selector csqa: csqa1 | csqa2 | [question ids])")
+    selected = csqa_ids(selected_facts) if selected_facts is not None else removed
+    return {"linked": linked, "removed": removed, "kept": linked - selected - removed}
+
+
+def _read_parquet(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
+
+
+def read_linked_facts(triplets: Path, splits_dir: Path, target: str,
+                      spec: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The arguments of `question_groups` from files: the triplets table, the target's TargetKG facts
+    (every split of `splits_dir`) and every fact the target's selector `spec` picks."""
+    table = _read_parquet(triplets, "the triplets table")
+    target_facts = pd.concat([_read_parquet(splits_dir / f"targetkg_{s}.parquet", "a TargetKG split")
+                              for s in SPLITS]).drop_duplicates()
+    return table, target_facts, select_target(table, target, spec)
+
+
+def _subsample(items: list, n: int | None, seed: int, stream: int) -> list:
+    if n is None or n >= len(items):
+        return list(items)
+    order = np.random.default_rng([seed, stream]).permutation(len(items))[:n]
+    return [items[i] for i in sorted(order)]
+
+
+def assemble_data(train: list[Question], dev: list[Question], groups: Mapping[str, set[str]],
+                  n_train: int | None, n_dev: int | None, seed: int, *,
+                  train_source: str = "CSQA train") -> tuple[list[Question], dict[str, list[Question]]]:
+    """Training questions (train minus every linked question, subsampled) and the evaluation groups.
+
+    A linked question id absent from CSQA train is an InputError naming it.
+    """
+    by_id = {q.id: q for q in train}
+    for role in ("removed", "kept", "linked"):
+        missing = sorted(groups[role] - set(by_id))
+        if missing:
+            raise InputError(f"{train_source}: question id {missing[0]!r} (linked to a fact, group {role}) is "
+                             f"not in the file ({len(missing)} such ids); expected every CSQA-linked id there")
+    linked = set(groups["linked"]) | set(groups["removed"]) | set(groups["kept"])
+    pool = [q for q in train if q.id not in linked]
+    if not pool:
+        raise InputError(f"{train_source}: no question is left for training once the linked ones are removed")
+    train_set = _subsample(pool, n_train, seed, 0)
+    eval_groups = {
+        "removed": [by_id[i] for i in sorted(groups["removed"])],
+        "kept": [by_id[i] for i in sorted(groups["kept"])],
+        "dev": _subsample(list(dev), n_dev, seed, 1),
+    }
+    for name, items in eval_groups.items():
+        if not items:
+            raise InputError(f"CSQA group {name!r} is empty; expected at least one question to evaluate")
+    return train_set, eval_groups
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+
+
+def question_text(stem: str, choice: str) -> str:
+    return f"Question: {stem}\nAnswer: {choice}"
+
+
+@dataclass
+class Encoded:
+    """Token ids of the five sequences of each question (right-padded per question)."""
+
+    ids: list[torch.Tensor]  # per question: [5, T_q] long
+    last: list[torch.Tensor]  # per question: [5] index of the classification (last real) token
+    labels: torch.Tensor  # [N] long
+    qids: list[str]
+
+
+def encode_questions(tokenizer, questions: list[Question], max_length: int) -> Encoded:
+    """Each (question, choice) as "Question: ...\\nAnswer: ..." + end-of-text token, cut from the left
+    to `max_length` tokens so the choice and the classification token always survive."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise InputError("tokenizer: no end-of-text token to score a choice at")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids, last = [], []
+    for q in questions:
+        seqs = []
+        for choice in q.choices:
+            tokens = tokenizer(question_text(q.stem, choice), add_special_tokens=False)["input_ids"] + [eos]
+            seqs.append(tokens[-max_length:])
+        width = max(map(len, seqs))
+        ids.append(torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long))
+        last.append(torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long))
+    labels = torch.tensor([q.label for q in questions], dtype=torch.long)
+    return Encoded(ids, last, labels, [q.id for q in questions])

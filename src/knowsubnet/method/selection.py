@@ -1,0 +1,57 @@
+"""Checkpoint selection: which of the masks validated during training to keep (params `train.select`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from knowsubnet.core.config import Select
+
+# Validation of the deterministic mask (train.select); None on rows where it did not run.
+VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_controllm_ppl",
+               "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
+
+
+@dataclass
+class ValidationSets:
+    """Held-out data for checkpoint selection: FactSets of TargetKG / ControlKG val facts, and
+    ControlLM blocks never trained on."""
+    targetkg: Any
+    controlkg: Any
+    controllm: torch.Tensor | None = None
+
+
+def qualifies(row: dict[str, float], original: dict[str, float], cfg: Select) -> bool:
+    return (row["val_sparsity"] >= cfg.min_sparsity
+            and row["val_targetkg_ppl"] >= cfg.min_target_ratio * original["targetkg"])
+
+
+def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: Select) -> int:
+    """Index into `rows` (validations) of the mask to keep.
+
+    Every `cfg.every` steps (0: only at the last step) the deterministic mask is scored on TargetKG
+    val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
+    mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
+    `min_target_ratio` x original, the one with the least damage to the controls, measured as
+    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one."""
+    def damage(row):
+        return sum(math.log(row[f"val_{s}_ppl"] / original[s]) for s in ("controlkg", "controllm")
+                   if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
+
+    qualified = [i for i, row in enumerate(rows) if qualifies(row, original, cfg)]
+    if not qualified:
+        return len(rows) - 1
+    return min(qualified, key=lambda i: (damage(rows[i]), -rows[i]["step"]))
+
+
+def selection_summary(rows: list[dict[str, float]], index: int, original: dict[str, float],
+                      cfg: Select) -> dict[str, Any]:
+    """What meta.json records of the selection: the kept step, whether it met the criterion, the curve."""
+    chosen = rows[index]
+    return {"step": int(chosen["step"]), "qualified": qualifies(chosen, original, cfg),
+            "criterion": dataclasses.asdict(cfg), "original": dict(original), "chosen": dict(chosen),
+            "curve": [dict(row) for row in rows]}

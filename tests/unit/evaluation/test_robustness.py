@@ -1,0 +1,288 @@
+"""The robustness probes (evaluation.probes / relearn / robustness) on a toy GPT-2 and toy facts:
+what each probe builds, that an empty mask shows no suppression anywhere and leaves the recovered
+fraction undefined, that relearning holds removed weights at zero, and that held-out TargetKG
+facts never reach discovery."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import base_params
+from knowsubnet.data import relations, splits
+from knowsubnet.data.encoding import encode_facts
+from knowsubnet.evaluation import probes, relearn, robustness
+from knowsubnet.scoring.facts import score_facts
+from knowsubnet.method import masking
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FACTS = [("apple", "IsA", "fruit"), ("dog", "IsA", "animal"), ("oak", "IsA", "tree"), ("rose", "IsA", "flower"),
+         ("salmon", "IsA", "fish"), ("trout", "IsA", "fish"), ("car", "IsA", "vehicle"), ("hammer", "IsA", "tool"),
+         ("apple", "IsA", "food"), ("knife", "UsedFor", "cutting"), ("bed", "UsedFor", "sleeping"),
+         ("pen", "UsedFor", "writing"), ("fish", "AtLocation", "water"), ("book", "AtLocation", "library"),
+         ("car", "AtLocation", "garage"), ("dog", "AtLocation", "kennel"), ("oak", "AtLocation", "forest"),
+         ("apple", "AtLocation", "orchard")]
+
+
+def facts_frame() -> pd.DataFrame:
+    return pd.DataFrame([(f"f{i:02d}", *fact) for i, fact in enumerate(FACTS)], columns=["uuid", "head", "rel", "tail"])
+
+
+def verbalized_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for fact in frame.itertuples(index=False):
+        prompt, tail_text = relations.verbalize(fact.rel, 0, fact.head, fact.tail)
+        rows.append((*fact, 0, prompt, tail_text, 5.0))
+    return pd.DataFrame(rows, columns=["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text", "tail_ppl"])
+
+
+# ---------------------------------------------------------------------------------------------
+# probes: pure table work
+
+
+def test_paraphrases_leave_out_the_trained_template_and_include_the_new_ones():
+    facts = verbalized_frame(facts_frame()).iloc[:2].assign(template_id=[0, 3])
+    out = probes.paraphrases("p", facts)
+    ids = out.groupby("uuid")["template_id"].apply(sorted).to_dict()
+    n = len(relations.paraphrase_ids("IsA"))
+    assert ids["f00"] == [t for t in range(n) if t != 0] and ids["f01"] == [t for t in range(n) if t != 3]
+    assert n > len(relations.TEMPLATES["IsA"])  # the wordings verbalize never scores
+    assert all(s.endswith(" fruit") for s in (out[out["uuid"] == "f00"]["prompt"] + out[out["uuid"] == "f00"]["tail_text"]))
+
+
+def test_choices_never_offer_a_true_tail_of_the_head_as_a_false_one():
+    table = facts_frame()
+    facts = verbalized_frame(table)
+    isa = facts[facts["rel"] == "IsA"]
+    out = probes.choices("c", isa, table, k=5, seed=0)
+    for uuid, group in out.groupby("uuid"):
+        fact = isa.set_index("uuid").loc[uuid]
+        assert group["is_true"].sum() == 1 and len(group) == 5
+        false_tails = {t.strip() for t in group.loc[~group["is_true"], "tail_text"]}
+        true_of_head = set(table[(table["head"] == fact["head"]) & (table["rel"] == "IsA")]["tail"])
+        assert not false_tails & true_of_head  # apple: neither fruit nor food is offered as false
+        assert false_tails <= set(table[table["rel"] == "IsA"]["tail"])
+    again = probes.choices("c", isa, table, k=5, seed=0)
+    pd.testing.assert_frame_equal(out, again)  # the same candidates for every model variant
+
+
+def test_same_head_facts_are_other_relations_of_the_targets_heads():
+    table = facts_frame()
+    target = table[table["rel"] == "IsA"]
+    out = probes.same_head_facts(table, target, "IsA", n=100, seed=0)
+    expected = table[(table["rel"] != "IsA") & table["head"].isin(target["head"])]
+    assert set(out["uuid"]) == set(expected["uuid"]) and set(out["rel"]) <= {"AtLocation", "UsedFor"}
+
+
+def test_halves_are_disjoint_and_cover():
+    first, second = probes.halves([f"u{i}" for i in range(9)], seed=3)
+    assert not set(first) & set(second) and len(first) + len(second) == 9
+
+
+def test_ratio_and_share_statistics():
+    frame = pd.DataFrame({"uuid": ["a", "a", "b"], "nll_original": [1.0, 1.0, 2.0], "nll_removed": [1.0, 3.0, 2.0]})
+    result = robustness.ratio_ci(frame, "removed", n_boot=200, seed=0)
+    assert result["ratio"] == pytest.approx(math.exp((1.0 + 0.0) / 2))  # per fact first: a +1, b 0
+    assert result["low"] <= result["ratio"] <= result["high"] and result["n_facts"] == 2
+    same = frame.assign(nll_removed=frame["nll_original"])
+    assert robustness.ratio_ci(same, "removed", 200, 0) == {"ratio": 1.0, "low": 1.0, "high": 1.0, "n_facts": 2}
+    shares = robustness.suppressed_share(frame, "removed", threshold=math.e ** 1.5)
+    assert shares.to_dict() == {"a": 0.5, "b": 0.0}
+    choice = pd.DataFrame({"uuid": ["a", "a", "b", "b"], "is_true": [True, False, True, False],
+                           "nll_original": [1.0, 2.0, 2.0, 1.0]})
+    assert robustness.top1(choice, "original").to_dict() == {"a": 1.0, "b": 0.0}
+
+
+def test_recovered_fraction_is_undefined_without_a_removal():
+    assert relearn.recovered_fraction(1.0, 1.0, 0.5) is None
+    assert relearn.recovered_fraction(1.0, 1.0 + math.log(1.5), 1.0) is None  # x1.5: too little to recover
+    assert relearn.recovered_fraction(1.0, 3.0, 2.0) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# a toy model and workspace
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from knowsubnet.models.tiny import train_tokenizer
+
+    root = tmp_path_factory.mktemp("robustness")
+    table = facts_frame()
+    table.assign(source="builtin").to_parquet(root / "triplets.parquet", index=False)
+    verbalized = verbalized_frame(table)
+    text = " ".join(prompt + tail for prompt, tail in
+                    (relations.verbalize(r, t, h, o) for _, h, r, o in table.itertuples(index=False)
+                     for t in relations.paraphrase_ids(r)))
+    tokenizer = train_tokenizer([text] * 2, vocab_size=400, model_max_length=64)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "verbalized").mkdir()
+    isa = table[table["rel"] == "IsA"]
+    # held out: IsA train / val / test disjoint; the other relations are the ControlKG
+    parts = {"targetkg_train": isa.iloc[:4], "targetkg_val": isa.iloc[4:6], "targetkg_test": isa.iloc[6:],
+             "controlkg_train": table.iloc[9:13], "controlkg_val": table.iloc[13:15], "controlkg_test": table.iloc[15:]}
+    for target, chosen in (("IsA", parts), ("UsedFor", {k: table[table["rel"] == "UsedFor"] if k.startswith("t")
+                                                        else table[table["rel"] == "AtLocation"] for k in parts})):
+        folder = root / "splits" / target
+        folder.mkdir(parents=True)
+        for name, frame in chosen.items():
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+        verbalized.to_parquet(root / "verbalized" / f"{target}.parquet", index=False)
+    layers = masking.find_maskable_layers(model, 1)
+    return {"root": root, "layers": [l.name for l in layers], "tokenizer": tokenizer}
+
+
+def toy_params(**robust):
+    return base_params({"run": {"targets": ["IsA", "UsedFor"]},
+                        "robustness": {"relearn": {"steps": 3, "batch": 2}, "bootstrap": 50, "device": "cpu",
+                                       "candidates": 4, **robust}})
+
+
+def write_mask(root, name, fill):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    layers = masking.find_maskable_layers(model, 1)
+    logits = {l.name: fill(l.weight.shape) for l in layers}
+    path = root / f"{name}.safetensors"
+    masking.save_mask(path, logits, {"granularity": "weight", "top_k_blocks": "1", "seed": "0"})
+    return path
+
+
+def run_stage(workspace, mask, out):
+    root = workspace["root"]
+    return robustness.evaluate_robustness(
+        toy_params(), model="toy", target="IsA", seed=0, model_dir=root / "model", mask=mask,
+        triplets=root / "triplets.parquet", splits_root=root / "splits", verbalized_root=root / "verbalized",
+        out_dir=out)
+
+
+def test_an_empty_mask_suppresses_nothing_and_recovers_nothing(workspace):
+    root = workspace["root"]
+    mask = write_mask(root, "empty", lambda shape: torch.full(shape, -1.0))
+    result = run_stage(workspace, mask, root / "out-empty")
+    assert result["held_out"]["holdout"] is True
+    for section in (result["held_out"]["in_sample"], result["held_out"]["held_out"], result["paraphrases"]["targetkg"],
+                    result["specificity"]["foreign_heads"], result["specificity"]["other_targets"]["UsedFor"]):
+        assert section["removed"]["ratio"] == 1.0
+    assert result["paraphrases"]["suppressed_share"]["removed"]["share"] == 0.0
+    assert result["controlkg_kl"]["removed"] == 0.0
+    choice = result["multiple_choice"]["targetkg"]
+    assert choice["removed"]["share"] == choice["original"]["share"]
+    for data in ("targetkg", "unrelated"):
+        assert result["relearning"][data]["removed_held"]["recovered_fraction"] is None  # undefined, not 0
+    headline = json.loads((root / "out-empty" / "headline.json").read_text())
+    assert headline["relearn_targetkg_recovered"] is None and headline["paraphrase_suppressed_share"] == 0.0
+    sentences = pd.read_parquet(root / "out-empty" / "sentences.parquet")
+    assert (sentences["nll_removed"] == sentences["nll_original"]).all()
+    # held out: the relearning trained on the train facts and was scored on test facts only
+    assert result["relearning"]["targetkg"]["n_train"] == 4 and result["relearning"]["n_scored"] == 3
+
+
+def test_a_mask_that_removes_weights_changes_the_scores(workspace):
+    root = workspace["root"]
+    mask = write_mask(root, "third", lambda shape: torch.where(torch.arange(math.prod(shape)).view(shape) % 3 == 0, 1.0, -1.0))
+    result = run_stage(workspace, mask, root / "out-third")
+    assert result["held_out"]["in_sample"]["removed"]["ratio"] != 1.0
+    assert result["controlkg_kl"]["removed"] > 0.0
+    sentences = pd.read_parquet(root / "out-third" / "sentences.parquet")
+    paraphrased = sentences[sentences["probe"] == "paraphrase_targetkg"]
+    assert set(paraphrased["template_id"]) == set(relations.paraphrase_ids("IsA")) - {0}  # trained template out
+    assert set(sentences["probe"]) >= {"targetkg_train", "targetkg_test", "controlkg_test", "choice_targetkg",
+                                       "foreign_heads", "same_head", "other:UsedFor"}
+
+
+def test_the_report_section_has_a_row_per_run_and_the_figure(workspace):
+    from knowsubnet.report import robustness as section
+
+    root = workspace["root"]
+    paths = [root / name / "robustness.json" for name in ("out-empty", "out-third")]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("needs the two stage runs above")
+    lines, written = section.section(paths, root / "tables", root / "figures", dpi=40)
+    table = pd.read_csv(written["robustness_csv"])
+    assert len(table) == 2 and set(table["target"]) == {"IsA"}
+    assert written["fig_robustness"].stat().st_size > 0
+    text = "\n".join(lines)
+    assert "## Removed, or only hidden?" in text and "undefined" in text  # the empty mask's recovered fraction
+    assert "toy: mask of" in text  # the specificity matrix
+
+
+def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspace):
+    from transformers import AutoModelForCausalLM
+
+    root = workspace["root"]
+    model = AutoModelForCausalLM.from_pretrained(root / "model").eval().requires_grad_(False)
+    layers = masking.find_maskable_layers(model, 1)
+    before = {l.name: l.weight.detach().clone() for l in layers}
+    removed = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for l in layers}
+    table = verbalized_frame(facts_frame())
+    facts = relearn.CachedFacts(model, layers, encode_facts(workspace["tokenizer"], table["prompt"].tolist(),
+                                                            table["tail_text"].tolist()), "cpu")
+    # the cached top blocks score like the whole model
+    full = score_facts(model, facts.facts, 4)["nll"].mean()
+    assert facts.mean_nll() == pytest.approx(float(full), abs=1e-5)
+    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8,
+                           lr=1e-2, batch=6, seed=0) as losses:
+        for l in layers:
+            assert (l.weight[removed[l.name]] == 0).all()
+            assert not torch.equal(l.weight[~removed[l.name]], before[l.name][~removed[l.name]])
+    assert losses[-1] < losses[0]  # the finetune lowers the loss on what it trains on
+    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8,
+                           lr=1e-2, batch=6, seed=0):
+        assert any((l.weight[removed[l.name]] != 0).any() for l in layers)  # free: removed weights train
+    for l in layers:
+        assert torch.equal(l.weight, before[l.name]) and not l.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out facts stay held out
+
+
+def test_held_out_targetkg_splits_are_disjoint():
+    table = facts_frame().assign(source="builtin")
+    out = splits.make_splits(table, "IsA", {"rel": "IsA"}, seed=0, fractions={"train": 0.5, "val": 0.2, "test": 0.3},
+                             targetkg_holdout=True, max_targetkg=None, max_controlkg={"train": 5, "val": 2, "test": 2})
+    sets = [set(out[f"targetkg_{s}"]["uuid"]) for s in ("train", "val", "test")]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert sum(map(len, sets)) == 9
+
+
+def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
+    """Discovery (training and checkpoint selection) runs with the TargetKG test file unreadable:
+    whatever it learned and chose, it did without the held-out facts."""
+    from knowsubnet.data import encoding
+    from knowsubnet.method.discover import discover
+
+    root = workspace["root"]
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    for path in (root / "splits" / "IsA").glob("*.parquet"):
+        (split_dir / path.name).write_bytes(path.read_bytes())
+    (split_dir / "targetkg_test.parquet").write_text("not a parquet file: reading it would fail")
+    controllm = tmp_path / "controllm"
+    blocks = encoding.controllm_blocks(workspace["tokenizer"], "an apple is a fruit and a dog is an animal " * 20, 16)
+    encoding.save_blocks(controllm / "train.safetensors", blocks[:-2])
+    encoding.save_blocks(controllm / "val.safetensors", blocks[-2:])
+    params = base_params({"mask": {"top_k_blocks": 1}, "split": {"targetkg_holdout": True},
+                          "train": {"steps": 2, "log_every": 1, "checkpoint_every": 2, "device": "cpu",
+                                    "batch": {"targetkg": 2, "controlkg": 2, "controllm": 1},
+                                    "select": {"every": 1, "min_sparsity": 0.0, "min_target_ratio": 0.0}}})
+    meta = discover(params, model="toy", target="IsA", seed=0, model_dir=root / "model",
+                    verbalized=root / "verbalized" / "IsA.parquet", splits_dir=split_dir, controllm_dir=controllm,
+                    out_dir=tmp_path / "mask", progress=False)
+    test_uuids = set(pd.read_parquet(root / "splits" / "IsA" / "targetkg_test.parquet")["uuid"])
+    assert meta["n_facts"]["targetkg_train"] == 4 and meta["n_facts"]["targetkg_val"] == 2
+    assert not test_uuids & set(pd.read_parquet(split_dir / "targetkg_train.parquet")["uuid"])
+    assert not test_uuids & set(pd.read_parquet(split_dir / "targetkg_val.parquet")["uuid"])

@@ -1,0 +1,44 @@
+"""dvc.yaml is generated from the Snakemake rules (`make dvc.yaml`): the committed file must be current."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO_ROOT
+
+ROOT = REPO_ROOT
+
+
+def generated() -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "workflow/dvc_yaml.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_committed_dvc_yaml_is_the_generated_one():
+    text = generated()
+    assert (ROOT / "dvc.yaml").read_text() == text, "dvc.yaml is stale: run `make dvc.yaml` and commit it"
+    stages = yaml.safe_load(text)["stages"]
+    # every stage the default target needs, split per target, and the library modules each imports
+    assert set(stages) == {"fetch_data", "extract_triplets", "split_controls", "prepare_model", "verbalize",
+                           "tokenize_controllm", "discover_mask", "finetune_csqa", "evaluate_ablation",
+                           "evaluate_robustness", "combine_seeds", "report"}
+    # a rule's own matrix (DVC_MATRIX): only the CSQA-linked targets are finetuned
+    assert stages["finetune_csqa"]["matrix"]["target"] == ["csqa1"]
+    assert stages["finetune_csqa"]["matrix"]["mode"] == "${csqa.modes}"
+    assert stages["split_controls"]["matrix"] == {"target": "${run.targets}"}
+    assert stages["split_controls"]["params"] == ["split", "targets.${item.target}"]
+    for module in ("data/encoding", "data/factsets", "models/prepare", "method/training", "method/masking",
+                   "method/objectives", "core/digest"):
+        assert f"src/knowsubnet/{module}.py" in stages["discover_mask"]["deps"]
+    for module in ("scoring/facts", "scoring/templates", "data/encoding"):
+        assert f"src/knowsubnet/{module}.py" in stages["verbalize"]["deps"]
+    # evaluation reads the mask file (its metadata records granularity and blocks), not `mask` params
+    assert "mask" not in stages["evaluate_ablation"]["params"]
+    combine = stages["combine_seeds"]
+    assert {"known", "verbalize.scored_positions", "eval"} <= set(combine["params"])
+    assert "data/processed/splits/${item.target}/targetkg_test.parquet" in combine["deps"]
+    assert "*" not in combine["cmd"]  # the run's seeds, not a glob over whatever seed folders exist
+    assert stages["evaluate_ablation"]["metrics"] == ["results/eval/${item.model}/${item.target}/seed${item.seed}/headline.json"]
