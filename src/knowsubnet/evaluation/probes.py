@@ -59,7 +59,13 @@ def _rows(probe: str, facts: pd.DataFrame, template_ids: Iterable[int] | None = 
                                                   template_ids, heads, tails, is_true):
         prompt, tail_text = relations.verbalize(rel, int(tid), head, tail)
         rows.append((probe, uuid, rel, int(tid), bool(true), prompt, tail_text))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return _frame(rows)
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    # Typed even when empty: an empty probe must not turn `is_true` into objects when the probes
+    # are concatenated (`~is_true` would then be -1 / -2, not a mask).
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"template_id": "int64", "is_true": bool})
 
 
 def best_template(probe: str, facts: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +117,7 @@ def choices(probe: str, facts: pd.DataFrame, triplets: pd.DataFrame, k: int, see
         false = list(generator.choice(pool, size=min(k - 1, len(pool)), replace=False)) if pool else []
         one = pd.DataFrame([fact] * (1 + len(false)), columns=facts.columns)
         frames.append(_rows(probe, one, tails=[fact.tail, *false], is_true=[True] + [False] * len(false)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else _frame([])
 
 
 def foreign_heads(probe: str, facts: pd.DataFrame, heads: list[str], seed: int) -> pd.DataFrame:

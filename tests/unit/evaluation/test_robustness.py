@@ -71,6 +71,21 @@ def test_choices_never_offer_a_true_tail_of_the_head_as_a_false_one():
     pd.testing.assert_frame_equal(out, again)  # the same candidates for every model variant
 
 
+def test_an_empty_probe_keeps_the_candidates_typed():
+    """A probe with no sentences (building's relation: no same-head facts) must not turn the
+    concatenated `is_true` into objects, where `~is_true` is -1 / -2 instead of a mask."""
+    table = facts_frame()
+    isa = verbalized_frame(table)
+    isa = isa[isa["rel"] == "IsA"]
+    empty = probes.choices("c", isa.iloc[:0], table, k=5, seed=0)
+    assert len(empty) == 0 and empty["is_true"].dtype == bool
+    frame = pd.concat([probes.choices("c", isa, table, k=3, seed=0), empty,
+                       probes.paraphrases("p", isa.iloc[:0])], ignore_index=True)
+    assert frame["is_true"].dtype == bool
+    frame["nll_original"] = [0.5 if true else 1.0 for true in frame["is_true"]]
+    assert robustness.top1(frame, "original").eq(1.0).all()
+
+
 def test_same_head_facts_are_other_relations_of_the_targets_heads():
     table = facts_frame()
     target = table[table["rel"] == "IsA"]
