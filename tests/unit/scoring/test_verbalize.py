@@ -29,7 +29,7 @@ def tokenizer():
 
 
 class BigramLM(nn.Module):
-    """p(next | previous token) = softmax(table[previous]); exposes the HF pieces tail_nll uses."""
+    """p(next | previous token) = softmax(table[previous]); exposes the HF pieces score_facts uses."""
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
