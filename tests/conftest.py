@@ -75,6 +75,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def save_tiny_gpt2(tokenizer, folder: Path):
+    """A 2-block GPT-2 sized to `tokenizer` (seed 0), saved with it as a prepared model folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 def base_params(*overlays: dict):
     """Typed params: config/base.yaml (the one set of defaults) with mapping overlays merged in order."""
     from knowsubnet.core import config

@@ -198,6 +198,18 @@ def headline(result: dict) -> dict:
 # the evaluate_ablation and combine_seeds stages
 
 
+def _prepare(params: Params, model_dir: Path, logits: dict[str, torch.Tensor], metadata: dict[str, str],
+             mask_source: str, verbalized: Path, splits_dir: Path, controllm_dir: Path):
+    """What both stages evaluate with: the device, the model, the mask's layers and granularity,
+    and the test sets (params eval, known, verbalize.scored_positions)."""
+    device = pick_device(params.eval.device, key="eval.device")
+    lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
+    layers, granularity = mask_layers(lm, logits, metadata, source=mask_source)
+    test_sets = load_test_sets(tokenizer, verbalized, splits_dir, controllm_dir, params.known,
+                               params.verbalize.scored_positions)
+    return device, lm, layers, granularity, test_sets
+
+
 def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_dir: Path, verbalized: Path,
                   splits_dir: Path, controllm_dir: Path, mask: Path, out: Path,
                   headline_out: Path | None = None) -> dict[str, Any]:
@@ -205,14 +217,10 @@ def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_d
     (params eval, known, verbalize.scored_positions), written to `out` with provenance, and its
     `headline` to `headline_out` when given; returns the result."""
     settings = params.eval
-    device = pick_device(settings.device, key="eval.device")
     start = time.monotonic()
-
-    lm, tokenizer = load_model(model_dir, device, DTYPES[settings.dtype])
     logits, metadata = masking.load_mask(mask)
-    layers, granularity = mask_layers(lm, logits, metadata, source=str(mask))
-    targetkg, controlkg, blocks = load_test_sets(
-        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions)
+    device, lm, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
+        params, model_dir, logits, metadata, str(mask), verbalized, splits_dir, controllm_dir)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", model,
              target, seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
@@ -245,9 +253,7 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
     `evaluate_ablation` result to `out_eval/<how>.json` (`combination` and `seeds` set, `seed`
     null); params as `evaluate_mask`. Returns the results by combination."""
     settings = params.eval
-    device = pick_device(settings.device, key="eval.device")
     start = time.monotonic()
-
     loaded = [(path, *masking.load_mask(path)) for path in masks]
     granularities = {meta["granularity"] for _, _, meta in loaded}
     if len(granularities) != 1:
@@ -256,10 +262,8 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
     first_meta = loaded[0][2]
     seed_masks = [combination.to_binary(logits) for _, logits, _ in loaded]
 
-    lm, tokenizer = load_model(model_dir, device, DTYPES[settings.dtype])
-    layers, granularity = mask_layers(lm, loaded[0][1], first_meta, source=str(masks[0]))
-    targetkg, controlkg, blocks = load_test_sets(
-        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions)
+    device, lm, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
+        params, model_dir, loaded[0][1], first_meta, str(masks[0]), verbalized, splits_dir, controllm_dir)
 
     results = {}
     for how in combinations:

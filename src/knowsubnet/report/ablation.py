@@ -18,11 +18,9 @@ from matplotlib.figure import Figure
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json, write_text
 from knowsubnet.method import combination
-from knowsubnet.report.format import Section, fmt, markdown_table, pct, pm, save_figure, write_csv
+from knowsubnet.report.format import SET_LABELS, SETS, Section, fmt, markdown_table, pct, pm, save_figure, write_csv
 
-SETS = ("targetkg", "controlkg", "controllm")
 FACT_SETS = ("targetkg", "controlkg")
-SET_LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 VARIANTS = ("original", "removed", "random", "kept")
 
 

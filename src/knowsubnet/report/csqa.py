@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json, write_text
-from knowsubnet.report.format import Section, markdown_table, save_figure, write_csv
+from knowsubnet.core.io import write_text
+from knowsubnet.report.format import Section, markdown_table, read_record, save_figure, write_csv
 
 CSQA_VARIANTS = ("original", "remaining", "random")
 CSQA_GROUPS = ("removed", "kept", "dev")
@@ -28,13 +28,8 @@ def load_csqa_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The finetune_csqa result files, checked for the keys the report reads."""
     records = []
     for path in paths:
-        try:
-            data = read_json(path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: cannot read CSQA results ({err})") from None
-        for key in ("model", "target", "seed", "mode", "variants", "delta_vs_original"):
-            if key not in data:
-                raise InputError(f"{path}: expected key {key!r} in a finetune_csqa result")
+        data = read_record(path, ("model", "target", "seed", "mode", "variants", "delta_vs_original"),
+                           "a finetune_csqa result")
         for variant in CSQA_VARIANTS:
             groups = (data["variants"].get(variant) or {}).get("groups") or {}
             if set(CSQA_GROUPS) - set(groups):

@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from knowsubnet.core.io import atomic_path, write_text
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import atomic_path, read_json, write_text
+
+# The three sets every metric is reported on, and how tables and figures name them.
+SETS = ("targetkg", "controlkg", "controllm")
+SET_LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,16 @@ def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
+
+
+def read_record(path: str | Path, keys: Sequence[str], what: str) -> dict[str, Any]:
+    """A stage's result file, with one InputError naming the file when it cannot be read or lacks
+    one of the `keys` the report reads."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
+    for key in keys:
+        if key not in data:
+            raise InputError(f"{path}: expected key {key!r} in {what}")
+    return data

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json, write_text
-from knowsubnet.report.format import Section, fmt, markdown_table, pct, save_figure, write_csv
+from knowsubnet.core.io import write_text
+from knowsubnet.report.format import Section, fmt, markdown_table, pct, read_record, save_figure, write_csv
 
 # (column, label) of the ratios drawn in the figure, removed beside random
 RATIO_PROBES = [("in_sample", "in-sample"), ("held_out", "held-out"), ("paraphrases", "paraphrases"),
@@ -24,18 +23,9 @@ RATIO_PROBES = [("in_sample", "in-sample"), ("held_out", "held-out"), ("paraphra
 
 
 def load(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    records = []
-    for path in paths:
-        try:
-            record = read_json(path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: cannot read the robustness results ({err})") from None
-        for key in ("model", "target", "seed", "held_out", "paraphrases", "multiple_choice", "relearning",
-                    "specificity", "controlkg_kl"):
-            if key not in record:
-                raise InputError(f"{path}: no '{key}'; expected an evaluate_robustness output")
-        records.append(record)
-    return records
+    keys = ("model", "target", "seed", "held_out", "paraphrases", "multiple_choice", "relearning", "specificity",
+            "controlkg_kl")
+    return [read_record(path, keys, "an evaluate_robustness result") for path in paths]
 
 
 def _ratio(section: dict | None, variant: str = "removed") -> dict[str, Any]:

@@ -23,12 +23,9 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json, write_text
-from knowsubnet.report.format import Section, markdown_table, save_figure, write_csv
+from knowsubnet.core.io import write_text
+from knowsubnet.report.format import SET_LABELS, SETS, Section, markdown_table, read_record, save_figure, write_csv
 
-SETS = ("targetkg", "controlkg", "controllm")
-LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
 
 
@@ -87,14 +84,7 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
 
 
 def read_metas(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    metas = []
-    for path in paths:
-        meta = read_json(path)
-        for key in ("model", "target", "seed"):
-            if key not in meta:
-                raise InputError(f"{path}: no '{key}'; expected a meta.json of discover_mask")
-        metas.append(meta)
-    return metas
+    return [read_record(path, ("model", "target", "seed"), "a discover_mask meta.json") for path in paths]
 
 
 def tradeoff_table(metas: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -127,7 +117,7 @@ def tradeoff_markdown(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (model, target, step), row in means.iterrows():
         out.append({"model": model, "target": target, "step": step, "sparsity": f"{row['sparsity']:.3%}",
-                    **{f"{LABELS[s]} ×": f"{row[f'{s}_x_removed']:,.3f} ({row[f'{s}_x_random']:.3f})" for s in SETS},
+                    **{f"{SET_LABELS[s]} ×": f"{row[f'{s}_x_removed']:,.3f} ({row[f'{s}_x_random']:.3f})" for s in SETS},
                     "kept by seeds": int(chosen[(model, target, step)])})
     return pd.DataFrame(out)
 
@@ -146,7 +136,7 @@ def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi
             run = run.sort_values("step")
             x = 100 * run["sparsity"]
             for s in SETS:
-                label = LABELS[s] if seed == group["seed"].min() else None
+                label = SET_LABELS[s] if seed == group["seed"].min() else None
                 ax.plot(x, run[f"{s}_x_removed"], color=COLORS[s], marker=".", linewidth=1, label=label)
                 ax.plot(x, run[f"{s}_x_random"], color=COLORS[s], linestyle="--", linewidth=0.8)
                 kept = run[run["selected"]]

@@ -17,7 +17,7 @@ from torch import nn
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
-from knowsubnet.data.encoding import IGNORE
+from knowsubnet.data.encoding import IGNORE, row_lengths
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -120,9 +120,8 @@ def score_facts(model: nn.Module, factset, batch_size: int, device: str | torch.
     if bool(empty.any()):
         raise InputError(f"{desc}: fact {factset.uuids[int(empty.nonzero()[0])]} has no tail token to score")
     device = torch.device(device) if device is not None else _model_device(model)
-    # Sorted by the last scored column: tail_logits cuts each batch there.
-    last = torch.where(scored, torch.arange(scored.shape[1]), -1).max(dim=1).values
-    order = torch.sort(last, stable=True).indices
+    # Sorted by length: tail_logits cuts each batch after its last scored column.
+    order = torch.sort(row_lengths(factset.targets), stable=True).indices
     out = {"nll": torch.zeros(n, dtype=torch.float64), "rank": torch.zeros(n, dtype=torch.long),
            "correct": torch.zeros(n, dtype=torch.bool)}
     with eval_mode(model):

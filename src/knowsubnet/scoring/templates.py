@@ -124,15 +124,12 @@ def verbalize_facts(params: Params, *, model_dir: Path, facts: list[Path], out: 
     table = read_facts(list(facts))
     device = pick_device(settings.device, key="verbalize.device")
     model, tokenizer = load_model(model_dir, device)
-    scored_positions = settings.scored_positions
-    best = best_templates(model, tokenizer, table, settings.batch_size, device,
-                          max_length=context_length(model), source=str(facts[0]),
-                          scored_positions=scored_positions)
-    other_heads = settings.other_heads
-    if other_heads and len(best):
-        best = head_baseline(model, tokenizer, best, other_heads, settings.seed,
-                             settings.batch_size, device, max_length=context_length(model),
-                             scored_positions=scored_positions)
+    max_length, scored_positions = context_length(model), settings.scored_positions
+    best = best_templates(model, tokenizer, table, settings.batch_size, device, max_length=max_length,
+                          source=str(facts[0]), scored_positions=scored_positions)
+    if settings.other_heads and len(best):
+        best = head_baseline(model, tokenizer, best, settings.other_heads, settings.seed, settings.batch_size,
+                             device, max_length=max_length, scored_positions=scored_positions)
     write_parquet(out, best)
     mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")
     log.info("%d facts -> %s; tail PPL of the set %.3f; templates used %s", len(best), out,

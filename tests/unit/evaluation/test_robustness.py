@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import base_params
+from conftest import base_params, save_tiny_gpt2
 from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn, robustness
@@ -125,8 +125,6 @@ def test_recovered_fraction_is_undefined_without_a_removal():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from knowsubnet.models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("robustness")
@@ -137,11 +135,7 @@ def workspace(tmp_path_factory):
                     (relations.verbalize(r, t, h, o) for _, h, r, o in table.itertuples(index=False)
                      for t in relations.paraphrase_ids(r)))
     tokenizer = train_tokenizer([text] * 2, vocab_size=400, model_max_length=64)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    model = save_tiny_gpt2(tokenizer, root / "model")
     (root / "verbalized").mkdir()
     isa = table[table["rel"] == "IsA"]
     # held out: IsA train / val / test disjoint; the other relations are the ControlKG

@@ -11,7 +11,7 @@ import yaml
 
 from knowsubnet.data import encoding
 from knowsubnet.method import masking
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, save_tiny_gpt2
 
 REPO = REPO_ROOT
 
@@ -34,8 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from knowsubnet.models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("discover")
@@ -57,11 +55,7 @@ def workspace(tmp_path_factory):
 
     text = " ".join(verbalized["prompt"] + verbalized["tail_text"]) + " the a of in for is kind you use find"
     tokenizer = train_tokenizer([text] * 5, vocab_size=300, model_max_length=64)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_gpt2(tokenizer, root / "model")
     blocks = encoding.controllm_blocks(tokenizer, text * 4, block_size=16)
     encoding.save_blocks(root / "controllm" / "train.safetensors", blocks[:-2])
     encoding.save_blocks(root / "controllm" / "val.safetensors", blocks[-2:])
