@@ -164,3 +164,52 @@ def metrics(model, target, seed, dppl_removed, dppl_random, sparsity=0.98, combi
     if combination:
         rec.update(combination=combination, seeds=[0, 1], seed=None)
     return rec
+
+
+# -- report inputs -----------------------------------------------------------------------------------
+
+REPORT_LAYERS = {"transformer.h.1.attn.c_attn": (8, 24), "transformer.h.1.attn.c_proj": (8, 8),
+          "transformer.h.1.mlp.c_fc": (8, 32), "transformer.h.1.mlp.c_proj": (32, 8)}
+
+
+def write_report_inputs(root):
+    """Metrics of three runs and a seed combination, their masks, train logs and a model folder:
+    what the report reads (tests of the report and of its CSQA section)."""
+    import json
+
+    import pandas as pd
+    import torch
+
+    from knowsubnet.method import masking
+
+    runs = [("m", "A", 0, (100.0, 1.0, 0.5), (2.0, 0.2, 0.1)),
+            ("m", "A", 1, (120.0, 3.0, 1.5), (4.0, 0.4, 0.3)),
+            ("m", "B", 0, (50.0, 0.5, 0.25), (1.0, 0.1, 0.05))]
+    paths = []
+    for model, target, seed, removed, random in runs:
+        path = root / "eval" / model / target / f"seed{seed}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(metrics(model, target, seed, removed, random)))
+        paths.append(path)
+    combo = root / "eval" / "m" / "A" / "combined" / "majority.json"
+    combo.parent.mkdir(parents=True)
+    combo.write_text(json.dumps(metrics("m", "A", None, (90.0, 2.0, 1.0), (3.0, 0.3, 0.2), combination="majority")))
+    paths.append(combo)
+
+    gen = torch.Generator().manual_seed(0)
+    mask_paths = []
+    for target, seed in (("A", 0), ("A", 1), ("B", 0)):
+        logits = {name: torch.randn(shape, generator=gen) - 1.0 for name, shape in REPORT_LAYERS.items()}
+        path = root / "masks" / "m" / target / f"seed{seed}" / "mask.safetensors"
+        masking.save_mask(path, logits, {"granularity": "weight", "model": "m", "target": target, "seed": seed})
+        mask_paths.append(path)
+        log = pd.DataFrame({"step": [0, 10, 20], "loss": [3.0, 2.0, 1.0 + seed], "suppress": [1.0, 0.5, 0.2],
+                            "controlkg": [0.1, 0.1, 0.1], "controllm": [0.2, 0.1, 0.1],
+                            "sparsity_loss": [0.4, 0.3, 0.2], "sparsity_weight": [2, 2, 3], "lr": [0.1, 0.2, 0.2],
+                            "density": [0.45, 0.2, 0.05]})
+        log.to_csv(path.parent / "train_log.csv", index=False)
+    (root / "models" / "m").mkdir(parents=True)
+    (root / "models" / "m" / "config.json").write_text(json.dumps({"n_head": 2, "n_embd": 8}))
+    (root / "models" / "m" / "provenance.json").write_text(
+        json.dumps({"model": "m", "source": "tiny", "file_sha256": "abc123", "parameters": 1234}))
+    return paths, mask_paths, [p.parent / "train_log.csv" for p in mask_paths]

@@ -1,7 +1,10 @@
 """Write params.yaml, the one file DVC reads and Snakemake starts from: config/base.yaml + the local
-data mirror (config/mirror-local.yaml) + an optional preset overlay, merged.
+data mirror (config/mirror-local.yaml) + an optional preset overlay, merged, + optional overrides.
 
-    python workflow/params_yaml.py [--preset demo] [--out params.yaml]     (make params PRESET=demo)
+    python workflow/params_yaml.py [--preset demo] [--set train.steps=10 ...] [--out params.yaml]
+    make params PRESET=demo SET="train.steps=10 run.seeds=[0]"
+
+`--set KEY=VALUE` (repeatable) changes one key: KEY dotted (train.batch.targetkg), VALUE YAML.
 
 tests/workflow/test_params.py checks that the committed params.yaml is what this writes without a preset.
 """
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from knowsubnet.core import config  # noqa: E402
+from knowsubnet.core.errors import InputError  # noqa: E402
 from knowsubnet.core.io import write_text  # noqa: E402
 
 HEADER = """\
@@ -50,11 +54,13 @@ def sources(preset: str | None) -> list[Path]:
     return files
 
 
-def render(preset: str | None) -> str:
+def render(preset: str | None, sets: list[str] | None = None) -> str:
     files = sources(preset)
-    merged = config.merge_files(files)
-    config.from_mapping(merged, ROOT / "config" / "params.schema.yaml", source=" + ".join(map(str, files)))
-    header = HEADER.format(preset_arg=f" PRESET={preset}" if preset else "",
+    merged = config.apply_overrides(config.merge_files(files), sets or [])
+    source = " + ".join(list(map(str, files)) + (["--set"] if sets else []))
+    config.from_mapping(merged, ROOT / "config" / "params.schema.yaml", source=source)
+    header = HEADER.format(preset_arg=(f" PRESET={preset}" if preset else "")
+                           + (f' SET="{" ".join(sets)}"' if sets else ""),
                            preset_part=f" + config/presets/{preset}.yaml" if preset else "")
     return header + yaml.dump(merged, Dumper=_Dumper, sort_keys=False, width=110)
 
@@ -62,10 +68,16 @@ def render(preset: str | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="a preset of config/presets/ (default: none, the tiny base)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one key, e.g. train.steps=10 or 'run.seeds=[0]' (repeatable; VALUE is YAML)")
     parser.add_argument("--out", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args(argv)
-    write_text(args.out, render(args.preset or None))
+    write_text(args.out, render(args.preset or None, args.set))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as err:  # one line naming the file or key, as the stage scripts do
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -6,6 +6,8 @@ results/, and `dvc metrics diff` compares two commits."""
 
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -43,6 +45,14 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     assert "IsA" in report and "tiny-gpt2" in report
     assert json.loads((proj / "results/eval/tiny-gpt2/IsA/seed0/headline.json").read_text())["sparsity"] > 0
     assert not any(b"\r" in p.read_bytes() for p in (proj / "logs").rglob("*.log"))  # no progress-bar frames
+    # every figure and table report.md links to is a declared output, and `snakemake --report` shows them
+    linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
+    assert linked and all((proj / "results" / name).is_file() for name in linked)
+    run([BIN / "snakemake", "--report", "report.html"], proj)
+    html = (proj / "report.html").read_text()
+    for name in [*linked, "tables/summary.csv", "tables/ablation.csv", "report.md"]:
+        assert Path(name).name in html, name
+    assert list((proj / "results" / "benchmarks" / "discover_mask").rglob("*.tsv"))  # `benchmark:` timings
 
     # DVC: the same stages and outputs; push, then pull into a fresh clone
     run([BIN / "dvc", "commit", "--force", "--quiet"], proj)
@@ -63,7 +73,11 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     shown = json.loads(run([BIN / "dvc", "metrics", "show", "--json"], proj).stdout)
     files = next(iter(shown.values()))["data"]
     headline = files["results/eval/tiny-gpt2/IsA/seed0/headline.json"]["data"]
-    assert "dppl_removed_targetkg" in headline and len(headline) < 12
+    assert "dppl_removed_targetkg" in headline and "verdict" in headline and "met_min_sparsity" in headline
+    # `dvc plots show`: the report's figures, the validation curves and the trade-off
+    plots = json.loads(run([BIN / "dvc", "plots", "show", "--json"], proj).stdout)
+    ids = set(plots.get("data", plots))
+    assert {"validation_targetkg_ppl", "tradeoff"} <= ids and any(i.endswith(".png") for i in ids), ids
     # a second commit with other numbers (as a re-run would write them), recorded by DVC
     path = proj / "results/eval/tiny-gpt2/IsA/seed0/headline.json"
     path.write_text(json.dumps({**headline, "dppl_random_targetkg": headline["dppl_random_targetkg"] + 1.0}))

@@ -1,13 +1,18 @@
 # Shared by every rule: the effective params file handed to scripts, and the run's wildcards.
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import yaml
 
-PY = sys.executable  # the interpreter running Snakemake: the project's virtual environment
+# Shell commands call `python`: the interpreter running Snakemake (the project's virtual environment)
+# comes first on PATH, here and in every job (with `--sdm conda`, the rule's conda env comes first).
+# Lint "environment variable PATH used but not asserted": deliberate; PATH is only prepended to, never
+# required, and jobs on a cluster run this file again, so they prepend their own interpreter.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _effective_params_file():
@@ -22,6 +27,9 @@ def _effective_params_file():
     return str(path)
 
 
+# Lint "shell command directly uses variable PARAMS": deliberate. PARAMS names the merged params file,
+# and its name changes with every param; as a rule's `params:` entry it would re-run every rule on any
+# edit. Instead, the params entries of each job name the sections it reads (`section(...)`).
 PARAMS = _effective_params_file()
 MODELS = config["run"]["models"]
 TARGETS = config["run"]["targets"]
@@ -60,9 +68,10 @@ def section(*keys):
 
 
 # Hints for the dvc.yaml generator (workflow/dvc_yaml.py); Snakemake ignores them.
-DVC_MATRIX = {}  # rule name -> {wildcard: list or ${params.key}} where `run.<wildcard>s` does not apply
+DVC_MATRIX = {}  # name of a job's recipe -> {wildcard: list or ${params.key}}, where `run.<wildcard>s` does not apply
+DVC_PLOTS = []  # dvc.yaml's top-level plot definitions
 def whole_dir(path, directory):
-    """`path` is the marker file of a `directory` its rule writes as a whole: DVC tracks the directory."""
+    """`path` is the marker file of a `directory` written as a whole: DVC tracks the directory."""
     return flag(path, "dvc_dir", directory)
 
 
@@ -83,3 +92,45 @@ def split_files(target):
 
 def split_summary(target):
     return f"data/processed/splits/{target}/summary.json"
+
+
+# -- inputs that depend on params (used by the rule files) --
+
+def _optional_raw():
+    """Files fetched only when the params need them (knowsubnet.fetch.optional_files)."""
+    out = {}
+    if "wordnet" in config["triplets"]["sources"]:
+        out["wordnet"] = ["data/raw/wordnet-3.0/data.noun", "data/raw/wordnet-3.0/index.noun"]
+    if config["controllm"].get("train_text", "valid") == "train":
+        out["wiki_train"] = "data/raw/wikitext-2-raw/wiki.train.raw"
+    return out
+
+
+def is_tiny(model):
+    """A model trained here. A name not in the config is the DVC generator's ${item.model}, which
+    stands for every model of the run: it gets the tiny model's inputs if any run model is tiny."""
+    if model not in config["models"]:
+        return any(is_tiny(m) for m in MODELS)
+    return config["models"][model]["source"] == "tiny"
+
+
+def model_inputs(wildcards):
+    """The tiny model is trained on the facts of the run's splits; pretrained models need nothing."""
+    if not is_tiny(wildcards.model):
+        return {}
+    return {"splits": [f for t in TARGETS for f in split_files(t)],
+            "text": "data/raw/wikitext-2-raw/wiki.valid.raw"}
+
+
+# Downstream: the CSQA-linked targets of the run (selector `csqa:`) and their finetuning runs.
+CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
+CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
+CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
+for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked target runs
+    if _seed not in SEEDS:
+        raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
+
+
+def csqa_results():
+    return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
+                  seed=CSQA_SEEDS, mode=CSQA_MODES)

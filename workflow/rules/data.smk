@@ -1,16 +1,6 @@
 # Data: datasets from the mirror (or the canonical sources), the triplets table, TargetKG/ControlKG splits.
 
 
-def _optional_raw():
-    """Files fetched only when the params need them (knowsubnet.fetch.optional_files)."""
-    out = {}
-    if "wordnet" in config["triplets"]["sources"]:
-        out["wordnet"] = ["data/raw/wordnet-3.0/data.noun", "data/raw/wordnet-3.0/index.noun"]
-    if config["controllm"].get("train_text", "valid") == "train":
-        out["wiki_train"] = "data/raw/wikitext-2-raw/wiki.train.raw"
-    return out
-
-
 rule fetch_data:
     output:
         manifest=whole_dir("data/raw/manifest.json", "data/raw"),
@@ -26,8 +16,10 @@ rule fetch_data:
         train_text=section("controllm", "train_text"),
     log:
         "logs/fetch_data.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/fetch_data.py --params {PARAMS} --out data/raw 2> {log}"
+        "python workflow/scripts/fetch_data.py --params {PARAMS} --out data/raw 2> {log}"
 
 
 rule extract_triplets:
@@ -40,8 +32,10 @@ rule extract_triplets:
         triplets=section("triplets"),
     log:
         "logs/extract_triplets.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/extract_triplets.py --params {PARAMS} --raw data/raw --out {output} 2> {log}"
+        "python workflow/scripts/extract_triplets.py --params {PARAMS} --raw data/raw --out {output} 2> {log}"
 
 
 rule split_controls:
@@ -57,6 +51,8 @@ rule split_controls:
         split=section("split"),
     log:
         "logs/split_controls/{target}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} --raw data/raw "
+        "python workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} --raw data/raw "
         "--target {wildcards.target} --out data/processed/splits/{wildcards.target} 2> {log}"

@@ -22,10 +22,14 @@ rule discover_mask:
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    benchmark:
+        "results/benchmarks/discover_mask/{model}/{target}/seed{seed}.tsv"
     log:
         "logs/discover_mask/{model}/{target}/seed{seed}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/discover_mask.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/discover_mask.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --out-dir {params.out_dir} 2> {log}"
@@ -40,6 +44,8 @@ rule export_remaining:
         directory("results/remaining/{model}/{target}/seed{seed}"),
     log:
         "logs/export_remaining/{model}/{target}/seed{seed}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/export_remaining.py --model-dir results/models/{wildcards.model} "
+        "python workflow/scripts/export_remaining.py --model-dir results/models/{wildcards.model} "
         "--mask {input.mask} --out {output} 2> {log}"

@@ -2,21 +2,8 @@
 # CSQA-linked targets of the run (selector `csqa:`), one results file per finetuning mode.
 # Device from params csqa.device (auto: CUDA when present); a GPU stage on a cluster, like discover_mask.
 
-CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
-CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
-CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
-for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked target runs
-    if _seed not in SEEDS:
-        raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
-
-
 # DVC cannot filter run.targets: the generator writes this stage's matrix out (workflow/dvc_yaml.py).
 DVC_MATRIX["finetune_csqa"] = {"target": CSQA_TARGETS, "seed": "${csqa.seeds}", "mode": "${csqa.modes}"}
-
-
-def csqa_results():
-    return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
-                  seed=CSQA_SEEDS, mode=CSQA_MODES)
 
 
 rule finetune_csqa:
@@ -36,10 +23,14 @@ rule finetune_csqa:
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    benchmark:
+        "results/benchmarks/finetune_csqa/{model}/{target}/seed{seed}/{mode}.tsv"
     log:
         "logs/finetune_csqa/{model}/{target}/seed{seed}/{mode}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/finetune_csqa.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/finetune_csqa.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --mode {wildcards.mode} "
         "--model-dir results/models/{wildcards.model} --mask {input.mask} --triplets {input.triplets} "
         "--splits data/processed/splits/{wildcards.target} --csqa-dir data/raw/commonsenseqa "

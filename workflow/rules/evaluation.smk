@@ -11,21 +11,25 @@ rule evaluate_ablation:
     output:
         metrics="results/eval/{model}/{target}/seed{seed}/metrics.json",
         headline=metrics_file("results/eval/{model}/{target}/seed{seed}/headline.json"),
+        facts="results/eval/{model}/{target}/seed{seed}/facts.parquet",
     params:
         eval=section("eval"),
         known=section("known"),
         scored=section("verbalize", "scored_positions"),
+        bars=section("report", "bars"),  # the headline's verdict
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
     log:
         "logs/evaluate_ablation/{model}/{target}/seed{seed}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/evaluate_ablation.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/evaluate_ablation.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
-        "--headline {output.headline} 2> {log}"
+        "--headline {output.headline} --facts {output.facts} 2> {log}"
 
 
 rule evaluate_robustness:
@@ -52,10 +56,14 @@ rule evaluate_robustness:
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    benchmark:
+        "results/benchmarks/evaluate_robustness/{model}/{target}/seed{seed}.tsv"
     log:
         "logs/evaluate_robustness/{model}/{target}/seed{seed}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/evaluate_robustness.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/evaluate_robustness.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--mask {input.mask} --triplets {input.triplets} --splits-root data/processed/splits "
         "--verbalized-root results/verbalized/{wildcards.model} --out-dir {params.out_dir} 2> {log}"
@@ -79,10 +87,14 @@ rule combine_seeds:
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    benchmark:
+        "results/benchmarks/combine_seeds/{model}/{target}.tsv"
     log:
         "logs/combine_seeds/{model}/{target}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/combine_seeds.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/combine_seeds.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --masks {input.masks} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --out-masks results/combined/{wildcards.model}/{wildcards.target} "
@@ -103,14 +115,37 @@ rule report:
         robustness=expand("results/robustness/{model}/{target}/seed{seed}/robustness.json", model=MODELS,
                           target=TARGETS, seed=SEEDS),
     output:
-        "results/report.md",
-        "results/tables/ablation.csv",
-        "results/tables/ablation.md",
+        # report.md links into tables/ and figures/; both are whole directories, so a re-run leaves no
+        # stale file behind, and `snakemake --report` shows what they hold
+        report("results/report.md", caption="../report/report_md.rst", category="1. Report"),
+        report(directory("results/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
+               category="3. Tables"),
+        report(directory("results/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
+               category="2. Figures"),
     params:
         report=section("report"),
     log:
         "logs/report.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
+        "python workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
         "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --robustness {input.robustness} --out-dir results "
         "--models-root results/models 2> {log}"
+
+
+# `dvc plots show` (workflow/dvc_yaml.py writes these into dvc.yaml's top-level `plots:`): the report's
+# figures, each run's validation curves (every train.select.every steps) and the trade-off of every
+# validated checkpoint, target removal against control damage.
+_TRAIN_LOGS = expand("results/masks/{model}/{target}/seed{seed}/train_log.csv", model=MODELS, target=TARGETS,
+                     seed=SEEDS)
+DVC_PLOTS += [
+    "results/figures",
+    {"validation_targetkg_ppl": {"x": "step", "y": {log: "val_targetkg_ppl" for log in _TRAIN_LOGS},
+                                 "title": "TargetKG validation PPL of the deterministic mask"}},
+    {"validation_controlkg_ppl": {"x": "step", "y": {log: "val_controlkg_ppl" for log in _TRAIN_LOGS},
+                                  "title": "ControlKG validation PPL of the deterministic mask"}},
+    {"tradeoff": {"template": "scatter", "x": {"results/tables/tradeoff.csv": "controlkg_x_removed"},
+                  "y": {"results/tables/tradeoff.csv": "targetkg_x_removed"},
+                  "title": "Trade-off: TargetKG PPL x (removal) against ControlKG PPL x (damage)"}},
+]

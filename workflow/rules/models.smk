@@ -2,20 +2,6 @@
 # and cut WikiText-2 into its ControlLM blocks.
 
 
-def is_tiny(model):
-    """A model trained here (a name not in the config, the DVC generator's ${item.model}, counts as one)."""
-    return config["models"].get(model, {"source": "tiny"})["source"] == "tiny"
-
-
-def model_inputs(wildcards):
-    """The tiny model is trained on the facts of the run's splits; pretrained models need nothing.
-    A model name not in the config (the DVC generator's ${item.model}) gets the tiny model's inputs."""
-    if not is_tiny(wildcards.model):
-        return {}
-    return {"splits": [f for t in TARGETS for f in split_files(t)],
-            "text": "data/raw/wikitext-2-raw/wiki.valid.raw"}
-
-
 rule prepare_model:
     input:
         unpack(model_inputs),
@@ -28,10 +14,14 @@ rule prepare_model:
         targets=lambda w: section("run", "targets") if is_tiny(w.model) else "",
         facts_arg=lambda w, input: f"--splits-dir data/processed/splits --text {input.text}" if "splits" in input.keys() else "",
     threads: 1
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
     log:
         "logs/prepare_model/{model}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/prepare_model.py --params {PARAMS} --model {wildcards.model} "
+        "python workflow/scripts/prepare_model.py --params {PARAMS} --model {wildcards.model} "
         "--out results/models/{wildcards.model} {params.facts_arg} 2> {log}"
 
 
@@ -46,10 +36,14 @@ rule verbalize:
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
+    benchmark:
+        "results/benchmarks/verbalize/{model}/{target}.tsv"
     log:
         "logs/verbalize/{model}/{target}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/verbalize.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "python workflow/scripts/verbalize.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
         "--splits data/processed/splits/{wildcards.target} --out {output} 2> {log}"
 
 
@@ -65,8 +59,12 @@ rule tokenize_controllm:
         test="results/controllm/{model}/test.safetensors",
     params:
         controllm=section("controllm"),
+    benchmark:
+        "results/benchmarks/tokenize_controllm/{model}.tsv"
     log:
         "logs/tokenize_controllm/{model}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
     shell:
-        "{PY} workflow/scripts/tokenize_controllm.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "python workflow/scripts/tokenize_controllm.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
         "--train-text {input.train} --test-text {input.test} --out results/controllm/{wildcards.model} 2> {log}"

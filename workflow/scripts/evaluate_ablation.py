@@ -1,6 +1,7 @@
 """Stage evaluate_ablation: original / removed / random-removed / kept metrics for one mask.
 
-Params: eval, known, verbalize.scored_positions (knowsubnet.evaluation.ablation.evaluate_mask).
+Params: eval, known, verbalize.scored_positions, report.bars (the headline's verdict)
+(knowsubnet.evaluation.ablation.evaluate_mask).
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--controllm", type=Path, required=True, help="results/controllm/<model> (test.safetensors)")
     parser.add_argument("--mask", type=Path, required=True, help="mask.safetensors")
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
-    parser.add_argument("--headline", type=Path, help="headline.json to write: the few numbers of `dvc metrics show`")
+    parser.add_argument("--headline", type=Path,
+                        help="headline.json to write: the few numbers of `dvc metrics show`, with the verdict")
+    parser.add_argument("--facts", type=Path,
+                        help="facts.parquet to write: per test fact (known or not) its NLL and rank per variant")
     args = parser.parse_args(argv)
     evaluate_mask(load_params(args), model=args.model, target=args.target, seed=args.seed, model_dir=args.model_dir,
                   verbalized=args.verbalized, splits_dir=args.splits, controllm_dir=args.controllm,
-                  mask=args.mask, out=args.out, headline_out=args.headline)
+                  mask=args.mask, out=args.out, headline_out=args.headline, facts_out=args.facts)
 
 
 if __name__ == "__main__":

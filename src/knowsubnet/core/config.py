@@ -3,8 +3,10 @@
 Params are YAML files merged in order: `config/base.yaml` holds every key with its default and
 its documentation (it is the tiny preset); a preset (`config/presets/<name>.yaml`) is a small
 overlay that names only what it changes; `params.yaml`, the file DVC reads, is base + one overlay
-(`make params.yaml PRESET=<name>`). The merged mapping is checked against the JSON schema
-(`config/params.schema.yaml`), then turned into the frozen dataclasses below, one per section,
+(`make params PRESET=<name>`); one key changes with `KEY=VALUE` overrides (`apply_overrides`:
+`make params SET=train.steps=10`, `snakemake --config train__steps=10`). The merged mapping is
+checked against the JSON schema (`config/params.schema.yaml`, the one list of keys and types; a bad
+value is one line naming its key), then turned into the frozen dataclasses below, one per section,
 so that a stage reads `params.train.batch.targetkg`, not a string key with a default of its own.
 No section has defaults in code: a missing key is an error naming the key.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,13 +286,120 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> None:
+    """Check `mapping` against the schema, and that run.targets and run.models are defined; the
+    first problem is one InputError line naming its key (never the schema)."""
     schema = read_yaml(schema_path)
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(mapping), key=lambda e: list(e.absolute_path))
     if errors:
-        err = errors[0]
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise InputError(f"{source}: invalid value for params key '{key}': {err.message}")
+        raise InputError(f"{source}: {_error_line(errors[0])}")
+    for kind in ("targets", "models"):
+        defined = sorted(mapping[kind])
+        for name in mapping["run"][kind]:
+            if name not in mapping[kind]:
+                raise InputError(f"{source}: params key 'run.{kind}': {name!r} is not defined under "
+                                 f"'{kind}'; defined: {', '.join(defined)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _expected(err: jsonschema.ValidationError) -> str:
+    """What one schema error wants, in words (jsonschema's own message for the plain checks)."""
+    if err.validator == "type":
+        types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        return f"expected {' or '.join(types)}, got {_short(err.instance)}"
+    if err.validator == "enum":
+        return f"{_short(err.instance)} is not allowed; expected one of: {', '.join(map(str, err.validator_value))}"
+    if err.validator == "required" and isinstance(err.instance, dict):
+        return f"needs key {next(n for n in err.validator_value if n not in err.instance)!r}"
+    if err.validator in ("oneOf", "anyOf"):
+        # Alternatives that each failed one plain check (number or null, ...): list them; the
+        # target forms fail deeper, and their schema would be a dump: point at their documentation.
+        alternatives: dict[Any, list] = {}
+        for sub in err.context:
+            alternatives.setdefault(sub.schema_path[0], []).append(sub)
+        plain = [subs[0] for subs in alternatives.values()
+                 if len(subs) == 1 and not subs[0].relative_path and subs[0].validator not in _NESTED]
+        if not err.context:
+            return f"{_short(err.instance)} fits more than one of the allowed forms (see config/base.yaml)"
+        if len(plain) == len(alternatives):
+            if all(sub.validator == "type" for sub in plain):
+                return f"expected {' or '.join(str(sub.validator_value) for sub in plain)}, got {_short(err.instance)}"
+            return f"{_short(err.instance)} is not allowed: " + "; or ".join(_expected(sub) for sub in plain)
+    if err.validator in _NESTED:
+        return f"{_short(err.instance)} is not one of the allowed forms (see the comments in config/base.yaml)"
+    return err.message
+
+
+_NESTED = {"oneOf", "anyOf", "allOf", "not", "if", "then", "else"}  # their messages repr the schema
+
+
+def _error_line(err: jsonschema.ValidationError) -> str:
+    path = [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        valid = sorted(err.schema.get("properties", {}))
+        unknown = sorted(set(map(str, err.instance)) - set(valid))
+        if unknown and valid:
+            return f"params key '{'.'.join(path + unknown[:1])}': unknown; valid keys here: {', '.join(valid)}"
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = [name for name in err.validator_value if name not in err.instance]
+        return f"params key '{'.'.join(path + missing[:1])}': missing (every key has its default in config/base.yaml)"
+    return f"params key '{'.'.join(path) or '(top level)'}': {_expected(err)}"
+
+
+# -- one key from the command line ---------------------------------------------------------------
+
+_SEPARATOR = re.compile(r"\.|__")  # `__`: Snakemake's --config refuses dots in keys
+
+
+def parse_override(text: str, source: str = "--set") -> tuple[list[str], Any]:
+    """`train.steps=10` (or `train__steps=10`) -> (['train', 'steps'], 10); the value is YAML."""
+    key, equals, raw = text.partition("=")
+    path = _SEPARATOR.split(key)
+    if not equals or not all(path):
+        raise InputError(f"{source} {text!r}: expected KEY=VALUE with a dotted key, e.g. train.steps=10")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"{source} {text!r}: the value is not valid YAML ({problem})") from None
+    return path, value
+
+
+def _set(mapping: dict, path: list[str], value: Any) -> None:
+    node = mapping
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}  # a new section, or a scalar replaced: the schema names what was wrong
+        node = node[part]
+    if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+        node[path[-1]] = deep_merge(node[path[-1]], value)  # as Snakemake merges `--config train={...}`
+    else:
+        node[path[-1]] = value
+
+
+def apply_overrides(mapping: dict, overrides: Iterable[str] = (), source: str = "--set") -> dict:
+    """Fold top-level keys such as `train.steps` or `train__steps` into their sections, then apply
+    each `KEY=VALUE` override in order (a mapping value merges into its section). In place."""
+    for key in [k for k in mapping if isinstance(k, str) and _SEPARATOR.search(k)]:
+        _set(mapping, _SEPARATOR.split(key), mapping.pop(key))
+    for text in overrides:
+        path, value = parse_override(text, source)
+        _set(mapping, path, value)
+    return mapping
+
+
+def check_snakemake_config(mapping: dict, config_args: Iterable[str] | None, configfiles: Iterable[Any],
+                           schema_path: str | Path) -> None:
+    """The Snakefile's config: `--config KEY=VALUE` entries applied again from their text, as YAML
+    (Snakemake reads nested values as strings: `[0]` would be ['0'], `null` 'null'), then validated."""
+    config_args = list(config_args or [])
+    apply_overrides(mapping, config_args, source="--config")
+    source = " + ".join(["params.yaml", *map(str, configfiles)] + (["--config"] if config_args else []))
+    validate(mapping, schema_path, source)
 
 
 def _build(cls: type, value: Any, prefix: str, source: str):
@@ -301,7 +411,7 @@ def _build(cls: type, value: Any, prefix: str, source: str):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
-        raise InputError(f"{source}: unknown params key '{prefix}{unknown[0]}' (expected one of {', '.join(names)})")
+        raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name in names:
         if name not in value:

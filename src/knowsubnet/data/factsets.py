@@ -42,15 +42,28 @@ def known_mask(rows: pd.DataFrame, known: Known | None, source: str) -> pd.Serie
     return keep
 
 
-def known_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | None = None) -> pd.DataFrame:
-    """The verbalised rows (best template, indexed by uuid) of a split's facts the model knows."""
+def split_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | None = None) -> pd.DataFrame:
+    """The verbalised rows (best template, indexed by uuid) of every fact of a split, in split
+    order, with a bool column `known` (`known_mask`)."""
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
     if len(unknown):
         raise InputError(f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
                          f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets")
     rows = verbalized.loc[split["uuid"]]
-    return rows[known_mask(rows, known, str(split_path)).to_numpy()]
+    return rows.assign(known=known_mask(rows, known, str(split_path)).to_numpy())
+
+
+def known_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | None = None) -> pd.DataFrame:
+    """The verbalised rows (best template, indexed by uuid) of a split's facts the model knows."""
+    rows = split_rows(split_path, verbalized, known)
+    return rows[rows["known"].to_numpy()].drop(columns="known")
+
+
+def encode_rows(rows: pd.DataFrame, tokenizer, scored_positions: str = "all_tail_tokens") -> FactSet:
+    """Verbalised rows (indexed by uuid) encoded in their order: each fact's prompt and tail_text."""
+    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
+                        scored_positions=scored_positions)
 
 
 def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
@@ -72,8 +85,7 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
         return encode_facts(tokenizer, prompts, tails, uuids=uuids, scored_positions=scored_positions)
     if templates != "best":
         raise InputError(f"params key 'train.targetkg_templates' = {templates!r}: expected best or all")
-    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
-                        scored_positions=scored_positions)
+    return encode_rows(rows, tokenizer, scored_positions)
 
 
 def read_facts(paths: list[Path]) -> pd.DataFrame:

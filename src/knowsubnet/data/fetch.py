@@ -303,8 +303,10 @@ def _download(spec: RawFile, dest: Path, verify: bool, downloader: _Downloader) 
 def _check_mirror(mirror: str | os.PathLike) -> Path:
     path = Path(mirror)
     if not path.is_dir():
-        raise InputError(f"params key 'data.mirror': the mirror folder {path} does not exist "
-                         f"(expected the layout of ../shared/data; null downloads instead)")
+        where = path if path.is_absolute() else f"{path} (from {Path.cwd()})"
+        raise InputError(f"params key 'data.mirror': the mirror folder {where} does not exist; set "
+                         f"data.mirror: null to download the datasets (`snakemake --config data__mirror=null`, "
+                         f"`make params SET=data.mirror=null`), or point it at a copy laid out as ../shared/data")
     if not os.access(path, os.R_OK | os.X_OK):
         raise InputError(f"params key 'data.mirror': the mirror folder {path} is not readable")
     return path

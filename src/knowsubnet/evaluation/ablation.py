@@ -11,12 +11,14 @@ It compares four versions of one model on TargetKG, ControlKG and ControlLM test
 ΔPPL = PPL(variant) − PPL(original). Every forward pass runs without gradients in eval mode; the
 model's weights are restored after each variant (`masking.masked_weights`).
 
-The stages, from files to files: `evaluate_mask` (evaluate_ablation: one seed's mask) and
+The stages, from files to files: `evaluate_mask` (evaluate_ablation: one seed's mask; also its
+headline with the verdict against the bars, and the per-fact scores `fact_table`) and
 `combine_seeds` (the union / intersection / majority of a target's seed masks, each evaluated).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -29,9 +31,10 @@ from torch import nn
 
 from knowsubnet.core.config import Known, Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import write_json
+from knowsubnet.core.io import write_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
+from knowsubnet.evaluation.bars import BARS, check_bars
 from knowsubnet.method import combination, masking
 from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.facts import DTYPES, ppl_from_nll, score_facts, summarize_facts
@@ -40,6 +43,7 @@ from knowsubnet.scoring.text import lm_ppl
 log = logging.getLogger(__name__)
 
 SETS = ("targetkg", "controlkg", "controllm")
+FACT_SETS = ("targetkg", "controlkg")
 VARIANTS = ("removed", "random", "kept")
 
 # ----------------------------------------------------------------------------------------------
@@ -47,11 +51,18 @@ VARIANTS = ("removed", "random", "kept")
 
 
 def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, controllm_ppl: str, label: str,
-                   controlkg_relations: list[str] | None = None) -> dict[str, dict]:
+                   controlkg_relations: list[str] | None = None,
+                   unknown: dict[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+    """One variant's metrics on the three sets, and the per-fact scores behind them ({set:
+    `score_facts` output}). `unknown` ({set: FactSet} of facts the known filter dropped) are scored
+    too, as "<set>_unknown", and count in no metric."""
     log.info("evaluating %s model", label)
     control = score_facts(model, controlkg, batch_size, device, f"{label}/controlkg")
+    scores = {"targetkg": score_facts(model, targetkg, batch_size, device, f"{label}/targetkg"), "controlkg": control}
+    for name, factset in (unknown or {}).items():
+        scores[f"{name}_unknown"] = score_facts(model, factset, batch_size, device, f"{label}/{name} (unknown)")
     out = {
-        "targetkg": _fact_metrics(summarize_facts(score_facts(model, targetkg, batch_size, device, f"{label}/targetkg"))),
+        "targetkg": _fact_metrics(summarize_facts(scores["targetkg"])),
         "controlkg": _fact_metrics(summarize_facts(control)),
         "controllm": {"ppl": lm_ppl(model, blocks, batch_size, device, controllm_ppl)},
     }
@@ -59,7 +70,7 @@ def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, contr
         # Where collateral damage lands: ControlKG PPL per relation.
         nll = pd.Series(control["nll"].numpy(), index=controlkg_relations)
         out["controlkg_by_relation"] = {rel: ppl_from_nll(float(v)) for rel, v in nll.groupby(level=0).mean().items()}
-    return out
+    return out, scores
 
 
 def _fact_metrics(summary: dict[str, float]) -> dict[str, float]:
@@ -84,12 +95,18 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
                       random_draws: int, seed: int, batch_size: int, device: str | torch.device, *,
                       model_name: str | None = None, target: str | None = None,
                       controlkg_relations: list[str] | None = None,
-                      controllm_ppl: str = "token_mean") -> dict[str, Any]:
+                      controllm_ppl: str = "token_mean", fact_scores: dict | None = None,
+                      unknown: dict[str, Any] | None = None) -> dict[str, Any]:
     """Original / removed / random-removed / kept metrics on the three test sets (see module doc).
 
     `logits` are mask logits (subnetwork = logits > 0) or boolean masks. The random baseline draws
     `random_draws` masks from `torch.Generator().manual_seed(seed)`: deterministic for a fixed seed.
     `controllm_ppl`: how ControlLM perplexity averages (`lm_ppl`).
+
+    `fact_scores`, when given a dict, receives the per-fact scores the metrics are computed from:
+    fact_scores[variant][set] (`score_facts` output) for "original", "removed" and "random" = the
+    FIRST random draw; with `unknown` ({set: FactSet}: facts the known filter dropped) also under
+    "<set>_unknown", scored in the same three variants (they change no metric).
     """
     if random_draws < 1:
         raise InputError(f"params key 'eval.random_draws' = {random_draws}: expected at least 1 draw")
@@ -98,19 +115,28 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
     args = (targetkg, controlkg, controllm_blocks, batch_size, device, controllm_ppl)  # same averaging everywhere
     by_rel = {"controlkg_relations": controlkg_relations}
 
-    original = _evaluate_sets(model, *args, label="original", **by_rel)
+    # the dropped facts cost forward passes: scored only when the caller keeps per-fact scores
+    extra = {"unknown": unknown if fact_scores is not None else None}
+
+    original, original_scores = _evaluate_sets(model, *args, label="original", **by_rel, **extra)
     with masking.masked_weights(layers, masks, granularity, keep="remaining"):
-        removed = _evaluate_sets(model, *args, label="removed", **by_rel)
+        removed, removed_scores = _evaluate_sets(model, *args, label="removed", **by_rel, **extra)
     with masking.masked_weights(layers, masks, granularity, keep="subnetwork"):
-        kept = _evaluate_sets(model, *args, label="kept")
+        kept, _ = _evaluate_sets(model, *args, label="kept")
 
     generator = torch.Generator().manual_seed(int(seed))
     draws = []
     for draw in range(random_draws):
         random_masks = masking.random_masks_like(masks, generator)
         with masking.masked_weights(layers, random_masks, granularity, keep="remaining"):
-            draws.append(_evaluate_sets(model, *args, label=f"random[{draw}]", **by_rel))
+            metrics, scores = _evaluate_sets(model, *args, label=f"random[{draw}]", **by_rel,
+                                             **(extra if draw == 0 else {}))
+        draws.append(metrics)
+        if draw == 0:
+            first_draw_scores = scores
     random_mean, random_spread = _mean_and_spread(draws)
+    if fact_scores is not None:
+        fact_scores.update(original=original_scores, removed=removed_scores, random=first_draw_scores)
 
     variants = {"removed": removed, "random": random_mean, "kept": kept}
     delta = {name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS} for name, result in variants.items()}
@@ -180,10 +206,18 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
     return sets[0], sets[1], encoding.load_blocks(blocks_path)
 
 
-def headline(result: dict) -> dict:
-    """The few numbers that summarise an ablation (`dvc metrics show`): sparsity, ΔPPL of the removed
-    and random-removed models on TargetKG / ControlKG / ControlLM, TargetKG accuracy before and after."""
-    out = {"sparsity": round(float(result["sparsity"]["masked_layers"]), 6)}
+def headline(result: dict, bars: dict[str, float]) -> dict:
+    """The few numbers that summarise an ablation (`dvc metrics show`, one row per run): sparsity;
+    PPL ÷ original (ratio_<variant>_<set>) and ΔPPL (dppl_<variant>_<set>) of the removed and
+    random-removed models on TargetKG / ControlKG / ControlLM; the random share; TargetKG accuracy
+    before and after; and the verdict against `bars` (params `report.bars`, `bars.check_bars`):
+    met_<bar> per bar (true / false) and `verdict`, "all met" or the missed bars' names."""
+    checked = check_bars(result, bars)  # on the unrounded numbers
+    out = {"sparsity": round(checked["sparsity"], 6)}
+    for variant in ("removed", "random"):
+        for name in SETS:
+            out[f"ratio_{variant}_{name}"] = round(checked[f"ratio_{variant}_{name}"], 4)
+    out["random_share"] = round(checked["random_share"], 4)
     for variant in ("removed", "random"):
         for name, value in result["delta_ppl"][variant].items():
             out[f"dppl_{variant}_{name}"] = round(float(value), 4)
@@ -191,7 +225,49 @@ def headline(result: dict) -> dict:
         acc = result.get(variant, {}).get("targetkg", {}).get("acc")
         if acc is not None:
             out[f"targetkg_acc_{variant}"] = round(float(acc), 4)
+    out.update({f"met_{bar}": checked[f"met_{bar}"] for bar in BARS})
+    out["verdict"] = checked["verdict"]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# per-fact scores (facts.parquet)
+
+# Variant name in `fact_scores` -> column suffix. The random columns are the first random draw (the
+# draw robustness also uses), so a column's summary over known rows is that draw's metric.
+FACT_VARIANTS = {"original": "original", "removed": "removed", "random": "random_draw0"}
+FACT_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text", "known"]
+
+
+def fact_table(rows: dict[str, pd.DataFrame],
+               fact_scores: dict[str, dict[str, dict[str, torch.Tensor]]]) -> pd.DataFrame:
+    """One row per fact of TargetKG test, then ControlKG test (column `set`), each in split order.
+
+    `rows`: {set: `factsets.split_rows` frame}, whose known facts are the evaluated FactSet in
+    order; `fact_scores`: filled by `evaluate_ablation` (with the unknown facts). Columns: the fact
+    (uuid, head, rel, tail), the sentence scored (template_id; prompt + tail_text, the tail's tokens
+    scored), `known` (passed the known filter, so it counts in the metrics), and per variant
+    (original, removed, random_draw0 = the first random draw) nll_<variant> (mean cross-entropy of
+    the scored tail tokens), rank_<variant> (rank of the first tail token in the vocabulary, 1 =
+    top) and correct_<variant> (every tail token top-1): the values behind metrics.json's PPL, rank
+    and accuracy."""
+    frames = []
+    for set_name in FACT_SETS:
+        facts = rows[set_name].reset_index()
+        frame = facts[FACT_COLUMNS].copy()
+        frame.insert(0, "set", set_name)
+        known = frame["known"].to_numpy(dtype=bool)
+        for variant, suffix in FACT_VARIANTS.items():
+            scores = fact_scores[variant]
+            for metric in ("nll", "rank", "correct"):
+                values = scores[set_name][metric].numpy()
+                column = np.empty(len(frame), dtype=values.dtype)
+                column[known] = values
+                if not known.all():
+                    column[~known] = scores[f"{set_name}_unknown"][metric].numpy()
+                frame[f"{metric}_{suffix}"] = column
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,45 +276,56 @@ def headline(result: dict) -> dict:
 
 def _prepare(params: Params, model_dir: Path, logits: dict[str, torch.Tensor], metadata: dict[str, str],
              mask_source: str, verbalized: Path, splits_dir: Path, controllm_dir: Path):
-    """What both stages evaluate with: the device, the model, the mask's layers and granularity,
-    and the test sets (params eval, known, verbalize.scored_positions)."""
+    """What both stages evaluate with: the device, the model and its tokenizer, the mask's layers
+    and granularity, and the test sets (params eval, known, verbalize.scored_positions)."""
     device = pick_device(params.eval.device, key="eval.device")
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
     layers, granularity = mask_layers(lm, logits, metadata, source=mask_source)
     test_sets = load_test_sets(tokenizer, verbalized, splits_dir, controllm_dir, params.known,
                                params.verbalize.scored_positions)
-    return device, lm, layers, granularity, test_sets
+    return device, lm, tokenizer, layers, granularity, test_sets
 
 
 def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_dir: Path, verbalized: Path,
                   splits_dir: Path, controllm_dir: Path, mask: Path, out: Path,
-                  headline_out: Path | None = None) -> dict[str, Any]:
+                  headline_out: Path | None = None, facts_out: Path | None = None) -> dict[str, Any]:
     """The evaluate_ablation stage: `evaluate_ablation` of the mask file `mask` on the test splits
-    (params eval, known, verbalize.scored_positions), written to `out` with provenance, and its
-    `headline` to `headline_out` when given; returns the result."""
+    (params eval, known, verbalize.scored_positions), written to `out` with provenance; its
+    `headline` against params `report.bars` to `headline_out` and its `fact_table` (every test
+    fact, known or not) to `facts_out` when given; returns the result."""
     settings = params.eval
     start = time.monotonic()
     logits, metadata = masking.load_mask(mask)
-    device, lm, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
+    device, lm, tokenizer, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
         params, model_dir, logits, metadata, str(mask), verbalized, splits_dir, controllm_dir)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", model,
              target, seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
-    relations = factsets.read_verbalized(verbalized).loc[controlkg.uuids, "rel"].tolist()
+    verbalized_frame = factsets.read_verbalized(verbalized)
+    rows = {kind: factsets.split_rows(Path(splits_dir) / f"{kind}_test.parquet", verbalized_frame, params.known)
+            for kind in FACT_SETS}
+    fact_scores, unknown = None, None
+    if facts_out is not None:
+        # the facts the known filter dropped: in the facts table too, though in no metric
+        fact_scores = {}
+        unknown = {kind: factsets.encode_rows(frame[~frame["known"]], tokenizer, params.verbalize.scored_positions)
+                   for kind, frame in rows.items() if not frame["known"].all()}
+    relations = verbalized_frame.loc[controlkg.uuids, "rel"].tolist()
     result = evaluate_ablation(
         lm, layers, logits, granularity, targetkg, controlkg, blocks,
         random_draws=settings.random_draws, seed=seed, batch_size=settings.batch_size,
         device=device, model_name=model, target=target, controlkg_relations=relations,
-        controllm_ppl=settings.controllm_ppl)
+        controllm_ppl=settings.controllm_ppl, fact_scores=fact_scores, unknown=unknown)
     # how many facts the known-facts filter (params `known`) kept of each test split
-    result["counts_before_known_filter"] = {kind: len(pd.read_parquet(Path(splits_dir) / f"{kind}_test.parquet"))
-                                            for kind in ("targetkg", "controlkg")}
+    result["counts_before_known_filter"] = {kind: len(frame) for kind, frame in rows.items()}
     result["mask"] = str(mask)
     result["provenance"] = stamp({"eval": params.section("eval")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
     write_json(out, result)
     if headline_out is not None:
-        write_json(headline_out, headline(result))
+        write_json(headline_out, headline(result, dataclasses.asdict(params.report.bars)))
+    if facts_out is not None:
+        write_parquet(facts_out, fact_table(rows, fact_scores))
     log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
              result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
              result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])
@@ -262,7 +349,7 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
     first_meta = loaded[0][2]
     seed_masks = [combination.to_binary(logits) for _, logits, _ in loaded]
 
-    device, lm, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
+    device, lm, _, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
         params, model_dir, loaded[0][1], first_meta, str(masks[0]), verbalized, splits_dir, controllm_dir)
 
     results = {}

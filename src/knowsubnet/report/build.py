@@ -1,7 +1,9 @@
 """The report: `build_report` writes report.md from its sections, in this order, each a function
 that returns its Markdown and the files it wrote (`format.Section`):
 
-    title and how to read it        (here)
+    title                           (here)
+    Summary                         summary.summary_section        metrics files: each run's verdict
+    How to read this                (here)
     Ablation                        ablation.ablation_section      metrics files (required)
     Precision                       tradeoff.precision_section     metrics; meta.json (trade-off)
     Removed, or only hidden?        robustness.robustness_section  robustness results (if run)
@@ -34,6 +36,7 @@ from knowsubnet.report.overlap import overlap_section
 from knowsubnet.report.provenance import provenance_section
 from knowsubnet.report.robustness import robustness_section
 from knowsubnet.report.structure import structure_section
+from knowsubnet.report.summary import summary_section
 from knowsubnet.report.tradeoff import precision_section
 from knowsubnet.report.training import training_section
 
@@ -58,14 +61,14 @@ HOW_TO_READ = """\
 
 
 def title_section(records: list[dict[str, Any]]) -> Section:
-    """Title, the models and targets of the per-seed runs, and how to read the report."""
+    """Title, and the models and targets of the per-seed runs."""
     runs = [r for r in records if not r.get("combination")]
     return Section.from_lines([
         "# knowsubnet report", "",
         "Knowledge-critical subnetworks (Bayazit et al., EMNLP 2024): what each model loses when "
         "the subnetwork for a target is removed.", "",
         f"Models: {', '.join(sorted({r['model'] for r in runs}))}. "
-        f"Targets: {', '.join(sorted({r['target'] for r in runs}))}.", "", HOW_TO_READ])
+        f"Targets: {', '.join(sorted({r['target'] for r in runs}))}.", ""])
 
 
 def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),
@@ -83,10 +86,14 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     tables, figures, dpi = out_dir / "tables", out_dir / "figures", settings.dpi
     models_root = Path(models_root) if models_root is not None else out_dir / "models"
     records = load_metrics(metrics_paths)
+    bars = dataclasses.asdict(settings.bars)
 
+    # the verdicts first: what a reader looks for, explained by the sections below
     sections = [title_section(records),
+                summary_section(records, bars, tables),
+                Section(HOW_TO_READ),
                 ablation_section(records, tables, figures, dpi),
-                precision_section(records, meta_paths, dataclasses.asdict(settings.bars), tables, figures, dpi),
+                precision_section(records, meta_paths, bars, tables, figures, dpi),
                 robustness_section(robustness_paths, tables, figures, dpi) if robustness_paths else None,
                 combinations_section(records, tables)]
     if mask_paths:

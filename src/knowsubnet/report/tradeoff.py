@@ -4,7 +4,7 @@ Three views for the report, all as PPL ratios (PPL of the variant / PPL of the o
 
 - `bars_table`: each run's test-set numbers against the bars of params `report.bars` (sparsity,
   TargetKG raised at least x-fold, the random subnetwork of the same size raising it far less,
-  ControlKG and ControlLM kept within a few percent);
+  ControlKG and ControlLM kept within a few percent), checked by `evaluation.bars.check_bars`;
 - `tradeoff_table` + `figure_tradeoff`: the validation curve of every run (each validated
   checkpoint: sparsity against TargetKG / ControlKG / ControlLM ratios, removed and random), with
   the checkpoint that `train.select` kept, from the runs' `meta.json`;
@@ -24,41 +24,30 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
 from knowsubnet.report.format import SET_LABELS, SETS, Section, markdown_table, read_record, save_figure, write_csv
 
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
 
 
-def _ratio(rec: dict, variant: str, set_name: str) -> float:
-    original = rec["original"][set_name]["ppl"]
-    return rec[variant][set_name]["ppl"] / original if original else math.nan
-
-
 def bars_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.DataFrame:
-    """One row per per-seed evaluation: the test-set ratios and whether each bar is met.
-
-    random share = (random TargetKG ratio - 1) / (removed TargetKG ratio - 1): how much of the
-    discovered subnetwork's effect on TargetKG a random one of the same size has.
-    """
+    """One row per per-seed evaluation: the known / all test facts, the test-set ratios and whether
+    each bar is met (`meets`: {bar: bool}; random share: see `evaluation.bars`)."""
     rows = []
     for rec in records:
         if rec.get("combination"):
             continue
-        target, random = _ratio(rec, "removed", "targetkg"), _ratio(rec, "random", "targetkg")
-        share = (random - 1.0) / (target - 1.0) if target > 1.0 else math.inf
+        checked = check_bars(rec, bars)
         before = rec.get("counts_before_known_filter", {})
         counts = rec.get("counts", {})
         row = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
                "targetkg_facts": f"{counts.get('targetkg', '?')} / {before.get('targetkg', '?')}",
                "controlkg_facts": f"{counts.get('controlkg', '?')} / {before.get('controlkg', '?')}",
-               "sparsity": rec["sparsity"]["masked_layers"], "targetkg_x": target, "random_targetkg_x": random,
-               "random_share": share, "controlkg_x": _ratio(rec, "removed", "controlkg"),
-               "controllm_x": _ratio(rec, "removed", "controllm")}
-        row["meets"] = {"sparsity": row["sparsity"] >= bars["min_sparsity"],
-                        "target": target >= bars["min_target_ratio"] and share <= bars["max_random_share"],
-                        "controlkg": row["controlkg_x"] <= bars["max_controlkg_ratio"],
-                        "controllm": row["controllm_x"] <= bars["max_controllm_ratio"]}
-        row["all_bars"] = all(row["meets"].values())
+               "sparsity": checked["sparsity"], "targetkg_x": checked["ratio_removed_targetkg"],
+               "random_targetkg_x": checked["ratio_random_targetkg"], "random_share": checked["random_share"],
+               "controlkg_x": checked["ratio_removed_controlkg"], "controllm_x": checked["ratio_removed_controllm"]}
+        row["meets"] = {bar: checked[f"met_{bar}"] for bar in BARS}
+        row["all_bars"] = checked["verdict"] == ALL_MET
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.sort_values(["model", "target", "seed"], kind="stable").reset_index(drop=True) if rows else frame
@@ -73,12 +62,16 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
         meets = row.meets
         out.append({"model": row.model, "target": row.target, "seed": row.seed,
                     "TargetKG facts (known / all)": row.targetkg_facts, "ControlKG facts": row.controlkg_facts,
-                    f"sparsity (≥ {bars['min_sparsity']:.0%})": f"{row.sparsity:.2%}{mark(meets['sparsity'])}",
-                    f"TargetKG × (≥ {bars['min_target_ratio']:g})": f"{row.targetkg_x:,.1f}{mark(meets['target'])}",
+                    f"sparsity (≥ {bars['min_sparsity']:.0%})": f"{row.sparsity:.2%}{mark(meets['min_sparsity'])}",
+                    f"TargetKG × (≥ {bars['min_target_ratio']:g})":
+                        f"{row.targetkg_x:,.1f}{mark(meets['min_target_ratio'])}",
                     "random TargetKG ×": f"{row.random_targetkg_x:.3f}",
-                    f"random share (≤ {bars['max_random_share']:g})": f"{row.random_share:.4f}",
-                    f"ControlKG × (≤ {bars['max_controlkg_ratio']:g})": f"{row.controlkg_x:.3f}{mark(meets['controlkg'])}",
-                    f"ControlLM × (≤ {bars['max_controllm_ratio']:g})": f"{row.controllm_x:.3f}{mark(meets['controllm'])}",
+                    f"random share (≤ {bars['max_random_share']:g})":
+                        f"{row.random_share:.4f}{mark(meets['max_random_share'])}",
+                    f"ControlKG × (≤ {bars['max_controlkg_ratio']:g})":
+                        f"{row.controlkg_x:.3f}{mark(meets['max_controlkg_ratio'])}",
+                    f"ControlLM × (≤ {bars['max_controllm_ratio']:g})":
+                        f"{row.controllm_x:.3f}{mark(meets['max_controllm_ratio'])}",
                     "all bars": "yes" if row.all_bars else "no"})
     return pd.DataFrame(out)
 

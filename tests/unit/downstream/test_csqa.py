@@ -347,7 +347,7 @@ def _csqa_record(model, target, seed, mode, accs):
 def test_report_csqa_section(tmp_path):
     from knowsubnet.report import build as report
     from knowsubnet.report.csqa import load_csqa_results
-    from test_report import write_inputs
+    from conftest import write_report_inputs as write_inputs
 
     accs = {"original": (0.6, 0.5, 0.4), "remaining": (0.3, 0.5, 0.35), "random": (0.6, 0.45, 0.4)}
     paths = []

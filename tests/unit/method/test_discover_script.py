@@ -158,6 +158,7 @@ def test_stale_checkpoint_of_other_model_weights_is_not_resumed(workspace, tmp_p
 def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys):
     """evaluate_mask writes what evaluate_ablation computes on the test splits, with provenance and
     headline; combine_seeds (through its script) writes each combination's mask and metrics."""
+    import dataclasses
     import shutil
 
     from conftest import base_params
@@ -191,7 +192,8 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
                                     out=tmp_path / "eval" / "metrics.json", headline_out=tmp_path / "headline.json",
                                     **inputs)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
-    assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result)
+    bars = dataclasses.asdict(params.report.bars)
+    assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result, bars)
     assert result["counts_before_known_filter"] == {"targetkg": 4, "controlkg": 6}
     assert result["mask"] == str(paths[1]) and result["provenance"]["params"]["eval"]["random_draws"] == 2
     targetkg, controlkg, blocks = ablation.load_test_sets(tokenizer, root / "verbalized.parquet", splits, controllm)

@@ -43,10 +43,13 @@ def test_bars_mark_each_missed_bar():
     assert table["all_bars"].tolist() == [True, False, False]
     assert table.loc[0, "targetkg_x"] == pytest.approx(20.0)
     assert table.loc[0, "random_share"] == pytest.approx(0.1 / 19.0)
-    assert table.loc[1, "meets"] == {"sparsity": True, "target": True, "controlkg": False, "controllm": False}
-    assert table.loc[2, "meets"] == {"sparsity": False, "target": False, "controlkg": True, "controllm": True}
+    assert table.loc[1, "meets"] == {"min_sparsity": True, "min_target_ratio": True, "max_random_share": True,
+                                     "max_controlkg_ratio": False, "max_controllm_ratio": False}
+    assert table.loc[2, "meets"] == {"min_sparsity": False, "min_target_ratio": False, "max_random_share": False,
+                                     "max_controlkg_ratio": True, "max_controllm_ratio": True}
     shown = tradeoff.bars_markdown(table, bars)
     assert shown.iloc[1]["ControlKG × (≤ 1.2)"].endswith("✗") and shown.iloc[0]["all bars"] == "yes"
+    assert shown.iloc[2]["random share (≤ 0.1)"].endswith("✗") and shown.iloc[2]["all bars"] == "no"
     with pytest.raises(InputError, match="report.bars"):
         base_params({"report": {"bars": {"max_ppl": 2}}})
 
