@@ -108,6 +108,24 @@ def run(cmd, cwd, check=True):
     return proc
 
 
+def snakemake_stages(out: str, proj: Path) -> set[str]:
+    """The jobs of a Snakemake dry run (`out`), named as their DVC stage instances in proj's dvc.yaml
+    (rule@wildcard values, in the order of the stage's matrix)."""
+    import re
+
+    stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
+    names = set()
+    for block in re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if not rule or rule.group(1) == "all":
+            continue
+        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", found.group(1))) if found else {}
+        order = list(stages[rule.group(1)].get("matrix", {}))
+        names.add(rule.group(1) + ("@" + "-".join(wildcards[k] for k in order) if order else ""))
+    return names
+
+
 def project_copy(tmp_path: Path, mirror: bool = True) -> Path:
     """The tracked project files in a fresh git repo (DVC needs one), mirror made absolute."""
     dest = tmp_path / "proj"

@@ -7,12 +7,11 @@ and DVC (`dvc status`: the stages whose params changed, plus the stages downstre
 DVC's graph, which `dvc repro` re-runs once their deps change).
 """
 
-import re
 
 import pytest
 import yaml
 
-from conftest import BIN, project_copy, run
+from conftest import BIN, project_copy, run, snakemake_stages
 
 # one param per section (run is the matrix itself: editing it adds or removes stages)
 EDITS = {
@@ -55,22 +54,6 @@ def touched(tmp_path_factory):
     return proj
 
 
-def snakemake_stages(out: str, order: dict[str, list[str]]) -> set[str]:
-    """The jobs `-n --rerun-triggers params` would run, named as their DVC stage instances."""
-    names = set()
-    for block in re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
-        if not rule or rule.group(1) == "all":
-            continue
-        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", found.group(1))) if found else {}
-        name = rule.group(1)
-        if order[name]:
-            name += "@" + "-".join(wildcards[k] for k in order[name])
-        names.add(name)
-    return names
-
-
 def dvc_stages(proj) -> set[str]:
     """The stages `dvc status` finds changed, with every stage downstream of them (in-process: DVC's
     start-up would double the test's time)."""
@@ -97,15 +80,13 @@ def set_key(params: dict, dotted: str, value) -> None:
 @pytest.mark.parametrize("section", list(EDITS))
 def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
     proj = touched
-    stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
-    order = {name: list(stage.get("matrix", {})) for name, stage in stages.items()}
     original = (proj / "params.yaml").read_text()
     params = yaml.safe_load(original)
     set_key(params, *EDITS[section])
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = run([BIN / "snakemake", "-n", "--rerun-triggers", "params"], proj)
-        smk, dvc = snakemake_stages(proc.stdout + proc.stderr, order), dvc_stages(proj)
+        smk, dvc = snakemake_stages(proc.stdout + proc.stderr, proj), dvc_stages(proj)
     finally:
         (proj / "params.yaml").write_text(original)
     assert smk, f"editing {EDITS[section][0]} re-runs nothing"

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from conftest import BIN, REPO_ROOT, project_copy, run
+from conftest import BIN, REPO_ROOT, project_copy, run, snakemake_stages
 
 README = (REPO_ROOT / "README.md").read_text()
 VENV = BIN.parent
@@ -23,19 +23,6 @@ def table_commands() -> list[str]:
 def make(proj, *args, check=True):
     # -o: the virtual environment counts as installed (make setup is CI's first step, not this test's)
     return run(["make", "-o", f"{VENV}/.installed", f"VENV={VENV}", *args], proj, check=check)
-
-
-def smk_jobs(out: str) -> set[str]:
-    """Job names of a dry run, as DVC names its stage instances (rule@wildcard values)."""
-    names = set()
-    for block in re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
-        if not rule or rule.group(1) == "all":
-            continue
-        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        values = [v for _, v in re.findall(r"(\w+)=([^,\s]+)", found.group(1))] if found else []
-        names.add(rule.group(1) + ("@" + "-".join(values) if values else ""))
-    return names
 
 
 def dvc_status_stages(proj) -> set[str]:
@@ -78,7 +65,7 @@ def preset_under_dvc(proj):
     try:
         make(proj, "params", "PRESET=demo")
         dvc = dvc_status_stages(proj)
-        smk = smk_jobs(run([BIN / "snakemake", "-n"], proj).stdout)
+        smk = snakemake_stages(run([BIN / "snakemake", "-n"], proj).stdout, proj)
         assert dvc == smk and "discover_mask@smollm2-135m-fruit-0" in dvc
         assert not any("tiny-gpt2" in name for name in dvc)
     finally:
