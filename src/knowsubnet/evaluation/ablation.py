@@ -34,7 +34,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
-from knowsubnet.evaluation.bars import BARS, check_bars
+from knowsubnet.evaluation.bars import BARS, SETS, check_bars
 from knowsubnet.method import combination, masking
 from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.facts import DTYPES, ppl_from_nll, score_facts, summarize_facts
@@ -42,7 +42,6 @@ from knowsubnet.scoring.text import lm_ppl
 
 log = logging.getLogger(__name__)
 
-SETS = ("targetkg", "controlkg", "controllm")
 FACT_SETS = ("targetkg", "controlkg")
 VARIANTS = ("removed", "random", "kept")
 
