@@ -4,6 +4,7 @@
 # make test    - the test suite
 # make demo    - the demo preset (SmolLM2-135M from PyPI), CPU friendly
 # make params   - write params.yaml = config/base.yaml + config/mirror-local.yaml [+ config/presets/$(PRESET).yaml]
+#                  [+ config/overlays/$(OVERLAY).yaml ...]
 #                 [+ SET="train.steps=10 run.seeds=[0]"], then dvc.yaml for it
 # make dvc.yaml - regenerate dvc.yaml from the Snakemake rules (after editing rules or `run` in params.yaml)
 # make dvc-repro, make bench
@@ -72,9 +73,10 @@ test: setup
 # SET: space-separated KEY=VALUE overrides, VALUE as YAML (make params SET="train.steps=10 run.seeds=[0]").
 # dvc.yaml follows at once: its stages are those of params.yaml's `run`.
 PRESET ?=
+OVERLAY ?=
 SET ?=
 params: setup
-	$(PY) workflow/params_yaml.py $(if $(PRESET),--preset $(PRESET),) $(foreach s,$(SET),--set '$(s)')
+	$(PY) workflow/params_yaml.py $(if $(PRESET),--preset $(PRESET),) $(foreach o,$(OVERLAY),--overlay $(o)) $(foreach s,$(SET),--set '$(s)')
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 # dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/workflow/test_dvc_yaml.py checks it is current.

@@ -48,6 +48,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/discovery.smk"
 include: "workflow/rules/downstream.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/baselines.smk"
 
 
 rule all:

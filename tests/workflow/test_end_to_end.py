@@ -9,10 +9,12 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import BIN, MIRROR, project_copy, run
+from knowsubnet.method.baselines import METHODS as BASELINES
 
 pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")
 
@@ -36,6 +38,9 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     proj = project_copy(tmp_path)
     params = merge(yaml.safe_load((proj / "params.yaml").read_text()),
                    yaml.safe_load((proj / "tests" / "smoke.yaml").read_text()))
+    # every baseline beside the mask, the finetuning ones cut to a few steps
+    short = {"steps": 4, "select_every": 2}
+    params = merge(params, {"run": {"baselines": list(BASELINES)}, "baselines": {"graddiff": short, "npo": short}})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)  # dvc.yaml follows `run` in params.yaml
 
@@ -53,6 +58,13 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     for name in [*linked, "tables/summary.csv", "tables/ablation.csv", "report.md"]:
         assert Path(name).name in html, name
     assert list((proj / "results" / "benchmarks" / "discover_mask").rglob("*.tsv"))  # `benchmark:` timings
+    # the comparison: one row per method (the mask and each baseline), each with its test ratios
+    comparison = pd.read_csv(proj / "results" / "tables" / "comparison.csv")
+    assert sorted(comparison["method"]) == sorted(["mask", *BASELINES])
+    assert comparison["targetkg_x"].notna().all() and comparison["paraphrase_ratio"].notna().all()
+    assert "figures/comparison_tradeoff.png" in linked
+    sized = comparison[comparison["method"].isin(["mask", "random_magnitude", "attribution"])]
+    assert sized["changed_weights"].nunique() == 1  # exactly the mask's size
 
     # DVC: the same stages and outputs; push, then pull into a fresh clone
     run([BIN / "dvc", "commit", "--force", "--quiet"], proj)

@@ -27,6 +27,7 @@ EDITS = {
     "train": ("train.steps", 301),
     "eval": ("eval.random_draws", 2),
     "robustness": ("robustness.candidates", 8),
+    "baselines": ("baselines.npo.lr", 0.002),
     "report": ("report.dpi", 100),
     "csqa": ("csqa.bootstrap", 500),
 }
@@ -35,9 +36,11 @@ EDITS = {
 @pytest.fixture(scope="module")
 def touched(tmp_path_factory):
     proj = project_copy(tmp_path_factory.mktemp("engines"))
-    # a smaller run (fewer jobs to check), still with several targets and seeds (combine_seeds)
+    # a smaller run (fewer jobs to check), still with several targets and seeds (combine_seeds), and
+    # a baseline of each recipe (sized by the mask, finetuning)
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["run"] = {"models": ["tiny-gpt2"], "targets": ["IsA", "UsedFor", "csqa1"], "seeds": [0, 1]}
+    params["run"] = {"models": ["tiny-gpt2"], "targets": ["IsA", "UsedFor", "csqa1"], "seeds": [0, 1],
+                     "baselines": ["attribution", "npo"]}
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)
     summary = run([BIN / "snakemake", "--summary"], proj).stdout.splitlines()[1:]
@@ -94,4 +97,8 @@ def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
     if section == "csqa":  # a finetuning param re-runs only the finetuning and the report
         assert {name.split("@")[0] for name in smk} == {"finetune_csqa", "report"}
     if section == "robustness":  # a probe's param re-runs only the probes and the report
-        assert {name.split("@")[0] for name in smk} == {"evaluate_robustness", "report"}
+        assert {name.split("@")[0] for name in smk} == {"evaluate_robustness", "baseline_robustness", "report"}
+    if section == "baselines":  # one method's param re-runs only that method's stages and the report
+        assert {name.split("@")[0] for name in smk} == {"unlearn_baseline", "evaluate_baseline",
+                                                        "baseline_robustness", "report"}
+        assert all("-npo-" in name for name in smk if name != "report")

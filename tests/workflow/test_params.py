@@ -67,6 +67,17 @@ def test_make_params_with_a_preset_equals_the_overlays(tmp_path):
                                         ROOT / "config" / "presets" / "demo.yaml"], SCHEMA)
 
 
+def test_make_params_with_an_overlay_merges_it_after_the_preset_and_names_an_unknown_one(tmp_path):
+    module = _params_yaml_module()
+    out = tmp_path / "params.yaml"
+    module.main(["--preset", "demo", "--overlay", "demo-baselines", "--out", str(out)])
+    assert load([out], SCHEMA) == load([BASE, ROOT / "config" / "mirror-local.yaml", ROOT / "config" / "presets" / "demo.yaml",
+                                        ROOT / "config" / "overlays" / "demo-baselines.yaml"], SCHEMA)
+    assert "OVERLAY=\"demo-baselines\"" in out.read_text().splitlines()[1]
+    with pytest.raises(InputError, match="overlays/demo-nothing.yaml: no such preset or overlay"):
+        module.main(["--preset", "demo", "--overlay", "demo-nothing", "--out", str(out)])
+
+
 def test_mirror_only_file_merges_over_a_preset(tmp_path):
     mirror = tmp_path / "mirror.yaml"
     mirror.write_text("data: {mirror: /some/where}\n")

@@ -39,10 +39,12 @@ def proj(tmp_path_factory):
     return proj
 
 
-def dry(cmd: str):
+def dry(cmd: str, *rules: str):
     def check(proj):
         out = run(cmd.split() + ["-n"], proj)
-        assert "discover_mask" in out.stdout + out.stderr or "export_remaining" in out.stdout + out.stderr
+        text = out.stdout + out.stderr
+        assert "discover_mask" in text or "export_remaining" in text
+        assert all(f"rule {rule}:" in text for rule in rules), rules
     return check
 
 
@@ -59,18 +61,20 @@ def one_param(proj):
     assert yaml.safe_load((proj / params).read_text())["train"]["steps"] == 100
 
 
-def preset_under_dvc(proj):
-    """`make params PRESET=demo` writes params.yaml and dvc.yaml for the demo: `dvc status` names
-    exactly the stages Snakemake would run for it."""
-    try:
-        make(proj, "params", "PRESET=demo")
-        dvc = dvc_status_stages(proj)
-        smk = snakemake_stages(run([BIN / "snakemake", "-n"], proj).stdout, proj)
-        assert dvc == smk and "discover_mask@smollm2-135m-fruit-0" in dvc
-        assert not any("tiny-gpt2" in name for name in dvc)
-    finally:
-        make(proj, "params")
-    assert run(["git", "status", "--porcelain", "params.yaml", "dvc.yaml"], proj).stdout == ""  # back to the default
+def preset_under_dvc(*args: str, expect: str = "discover_mask@smollm2-135m-fruit-0"):
+    """`make params PRESET=demo [OVERLAY=…]` writes params.yaml and dvc.yaml for it: `dvc status`
+    names exactly the stages Snakemake would run for it."""
+    def check(proj):
+        try:
+            make(proj, "params", *args)
+            dvc = dvc_status_stages(proj)
+            smk = snakemake_stages(run([BIN / "snakemake", "-n"], proj).stdout, proj)
+            assert dvc == smk and expect in dvc
+            assert not any("tiny-gpt2" in name for name in dvc)
+        finally:
+            make(proj, "params")
+        assert run(["git", "status", "--porcelain", "params.yaml", "dvc.yaml"], proj).stdout == ""  # the default again
+    return check
 
 
 def dvc_status(proj):
@@ -115,8 +119,13 @@ CHECKS = {
     "make demo": make_dry("demo"),
     "snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml":
         dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml"),
+    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml":
+        dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml",
+            "prune_baseline", "unlearn_baseline", "evaluate_baseline", "baseline_robustness"),
     "snakemake --cores 2 --config train__steps=100": one_param,
-    "make params PRESET=demo && dvc repro": preset_under_dvc,
+    "make params PRESET=demo && dvc repro": preset_under_dvc("PRESET=demo"),
+    "make params PRESET=demo OVERLAY=demo-baselines && dvc repro":
+        preset_under_dvc("PRESET=demo", "OVERLAY=demo-baselines", expect="unlearn_baseline@smollm2-135m-fruit-npo-0"),
     "dvc status": dvc_status,
     "dvc repro": dvc_status,  # what it would run; a real run is tests/workflow/test_end_to_end.py
     "dvc exp run -S train.lambda_controlkg=5": queue("dvc exp run -S train.lambda_controlkg=5", 1),

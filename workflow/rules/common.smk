@@ -34,6 +34,7 @@ PARAMS = _effective_params_file()
 MODELS = config["run"]["models"]
 TARGETS = config["run"]["targets"]
 SEEDS = config["run"]["seeds"]
+BASELINES = config["run"].get("baselines") or []
 COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
 
 for _target in TARGETS:
@@ -47,6 +48,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
     target="|".join(map(re.escape, config["targets"])),
     seed=r"\d+",
+    baseline="random_magnitude|attribution|neurons|graddiff|npo",
 
 
 class Section(str):
@@ -134,3 +136,16 @@ for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked
 def csqa_results():
     return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
                   seed=CSQA_SEEDS, mode=CSQA_MODES)
+
+
+# -- baselines (workflow/rules/baselines.smk) --
+
+# knowsubnet.method.baselines.SIZED_BY_MASK and knowsubnet.method.unlearning.METHODS
+SIZED_BY_MASK = ["random_magnitude", "attribution", "neurons"]
+UNLEARNING = ["graddiff", "npo"]
+
+
+def baseline_results(name):
+    """Every baseline run's file `name` (meta.json, eval/metrics.json, robustness/robustness.json)."""
+    return expand("results/baselines/{model}/{target}/{baseline}/seed{seed}/{name}", model=MODELS, target=TARGETS,
+                  baseline=BASELINES, seed=SEEDS, name=name)

@@ -114,6 +114,9 @@ rule report:
         csqa=csqa_results(),
         robustness=expand("results/robustness/{model}/{target}/seed{seed}/robustness.json", model=MODELS,
                           target=TARGETS, seed=SEEDS),
+        baselines=baseline_results("meta.json"),
+        baseline_metrics=baseline_results("eval/metrics.json"),
+        baseline_robustness=baseline_results("robustness/robustness.json"),
     output:
         # report.md links into tables/ and figures/; both are whole directories, so a re-run leaves no
         # stale file behind, and `snakemake --report` shows what they hold
@@ -130,7 +133,9 @@ rule report:
         "../envs/knowsubnet.yaml"
     shell:
         "python workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
-        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --robustness {input.robustness} --out-dir results "
+        "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --robustness {input.robustness} "
+        "--baselines {input.baselines} --baseline-metrics {input.baseline_metrics} "
+        "--baseline-robustness {input.baseline_robustness} --out-dir results "
         "--models-root results/models 2> {log}"
 
 

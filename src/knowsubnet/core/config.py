@@ -1,14 +1,13 @@
 """The typed params: read once, validated once, one set of defaults.
 
 Params are YAML files merged in order: `config/base.yaml` holds every key with its default and
-its documentation (it is the tiny preset); a preset (`config/presets/<name>.yaml`) is a small
-overlay that names only what it changes; `params.yaml`, the file DVC reads, is base + one overlay
-(`make params PRESET=<name>`); one key changes with `KEY=VALUE` overrides (`apply_overrides`:
-`make params SET=train.steps=10`, `snakemake --config train__steps=10`). The merged mapping is
-checked against the JSON schema (`config/params.schema.yaml`, the one list of keys and types; a bad
-value is one line naming its key), then turned into the frozen dataclasses below, one per section,
-so that a stage reads `params.train.batch.targetkg`, not a string key with a default of its own.
-No section has defaults in code: a missing key is an error naming the key.
+its documentation (it is the tiny preset); presets and overlays (`config/presets/`,
+`config/overlays/`) name only what they change; `params.yaml`, the file DVC reads, is base + them
+(`make params PRESET=<name> OVERLAY=<name>`); `KEY=VALUE` overrides change one key
+(`apply_overrides`: `make params SET=train.steps=10`, `snakemake --config train__steps=10`). The
+merged mapping is checked against the JSON schema (`config/params.schema.yaml`; a bad value is one
+line naming its key), then typed into the frozen dataclasses below, one per section: a stage reads
+`params.train.batch.targetkg`. No section has defaults in code: a missing key is an error naming it.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class Run:
     models: list[str]
     targets: list[str]
     seeds: list[int]
+    baselines: list[str]
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,7 @@ class Mask:
 
 
 @dataclass(frozen=True)
-class Ramp:
-    """`start` until the fraction `ramp_from` of the run, then linear to `end` at the last step."""
+class Ramp:  # `start` until the fraction `ramp_from` of the run, then linear to `end` at the last step
     start: float
     end: float
     ramp_from: float
@@ -120,8 +119,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Select:
-    """Checkpoint selection on the validation sets (`method.training.select_checkpoint`)."""
+class Select:  # checkpoint selection on the validation sets (`method.training.select_checkpoint`)
     every: int
     min_sparsity: float
     min_target_ratio: float
@@ -179,6 +177,58 @@ class Robustness:
 
 
 @dataclass(frozen=True)
+class RandomMagnitude:
+    bins: int
+    sweep: list[float]
+
+
+@dataclass(frozen=True)
+class Attribution:  # list settings: each is tried on validation, one kept (method.baselines.choose)
+    contrast: list[float]
+    signed: list[bool]
+    min_target_ratio: float
+    batch: int
+    sweep: list[float]
+
+
+@dataclass(frozen=True)
+class Neurons:
+    ig_steps: int
+    contrast: list[float]
+    min_target_ratio: float
+    batch: int
+    sweep: list[float]
+
+
+@dataclass(frozen=True)
+class Unlearning:  # GradDiff, and NPO's common fields (method.unlearning)
+    steps: int
+    lr: float
+    warmup_frac: float
+    lambda_forget: float
+    lambda_controlkg: float
+    lambda_controllm: float
+    batch: Batch
+    select_every: int
+    min_target_ratio: float
+
+
+@dataclass(frozen=True)
+class Npo(Unlearning):
+    beta: float
+
+
+@dataclass(frozen=True)
+class Baselines:  # other removal methods (method.baselines; docs/BASELINES.md)
+    device: str
+    random_magnitude: RandomMagnitude
+    attribution: Attribution
+    neurons: Neurons
+    graddiff: Unlearning
+    npo: Npo
+
+
+@dataclass(frozen=True)
 class Bars:
     min_sparsity: float
     min_target_ratio: float
@@ -230,6 +280,7 @@ class Params:
     train: Train
     eval: Eval
     robustness: Robustness
+    baselines: Baselines
     report: Report
     csqa: Csqa
 

@@ -35,7 +35,7 @@ from knowsubnet.core.io import write_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
 from knowsubnet.evaluation.bars import BARS, SETS, check_bars
-from knowsubnet.method import combination, masking
+from knowsubnet.method import combination, edits, masking
 from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.facts import DTYPES, ppl_from_nll, score_facts, summarize_facts
 from knowsubnet.scoring.text import lm_ppl
@@ -89,17 +89,20 @@ def _mean_and_spread(draws: list[dict[str, dict[str, float]]]) -> tuple[dict, di
     return mean, spread
 
 
-def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], logits: dict[str, torch.Tensor],
-                      granularity: str, targetkg, controlkg, controllm_blocks: torch.Tensor,
-                      random_draws: int, seed: int, batch_size: int, device: str | torch.device, *,
+def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
+                      logits: dict[str, torch.Tensor] | edits.Edit, granularity: str, targetkg, controlkg,
+                      controllm_blocks: torch.Tensor, random_draws: int, seed: int, batch_size: int,
+                      device: str | torch.device, *,
                       model_name: str | None = None, target: str | None = None,
                       controlkg_relations: list[str] | None = None,
                       controllm_ppl: str = "token_mean", fact_scores: dict | None = None,
                       unknown: dict[str, Any] | None = None) -> dict[str, Any]:
     """Original / removed / random-removed / kept metrics on the three test sets (see module doc).
 
-    `logits` are mask logits (subnetwork = logits > 0) or boolean masks. The random baseline draws
-    `random_draws` masks from `torch.Generator().manual_seed(seed)`: deterministic for a fixed seed.
+    `logits` are mask logits (subnetwork = logits > 0) or boolean masks in `granularity`, or any
+    removal (`edits.Edit`, whose own granularity counts): a baseline's new weights have no "kept"
+    variant (null). The random baseline (`edits.random_like`) draws `random_draws` removals of the
+    same size from `torch.Generator().manual_seed(seed)`: deterministic for a fixed seed.
     `controllm_ppl`: how ControlLM perplexity averages (`lm_ppl`).
 
     `fact_scores`, when given a dict, receives the per-fact scores the metrics are computed from:
@@ -109,8 +112,8 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
     """
     if random_draws < 1:
         raise InputError(f"params key 'eval.random_draws' = {random_draws}: expected at least 1 draw")
-    masks = {name: (v if v.dtype == torch.bool else v > 0).cpu() for name, v in logits.items()}
-    masking.check_mask_matches(layers, masks, granularity, source="evaluate_ablation")
+    edit = logits if isinstance(logits, edits.Edit) else edits.mask_edit(logits, granularity)
+    masking.check_mask_matches(layers, edit.tensors, edit.granularity, source="evaluate_ablation")
     args = (targetkg, controlkg, controllm_blocks, batch_size, device, controllm_ppl)  # same averaging everywhere
     by_rel = {"controlkg_relations": controlkg_relations}
 
@@ -118,16 +121,17 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
     extra = {"unknown": unknown if fact_scores is not None else None}
 
     original, original_scores = _evaluate_sets(model, *args, label="original", **by_rel, **extra)
-    with masking.masked_weights(layers, masks, granularity, keep="remaining"):
+    with edits.applied(layers, edit):
         removed, removed_scores = _evaluate_sets(model, *args, label="removed", **by_rel, **extra)
-    with masking.masked_weights(layers, masks, granularity, keep="subnetwork"):
-        kept, _ = _evaluate_sets(model, *args, label="kept")
+    kept = None
+    if edit.kind == "mask":
+        with edits.applied(layers, edit, keep="subnetwork"):
+            kept, _ = _evaluate_sets(model, *args, label="kept")
 
     generator = torch.Generator().manual_seed(int(seed))
     draws = []
     for draw in range(random_draws):
-        random_masks = masking.random_masks_like(masks, generator)
-        with masking.masked_weights(layers, random_masks, granularity, keep="remaining"):
+        with edits.applied(layers, edits.random_like(edit, layers, generator)):
             metrics, scores = _evaluate_sets(model, *args, label=f"random[{draw}]", **by_rel,
                                              **(extra if draw == 0 else {}))
         draws.append(metrics)
@@ -138,14 +142,23 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer], log
         fact_scores.update(original=original_scores, removed=removed_scores, random=first_draw_scores)
 
     variants = {"removed": removed, "random": random_mean, "kept": kept}
-    delta = {name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS} for name, result in variants.items()}
+    delta = {name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS} for name, result in variants.items()
+             if result is not None}
+    if edit.kind == "mask":
+        binary, granularity = edit.tensors, edit.granularity
+    else:  # new weights: every changed weight counts as removed for the sparsity
+        new = edits.edited_weights(layers, edit)
+        binary = {l.name: new[l.name].cpu() != l.weight.detach().cpu() for l in layers}
+        granularity = "weight"
     return {
         "model": model_name,
         "target": target,
         "seed": int(seed),
         "granularity": granularity,
-        "sparsity": masking.sparsity(model, layers, masks, granularity),
-        "subnetwork_size": masking.subnetwork_size(layers, masks, granularity),
+        "kind": edit.kind,
+        "sparsity": masking.sparsity(model, layers, binary, granularity),
+        "subnetwork_size": masking.subnetwork_size(layers, binary, granularity),
+        "changed": edits.change_stats(model, layers, edit),
         "counts": {"targetkg": int(targetkg.input_ids.shape[0]), "controlkg": int(controlkg.input_ids.shape[0]),
                    "controllm_blocks": int(controllm_blocks.shape[0]),
                    **({"controlkg_by_relation": pd.Series(controlkg_relations).value_counts().sort_index().to_dict()}
@@ -273,13 +286,13 @@ def fact_table(rows: dict[str, pd.DataFrame],
 # the evaluate_ablation and combine_seeds stages
 
 
-def _prepare(params: Params, model_dir: Path, logits: dict[str, torch.Tensor], metadata: dict[str, str],
-             mask_source: str, verbalized: Path, splits_dir: Path, controllm_dir: Path):
-    """What both stages evaluate with: the device, the model and its tokenizer, the mask's layers
-    and granularity, and the test sets (params eval, known, verbalize.scored_positions)."""
+def _prepare(params: Params, model_dir: Path, edit: edits.Edit, mask_source: str, verbalized: Path,
+             splits_dir: Path, controllm_dir: Path):
+    """What both stages evaluate with: the device, the model and its tokenizer, the removal's
+    layers and granularity, and the test sets (params eval, known, verbalize.scored_positions)."""
     device = pick_device(params.eval.device, key="eval.device")
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
-    layers, granularity = mask_layers(lm, logits, metadata, source=mask_source)
+    layers, granularity = edits.edit_layers(lm, edit, source=mask_source), edit.granularity
     test_sets = load_test_sets(tokenizer, verbalized, splits_dir, controllm_dir, params.known,
                                params.verbalize.scored_positions)
     return device, lm, tokenizer, layers, granularity, test_sets
@@ -288,15 +301,16 @@ def _prepare(params: Params, model_dir: Path, logits: dict[str, torch.Tensor], m
 def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_dir: Path, verbalized: Path,
                   splits_dir: Path, controllm_dir: Path, mask: Path, out: Path,
                   headline_out: Path | None = None, facts_out: Path | None = None) -> dict[str, Any]:
-    """The evaluate_ablation stage: `evaluate_ablation` of the mask file `mask` on the test splits
+    """The evaluate_ablation stage: `evaluate_ablation` of the removal file `mask` (a discovered
+    mask, or a baseline's removal.safetensors: `edits.load_edit`) on the test splits
     (params eval, known, verbalize.scored_positions), written to `out` with provenance; its
     `headline` against params `report.bars` to `headline_out` and its `fact_table` (every test
     fact, known or not) to `facts_out` when given; returns the result."""
     settings = params.eval
     start = time.monotonic()
-    logits, metadata = masking.load_mask(mask)
+    edit = edits.load_edit(mask)
     device, lm, tokenizer, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
-        params, model_dir, logits, metadata, str(mask), verbalized, splits_dir, controllm_dir)
+        params, model_dir, edit, str(mask), verbalized, splits_dir, controllm_dir)
     log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", model,
              target, seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
 
@@ -311,13 +325,14 @@ def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_d
                    for kind, frame in rows.items() if not frame["known"].all()}
     relations = verbalized_frame.loc[controlkg.uuids, "rel"].tolist()
     result = evaluate_ablation(
-        lm, layers, logits, granularity, targetkg, controlkg, blocks,
+        lm, layers, edit, granularity, targetkg, controlkg, blocks,
         random_draws=settings.random_draws, seed=seed, batch_size=settings.batch_size,
         device=device, model_name=model, target=target, controlkg_relations=relations,
         controllm_ppl=settings.controllm_ppl, fact_scores=fact_scores, unknown=unknown)
     # how many facts the known-facts filter (params `known`) kept of each test split
     result["counts_before_known_filter"] = {kind: len(frame) for kind, frame in rows.items()}
     result["mask"] = str(mask)
+    result["method"] = edit.metadata.get("method", "mask")
     result["provenance"] = stamp({"eval": params.section("eval")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
     write_json(out, result)
@@ -349,7 +364,8 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
     seed_masks = [combination.to_binary(logits) for _, logits, _ in loaded]
 
     device, lm, _, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
-        params, model_dir, loaded[0][1], first_meta, str(masks[0]), verbalized, splits_dir, controllm_dir)
+        params, model_dir, edits.mask_edit(loaded[0][1], first_meta["granularity"], first_meta), str(masks[0]),
+        verbalized, splits_dir, controllm_dir)
 
     results = {}
     for how in combinations:

@@ -38,9 +38,8 @@ from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn
-from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.scoring.facts import DTYPES
-from knowsubnet.method import masking
+from knowsubnet.method import edits
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -95,20 +94,15 @@ def top1(frame: pd.DataFrame, variant: str) -> pd.Series:
 class Variants:
     """The original, remaining and random-removed versions of one model, entered one at a time."""
 
-    def __init__(self, model, layers, masks: dict[str, torch.Tensor], granularity: str, seed: int):
-        self.model, self.layers, self.granularity = model, layers, granularity
-        self.masks = masks
+    def __init__(self, model, layers, edit: edits.Edit, seed: int):
+        self.model, self.layers = model, layers
         # the evaluation's first random draw (evaluate_ablation seeds its generator the same way)
-        self.random = masking.random_masks_like(masks, torch.Generator().manual_seed(int(seed)))
-
-    def removed_masks(self, variant: str) -> dict[str, torch.Tensor] | None:
-        return {"original": None, "removed": self.masks, "random": self.random}[variant]
+        self.edits = {"original": None, "removed": edit,
+                      "random": edits.random_like(edit, layers, torch.Generator().manual_seed(int(seed)))}
 
     def entered(self, variant: str):
-        removed = self.removed_masks(variant)
-        if removed is None:
-            return contextlib.nullcontext()
-        return masking.masked_weights(self.layers, removed, self.granularity, keep="remaining")
+        edit = self.edits[variant]
+        return contextlib.nullcontext() if edit is None else edits.applied(self.layers, edit)
 
 
 def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
@@ -292,11 +286,16 @@ def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFra
         train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device)
         runs[data] = {"n_train": len(train)}
         for name, variant, hold in setups:
-            removed = variants.removed_masks(variant) if variant else None
+            edit = variants.edits[variant or "original"]
             start = time.monotonic()
-            with relearn.finetuned(layers, train, removed=removed, granularity=variants.granularity, hold_zero=hold,
-                                   steps=cfg.relearn.steps, lr=cfg.relearn.lr, batch=cfg.relearn.batch,
-                                   seed=cfg.seed) as losses:
+            # A mask's zeroed weights are the start (held at zero or free); new weights (a finetuning
+            # baseline) are entered first and relearning starts from them, with nothing to hold.
+            removed = edit.tensors if edit is not None and edit.kind == "mask" else None
+            entered = variants.entered(variant) if removed is None and edit is not None else contextlib.nullcontext()
+            with entered, relearn.finetuned(layers, train, removed=removed,
+                                            granularity=edit.granularity if edit else "weight", hold_zero=hold,
+                                            steps=cfg.relearn.steps, lr=cfg.relearn.lr, batch=cfg.relearn.batch,
+                                            seed=cfg.seed) as losses:
                 after = scored.mean_nll()
             base = before[variant or "original"]
             runs[data][name] = {
@@ -361,9 +360,9 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
         clock = now
 
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
-    logits, metadata = masking.load_mask(mask)
-    layers, granularity = mask_layers(lm, logits, metadata, source=str(mask))
-    variants = Variants(lm, layers, masking.binary_masks(logits), granularity, seed)
+    edit = edits.load_edit(mask)
+    layers = edits.edit_layers(lm, edit, source=str(mask))
+    variants = Variants(lm, layers, edit, seed)
     others = [t for t in params.run.targets if t != target]
     try:
         facts_table = pd.read_parquet(triplets, columns=["uuid", "head", "rel", "tail"])
@@ -382,7 +381,7 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions)
     lap("relearning")
 
-    result = {"model": model, "target": target, "seed": int(seed),
+    result = {"model": model, "target": target, "seed": int(seed), "method": edit.metadata.get("method", "mask"),
               **summarize(scored, cfg, extra["holdout"], others),
               "controlkg_kl": kl, "relearning": relearned,
               "counts": scored.groupby("probe").agg(sentences=("uuid", "size"), facts=("uuid", "nunique"))

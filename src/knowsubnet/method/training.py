@@ -5,19 +5,17 @@ Only the work the method needs is done per step:
 - The blocks below the first masked block are frozen and unmasked, so their output is computed
   ONCE for every training fact and ControlLM block and cached; each step runs only the masked
   blocks, the final norm and the LM head (`models.top_blocks.TopBlocks`).
-- The original model's tail log-probs for the (fixed) ControlKG training set are cached once.
-  ControlLM references are recomputed per step without grad through the top blocks (caching them
-  would take V floats per token).
-- W_eff = W * (1 - m) is built once per step and reused by every forward of the step
-  (`torch.func.functional_call`), TargetKG and ControlKG facts share one forward.
+- The original model's ControlKG tail log-probs are cached once (ControlLM's: its final hidden states).
+- W_eff = W * (1 - m) is built once per step for every forward of the step (`functional_call`);
+  TargetKG and ControlKG facts share one forward. `_step_loss` is the objective (the finetuning
+  baselines, `method.unlearning`, swap it and the logits for the weights themselves).
 
 Every `select.every` steps the deterministic mask, and a random mask of the same size per matrix,
 are scored on held-out validation sets through the same cached top blocks (`validate`); the mask
 returned is the one `select_checkpoint` prefers (params `train.select`), not necessarily the last.
 
-A run checkpoints (logits, Adam state, generator states, step, log) every `checkpoint_every` steps
-and resumes from the checkpoint; on CPU a killed-and-resumed run ends bit-identical to an
-uninterrupted one.
+A run checkpoints (logits, Adam state, generators, step, log) every `checkpoint_every` steps and
+resumes from it; on CPU a killed-and-resumed run ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -56,9 +54,7 @@ CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
 LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
                "sparsity_weight", "noise_scale", "lr", "density")
 
-# The trainer reads params sections `mask` and `train` (knowsubnet.core.config.Mask / Train; every
-# value documented in config/base.yaml). Final losses are measured with the deterministic mask on
-# at most this many ControlLM blocks:
+# Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
 FINAL_CONTROLLM_BLOCKS = 32
 
 
@@ -113,10 +109,9 @@ class MaskTrainer:
         self.val_rows: list[dict[str, float]] = []  # one per validation, in step order
         self.best: tuple[int, dict[str, torch.Tensor]] | None = None  # (index in val_rows, logits on CPU)
 
-        if len(targetkg.input_ids) == 0:
-            raise InputError("TargetKG training set is empty: expected at least one fact")
-        if len(controlkg.input_ids) == 0:
-            raise InputError("ControlKG training set is empty: expected at least one fact")
+        for name, facts in (("TargetKG", targetkg), ("ControlKG", controlkg)):
+            if len(facts.input_ids) == 0:
+                raise InputError(f"{name} training set is empty: expected at least one fact")
         self.n_target, self.n_control = len(targetkg.input_ids), len(controlkg.input_ids)
         self.n_lm = 0 if controllm is None else int(controllm.shape[0])
         self.input_digests = digest.training_inputs(targetkg, controlkg, controllm)  # for the checkpoint fingerprint
@@ -179,8 +174,7 @@ class MaskTrainer:
         if self.n_lm and self.cfg.batch.controllm and self.cfg.lambda_controllm > 0:
             log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
             self.lm_hidden = self._prefix_all(controllm, max(self.cfg.batch.controllm, 1))
-            # The original model's final hidden states too, when they fit: the per-step ControlLM
-            # reference is then one LM-head matmul instead of a forward through the top blocks.
+            # The original final hidden states too, when they fit: the ControlLM reference is then one matmul.
             self.lm_final = None
             if self.lm_hidden.numel() * self.lm_hidden.element_size() <= CONTROLLM_FINAL_CACHE_BYTES:
                 chunk = max(self.cfg.batch.controllm, 1)
@@ -207,14 +201,14 @@ class MaskTrainer:
         if val.controllm is not None and val.controllm.shape[0] > 0:
             self.val_lm_blocks = val.controllm.to(self.device)
             self.val_lm_hidden = self._prefix_all(val.controllm, max(self.cfg.batch.controllm, 1))
-        self.val_original = self._val_ppls(None)
+        self.val_original = self.validation_ppls(None)
         log.info("validation: %d TargetKG, %d ControlKG facts, %d ControlLM blocks; original PPL %s",
                  len(val.targetkg.input_ids), len(val.controlkg.input_ids),
                  0 if self.val_lm_hidden is None else self.val_lm_hidden.shape[0],
                  {k: round(v, 3) for k, v in self.val_original.items()})
 
     @torch.no_grad()
-    def _val_ppls(self, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    def validation_ppls(self, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
         """PPL of the model with `weights` (None: original) on the validation sets, defined as in
         evaluation: exp(mean over facts of the fact's mean tail CE); exp(mean token CE) for LM."""
         out = {}
@@ -250,12 +244,15 @@ class MaskTrainer:
         validation sets; remember the mask when `select_checkpoint` prefers it."""
         binary = binary_masks(self.mask.state_dict())  # the evaluation subnetwork: logit > 0
         in_subnet = subnetwork_size(self.layers, binary, self.mcfg.granularity)
-        row = {"step": self.step_count,
-               "val_sparsity": 1.0 - in_subnet / sum(l.weight.numel() for l in self.layers)}
-        scores = self._val_ppls(self.mask.effective_weights(deterministic=True))
+        scores = self.validation_ppls(self.mask.effective_weights(deterministic=True))
         generator = torch.Generator().manual_seed(self.seed)
         random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)
-        random_scores = self._val_ppls(apply_mask(self.layers, random, self.mcfg.granularity))
+        random_scores = self.validation_ppls(apply_mask(self.layers, random, self.mcfg.granularity))
+        return self._record_validation(1.0 - in_subnet / sum(l.weight.numel() for l in self.layers),
+                                       scores, random_scores)
+
+    def _record_validation(self, sparsity: float, scores: dict, random_scores: dict) -> dict[str, float]:
+        row = {"step": self.step_count, "val_sparsity": sparsity}
         for key in ("targetkg", "controlkg", "controllm"):
             row[f"val_{key}_ppl"] = scores.get(key, math.nan)
             row[f"val_random_{key}_ppl"] = random_scores.get(key, math.nan)
@@ -270,8 +267,7 @@ class MaskTrainer:
         return self.validation is not None and (t == self.cfg.steps or (every > 0 and t % every == 0))
 
     @staticmethod
-    def _pad_hidden(hidden: torch.Tensor, width: int) -> torch.Tensor:
-        # Zero hidden states past a row's end: later positions never influence earlier ones (causal).
+    def _pad_hidden(hidden: torch.Tensor, width: int) -> torch.Tensor:  # zeros past a row's end (causal: unseen)
         return F.pad(hidden, (0, 0, 0, width - hidden.shape[1]))
 
     def _controlkg_ref(self, idx: torch.Tensor) -> torch.Tensor:
@@ -303,10 +299,9 @@ class MaskTrainer:
             targets.append(cache_targets[idx, :width])
             counts.append(int((targets[-1] != IGNORE).sum()))
         hidden, targets = torch.cat(hidden), torch.cat(targets)
-        # Facts are a few tokens long and a random batch pads them to its longest (about 40 % of the
-        # positions are padding on SmolLM2). With train.group_by_length, rows run in groups of similar
-        # length, each cut to its own longest row; a row's positions past its end never influence its
-        # tail (causal attention), so only float rounding differs from one padded forward.
+        # A random batch pads facts to its longest (about 40 % padding on SmolLM2). With
+        # train.group_by_length, rows run in groups of similar length, each cut to its own longest
+        # row; causal attention makes this differ from one padded forward by float rounding only.
         groups = length_groups(lengths) if self.cfg.group_by_length else [torch.arange(len(lengths))]
         parts, rows = [], []
         for group in groups:
@@ -369,25 +364,30 @@ class MaskTrainer:
         idx_c = draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
         idx_lm = draw(self.n_lm, cfg.batch.controllm, self.batch_gen) if self.lm_hidden is not None else None
 
-        # W_eff, once for all forwards of the step
-        weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
-        parts = self._losses(weights, idx_t, idx_c, idx_lm)
-        sparsity = self.mask.expected_density()
-        loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
-                + cfg.lambda_controllm * parts["controllm"] + cfg.lambda_expression * parts["expression"]
-                + weight_s * sparsity)
-
+        loss, parts = self._step_loss(idx_t, idx_c, idx_lm, weight_s, noise_scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step_count = t
 
         row = {"step": t, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-               "sparsity_loss": sparsity.item(), "sparsity_weight": weight_s, "noise_scale": noise_scale,
-               "lr": lr}
-        del weights, parts  # free W_eff and activations before the next step allocates its own
+               "sparsity_weight": weight_s, "noise_scale": noise_scale, "lr": lr}
+        del parts  # free W_eff and activations before the next step allocates its own
         self.last = row
         return row
+
+    def _step_loss(self, idx_t: torch.Tensor, idx_c: torch.Tensor, idx_lm: torch.Tensor | None, weight_s: float,
+                   noise_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one step and its parts (LOG_COLUMNS): the objective of the mask."""
+        cfg = self.cfg
+        # W_eff, once for all forwards of the step
+        weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
+        parts = self._losses(weights, idx_t, idx_c, idx_lm)
+        parts["sparsity_loss"] = self.mask.expected_density()
+        loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
+                + cfg.lambda_controllm * parts["controllm"] + cfg.lambda_expression * parts["expression"]
+                + weight_s * parts["sparsity_loss"])
+        return loss, parts
 
     # -- checkpoints ---------------------------------------------------------------------------
 

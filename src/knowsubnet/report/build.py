@@ -7,6 +7,7 @@ that returns its Markdown and the files it wrote (`format.Section`):
     Ablation                        ablation.ablation_section      metrics files (required)
     Precision                       tradeoff.precision_section     metrics; meta.json (trade-off)
     Removed, or only hidden?        robustness.robustness_section  robustness results (if run)
+    Other ways of removing ...      comparison.comparison_section  baselines' results (if run)
     Seed combinations               ablation.combinations_section  combined masks' metrics (if any)
     Structure of the subnetworks    structure.structure_section    mask files (via masks.analyse_masks)
     Overlap                         overlap.overlap_section        mask files
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 from knowsubnet.core.config import Params
 from knowsubnet.core.io import write_text
 from knowsubnet.report.ablation import ablation_section, combinations_section, load_metrics
+from knowsubnet.report.comparison import comparison_section
 from knowsubnet.report.csqa import csqa_section
 from knowsubnet.report.format import Section
 from knowsubnet.report.masks import analyse_masks
@@ -75,7 +77,9 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
                  log_paths: Sequence[str | Path] = (), *, params: Params, out_dir: str | Path = "results",
                  models_root: str | Path | None = None,
                  meta_paths: Sequence[str | Path] = (), csqa_paths: Sequence[str | Path] = (),
-                 robustness_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
+                 robustness_paths: Sequence[str | Path] = (), baseline_meta_paths: Sequence[str | Path] = (),
+                 baseline_metrics_paths: Sequence[str | Path] = (),
+                 baseline_robustness_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Write every table, figure and `report.md`; return {name: path} of what was written.
 
     Sections whose inputs are not given are left out; `models_root` (config.json for the head
@@ -95,6 +99,8 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
                 ablation_section(records, tables, figures, dpi),
                 precision_section(records, meta_paths, bars, tables, figures, dpi),
                 robustness_section(robustness_paths, tables, figures, dpi) if robustness_paths else None,
+                comparison_section(metrics_paths, meta_paths, robustness_paths, baseline_metrics_paths,
+                                   baseline_meta_paths, baseline_robustness_paths, bars, tables, figures, dpi),
                 combinations_section(records, tables)]
     if mask_paths:
         masks = analyse_masks(mask_paths, combine=settings.combine, models_root=models_root)

@@ -15,7 +15,7 @@ from knowsubnet.data.encoding import FactSet
 from knowsubnet.evaluation import ablation
 from knowsubnet.scoring import facts as scoring
 from knowsubnet.scoring.text import lm_ppl
-from knowsubnet.method import masking
+from knowsubnet.method import edits, masking
 
 # Bigram toy LM: the logits for the next token given current token i are LOGITS[i].
 LOGITS = torch.tensor([
@@ -193,13 +193,13 @@ def test_removed_equals_scoring_with_weights_zeroed(tiny):
 
 def test_random_baseline_has_the_masks_per_matrix_counts(tiny, monkeypatch):
     seen = []
-    original = masking.masked_weights
+    original = edits.applied
 
-    def spy(layers, masks, granularity, keep="remaining"):
-        seen.append((keep, {name: int(m.sum()) for name, m in masks.items()}))
-        return original(layers, masks, granularity, keep=keep)
+    def spy(layers, edit, keep="remaining"):
+        seen.append((keep, {name: int(m.sum()) for name, m in edit.tensors.items()}))
+        return original(layers, edit, keep=keep)
 
-    monkeypatch.setattr(masking, "masked_weights", spy)
+    monkeypatch.setattr(edits, "applied", spy)
     _run(tiny, draws=3)
     expected = {name: int((v > 0).sum()) for name, v in tiny[2].items()}
     assert [keep for keep, _ in seen] == ["remaining", "subnetwork", "remaining", "remaining", "remaining"]

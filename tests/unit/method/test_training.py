@@ -327,7 +327,7 @@ def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_on
     index = steps.index(chosen)
     # the returned logits are the chosen validation's mask: re-validating them gives its scores
     trainer.mask.load_state_dict(result.logits)
-    again = trainer._val_ppls(trainer.mask.effective_weights(deterministic=True))
+    again = trainer.validation_ppls(trainer.mask.effective_weights(deterministic=True))
     assert again["controlkg"] == pytest.approx(trainer.val_rows[index]["val_controlkg_ppl"], rel=1e-6)
     logged = [row for row in result.log if row["val_targetkg_ppl"] is not None]
     assert [row["step"] for row in logged] == steps

@@ -1,0 +1,216 @@
+"""The baselines: attribution pruning, magnitude-matched random, knowledge neurons, GradDiff / NPO,
+and the removal files (`edits`) every method writes and evaluation applies."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import base_params
+from knowsubnet.method import attribution, edits, masking, unlearning
+from knowsubnet.method.training import MaskTrainer
+from test_training import config, data, gpt2, llama, mask_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def trainer_for(model, **over):
+    targetkg, controlkg, _ = data()
+    return MaskTrainer(model, targetkg, controlkg, None, mask_config(top_k_blocks=2), config(**over), seed=0,
+                       progress=False)
+
+
+def reference_mask(layers, share=0.05, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return {l.name: torch.rand(l.weight.shape, generator=gen) < share for l in layers}
+
+
+def counts(masks):
+    return {name: int(m.sum()) for name, m in masks.items()}
+
+
+def scores_of(trainer, batch=5, contrast=1.0, signed=False):
+    target = attribution.taylor_terms(trainer, "target", batch)
+    return attribution.attribution_scores(target, attribution.taylor_terms(trainer, "control", batch), contrast, signed)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+@pytest.mark.parametrize("signed", [False, True])
+def test_attribution_pruning_removes_exactly_the_masks_counts_where_the_score_is_highest(build, signed):
+    trainer = trainer_for(build())
+    reference = reference_mask(trainer.layers)
+    scores = scores_of(trainer, signed=signed)
+    pruned = attribution.top_counts(scores, counts(reference))
+    assert counts(pruned) == counts(reference)
+    for name, mask in pruned.items():
+        if 0 < mask.sum() < mask.numel():  # every removed weight scores at least as high as every kept one
+            assert scores[name][mask].min() >= scores[name][~mask].max()
+    # the score is the TargetKG term minus the ControlKG one: contrast 0 differs
+    target_only = scores_of(trainer, contrast=0.0, signed=signed)
+    assert any(not torch.equal(scores[n], target_only[n]) for n in scores)
+
+
+def test_taylor_terms_predict_the_loss_change_of_zeroing_a_few_small_weights():
+    trainer = trainer_for(gpt2())
+    terms = attribution.taylor_terms(trainer, "target", batch=12)
+    layer = trainer.layers[0]
+    chosen = torch.zeros(layer.weight.shape, dtype=torch.bool)
+    chosen.view(-1)[torch.argsort(layer.weight.detach().abs().flatten())[:20]] = True  # small: first order holds
+
+    def loss(weights):
+        (logits,) = trainer._kg_tail_logits(weights, [("target", torch.arange(trainer.n_target))])
+        return float(F.cross_entropy(logits.float(), trainer.t_targets[trainer.t_targets != -100]))
+
+    zeroed = {layer.name: layer.weight.detach().masked_fill(chosen, 0.0)}
+    predicted = float(terms[layer.name][chosen].sum())
+    assert loss(zeroed) - loss(None) == pytest.approx(predicted, rel=0.2, abs=1e-6)
+
+
+def test_attribution_gradients_do_not_depend_on_the_batch_size():
+    trainer = trainer_for(gpt2())
+    a, b = scores_of(trainer, batch=3), scores_of(trainer, batch=12)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)
+
+
+def test_magnitude_matched_random_has_the_masks_counts_and_magnitudes():
+    model = gpt2()
+    layers = masking.find_maskable_layers(model, 2)
+    # a mask of the largest weights: a uniform random draw would not match their magnitudes
+    reference = {}
+    for layer in layers:
+        magnitude = layer.weight.detach().abs()
+        reference[layer.name] = magnitude >= magnitude.flatten().kthvalue(int(0.9 * magnitude.numel())).values
+    drawn = attribution.magnitude_matched(layers, reference, bins=10, generator=torch.Generator().manual_seed(0))
+    assert counts(drawn) == counts(reference)
+    for layer in layers:
+        weight = layer.weight.detach().abs()
+        assert weight[drawn[layer.name]].mean() > 0.8 * weight[reference[layer.name]].mean()
+        assert not torch.equal(drawn[layer.name], reference[layer.name])  # not the mask itself
+    again = attribution.magnitude_matched(layers, reference, bins=10, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(drawn[n], again[n]) for n in drawn)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+def test_neuron_ablation_zeroes_whole_neurons_of_the_mlp_output_projection(build):
+    trainer = trainer_for(build())
+    scores = attribution.neuron_scores(trainer, ig_steps=3, batch=5)
+    specific = attribution.specific_neuron_scores(trainer, 3, 5, 1.0, torch.Generator().manual_seed(0))
+    assert any(not torch.equal(scores[n], specific[n]) for n in scores)
+    downs = attribution.down_projections(trainer.layers)
+    assert set(scores) == {l.name for l in downs} and len(downs) == 2
+    n = 5
+    masks = attribution.neuron_masks(trainer.layers, scores, n)
+    by_name = {l.name: l for l in trainer.layers}
+    removed_neurons = 0
+    for name, mask in masks.items():
+        layer = by_name[name]
+        if layer not in downs:
+            assert not mask.any()
+            continue
+        per_input = mask.any(dim=1 if layer.transposed else 0)  # Conv1D weight is [in, out]
+        whole = mask.all(dim=1 if layer.transposed else 0)
+        assert torch.equal(per_input, whole)  # whole input columns only
+        removed_neurons += int(whole.sum())
+    assert removed_neurons == n
+    # the chosen neurons are the highest-scoring ones over both layers
+    flat = torch.cat([scores[l.name] for l in downs])
+    assert flat.topk(n).values.min() >= flat.sort(descending=True).values[n]
+
+
+def test_neuron_count_matches_the_masks_weight_budget():
+    model = gpt2()
+    layers = masking.find_maskable_layers(model, 2)
+    reference = reference_mask(layers)
+    width = attribution.down_projections(layers)[0].out_features
+    assert attribution.neuron_count(reference, layers) == round(sum(counts(reference).values()) / width)
+
+
+def tail_nll(model, facts):
+    with torch.no_grad():
+        logits = model(input_ids=facts.input_ids).logits
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), facts.targets.reshape(-1), ignore_index=-100))
+
+
+def unlearn(model, method, **over):
+    targetkg, controlkg, lm = data()
+    cfg = dataclasses.replace(getattr(base_params().baselines, method), steps=8, lr=1e-2, select_every=4, **over)
+    trainer = unlearning.UnlearningTrainer(model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(),
+                                           method, cfg, seed=0, progress=False)
+    result = trainer.train()
+    edit = edits.Edit("weights", result.logits, {})
+    with edits.applied(trainer.layers, edit):
+        after = tail_nll(model, targetkg)
+    return trainer.layers, edit, after
+
+
+@pytest.mark.parametrize("method", unlearning.METHODS)
+def test_finetuning_unlearning_raises_the_targetkg_loss_and_only_moves_the_masked_layers(method):
+    model = gpt2()
+    before_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = tail_nll(model, data()[0])
+    layers, edit, after = unlearn(model, method)
+    _, _, retain_only = unlearn(model, method, lambda_forget=0.0)
+    # the intended direction: the target's tails get less likely, by far more than the retain terms move them
+    assert after - before > 0.3 and after - before > 3 * abs(retain_only - before), (before, after, retain_only)
+    # the model itself is untouched by training, and only the masked layers differ in the edit
+    assert all(torch.equal(p, before_weights[n]) for n, p in model.named_parameters())
+    assert set(edit.tensors) == {l.name for l in layers}
+    assert edits.change_stats(model, layers, edit)["changed_share_masked_layers"] > 0.9
+
+
+def test_npo_loss_is_log2_times_2_over_beta_at_the_reference_and_falls_as_the_tail_gets_unlikely():
+    targets = torch.tensor([[-100, 3, 4], [-100, -100, 2]])
+    logits = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    ref = unlearning.per_fact_logprob(logits, targets)
+    at_ref = unlearning.npo_forget(logits, targets, ref, beta=0.5)
+    assert at_ref.item() == pytest.approx(2 / 0.5 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    lower = logits.clone()
+    lower[torch.arange(3), torch.tensor([3, 4, 2])] -= 5.0  # every tail token less likely
+    assert unlearning.npo_forget(lower, targets, ref, beta=0.5) < at_ref
+
+
+def test_weight_edits_round_trip_apply_restore_and_have_a_same_norm_random_counterpart(tmp_path):
+    model = llama()
+    layers = masking.find_maskable_layers(model, 2)
+    gen = torch.Generator().manual_seed(0)
+    new = {l.name: l.weight.detach() + 0.01 * torch.randn(l.weight.shape, generator=gen) for l in layers}
+    path = tmp_path / "removal.safetensors"
+    edits.save_weights_edit(path, new, {"top_k_blocks": "2", "method": "npo"})
+    edit = edits.load_edit(path)
+    assert edit.kind == "weights" and edits.edit_layers(model, edit, "x") == layers
+    original = {l.name: l.weight.detach().clone() for l in layers}
+    with edits.applied(layers, edit):
+        assert all(torch.equal(l.weight, new[l.name]) for l in layers)
+    assert all(torch.equal(l.weight, original[l.name]) for l in layers)
+    random = edits.random_like(edit, layers, torch.Generator().manual_seed(1))
+    for layer in layers:
+        delta, random_delta = new[layer.name] - original[layer.name], random.tensors[layer.name] - original[layer.name]
+        assert random_delta.norm().item() == pytest.approx(delta.norm().item(), rel=1e-4)
+        assert F.cosine_similarity(delta.flatten(), random_delta.flatten(), dim=0).abs() < 0.2
+
+
+def test_a_neuron_masks_random_counterpart_draws_whole_neurons():
+    model = gpt2()
+    layers = masking.find_maskable_layers(model, 2)
+    trainer_scores = {l.name: torch.arange(l.in_features, dtype=torch.float32)
+                      for l in attribution.down_projections(layers)}
+    masks = attribution.neuron_masks(layers, trainer_scores, 6)
+    edit = edits.mask_edit(masks, "weight", {"unit": "input_neuron"})
+    random = edits.random_like(edit, layers, torch.Generator().manual_seed(0))
+    assert counts(random.tensors) == counts(masks)
+    for layer in attribution.down_projections(layers):
+        mask = random.tensors[layer.name]
+        assert torch.equal(mask.any(dim=1), mask.all(dim=1))  # GPT-2 Conv1D: input neurons are rows
+
+
+def test_a_removal_file_of_an_unknown_kind_is_refused_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from knowsubnet.core.errors import InputError
+
+    path = tmp_path / "removal.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"kind": "pruned"})
+    with pytest.raises(InputError, match="removal.safetensors: metadata 'kind' = 'pruned'"):
+        edits.load_edit(path)
