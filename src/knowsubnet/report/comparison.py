@@ -28,6 +28,7 @@ METHOD_ORDER = (MASK, "random_magnitude", "attribution", "neurons", "graddiff", 
 METHOD_LABELS = {MASK: "learned mask", "random_magnitude": "random (magnitude-matched)",
                  "attribution": "attribution pruning", "neurons": "knowledge neurons", "graddiff": "GradDiff",
                  "npo": "NPO"}
+Y_CLIP = 1e4  # the figure's TargetKG axis ends here
 ROBUSTNESS_COLUMNS = {"paraphrase_ratio": "paraphrases ×", "choice_acc_removed": "multiple choice (removed)",
                       "relearn_targetkg_recovered": "relearned (TargetKG)",
                       "relearn_unrelated_recovered": "relearned (unrelated)"}
@@ -109,13 +110,16 @@ def tradeoff_figure(rows: pd.DataFrame, curves: list[dict], path: Path, dpi: int
                     markeredgecolor="black", label=METHOD_LABELS.get(method, method))
         ax.set_xscale("log")
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, min(high, Y_CLIP))  # finetuning runs to x1e14 would flatten everything else
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.axvline(1.0, color="grey", linewidth=0.5)
         ax.set_xlabel("ControlKG PPL ÷ original (damage)")
         ax.set_ylabel("TargetKG PPL ÷ original (removal)")
         ax.set_title(f"{target} ({model})")
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Lines: validation sets over each method's budget or steps; markers: test result")
+    fig.suptitle("Lines: validation sets over each method's budget or steps (TargetKG axis cut at ×10⁴); "
+                 "markers: test result")
     fig.tight_layout()
     return save_figure(fig, path, dpi)
 
