@@ -76,7 +76,7 @@ PRESET ?=
 OVERLAY ?=
 SET ?=
 params: setup
-	$(PY) workflow/params_yaml.py $(if $(PRESET),--preset $(PRESET),) $(foreach o,$(OVERLAY),--overlay $(o)) $(foreach s,$(SET),--set '$(s)')
+	$(PY) workflow/params_yaml.py $(strip $(if $(PRESET),--preset $(PRESET),) $(foreach o,$(OVERLAY),--overlay $(o)) $(foreach s,$(SET),--set '$(s)'))
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 # dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/workflow/test_dvc_yaml.py checks it is current.

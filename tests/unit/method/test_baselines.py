@@ -214,3 +214,17 @@ def test_a_removal_file_of_an_unknown_kind_is_refused_naming_it(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path), metadata={"kind": "pruned"})
     with pytest.raises(InputError, match="removal.safetensors: metadata 'kind' = 'pruned'"):
         edits.load_edit(path)
+
+
+def test_a_setting_is_chosen_on_validation_as_the_masks_checkpoint_is():
+    from knowsubnet.method.baselines import choose
+
+    original = {"targetkg": 10.0, "controlkg": 10.0, "controllm": 10.0}
+
+    def row(target, control, lm=10.0):
+        return {"val_targetkg_ppl": target, "val_controlkg_ppl": control, "val_controllm_ppl": lm}
+
+    # reaching x10 on TargetKG first, then the least ControlKG + ControlLM damage
+    assert choose([row(50, 30), row(200, 12), row(500, 40), row(90, 10)], original, 10.0) == 1
+    # none reaches x10: the best TargetKG ratio per damage
+    assert choose([row(20, 10), row(40, 40), row(30, 12)], original, 10.0) == 2  # log 3 - log 1.2 > log 2
