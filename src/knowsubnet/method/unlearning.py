@@ -22,7 +22,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.core.config import Batch, Mask, Npo, Ramp, Select, Train, Unlearning
+from knowsubnet.core.config import Batch, Mask, Ramp, Select, Train, Unlearning
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives
 from knowsubnet.method.masking import MaskableLayer
