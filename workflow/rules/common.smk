@@ -36,6 +36,9 @@ TARGETS = config["run"]["targets"]
 SEEDS = config["run"]["seeds"]
 BASELINES = config["run"].get("baselines") or []
 COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
+# knowsubnet.method.baselines.SIZED_BY_MASK and knowsubnet.method.unlearning.METHODS
+SIZED_BY_MASK = ["random_magnitude", "attribution", "neurons"]
+UNLEARNING = ["graddiff", "npo"]
 
 for _target in TARGETS:
     if _target not in config["targets"]:
@@ -48,7 +51,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
     target="|".join(map(re.escape, config["targets"])),
     seed=r"\d+",
-    baseline="random_magnitude|attribution|neurons|graddiff|npo",
+    baseline="|".join(SIZED_BY_MASK + UNLEARNING),
 
 
 class Section(str):
@@ -139,11 +142,6 @@ def csqa_results():
 
 
 # -- baselines (workflow/rules/baselines.smk) --
-
-# knowsubnet.method.baselines.SIZED_BY_MASK and knowsubnet.method.unlearning.METHODS
-SIZED_BY_MASK = ["random_magnitude", "attribution", "neurons"]
-UNLEARNING = ["graddiff", "npo"]
-
 
 def baseline_results(name):
     """Every baseline run's file `name` (meta.json, eval/metrics.json, robustness/robustness.json)."""

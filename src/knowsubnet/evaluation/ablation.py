@@ -144,21 +144,23 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
     variants = {"removed": removed, "random": random_mean, "kept": kept}
     delta = {name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS} for name, result in variants.items()
              if result is not None}
+    changed = edits.change_stats(model, layers, edit)
     if edit.kind == "mask":
-        binary, granularity = edit.tensors, edit.granularity
-    else:  # new weights: every changed weight counts as removed for the sparsity
-        new = edits.edited_weights(layers, edit)
-        binary = {l.name: new[l.name].cpu() != l.weight.detach().cpu() for l in layers}
-        granularity = "weight"
+        sparsity = masking.sparsity(model, layers, edit.tensors, edit.granularity)
+        size = masking.subnetwork_size(layers, edit.tensors, edit.granularity)
+    else:  # new weights: every changed weight counts as removed
+        sparsity = {"masked_layers": 1.0 - changed["changed_share_masked_layers"],
+                    "all_weights": 1.0 - changed["changed_share_all_weights"]}
+        size = changed["changed_weights"]
     return {
         "model": model_name,
         "target": target,
         "seed": int(seed),
-        "granularity": granularity,
+        "granularity": edit.granularity,
         "kind": edit.kind,
-        "sparsity": masking.sparsity(model, layers, binary, granularity),
-        "subnetwork_size": masking.subnetwork_size(layers, binary, granularity),
-        "changed": edits.change_stats(model, layers, edit),
+        "sparsity": sparsity,
+        "subnetwork_size": size,
+        "changed": changed,
         "counts": {"targetkg": int(targetkg.input_ids.shape[0]), "controlkg": int(controlkg.input_ids.shape[0]),
                    "controllm_blocks": int(controllm_blocks.shape[0]),
                    **({"controlkg_by_relation": pd.Series(controlkg_relations).value_counts().sort_index().to_dict()}

@@ -5,9 +5,9 @@
 - `taylor_terms`, `attribution_scores` + `top_counts`: pruning by attribution, w x dL/dw of the
   TargetKG tail loss (first-order Taylor importance, as in Molchanov et al. 2019 and SNIP) minus
   `contrast` x the same on ControlKG, at exactly the mask's per-matrix counts;
-- `specific_neuron_scores` + `neuron_masks`: knowledge neurons (Dai et al. 2022), integrated
-  gradients of each MLP neuron's activation for the facts' tails (optionally minus the same on
-  ControlKG facts), then ablation of the top neurons.
+- `neuron_scores` + `neuron_masks`: knowledge neurons (Dai et al. 2022), integrated gradients of
+  each MLP neuron's activation for the facts' tails (optionally minus `control_neuron_scores`),
+  then ablation of the top neurons.
 
 Gradients run through a `MaskTrainer`'s caches: the blocks below the masked ones run once per fact.
 Every function returns weight-shaped boolean masks (True = removed) over the trainer's layers.
@@ -168,16 +168,12 @@ def neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "
     return {name: (a / largest[:, None]).clamp_min(0).sum(dim=0) for name, a in per_layer.items()}
 
 
-def specific_neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, contrast: float,
-                           generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """`neuron_scores` of the TargetKG facts minus `contrast` x those of as many ControlKG facts
-    (a seeded sample): neurons that express the target but not everything."""
-    target = neuron_scores(trainer, ig_steps, batch)
-    if contrast <= 0:
-        return target
+def control_neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int,
+                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`neuron_scores` of as many ControlKG facts as there are TargetKG facts (a seeded sample): what
+    a neuron expresses of everything, subtracted x a contrast to keep the target's own neurons."""
     sample = torch.randperm(trainer.n_control, generator=generator)[:trainer.n_target].sort().values
-    control = neuron_scores(trainer, ig_steps, batch, side="control", facts=sample)
-    return {name: target[name] - contrast * control[name] for name in target}
+    return neuron_scores(trainer, ig_steps, batch, side="control", facts=sample)
 
 
 def neuron_count(masks: dict[str, torch.Tensor], layers: list[masking.MaskableLayer], factor: float = 1.0) -> int:

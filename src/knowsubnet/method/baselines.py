@@ -74,10 +74,8 @@ def _candidate_scores(method: str, params: Params, trainer: MaskTrainer, seed: i
                 for signed in cfg.signed for contrast in cfg.contrast]
     cfg = params.baselines.neurons
     target = attribution.neuron_scores(trainer, cfg.ig_steps, cfg.batch)
-    control = None
-    if any(cfg.contrast):  # as many ControlKG facts as TargetKG ones, a seeded sample
-        sample = torch.randperm(trainer.n_control, generator=torch.Generator().manual_seed(seed))[:trainer.n_target]
-        control = attribution.neuron_scores(trainer, cfg.ig_steps, cfg.batch, side="control", facts=sample.sort().values)
+    control = (attribution.control_neuron_scores(trainer, cfg.ig_steps, cfg.batch, torch.Generator().manual_seed(seed))
+               if any(cfg.contrast) else None)
     return [({"contrast": c}, {k: target[k] - c * control[k] if c else target[k] for k in target})
             for c in cfg.contrast]
 
@@ -102,7 +100,7 @@ def _sized_removal(method: str, params: Params, trainer: MaskTrainer, reference:
             return lambda f: attribution.neuron_masks(layers, scores, attribution.neuron_count(reference, layers, f))
     candidates = _candidate_scores(method, params, trainer, seed)
     tried = [{**setting, **score(at(scores)(1.0))} for setting, scores in candidates]
-    kept = choose(tried, trainer.validation_ppls(None), getattr(params.baselines, method).min_target_ratio)
+    kept = choose(tried, trainer.val_original, getattr(params.baselines, method).min_target_ratio)
     log.info("%s: kept %s of %d settings tried on validation", method, candidates[kept][0], len(tried))
     return at(candidates[kept][1]), tried, kept
 
@@ -155,7 +153,7 @@ def run_baseline(params: Params, *, method: str, model: str, target: str, seed: 
             "unit": "input_neuron" if method == "neurons" else "weight"})
         masking.save_mask(out_dir / "removal.safetensors",
                           {k: torch.where(v, 1.0, -1.0) for k, v in edit.tensors.items()}, edit.metadata)
-        original, selected = trainer.validation_ppls(None), 1.0
+        original, selected = trainer.val_original, 1.0
         tuning = {"tried": tried, "kept": kept} if tried else None
     else:
         cfg = getattr(params.baselines, method)

@@ -15,11 +15,9 @@ weights a removal changed and by how much.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -104,21 +102,9 @@ def edited_weights(layers: list[masking.MaskableLayer], edit: Edit, keep: str = 
     return {l.name: edit.tensors[l.name].to(l.weight.device, l.weight.dtype) for l in layers}
 
 
-@contextlib.contextmanager
-def applied(layers: list[masking.MaskableLayer], edit: Edit, keep: str = "remaining") -> Iterator[None]:
+def applied(layers: list[masking.MaskableLayer], edit: Edit, keep: str = "remaining"):
     """The edit written into the model in place for the block; the weights are restored on exit."""
-    new = edited_weights(layers, edit, keep)
-    saved = []
-    try:
-        with torch.no_grad():
-            for layer in layers:
-                saved.append((layer, layer.weight.detach().clone()))
-                layer.weight.copy_(new[layer.name])
-        yield
-    finally:
-        with torch.no_grad():
-            for layer, original in saved:
-                layer.weight.copy_(original)
+    return masking.written_weights(layers, edited_weights(layers, edit, keep))
 
 
 def random_input_neurons_like(layers: list[masking.MaskableLayer], masks: dict[str, torch.Tensor],

@@ -125,21 +125,25 @@ def apply_mask(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], gran
 
 
 @contextlib.contextmanager
-def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
-                   keep: str = "remaining") -> Iterator[None]:
-    """`apply_mask`'s weights written into the model in place for the block; restored on exit."""
-    masked = apply_mask(layers, masks, granularity, keep)
+def written_weights(layers: list[MaskableLayer], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """`weights` ({layer name: tensor}) written into the layers in place for the block; restored on exit."""
     saved = []
     try:
         with torch.no_grad():
             for layer in layers:
                 saved.append((layer, layer.weight.detach().clone()))
-                layer.weight.copy_(masked[layer.name])
+                layer.weight.copy_(weights[layer.name])
         yield
     finally:
         with torch.no_grad():
             for layer, original in saved:
                 layer.weight.copy_(original)
+
+
+def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
+                   keep: str = "remaining"):
+    """`apply_mask`'s weights written into the model in place for the block; restored on exit."""
+    return written_weights(layers, apply_mask(layers, masks, granularity, keep))
 
 
 def random_masks_like(masks: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.core.config import Batch, Mask, Ramp, Select, Train, Unlearning
+from knowsubnet.core.config import Mask, Ramp, Select, Train, Unlearning
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives
 from knowsubnet.method.masking import MaskableLayer
@@ -69,7 +69,7 @@ def trainer_config(train: Train, cfg: Unlearning) -> Train:
     return dataclasses.replace(
         train, steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, lambda_suppress=cfg.lambda_forget,
         lambda_controlkg=cfg.lambda_controlkg, lambda_controllm=cfg.lambda_controllm, lambda_expression=0.0,
-        sparsity_weight=Ramp(0.0, 0.0, 1.0), noise_scale=Ramp(1.0, 1.0, 1.0), batch=Batch(**dataclasses.asdict(cfg.batch)),
+        sparsity_weight=Ramp(0.0, 0.0, 1.0), noise_scale=Ramp(1.0, 1.0, 1.0), batch=cfg.batch,
         log_every=min(train.log_every, cfg.select_every), checkpoint_every=cfg.select_every,
         select=Select(every=cfg.select_every, min_sparsity=0.0, min_target_ratio=cfg.min_target_ratio))
 

@@ -99,7 +99,7 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
                 ablation_section(records, tables, figures, dpi),
                 precision_section(records, meta_paths, bars, tables, figures, dpi),
                 robustness_section(robustness_paths, tables, figures, dpi) if robustness_paths else None,
-                comparison_section(metrics_paths, meta_paths, robustness_paths, baseline_metrics_paths,
+                comparison_section(records, meta_paths, robustness_paths, baseline_metrics_paths,
                                    baseline_meta_paths, baseline_robustness_paths, bars, tables, figures, dpi),
                 combinations_section(records, tables)]
     if mask_paths:

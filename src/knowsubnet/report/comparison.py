@@ -124,16 +124,17 @@ def tradeoff_figure(rows: pd.DataFrame, curves: list[dict], path: Path, dpi: int
     return save_figure(fig, path, dpi)
 
 
-def comparison_section(mask_metrics: Sequence[str | Path], mask_metas: Sequence[str | Path],
+def comparison_section(mask_records: Sequence[dict[str, Any]], mask_metas: Sequence[str | Path],
                        mask_robustness: Sequence[str | Path], baseline_metrics: Sequence[str | Path],
                        baseline_metas: Sequence[str | Path], baseline_robustness: Sequence[str | Path],
                        bars: dict[str, float], tables: Path, figures: Path, dpi: int) -> Section | None:
-    """The section (module doc); None without baselines."""
+    """The section (module doc); None without baselines. `mask_records`: the mask's metrics as
+    `report.ablation.load_metrics` read them (seed combinations are left out)."""
     if not baseline_metrics:
         return None
     keys = ("model", "target", "seed", "original", "removed", "random")
-    metrics = {**_by_run([p for p in mask_metrics if "/combined/" not in str(p)], keys, "ablation metrics"),
-               **_by_run(baseline_metrics, keys, "baseline ablation metrics")}
+    metrics = {(*_key(r)[:2], MASK, int(r["seed"])): r for r in mask_records if not r.get("combination")}
+    metrics.update(_by_run(baseline_metrics, keys, "baseline ablation metrics"))
     metas = {**_by_run(mask_metas, ("model", "target", "seed"), "discovery meta"),
              **_by_run(baseline_metas, ("model", "target", "seed", "method", "validation"), "baseline meta")}
     robustness = {**_by_run(mask_robustness, ("model", "target", "seed"), "robustness results"),

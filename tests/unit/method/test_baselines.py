@@ -96,7 +96,8 @@ def test_magnitude_matched_random_has_the_masks_counts_and_magnitudes():
 def test_neuron_ablation_zeroes_whole_neurons_of_the_mlp_output_projection(build):
     trainer = trainer_for(build())
     scores = attribution.neuron_scores(trainer, ig_steps=3, batch=5)
-    specific = attribution.specific_neuron_scores(trainer, 3, 5, 1.0, torch.Generator().manual_seed(0))
+    control = attribution.control_neuron_scores(trainer, 3, 5, torch.Generator().manual_seed(0))
+    specific = {n: scores[n] - 1.0 * control[n] for n in scores}
     assert any(not torch.equal(scores[n], specific[n]) for n in scores)
     downs = attribution.down_projections(trainer.layers)
     assert set(scores) == {l.name for l in downs} and len(downs) == 2

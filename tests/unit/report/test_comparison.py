@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 from conftest import metrics
+from knowsubnet.report.ablation import load_metrics
 from knowsubnet.report.comparison import comparison_section
 
 BARS = {"min_sparsity": 0.98, "min_target_ratio": 10.0, "max_random_share": 0.1, "max_controlkg_ratio": 1.1,
@@ -40,7 +41,7 @@ def test_one_row_per_method_with_its_own_verdict_and_a_tradeoff_figure(tmp_path)
         baseline_metas.append(write(root / "meta.json", {"model": "m", "target": "A", "seed": 0, "method": method,
                                                          "wall_time_s": 5.0,
                                                          "validation": {"original": original, "curve": curve}}))
-    section = comparison_section(mask_metrics, mask_metas, [], baseline_metrics, baseline_metas, [], BARS,
+    section = comparison_section(load_metrics(mask_metrics), mask_metas, [], baseline_metrics, baseline_metas, [], BARS,
                                  tmp_path / "tables", tmp_path / "figures", 60)
     rows = pd.read_csv(section.files["comparison_csv"])
     assert list(rows["method"]) == ["mask", "attribution", "npo"]  # the reference first
