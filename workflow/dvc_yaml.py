@@ -42,11 +42,11 @@ HEADER = """\
 # params.yaml: do not edit by hand. The same stages as the Snakefile, for `dvc repro`; each declares
 # exactly the params its rule reads, so after editing params.yaml only what depends on the edit
 # re-runs. Run it inside the project's virtual environment (`make dvc-repro`). The stage list
-# follows `run` (and csqa.seeds / csqa.modes): after changing them, `make dvc.yaml`.
+# follows `run` (and csqa.mask_seeds / csqa.modes): after changing them, `make dvc.yaml`.
 """
 # The params that decide which stages and inputs exist; the header records them, and a stage run by
 # DVC compares them with params.yaml (workflow/scripts/stage_params.py).
-RUN_KEYS = (("run",), ("csqa", "seeds"), ("csqa", "modes"))
+RUN_KEYS = (("run",), ("csqa", "mask_seeds"), ("csqa", "modes"))
 RUN_MARK = "# generated for: "
 
 

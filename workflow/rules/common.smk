@@ -130,10 +130,10 @@ def model_inputs(wildcards):
 # Downstream: the CSQA-linked targets of the run (selector `csqa:`) and their finetuning runs.
 CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
 CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
-CSQA_SEEDS = (config.get("csqa") or {}).get("seeds") or SEEDS
+CSQA_SEEDS = (config.get("csqa") or {}).get("mask_seeds") or SEEDS  # masks finetuned; csqa.seeds: finetuning
 for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked target runs
     if _seed not in SEEDS:
-        raise ValueError(f"params key 'csqa.seeds': seed {_seed} is not in run.seeds {SEEDS}")
+        raise ValueError(f"params key 'csqa.mask_seeds': seed {_seed} is not in run.seeds {SEEDS}")
 
 
 def csqa_results():

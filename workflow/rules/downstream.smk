@@ -3,7 +3,7 @@
 # Device from params csqa.device (auto: CUDA when present); a GPU stage on a cluster, like discover_mask.
 
 # DVC cannot filter run.targets: the generator writes this stage's matrix out (workflow/dvc_yaml.py).
-DVC_MATRIX["finetune_csqa"] = {"target": CSQA_TARGETS, "seed": "${csqa.seeds}", "mode": "${csqa.modes}"}
+DVC_MATRIX["finetune_csqa"] = {"target": CSQA_TARGETS, "seed": "${csqa.mask_seeds}", "mode": "${csqa.modes}"}
 
 
 rule finetune_csqa:
@@ -12,6 +12,7 @@ rule finetune_csqa:
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
         triplets="data/processed/triplets.parquet",
         splits=lambda w: split_files(w.target),
+        verbalized="results/verbalized/{model}/{target}.parquet",
         manifest="data/raw/manifest.json",
     output:
         "results/csqa/{model}/{target}/seed{seed}/{mode}.json",
@@ -20,6 +21,9 @@ rule finetune_csqa:
     params:
         csqa=section("csqa"),
         target=lambda w: section("targets", w.target),
+        known=section("known"),
+        suppressed_ratio=section("robustness", "suppressed_ratio"),
+        scored_positions=section("verbalize", "scored_positions"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -33,5 +37,5 @@ rule finetune_csqa:
         "python workflow/scripts/finetune_csqa.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --mode {wildcards.mode} "
         "--model-dir results/models/{wildcards.model} --mask {input.mask} --triplets {input.triplets} "
-        "--splits data/processed/splits/{wildcards.target} --csqa-dir data/raw/commonsenseqa "
+        "--splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} --csqa-dir data/raw/commonsenseqa "
         "--out {output} 2> {log}"

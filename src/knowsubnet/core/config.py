@@ -248,17 +248,18 @@ class Report:
 @dataclass(frozen=True)
 class Csqa:
     modes: list[str]
-    seeds: list[int] | None
+    mask_seeds: list[int] | None  # which of run.seeds' masks (None: all)
+    seeds: list[int]  # finetuning seeds, one finetuning of each variant per seed
     train_questions: int | None
     dev_questions: int | None
     epochs: dict[str, int]
+    head_lr: float
     lr: dict[str, float]
     batch_size: int
     eval_batch_size: int
     weight_decay: float
     lora: dict[str, int]
     max_length: int
-    seed: int | None
     bootstrap: int
     log_every: int
     checkpoint_every: int

@@ -165,10 +165,13 @@ def wordnet_excluded(triplets: pd.DataFrame, targets: Mapping[str, Any]) -> set[
 # ConceptNet targets: controlkg_train_best_format.json (train), controlkg_val_best_format.json
 # (val and test). WordNet targets: the first `split.paper_wordnet_controlkg` (the paper: 50) edges
 # of wordnet/controlkg/controlkg_val_best_format.json for train, val and test (its train file is
-# empty). Taken as they are: the paper's ConceptNet ControlKG shares facts with its concept targets.
+# empty). CSQA-linked targets: the authors' CSQA ControlKG, csqa_controlkg_best_format_{train,val}.json
+# (val and test). Taken as they are: the paper's ConceptNet ControlKG shares facts with its concept targets.
 PAPER_CONTROLKG = {
     "conceptnet": {"train": "know_subnet/controlkg_train", "val": "know_subnet/controlkg_val",
                    "test": "know_subnet/controlkg_val"},
+    "csqa": {"train": "know_subnet/csqa/csqa_controlkg_train", "val": "know_subnet/csqa/csqa_controlkg_val",
+             "test": "know_subnet/csqa/csqa_controlkg_val"},
     # WordNet train: edges of the noun database (`_wordnet_controlkg_train`), not this file
     "wordnet": {"train": "know_subnet/wordnet/controlkg_val", "val": "know_subnet/wordnet/controlkg_val",
                 "test": "know_subnet/wordnet/controlkg_val"},
@@ -191,14 +194,14 @@ def _paper_list(frame: pd.DataFrame, key: str, tag: str,
     return tagged.iloc[rows]
 
 
-def paper_controlkg(frame: pd.DataFrame, key: str, wordnet: bool, caps: Mapping[str, int | None],
+def paper_controlkg(frame: pd.DataFrame, key: str, kind: str, caps: Mapping[str, int | None],
                     wordnet_size: int,
                     order: Mapping[str, list[tuple[str, str, str]]] | None = None) -> dict[str, pd.DataFrame]:
-    kind = "wordnet" if wordnet else "conceptnet"
+    """The paper's ControlKG files of a target `kind` (a key of PAPER_CONTROLKG)."""
     out = {}
     for split, tag in PAPER_CONTROLKG[kind].items():
         part = _paper_list(frame, key, tag, order)
-        cap = wordnet_size if wordnet else caps.get(split)
+        cap = wordnet_size if kind == "wordnet" else caps.get(split)
         out[split] = part.iloc[:cap] if cap is not None else part
     return out
 
@@ -380,8 +383,8 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
                          f"or tail with the {len(target)} TargetKG facts (lower "
                          f"'split.max_targetkg' or add facts)")
     if controlkg == "paper":
-        control_parts = paper_controlkg(frame, key, wordnet, control_caps, paper_wordnet_controlkg,
-                                        paper_order)
+        kind = "wordnet" if wordnet else "csqa" if "csqa" in spec else "conceptnet"
+        control_parts = paper_controlkg(frame, key, kind, control_caps, paper_wordnet_controlkg, paper_order)
         if wordnet:
             control_parts["train"] = _wordnet_controlkg_train(control, control_parts["val"], key, seed,
                                                               control_caps["train"])

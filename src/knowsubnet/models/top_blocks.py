@@ -82,23 +82,26 @@ class TopBlocks:
         return module_path[self._strip:] + ".weight"
 
     @torch.no_grad()
-    def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states entering block `first` for `input_ids` [B, T] (no grad)."""
+    def prefix(self, input_ids: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        """Hidden states entering block `first` for `input_ids` [B, T] (no grad). `model_kwargs`
+        (attention_mask, position_ids) go to the model's forward as they are."""
 
         def stop(module, args, kwargs):
             raise _StopForward(_get_hidden(args, kwargs))
 
         handle = self.blocks[self.first].register_forward_pre_hook(stop, with_kwargs=True)
         try:
-            self.base(input_ids=input_ids, use_cache=False)
+            self.base(input_ids=input_ids, use_cache=False, **model_kwargs)
         except _StopForward as caught:
             return caught.hidden
         finally:
             handle.remove()
         raise RuntimeError("the first masked block was never called by the model's forward")
 
-    def forward(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Final hidden states (after the final norm) from `hidden` entering block `first`."""
+    def forward(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None,
+                **model_kwargs) -> torch.Tensor:
+        """Final hidden states (after the final norm) from `hidden` entering block `first`;
+        `model_kwargs` as in `prefix` (the same ones the prefix was computed with)."""
 
         def inject(module, args, kwargs):
             return _replace_hidden(args, kwargs, hidden)
@@ -110,7 +113,7 @@ class TopBlocks:
                 self.blocks[i] = _Passthrough()
             # inputs_embeds only fixes the batch shape and positions here: the hook replaces what
             # reaches block `first` by `hidden` (GPT-2 adds position embeddings to inputs_embeds).
-            kwargs = {"inputs_embeds": hidden, "use_cache": False}
+            kwargs = {"inputs_embeds": hidden, "use_cache": False, **model_kwargs}
             if weights:
                 out = functional_call(self.base, {self.param_key(k): v for k, v in weights.items()}, (), kwargs,
                                       strict=False)

@@ -19,7 +19,11 @@ from knowsubnet.data.triplets import CSQA_IDS
 
 N_CHOICES = 5
 LABELS = "ABCDE"
-GROUPS = ("removed", "kept", "dev")
+# Evaluation groups. removed_known: questions linked to a removed fact the model knew and the removal
+# suppressed (what the experiment is about); removed: every question linked to the target's facts;
+# kept: the questions of the other CSQA half; dev: CSQA dev; dev_matched: the dev questions shaped
+# like the linked ones (a one-word answer and at least one multi-word distractor: `length_matched`).
+GROUPS = ("removed_known", "removed", "kept", "dev", "dev_matched")
 
 # ----------------------------------------------------------------------------------------------
 # reading CSQA
@@ -31,6 +35,7 @@ class Question:
     stem: str
     choices: tuple[str, ...]  # five answer texts, in label order A..E
     label: int  # index of the answer in `choices`
+    concept: str = ""  # the ConceptNet concept the question was written about (question_concept)
 
 
 def read_questions(path: str | Path) -> list[Question]:
@@ -77,7 +82,10 @@ def _parse_question(row: Any, where: str) -> Question:
         texts.append(choice["text"])
     if not isinstance(answer, str) or answer not in LABELS:
         raise InputError(f"{where}: expected 'answerKey' to be one of {', '.join(LABELS)}, got {answer!r}")
-    return Question(qid.strip(), body["stem"], tuple(texts), LABELS.index(answer))
+    concept = body.get("question_concept", "")
+    if not isinstance(concept, str):
+        raise InputError(f"{where}: expected 'question_concept' to be a string, got {concept!r}")
+    return Question(qid.strip(), body["stem"], tuple(texts), LABELS.index(answer), concept.strip().lower())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,12 +138,44 @@ def _subsample(items: list, n: int | None, seed: int, stream: int) -> list:
     return [items[i] for i in sorted(order)]
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def siblings(pool: list[Question], linked: list[Question], min_shared: int = 2) -> set[str]:
+    """Ids of `pool` questions that are siblings of a linked question: the same question concept and
+    at least `min_shared` shared choices. CSQA writes several questions per concept from one set of
+    candidate answers, so a sibling's answer is often a linked question's answer or distractor;
+    training on it leaks the answer (or its opposite) at full CSQA scale."""
+    by_concept: dict[str, list[set[str]]] = {}
+    for q in linked:
+        by_concept.setdefault(q.concept, []).append({_norm(c) for c in q.choices})
+    out = set()
+    for q in pool:
+        choices = {_norm(c) for c in q.choices}
+        if any(len(choices & other) >= min_shared for other in by_concept.get(q.concept, ())):
+            out.add(q.id)
+    return out
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def length_matched(q: Question) -> bool:
+    """Shaped like the linked questions: a one-word answer and at least one multi-word distractor."""
+    return words(q.choices[q.label]) == 1 and any(words(c) > 1 for i, c in enumerate(q.choices) if i != q.label)
+
+
 def assemble_data(train: list[Question], dev: list[Question], groups: Mapping[str, set[str]],
                   n_train: int | None, n_dev: int | None, seed: int, *,
-                  train_source: str = "CSQA train") -> tuple[list[Question], dict[str, list[Question]]]:
-    """Training questions (train minus every linked question, subsampled) and the evaluation groups.
+                  train_source: str = "CSQA train") -> tuple[list[Question], dict[str, list[Question]], dict[str, int]]:
+    """Training questions, the evaluation groups (`GROUPS`) and how many questions were held out.
 
-    A linked question id absent from CSQA train is an InputError naming it.
+    Training: CSQA train minus every linked question and every sibling of one (`siblings`), then
+    subsampled to `n_train`. `groups["removed_known"]` (optional; default: all of `removed`) names
+    the removed questions whose fact was known and suppressed. A linked question id absent from
+    CSQA train is an InputError naming it.
     """
     by_id = {q.id: q for q in train}
     for role in ("removed", "kept", "linked"):
@@ -143,55 +183,87 @@ def assemble_data(train: list[Question], dev: list[Question], groups: Mapping[st
         if missing:
             raise InputError(f"{train_source}: question id {missing[0]!r} (linked to a fact, group {role}) is "
                              f"not in the file ({len(missing)} such ids); expected every CSQA-linked id there")
-    linked = set(groups["linked"]) | set(groups["removed"]) | set(groups["kept"])
-    pool = [q for q in train if q.id not in linked]
+    linked_ids = set(groups["linked"]) | set(groups["removed"]) | set(groups["kept"])
+    pool = [q for q in train if q.id not in linked_ids]
+    held = siblings(pool, [by_id[i] for i in sorted(linked_ids)])
+    pool = [q for q in pool if q.id not in held]
     if not pool:
-        raise InputError(f"{train_source}: no question is left for training once the linked ones are removed")
+        raise InputError(f"{train_source}: no question is left for training once the linked ones and their "
+                         f"siblings are removed")
     train_set = _subsample(pool, n_train, seed, 0)
+    dev_set = _subsample(list(dev), n_dev, seed, 1)
+    removed_known = groups.get("removed_known", groups["removed"])
     eval_groups = {
+        "removed_known": [by_id[i] for i in sorted(removed_known)],
         "removed": [by_id[i] for i in sorted(groups["removed"])],
         "kept": [by_id[i] for i in sorted(groups["kept"])],
-        "dev": _subsample(list(dev), n_dev, seed, 1),
+        "dev": dev_set,
+        "dev_matched": [q for q in dev_set if length_matched(q)],
     }
     for name, items in eval_groups.items():
-        if not items:
+        # removed_known may be empty (the removal suppressed no linked fact), dev_matched too
+        if not items and name not in ("removed_known", "dev_matched"):
             raise InputError(f"CSQA group {name!r} is empty; expected at least one question to evaluate")
-    return train_set, eval_groups
+    return train_set, eval_groups, {"linked": len(linked_ids), "siblings": len(held)}
 
 
 # ----------------------------------------------------------------------------------------------
-# encoding
+# encoding: one packed sequence per question
 
 
 def question_text(stem: str, choice: str) -> str:
-    return f"Question: {stem}\nAnswer: {choice}"
+    """What the model reads for one (question, choice): `question_prefix` + `choice_suffix`."""
+    return question_prefix(stem) + choice_suffix(choice)
+
+
+def question_prefix(stem: str) -> str:
+    return f"Question: {stem}\nAnswer:"
+
+
+def choice_suffix(choice: str) -> str:
+    return f" {choice}"
 
 
 @dataclass
 class Encoded:
-    """Token ids of the five sequences of each question (right-padded per question)."""
+    """Each question as one packed sequence: the question prefix once, then its five choices, each
+    ending with the end-of-text token. Choice k's tokens see the prefix and themselves only
+    (segment k; `model.packed_inputs` builds that attention mask) and continue the prefix's
+    positions, so the state at choice k's last token equals that of the sequence
+    `question_text(stem, choice_k)` + end-of-text, computed for ~1/3 of the tokens (the prefix once)."""
 
-    ids: list[torch.Tensor]  # per question: [5, T_q] long
-    last: list[torch.Tensor]  # per question: [5] index of the classification (last real) token
+    ids: list[torch.Tensor]  # per question: [T_q] long
+    positions: list[torch.Tensor]  # per question: [T_q] long, position ids
+    segments: list[torch.Tensor]  # per question: [T_q] long, 0 = question prefix, k = choice k (1..5)
+    last: list[torch.Tensor]  # per question: [5] index of each choice's classification (last) token
     labels: torch.Tensor  # [N] long
     qids: list[str]
 
 
 def encode_questions(tokenizer, questions: list[Question], max_length: int) -> Encoded:
-    """Each (question, choice) as "Question: ...\\nAnswer: ..." + end-of-text token, cut from the left
-    to `max_length` tokens so the choice and the classification token always survive."""
+    """Each question packed (`Encoded`). A question prefix + choice longer than `max_length` tokens
+    is cut from the prefix's left, so every choice and its classification token survive."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InputError("tokenizer: no end-of-text token to score a choice at")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids, last = [], []
+    ids, positions, segments, last = [], [], [], []
     for q in questions:
-        seqs = []
-        for choice in q.choices:
-            tokens = tokenizer(question_text(q.stem, choice), add_special_tokens=False)["input_ids"] + [eos]
-            seqs.append(tokens[-max_length:])
-        width = max(map(len, seqs))
-        ids.append(torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long))
-        last.append(torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long))
+        prefix = tokenizer(question_prefix(q.stem), add_special_tokens=False)["input_ids"]
+        choices = [tokenizer(choice_suffix(c), add_special_tokens=False)["input_ids"] + [eos] for c in q.choices]
+        longest = max(map(len, choices))
+        if longest >= max_length:
+            raise InputError(f"CSQA question {q.id}: a choice takes {longest} tokens; params key 'csqa.max_length' "
+                             f"= {max_length} leaves no room for the question")
+        prefix = prefix[-(max_length - longest):]
+        seq, pos, seg, ends = list(prefix), list(range(len(prefix))), [0] * len(prefix), []
+        for k, choice in enumerate(choices, start=1):
+            seq += choice
+            pos += range(len(prefix), len(prefix) + len(choice))
+            seg += [k] * len(choice)
+            ends.append(len(seq) - 1)
+        ids.append(torch.tensor(seq, dtype=torch.long))
+        positions.append(torch.tensor(pos, dtype=torch.long))
+        segments.append(torch.tensor(seg, dtype=torch.long))
+        last.append(torch.tensor(ends, dtype=torch.long))
     labels = torch.tensor([q.label for q in questions], dtype=torch.long)
-    return Encoded(ids, last, labels, [q.id for q in questions])
+    return Encoded(ids, positions, segments, last, labels, [q.id for q in questions])

@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from knowsubnet.core.config import Csqa
-from knowsubnet.core.progress import progress_bar
-from knowsubnet.downstream.csqa.data import N_CHOICES, Encoded
+from knowsubnet.downstream.csqa.data import Encoded
 from knowsubnet.method import masking
 from knowsubnet.models.top_blocks import TopBlocks
 
@@ -36,6 +35,18 @@ class ChoiceHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features.float()).squeeze(-1)
+
+
+def new_head(model: nn.Module, seed: int) -> ChoiceHead:
+    """The choice head for `model`'s hidden size, initialised from `seed`."""
+    config = model.config
+    hidden = config.hidden_size if hasattr(config, "hidden_size") else model.get_input_embeddings().weight.shape[1]
+    return ChoiceHead(hidden, torch.Generator().manual_seed(int(seed)))
+
+
+def gather_choices(hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """hidden [B, L, d], last [B, 5] -> the states at each choice's classification token [B, 5, d]."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], last]
 
 
 def removed_weight_masks(layers: list[masking.MaskableLayer], masks: Mapping[str, torch.Tensor] | None,
@@ -100,32 +111,34 @@ def max_abs_removed_weight(model: nn.Module, layer_names: list[str], removed: Ma
                 if bool(removed[n].any()) else 0.0) for n in layer_names) if removed else None
 
 
-def pad_stack(parts: list[torch.Tensor], value: float = 0) -> torch.Tensor:
-    """[5, T_i, ...] tensors -> [sum 5, max T, ...], right-padded."""
-    width = max(p.shape[1] for p in parts)
-    out = []
-    for p in parts:
-        if p.shape[1] < width:
-            pad = [0, 0] * (p.dim() - 2) + [0, width - p.shape[1]]
-            p = F.pad(p, pad, value=value)
-        out.append(p)
-    return torch.cat(out, dim=0)
+def packed_inputs(enc: Encoded, index: Iterable[int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The model inputs of questions `index` of `enc`, right-padded: input_ids and position_ids
+    [B, L], and a 4D additive attention mask [B, 1, L, L] (0 = may attend, dtype's min = may not)
+    letting each token see the earlier tokens of its own segment and of the question prefix
+    (segment 0); padding sees only itself. Plus `last` [B, 5], each choice's classification token."""
+    index = list(index)
+    width = max(int(enc.ids[i].shape[0]) for i in index)
+    ids = torch.zeros(len(index), width, dtype=torch.long)
+    positions = torch.zeros(len(index), width, dtype=torch.long)
+    segments = torch.full((len(index), width), -1, dtype=torch.long)
+    for row, i in enumerate(index):
+        n = enc.ids[i].shape[0]
+        ids[row, :n], positions[row, :n], segments[row, :n] = enc.ids[i], enc.positions[i], enc.segments[i]
+    query, key = segments[:, :, None], segments[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((key == 0) | (key == query)) & (query >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask[:, None],
+            "last": torch.stack([enc.last[i] for i in index])}
 
 
-def prefix_states(top: TopBlocks, encodings: Mapping[str, Encoded], chunk: int, device: torch.device,
-                  progress: bool) -> dict[str, list[torch.Tensor]]:
-    """Hidden states entering the first masked block, per question: [5, T_q, d] each."""
-    out = {}
-    for name, enc in encodings.items():
-        parts: list[torch.Tensor] = []
-        for start in progress_bar(range(0, len(enc.ids), chunk), desc=f"prefix/{name}", leave=False,
-                                  disable=not progress):
-            ids = enc.ids[start:start + chunk]
-            hidden = top.prefix(pad_stack(ids, 0).to(device)).cpu()
-            for i, q in enumerate(ids):
-                parts.append(hidden[i * N_CHOICES:(i + 1) * N_CHOICES, :q.shape[1]].clone())
-        out[name] = parts
-    return out
+def prefix_states(top: TopBlocks, enc: Encoded, index: Iterable[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """Hidden states entering the first masked block for questions `index` ([B, L, d], with the
+    inputs the top blocks need to go on from there)."""
+    inputs = packed_inputs(enc, index, top.base.dtype)
+    kwargs = {k: inputs[k].to(device) for k in ("position_ids", "attention_mask")}
+    return {"prefix": top.prefix(inputs["input_ids"].to(device), **kwargs), **kwargs, "last": inputs["last"]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,11 +146,14 @@ def prefix_states(top: TopBlocks, encodings: Mapping[str, Encoded], chunk: int, 
 
 
 class Variant:
-    """One model version being finetuned in one mode: its copy of the model, head, optimiser."""
+    """One model version finetuned in `lora` or `full` mode: its copy of the model, head, optimiser.
+    (`head` mode needs no copy: it trains a head on cached features, `features.head_features`.)"""
 
     def __init__(self, base: nn.Module, layer_names: list[str], transposed: dict[str, bool],
                  removed: dict[str, torch.Tensor], mode: str, settings: Csqa, seed: int,
                  device: torch.device, first_block: int):
+        if mode not in ("lora", "full"):
+            raise ValueError(f"Variant finetunes the model (lora, full), not {mode!r}")
         self.mode, self.layer_names, self.device = mode, layer_names, device
         self.removed = {name: mask.to(device) for name, mask in removed.items()}  # moved once, not per forward
         removed = self.removed
@@ -148,26 +164,25 @@ class Variant:
             for name in layer_names:
                 if name in removed:
                     _get_module(self.model, name).weight.masked_fill_(removed[name].to(device), 0.0)
-        generator = torch.Generator().manual_seed(seed)
-        hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else \
-            self.model.get_input_embeddings().weight.shape[1]
-        self.head = ChoiceHead(hidden, generator).to(device)
-        params = list(self.head.parameters())
+        self.head = new_head(self.model, seed).to(device)
         self._hooks = []
         if mode == "lora":
-            params += self._inject_lora(layer_names, transposed, settings.lora, seed)
-        elif mode == "full":
-            for name, p in self.model.named_parameters():
+            model_params = self._inject_lora(layer_names, transposed, settings.lora, seed)
+        else:
+            for p in self.model.parameters():
                 p.requires_grad_(True)
             for name in layer_names:
                 if name in removed:
                     weight = _get_module(self.model, name).weight
                     keep = removed[name].to(device)
                     self._hooks.append(weight.register_hook(lambda g, keep=keep: g.masked_fill(keep, 0.0)))
-            params += [p for p in self.model.parameters()]
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr[mode], weight_decay=settings.weight_decay)
-        self.top = TopBlocks(self.model, first_block) if mode != "full" else None
+            model_params = list(self.model.parameters())
+        self.params = list(self.head.parameters()) + model_params
+        # the head is new and needs its own (larger) learning rate; the model's weights a small one
+        self.optimizer = torch.optim.AdamW([{"params": list(self.head.parameters()), "lr": settings.head_lr},
+                                            {"params": model_params, "lr": settings.lr[mode]}],
+                                           weight_decay=settings.weight_decay)
+        self.top = TopBlocks(self.model, first_block) if mode == "lora" else None
 
     def _inject_lora(self, layer_names, transposed, lora_settings, seed) -> list[torch.Tensor]:
         # peft is imported here, not at the top: importing it loads transformers' model code (seconds),
@@ -218,13 +233,15 @@ class Variant:
                     _get_module(self.model, name).weight.masked_fill_(self.removed[name].to(self.device), 0.0)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final hidden state at each sequence's classification token: [B*5, d]."""
+        """Final hidden state at each choice's classification token: [B, 5, d]. `batch`: from
+        `prefix_states` (lora) or `packed_inputs` (full)."""
+        kwargs = {k: batch[k].to(self.device) for k in ("position_ids", "attention_mask")}
         if self.top is not None:
-            hidden = self.top.forward(batch["prefix"].to(self.device))
+            hidden = self.top.forward(batch["prefix"].to(self.device), **kwargs)
         else:
-            hidden = self.model.base_model(input_ids=batch["ids"].to(self.device), use_cache=False).last_hidden_state
-        last = batch["last"].to(self.device)
-        return hidden[torch.arange(hidden.shape[0], device=self.device), last]
+            hidden = self.model.base_model(input_ids=batch["input_ids"].to(self.device), use_cache=False,
+                                           **kwargs).last_hidden_state
+        return gather_choices(hidden, batch["last"].to(self.device))
 
     def close(self) -> None:
         for handle in self._hooks:

@@ -1,5 +1,16 @@
-"""Uncertainty of CSQA accuracies: percentile bootstrap intervals of a group's accuracy and of the
-paired difference between two model versions on the same questions."""
+"""Uncertainty of CSQA accuracies, paired across model versions and finetuning seeds.
+
+Every model version answers the same questions, so differences are paired: one bootstrap draw
+resamples the questions of each group once, for every version and seed alike, and resamples the
+finetuning seeds (so seed-to-seed variance is inside the interval, not only question sampling).
+
+The claim of the experiment is a difference of differences (`diff_of_diffs`): how much more the
+removal costs the questions linked to the removed facts than the questions of the other half,
+    DoD = [acc(a) - acc(b)] on group g  -  [acc(a) - acc(b)] on group h,
+with a = remaining and b = original (or random). Its minimal detectable effect (`MDE_Z` x the
+bootstrap standard error: 80 % power at a two-sided 5 % level) says how large a true effect a null
+result rules out.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +18,98 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from knowsubnet.downstream.csqa.data import GROUPS
+from knowsubnet.downstream.csqa.data import N_CHOICES, Question, words
+
+MDE_Z = 1.959964 + 0.841621  # z(0.975) + z(0.80)
 
 
 def bootstrap_ci(correct: np.ndarray, samples: int, seed: int, stream: int) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of 0/1 `correct`."""
-    rng = np.random.default_rng([seed, 1000 + stream])
-    idx = rng.integers(0, len(correct), size=(samples, len(correct)))
-    means = correct[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """95 % percentile bootstrap interval of the mean of 0/1 `correct` (seeds x questions, or
+    questions), questions and seeds resampled."""
+    draws = _draws(np.atleast_2d(correct)[None], samples, seed, stream)[0]
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
-def paired_delta(a: np.ndarray, b: np.ndarray, samples: int, seed: int, stream: int) -> dict[str, float]:
-    """mean(a) - mean(b) on the same questions, with a paired 95 % bootstrap interval."""
-    rng = np.random.default_rng([seed, 2000 + stream])
-    idx = rng.integers(0, len(a), size=(samples, len(a)))
-    diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
-    return {"diff": float(a.mean() - b.mean()), "ci95": [float(np.percentile(diffs, 2.5)),
-                                                        float(np.percentile(diffs, 97.5))], "n": int(len(a))}
+def _draws(groups: list[np.ndarray] | np.ndarray, samples: int, seed: int, stream: int) -> np.ndarray:
+    """Bootstrap means of each array of `groups` (each [seeds, questions_g], all with the same
+    seeds): one draw resamples the seeds once for all groups, and each group's questions. Returns
+    [len(groups), samples]."""
+    rng = np.random.default_rng([seed, 3000 + stream])
+    n_seeds = groups[0].shape[0]
+    seed_idx = rng.integers(0, n_seeds, size=(samples, n_seeds)) if n_seeds > 1 else np.zeros((samples, 1), int)
+    out = []
+    for values in groups:
+        if values.shape[1] == 0:
+            out.append(np.full(samples, np.nan))
+            continue
+        q_idx = rng.integers(0, values.shape[1], size=(samples, values.shape[1]))
+        out.append(values[seed_idx[:, :, None], q_idx[:, None, :]].mean(axis=(1, 2)))
+    return np.stack(out)
+
+
+def _summary(point: float, draws: np.ndarray, n: Mapping[str, int]) -> dict[str, Any]:
+    if np.isnan(point):
+        return {"diff": None, "ci95": [None, None], "se": None, "mde": None, **n}
+    se = float(draws.std(ddof=1))
+    return {"diff": float(point), "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+            "se": se, "mde": MDE_Z * se, **n}
+
+
+def paired_delta(a: np.ndarray, b: np.ndarray, samples: int, seed: int, stream: int) -> dict[str, Any]:
+    """mean(a) - mean(b) on the same questions ([seeds, questions] or [questions]), paired bootstrap."""
+    diff = np.atleast_2d(a).astype(np.float64) - np.atleast_2d(b)
+    point = float(diff.mean()) if diff.size else float("nan")
+    return _summary(point, _draws([diff], samples, seed, stream)[0], {"n": int(diff.shape[1])})
+
+
+def diff_of_diffs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], group: str, reference: str,
+                  samples: int, seed: int, stream: int) -> dict[str, Any]:
+    """[mean(a) - mean(b)] on `group` minus the same on `reference`; `a`, `b`: {group: [seeds,
+    questions] 0/1}. Paired: a draw takes the same questions and seeds for a and b."""
+    d_group = np.atleast_2d(a[group]).astype(np.float64) - np.atleast_2d(b[group])
+    d_ref = np.atleast_2d(a[reference]).astype(np.float64) - np.atleast_2d(b[reference])
+    point = float(d_group.mean() - d_ref.mean()) if d_group.size else float("nan")
+    draws = _draws([d_group, d_ref], samples, seed, stream)
+    return _summary(point, draws[0] - draws[1], {"n": int(d_group.shape[1]), "n_reference": int(d_ref.shape[1])})
 
 
 def group_accuracies(correct: Mapping[str, np.ndarray], samples: int, seed: int) -> dict[str, dict[str, Any]]:
-    """{group: {acc, ci95, n}} of one model version, from its 0/1 `correct` per group."""
+    """{group: {acc, ci95, n}} of one model version, from its 0/1 `correct` per group ([seeds,
+    questions] or [questions])."""
     out = {}
-    for i, group in enumerate(GROUPS):
-        values = correct[group]
+    for i, (group, values) in enumerate(correct.items()):
+        values = np.atleast_2d(values)
+        if values.shape[1] == 0:
+            out[group] = {"acc": None, "ci95": [None, None], "n": 0}
+            continue
         lo, hi = bootstrap_ci(values, samples, seed, i)
-        out[group] = {"acc": float(values.mean()), "ci95": [lo, hi], "n": int(len(values))}
+        out[group] = {"acc": float(values.mean()), "ci95": [lo, hi], "n": int(values.shape[1])}
     return out
 
 
-def deltas_vs_original(correct: Mapping[str, Mapping[str, np.ndarray]], samples: int,
-                       seed: int) -> dict[str, dict[str, dict[str, float]]]:
-    """{variant: {group: paired_delta(variant, original)}} for every variant of `correct` but `original`."""
-    return {v: {g: paired_delta(correct[v][g], correct["original"][g], samples, seed, i) for i, g in enumerate(GROUPS)}
-            for v in correct if v != "original"}
+def length_bias(picked: np.ndarray, questions: list[Question]) -> dict[str, Any]:
+    """Does a scorer prefer longer answers? From its picked choice per question ([questions], or
+    [seeds, questions] pooled).
+
+    - picked_multiword: share of picks that are multi-word options;
+    - answer_multiword: share of the questions whose answer is multi-word (an accurate scorer's rate);
+    - options_multiword: share of all options that are multi-word (a length-blind guesser's rate);
+    - acc_one_word / acc_multiword: accuracy on questions with a one-word / multi-word answer;
+    - biased: picked_multiword above both rates by more than 2 binomial standard errors.
+    """
+    picked = np.atleast_2d(picked)
+    multi = np.array([[words(c) > 1 for c in q.choices] for q in questions], dtype=bool).reshape(-1, N_CHOICES)
+    labels = np.array([q.label for q in questions], dtype=int)
+    answer_multi = multi[np.arange(len(questions)), labels]
+    picked_multi = multi[np.arange(len(questions))[None, :], picked]
+    correct = picked == labels[None, :]
+    n = picked.size
+    rate = float(picked_multi.mean()) if n else float("nan")
+    bar = max(float(answer_multi.mean()), float(multi.mean())) if n else float("nan")
+    se = float(np.sqrt(max(bar * (1 - bar), 1e-12) / max(n, 1)))
+    one, many = correct[:, ~answer_multi], correct[:, answer_multi]
+    return {"picked_multiword": rate, "answer_multiword": float(answer_multi.mean()) if n else None,
+            "options_multiword": float(multi.mean()) if n else None,
+            "acc_one_word": float(one.mean()) if one.size else None, "n_one_word": int((~answer_multi).sum()),
+            "acc_multiword": float(many.mean()) if many.size else None, "n_multiword": int(answer_multi.sum()),
+            "biased": bool(n and rate > bar + 2 * se)}
