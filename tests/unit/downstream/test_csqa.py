@@ -92,6 +92,28 @@ def test_question_ids_reach_the_triplets_and_the_splits(csqa_files, tmp_path):
     assert sorted(select_target(table, "h2", {"csqa": "csqa2"})["csqa_ids"]) == ["q4", "q5", "q6", "q7"]
 
 
+def test_paper_controlkg_of_a_csqa_target_is_the_authors_csqa_controlkg(csqa_files, tmp_path):
+    """split.controlkg paper: a CSQA-linked target takes the authors' CSQA ControlKG files (train;
+    val for val and test), a concept or relation target the LAMA ControlKG files."""
+    train = [{"head": "pen", "rel": "UsedFor", "tail": "writing"}, {"head": "cup", "rel": "UsedFor", "tail": "tea"}]
+    val = [{"head": "bed", "rel": "AtLocation", "tail": "bedroom"}]
+    facts = (list(read_best_format(_write_best_format(tmp_path / "ct.json", train), "know_subnet/csqa/csqa_controlkg_train"))
+             + list(read_best_format(_write_best_format(tmp_path / "cv.json", val), "know_subnet/csqa/csqa_controlkg_val")))
+    table = merge_facts(facts + list(read_best_format(_write_best_format(tmp_path / "h1.json", [
+        {"head": "apple", "rel": "AtLocation", "tail": "river", "id": "q0"}]), "know_subnet/csqa/csqa1_targetkg"))
+        + list(read_best_format(_write_best_format(tmp_path / "c.json", [{"head": "dog", "rel": "IsA", "tail": "animal"}]),
+                                "know_subnet/controlkg_train"))
+        + list(read_best_format(_write_best_format(tmp_path / "v.json", [{"head": "cat", "rel": "IsA", "tail": "pet"}]),
+                                "know_subnet/controlkg_val")))
+    split = dict(seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1}, targetkg_holdout=False,
+                 max_targetkg=None, max_controlkg=None, controlkg="paper")
+    csqa_splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, **split)
+    assert sorted(csqa_splits["controlkg_train"]["head"]) == ["cup", "pen"]
+    assert list(csqa_splits["controlkg_val"]["head"]) == list(csqa_splits["controlkg_test"]["head"]) == ["bed"]
+    relation_splits = make_splits(table, "AtLocation", {"rel": "AtLocation"}, **split)
+    assert list(relation_splits["controlkg_train"]["head"]) == ["dog"]
+
+
 def test_a_fact_in_both_halves_keeps_both_ids(tmp_path):
     item = {"head": "a", "rel": "IsA", "tail": "b"}
     facts = (list(read_best_format(_write_best_format(tmp_path / "1.json", [dict(item, id="x1")]),
