@@ -91,6 +91,7 @@ dvc-repro: setup dvc.yaml
 
 bench: setup
 	$(PY) benchmarks/bench_mask_step.py
+	$(PY) benchmarks/bench_csqa_features.py --questions 32
 
 clean:
 	rm -rf data/raw data/processed results/* .knowsubnet .snakemake logs

@@ -122,6 +122,11 @@ CHECKS = {
     "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml":
         dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml",
             "prune_baseline", "unlearn_baseline", "evaluate_baseline", "baseline_robustness"),
+    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml":
+        dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml",
+            "finetune_csqa"),
+    "make params PRESET=demo OVERLAY=demo-csqa && dvc repro":
+        preset_under_dvc("PRESET=demo", "OVERLAY=demo-csqa", expect="finetune_csqa@smollm2-135m-csqa2-0-head"),
     "snakemake --cores 2 --config train__steps=100": one_param,
     "make params PRESET=demo && dvc repro": preset_under_dvc("PRESET=demo"),
     "make params PRESET=demo OVERLAY=demo-baselines && dvc repro":

@@ -1,5 +1,6 @@
-"""The model side of CSQA finetuning: the multiple-choice head, the removed-weight masks, LoRA with
-a masked update, one finetuned model version (`Variant`) and the final hidden states it scores."""
+"""The model side of CSQA finetuning: the multiple-choice head, the packed questions' model inputs
+(one sequence per question, each choice attending to the question and itself), the removed-weight
+masks, LoRA with a masked update, and one finetuned model version (`Variant`, lora / full)."""
 
 from __future__ import annotations
 

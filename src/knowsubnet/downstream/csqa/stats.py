@@ -95,7 +95,8 @@ def length_bias(picked: np.ndarray, questions: list[Question]) -> dict[str, Any]
     - answer_multiword: share of the questions whose answer is multi-word (an accurate scorer's rate);
     - options_multiword: share of all options that are multi-word (a length-blind guesser's rate);
     - acc_one_word / acc_multiword: accuracy on questions with a one-word / multi-word answer;
-    - biased: picked_multiword above both rates by more than 2 binomial standard errors.
+    - biased: picked_multiword above both rates by more than 2 binomial standard errors (over the
+      questions: seeds answer the same questions, so they do not add independent picks).
     """
     picked = np.atleast_2d(picked)
     multi = np.array([[words(c) > 1 for c in q.choices] for q in questions], dtype=bool).reshape(-1, N_CHOICES)
@@ -106,7 +107,7 @@ def length_bias(picked: np.ndarray, questions: list[Question]) -> dict[str, Any]
     n = picked.size
     rate = float(picked_multi.mean()) if n else float("nan")
     bar = max(float(answer_multi.mean()), float(multi.mean())) if n else float("nan")
-    se = float(np.sqrt(max(bar * (1 - bar), 1e-12) / max(n, 1)))
+    se = float(np.sqrt(max(bar * (1 - bar), 1e-12) / max(len(questions), 1)))
     one, many = correct[:, ~answer_multi], correct[:, answer_multi]
     return {"picked_multiword": rate, "answer_multiword": float(answer_multi.mean()) if n else None,
             "options_multiword": float(multi.mean()) if n else None,
