@@ -71,8 +71,8 @@ def _pct(value) -> str:
 
 def _acc_ci(row: pd.Series) -> str:
     if row["n"] == 0:
-        return "–"
-    return f"{_pct(row['acc'])} % [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
+        return "– (n=0)"
+    return f"{_pct(row['acc'])} % [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}] (n={int(row['n'])})"
 
 
 def _effect(d: dict[str, Any]) -> str:
@@ -82,7 +82,8 @@ def _effect(d: dict[str, Any]) -> str:
 
 
 def accuracy_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per variant (rows) and group (columns, with n) of each run."""
+    """Accuracy per variant (rows) and group (columns) of each run, n in each cell (it differs
+    between targets)."""
     rows = []
     for key, run in table.groupby(RUN_KEYS, sort=True):
         for variant in CSQA_VARIANTS:
@@ -90,9 +91,9 @@ def accuracy_markdown(table: pd.DataFrame) -> pd.DataFrame:
             row = {**dict(zip(RUN_KEYS, key)), "finetune seeds": int(part["finetune_seeds"].iloc[0]),
                    "variant": variant}
             for group in CSQA_GROUPS:
-                row[f"{CSQA_GROUP_LABELS[group]} (n={int(part.loc[group, 'n'])})"] = _acc_ci(part.loc[group])
+                row[CSQA_GROUP_LABELS[group]] = _acc_ci(part.loc[group])
             rows.append(row)
-    return pd.DataFrame(rows).fillna("")
+    return pd.DataFrame(rows)
 
 
 def effect_markdown(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -122,10 +123,10 @@ def length_markdown(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                          "picks multi-word %": _pct(d["picked_multiword"]),
                          "answer multi-word %": _pct(d["answer_multiword"]),
                          "options multi-word %": _pct(d["options_multiword"]),
-                         f"acc, one-word answer % (n={d['n_one_word']})": _pct(d["acc_one_word"]),
-                         f"acc, multi-word answer % (n={d['n_multiword']})": _pct(d["acc_multiword"]),
+                         "acc, one-word answer %": f"{_pct(d['acc_one_word'])} (n={d['n_one_word']})",
+                         "acc, multi-word answer %": f"{_pct(d['acc_multiword'])} (n={d['n_multiword']})",
                          "prefers length": "yes" if d["biased"] else "no"})
-    return pd.DataFrame(rows).fillna("")
+    return pd.DataFrame(rows)
 
 
 def detection_lines(records: Iterable[dict[str, Any]]) -> list[str]:
