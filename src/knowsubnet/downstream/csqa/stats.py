@@ -26,11 +26,11 @@ MDE_Z = 1.959964 + 0.841621  # z(0.975) + z(0.80)
 def bootstrap_ci(correct: np.ndarray, samples: int, seed: int, stream: int) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean of 0/1 `correct` (seeds x questions, or
     questions), questions and seeds resampled."""
-    draws = _draws(np.atleast_2d(correct)[None], samples, seed, stream)[0]
+    draws = _draws([np.atleast_2d(correct)], samples, seed, stream)[0]
     return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
-def _draws(groups: list[np.ndarray] | np.ndarray, samples: int, seed: int, stream: int) -> np.ndarray:
+def _draws(groups: list[np.ndarray], samples: int, seed: int, stream: int) -> np.ndarray:
     """Bootstrap means of each array of `groups` (each [seeds, questions_g], all with the same
     seeds): one draw resamples the seeds once for all groups, and each group's questions. Returns
     [len(groups), samples]."""
