@@ -111,9 +111,10 @@ def main() -> None:
     layers = masking.find_maskable_layers(model, args.top_blocks)
     first = min(layer.block for layer in layers)
     gen = torch.Generator().manual_seed(0)
-    removed = {"original": {}}
+    versions = {"original": {}}
     for v in range(1, args.versions):  # 2 % of each masked matrix removed, like a demo mask
-        removed[f"v{v}"] = {l.name: torch.rand(l.weight.shape, generator=gen) < 0.02 for l in layers}
+        masks = {l.name: torch.rand(l.weight.shape, generator=gen) < 0.02 for l in layers}
+        versions[f"v{v}"] = masking.apply_mask(layers, masks, "weight")
     enc = encode_questions(tokenizer, questions, 64)
     plain_tokens = sum(len(tokenizer(question_text(q.stem, c), add_special_tokens=False)["input_ids"]) + 1
                        for q in questions for c in q.choices)
@@ -121,7 +122,7 @@ def main() -> None:
 
     t_plain = args.versions * timed(plain, model, tokenizer, questions, args.batch)
     t_packed = args.versions * timed(packed, model, enc, args.batch)
-    t_cached = timed(lambda: head_features(TopBlocks(model, first), layers, {"q": enc}, removed, args.batch,
+    t_cached = timed(lambda: head_features(TopBlocks(model, first), {"q": enc}, versions, args.batch,
                                            torch.device("cpu"), progress=False))
     n = len(questions)
     print(f"{type(model).__name__}, {len(layers)} masked matrices in the top {args.top_blocks} blocks, "

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,19 +106,20 @@ class Variants:
 
 
 def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
-                    scored_positions: str) -> pd.DataFrame:
-    """`sentences` with nll_<variant> columns (mean tail cross-entropy of each sentence). The blocks
-    below the mask are the same in every variant: they run once (`relearn.CachedFacts`)."""
+                    scored_positions: str, names: Sequence[str] = VARIANTS) -> pd.DataFrame:
+    """`sentences` with nll_<variant> columns for the variants `names` (mean tail cross-entropy of
+    each sentence). The blocks below the mask are the same in every variant: they run once
+    (`relearn.CachedFacts`)."""
     out = sentences.reset_index(drop=True).copy()
     if out.empty:
-        for variant in VARIANTS:
+        for variant in names:
             out[f"nll_{variant}"] = pd.Series(dtype=np.float64)
         return out
     labels = [f"{u} ({p}, template {t})" for u, p, t in zip(out["uuid"], out["probe"], out["template_id"])]
     encoded = encode_facts(tokenizer, out["prompt"].tolist(), out["tail_text"].tolist(), labels,
                            scored_positions=scored_positions)
     cached = relearn.CachedFacts(variants.model, variants.layers, encoded, device)
-    for variant in VARIANTS:
+    for variant in names:
         with variants.entered(variant):
             out[f"nll_{variant}"] = cached.nll(batch_size).numpy()
         log.info("scored %d sentences under the %s model", len(out), variant)

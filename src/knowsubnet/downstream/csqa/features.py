@@ -18,14 +18,7 @@ import torch
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.downstream.csqa.data import N_CHOICES, Encoded
 from knowsubnet.downstream.csqa.model import gather_choices, prefix_states
-from knowsubnet.method import masking
 from knowsubnet.models.top_blocks import TopBlocks
-
-
-def removed_weights(layers: list[masking.MaskableLayer], removed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{layer name: its weight with the removed positions zero}; {} when nothing is removed."""
-    return {layer.name: layer.weight.detach().masked_fill(removed[layer.name].to(layer.weight.device), 0.0)
-            for layer in layers if layer.name in removed}
 
 
 def length_order(enc: Encoded) -> list[int]:
@@ -34,12 +27,13 @@ def length_order(enc: Encoded) -> list[int]:
 
 
 @torch.no_grad()
-def head_features(top: TopBlocks, layers: list[masking.MaskableLayer], encodings: Mapping[str, Encoded],
-                  removed: Mapping[str, Mapping[str, torch.Tensor]], chunk: int, device: torch.device, *,
+def head_features(top: TopBlocks, encodings: Mapping[str, Encoded], versions: Mapping[str, Mapping[str, torch.Tensor]],
+                  chunk: int, device: torch.device, *,
                   state: dict[str, Any] | None = None, save: Callable[[dict[str, Any]], None] | None = None,
                   save_every_s: float = 300.0, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
-    """{version: {encoding name: [N, 5, d] float32}} for each model version of `removed` ({version:
-    {layer name: bool mask of removed weights}}; {} = the original model).
+    """{version: {encoding name: [N, 5, d] float32}} for each model version of `versions` ({version:
+    {layer name: the masked layer's weight in that version}} (`masking.apply_mask`); {} = the
+    original model).
 
     `state` resumes a run `save` checkpointed (it is called with the partial result at most every
     `save_every_s` seconds)."""
@@ -48,9 +42,8 @@ def head_features(top: TopBlocks, layers: list[masking.MaskableLayer], encodings
         features, done = state["features"], set(state["done"])
     else:
         features = {v: {name: torch.zeros(len(enc.ids), N_CHOICES, hidden_size) for name, enc in encodings.items()}
-                    for v in removed}
+                    for v in versions}
         done = set()
-    weights = {v: removed_weights(layers, masks) for v, masks in removed.items()}
     # a question in several encodings (removed_known is part of removed) is computed once
     first: dict[str, tuple[str, int]] = {}
     for name, enc in encodings.items():
@@ -65,8 +58,8 @@ def head_features(top: TopBlocks, layers: list[masking.MaskableLayer], encodings
             continue
         batch = prefix_states(top, enc, index, device)
         kwargs = {"position_ids": batch["position_ids"], "attention_mask": batch["attention_mask"]}
-        for version in removed:
-            final = top.forward(batch["prefix"], weights[version] or None, **kwargs)
+        for version, weights in versions.items():
+            final = top.forward(batch["prefix"], dict(weights) or None, **kwargs)
             features[version][name][index] = gather_choices(final, batch["last"].to(device)).float().cpu()
         done.add(i)
         if save is not None and time.monotonic() - last_save >= save_every_s and len(done) < len(batches):
@@ -75,6 +68,6 @@ def head_features(top: TopBlocks, layers: list[masking.MaskableLayer], encodings
     for name, enc in encodings.items():
         for i, qid in enumerate(enc.qids):
             if first[qid] != (name, i):
-                for version in removed:
+                for version in versions:
                     features[version][name][i] = features[version][first[qid][0]][first[qid][1]]
     return features

@@ -78,10 +78,13 @@ class CSQAFinetuner:
         self.layer_names = [layer.name for layer in layers]
         self.transposed = {layer.name: layer.transposed for layer in layers}
         self.first_block = min(layer.block for layer in layers)
-        self.removed = {"original": {}, "remaining": removed_weight_masks(layers, masks, granularity)}
+        self.granularity = granularity
+        # each version's mask (mask granularity); `removed` the same expanded to the weights' shape
+        self.masks = {"original": None, "remaining": masks}
         for seed in self.seeds:
-            random_masks = masking.random_masks_like(masks, torch.Generator().manual_seed(seed))
-            self.removed[version_name("random", seed)] = removed_weight_masks(layers, random_masks, granularity)
+            self.masks[version_name("random", seed)] = masking.random_masks_like(masks,
+                                                                                 torch.Generator().manual_seed(seed))
+        self.removed = {v: removed_weight_masks(layers, m, granularity) for v, m in self.masks.items()}
         self.subnetwork_size = masking.subnetwork_size(layers, masks, granularity)
         self.sparsity = masking.sparsity(model, layers, masks, granularity)
         self.groups = dict(groups)
@@ -92,6 +95,7 @@ class CSQAFinetuner:
         self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
         self.steps = self.steps_per_epoch * settings.epochs[mode]
         self._prefix: dict[str, list[torch.Tensor]] | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     def _encodings(self) -> dict[str, Encoded]:
         return {"train": self.train_enc, **self.group_enc}
@@ -135,6 +139,13 @@ class CSQAFinetuner:
     # -- checkpoint --------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must have been written for (computed once: it hashes every version's
+        removed weights, and a run saves many times)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> dict[str, Any]:
         digest = hashlib.sha256()
         for enc in [self.train_enc] + [self.group_enc[g] for g in sorted(self.group_enc)]:
             digest.update(",".join(enc.qids).encode())
@@ -161,9 +172,10 @@ class CSQAFinetuner:
         def save(progress_state):
             self._save({**state, "features_partial": progress_state})
 
-        features = head_features(top, self.layers, self._encodings(), self.removed, self.settings.eval_batch_size,
-                                 self.device, state=partial, save=save if self.checkpoint_path else None,
-                                 progress=self.progress)
+        weights = {v: masking.apply_mask(self.layers, m, self.granularity) if m is not None else {}
+                   for v, m in self.masks.items()}
+        features = head_features(top, self._encodings(), weights, self.settings.eval_batch_size, self.device,
+                                 state=partial, save=save if self.checkpoint_path else None, progress=self.progress)
         state.pop("features_partial", None)
         state.update(features=features, features_done=True)
         self._save(state)
@@ -332,10 +344,12 @@ def suppressed_facts(model: nn.Module, tokenizer, layers: list[masking.MaskableL
     fact's best template and `suppressed`: the removal raised its tail PPL by at least `threshold` x."""
     variants = robustness.Variants(model, layers, edits.mask_edit(dict(masks), granularity), seed=0)
     sentences = probes.best_template("targetkg", facts.reset_index())
-    scored = robustness.score_sentences(variants, tokenizer, sentences, batch_size, device, scored_positions)
+    scored = robustness.score_sentences(variants, tokenizer, sentences, batch_size, device, scored_positions,
+                                        names=("original", "removed"))
     out = facts.reset_index()[["uuid", "known"]].copy()
     out["nll_original"], out["nll_removed"] = scored["nll_original"].to_numpy(), scored["nll_removed"].to_numpy()
-    out["suppressed"] = (out["nll_removed"] - out["nll_original"]) >= math.log(threshold)
+    # one sentence per fact: its share of suppressed sentences is 0 or 1
+    out["suppressed"] = robustness.suppressed_share(scored, "removed", threshold).reindex(out["uuid"]).to_numpy() == 1
     return out
 
 
