@@ -1,28 +1,26 @@
-"""Time one mask-discovery step against one plain full-finetuning step on the same tokens.
+"""Time a mask-discovery step against its floor and a plain finetuning step, in fp32 and bf16.
 
-    python benchmarks/bench_mask_step.py                 # CPU-sized defaults, a couple of minutes
+    python benchmarks/bench_mask_step.py                  # one thread, both dtypes, GPT-2 small and SmolLM2 shapes
+    python benchmarks/bench_mask_step.py --only tiny --threads 2
     python benchmarks/bench_mask_step.py --paper --device cuda --steps 20
 
-Two model shapes: (a) the tiny preset's (results/models/tiny-gpt2 when it exists, else a random
-GPT-2 of the shape params.yaml gives it), masked as params.yaml's mask.top_k_blocks says (tiny:
-all 4 blocks); (b) a GPT-2-small-shaped model (12 blocks, 768, 12 heads, vocab 50257) with random
-weights, top 6 blocks masked.
+Model shapes (random weights: the step time depends on the shape, not the values):
+- gpt2-small:   12 blocks x 768, vocab 50257, top 6 blocks masked (the paper's GPT-2 small);
+- smollm2-135m: SmolLM2-135M's Llama shape, 30 blocks x 576, vocab 49152, top 6 masked (the demo);
+- tiny:         the tiny preset's model (results/models/tiny-gpt2 when built, else its shape).
 
-mask step:     `MaskTrainer.step()` (prefix cached at setup, excluded from the step time): sample
-               masks, three losses on the remaining model, sparsity, backward, Adam on the logits.
-grouped step:  the mask step with train.group_by_length (facts run in groups of similar length,
-               not all padded to the longest), against the padded mask step.
-finetune step: AdamW on every weight, ordinary next-token loss on the same batches (the TargetKG
-               and ControlKG sentences and the ControlLM blocks), full forward and backward.
-floor:         the least any method that changes the masked blocks must do per step: one forward
-               and backward through the masked blocks alone (`TopBlocks`, from the same cached
-               inputs as the mask step), cross-entropy at the same fact tail positions and on the
-               same ControlLM blocks, gradients into the masked weights; no mask, no reference
-               forward, no optimizer. The mask step / floor ratio is what the mask work costs.
+mask step:     `MaskTrainer.step()` at train.dtype (prefix cached at setup, excluded from the time):
+               sample masks, three losses on the remaining model, sparsity, backward, Adam on logits.
+floor:         the least any method that changes the masked blocks must do per step, in the same
+               dtype: one forward and backward through the masked blocks alone (`TopBlocks`, from the
+               same cached inputs, bf16 weight copies in bf16), cross-entropy at the same fact tail
+               positions and ControlLM blocks, gradients into the masked weights; no mask, no
+               reference, no optimizer. mask step / floor is what the mask's own work costs.
+finetune step: AdamW on every weight, next-token loss on the same sentences and ControlLM blocks,
+               full forward and backward (bf16: autocast, as a plain training script would).
 
-Each (model, method) runs in a fresh process, so the peak memory figures are clean: peak resident
-memory above the process's baseline before the model was built (CPU, Linux VmHWM), or
-torch.cuda.max_memory_allocated (CUDA).
+Every (shape, method, dtype) runs in a fresh process, so peak memory is clean: peak resident memory
+above the process's baseline (CPU, Linux VmHWM), or torch.cuda.max_memory_allocated (CUDA).
 """
 
 from __future__ import annotations
@@ -79,6 +77,13 @@ def make_model(shape: str, seed: int = 0):
         top_k = tiny_top_k
         label = (f"random GPT-2, tiny preset shape ({spec['n_layer']} x {spec['n_embd']}, "
                  f"vocab {spec['vocab_size']})")
+    elif shape == "smollm2-135m":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                          rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+        return LlamaForCausalLM(cfg), 6, "random SmolLM2-135M shape (30 x 576, vocab 49152)"
     else:
         cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
         top_k, label = 6, "random GPT-2 small shape (12 x 768, vocab 50257)"
@@ -119,19 +124,19 @@ def make_data(vocab: int, n_positions: int, args, seed: int = 0):
             targets[i, prompt - 1:prompt + tail - 1] = seq[prompt:]
         return SimpleNamespace(input_ids=input_ids, targets=targets)
 
-    block = min(args.block_size, n_positions)
+    block = min(args.block_size, n_positions or args.block_size)
     blocks = torch.randint(1, vocab, (args.batch_controllm, block), generator=gen)
     return facts(args.batch_targetkg), facts(args.batch_controlkg), blocks
 
 
-def worker(shape: str, method: str, args, queue) -> None:
+def worker(shape: str, method: str, dtype: str, args, queue) -> None:
     import torch
     import torch.nn.functional as F
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    bf16 = dtype == "bfloat16"
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from knowsubnet.method import training  # noqa: F401
@@ -144,14 +149,14 @@ def worker(shape: str, method: str, args, queue) -> None:
     del warm
     base_rss = _status_kib("VmRSS")
     model, top_k, label = make_model(shape)
-    target, control, blocks = make_data(model.config.vocab_size, model.config.n_positions, args)
+    target, control, blocks = make_data(model.config.vocab_size, getattr(model.config, "n_positions", None), args)
     model.to(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
 
     setup_s = 0.0
-    if method in ("mask", "mask-grouped"):
+    if method == "mask":
         import dataclasses
 
         from knowsubnet.core import config
@@ -160,9 +165,8 @@ def worker(shape: str, method: str, args, queue) -> None:
         # the base params (config/base.yaml) with the benchmark's sizes
         base = config.load([ROOT / "config" / "base.yaml"], ROOT / "config" / "params.schema.yaml")
         cfg = dataclasses.replace(
-            base.train, steps=10 ** 6, device=str(device), bf16=args.bf16, log_every=10 ** 6, checkpoint_every=10 ** 6,
-            batch=config.Batch(args.batch_targetkg, args.batch_controlkg, args.batch_controllm),
-            group_by_length=method == "mask-grouped")
+            base.train, steps=10 ** 6, device=str(device), dtype=dtype, log_every=10 ** 6, checkpoint_every=10 ** 6,
+            batch=config.Batch(args.batch_targetkg, args.batch_controlkg, args.batch_controllm))
         start = time.perf_counter()
         trainer = MaskTrainer(model, target, control, blocks, dataclasses.replace(base.mask, top_k_blocks=top_k), cfg,
                               seed=0, progress=False)
@@ -174,9 +178,9 @@ def worker(shape: str, method: str, args, queue) -> None:
 
         layers = find_maskable_layers(model, top_k)
         model.eval().requires_grad_(False)
-        for layer in layers:
-            layer.weight.requires_grad_(True)
-        top = TopBlocks(model, min(layer.block for layer in layers))
+        top = TopBlocks(model, min(layer.block for layer in layers), getattr(torch, dtype))
+        # the masked weights as leaves in the compute dtype: their gradient is what a method needs
+        weights = {layer.name: top.weight(layer.name).detach().clone().requires_grad_(True) for layer in layers}
         start = time.perf_counter()
         ids = torch.cat([target.input_ids, control.input_ids]).to(device)
         kg_targets = torch.cat([target.targets, control.targets]).to(device)
@@ -186,12 +190,12 @@ def worker(shape: str, method: str, args, queue) -> None:
         scored = kg_targets != -100
 
         def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                kg_logits = top.head(top.forward(kg_hidden)[scored])
-                lm_logits = top.head(top.forward(lm_hidden))
+            kg_logits = top.logits(top.forward(kg_hidden, weights)[scored])
+            lm_logits = top.logits(top.forward(lm_hidden, weights))
             loss = (F.cross_entropy(kg_logits.float(), kg_targets[scored])
                     + F.cross_entropy(lm_logits.float().flatten(0, 1), lm_targets.flatten()))
-            model.zero_grad(set_to_none=True)
+            for weight in weights.values():
+                weight.grad = None
             loss.backward()
             return loss.item()
     else:
@@ -209,7 +213,7 @@ def worker(shape: str, method: str, args, queue) -> None:
             return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
         def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = lm_loss(pad, labels) + lm_loss(lm_blocks, lm_blocks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,14 +241,18 @@ def worker(shape: str, method: str, args, queue) -> None:
                "step_s": elapsed / args.steps, "setup_s": setup_s, "peak_mib": peak_mib, "peak_kind": peak_kind})
 
 
-def measure(shape: str, method: str, args) -> dict:
+def measure(shape: str, method: str, dtype: str, args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=worker, args=(shape, method, args, queue))
+    proc = ctx.Process(target=worker, args=(shape, method, dtype, args, queue))
     proc.start()
     result = queue.get()
     proc.join()
     return result
+
+
+METHODS = ("mask", "floor", "finetune")
+ROWS = (("mask", "mask step"), ("floor", "floor (masked blocks, fwd + bwd)"), ("finetune", "finetune step (AdamW, all)"))
 
 
 def main(argv=None) -> None:
@@ -257,46 +265,56 @@ def main(argv=None) -> None:
                                                                      "model's positions)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method (after one warm-up step)")
     parser.add_argument("--paper", action="store_true", help="the paper's batches: 250 / 250 / 10 x 512")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both methods")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--only", choices=("tiny", "gpt2-small"), help="benchmark one model shape only")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes to time (comma-separated)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the goals are on one)")
+    parser.add_argument("--only", choices=("tiny", "gpt2-small", "smollm2-135m"), help="one model shape only")
     args = parser.parse_args(argv)
     if args.paper:
         for key, value in PAPER.items():
             setattr(args, key, value)
+    import torch
+
+    from knowsubnet.core.provenance import cpu_bf16_flags
+
     if args.device == "auto":
-        import torch
-
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    print(f"device {args.device}; batches TargetKG {args.batch_targetkg}, ControlKG {args.batch_controlkg}, "
-          f"ControlLM {args.batch_controllm} x {args.block_size} tokens; {args.steps} timed steps"
-          f"{'; bf16' if args.bf16 else ''}; threads {args.threads or os.cpu_count()}", flush=True)
-    shapes = [args.only] if args.only else ["tiny", "gpt2-small"]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    native = cpu_bf16_flags()
+    print(f"device {args.device}; CPU native bf16 flags: {', '.join(native) or 'none (bf16 is emulated: train.dtype auto picks float32)'}; "
+          f"torch {torch.__version__}; threads {args.threads}")
+    print(f"batches TargetKG {args.batch_targetkg}, ControlKG {args.batch_controlkg}, ControlLM "
+          f"{args.batch_controllm} x {args.block_size} tokens; {args.steps} timed steps after one warm-up; "
+          f"each figure from its own process", flush=True)
+    shapes = [args.only] if args.only else ["gpt2-small", "smollm2-135m"]
     for shape in shapes:
-        mask = measure(shape, "mask", args)
-        grouped = measure(shape, "mask-grouped", args)
-        tune = measure(shape, "finetune", args)
-        floor = measure(shape, "floor", args)
-        ratio = mask["step_s"] / tune["step_s"]
-        floor_ratio = mask["step_s"] / floor["step_s"]
-        print(f"\n[{shape}] {mask['label']}, {mask['params'] / 1e6:.1f}M parameters, top {mask['top_k']} blocks masked")
-        print(f"  mask step      {mask['steps_per_s']:8.3f} steps/s  ({mask['step_s']:.3f} s/step; "
-              f"prefix + reference cache setup {mask['setup_s']:.2f} s)  peak {mask['peak_mib']:8.1f} MiB")
-        print(f"  grouped step   {grouped['steps_per_s']:8.3f} steps/s  ({grouped['step_s']:.3f} s/step; "
-              f"{grouped['step_s'] / mask['step_s']:.3f} x the padded mask step){'':17s}peak "
-              f"{grouped['peak_mib']:8.1f} MiB")
-        print(f"  finetune step  {tune['steps_per_s']:8.3f} steps/s  ({tune['step_s']:.3f} s/step)"
-              f"{'':38s}peak {tune['peak_mib']:8.1f} MiB")
-        print(f"  floor          {floor['steps_per_s']:8.3f} steps/s  ({floor['step_s']:.3f} s/step; masked blocks "
-              f"only, forward + backward){'':5s}peak {floor['peak_mib']:8.1f} MiB")
-        print(f"  ratio mask / finetune step time: {ratio:.3f} ({'meets' if ratio <= 1.0 else 'misses'} the "
-              f"goal <= 1.0); memory: {mask['peak_kind']}")
-        print(f"  ratio mask / floor step time:    {floor_ratio:.3f} ({'meets' if floor_ratio <= 1.2 else 'misses'} "
-              f"the goal <= 1.2)")
+        times = {(m, d): measure(shape, m, d, args) for d in dtypes for m in METHODS}
+        first = times[METHODS[0], dtypes[0]]
+        print(f"\n[{shape}] {first['label']}, {first['params'] / 1e6:.1f}M parameters, top {first['top_k']} blocks "
+              f"masked")
+        head = " | ".join(f"{d} s/step | {d} peak MiB" for d in dtypes)
+        speed = " | speed-up" if len(dtypes) == 2 else ""
+        print(f"| step | {head}{speed} |")
+        print("| --- " * (1 + 2 * len(dtypes) + bool(speed)) + "|")
+        for method, label in ROWS:
+            cells = " | ".join(f"{times[method, d]['step_s']:.3f} | {times[method, d]['peak_mib']:.0f}" for d in dtypes)
+            ratio = (f" | x{times[method, dtypes[0]]['step_s'] / times[method, dtypes[1]]['step_s']:.2f}"
+                     if speed else "")
+            print(f"| {label} | {cells}{ratio} |")
+        ratios = {d: times["mask", d]["step_s"] / times["floor", d]["step_s"] for d in dtypes}
+        cells = " | ".join(f"{ratios[d]:.2f} | " for d in dtypes)
+        print(f"| mask / floor | {cells}{' |' if speed else ''}")
+        for d in dtypes:
+            print(f"  {d}: mask / floor {ratios[d]:.2f} ({'meets' if ratios[d] <= 1.2 else 'misses'} the goal <= 1.2); "
+                  f"mask / finetune {times['mask', d]['step_s'] / times['finetune', d]['step_s']:.2f}; "
+                  f"mask setup (prefix + reference caches) {times['mask', d]['setup_s']:.2f} s")
+        if shape == "gpt2-small" and "bfloat16" in dtypes and args.threads == 1 and not args.paper:
+            step_s = times["mask", "bfloat16"]["step_s"]
+            print(f"  bf16 mask step {step_s:.2f} s ({'meets' if step_s <= 1.0 else 'misses'} the goal <= 1.0 s on one "
+                  f"thread)")
         if args.paper:
-            hours = PAPER_STEPS * mask["step_s"] / 3600
-            print(f"  projected {PAPER_STEPS:,}-step mask run: {hours:.1f} h (setup excluded)")
+            hours = PAPER_STEPS * times["mask", dtypes[-1]]["step_s"] / 3600
+            print(f"  projected {PAPER_STEPS:,}-step mask run in {dtypes[-1]}: {hours:.1f} h (setup excluded)")
+        print(f"  memory: {first['peak_kind']}")
         sys.stdout.flush()
 
 

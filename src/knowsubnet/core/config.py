@@ -140,7 +140,7 @@ class Train:
     log_every: int
     checkpoint_every: int
     device: str
-    bf16: bool
+    dtype: str
     controlkg_known_only: bool
     group_by_length: bool
     targetkg_templates: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,34 @@ def code_version() -> str:
         return __version__
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU multiplies bf16 natively (models.precision)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where that file is absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_flags() -> list[str]:
+    """Which of the native-bf16 flags this CPU reports (empty: bf16 would be emulated)."""
+    return [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
+
+
 def environment() -> dict[str, str]:
     import torch
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
+            "transformers": transformers.__version__, "machine": platform.machine(),
+            "cpu_bf16": ",".join(cpu_bf16_flags()) or "none"}
 
 
 def stamp(params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

@@ -156,7 +156,7 @@ def neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "
                 finally:
                     handle.remove()
                 rows, cols = objectives.tail_positions(targets)
-                logprob = -F.cross_entropy(trainer.top.head(final[rows, cols]).float(), targets[rows, cols],
+                logprob = -F.cross_entropy(trainer.top.logits(final[rows, cols]).float(), targets[rows, cols],
                                            reduction="sum")
                 (grad,) = torch.autograd.grad(logprob, captured["z"])
                 total = grad if total is None else total + grad

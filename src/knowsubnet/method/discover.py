@@ -23,6 +23,7 @@ from knowsubnet.core.io import write_json, write_text
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
 from knowsubnet.method import masking, selection, training
+from knowsubnet.models import precision
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def discover(params: Params, *, model: str, target: str, seed: int, model_dir: P
     sparsity = masking.sparsity(lm, trainer.layers, binary, granularity)
     masking.save_mask(out_dir / "mask.safetensors", result.logits,
                       {"granularity": granularity, "model": model, "target": target, "seed": seed,
-                       "top_k_blocks": top_k, "sampler": params.mask.sampler})
+                       "top_k_blocks": top_k, "sampler": params.mask.sampler,
+                       "compute_dtype": precision.name(trainer.dtype)})
     write_text(out_dir / "train_log.csv", log_csv(result.log))
     final = {k: round(v, 6) for k, v in result.final_losses.items()}
     meta = {
@@ -100,6 +102,7 @@ def discover(params: Params, *, model: str, target: str, seed: int, model_dir: P
                     "controllm_blocks": int(blocks.shape[0])},
         "n_facts_before_known_filter": {name: len(pd.read_parquet(splits_dir / f"{name}.parquet")) for name in sets},
         "steps": result.steps, "wall_time_s": round(result.wall_time_s, 3), "device": result.device,
+        "compute": precision.provenance(trainer.dtype, trainer.device),
         "provenance": stamp({k: params.section(k) for k in ("mask", "train", "known")}, model_dir=str(model_dir)),
     }
     write_json(out_dir / "meta.json", meta)

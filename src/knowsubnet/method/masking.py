@@ -299,11 +299,13 @@ class _GumbelMaskedWeight(torch.autograd.Function):
         y = noise.add_(logits)  # noise is a fresh buffer owned by this call: reuse it for y and soft
         if tau != 1.0:
             y.div_(tau)
-        in_subnet = y > 0
+        kept = y <= 0
         soft = y.sigmoid_()
         ctx.save_for_backward(weight, soft)
         ctx.tau = tau
-        return weight.masked_fill(in_subnet, 0.0)
+        # W * [not in subnet]: the same numbers as masked_fill (a removed negative weight gives -0.0),
+        # at 2-3x its speed on a CPU, where masked_fill branches per element
+        return weight * kept
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -324,12 +326,14 @@ class MaskLogits:
     `effective_weights()` draws a training mask and turns it into the remaining model's weights
     W * (1 - m); with `deterministic=True` it uses the evaluation mask (logit > 0) instead.
     The frozen weights are read, never copied, except for the one W_eff per layer autograd needs.
+    `frozen` ({layer name: W}) gives W in the compute dtype (bf16 copies: W_eff is then bf16 and
+    the logits' gradient fp32); by default the layers' own weights.
     """
 
     def __init__(self, layers: list[MaskableLayer], granularity: str = "weight", init_prob: float = 0.45,
                  sampler: str = "gumbel_sigmoid", tau: float = 1.0, beta: float = 2.0 / 3.0,
                  gamma: float = -0.1, zeta: float = 1.1, device: torch.device | str | None = None,
-                 hard_concrete_hard: bool = False):
+                 hard_concrete_hard: bool = False, frozen: dict[str, torch.Tensor] | None = None):
         if granularity not in GRANULARITIES:
             raise InputError(f"params key 'mask.granularity' = {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
         if sampler not in SAMPLERS:
@@ -339,6 +343,7 @@ class MaskLogits:
         if sampler == "hard_concrete" and not (gamma < 0.0 and zeta > 1.0 and beta > 0):
             raise InputError("params key 'mask.hard_concrete': expected gamma < 0, zeta > 1 and beta > 0")
         self.layers = list(layers)
+        self.frozen = frozen if frozen is not None else {layer.name: layer.weight for layer in self.layers}
         self.granularity = granularity
         self.sampler = sampler
         self.tau, self.beta, self.gamma, self.zeta = float(tau), float(beta), float(gamma), float(zeta)
@@ -386,9 +391,10 @@ class MaskLogits:
         out = {}
         for layer in self.layers:
             value = self.logits[layer.name]
-            weight = layer.weight
-            if deterministic:  # the evaluation subnetwork, logit > 0
-                out.update(apply_mask([layer], {layer.name: value.detach() > 0}, self.granularity))
+            weight = self.frozen[layer.name]
+            if deterministic:  # the evaluation subnetwork, logit > 0 (as apply_mask, in the compute dtype)
+                in_subnet = expand_to_weight(value.detach() > 0, layer, self.granularity)
+                out[layer.name] = weight.detach().masked_fill(in_subnet, 0.0)
             elif self.sampler == "gumbel_sigmoid" and self.granularity == "weight":
                 noise = _scaled(logistic_noise(value.shape, generator, value.device, value.dtype), noise_scale)
                 out[layer.name] = _GumbelMaskedWeight.apply(value, weight.detach(), noise, self.tau)

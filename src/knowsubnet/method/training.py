@@ -43,6 +43,7 @@ from knowsubnet.method.batching import draw, length_groups
 from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_maskable_layers,
                                        random_masks_like, subnetwork_size)
 from knowsubnet.method.selection import VAL_COLUMNS, ValidationSets, select_checkpoint, selection_summary
+from knowsubnet.models import precision
 from knowsubnet.models.prepare import pick_device
 from knowsubnet.models.top_blocks import TopBlocks, check_prefix_path
 from knowsubnet.scoring.facts import fact_scores_from_logits, ppl_from_nll
@@ -84,6 +85,7 @@ class MaskTrainer:
                  validation: ValidationSets | None = None):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
         self.device = pick_device(train_config.device, key="train.device")
+        self.dtype = precision.resolve(train_config.dtype, self.device, key="train.dtype")
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.progress, self.callback = progress, callback
 
@@ -92,12 +94,12 @@ class MaskTrainer:
         self.model.requires_grad_(False)
         self.layers = find_maskable_layers(self.model, mask_config.top_k_blocks)
         self.first_block = min(layer.block for layer in self.layers)
-        self.top = TopBlocks(self.model, self.first_block)
+        self.top = TopBlocks(self.model, self.first_block, self.dtype)
         hc = mask_config.hard_concrete
         self.mask = MaskLogits(self.layers, mask_config.granularity, mask_config.init_prob, mask_config.sampler,
                                mask_config.tau, hc.beta, hc.gamma, hc.zeta, device=self.device,
-                               hard_concrete_hard=hc.hard)
-        self.optimizer = torch.optim.Adam(self.mask.parameters(), lr=train_config.lr)
+                               hard_concrete_hard=hc.hard, frozen=self.frozen_weights())
+        self.optimizer = self.make_optimizer(self.mask.parameters())
 
         # Batches are drawn on the CPU (device-independent); mask noise on the training device.
         self.batch_gen = torch.Generator().manual_seed(self.seed)
@@ -122,22 +124,26 @@ class MaskTrainer:
 
     # -- setup -------------------------------------------------------------------------------
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+    def frozen_weights(self) -> dict[str, torch.Tensor]:
+        """The masked layers' frozen weights in the compute dtype (bf16 copies made once, or the model's own)."""
+        return {layer.name: self.top.weight(layer.name) for layer in self.layers}
+
+    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        # fp32 keeps torch's default Adam (its numbers as they were); bf16 takes the fused kernel (one
+        # pass over the fp32 state instead of five)
+        return torch.optim.Adam(params, lr=self.cfg.lr, fused=self.dtype != torch.float32 or None)
 
     @torch.no_grad()
     def _prefix_all(self, input_ids: torch.Tensor, chunk: int) -> torch.Tensor:
-        parts = []
+        parts = []  # the frozen lower blocks run once per input, in fp32 whatever the compute dtype
         for start in range(0, input_ids.shape[0], chunk):
-            with self._autocast():
-                parts.append(self.top.prefix(input_ids[start:start + chunk].to(self.device)))
+            parts.append(self.top.prefix(input_ids[start:start + chunk].to(self.device)))
         return torch.cat(parts)
 
     @torch.no_grad()
     def _verify_and_cache(self, targetkg, controlkg, controllm):
         dev = self.device
-        if not self.cfg.bf16:
-            check_prefix_path(self.model, self.top, targetkg.input_ids[:2].to(dev))
+        check_prefix_path(self.model, TopBlocks(self.model, self.first_block), targetkg.input_ids[:2].to(dev))
 
         # KG facts: TargetKG and ControlKG share one forward per step, so both caches get a common width.
         width = max(targetkg.input_ids.shape[1], controlkg.input_ids.shape[1])
@@ -180,8 +186,7 @@ class MaskTrainer:
                 chunk = max(self.cfg.batch.controllm, 1)
                 parts = []
                 for start in range(0, self.n_lm, chunk):
-                    with self._autocast():
-                        parts.append(self.top.forward(self.lm_hidden[start:start + chunk]))
+                    parts.append(self.top.forward(self.lm_hidden[start:start + chunk]))
                 self.lm_final = torch.cat(parts)
         else:
             self.lm_hidden = self.lm_final = None
@@ -228,11 +233,10 @@ class MaskTrainer:
             total, count = 0.0, 0
             step = max(self.cfg.batch.controllm, 1)
             for start in range(0, self.val_lm_hidden.shape[0], step):
-                with self._autocast():
-                    final = self.top.forward(self.val_lm_hidden[start:start + step], weights)
+                final = self.top.forward(self.val_lm_hidden[start:start + step], weights)
                 ids = self.val_lm_blocks[start:start + step]
                 for row in range(final.shape[0]):
-                    logits = self.top.head(final[row, :-1]).float()
+                    logits = self.top.logits(final[row, :-1]).float()
                     total += float(F.cross_entropy(logits, ids[row, 1:], reduction="sum").double())
                     count += ids.shape[1] - 1
             out["controllm"] = ppl_from_nll(total / count)
@@ -307,15 +311,13 @@ class MaskTrainer:
         for group in groups:
             group_width = int(lengths[group].max())
             g = group.to(self.device)
-            with self._autocast():
-                final = self.top.forward(hidden[g, :group_width], weights)
+            final = self.top.forward(hidden[g, :group_width], weights)
             local_rows, cols = objectives.tail_positions(targets[g, :group_width])
             parts.append(final[local_rows, cols])
             rows.append(g[local_rows])
         # back to batch order: facts side by side, tail positions row-major, as the callers expect
         order = torch.argsort(torch.cat(rows), stable=True)
-        with self._autocast():
-            logits = self.top.head(torch.cat(parts)[order])
+        logits = self.top.logits(torch.cat(parts)[order])
         return list(torch.split(logits, counts))
 
     def _controllm_logits(self, weights: dict[str, torch.Tensor] | None,
@@ -323,12 +325,10 @@ class MaskTrainer:
         """(remaining-model logits, original log-probs) at every position of ControlLM blocks `idx`."""
         idx = idx.to(self.device)
         hidden = self.lm_hidden[idx]
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             final = self.lm_final[idx] if self.lm_final is not None else self.top.forward(hidden)
-            ref = F.log_softmax(self.top.head(final).float(), dim=-1)
-        with self._autocast():
-            logits = self.top.head(self.top.forward(hidden, weights))
-        return logits, ref
+            ref = F.log_softmax(self.top.logits(final).float(), dim=-1)
+        return self.top.logits(self.top.forward(hidden, weights)), ref
 
     def _losses(self, weights: dict[str, torch.Tensor], idx_t: torch.Tensor, idx_c: torch.Tensor,
                 idx_lm: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -343,7 +343,7 @@ class MaskTrainer:
         if self.cfg.lambda_expression > 0:
             # The subnetwork alone (in the masked layers) must still express TargetKG:
             # W * m = W - W_eff, from the same draw.
-            subnet = {l.name: l.weight.detach() - weights[l.name] for l in self.layers}
+            subnet = {l.name: self.top.weight(l.name) - weights[l.name] for l in self.layers}
             (logits,) = self._kg_tail_logits(subnet, [("target", idx_t)])
             where = self.t_targets[idx_t.to(self.device)]
             out["expression"] = F.cross_entropy(logits.float(), where[where != IGNORE])

@@ -33,17 +33,18 @@ METHODS = ("graddiff", "npo")
 
 class WeightParams:
     """The masked layers' weights as trainable tensors: what the unlearning trainer optimises in
-    place of mask logits (the same interface as `masking.MaskLogits`)."""
+    place of mask logits (the same interface as `masking.MaskLogits`). They train in fp32; the
+    forwards see them in the compute dtype, cast once per step."""
 
-    def __init__(self, layers: list[MaskableLayer]):
-        self.layers = layers
+    def __init__(self, layers: list[MaskableLayer], compute_dtype: torch.dtype = torch.float32):
+        self.layers, self.compute_dtype = layers, compute_dtype
         self.weights = {l.name: l.weight.detach().clone().float().requires_grad_(True) for l in layers}
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.weights.values())
 
     def effective_weights(self, generator=None, deterministic: bool = False, noise_scale: float = 1.0):
-        return self.weights
+        return {k: v.to(self.compute_dtype) for k, v in self.weights.items()}
 
     def expected_density(self) -> torch.Tensor:
         return torch.zeros(())
@@ -103,8 +104,8 @@ class UnlearningTrainer(MaskTrainer):
         self.method, self.unlearning = method, cfg
         super().__init__(model, targetkg, controlkg, controllm, mask_config, trainer_config(train_config, cfg),
                          seed, **kwargs)
-        self.mask = WeightParams(self.layers)
-        self.optimizer = torch.optim.Adam(self.mask.parameters(), lr=cfg.lr)
+        self.mask = WeightParams(self.layers, self.dtype)
+        self.optimizer = self.make_optimizer(self.mask.parameters())
         self.t_ref = None
         if method == "npo":  # the original model's log p(tail) of every TargetKG training fact
             with torch.no_grad():
@@ -120,7 +121,7 @@ class UnlearningTrainer(MaskTrainer):
 
     def _step_loss(self, idx_t, idx_c, idx_lm, weight_s, noise_scale):
         cfg = self.cfg
-        weights = self.mask.weights
+        weights = self.mask.effective_weights()
         target_logits, control_logits = self._kg_tail_logits(weights, [("target", idx_t), ("control", idx_c)])
         targets = self.t_targets[idx_t.to(self.device)]
         if self.method == "npo":

@@ -68,7 +68,7 @@ MASK = {"granularity": "weight", "top_k_blocks": 2, "sampler": "gumbel_sigmoid",
 TRAIN = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "lambda_suppress": 1.5, "lambda_controlkg": 1.0,
          "lambda_controllm": 1.0, "lambda_expression": 0.0, "sparsity_start": 2.0, "sparsity_end": 3.0,
          "sparsity_ramp_from": 0.5, "batch_targetkg": 5, "batch_controlkg": 6, "batch_controllm": 2,
-         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "bf16": False, "controlkg_known_only": True, "group_by_length": False, "targetkg_templates": "best",
+         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "dtype": "float32", "controlkg_known_only": True, "group_by_length": False, "targetkg_templates": "best",
          "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0}}
 
 
@@ -126,14 +126,15 @@ def run(tmp_path, name, callback=None, build=gpt2, **over):
                       checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False, callback=callback)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("build", [gpt2, llama])
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, build):
-    straight = run(tmp_path, "a", build=build)
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, build, dtype):
+    straight = run(tmp_path, "a", build=build, dtype=dtype)
 
     with pytest.raises(Killed):
-        run(tmp_path, "b", callback=kill_at(6), build=build)  # checkpoint at step 4; steps 5-6 are recomputed
+        run(tmp_path, "b", callback=kill_at(6), build=build, dtype=dtype)  # checkpoint at step 4; 5-6 recomputed
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
-    resumed = run(tmp_path, "b", build=build)
+    resumed = run(tmp_path, "b", build=build, dtype=dtype)
     assert resumed.steps == straight.steps == 12
     assert resumed.log == straight.log and len(straight.log) == 6
     for name in straight.logits:
@@ -264,13 +265,13 @@ def test_the_trainer_reads_the_typed_mask_and_train_sections():
     params = base_params({"mask": {"granularity": "neuron_out", "top_k_blocks": 3, "sampler": "hard_concrete",
                                    "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2}},
                           "train": {"steps": 10, "sparsity_weight": {"end": 4.0, "ramp_from": 0.25},
-                                    "batch": {"controllm": 0}, "bf16": True}})
+                                    "batch": {"controllm": 0}, "dtype": "bfloat16"}})
     mask, train = params.mask, params.train
     assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.hard_concrete.beta, mask.hard_concrete.zeta) == \
         ("neuron_out", 3, "hard_concrete", 0.5, 1.2)
     assert mask.hard_concrete.hard is False  # from config/base.yaml
     assert (train.steps, train.sparsity_weight.end, train.sparsity_weight.ramp_from, train.batch.controllm,
-            train.bf16) == (10, 4.0, 0.25, 0, True)
+            train.dtype) == (10, 4.0, 0.25, 0, "bfloat16")
 
 
 @pytest.mark.parametrize("granularity", ["neuron_in", "neuron_out"])
