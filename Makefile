@@ -18,7 +18,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 SMK_ARGS ?=
 
-.PHONY: setup lock run demo test params dvc-repro dvc-yaml bench clean
+.PHONY: setup lock run run-tiny demo test test-fast params dvc-repro dvc-yaml bench clean
 
 setup: $(VENV)/.installed
 
@@ -66,8 +66,14 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
 		--configfile config/presets/demo.yaml $(MIRROR_CONFIG) $(SMK_ARGS)
 
+# On both cores (pytest-xdist), the slowest tests' durations printed at the end.
+TEST_ARGS ?= -n $(CORES) --durations=25
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TEST_ARGS)
+
+# Every module's fast tests (-m "not slow": no whole-pipeline or engine runs): about 2 min.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(TEST_ARGS)
 
 # params.yaml is what DVC reads; tests/workflow/test_params.py checks the committed one is `make params` (no PRESET).
 # SET: space-separated KEY=VALUE overrides, VALUE as YAML (make params SET="train.steps=10 run.seeds=[0]").

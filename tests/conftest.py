@@ -1,9 +1,8 @@
 """Fixtures and helpers shared by the tests.
 
 Layout: `unit/<subpackage>/` tests the library, one folder per subpackage of `src/knowsubnet`;
-`workflow/` tests the pipeline definition, the engines and the documented commands (marker
-`workflow`; the whole-pipeline runs are also marked `e2e`). `pytest -m "not workflow"` runs the
-unit tests alone.
+`workflow/` tests the pipeline definition, the engines and the documented commands. Markers go by
+cost: `slow` (over about 5 s on one core) is what `make test-fast` (`-m "not slow"`) leaves out.
 """
 
 from __future__ import annotations
@@ -20,16 +19,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = REPO_ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
-E2E = {"test_end_to_end.py", "test_engines_agree.py", "test_slurm.py"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        path = Path(str(item.fspath))
-        if "workflow" in path.relative_to(REPO_ROOT / "tests").parts[:1]:
-            item.add_marker(pytest.mark.workflow)
-            if path.name in E2E:
-                item.add_marker(pytest.mark.e2e)
 
 # Tests load stage scripts from their files; the scripts import their sibling `stage_params`.
 sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))

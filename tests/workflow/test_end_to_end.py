@@ -16,7 +16,7 @@ import yaml
 from conftest import BIN, MIRROR, project_copy, run
 from knowsubnet.method.baselines import METHODS as BASELINES
 
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")]
 
 
 def merge(base: dict, over: dict) -> dict:

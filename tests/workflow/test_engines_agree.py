@@ -80,6 +80,7 @@ def set_key(params: dict, dotted: str, value) -> None:
     params[keys[-1]] = value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section", list(EDITS))
 def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
     proj = touched

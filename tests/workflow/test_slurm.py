@@ -20,7 +20,7 @@ from conftest import BIN, MIRROR, project_copy
 
 SKIP = ("KNOWSUBNET_SKIP_SLURM=1" if os.environ.get("KNOWSUBNET_SKIP_SLURM") == "1" else missing()
         or (None if MIRROR.is_dir() else "local data mirror not present"))
-pytestmark = pytest.mark.skipif(SKIP is not None, reason=f"SLURM test skipped: {SKIP}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=f"SLURM test skipped: {SKIP}")]
 MASK = "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors"
 
 

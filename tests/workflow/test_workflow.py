@@ -43,6 +43,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @needs_mirror
+@pytest.mark.slow
 def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_path):
     proj = project_copy(tmp_path)
     run([BIN / "snakemake", "--cores", "2", *[f"data/processed/splits/{t}/summary.json" for t in ("IsA", "UsedFor")]],
