@@ -327,7 +327,7 @@ class MaskTrainer:
         hidden = self.lm_hidden[idx]
         with torch.no_grad():
             final = self.lm_final[idx] if self.lm_final is not None else self.top.forward(hidden)
-            ref = F.log_softmax(self.top.logits(final).float(), dim=-1)
+            ref = F.log_softmax(self.top.logits(final), dim=-1, dtype=torch.float32)
         return self.top.logits(self.top.forward(hidden, weights)), ref
 
     def _losses(self, weights: dict[str, torch.Tensor], idx_t: torch.Tensor, idx_c: torch.Tensor,
