@@ -161,6 +161,7 @@ class Relearn:
     steps: int
     lr: float
     batch: int
+    dtype: str
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ class CachedFacts:
     blocks never change while the masked layers train."""
 
     def __init__(self, model: torch.nn.Module, layers: list[masking.MaskableLayer], facts: FactSet,
-                 device: str | torch.device, chunk: int = 64):
-        self.top = TopBlocks(model, min(layer.block for layer in layers))
+                 device: str | torch.device, chunk: int = 64, compute_dtype: torch.dtype = torch.float32):
+        # compute_dtype: of the top blocks' forwards (bf16 for relearning's steps; scores stay fp32)
+        self.top = TopBlocks(model, min(layer.block for layer in layers), compute_dtype)
         self.facts = facts
         lengths = facts.lengths
         width = int(lengths.max())
@@ -53,18 +54,20 @@ class CachedFacts:
     def __len__(self) -> int:
         return len(self.facts)
 
-    def tail_logits(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Through the top blocks, for the facts `index`: logits at the tail positions [P, V]
-        (float32), the row of each in `index` [P], the gold token [P] (as `scoring.tail_logits`)."""
+    def tail_logits(self, index: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Through the top blocks (`weights` replacing layers' weights, as `TopBlocks.forward`), for the
+        facts `index`: logits at the tail positions [P, V] (float32), the row of each in `index` [P],
+        the gold token [P] (as `scoring.tail_logits`)."""
         targets = self.targets[index]
         width = int(targets.ne(IGNORE).nonzero()[:, 1].max()) + 1
-        hidden = self.top.forward(self.hidden[index, :width])
+        hidden = self.top.forward(self.hidden[index, :width], weights)
         where = targets[:, :width] != IGNORE
-        return self.top.head(hidden[where]).float(), where.nonzero()[:, 0], targets[:, :width][where]
+        return self.top.logits(hidden[where]).float(), where.nonzero()[:, 0], targets[:, :width][where]
 
-    def tail_ce(self, index: torch.Tensor) -> torch.Tensor:
+    def tail_ce(self, index: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Cross-entropy of every tail position of the facts `index`, through the top blocks."""
-        logits, _, gold = self.tail_logits(index)
+        logits, _, gold = self.tail_logits(index, weights)
         return F.cross_entropy(logits, gold, reduction="none")
 
     @torch.no_grad()
@@ -107,7 +110,9 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                     layer.weight.masked_fill_(zero[layer.name], 0.0)
         for weight in weights:
             weight.requires_grad_(True)
-        optimizer = torch.optim.Adam(weights, lr=lr)
+        # in bf16 the fp32 weights train (fused Adam) and each step's forward sees a bf16 cast of them
+        dtype = facts.top.compute_dtype
+        optimizer = torch.optim.Adam(weights, lr=lr, fused=dtype != torch.float32 or None)
         generator = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(len(facts), generator=generator)
         position = 0
@@ -117,7 +122,8 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                 order, position = torch.randperm(len(facts), generator=generator), 0
             index = order[position:position + batch]
             position += len(index)
-            loss = facts.tail_ce(index).mean()
+            cast = {l.name: l.weight.to(dtype) for l in layers} if dtype != torch.float32 else None
+            loss = facts.tail_ce(index, cast).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hold_zero and zero is not None:

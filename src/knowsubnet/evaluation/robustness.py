@@ -40,6 +40,7 @@ from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn
 from knowsubnet.scoring.facts import DTYPES
 from knowsubnet.method import edits
+from knowsubnet.models import precision
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,9 @@ def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFra
         if sets[data].empty:
             runs[data] = None
             continue
-        train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device)
+        train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device,
+                                    compute_dtype=precision.resolve(cfg.relearn.dtype, torch.device(device),
+                                                                    key="robustness.relearn.dtype"))
         runs[data] = {"n_train": len(train)}
         for name, variant, hold in setups:
             edit = variants.edits[variant or "original"]
@@ -389,7 +392,9 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
                               .to_dict(orient="index"),
               "wall_time_s": timings,
               "provenance": stamp({"robustness": params.section("robustness"), "known": params.section("known")},
-                                  model_dir=str(model_dir), mask=str(mask), device=str(device))}
+                                  model_dir=str(model_dir), mask=str(mask), device=str(device),
+                                  relearn_dtype=precision.name(precision.resolve(
+                                      cfg.relearn.dtype, device, key="robustness.relearn.dtype")))}
     summary = headline(result)
     write_parquet(out_dir / "sentences.parquet", scored)
     write_json(out_dir / "headline.json", summary)
