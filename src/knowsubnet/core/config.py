@@ -265,6 +265,7 @@ class Csqa:
     log_every: int
     checkpoint_every: int
     device: str
+    dtype: str
 
 
 @dataclass(frozen=True)

@@ -297,8 +297,9 @@ def tiny_setup():
     return model, tokenizer, layers, logits, questions[:20], groups
 
 
-def _settings(**over):
-    return base_params({"csqa": {"batch_size": 4, "eval_batch_size": 8, "bootstrap": 50, "max_length": 40,
+def _settings(**over):  # fp32 features unless a test asks (they are compared with a plain forward to 1e-5)
+    return base_params({"csqa": {"dtype": "float32", "batch_size": 4, "eval_batch_size": 8, "bootstrap": 50,
+                                 "max_length": 40,
                                  "log_every": 2, "checkpoint_every": 3, "epochs": {"head": 2, "lora": 1, "full": 1},
                                  "head_lr": 0.05, "lr": {"lora": 0.05, "full": 0.01}, **over}}).csqa
 
@@ -344,6 +345,14 @@ def test_removed_weights_stay_exactly_zero(tiny_setup, mode):
     variant.close()
     for key, value in model.state_dict().items():  # the caller's model is untouched
         assert torch.equal(value, before[key]), key
+
+
+def test_bf16_head_features_are_the_fp32_ones_rounded(tiny_setup):
+    fp32 = _tuner(tiny_setup, "head")._features({})
+    bf16 = _tuner(tiny_setup, "head", settings=_settings(dtype="bfloat16"))._features({})
+    for version, groups in fp32.items():
+        assert not torch.equal(bf16[version]["kept"], groups["kept"])
+        torch.testing.assert_close(bf16[version]["kept"], groups["kept"], rtol=0.05, atol=0.05)
 
 
 def test_head_features_are_the_removed_models_features(tiny_setup, tmp_path):

@@ -35,6 +35,7 @@ from knowsubnet.evaluation import probes, robustness
 from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.method import edits
 from knowsubnet.method import masking
+from knowsubnet.models import precision
 from knowsubnet.models.prepare import context_length, load_model, pick_device
 from knowsubnet.models.top_blocks import TopBlocks
 
@@ -152,7 +153,7 @@ class CSQAFinetuner:
         for version in sorted(self.removed):
             for name in sorted(self.removed[version]):
                 digest.update(self.removed[version][name].numpy().tobytes())
-        keys = ("epochs", "lr", "head_lr", "batch_size", "weight_decay", "lora", "max_length", "log_every")
+        keys = ("epochs", "lr", "head_lr", "batch_size", "weight_decay", "lora", "max_length", "log_every", "dtype")
         return {"mode": self.mode, "seeds": ",".join(map(str, self.seeds)), "data_and_masks": digest.hexdigest(),
                 "settings": json.dumps({k: getattr(self.settings, k) for k in keys}, sort_keys=True),
                 "layers": ",".join(self.layer_names)}
@@ -165,15 +166,15 @@ class CSQAFinetuner:
     def _features(self, state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
         if state.get("features_done"):
             return state["features"]
-        top = TopBlocks(self.model, self.first_block)
-        self.model.to(self.device)
+        dtype = precision.resolve(self.settings.dtype, self.device, key="csqa.dtype")
+        top = TopBlocks(self.model.to(self.device), self.first_block, dtype)
         partial = state.get("features_partial")
 
         def save(progress_state):
             self._save({**state, "features_partial": progress_state})
 
-        weights = {v: masking.apply_mask(self.layers, m, self.granularity) if m is not None else {}
-                   for v, m in self.masks.items()}
+        weights = {v: {k: w.to(dtype) for k, w in masking.apply_mask(self.layers, m, self.granularity).items()}
+                   if m is not None else {} for v, m in self.masks.items()}
         features = head_features(top, self._encodings(), weights, self.settings.eval_batch_size, self.device,
                                  state=partial, save=save if self.checkpoint_path else None, progress=self.progress)
         state.pop("features_partial", None)
