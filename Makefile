@@ -1,8 +1,9 @@
 # make setup   - virtual environment with the versions of requirements.lock (torch from TORCH_SPEC: docs/ENVIRONMENT.md)
 # make lock    - resolve requirements.lock afresh from pyproject.toml (in a temporary virtual environment)
-# make run     - the main job: the whole pipeline for params.yaml (tiny preset; local data mirror, or downloads)
-# make test    - the test suite
-# make demo    - the demo preset (SmolLM2-135M from PyPI), CPU friendly
+# make run     - the main job: SmolLM2-135M (PyPI), IsA and fruit through robustness and the report, ~20 min on 2 cores
+# make run-tiny - the whole pipeline for params.yaml (the tiny preset, the test preset)
+# make test    - the test suite, on both cores (make test-fast: every module's fast tests)
+# make demo    - the demo preset (SmolLM2-135M from PyPI): every demo target and the short CSQA run
 # make params   - write params.yaml = config/base.yaml + config/mirror-local.yaml [+ config/presets/$(PRESET).yaml]
 #                  [+ config/overlays/$(OVERLAY).yaml ...]
 #                 [+ SET="train.steps=10 run.seeds=[0]"], then dvc.yaml for it
@@ -55,12 +56,17 @@ NO_MIRROR := $(if $(wildcard ../shared/data),,--config data__mirror=null)
 # (a variable: a comma written inside $(if ...) would split its arguments)
 NO_MIRROR_NOTE := make run: no local mirror ../shared/data, so data.mirror=null: the datasets download from their canonical sources
 
-run: setup
+run-tiny: setup
 	$(if $(NO_MIRROR),@echo "$(NO_MIRROR_NOTE)")
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local $(NO_MIRROR) $(SMK_ARGS)
 
 # The demo preset downloads its data unless the local mirror ../shared/data is there.
 MIRROR_CONFIG := $(if $(wildcard ../shared/data),config/mirror-local.yaml,)
+
+# The main job: the demo preset's real model on one relation and one concept (config/overlays/demo-short.yaml).
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
+		--configfile config/presets/demo.yaml config/overlays/demo-short.yaml $(MIRROR_CONFIG) $(SMK_ARGS)
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \

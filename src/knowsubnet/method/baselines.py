@@ -37,6 +37,7 @@ from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
 from knowsubnet.method import attribution, discover, edits, masking, selection, unlearning
 from knowsubnet.method.training import MaskTrainer
+from knowsubnet.models import precision
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def run_baseline(params: Params, *, method: str, model: str, target: str, seed: 
         "n_facts": {name: len(facts.uuids) for name, facts in sets.items()},
         "validation": {"original": original, "curve": curve, "selected": selected, "tuning": tuning},
         "wall_time_s": round(time.monotonic() - start, 3), "device": str(device),
+        "compute": precision.provenance(trainer.dtype, trainer.device),
         "provenance": stamp({"baselines": {"device": params.baselines.device,
                                            method: dataclasses.asdict(getattr(params.baselines, method))},
                              "known": params.section("known")},
