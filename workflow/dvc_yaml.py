@@ -146,8 +146,12 @@ def load_workflow():
 
 def default_target_rules() -> set[str]:
     """Rules the default target needs (Snakemake's rule graph of `all`)."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--rulegraph", "--forceall", "--quiet", "all"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--rulegraph", "--forceall", "--quiet", "all"],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:  # Snakemake's own one-line message (a wrong params key, say), not a traceback
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise SystemExit(lines[-1] if lines else f"snakemake --rulegraph exited with {proc.returncode}")
+    out = proc.stdout
     return set(re.findall(r'label = "(\w+)"', out)) - {"all"}
 
 

@@ -42,3 +42,19 @@ def test_committed_dvc_yaml_is_the_generated_one():
     assert "data/processed/splits/${item.target}/targetkg_test.parquet" in combine["deps"]
     assert "*" not in combine["cmd"]  # the run's seeds, not a glob over whatever seed folders exist
     assert stages["evaluate_ablation"]["metrics"] == ["results/eval/${item.model}/${item.target}/seed${item.seed}/headline.json"]
+
+
+def test_a_wrong_params_key_stops_make_dvc_yaml_with_one_line(tmp_path):
+    from conftest import project_copy
+
+    proj = project_copy(tmp_path)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["train"]["stepz"] = params["train"].pop("steps")
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["make", "dvc.yaml", f"PY={sys.executable}", f"BIN={Path(sys.executable).parent}"],
+                          cwd=proj, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("make")]
+    assert ours == [ours[0]] and "params key 'train.stepz': unknown" in ours[0], proc.stderr
+    assert "Traceback" not in proc.stderr
