@@ -55,6 +55,11 @@ def make_dry(target: str):
     return check
 
 
+def fast_lane(proj):
+    recipe = make(proj, "-n", "test-fast").stdout
+    assert '-m "not slow"' in recipe and "-n 2" in recipe  # the command itself is the rest of this suite
+
+
 def one_param(proj):
     out = run(["snakemake", "--cores", "2", "--config", "train__steps=100", "-n", "-p"], proj)
     params = re.search(r"--params (\S+)", out.stdout).group(1)
@@ -116,6 +121,8 @@ def bench(proj):
 
 CHECKS = {
     "make run": make_dry("run"),
+    "make run-tiny": make_dry("run-tiny"),
+    "make test-fast": fast_lane,
     "make demo": make_dry("demo"),
     "snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml":
         dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml"),
