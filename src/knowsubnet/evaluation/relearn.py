@@ -145,10 +145,14 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                 layer.weight.copy_(original)
 
 
-def recovered_fraction(nll_original: float, nll_removed: float, nll_after: float) -> float | None:
-    """(log PPL_removed - log PPL_after) / (log PPL_removed - log PPL_original): 0 = nothing came
-    back, 1 = all of it. None (undefined) when the removal itself was under x2."""
-    gap = nll_removed - nll_original
-    if not gap >= MIN_REMOVAL_LOG_RATIO:
+def recovered_fraction(gap_before: float, gap_after: float) -> float | None:
+    """1 - gap_after / gap_before, a gap being log PPL(remaining) - log PPL(original) on the same
+    facts, before and after both models were finetuned the same way (Deeb & Roger 2024): 0 = the
+    removal's gap is untouched, 1 = closed. None (undefined) when the removal was under x2.
+
+    Not against the original before finetuning: finetuning also lowers the original's PPL (by 2-2.6x
+    on the demo's facts), and measured against the unfinetuned original that learning would read as
+    more than full recovery."""
+    if not gap_before >= MIN_REMOVAL_LOG_RATIO:
         return None
-    return (nll_removed - nll_after) / gap
+    return 1.0 - gap_after / gap_before

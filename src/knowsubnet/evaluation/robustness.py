@@ -289,6 +289,7 @@ def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFra
                                     compute_dtype=precision.resolve(cfg.relearn.dtype, torch.device(device),
                                                                     key="robustness.relearn.dtype"))
         runs[data] = {"n_train": len(train)}
+        after_nll = {}
         for name, variant, hold in setups:
             edit = variants.edits[variant or "original"]
             start = time.monotonic()
@@ -300,12 +301,15 @@ def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFra
                                             granularity=edit.granularity if edit else "weight", hold_zero=hold,
                                             steps=cfg.relearn.steps, lr=cfg.relearn.lr, batch=cfg.relearn.batch,
                                             seed=cfg.seed) as losses:
-                after = scored.mean_nll()
+                after = after_nll[name] = scored.mean_nll()
             base = before[variant or "original"]
             runs[data][name] = {
                 "ppl_after": math.exp(after),
                 "ratio_to_original": math.exp(after - before["original"]),
-                "recovered_fraction": (relearn.recovered_fraction(before["original"], base, after)
+                # the gap to the original finetuned the same way ("original", the first setup)
+                "ratio_to_original_finetuned": math.exp(after - after_nll["original"]),
+                "recovered_fraction": (relearn.recovered_fraction(base - before["original"],
+                                                                  after - after_nll["original"])
                                        if variant == "removed" else None),
                 "final_loss": losses[-1] if losses else None,
                 "wall_time_s": round(time.monotonic() - start, 2),

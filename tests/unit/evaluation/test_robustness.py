@@ -113,10 +113,13 @@ def test_ratio_and_share_statistics():
     assert robustness.top1(choice, "original").to_dict() == {"a": 1.0, "b": 0.0}
 
 
-def test_recovered_fraction_is_undefined_without_a_removal():
-    assert relearn.recovered_fraction(1.0, 1.0, 0.5) is None
-    assert relearn.recovered_fraction(1.0, 1.0 + math.log(1.5), 1.0) is None  # x1.5: too little to recover
-    assert relearn.recovered_fraction(1.0, 3.0, 2.0) == pytest.approx(0.5)
+def test_recovered_fraction_is_zero_for_an_unchanged_gap_one_for_a_closed_one():
+    assert relearn.recovered_fraction(2.0, 2.0) == 0.0  # both models learned alike: the gap is untouched
+    assert relearn.recovered_fraction(2.0, 0.0) == 1.0  # the remaining model caught up with the original
+    assert relearn.recovered_fraction(2.0, 1.0) == pytest.approx(0.5)
+    assert relearn.recovered_fraction(2.0, 3.0) == pytest.approx(-0.5)  # the gap widened
+    assert relearn.recovered_fraction(0.0, -0.5) is None  # nothing removed: undefined, not 0
+    assert relearn.recovered_fraction(math.log(1.5), 0.0) is None  # x1.5: too little to recover
 
 
 # ---------------------------------------------------------------------------------------------
