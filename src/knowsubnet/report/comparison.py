@@ -161,7 +161,7 @@ def comparison_section(mask_records: Sequence[dict[str, Any]], mask_metas: Seque
         "finetuning methods: a change of the same norm per matrix in a random direction). "
         "**weights changed** counts every weight whose value differs from the original; the "
         "finetuning methods change all of them. Robustness columns as in \"Removed, or only hidden?\" "
-        "(relearned: share of the removal recovered by 50 steps of finetuning). Time: discovery or "
+        "(relearned: share of the removal's gap to the original closed by 50 steps of finetuning both). Time: discovery or "
         "the baseline's stage, wall clock. The verdict applies the same bars to every method.", "",
         table, "",
         f"![trade-off per method]({Path('figures') / 'comparison_tradeoff.png'})", ""]

@@ -228,9 +228,10 @@ def section(paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dp
              "### Relearning", "",
              "The masked layers finetuned for `robustness.relearn` steps on other TargetKG facts (held out: the train "
              "facts) or on unrelated ControlKG facts, then scored on TargetKG facts they did not see. Recovered = "
-             "(log PPL removed − log PPL after) / (log PPL removed − log PPL original); undefined where the removal "
-             "was under ×2. The same finetune of the original and of the random-removed model (PPL ÷ the original "
-             "before finetuning) is the baseline.", "", texts["robustness_relearn_md"], "",
+             "1 − gap after / gap before, a gap being log PPL remaining − log PPL original, the original finetuned "
+             "the same way: 0 = the gap is untouched, 1 = closed; undefined where the removal was under ×2. The "
+             "same finetune of the original and of the random-removed model (PPL ÷ the original before "
+             "finetuning) is shown beside it.", "", texts["robustness_relearn_md"], "",
              "### Specificity", "",
              "False tails: the test facts' templates with other tails of the relation; foreign heads: with ControlKG "
              "heads. If these degrade as much as the true facts, the removal broke the wording, not the facts. Same "
