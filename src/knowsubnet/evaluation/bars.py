@@ -9,10 +9,12 @@ All ratios are test-set PPL of a variant ÷ PPL of the original model. A run mee
                        (removed TargetKG ratio − 1): how much of the subnetwork's effect on TargetKG
                        a random subnetwork of the same size has (∞ when removing the subnetwork
                        does not raise TargetKG PPL);
-- max_controlkg_ratio: ControlKG ratio of the removed model ≤ the bar;
-- max_controllm_ratio: ControlLM ratio of the removed model ≤ the bar.
+- max_controlkg_ratio: ControlKG ratio of the removed model within [1 / bar, bar];
+- max_controllm_ratio: ControlLM ratio of the removed model within [1 / bar, bar].
 
-A value that cannot be computed (NaN) misses its bar.
+The control bars are two-sided: a control that moves either way is damage (a ControlKG PPL that
+falls to ×0.89 means the removal changed what the model says about other facts, as much as one
+that rises to ×1.12 does). A value that cannot be computed (NaN) misses its bar.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def ratios(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def within(ratio: float, bar: float) -> bool:
+    """1 / bar <= ratio <= bar: a two-sided control bar (False for NaN)."""
+    return 1.0 / bar <= ratio <= bar
+
+
 def check_bars(result: Mapping[str, Any], bars: Mapping[str, float]) -> dict[str, Any]:
     """`ratios` of an ablation result, `met_<bar>` (bool) for each of BARS, and `verdict`:
     "all met", or the missed bars' names joined by ", " (in BARS order)."""
@@ -50,8 +57,8 @@ def check_bars(result: Mapping[str, Any], bars: Mapping[str, float]) -> dict[str
     met = {"min_sparsity": values["sparsity"] >= bars["min_sparsity"],
            "min_target_ratio": values["ratio_removed_targetkg"] >= bars["min_target_ratio"],
            "max_random_share": values["random_share"] <= bars["max_random_share"],
-           "max_controlkg_ratio": values["ratio_removed_controlkg"] <= bars["max_controlkg_ratio"],
-           "max_controllm_ratio": values["ratio_removed_controllm"] <= bars["max_controllm_ratio"]}
+           "max_controlkg_ratio": within(values["ratio_removed_controlkg"], bars["max_controlkg_ratio"]),
+           "max_controllm_ratio": within(values["ratio_removed_controllm"], bars["max_controllm_ratio"])}
     missed = [bar for bar in BARS if not met[bar]]
     return {**values, **{f"met_{bar}": bool(met[bar]) for bar in BARS},
             "verdict": ", ".join(missed) if missed else ALL_MET}

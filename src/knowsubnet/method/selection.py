@@ -37,9 +37,11 @@ def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], 
     val, ControlKG val and held-out ControlLM blocks, with a same-size random mask beside it. The
     mask kept is, among the validations with sparsity >= `min_sparsity` and TargetKG val PPL >=
     `min_target_ratio` x original, the one with the least damage to the controls, measured as
-    log(ControlKG PPL ratio) + log(ControlLM PPL ratio). When none qualifies, the last one."""
+    |log(ControlKG PPL ratio)| + |log(ControlLM PPL ratio)|: a control that falls is damage as much
+    as one that rises (a falling ControlKG PPL must not buy a checkpoint). When none qualifies, the
+    last one."""
     def damage(row):
-        return sum(math.log(row[f"val_{s}_ppl"] / original[s]) for s in ("controlkg", "controllm")
+        return sum(abs(math.log(row[f"val_{s}_ppl"] / original[s])) for s in ("controlkg", "controllm")
                    if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
 
     qualified = [i for i, row in enumerate(rows) if qualifies(row, original, cfg)]

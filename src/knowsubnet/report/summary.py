@@ -30,15 +30,16 @@ def summary_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFram
     def mark(row: dict, bar: str) -> str:
         return "" if row[f"met_{bar}"] else " ✗"
 
-    set_bar = {"targetkg": ("≥", "min_target_ratio"), "controlkg": ("≤", "max_controlkg_ratio"),
-               "controllm": ("≤", "max_controllm_ratio")}
+    set_bar = {"targetkg": ("≥", "min_target_ratio"), "controlkg": ("±", "max_controlkg_ratio"),
+               "controllm": ("±", "max_controllm_ratio")}  # ±: within [1 / bar, bar] (two-sided)
     out = []
     for row in table.to_dict("records"):
         shown = {"Model": row["model"], "Target": row["target"], "Seed": str(row["seed"]),
                  f"Sparsity (≥ {pct(bars['min_sparsity'], 0)})": pct(row["sparsity"]) + mark(row, "min_sparsity")}
         for s in SETS:
             sign, bar = set_bar[s]
-            shown[f"{SET_LABELS[s]} × removed (random) ({sign} {bars[bar]:g})"] = (
+            limit = f"≥ {bars[bar]:g}" if sign == "≥" else f"{1 / bars[bar]:.3g}–{bars[bar]:g}"
+            shown[f"{SET_LABELS[s]} × removed (random) ({limit})"] = (
                 f"{fmt(row[f'ratio_removed_{s}'])}{mark(row, bar)} ({fmt(row[f'ratio_random_{s}'])})")
         shown[f"Random share (≤ {bars['max_random_share']:g})"] = (fmt(row["random_share"])
                                                                     + mark(row, "max_random_share"))

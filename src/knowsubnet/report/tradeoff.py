@@ -68,9 +68,9 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
                     "random TargetKG ×": f"{row.random_targetkg_x:.3f}",
                     f"random share (≤ {bars['max_random_share']:g})":
                         f"{row.random_share:.4f}{mark(meets['max_random_share'])}",
-                    f"ControlKG × (≤ {bars['max_controlkg_ratio']:g})":
+                    f"ControlKG × ({1 / bars['max_controlkg_ratio']:.3g}–{bars['max_controlkg_ratio']:g})":
                         f"{row.controlkg_x:.3f}{mark(meets['max_controlkg_ratio'])}",
-                    f"ControlLM × (≤ {bars['max_controllm_ratio']:g})":
+                    f"ControlLM × ({1 / bars['max_controllm_ratio']:.3g}–{bars['max_controllm_ratio']:g})":
                         f"{row.controllm_x:.3f}{mark(meets['max_controllm_ratio'])}",
                     "all bars": "yes" if row.all_bars else "no"})
     return pd.DataFrame(out)
@@ -136,7 +136,8 @@ def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi
                 ax.plot(100 * kept["sparsity"], kept[f"{s}_x_removed"], color=COLORS[s], marker="*",
                         markersize=11, linestyle="none")
         for value, s in ((bars["min_target_ratio"], "targetkg"), (bars["max_controlkg_ratio"], "controlkg"),
-                         (bars["max_controllm_ratio"], "controllm")):
+                         (1 / bars["max_controlkg_ratio"], "controlkg"), (bars["max_controllm_ratio"], "controllm"),
+                         (1 / bars["max_controllm_ratio"], "controllm")):  # the control bars are two-sided
             ax.axhline(value, color=COLORS[s], linestyle=":", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("sparsity of the masked layers (%)", fontsize=8)

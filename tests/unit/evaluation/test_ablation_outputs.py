@@ -143,6 +143,11 @@ def test_check_bars_names_each_missed_bar():
     checked = check_bars(leaky, bars)
     assert checked["verdict"] == "max_controlkg_ratio" and checked["ratio_removed_controlkg"] == pytest.approx(1.2)
     assert [checked[f"met_{bar}"] for bar in BARS] == [True, True, True, False, True]
+    # the control bars are two-sided: ControlKG falling to x0.8 is damage too (x1/1.10 = 0.909 is the edge)
+    falling = metrics("m", "A", 2, (190.0, -2.0, 0.2), (1.0, 0.1, 0.1), sparsity=0.99)  # ControlKG x0.8
+    assert check_bars(falling, bars)["verdict"] == "max_controlkg_ratio"
+    inside = metrics("m", "A", 3, (190.0, -0.9, 0.2), (1.0, 0.1, 0.1), sparsity=0.99)  # ControlKG x0.91
+    assert check_bars(inside, bars)["verdict"] == "all met"
     weak = metrics("m", "B", 0, (50.0, 0.0, 0.0), (10.0, 0.0, 0.0), sparsity=0.97)  # x6, share 0.2
     assert check_bars(weak, bars)["verdict"] == "min_sparsity, min_target_ratio, max_random_share"
     inert = metrics("m", "B", 1, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), sparsity=0.99)  # TargetKG not raised at all

@@ -304,6 +304,9 @@ def test_select_checkpoint_prefers_least_control_damage_among_qualified():
     assert select_checkpoint(rows[:3], original, select_config(min_sparsity=0.999)) == 2
     # no criterion: least damage overall, the later step on a tie
     assert select_checkpoint(rows, original, select_config()) == 1
+    # damage counts both ways: ControlKG falling to x0.7 loses to rising to x1.1
+    falling = dict(rows[2], step=250, val_controlkg_ppl=14.0, val_controllm_ppl=50.0)
+    assert select_checkpoint([rows[3], falling], original, cfg) == 0
 
 
 def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_one():

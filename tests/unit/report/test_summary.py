@@ -39,7 +39,7 @@ def test_summary_has_one_row_per_run_with_its_verdict():
         row = table[(table["target"] == rec["target"]) & (table["seed"] == rec["seed"])].iloc[0]
         assert row["verdict"] == ablation.headline(rec, BARS)["verdict"]
     shown = summary.summary_markdown(table, BARS)
-    assert shown.loc[1, "ControlKG × removed (random) (≤ 1.1)"] == "1.200 ✗ (1.010)"
+    assert shown.loc[1, "ControlKG × removed (random) (0.909–1.1)"] == "1.200 ✗ (1.010)"
     assert shown.loc[0, "TargetKG × removed (random) (≥ 10)"] == "20.0 (1.100)"
     assert shown.loc[2, "Sparsity (≥ 98 %)"] == "97.00 % ✗" and shown.loc[2, "Random share (≤ 0.1)"] == "0.200 ✗"
 

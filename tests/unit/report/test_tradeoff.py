@@ -48,7 +48,7 @@ def test_bars_mark_each_missed_bar():
     assert table.loc[2, "meets"] == {"min_sparsity": False, "min_target_ratio": False, "max_random_share": False,
                                      "max_controlkg_ratio": True, "max_controllm_ratio": True}
     shown = tradeoff.bars_markdown(table, bars)
-    assert shown.iloc[1]["ControlKG × (≤ 1.2)"].endswith("✗") and shown.iloc[0]["all bars"] == "yes"
+    assert shown.iloc[1]["ControlKG × (0.833–1.2)"].endswith("✗") and shown.iloc[0]["all bars"] == "yes"
     assert shown.iloc[2]["random share (≤ 0.1)"].endswith("✗") and shown.iloc[2]["all bars"] == "no"
     with pytest.raises(InputError, match="report.bars"):
         base_params({"report": {"bars": {"max_ppl": 2}}})
