@@ -6,7 +6,9 @@ headline ratios, the Jaccard overlap of their masks and their discovery wall tim
 
 RUN_A and RUN_B are project roots (or copies of their results/): each needs
 results/masks/{model}/{target}/seed{seed}/{mask.safetensors,meta.json} and
-results/eval/{model}/{target}/seed{seed}/headline.json. Prints one Markdown table.
+results/eval/{model}/{target}/seed{seed}/metrics.json. Verdicts are checked here against the bars
+of config/base.yaml (`evaluation.bars.check_bars`), so two runs of different commits are judged
+alike. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ def jaccard(a: dict, b: dict) -> float:
     return inter / union if union else 1.0
 
 
-def load(root: Path, model: str, target: str, seed: int) -> tuple[dict, dict, dict]:
+def load(root: Path, model: str, target: str, seed: int, bars: dict) -> tuple[dict, dict, dict]:
+    from knowsubnet.evaluation.bars import check_bars
     from knowsubnet.method import masking
 
     mask_dir = root / "results" / "masks" / model / target / f"seed{seed}"
     logits, _ = masking.load_mask(mask_dir / "mask.safetensors")
     meta = json.loads((mask_dir / "meta.json").read_text())
-    headline = json.loads((root / "results" / "eval" / model / target / f"seed{seed}" / "headline.json").read_text())
-    return masking.binary_masks(logits), meta, headline
+    result = json.loads((root / "results" / "eval" / model / target / f"seed{seed}" / "metrics.json").read_text())
+    return masking.binary_masks(logits), meta, check_bars(result, bars)
 
 
 def main(argv=None) -> None:
@@ -49,6 +52,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", nargs=2, default=("A", "B"))
     args = parser.parse_args(argv)
+    import dataclasses
+
+    from knowsubnet.core import config
+
+    params = config.load([ROOT / "config" / "base.yaml"], ROOT / "config" / "params.schema.yaml")
+    bars = dataclasses.asdict(params.report.bars)
     a_label, b_label = args.labels
     head = ["target", "verdict " + a_label, "verdict " + b_label]
     head += [f"{name} {label}" for _, name in RATIOS for label in (a_label, b_label)]
@@ -57,8 +66,8 @@ def main(argv=None) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for target in args.targets:
-        mask_a, meta_a, head_a = load(args.run_a, args.model, target, args.seed)
-        mask_b, meta_b, head_b = load(args.run_b, args.model, target, args.seed)
+        mask_a, meta_a, head_a = load(args.run_a, args.model, target, args.seed, bars)
+        mask_b, meta_b, head_b = load(args.run_b, args.model, target, args.seed, bars)
         row = [target, head_a["verdict"], head_b["verdict"]]
         row += [f"{h[key]:.4g}" for key, _ in RATIOS for h in (head_a, head_b)]
         row += [f"{h['sparsity']:.2%}" for h in (head_a, head_b)]
