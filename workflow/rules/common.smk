@@ -21,7 +21,7 @@ def _effective_params_file():
     path = Path(".knowsubnet") / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several snakemake processes may write it at once
         tmp.write_text(text)
         tmp.replace(path)
     return str(path)
