@@ -73,6 +73,8 @@ class TopBlocks:
     `compute_dtype=torch.bfloat16` runs the top blocks and the head under bf16 autocast with bf16
     copies of their frozen matrices made once here (`compute_weights`), so no forward re-casts them;
     norms, biases and the model itself stay fp32. The caller's `weights` should then be bf16 too.
+    The copies are a snapshot: a weight written into the model later (relearning's steps) is seen
+    only when passed in `weights`.
     """
 
     def __init__(self, model: nn.Module, first: int, compute_dtype: torch.dtype = torch.float32):
