@@ -54,10 +54,10 @@ lock:
 # (A --config in SMK_ARGS replaces this one: add data__mirror=null to it.)
 NO_MIRROR := $(if $(wildcard ../shared/data),,--config data__mirror=null)
 # (a variable: a comma written inside $(if ...) would split its arguments)
-NO_MIRROR_NOTE := make run: no local mirror ../shared/data, so data.mirror=null: the datasets download from their canonical sources
+NO_MIRROR_NOTE := no local mirror ../shared/data, so data.mirror=null: the datasets download from their canonical sources
 
 run-tiny: setup
-	$(if $(NO_MIRROR),@echo "$(NO_MIRROR_NOTE)")
+	$(if $(NO_MIRROR),@echo "make run-tiny: $(NO_MIRROR_NOTE)")
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local $(NO_MIRROR) $(SMK_ARGS)
 
 # The demo preset downloads its data unless the local mirror ../shared/data is there.
@@ -65,6 +65,7 @@ MIRROR_CONFIG := $(if $(wildcard ../shared/data),config/mirror-local.yaml,)
 
 # The main job: the demo preset's real model on one relation and one concept (config/overlays/demo-short.yaml).
 run: setup
+	$(if $(MIRROR_CONFIG),,@echo "make run: no local mirror ../shared/data: the datasets download from their canonical sources")
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
 		--configfile config/presets/demo.yaml config/overlays/demo-short.yaml $(MIRROR_CONFIG) $(SMK_ARGS)
 

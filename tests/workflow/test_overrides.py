@@ -139,12 +139,19 @@ def test_make_params_passes_each_set_word_as_one_set():
 def test_make_run_without_a_local_mirror_downloads_and_says_so(proj):
     assert not (proj.parent / "shared" / "data").exists()
     venv = Path(sys.executable).parent.parent
-    lines = run(["make", "-n", "-o", f"{venv}/.installed", "run", f"VENV={venv}"], proj).stdout.splitlines()
-    note = next(line for line in lines if line.startswith("echo "))
-    assert run(["sh", "-c", note], proj).stdout.strip() == (
-        "make run: no local mirror ../shared/data, so data.mirror=null: the datasets download from their "
-        "canonical sources")
-    assert any("snakemake --cores" in line and line.rstrip().endswith("--config data__mirror=null") for line in lines)
+
+    def recipe(target):
+        lines = run(["make", "-n", "-o", f"{venv}/.installed", target, f"VENV={venv}"], proj).stdout.splitlines()
+        note = next(line for line in lines if line.startswith("echo "))
+        return run(["sh", "-c", note], proj).stdout.strip(), " ".join(lines)
+
+    note, lines = recipe("run")  # the main job: the demo preset, which downloads unless mirror-local.yaml is given
+    assert note == "make run: no local mirror ../shared/data: the datasets download from their canonical sources"
+    assert "config/overlays/demo-short.yaml" in lines and "mirror-local.yaml" not in lines
+    note, lines = recipe("run-tiny")  # params.yaml reads the mirror: switched off
+    assert note == ("make run-tiny: no local mirror ../shared/data, so data.mirror=null: the datasets download "
+                    "from their canonical sources")
+    assert "snakemake --cores" in lines and lines.rstrip().endswith("--config data__mirror=null")
 
 
 # -- a missing data mirror -------------------------------------------------------------------------

@@ -25,9 +25,7 @@ import yaml
 
 from knowsubnet.core.errors import InputError
 
-# ------------------------------------------------------------------------------------------------
-# the sections (field names are the YAML keys; config/base.yaml documents each one)
-
+# -- the sections (field names are the YAML keys; config/base.yaml documents each one) ----------
 
 @dataclass(frozen=True)
 class Data:
