@@ -124,10 +124,9 @@ def main() -> None:
     t_packed = args.versions * timed(packed, model, enc, args.batch)
     t_cached = timed(lambda: head_features(TopBlocks(model, first), {"q": enc}, versions, args.batch,
                                            torch.device("cpu"), progress=False))
-    # csqa.dtype bfloat16: the same cached path on bf16 copies of the top blocks (the versions cast once)
-    bf16_versions = {v: {k: w.bfloat16() for k, w in weights.items()} for v, weights in versions.items()}
-    t_bf16 = timed(lambda: head_features(TopBlocks(model, first, torch.bfloat16), {"q": enc}, bf16_versions,
-                                         args.batch, torch.device("cpu"), progress=False))
+    # csqa.dtype bfloat16: the same cached path on bf16 copies of the top blocks
+    t_bf16 = timed(lambda: head_features(TopBlocks(model, first, torch.bfloat16), {"q": enc}, versions, args.batch,
+                                         torch.device("cpu"), progress=False))
     n = len(questions)
     print(f"{type(model).__name__}, {len(layers)} masked matrices in the top {args.top_blocks} blocks, "
           f"{n} CSQA questions, {args.versions} versions, {args.threads} threads")

@@ -25,13 +25,6 @@ RATIOS = (("ratio_removed_targetkg", "TargetKG ×"), ("ratio_removed_controlkg",
           ("ratio_removed_controllm", "ControlLM ×"))
 
 
-def jaccard(a: dict, b: dict) -> float:
-    """|A ∩ B| / |A ∪ B| of two binary masks ({layer: bool tensor}) over all their entries."""
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    union = sum(int((a[k] | b[k]).sum()) for k in a)
-    return inter / union if union else 1.0
-
-
 def load(root: Path, model: str, target: str, seed: int, bars: dict) -> tuple[dict, dict, dict]:
     from knowsubnet.evaluation.bars import check_bars
     from knowsubnet.method import masking
@@ -55,6 +48,7 @@ def main(argv=None) -> None:
     import dataclasses
 
     from knowsubnet.core import config
+    from knowsubnet.report import analysis
 
     params = config.load([ROOT / "config" / "base.yaml"], ROOT / "config" / "params.schema.yaml")
     bars = dataclasses.asdict(params.report.bars)
@@ -71,7 +65,7 @@ def main(argv=None) -> None:
         row = [target, head_a["verdict"], head_b["verdict"]]
         row += [f"{h[key]:.4g}" for key, _ in RATIOS for h in (head_a, head_b)]
         row += [f"{h['sparsity']:.2%}" for h in (head_a, head_b)]
-        row.append(f"{jaccard(mask_a, mask_b):.3f}")
+        row.append(f"{analysis.jaccard(mask_a, mask_b):.3f}")
         row += [str(((m.get("selection") or {}).get("chosen") or {}).get("step", m["steps"])) for m in (meta_a, meta_b)]
         time_a, time_b = meta_a["wall_time_s"], meta_b["wall_time_s"]
         row += [f"{time_a / 60:.1f}", f"{time_b / 60:.1f}", f"{time_a / time_b:.2f}"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from knowsubnet.data.encoding import IGNORE, FactSet
 from knowsubnet.method import masking
+from knowsubnet.models import precision
 from knowsubnet.models.top_blocks import TopBlocks
 
 # A recovered fraction needs something to recover: below x2 it is reported as undefined.
@@ -110,9 +111,10 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                     layer.weight.masked_fill_(zero[layer.name], 0.0)
         for weight in weights:
             weight.requires_grad_(True)
-        # in bf16 the fp32 weights train (fused Adam) and each step's forward sees a bf16 cast of them
-        dtype = facts.top.compute_dtype
-        optimizer = torch.optim.Adam(weights, lr=lr, fused=dtype != torch.float32 or None)
+        # in bf16 the fp32 weights train and each step's forward sees them cast (TopBlocks.forward);
+        # TopBlocks' own bf16 copies are a snapshot from before the finetuning
+        bf16 = facts.top.compute_dtype != torch.float32
+        optimizer = precision.adam(weights, lr, facts.top.compute_dtype)
         generator = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(len(facts), generator=generator)
         position = 0
@@ -122,8 +124,7 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                 order, position = torch.randperm(len(facts), generator=generator), 0
             index = order[position:position + batch]
             position += len(index)
-            cast = {l.name: l.weight.to(dtype) for l in layers} if dtype != torch.float32 else None
-            loss = facts.tail_ce(index, cast).mean()
+            loss = facts.tail_ce(index, {l.name: l.weight for l in layers} if bf16 else None).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hold_zero and zero is not None:

@@ -270,7 +270,7 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
 
 
 def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFrame], cfg, device,
-               scored_positions: str) -> dict[str, Any]:
+               scored_positions: str, dtype: torch.dtype) -> dict[str, Any]:
     """Probe 4: every (model variant, finetuning data) pair, scored on the facts it did not see."""
     model = variants.model
     scored = relearn.CachedFacts(model, layers, _factset(tokenizer, sets["scored"], scored_positions), device)
@@ -286,8 +286,7 @@ def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFra
             runs[data] = None
             continue
         train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device,
-                                    compute_dtype=precision.resolve(cfg.relearn.dtype, torch.device(device),
-                                                                    key="robustness.relearn.dtype"))
+                                    compute_dtype=dtype)
         runs[data] = {"n_train": len(train)}
         after_nll = {}
         for name, variant, hold in setups:
@@ -386,7 +385,9 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     kl = controlkg_kl(variants, relearn.CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
                       cfg.batch_size)
     lap("controlkg_kl")
-    relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions)
+    relearn_dtype = precision.resolve(cfg.relearn.dtype, device, key="robustness.relearn.dtype")
+    relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions,
+                           relearn_dtype)
     lap("relearning")
 
     result = {"model": model, "target": target, "seed": int(seed), "method": edit.metadata.get("method", "mask"),
@@ -397,8 +398,7 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
               "wall_time_s": timings,
               "provenance": stamp({"robustness": params.section("robustness"), "known": params.section("known")},
                                   model_dir=str(model_dir), mask=str(mask), device=str(device),
-                                  relearn_dtype=precision.name(precision.resolve(
-                                      cfg.relearn.dtype, device, key="robustness.relearn.dtype")))}
+                                  relearn_dtype=precision.name(relearn_dtype))}
     summary = headline(result)
     write_parquet(out_dir / "sentences.parquet", scored)
     write_json(out_dir / "headline.json", summary)

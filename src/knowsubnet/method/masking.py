@@ -107,8 +107,9 @@ def binary_masks(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def apply_mask(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
-               keep: str = "remaining") -> dict[str, torch.Tensor]:
+               keep: str = "remaining", weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The one way a binary mask is applied: {layer name: its weight with the mask applied} (new tensors).
+    `weights` ({layer name: W}) gives the weights to mask (bf16 copies, say); by default the layers' own.
 
     keep="remaining": the subnetwork (mask True) is removed (zeroed), the rest kept;
     keep="subnetwork": only the subnetwork is kept, everything else in the masked layers zeroed.
@@ -119,8 +120,9 @@ def apply_mask(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], gran
         raise ValueError(f"keep must be 'remaining' or 'subnetwork', got {keep!r}")
     out = {}
     for layer in layers:
-        in_subnet = expand_to_weight(masks[layer.name].to(layer.weight.device, torch.bool), layer, granularity)
-        out[layer.name] = layer.weight.detach().masked_fill(in_subnet if keep == "remaining" else ~in_subnet, 0.0)
+        weight = layer.weight if weights is None else weights[layer.name]
+        in_subnet = expand_to_weight(masks[layer.name].to(weight.device, torch.bool), layer, granularity)
+        out[layer.name] = weight.detach().masked_fill(in_subnet if keep == "remaining" else ~in_subnet, 0.0)
     return out
 
 
@@ -392,9 +394,8 @@ class MaskLogits:
         for layer in self.layers:
             value = self.logits[layer.name]
             weight = self.frozen[layer.name]
-            if deterministic:  # the evaluation subnetwork, logit > 0 (as apply_mask, in the compute dtype)
-                in_subnet = expand_to_weight(value.detach() > 0, layer, self.granularity)
-                out[layer.name] = weight.detach().masked_fill(in_subnet, 0.0)
+            if deterministic:  # the evaluation subnetwork, logit > 0
+                out.update(apply_mask([layer], {layer.name: value.detach() > 0}, self.granularity, weights=self.frozen))
             elif self.sampler == "gumbel_sigmoid" and self.granularity == "weight":
                 noise = _scaled(logistic_noise(value.shape, generator, value.device, value.dtype), noise_scale)
                 out[layer.name] = _GumbelMaskedWeight.apply(value, weight.detach(), noise, self.tau)

@@ -98,8 +98,9 @@ class MaskTrainer:
         hc = mask_config.hard_concrete
         self.mask = MaskLogits(self.layers, mask_config.granularity, mask_config.init_prob, mask_config.sampler,
                                mask_config.tau, hc.beta, hc.gamma, hc.zeta, device=self.device,
-                               hard_concrete_hard=hc.hard, frozen=self.frozen_weights())
-        self.optimizer = self.make_optimizer(self.mask.parameters())
+                               hard_concrete_hard=hc.hard,
+                               frozen={layer.name: self.top.weight(layer.name) for layer in self.layers})
+        self.optimizer = precision.adam(self.mask.parameters(), train_config.lr, self.dtype)
 
         # Batches are drawn on the CPU (device-independent); mask noise on the training device.
         self.batch_gen = torch.Generator().manual_seed(self.seed)
@@ -123,15 +124,6 @@ class MaskTrainer:
             self._cache_validation(validation)
 
     # -- setup -------------------------------------------------------------------------------
-
-    def frozen_weights(self) -> dict[str, torch.Tensor]:
-        """The masked layers' frozen weights in the compute dtype (bf16 copies made once, or the model's own)."""
-        return {layer.name: self.top.weight(layer.name) for layer in self.layers}
-
-    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        # fp32 keeps torch's default Adam (its numbers as they were); bf16 takes the fused kernel (one
-        # pass over the fp32 state instead of five)
-        return torch.optim.Adam(params, lr=self.cfg.lr, fused=self.dtype != torch.float32 or None)
 
     @torch.no_grad()
     def _prefix_all(self, input_ids: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives
 from knowsubnet.method.masking import MaskableLayer
 from knowsubnet.method.training import MaskTrainer
+from knowsubnet.models import precision
 
 METHODS = ("graddiff", "npo")
 
@@ -105,7 +106,7 @@ class UnlearningTrainer(MaskTrainer):
         super().__init__(model, targetkg, controlkg, controllm, mask_config, trainer_config(train_config, cfg),
                          seed, **kwargs)
         self.mask = WeightParams(self.layers, self.dtype)
-        self.optimizer = self.make_optimizer(self.mask.parameters())
+        self.optimizer = precision.adam(self.mask.parameters(), cfg.lr, self.dtype)
         self.t_ref = None
         if method == "npo":  # the original model's log p(tail) of every TargetKG training fact
             with torch.no_grad():

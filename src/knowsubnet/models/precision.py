@@ -32,11 +32,17 @@ def resolve(pref: str, device: torch.device, key: str = "dtype") -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_bf16_flags() else torch.float32
 
 
+def adam(params: list[torch.Tensor], lr: float, dtype: torch.dtype) -> torch.optim.Adam:
+    """Adam on fp32 parameters for a run in `dtype`: fp32 keeps torch's default implementation (its
+    numbers as they were); bf16 takes the fused kernel (one pass over the state instead of five)."""
+    return torch.optim.Adam(params, lr=lr, fused=dtype != torch.float32 or None)
+
+
 def name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
 def provenance(dtype: torch.dtype, device: torch.device) -> dict[str, str]:
-    """What a trained artifact records of how it was computed (the CPU's bf16 flags are in every
-    artifact's `environment`)."""
-    return {"compute_dtype": name(dtype), "device": str(device), "torch_threads": str(torch.get_num_threads())}
+    """What a trained artifact records of how it was computed, beside its `device` (the CPU's bf16
+    flags are in every artifact's `environment`)."""
+    return {"compute_dtype": name(dtype), "torch_threads": str(torch.get_num_threads())}

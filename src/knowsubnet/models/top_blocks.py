@@ -72,9 +72,9 @@ class TopBlocks:
 
     `compute_dtype=torch.bfloat16` runs the top blocks and the head under bf16 autocast with bf16
     copies of their frozen matrices made once here (`compute_weights`), so no forward re-casts them;
-    norms, biases and the model itself stay fp32. The caller's `weights` should then be bf16 too.
-    The copies are a snapshot: a weight written into the model later (relearning's steps) is seen
-    only when passed in `weights`.
+    norms, biases and the model itself stay fp32. The caller's `weights` are cast to the compute
+    dtype (a no-op for weights already in it). The copies are a snapshot: a weight written into the
+    model later (relearning's steps) is seen only when passed in `weights`.
     """
 
     def __init__(self, model: nn.Module, first: int, compute_dtype: torch.dtype = torch.float32):
@@ -163,7 +163,8 @@ class TopBlocks:
             # inputs_embeds only fixes the batch shape and positions here: the hook replaces what
             # reaches block `first` by `hidden` (GPT-2 adds position embeddings to inputs_embeds).
             kwargs = {"inputs_embeds": hidden, "use_cache": False, **model_kwargs}
-            replaced = {**self.compute_weights, **{self.param_key(k): v for k, v in (weights or {}).items()}}
+            replaced = {**self.compute_weights,
+                        **{self.param_key(k): v.to(self.compute_dtype) for k, v in (weights or {}).items()}}
             with self.autocast(), self._attention(hidden.shape[1]):
                 if replaced:
                     out = functional_call(self.base, replaced, (), kwargs, strict=False)

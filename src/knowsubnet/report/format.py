@@ -62,6 +62,11 @@ def pm(mean: float, std: float) -> str:
     return f"{fmt(mean)} ± {fmt(std)}"
 
 
+def band(bar: float) -> str:
+    """A two-sided control bar as its range: 1.1 -> "0.909–1.1" (evaluation.bars.within)."""
+    return f"{1 / bar:.3g}–{bar:g}"
+
+
 def pct(value: float, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

@@ -12,7 +12,7 @@ import pandas as pd
 
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
-from knowsubnet.report.format import SET_LABELS, SETS, Section, fmt, markdown_table, pct, write_csv
+from knowsubnet.report.format import SET_LABELS, SETS, Section, band, fmt, markdown_table, pct, write_csv
 
 
 def summary_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.DataFrame:
@@ -30,15 +30,14 @@ def summary_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFram
     def mark(row: dict, bar: str) -> str:
         return "" if row[f"met_{bar}"] else " ✗"
 
-    set_bar = {"targetkg": ("≥", "min_target_ratio"), "controlkg": ("±", "max_controlkg_ratio"),
-               "controllm": ("±", "max_controllm_ratio")}  # ±: within [1 / bar, bar] (two-sided)
+    set_bar = {"targetkg": "min_target_ratio", "controlkg": "max_controlkg_ratio", "controllm": "max_controllm_ratio"}
     out = []
     for row in table.to_dict("records"):
         shown = {"Model": row["model"], "Target": row["target"], "Seed": str(row["seed"]),
                  f"Sparsity (≥ {pct(bars['min_sparsity'], 0)})": pct(row["sparsity"]) + mark(row, "min_sparsity")}
         for s in SETS:
-            sign, bar = set_bar[s]
-            limit = f"≥ {bars[bar]:g}" if sign == "≥" else f"{1 / bars[bar]:.3g}–{bars[bar]:g}"
+            bar = set_bar[s]
+            limit = f"≥ {bars[bar]:g}" if s == "targetkg" else band(bars[bar])  # the controls are two-sided
             shown[f"{SET_LABELS[s]} × removed (random) ({limit})"] = (
                 f"{fmt(row[f'ratio_removed_{s}'])}{mark(row, bar)} ({fmt(row[f'ratio_random_{s}'])})")
         shown[f"Random share (≤ {bars['max_random_share']:g})"] = (fmt(row["random_share"])

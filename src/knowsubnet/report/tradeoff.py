@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
-from knowsubnet.report.format import SET_LABELS, SETS, Section, markdown_table, read_record, save_figure, write_csv
+from knowsubnet.report.format import (SET_LABELS, SETS, Section, band, markdown_table, read_record, save_figure,
+                                      write_csv)
 
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
 
@@ -68,9 +69,9 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
                     "random TargetKG ×": f"{row.random_targetkg_x:.3f}",
                     f"random share (≤ {bars['max_random_share']:g})":
                         f"{row.random_share:.4f}{mark(meets['max_random_share'])}",
-                    f"ControlKG × ({1 / bars['max_controlkg_ratio']:.3g}–{bars['max_controlkg_ratio']:g})":
+                    f"ControlKG × ({band(bars['max_controlkg_ratio'])})":
                         f"{row.controlkg_x:.3f}{mark(meets['max_controlkg_ratio'])}",
-                    f"ControlLM × ({1 / bars['max_controllm_ratio']:.3g}–{bars['max_controllm_ratio']:g})":
+                    f"ControlLM × ({band(bars['max_controllm_ratio'])})":
                         f"{row.controllm_x:.3f}{mark(meets['max_controllm_ratio'])}",
                     "all bars": "yes" if row.all_bars else "no"})
     return pd.DataFrame(out)

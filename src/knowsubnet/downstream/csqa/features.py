@@ -38,6 +38,8 @@ def head_features(top: TopBlocks, encodings: Mapping[str, Encoded], versions: Ma
     `state` resumes a run `save` checkpointed (it is called with the partial result at most every
     `save_every_s` seconds)."""
     hidden_size = top.head.weight.shape[1]  # the LM head is [vocab, d]
+    # each version's weights in the compute dtype once, not at every batch's forward
+    versions = {v: {k: w.to(top.compute_dtype) for k, w in weights.items()} for v, weights in versions.items()}
     if state is not None:
         features, done = state["features"], set(state["done"])
     else:

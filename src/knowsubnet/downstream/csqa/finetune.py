@@ -166,15 +166,15 @@ class CSQAFinetuner:
     def _features(self, state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
         if state.get("features_done"):
             return state["features"]
-        dtype = precision.resolve(self.settings.dtype, self.device, key="csqa.dtype")
-        top = TopBlocks(self.model.to(self.device), self.first_block, dtype)
+        top = TopBlocks(self.model.to(self.device), self.first_block,
+                        precision.resolve(self.settings.dtype, self.device, key="csqa.dtype"))
         partial = state.get("features_partial")
 
         def save(progress_state):
             self._save({**state, "features_partial": progress_state})
 
-        weights = {v: {k: w.to(dtype) for k, w in masking.apply_mask(self.layers, m, self.granularity).items()}
-                   if m is not None else {} for v, m in self.masks.items()}
+        weights = {v: masking.apply_mask(self.layers, m, self.granularity) if m is not None else {}
+                   for v, m in self.masks.items()}
         features = head_features(top, self._encodings(), weights, self.settings.eval_batch_size, self.device,
                                  state=partial, save=save if self.checkpoint_path else None, progress=self.progress)
         state.pop("features_partial", None)
