@@ -100,6 +100,8 @@ use rule evaluate_robustness as baseline_robustness with:
         splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
                       kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
         verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
+        # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
+        controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
     output:
         result="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/robustness.json",
         sentences="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/sentences.parquet",

@@ -42,6 +42,8 @@ rule evaluate_robustness:
         splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
                       kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
         verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
+        # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
+        controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
     output:
         result="results/robustness/{model}/{target}/seed{seed}/robustness.json",
         sentences="results/robustness/{model}/{target}/seed{seed}/sentences.parquet",
@@ -51,6 +53,9 @@ rule evaluate_robustness:
         known=section("known"),
         scored=section("verbalize", "scored_positions"),
         dtype=section("eval", "dtype"),
+        draws=section("eval", "random_draws"),
+        templates=section("train", "targetkg_templates"),
+        other_heads=section("verbalize", "other_heads"),
         targets=section("run", "targets"),
         out_dir=lambda w, output: str(Path(output.result).parent),
     threads: 1
@@ -66,7 +71,8 @@ rule evaluate_robustness:
         "python workflow/scripts/evaluate_robustness.py --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--mask {input.mask} --triplets {input.triplets} --splits-root data/processed/splits "
-        "--verbalized-root results/verbalized/{wildcards.model} --out-dir {params.out_dir} 2> {log}"
+        "--verbalized-root results/verbalized/{wildcards.model} --controllm results/controllm/{wildcards.model} "
+        "--out-dir {params.out_dir} 2> {log}"
 
 
 rule combine_seeds:

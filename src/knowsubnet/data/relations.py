@@ -349,6 +349,12 @@ def paraphrase_ids(rel: str) -> range:
     return range(len(TEMPLATES[check_relation(rel)]) + len(PARAPHRASES[rel]))
 
 
+def heldout_wording_ids(rel: str) -> range:
+    """Ids of the relation's held-out wordings (its PARAPHRASES): no template choice, training or
+    checkpoint selection ever scores a sentence in them, only the robustness probes."""
+    return range(len(TEMPLATES[check_relation(rel)]), len(TEMPLATES[rel]) + len(PARAPHRASES[rel]))
+
+
 def _tail_field(template: str) -> str:
     for field in _TAIL_FIELDS:
         if template.endswith(field):
@@ -360,6 +366,7 @@ _BY_LOWER = {rel.lower(): rel for rel in ALL_RELATIONS}
 
 # Keep the table honest at import: every relation has 4-6 templates, each ending in the tail.
 assert set(TEMPLATES) == set(ALL_RELATIONS) == set(PARAPHRASES)
+assert all(len(wordings) >= 2 for wordings in PARAPHRASES.values())  # issue 31: two unseen wordings each
 for _rel, _templates in TEMPLATES.items():
     assert 4 <= len(_templates) <= 6, _rel
     assert not set(_templates) & set(PARAPHRASES[_rel]), _rel

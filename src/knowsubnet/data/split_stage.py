@@ -1,6 +1,8 @@
 """The split_controls stage from files to files: the triplets table -> TargetKG / ControlKG
 train / val / test parquet files for one target (its folder), or for every target in params
 (one folder per target and summary.json). Params: targets, split (`splits.splits_from_params`).
+Each summary.json records how the TargetKG was held out (`holdout`: mode, facts dropped, shared
+entities, the share of held-out facts sharing an entity with train).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def split_targets(params: Params, *, triplets: Path, raw: Path, out: Path, targe
     except (OSError, ValueError) as err:
         raise InputError(f"{triplets}: cannot read the triplets table ({err})") from None
     paper_order = paper_controlkg_order(raw) if params.split.controlkg == "paper" else None
+    reports: dict[str, dict] = {}  # how each TargetKG was held out (heldout.split_target), for the summary
     if target is not None:
-        splits = splits_from_params(table, params, names=[target], paper_order=paper_order)
+        splits = splits_from_params(table, params, names=[target], paper_order=paper_order, reports=reports)
         return write_target_splits(out, target, splits[target], provenance=stamp(
-            {"targets": params.section("targets"), "split": params.section("split")}))
-    splits = splits_from_params(table, params, paper_order=paper_order)
-    return write_splits(out, splits,
+            {"targets": params.section("targets"), "split": params.section("split")}), holdout=reports[target])
+    splits = splits_from_params(table, params, paper_order=paper_order, reports=reports)
+    return write_splits(out, splits, holdout=reports,
                         provenance=stamp({"targets": params.section("targets"), "split": params.section("split")}))

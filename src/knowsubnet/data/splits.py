@@ -11,7 +11,6 @@ order rows arrive in: same inputs and seed, byte-identical files.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections import defaultdict
@@ -23,7 +22,8 @@ import pandas as pd
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, write_json, write_parquet
-from knowsubnet.data import wordnet_targets
+from knowsubnet.data import heldout, wordnet_targets
+from knowsubnet.data.heldout import split_by_fractions
 from knowsubnet.data.relations import RELATIONS, WORDNET_RELATIONS
 from knowsubnet.data.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, normalize_entity
 
@@ -292,30 +292,6 @@ def _check_control_caps(caps: Any) -> dict[str, int | None]:
     return {split: _check_cap(caps.get(split), f"{key}.{split}") for split in SPLITS}
 
 
-def _split_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
-    """Rounded sizes summing to n; a split with a positive fraction gets at least one fact when
-    there are enough (small TargetKGs held out would otherwise lose their test split)."""
-    end_train = math.floor(n * fractions["train"] + 0.5)
-    end_val = math.floor(n * (fractions["train"] + fractions["val"]) + 0.5)
-    sizes = {"train": end_train, "val": end_val - end_train, "test": n - end_val}
-    for split in ("val", "test", "train"):
-        if fractions[split] > 0 and sizes[split] == 0:
-            donor = max(SPLITS, key=lambda s: sizes[s])
-            if sizes[donor] > 1:
-                sizes[donor] -= 1
-                sizes[split] += 1
-    return sizes
-
-
-def _split_by_fractions(frame: pd.DataFrame,
-                        fractions: dict[str, float]) -> dict[str, pd.DataFrame]:
-    """Consecutive train/val/test slices of an already shuffled frame."""
-    sizes = _split_sizes(len(frame), fractions)
-    end_train, end_val = sizes["train"], sizes["train"] + sizes["val"]
-    return {"train": frame.iloc[:end_train], "val": frame.iloc[end_train:end_val],
-            "test": frame.iloc[end_val:]}
-
-
 def _shuffled(frame: pd.DataFrame, seed: int, stream: int) -> pd.DataFrame:
     order = np.random.default_rng([seed, stream]).permutation(len(frame))
     return frame.iloc[order]
@@ -330,6 +306,7 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
                 max_targetkg: int | None, max_controlkg: Any, *, controlkg: str = "own",
                 wordnet_exclude: set[str] | None = None, paper_wordnet_controlkg: int = 50,
                 paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+                holdout: str = "entity", report: dict | None = None,
                 _prepared: tuple[pd.DataFrame, tuple[pd.Series, pd.Series]] | None = None,
                 ) -> dict[str, pd.DataFrame]:
     """TargetKG and ControlKG train/val/test for one target.
@@ -337,7 +314,8 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
     then every fact with no head or tail among the TargetKG's entities (and, for a relation
     target, not of that relation), shuffled, split by `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
-    not split: train = val = test = all selected facts.
+    not split: train = val = test = all selected facts; true splits it as `holdout` says
+    (`heldout.py`: entity-disjoint, or per fact). A `report` dict given is filled with how.
 
     ControlKG facts come from the target's own graph: WordNet (Hypernym) facts for a WordNet
     target, minus every edge touching `wordnet_exclude` (the subtrees of all WordNet targets);
@@ -350,6 +328,7 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     fractions = _check_fractions(fractions)
     max_targetkg = _check_cap(max_targetkg, "split.max_targetkg")
     control_caps = _check_control_caps(max_controlkg)
+    holdout = heldout.check_mode(holdout)
     if controlkg not in CONTROLKG_MODES:
         raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
                          f"got {controlkg!r}")
@@ -390,20 +369,23 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
                                                               control_caps["train"])
         control_caps = {split: None for split in SPLITS}  # applied in file order above
     else:
-        control_parts = _split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
+        control_parts = split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
 
     if targetkg_holdout:
-        target_parts = _split_by_fractions(target, fractions)
+        target_parts, how = heldout.split_target(target, fractions, seed, holdout, heldout.shared_entities(spec))
     else:
-        target_parts = {split: target for split in SPLITS}
+        target_parts, how = {split: target for split in SPLITS}, {"mode": "none", "selected": len(target)}
+    if report is not None:
+        report.update(how)
 
     out: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
         part = target_parts[split]
         if part.empty:
             raise InputError(f"params key '{key}': TargetKG {split} split is empty ({len(target)} "
-                             f"facts, split.fractions {fractions}); set split.targetkg_holdout "
-                             f"false or select more facts")
+                             f"facts, split.fractions {fractions}, split.holdout {holdout}: "
+                             f"{how.get('dropped', 0)} dropped); set split.holdout fact, "
+                             f"split.targetkg_holdout false, or select more facts")
         out[f"targetkg_{split}"] = _tidy(part)
     for split in SPLITS:
         part = control_parts[split]
@@ -419,8 +401,9 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
 
 def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] | None = None,
                        paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
-                       ) -> dict[str, dict[str, pd.DataFrame]]:
-    """Splits for every target in params `targets` (or the given names), with params `split`."""
+                       reports: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
+    """Splits for every target in params `targets` (or the given names), with params `split`;
+    `reports`, when given, gets each target's held-out report (make_splits)."""
     targets, split = params.targets, params.split
     frame = _canonical(triplets)
     prepared = (frame, _entities(frame))
@@ -433,15 +416,17 @@ def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] 
             triplets, name, targets[name], seed=split.seed, fractions=split.fractions,
             targetkg_holdout=split.targetkg_holdout, max_targetkg=split.max_targetkg,
             max_controlkg=split.max_controlkg, controlkg=split.controlkg, wordnet_exclude=exclude,
-            paper_wordnet_controlkg=split.paper_wordnet_controlkg,
-            paper_order=paper_order, _prepared=prepared)
+            paper_wordnet_controlkg=split.paper_wordnet_controlkg, paper_order=paper_order,
+            holdout=split.holdout, report=reports.setdefault(name, {}) if reports is not None else None,
+            _prepared=prepared)
     return out
 
 
 def write_splits(out_dir: str | os.PathLike,
                  splits_by_target: Mapping[str, Mapping[str, pd.DataFrame]],
-                 provenance: dict | None = None) -> dict:
-    """Write {out}/{target}/{split}.parquet and {out}/summary.json, all or nothing."""
+                 provenance: dict | None = None, holdout: Mapping[str, dict] | None = None) -> dict:
+    """Write {out}/{target}/{split}.parquet and {out}/summary.json, all or nothing; `holdout`: each
+    target's held-out report (splits_from_params' `reports`), recorded in the summary."""
     counts: dict[str, dict[str, int]] = {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -455,6 +440,8 @@ def write_splits(out_dir: str | os.PathLike,
                               splits[split][_columns(splits[split])])
             counts[target] = {split: int(len(splits[split])) for split in SPLIT_NAMES}
         summary: dict[str, Any] = {"counts": counts}
+        if holdout is not None:
+            summary["holdout"] = dict(holdout)
         if provenance is not None:
             summary["provenance"] = provenance
         write_json(tmp / "summary.json", summary)
@@ -462,13 +449,16 @@ def write_splits(out_dir: str | os.PathLike,
 
 
 def write_target_splits(out_dir: str | os.PathLike, target: str, splits: Mapping[str, pd.DataFrame],
-                        provenance: dict | None = None) -> dict:
-    """Write one target's {out}/{split}.parquet and {out}/summary.json, all or nothing."""
+                        provenance: dict | None = None, holdout: dict | None = None) -> dict:
+    """Write one target's {out}/{split}.parquet and {out}/summary.json, all or nothing; `holdout`:
+    its held-out report (make_splits' `report`), recorded in the summary."""
     check_target_name(target)
     missing = [s for s in SPLIT_NAMES if s not in splits]
     if missing:
         raise ValueError(f"splits for {target} lack {', '.join(missing)}")
     summary: dict[str, Any] = {"target": target, "counts": {s: int(len(splits[s])) for s in SPLIT_NAMES}}
+    if holdout is not None:
+        summary["holdout"] = holdout
     if provenance is not None:
         summary["provenance"] = provenance
     with atomic_path(out_dir) as tmp:

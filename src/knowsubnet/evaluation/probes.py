@@ -8,8 +8,15 @@ One row per sentence: `probe` (what it measures), `uuid` (the fact it belongs to
 
 - targetkg_train / targetkg_test / controlkg_test: the known facts of a split in their best
   template (in-sample, held-out when `split.targetkg_holdout`, and the control);
-- paraphrase_targetkg / paraphrase_controlkg: test facts in every other sentence form of their
-  relation (the trained, best template left out);
+- wording:<facts>:<wordings>: facts in a set of wordings, to tell surface form from knowledge:
+  train (the facts that trained the mask) or test facts, controlkg test facts, in the held-out
+  wordings (`relations.heldout_wording_ids`: no stage before this one scores them) or the trained
+  ones (every template a TargetKG train fact was trained in, `trained_wordings`);
+- other_head:<probe>: each sentence of a wording probe with other heads (`other_heads`), scored
+  under the original only: whether the original knows the fact in that wording (`known`, as
+  verbalize's head gain, per wording);
+- in_context:<k>: test facts in their best template preceded by k true facts of the same relation
+  that share no head or tail with them, in the same wording;
 - choice_targetkg / choice_controlkg: test facts in their best template with the true tail and
   `candidates - 1` other tails of the relation that the facts table does not pair with that head;
 - foreign_heads: TargetKG test facts in their best template with the head of a ControlKG fact;
@@ -29,7 +36,8 @@ from knowsubnet.data import relations
 
 COLUMNS = ["probe", "uuid", "rel", "template_id", "is_true", "prompt", "tail_text"]
 # separate random streams per probe, so that changing one probe's size leaves the others' draws alone
-_STREAMS = {"sample": 1, "choice": 2, "foreign": 3, "same_head": 4, "halves": 5}
+_STREAMS = {"sample": 1, "choice": 2, "foreign": 3, "same_head": 4, "halves": 5, "other_head": 6,
+            "context": 7}
 
 
 def rng(seed: int, stream: str) -> np.random.Generator:
@@ -83,10 +91,56 @@ def _in_templates(probe: str, facts: pd.DataFrame, template_ids) -> pd.DataFrame
     return _rows(probe, frame, template_ids=[t for _, t in expanded])
 
 
-def paraphrases(probe: str, facts: pd.DataFrame) -> pd.DataFrame:
-    """Each fact in every sentence form of its relation except its best (trained) template."""
-    return _in_templates(probe, facts, lambda fact: [t for t in relations.paraphrase_ids(fact.rel)
-                                                     if t != int(fact.template_id)])
+def in_wordings(probe: str, facts: pd.DataFrame, wordings: dict[str, list[int]]) -> pd.DataFrame:
+    """Each fact in each wording `wordings[relation]` lists (none for a relation it lacks)."""
+    return _in_templates(probe, facts, lambda fact: wordings.get(fact.rel, []))
+
+
+def heldout_wordings(relations_: list[str]) -> dict[str, list[int]]:
+    return {rel: list(relations.heldout_wording_ids(rel)) for rel in relations_}
+
+
+def trained_wordings(train: pd.DataFrame, templates: str) -> dict[str, list[int]]:
+    """Per relation, every wording a TargetKG train sentence of the mask was written in: the train
+    facts' best templates (`train.targetkg_templates: best`) or all the relation's templates (all)."""
+    if templates == "all":
+        return {rel: list(range(len(relations.TEMPLATES[rel]))) for rel in sorted(set(train["rel"]))}
+    return {rel: sorted(int(t) for t in set(group)) for rel, group in train.groupby("rel")["template_id"]}
+
+
+def other_heads(probe: str, facts: pd.DataFrame, wordings: dict[str, list[int]], n: int,
+                seed: int) -> pd.DataFrame:
+    """What `in_wordings(probe, facts, wordings)` writes, with `n` heads of other facts of the set
+    (same relation) in place of each fact's own, probe `other_head:<probe>`: the original's tail NLL
+    there is the baseline of the per-wording `known` test (verbalize's head gain, per wording)."""
+    generator = rng(seed, "other_head")
+    rows = []
+    for rel, group in facts.groupby("rel", sort=True):
+        heads = sorted(set(group["head"]))
+        for fact in group.itertuples(index=False):
+            pool = [h for h in heads if h != fact.head]
+            for tid in wordings.get(rel, []):
+                for head in (generator.choice(pool, size=min(n, len(pool)), replace=False) if pool else []):
+                    rows.append((f"other_head:{probe}", fact.uuid, rel, int(tid), False,
+                                 *relations.verbalize(rel, int(tid), str(head), fact.tail)))
+    return _frame(rows)
+
+
+def in_context(probe: str, facts: pd.DataFrame, pool: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """Each fact in its best template preceded by k true facts of its relation from `pool` that
+    share no head or tail with it, written in the same template ("A is B. C is D. E is"): knowledge
+    that is hidden rather than removed may come back when the context primes the relation."""
+    generator = rng(seed, "context")
+    rows = []
+    for fact in facts.itertuples(index=False):
+        same = pool[(pool["rel"] == fact.rel) & ~pool["head"].isin([fact.head, fact.tail])
+                    & ~pool["tail"].isin([fact.head, fact.tail])]
+        drawn = same.iloc[np.sort(generator.choice(len(same), size=min(k, len(same)), replace=False))] if k else same.iloc[:0]
+        context = [("".join(relations.verbalize(fact.rel, int(fact.template_id), c.head, c.tail)) + ".")
+                   for c in drawn.itertuples(index=False)]
+        prompt, tail_text = relations.verbalize(fact.rel, int(fact.template_id), fact.head, fact.tail)
+        rows.append((probe, fact.uuid, fact.rel, int(fact.template_id), True, " ".join(context + [prompt]), tail_text))
+    return _frame(rows)
 
 
 def true_tails(triplets: pd.DataFrame) -> dict[tuple[str, str], set[str]]:

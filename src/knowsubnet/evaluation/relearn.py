@@ -3,11 +3,12 @@ comes back. The unlearning literature's test of suppression against removal: kno
 only hidden returns after a few steps, often even from unrelated data (RMU on WMDP; Deeb & Roger
 2024; Lynch et al. 2024).
 
-What trains: the weights of the masked layers (the top blocks' linear layers the mask chose from);
-embeddings, norms and the lower blocks stay frozen, so the hidden states entering the first masked
-block are computed once (`CachedFacts`) and every step runs the top blocks only. Adam on the tail
-cross-entropy of fact sentences, seeded batches, eval mode (no dropout), so a CPU run is
-bit-identical for a seed.
+What trains (`scope`): `masked`, the weights of the masked layers (the top blocks' linear layers the
+mask chose from), with embeddings, norms and the lower blocks frozen, so the hidden states entering
+the first masked block are computed once (`CachedFacts`) and every step runs the top blocks only;
+or `whole`, every parameter of the model (the stronger attack, a full forward per step). Adam on
+the tail cross-entropy of fact sentences (or every next token of a text row), seeded batches, eval
+mode (no dropout), so a CPU run is bit-identical for a seed.
 `hold_zero`: the removed weights get no gradient and stay exactly zero (the remaining model as a
 deployed artefact); otherwise they start at zero and train like the rest.
 """
@@ -21,7 +22,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.data.encoding import IGNORE, FactSet
+from knowsubnet.data.encoding import IGNORE, FactSet, row_lengths
 from knowsubnet.method import masking
 from knowsubnet.models import precision
 from knowsubnet.models.top_blocks import TopBlocks
@@ -89,21 +90,56 @@ class CachedFacts:
         return float(self.nll(batch).mean())
 
 
+SCOPES = ("masked", "whole")
+
+
+def text_rows(blocks: torch.Tensor, tokens: int) -> FactSet:
+    """ControlLM blocks [B, L] cut into rows of `tokens` tokens, every next token a target: unrelated
+    text to finetune on, in the same shape as facts."""
+    ids = blocks[:, : blocks.shape[1] // tokens * tokens].reshape(-1, tokens)
+    return FactSet(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), [f"text row {i}" for i in range(len(ids))])
+
+
+def _full_tail_ce(model: torch.nn.Module, facts: FactSet, index: torch.Tensor, autocast) -> torch.Tensor:
+    """Tail cross-entropy of the facts `index` through the whole model (right padding needs no
+    attention mask: a causal model never attends to the pad after a row's last position)."""
+    width = int(row_lengths(facts.targets[index]).max())
+    device = next(model.parameters()).device
+    ids, targets = facts.input_ids[index, :width].to(device), facts.targets[index, :width].to(device)
+    with autocast:
+        hidden = model(input_ids=ids).logits
+    where = targets != IGNORE
+    return F.cross_entropy(hidden[where].float(), targets[where], reduction="none")
+
+
 @contextlib.contextmanager
-def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
+def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts | FactSet, *,
               removed: dict[str, torch.Tensor] | None, granularity: str, hold_zero: bool, steps: int,
-              lr: float, batch: int, seed: int) -> Iterator[list[float]]:
+              lr: float, batch: int, seed: int, scope: str = "masked", model: torch.nn.Module | None = None,
+              compute_dtype: torch.dtype = torch.float32) -> Iterator[list[float]]:
     """The model of `layers` with `removed` zeroed (None: nothing removed) and then finetuned on
-    `facts` for `steps` Adam steps, for the duration of the block (yields the loss per step); the
-    masked layers' weights are restored on exit."""
-    saved = [(layer, layer.weight.detach().clone()) for layer in layers]
+    `facts` for `steps` Adam steps, for the duration of the block (yields the loss per step); every
+    weight it trained is restored on exit.
+
+    scope `masked`: `facts` is a CachedFacts and only the masked layers' weights train (its compute
+    dtype is the step's); `whole`: `facts` is a FactSet and every parameter of `model` trains, in
+    `compute_dtype` under autocast."""
     zero = ({layer.name: masking.expand_to_weight(removed[layer.name].to(layer.weight.device, torch.bool),
                                                  layer, granularity) for layer in layers}
             if removed is not None else None)
-    weights = [layer.weight for layer in layers]
-    model = facts.top.model
+    if scope == "masked":
+        model, dtype = facts.top.model, facts.top.compute_dtype
+        weights = [layer.weight for layer in layers]
+    else:
+        if model is None or scope != "whole":
+            raise ValueError(f"relearning scope {scope!r}: expected masked, or whole with the model")
+        dtype = compute_dtype
+        weights = list(model.parameters())
+    saved = [(w, w.detach().clone(), w.requires_grad) for w in weights]
     was_training = model.training
     losses: list[float] = []
+    autocast = (torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+                if dtype != torch.float32 else contextlib.nullcontext())
     try:
         with torch.no_grad():
             for layer in layers:
@@ -111,10 +147,10 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                     layer.weight.masked_fill_(zero[layer.name], 0.0)
         for weight in weights:
             weight.requires_grad_(True)
-        # in bf16 the fp32 weights train and each step's forward sees them cast (TopBlocks.forward);
-        # TopBlocks' own bf16 copies are a snapshot from before the finetuning
-        bf16 = facts.top.compute_dtype != torch.float32
-        optimizer = precision.adam(weights, lr, facts.top.compute_dtype)
+        # masked in bf16: the fp32 weights train and each step's forward sees them cast
+        # (TopBlocks.forward); TopBlocks' own bf16 copies are a snapshot from before the finetuning
+        bf16 = scope == "masked" and dtype != torch.float32
+        optimizer = precision.adam(weights, lr, dtype)
         generator = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(len(facts), generator=generator)
         position = 0
@@ -124,7 +160,10 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
                 order, position = torch.randperm(len(facts), generator=generator), 0
             index = order[position:position + batch]
             position += len(index)
-            loss = facts.tail_ce(index, {l.name: l.weight for l in layers} if bf16 else None).mean()
+            if scope == "masked":
+                loss = facts.tail_ce(index, {l.name: l.weight for l in layers} if bf16 else None).mean()
+            else:
+                loss = _full_tail_ce(model, facts, index, autocast).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hold_zero and zero is not None:
@@ -140,10 +179,10 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts, *,
     finally:
         model.train(was_training)
         with torch.no_grad():
-            for layer, original in saved:
-                layer.weight.requires_grad_(False)
-                layer.weight.grad = None
-                layer.weight.copy_(original)
+            for weight, original, requires_grad in saved:
+                weight.requires_grad_(requires_grad)
+                weight.grad = None
+                weight.copy_(original)
 
 
 def recovered_fraction(gap_before: float, gap_after: float) -> float | None:

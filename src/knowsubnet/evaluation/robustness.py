@@ -1,26 +1,31 @@
-"""Removed, or only hidden? Five probes of one subnetwork, each on the original, the remaining
-(subnetwork removed) and a random-removed model (the same per-matrix counts; the evaluation's
-first random draw):
+"""Removed, or only hidden? The probes of one removal, each on the original, the remaining model
+(removal applied) and random-removed models (the same per-matrix counts; the evaluation's own
+`eval.random_draws` draws, so the summary and this stage read one set of random removals):
 
-1. held-out facts: the TargetKG facts that trained the mask (in-sample) beside test facts that no
-   training, selection or template choice of the removal read (with `split.targetkg_holdout`);
-2. paraphrases: test facts in every other sentence form of their relation, including wordings no
-   stage before this one has seen (`data.relations.PARAPHRASES`);
-3. a second format: the true tail ranked among `candidates` tails of the relation (top-1 accuracy);
-4. relearning: a short finetune on other TargetKG facts or on unrelated facts, scored on facts it
-   did not see (`evaluation.relearn`);
+1. held-out facts: the TargetKG facts that trained the mask (in-sample) beside test facts that share
+   no head or tail with them (`split.holdout: entity`) and that no training or selection read;
+2. wordings: train and test facts in held-out wordings (no stage before this one scores them) and
+   test facts in the trained wordings, each sentence counted only where the original knows the fact
+   in that wording; and test facts after k true facts of their relation in context;
+3. other readouts: multiple choice by likelihood, a linear probe on the final hidden state (fit on
+   train facts, scored on test facts), the logit lens after each masked block, and the models
+   rounded to 8 and 4 bits per group (`evaluation.quantize`);
+4. relearning: finetunes of the masked layers or the whole model on other TargetKG facts,
+   unrelated facts or text, and the control on facts the original never knew
+   (`evaluation.relearning`);
 5. specificity: the mask on the other targets' facts, the target's templates with false tails and
    foreign heads, facts about the same heads in other relations, and the KL divergence of the
    ControlKG next-token distributions (a two-sided control: a lower PPL is a change too).
 
 Ratios are PPL(variant) / PPL(original) = exp(mean over facts of the NLL difference), with 95 %
-bootstrap intervals over facts. Sentence scores go to sentences.parquet (one row per sentence,
-NLL under every variant), so any number here can be recomputed or broken down.
+bootstrap intervals over facts (`robustness_stats`). Sentence scores go to sentences.parquet (one
+row per sentence, NLL under every variant), so any number here can be recomputed or broken down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -37,55 +42,17 @@ from knowsubnet.core.io import write_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
-from knowsubnet.evaluation import probes, relearn
-from knowsubnet.scoring.facts import DTYPES
+from knowsubnet.data.encoding import load_blocks
+from knowsubnet.evaluation import probes, quantize, readouts, relearn, relearning
+from knowsubnet.evaluation import robustness_stats as stats
+from knowsubnet.evaluation.robustness_stats import VARIANTS
 from knowsubnet.method import edits
+from knowsubnet.scoring.facts import DTYPES, score_facts
+from knowsubnet.scoring.text import lm_nll
 from knowsubnet.models import precision
 from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
-
-VARIANTS = ("original", "removed", "random")
-
-
-# ----------------------------------------------------------------------------------------------
-# statistics
-
-
-def ratio_ci(frame: pd.DataFrame, variant: str, n_boot: int, seed: int) -> dict[str, Any]:
-    """PPL ratio variant / original over the frame's sentences, averaged per fact first, with a
-    95 % bootstrap interval over facts. None values when the frame is empty."""
-    if frame.empty:
-        return {"ratio": None, "low": None, "high": None, "n_facts": 0}
-    diff = (frame[f"nll_{variant}"] - frame["nll_original"]).groupby(frame["uuid"]).mean().to_numpy()
-    generator = np.random.default_rng(seed)
-    boot = diff[generator.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"ratio": math.exp(diff.mean()), "low": math.exp(low), "high": math.exp(high), "n_facts": len(diff)}
-
-
-def share_ci(values: pd.Series, n_boot: int, seed: int) -> dict[str, Any]:
-    """Mean of per-fact values in [0, 1] with a 95 % bootstrap interval over facts."""
-    if values.empty:
-        return {"share": None, "low": None, "high": None, "n_facts": 0}
-    x = values.to_numpy(dtype=np.float64)
-    boot = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"share": float(x.mean()), "low": float(low), "high": float(high), "n_facts": len(x)}
-
-
-def suppressed_share(frame: pd.DataFrame, variant: str, threshold: float) -> pd.Series:
-    """Per fact: the share of its sentences whose PPL under `variant` is >= threshold x the original's."""
-    hit = (frame[f"nll_{variant}"] - frame["nll_original"]) >= math.log(threshold)
-    return hit.groupby(frame["uuid"]).mean()
-
-
-def top1(frame: pd.DataFrame, variant: str) -> pd.Series:
-    """Per fact: 1 when the true tail has a strictly lower NLL than every false candidate."""
-    nll = frame[f"nll_{variant}"]
-    true = nll[frame["is_true"]].groupby(frame.loc[frame["is_true"], "uuid"]).min()
-    false = nll[~frame["is_true"]].groupby(frame.loc[~frame["is_true"], "uuid"]).min()
-    return (true < false.reindex(true.index).fillna(np.inf)).astype(float)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,22 +62,27 @@ def top1(frame: pd.DataFrame, variant: str) -> pd.Series:
 class Variants:
     """The original, remaining and random-removed versions of one model, entered one at a time."""
 
-    def __init__(self, model, layers, edit: edits.Edit, seed: int):
+    def __init__(self, model, layers, edit: edits.Edit, seed: int, draws: int = 1):
         self.model, self.layers = model, layers
-        # the evaluation's first random draw (evaluate_ablation seeds its generator the same way)
-        self.edits = {"original": None, "removed": edit,
-                      "random": edits.random_like(edit, layers, torch.Generator().manual_seed(int(seed)))}
+        # the evaluation's random draws: evaluate_ablation draws them from the same generator in order
+        generator = torch.Generator().manual_seed(int(seed))
+        self.random_draws = [edits.random_like(edit, layers, generator) for _ in range(draws)]
+        self.edits = {"original": None, "removed": edit, "random": self.random_draws[0]}
 
-    def entered(self, variant: str):
-        edit = self.edits[variant]
+    def entered(self, variant: str, draw: int = 0):
+        edit = self.random_draws[draw] if variant == "random" else self.edits[variant]
         return contextlib.nullcontext() if edit is None else edits.applied(self.layers, edit)
+
+    def draws(self, variant: str) -> range:
+        """The draws a variant is averaged over: every random draw, one of the others."""
+        return range(len(self.random_draws) if variant == "random" else 1)
 
 
 def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
                     scored_positions: str, names: Sequence[str] = VARIANTS) -> pd.DataFrame:
     """`sentences` with nll_<variant> columns for the variants `names` (mean tail cross-entropy of
-    each sentence). The blocks below the mask are the same in every variant: they run once
-    (`relearn.CachedFacts`)."""
+    each sentence; for random, its mean over the draws). The blocks below the mask are the same in
+    every variant: they run once (`relearn.CachedFacts`)."""
     out = sentences.reset_index(drop=True).copy()
     if out.empty:
         for variant in names:
@@ -121,15 +93,19 @@ def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batc
                            scored_positions=scored_positions)
     cached = relearn.CachedFacts(variants.model, variants.layers, encoded, device)
     for variant in names:
-        with variants.entered(variant):
-            out[f"nll_{variant}"] = cached.nll(batch_size).numpy()
+        nll = []
+        for draw in variants.draws(variant):
+            with variants.entered(variant, draw):
+                nll.append(cached.nll(batch_size).numpy())
+        out[f"nll_{variant}"] = np.mean(nll, axis=0)
         log.info("scored %d sentences under the %s model", len(out), variant)
     return out
 
 
 @torch.no_grad()
 def controlkg_kl(variants: Variants, facts: relearn.CachedFacts, batch_size: int) -> dict[str, float]:
-    """Mean over ControlKG facts of the mean over their tail positions of KL(p_original || p_variant)."""
+    """Mean over ControlKG facts of the mean over their tail positions of KL(p_original || p_variant)
+    (random: the mean over the draws)."""
     def log_probs() -> list[tuple[torch.Tensor, torch.Tensor]]:
         parts = []
         for start in range(0, len(facts), batch_size):
@@ -140,14 +116,16 @@ def controlkg_kl(variants: Variants, facts: relearn.CachedFacts, batch_size: int
     variants.model.eval()
     original = log_probs()
     out = {}
+    rows = torch.cat([r for _, r in original])
     for variant in ("removed", "random"):
-        with variants.entered(variant):
-            changed = log_probs()
-        per_position = torch.cat([(o.exp() * (o - c)).sum(dim=-1) for (o, _), (c, _) in zip(original, changed)])
-        rows = torch.cat([r for _, r in original])
-        per_fact = torch.zeros(len(facts), dtype=torch.float64).index_add_(0, rows, per_position.double())
-        per_fact /= torch.bincount(rows, minlength=len(facts)).double()
-        out[variant] = float(per_fact.mean())
+        values = []
+        for draw in variants.draws(variant):
+            with variants.entered(variant, draw):
+                changed = log_probs()
+            per_position = torch.cat([(o.exp() * (o - c)).sum(dim=-1) for (o, _), (c, _) in zip(original, changed)])
+            per_fact = torch.zeros(len(facts), dtype=torch.float64).index_add_(0, rows, per_position.double())
+            values.append(float((per_fact / torch.bincount(rows, minlength=len(facts)).double()).mean()))
+        out[variant] = float(np.mean(values))
     return out
 
 
@@ -159,53 +137,70 @@ def target_relation(spec: dict) -> str | None:
     return spec.get("rel") if isinstance(spec, dict) else None
 
 
-def known_split(splits_dir: Path, name: str, verbalized: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """A split's facts the model knows, as their verbalised rows (best template)."""
+def known_split(splits_dir: Path, name: str, verbalized: pd.DataFrame, params: Params,
+                known: bool = True) -> pd.DataFrame:
+    """A split's facts the model knows (or, `known=False`, does not know), as their verbalised rows
+    (best template)."""
     path = splits_dir / f"{name}.parquet"
     if not path.is_file():
         raise InputError(f"{path}: no such split file; run split_controls")
-    return factsets.known_rows(path, verbalized, params.known).reset_index()
+    rows = factsets.split_rows(path, verbalized, params.known)
+    return rows[rows["known"].to_numpy() == known].drop(columns="known").reset_index()
 
 
 def build_sentences(params: Params, *, target: str, splits_root: Path, verbalized_root: Path,
                     triplets: pd.DataFrame, other_targets: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Every sentence the probes score, and what the relearning uses (see `probes`)."""
+    """Every sentence the probes score (`probes`), and the fact sets the relearning and readouts use."""
     cfg = params.robustness
     n, seed = cfg.max_facts, cfg.seed
     verbalized = factsets.read_verbalized(verbalized_root / f"{target}.parquet")
     splits_dir = splits_root / target
-    train = known_split(splits_dir, "targetkg_train", verbalized, params)
-    test = known_split(splits_dir, "targetkg_test", verbalized, params)
-    control = known_split(splits_dir, "controlkg_test", verbalized, params)
+    split = {name: known_split(splits_dir, name, verbalized, params)
+             for name in ("targetkg_train", "targetkg_test", "controlkg_train", "controlkg_test")}
+    train, test, control = split["targetkg_train"], split["targetkg_test"], split["controlkg_test"]
     holdout = not set(train["uuid"]) & set(test["uuid"])
-    test_sample = probes.sample(test, n, seed)
-    control_sample = probes.sample(control, n, seed)
+    train_sample, test_sample, control_sample = (probes.sample(x, n, seed) for x in (train, test, control))
     all_target = pd.concat([pd.read_parquet(splits_dir / f"targetkg_{s}.parquet") for s in ("train", "val", "test")])
 
+    trained = probes.trained_wordings(train, params.train.targetkg_templates)
+    heldout = probes.heldout_wordings(sorted(set(all_target["rel"]) | set(control["rel"])))
+    wording_sets = {"wording:train:heldout": (train_sample, heldout), "wording:test:heldout": (test_sample, heldout),
+                    "wording:test:trained": (test_sample, trained), "wording:controlkg:heldout": (control_sample, heldout)}
     parts = [probes.best_template("targetkg_train", train), probes.best_template("targetkg_test", test),
              probes.best_template("controlkg_test", control),
-             probes.paraphrases("paraphrase_targetkg", test_sample),
-             probes.paraphrases("paraphrase_controlkg", control_sample),
              probes.choices("choice_targetkg", test_sample, triplets, cfg.candidates, seed),
              probes.choices("choice_controlkg", control_sample, triplets, cfg.candidates, seed),
              probes.foreign_heads("foreign_heads", test_sample, sorted(set(control["head"])), seed),
              probes.same_head_facts(triplets, all_target, target_relation(params.targets[target]), n, seed)]
+    for name, (facts, wordings) in wording_sets.items():
+        parts.append(probes.in_wordings(name, facts, wordings))
+        if params.known.min_head_gain is not None:
+            parts.append(probes.other_heads(name, facts, wordings, max(params.verbalize.other_heads, 1), seed))
+    context_pool = pd.concat([train, split["controlkg_train"]], ignore_index=True)
+    for k in cfg.in_context:
+        parts.append(probes.in_context(f"in_context:{k}", test_sample, context_pool, k, seed))
     for other in other_targets:
         other_rows = factsets.read_verbalized(verbalized_root / f"{other}.parquet")
         facts = probes.sample(known_split(splits_root / other, "targetkg_test", other_rows, params), n, seed)
         parts.append(probes.best_template(f"other:{other}", facts))
     sentences = pd.concat(parts, ignore_index=True)
 
-    # Relearning: on TargetKG facts it is not scored on (held out: the train facts; in-sample, where
-    # train = test: one half of the test facts, scoring the other), or on unrelated ControlKG facts.
+    # Relearning on TargetKG facts it is not scored on (held out: the train facts; in-sample, where
+    # train = test: one half of the test facts, scoring the other); the control on facts the original
+    # does not know, split the same way.
+    unknown_train = known_split(splits_dir, "targetkg_train", verbalized, params, known=False)
+    unknown_test = known_split(splits_dir, "targetkg_test", verbalized, params, known=False)
     if holdout:
         relearn_on, scored_on = train, test
     else:
         first, second = probes.halves(sorted(test["uuid"]), seed)
         relearn_on, scored_on = test[test["uuid"].isin(first)], test[test["uuid"].isin(second)]
-    control_train = known_split(splits_dir, "controlkg_train", verbalized, params)
-    relearning = {"targetkg": relearn_on, "unrelated": control_train, "scored": scored_on}
-    return sentences, {"holdout": holdout, "relearning": relearning}
+        first, second = probes.halves(sorted(unknown_test["uuid"]), seed)
+        unknown_train, unknown_test = (unknown_test[unknown_test["uuid"].isin(half)] for half in (first, second))
+    facts = {"targetkg": relearn_on, "controlkg": split["controlkg_train"], "scored": scored_on,
+             "unknown": unknown_train, "unknown_scored": probes.sample(unknown_test, n, seed),
+             "probe_train": train_sample, "probe_test": test_sample}
+    return sentences, {"holdout": holdout, "facts": facts, "wordings": {"trained": trained, "heldout": heldout}}
 
 
 def _factset(tokenizer, rows: pd.DataFrame, scored_positions: str):
@@ -218,15 +213,15 @@ def _factset(tokenizer, rows: pd.DataFrame, scored_positions: str):
 
 
 def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]) -> dict[str, Any]:
-    """The numbers of probes 1, 2, 3 and 5 from the scored sentences."""
-    n_boot, seed, bar = cfg.bootstrap, cfg.seed, cfg.suppressed_ratio
+    """The numbers of the sentence probes, from the scored sentences (with their `known` column)."""
+    n_boot, seed = cfg.bootstrap, cfg.seed
 
     def probe(name: str, true_only: bool = False) -> pd.DataFrame:
         frame = scored[scored["probe"] == name]
         return frame[frame["is_true"]] if true_only else frame
 
     def ratios(frame: pd.DataFrame) -> dict[str, Any]:
-        return {variant: ratio_ci(frame, variant, n_boot, seed) for variant in ("removed", "random")}
+        return {variant: stats.ratio_ci(frame, variant, n_boot, seed) for variant in ("removed", "random")}
 
     out: dict[str, Any] = {
         "held_out": {
@@ -236,20 +231,12 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
             "note": None if holdout else "split.targetkg_holdout is false: train = val = test, nothing is held out",
             "controlkg": ratios(probe("controlkg_test")),
         },
-    }
-    paraphrase = probe("paraphrase_targetkg")
-    by_template = {int(t): ratio_ci(group, "removed", n_boot, seed)["ratio"]
-                   for t, group in paraphrase.groupby("template_id")}
-    out["paraphrases"] = {
-        "targetkg": ratios(paraphrase),
-        "controlkg": ratios(probe("paraphrase_controlkg")),
-        "targetkg_by_template": by_template,
-        "suppressed_share": {v: share_ci(suppressed_share(paraphrase, v, bar), n_boot, seed)
-                             for v in ("removed", "random")},
-        "threshold": bar,
+        "wordings": stats.wording_summary(scored, n_boot, seed, cfg.suppressed_ratio),
+        "in_context": stats.in_context_summary(scored, cfg.in_context, n_boot, seed),
     }
     out["multiple_choice"] = {
-        kind: {variant: share_ci(top1(probe(f"choice_{kind}"), variant), n_boot, seed) for variant in VARIANTS}
+        kind: {variant: stats.share_ci(stats.top1(probe(f"choice_{kind}"), variant), n_boot, seed)
+               for variant in VARIANTS}
         for kind in ("targetkg", "controlkg")
     }
     candidates = probe("choice_targetkg")
@@ -269,69 +256,20 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
     return out
 
 
-def relearning(layers, variants: Variants, tokenizer, sets: dict[str, pd.DataFrame], cfg, device,
-               scored_positions: str, dtype: torch.dtype) -> dict[str, Any]:
-    """Probe 4: every (model variant, finetuning data) pair, scored on the facts it did not see."""
-    model = variants.model
-    scored = relearn.CachedFacts(model, layers, _factset(tokenizer, sets["scored"], scored_positions), device)
-    before = {}
-    for variant in VARIANTS:
-        with variants.entered(variant):
-            before[variant] = scored.mean_nll()
-    runs: dict[str, Any] = {"n_scored": len(scored), "before_ppl": {v: math.exp(x) for v, x in before.items()}}
-    setups = [("original", None, True), ("removed_held", "removed", True), ("removed_free", "removed", False),
-              ("random_held", "random", True)]
-    for data in ("targetkg", "unrelated"):
-        if sets[data].empty:
-            runs[data] = None
-            continue
-        train = relearn.CachedFacts(model, layers, _factset(tokenizer, sets[data], scored_positions), device,
-                                    compute_dtype=dtype)
-        runs[data] = {"n_train": len(train)}
-        after_nll = {}
-        for name, variant, hold in setups:
-            edit = variants.edits[variant or "original"]
-            start = time.monotonic()
-            # A mask's zeroed weights are the start (held at zero or free); new weights (a finetuning
-            # baseline) are entered first and relearning starts from them, with nothing to hold.
-            removed = edit.tensors if edit is not None and edit.kind == "mask" else None
-            entered = variants.entered(variant) if removed is None and edit is not None else contextlib.nullcontext()
-            with entered, relearn.finetuned(layers, train, removed=removed,
-                                            granularity=edit.granularity if edit else "weight", hold_zero=hold,
-                                            steps=cfg.relearn.steps, lr=cfg.relearn.lr, batch=cfg.relearn.batch,
-                                            seed=cfg.seed) as losses:
-                after = after_nll[name] = scored.mean_nll()
-            base = before[variant or "original"]
-            runs[data][name] = {
-                "ppl_after": math.exp(after),
-                "ratio_to_original": math.exp(after - before["original"]),
-                # the gap to the original finetuned the same way ("original", the first setup)
-                "ratio_to_original_finetuned": math.exp(after - after_nll["original"]),
-                "recovered_fraction": (relearn.recovered_fraction(base - before["original"],
-                                                                  after - after_nll["original"])
-                                       if variant == "removed" else None),
-                "final_loss": losses[-1] if losses else None,
-                "wall_time_s": round(time.monotonic() - start, 2),
-            }
-            log.info("relearning %s on %s facts: TargetKG PPL %.1f -> %.1f (%.1f s)", name, data,
-                     math.exp(base), math.exp(after), time.monotonic() - start)
-    return runs
-
-
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of `dvc metrics show` (None where undefined)."""
     def r(x, digits=4):
         return None if x is None else round(float(x), digits)
 
-    held = result["held_out"]
-    para = result["paraphrases"]
+    held, words = result["held_out"], result["wordings"]
     choice = result["multiple_choice"]["targetkg"]
     spec = result["specificity"]
     out = {
         "in_sample_ratio": r(held["in_sample"]["removed"]["ratio"]),
         "held_out_ratio": r(held["held_out"]["removed"]["ratio"]) if held["held_out"] else None,
-        "paraphrase_ratio": r(para["targetkg"]["removed"]["ratio"]),
-        "paraphrase_suppressed_share": r(para["suppressed_share"]["removed"]["share"]),
+        "train_heldout_wording_ratio": r(words["train_heldout"]["removed"]["ratio"]),
+        "test_heldout_wording_ratio": r(words["test_heldout"]["removed"]["ratio"]),
+        "test_heldout_wording_suppressed": r(words["test_heldout"]["suppressed_share"]["removed"]["share"]),
         "choice_acc_original": r(choice["original"]["share"]),
         "choice_acc_removed": r(choice["removed"]["share"]),
         "choice_acc_random": r(choice["random"]["share"]),
@@ -341,9 +279,95 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "controlkg_kl_removed": r(result["controlkg_kl"]["removed"], 6),
         "controlkg_kl_random": r(result["controlkg_kl"]["random"], 6),
     }
-    for data in ("targetkg", "unrelated"):
-        runs = result["relearning"].get(data)
-        out[f"relearn_{data}_recovered"] = r(runs["removed_held"]["recovered_fraction"]) if runs else None
+    four_bit = result["quantized"].get("4")
+    out["quantized_4bit_targetkg_ratio"] = r(four_bit["ratio"]["removed"].get("targetkg")) if four_bit else None
+    points = result["relearning"]["points"]
+    first = points[0]["data"] if points else {}
+    for data in ("targetkg", "controlkg"):
+        runs = first.get(data) or {}
+        out[f"relearn_{data}_recovered"] = r((runs.get("removed_held") or {}).get("recovered"))
+    return out
+# ----------------------------------------------------------------------------------------------
+# readouts of the hidden states, and quantization
+
+
+def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame], triplets: pd.DataFrame, cfg,
+                    device, scored_positions: str) -> dict[str, Any]:
+    """The logit lens after each masked block on the test facts, and the linear multiple-choice
+    probe fit on train facts and scored on test facts, under each variant (random: first draw)."""
+    model, layers = variants.model, variants.layers
+    train_rows, test_rows = facts["probe_train"], facts["probe_test"]
+    out: dict[str, Any] = {"lens": None, "linear_probe": None}
+    if test_rows.empty:
+        return out
+    test = relearn.CachedFacts(model, layers, _factset(tokenizer, test_rows, scored_positions), device)
+    lens = {}
+    for variant in VARIANTS:
+        with variants.entered(variant):
+            lens[variant] = readouts.logit_lens(test, batch=cfg.batch_size)
+    out["lens"] = {str(block): {"original_ppl": math.exp(float(lens["original"][block].mean())),
+                                **{v: math.exp(float((lens[v][block] - lens["original"][block]).mean()))
+                                   for v in ("removed", "random")}}
+                   for block in lens["original"]}
+    if train_rows.empty:
+        return out
+    sets = {}
+    for name, rows in (("train", train_rows), ("test", test_rows)):
+        frame = probes.choices(f"probe_{name}", rows, triplets, cfg.candidates, cfg.seed)
+        uuids, prompts, candidates, true_index = readouts.choice_sets(frame)
+        if uuids != rows["uuid"].tolist():
+            raise AssertionError("choice sets out of the facts' order")
+        embeddings, valid = readouts.candidate_embeddings(model, tokenizer, prompts, candidates)
+        cached = test if name == "test" else relearn.CachedFacts(
+            model, layers, _factset(tokenizer, rows, scored_positions), device)
+        sets[name] = (cached, embeddings, valid, true_index)
+    # a fact with no false candidate would always count as right: only facts with a choice count
+    choice = {name: sets[name][2].sum(dim=1) >= 2 for name in sets}
+
+    def accuracy_of(features: dict[str, torch.Tensor]) -> dict[str, Any]:
+        train_, test_ = (tuple(x[choice[name]] for x in (features[name], *sets[name][1:])) for name in ("train", "test"))
+        probe = readouts.fit_choice_probe(train_[0], train_[1], train_[3], valid=train_[2], l2=cfg.probe_l2)
+        hits = probe.accuracy(test_[0], test_[1], test_[3], valid=test_[2])
+        return stats.share_ci(pd.Series(hits.double().numpy()), cfg.bootstrap, cfg.seed)
+
+    accuracy = {}
+    for variant in VARIANTS:
+        with variants.entered(variant):
+            features = {name: readouts.choice_features(sets[name][0]) for name in sets}
+        accuracy[variant] = accuracy_of(features)
+    # the same probe on zeroed hidden states: what the candidates' embeddings alone (tail frequency) get right
+    accuracy["prior_only"] = accuracy_of({name: torch.zeros_like(f) for name, f in features.items()})
+    out["linear_probe"] = {"accuracy": accuracy, "n_train": len(train_rows), "n_test": len(test_rows),
+                           "candidates_per_fact": float(sets["test"][2].sum(dim=1).double().mean())}
+    return out
+
+
+def quantized_scores(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Tensor, cfg,
+                     device, scored_positions: str) -> dict[str, Any]:
+    """TargetKG test, ControlKG test and ControlLM under each variant (random: first draw), unrounded
+    and rounded to each of `robustness.quantize_bits`, through the whole model: does rounding bring
+    removed knowledge back, or break the controls?"""
+    sets = {name: _factset(tokenizer, facts[key], scored_positions)
+            for name, key in (("targetkg", "probe_test"), ("controlkg", "control_test")) if len(facts[key])}
+    out: dict[str, Any] = {}
+    for bits in [None, *cfg.quantize_bits]:
+        scores: dict[str, dict[str, float]] = {}
+        rounding: dict[str, Any] = {}
+        for variant in VARIANTS:
+            with variants.entered(variant), (quantize.quantized(variants.model, bits) if bits
+                                             else contextlib.nullcontext({})) as change:
+                rounding[variant] = change
+                scores[variant] = {name: float(score_facts(variants.model, factset, cfg.batch_size, device,
+                                                           progress=False)["nll"].mean())
+                                   for name, factset in sets.items()}
+                total, count = lm_nll(variants.model, blocks, max(1, cfg.batch_size // 16), device)
+                scores[variant]["controllm"] = total / count
+        out[str(bits or "none")] = {
+            "ppl": {v: {name: math.exp(x) for name, x in scored.items()} for v, scored in scores.items()},
+            "ratio": {v: {name: math.exp(scores[v][name] - scores["original"][name]) for name in scores[v]}
+                      for v in ("removed", "random")},
+            "rounding": rounding.get("removed") or None,
+        }
     return out
 
 
@@ -351,10 +375,23 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 # the stage, from files to files
 
 
+def _relearning_sets(tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Tensor, cfg, scored_positions: str):
+    """(train, scored) FactSets per relearning data; None where there is nothing to train or score."""
+    def fs(rows: pd.DataFrame):
+        return _factset(tokenizer, rows, scored_positions) if len(rows) else None
+
+    scored = fs(facts["scored"])
+    sets = {"targetkg": (fs(facts["targetkg"]), scored), "controlkg": (fs(facts["controlkg"]), scored),
+            "wikitext": (relearn.text_rows(blocks, cfg.relearn.text_tokens) if len(blocks) else None, scored),
+            "unknown": (fs(facts["unknown"]), fs(facts["unknown_scored"]))}
+    return {name: pair if all(x is not None and len(x) for x in pair) else None for name, pair in sets.items()}
+
+
 def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, model_dir: Path, mask: Path,
-                        triplets: Path, splits_root: Path, verbalized_root: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the five probes for one (model, target, seed); write robustness.json, sentences.parquet
-    and headline.json into `out_dir`. Returns robustness.json's content."""
+                        triplets: Path, splits_root: Path, verbalized_root: Path, controllm_dir: Path,
+                        out_dir: Path) -> dict[str, Any]:
+    """Run the probes for one (model, target, seed); write robustness.json, sentences.parquet and
+    headline.json into `out_dir`. Returns robustness.json's content."""
     cfg = params.robustness
     device = pick_device(cfg.device, key="robustness.device")
     timings: dict[str, float] = {}
@@ -369,7 +406,7 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
     edit = edits.load_edit(mask)
     layers = edits.edit_layers(lm, edit, source=str(mask))
-    variants = Variants(lm, layers, edit, seed)
+    variants = Variants(lm, layers, edit, seed, draws=params.eval.random_draws)
     others = [t for t in params.run.targets if t != target]
     try:
         facts_table = pd.read_parquet(triplets, columns=["uuid", "head", "rel", "tail"])
@@ -377,22 +414,36 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
         raise InputError(f"{triplets}: cannot read the triplets table ({err})") from None
     sentences, extra = build_sentences(params, target=target, splits_root=splits_root,
                                        verbalized_root=verbalized_root, triplets=facts_table, other_targets=others)
+    train_blocks, test_blocks = (load_blocks(controllm_dir / f"{part}.safetensors") for part in ("train", "test"))
     lap("load")
     scored_positions = params.verbalize.scored_positions
-    scored = score_sentences(variants, tokenizer, sentences, cfg.batch_size, device, scored_positions)
+    wording_baselines = sentences["probe"].str.startswith("other_head:")  # only the original's score is read
+    scored = score_sentences(variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions)
+    baselines = score_sentences(variants, tokenizer, sentences[wording_baselines], cfg.batch_size, device,
+                                scored_positions, names=("original",))
+    scored = pd.concat([scored, baselines], ignore_index=True)
+    scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
     kl = controlkg_kl(variants, relearn.CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
                       cfg.batch_size)
     lap("controlkg_kl")
+    facts = extra["facts"]
+    facts["control_test"] = probes.sample(control, cfg.max_facts, cfg.seed)
+    hidden = hidden_readouts(variants, tokenizer, facts, facts_table, cfg, device, scored_positions)
+    lap("readouts")
+    quantized = quantized_scores(variants, tokenizer, facts, test_blocks, cfg, device, scored_positions)
+    lap("quantization")
     relearn_dtype = precision.resolve(cfg.relearn.dtype, device, key="robustness.relearn.dtype")
-    relearned = relearning(layers, variants, tokenizer, extra["relearning"], cfg, device, scored_positions,
-                           relearn_dtype)
+    relearned = relearning.run(lm, layers, variants, _relearning_sets(tokenizer, facts, train_blocks, cfg, scored_positions),
+                               cfg.relearn, device, relearn_dtype, cfg.bootstrap, cfg.seed)
     lap("relearning")
 
     result = {"model": model, "target": target, "seed": int(seed), "method": edit.metadata.get("method", "mask"),
+              "split": _split_report(splits_root / target),
               **summarize(scored, cfg, extra["holdout"], others),
-              "controlkg_kl": kl, "relearning": relearned,
+              "wording_ids": extra["wordings"], "controlkg_kl": kl, "readouts": hidden, "quantized": quantized,
+              "relearning": relearned, "random_draws": len(variants.random_draws),
               "counts": scored.groupby("probe").agg(sentences=("uuid", "size"), facts=("uuid", "nunique"))
                               .to_dict(orient="index"),
               "wall_time_s": timings,
@@ -403,6 +454,14 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     write_parquet(out_dir / "sentences.parquet", scored)
     write_json(out_dir / "headline.json", summary)
     write_json(out_dir / "robustness.json", result)  # last: its presence means the stage finished
-    log.info("%s / %s / seed %d: in-sample x%s, held-out x%s, paraphrases x%s; %s", model, target, seed,
-             summary["in_sample_ratio"], summary["held_out_ratio"], summary["paraphrase_ratio"], timings)
+    log.info("%s / %s / seed %d: in-sample x%s, held-out x%s, held-out wordings x%s; %s", model, target, seed,
+             summary["in_sample_ratio"], summary["held_out_ratio"], summary["test_heldout_wording_ratio"], timings)
     return result
+
+
+def _split_report(splits_dir: Path) -> dict[str, Any] | None:
+    """How the target's facts were held out (the split stage's summary.json), None without one."""
+    path = splits_dir / "summary.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("holdout")

@@ -29,9 +29,11 @@ METHOD_LABELS = {MASK: "learned mask", "random_magnitude": "random (magnitude-ma
                  "attribution": "attribution pruning", "neurons": "knowledge neurons", "graddiff": "GradDiff",
                  "npo": "NPO"}
 Y_CLIP = 1e4  # the figure's TargetKG axis ends here
-ROBUSTNESS_COLUMNS = {"paraphrase_ratio": "paraphrases ×", "choice_acc_removed": "multiple choice (removed)",
+ROBUSTNESS_COLUMNS = {"test_heldout_wording_ratio": "held-out wordings ×",
+                      "choice_acc_removed": "multiple choice (removed)",
+                      "quantized_4bit_targetkg_ratio": "4-bit TargetKG ×",
                       "relearn_targetkg_recovered": "relearned (TargetKG)",
-                      "relearn_unrelated_recovered": "relearned (unrelated)"}
+                      "relearn_controlkg_recovered": "relearned (unrelated facts)"}
 
 
 def _key(record: dict[str, Any]) -> tuple:
@@ -161,7 +163,8 @@ def comparison_section(mask_records: Sequence[dict[str, Any]], mask_metas: Seque
         "finetuning methods: a change of the same norm per matrix in a random direction). "
         "**weights changed** counts every weight whose value differs from the original; the "
         "finetuning methods change all of them. Robustness columns as in \"Removed, or only hidden?\" "
-        "(relearned: share of the removal's gap to the original closed by 50 steps of finetuning both). Time: discovery or "
+        "(relearned: share of the removal's gap to the original closed by the first relearning setting, both "
+        "finetuned the same way; 4-bit: TargetKG × after rounding every block weight to 4 bits). Time: discovery or "
         "the baseline's stage, wall clock. The verdict applies the same bars to every method.", "",
         table, "",
         f"![trade-off per method]({Path('figures') / 'comparison_tradeoff.png'})", ""]

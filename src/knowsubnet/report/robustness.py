@@ -1,7 +1,10 @@
-"""The report's section "Removed, or only hidden?": tables and figures of the evaluate_robustness
-results (`evaluation.robustness`), one row per model x target x seed.
+"""The report's section "Removed, or only hidden?": one table per question asked of the
+evaluate_robustness results (`evaluation.robustness`), one row per model x target x seed (and per
+wording set, k, rounding or relearning setting), every ratio with its 95 % interval.
 
 `section` returns (lines, files); `robustness_section` gives the same as a `format.Section`.
+tables/robustness.csv has every number in long form (run, question, measure, variant, value,
+interval), so a table here can be rebuilt or cut another way.
 """
 
 from __future__ import annotations
@@ -17,120 +20,160 @@ from matplotlib.figure import Figure
 from knowsubnet.core.io import write_text
 from knowsubnet.report.format import Section, fmt, markdown_table, pct, read_record, save_figure, write_csv
 
-# (column, label) of the ratios drawn in the figure, removed beside random
-RATIO_PROBES = [("in_sample", "in-sample"), ("held_out", "held-out"), ("paraphrases", "paraphrases"),
-                ("false_tails", "false tails"), ("foreign_heads", "foreign heads"), ("same_head", "same heads")]
+WORDING_LABELS = {"train_heldout": "train facts, held-out wordings (in-sample facts)",
+                  "test_heldout": "test facts, held-out wordings", "test_trained": "test facts, trained wordings",
+                  "controlkg_heldout": "ControlKG test facts, held-out wordings"}
+# (label, getter) of the TargetKG ratios drawn in the figure, removed beside random
+FIGURE_PROBES = [("in-sample", lambda r: r["held_out"]["in_sample"]),
+                 ("held-out", lambda r: r["held_out"]["held_out"]),
+                 ("held-out wordings", lambda r: r["wordings"]["test_heldout"]),
+                 ("trained wordings", lambda r: r["wordings"]["test_trained"]),
+                 ("false tails", lambda r: r["specificity"]["false_tails"]),
+                 ("foreign heads", lambda r: r["specificity"]["foreign_heads"])]
+EMPTY = {"ratio": None, "low": None, "high": None, "n_facts": 0}
 
 
 def load(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    keys = ("model", "target", "seed", "held_out", "paraphrases", "multiple_choice", "relearning", "specificity",
-            "controlkg_kl")
-    return [read_record(path, keys, "an evaluate_robustness result") for path in paths]
+    keys = ("model", "target", "seed", "held_out", "wordings", "in_context", "multiple_choice", "readouts",
+            "quantized", "relearning", "specificity", "controlkg_kl")
+    records = [read_record(path, keys, "an evaluate_robustness result") for path in paths]
+    return sorted(records, key=lambda r: (r["model"], r["target"], r["seed"]))
 
 
-def _ratio(section: dict | None, variant: str = "removed") -> dict[str, Any]:
-    empty = {"ratio": None, "low": None, "high": None, "n_facts": 0}
-    return (section or {}).get(variant) or empty
+def _run(rec: dict[str, Any]) -> str:
+    return f"{rec['model']} / {rec['target']} / {rec['seed']}"
 
 
-def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per model x target x seed, every headline number with its interval."""
+def _x(section: dict | None, variant: str = "removed") -> str:
+    value = ((section or {}).get(variant) or EMPTY)
+    if value["ratio"] is None:
+        return "–"
+    return f"×{fmt(value['ratio'])} [{fmt(value['low'])}, {fmt(value['high'])}]"
+
+
+def _xr(section: dict | None) -> str:
+    """Removed with its interval, random in brackets."""
+    random = ((section or {}).get("random") or EMPTY)["ratio"]
+    return f"{_x(section)} ({'–' if random is None else '×' + fmt(random)})"
+
+
+def _share(value: dict | None) -> str:
+    if not value or value.get("share") is None:
+        return "–"
+    return f"{pct(value['share'], 0)} [{pct(value['low'], 0)}, {pct(value['high'], 0)}]"
+
+
+def _frac(value: dict | None) -> str:
+    if not value or value.get("recovered") is None:
+        return "undefined"
+    interval = "" if value.get("low") is None else f" [{value['low']:.2f}, {value['high']:.2f}]"
+    return f"{value['recovered']:.2f}{interval}"
+
+
+# ----------------------------------------------------------------------------------------------
+# one table per question
+
+
+def held_out_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
-        held, para, spec = rec["held_out"], rec["paraphrases"], rec["specificity"]
+        held, split = rec["held_out"], rec.get("split") or {}
+        shared = ", ".join(split.get("shared") or []) or "none"
+        how = (f"{split.get('mode', '?')}-disjoint, {split.get('dropped', '?')} facts dropped, shared: {shared}"
+               if held["holdout"] else "not held out (train = test)")
+        rows.append({"model / target / seed": _run(rec), "split": how,
+                     "in-sample × (random)": _xr(held["in_sample"]),
+                     "held-out × (random)": _xr(held["held_out"]) if held["held_out"] else "–",
+                     "held-out facts": (held["held_out"] or {}).get("removed", EMPTY)["n_facts"] if held["held_out"] else 0,
+                     "ControlKG × (random)": _xr(held["controlkg"]),
+                     "ControlKG KL removed (random)": f"{rec['controlkg_kl']['removed']:.4f} ({rec['controlkg_kl']['random']:.4f})"})
+    return pd.DataFrame(rows)
+
+
+def wordings_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        words = rec["wordings"]
+        for key, label in WORDING_LABELS.items():
+            group = words[key]
+            shares = group["suppressed_share"]
+            rows.append({"model / target / seed": _run(rec), "sentences": label,
+                         "known / all": f"{group['known_sentences']} / {group['sentences']}",
+                         "× (random)": _xr(group),
+                         f"suppressed ≥ ×{fmt(words['threshold'])} (random)":
+                             f"{_share(shares['removed'])} ({pct(shares['random']['share'], 0) if shares['random']['share'] is not None else '–'})"})
+    return pd.DataFrame(rows)
+
+
+def in_context_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        for k, entry in rec["in_context"].items():
+            rows.append({"model / target / seed": _run(rec), "k facts in context": int(k),
+                         "original PPL": fmt(entry["original_ppl"]), "× (random)": _xr(entry)})
+    return pd.DataFrame(rows)
+
+
+def readouts_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
         choice = rec["multiple_choice"]["targetkg"]
-        row: dict[str, Any] = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
-                               "holdout": held["holdout"]}
-        sources = {"in_sample": held["in_sample"], "held_out": held["held_out"], "paraphrases": para["targetkg"],
-                   "false_tails": spec["false_tails"], "foreign_heads": spec["foreign_heads"],
-                   "same_head": spec["same_head_other_facts"], "controlkg": held["controlkg"],
-                   "paraphrases_controlkg": para["controlkg"]}
-        for name, section in sources.items():
-            for variant in ("removed", "random"):
-                value = _ratio(section, variant)
-                row[f"{name}_{variant}"] = value["ratio"]
-                row[f"{name}_{variant}_low"], row[f"{name}_{variant}_high"] = value["low"], value["high"]
-            row[f"{name}_facts"] = _ratio(section)["n_facts"]
-        shares = para["suppressed_share"]
-        row.update(paraphrase_share_removed=shares["removed"]["share"], paraphrase_share_removed_low=shares["removed"]["low"],
-                   paraphrase_share_removed_high=shares["removed"]["high"], paraphrase_share_random=shares["random"]["share"])
-        for variant in ("original", "removed", "random"):
-            row[f"choice_acc_{variant}"] = choice[variant]["share"]
-        row["choice_acc_removed_low"], row["choice_acc_removed_high"] = choice["removed"]["low"], choice["removed"]["high"]
-        row["choice_candidates"] = rec["multiple_choice"].get("candidates_per_fact")
-        for data in ("targetkg", "unrelated"):
-            runs = rec["relearning"].get(data) or {}
-            for setup in ("removed_held", "removed_free"):
-                row[f"relearn_{data}_{setup}"] = (runs.get(setup) or {}).get("recovered_fraction")
-            for setup in ("original", "random_held"):
-                row[f"relearn_{data}_{setup}_ratio"] = (runs.get(setup) or {}).get("ratio_to_original")
-        row["controlkg_kl_removed"], row["controlkg_kl_random"] = rec["controlkg_kl"]["removed"], rec["controlkg_kl"]["random"]
-        for other, section in spec["other_targets"].items():
-            row[f"other:{other}"] = _ratio(section)["ratio"]
-        row["wall_time_s"] = sum((rec.get("wall_time_s") or {}).values())
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(["model", "target", "seed"], kind="stable").reset_index(drop=True)
-
-
-def _x(row: pd.Series, name: str, variant: str = "removed") -> str:
-    value = row.get(f"{name}_{variant}")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    low, high = row.get(f"{name}_{variant}_low"), row.get(f"{name}_{variant}_high")
-    return f"×{fmt(value)} [{fmt(low)}, {fmt(high)}]"
-
-
-def _frac(value) -> str:
-    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
-def summary_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """Probes 1-3: TargetKG ratios (removed, 95 % interval over facts; random beside)."""
-    out = []
-    for _, row in table.iterrows():
-        out.append({
-            "model / target / seed": f"{row['model']} / {row['target']} / {row['seed']}",
-            "in-sample × (random)": f"{_x(row, 'in_sample')} ({fmt(row['in_sample_random'])})",
-            "held-out × (random)": (f"{_x(row, 'held_out')} ({fmt(row['held_out_random'])}); {row['held_out_facts']} facts"
-                                    if row["holdout"] else "not held out"),
-            "paraphrases × (random)": f"{_x(row, 'paraphrases')} ({fmt(row['paraphrases_random'])})",
-            "paraphrases suppressed (random)": (f"{pct(row['paraphrase_share_removed'], 0)} [{pct(row['paraphrase_share_removed_low'], 0)}, "
-                                                f"{pct(row['paraphrase_share_removed_high'], 0)}] ({pct(row['paraphrase_share_random'], 0)})"),
-            "multiple choice top-1: original → removed (random)": (
-                f"{pct(row['choice_acc_original'], 0)} → {pct(row['choice_acc_removed'], 0)} ({pct(row['choice_acc_random'], 0)})"),
+        probe = (rec["readouts"].get("linear_probe") or {}).get("accuracy") or {}
+        lens = rec["readouts"].get("lens") or {}
+        rows.append({
+            "model / target / seed": _run(rec),
+            "likelihood top-1: original → removed (random)":
+                f"{pct(choice['original']['share'], 0)} → {_share(choice['removed'])} ({pct(choice['random']['share'], 0)})",
+            "linear probe top-1: original → removed (random); prior only":
+                (f"{pct(probe['original']['share'], 0)} → {_share(probe['removed'])} ({pct(probe['random']['share'], 0)}); "
+                 f"{pct(probe['prior_only']['share'], 0)}" if probe else "–"),
+            "logit lens × after block (removed / random)":
+                " · ".join(f"{b}: ×{fmt(v['removed'])} / ×{fmt(v['random'])}" for b, v in lens.items()) or "–",
         })
-    return pd.DataFrame(out)
+    return pd.DataFrame(rows)
 
 
-def relearn_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """Probe 4: recovered fraction of the removal after relearning, and what the same finetune does
-    to the original and the random-removed model (PPL ÷ original before finetuning)."""
-    out = []
-    for _, row in table.iterrows():
-        entry = {"model / target / seed": f"{row['model']} / {row['target']} / {row['seed']}"}
-        for data, label in (("targetkg", "other TargetKG facts"), ("unrelated", "unrelated facts")):
-            entry[f"{label}: recovered, held at 0 / free"] = (f"{_frac(row[f'relearn_{data}_removed_held'])} / "
-                                                             f"{_frac(row[f'relearn_{data}_removed_free'])}")
-            entry[f"{label}: original ×, random ×"] = (f"×{fmt(row[f'relearn_{data}_original_ratio'])}, "
-                                                      f"×{fmt(row[f'relearn_{data}_random_held_ratio'])}")
-        out.append(entry)
-    return pd.DataFrame(out)
+def quantization_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        for bits, entry in rec["quantized"].items():
+            ratio = entry["ratio"]
+            rows.append({"model / target / seed": _run(rec), "weights": "fp32" if bits == "none" else f"{bits}-bit RTN",
+                         **{f"{name} × removed (random)": f"×{fmt(ratio['removed'][key])} (×{fmt(ratio['random'][key])})"
+                            for key, name in (("targetkg", "TargetKG test"), ("controlkg", "ControlKG test"),
+                                              ("controllm", "ControlLM")) if key in ratio["removed"]}})
+    return pd.DataFrame(rows)
 
 
-def specificity_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """Probe 5: ratios on sentences that are not the target's true facts, and the ControlKG KL."""
-    out = []
-    for _, row in table.iterrows():
-        out.append({
-            "model / target / seed": f"{row['model']} / {row['target']} / {row['seed']}",
-            "false tails ×": _x(row, "false_tails"),
-            "foreign heads ×": _x(row, "foreign_heads"),
-            "same heads, other facts ×": _x(row, "same_head"),
-            "ControlKG × (random)": f"{_x(row, 'controlkg')} ({fmt(row['controlkg_random'])})",
-            "ControlKG paraphrases ×": _x(row, "paraphrases_controlkg"),
-            "ControlKG KL removed (random)": f"{row['controlkg_kl_removed']:.4f} ({row['controlkg_kl_random']:.4f})",
-        })
-    return pd.DataFrame(out)
+def relearning_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        for point in rec["relearning"]["points"]:
+            for data, runs in point["data"].items():
+                if runs is None:
+                    continue
+                original = runs["original"]
+                rows.append({"model / target / seed": _run(rec),
+                             "finetune": f"{point['scope']}, lr {point['lr']:g}, {point['steps']} steps",
+                             "data": data, "facts scored": runs["n_scored"],
+                             "recovered, held at 0": _frac(runs.get("removed_held")),
+                             "recovered, free": _frac(runs.get("removed_free")),
+                             "original PPL before → after": f"{fmt(original['ppl_before'])} → {fmt(original['ppl_after'])}",
+                             "removed PPL before → after": (f"{fmt(runs['removed_held']['ppl_before'])} → "
+                                                            f"{fmt(runs['removed_held']['ppl_after'])}"
+                                                            if "removed_held" in runs else "–")})
+    return pd.DataFrame(rows)
+
+
+def specificity_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        spec = rec["specificity"]
+        rows.append({"model / target / seed": _run(rec), "false tails ×": _x(spec["false_tails"]),
+                     "foreign heads ×": _x(spec["foreign_heads"]),
+                     "same heads, other facts ×": _x(spec["same_head_other_facts"]),
+                     "ControlKG, held-out wordings ×": _x(rec["wordings"]["controlkg_heldout"])})
+    return pd.DataFrame(rows)
 
 
 def specificity_matrix(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
@@ -140,9 +183,9 @@ def specificity_matrix(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]
     for rec in records:
         model_cells = cells.setdefault(rec["model"], {})
         own = rec["held_out"]["held_out"] or rec["held_out"]["in_sample"]
-        model_cells.setdefault((rec["target"], rec["target"]), []).append(_ratio(own)["ratio"])
+        model_cells.setdefault((rec["target"], rec["target"]), []).append((own.get("removed") or EMPTY)["ratio"])
         for other, section in rec["specificity"]["other_targets"].items():
-            model_cells.setdefault((rec["target"], other), []).append(_ratio(section)["ratio"])
+            model_cells.setdefault((rec["target"], other), []).append((section.get("removed") or EMPTY)["ratio"])
     out = {}
     for model, values in cells.items():
         names = sorted({a for a, _ in values} | {b for _, b in values})
@@ -155,27 +198,57 @@ def specificity_matrix(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]
     return out
 
 
-def figure(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], path: Path, dpi: int) -> Path:
+def long_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every ratio and share: run, question, measure, variant, value, low, high, n."""
+    rows = []
+
+    def add(rec, question, measure, section, kind="ratio"):
+        for variant, value in (section or {}).items():
+            if isinstance(value, dict) and kind in value:
+                rows.append((rec["model"], rec["target"], rec["seed"], question, measure, variant, value[kind],
+                             value.get("low"), value.get("high"), value.get("n_facts")))
+
+    for rec in records:
+        held = rec["held_out"]
+        for measure in ("in_sample", "held_out", "controlkg"):
+            add(rec, "held_out", measure, held[measure])
+        for key in WORDING_LABELS:
+            add(rec, "wordings", key, rec["wordings"][key])
+            add(rec, "wordings_suppressed", key, rec["wordings"][key]["suppressed_share"], "share")
+        for k, entry in rec["in_context"].items():
+            add(rec, "in_context", f"k={k}", entry)
+        add(rec, "multiple_choice", "likelihood", rec["multiple_choice"]["targetkg"], "share")
+        add(rec, "multiple_choice", "linear_probe", (rec["readouts"].get("linear_probe") or {}).get("accuracy"), "share")
+        for name in ("false_tails", "foreign_heads", "same_head_other_facts"):
+            add(rec, "specificity", name, rec["specificity"][name])
+    return pd.DataFrame(rows, columns=["model", "target", "seed", "question", "measure", "variant", "value", "low",
+                                       "high", "n_facts"])
+
+
+def figure(records: list[dict[str, Any]], matrices: dict[str, pd.DataFrame], path: Path, dpi: int) -> Path:
     """Left: TargetKG PPL ratio per probe, removed vs random (95 % intervals), per run. Right: the
     specificity matrix of the first model."""
-    runs = table.assign(label=table["target"] + " s" + table["seed"].astype(str))
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     ax, mat_ax = fig.subplots(1, 2, width_ratios=[1.6, 1])
-    x = np.arange(len(runs))
-    width = 0.8 / len(RATIO_PROBES)
+    x = np.arange(len(records))
+    width = 0.8 / len(FIGURE_PROBES)
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
-    for k, (name, label) in enumerate(RATIO_PROBES):
-        value = runs[f"{name}_removed"].astype(float).to_numpy()
-        low = runs[f"{name}_removed_low"].astype(float).to_numpy()
-        high = runs[f"{name}_removed_high"].astype(float).to_numpy()
-        err = np.clip(np.vstack([value - low, high - value]), 0, None)
-        pos = x + (k - (len(RATIO_PROBES) - 1) / 2) * width
-        ax.bar(pos, value, width, yerr=np.nan_to_num(err), capsize=1.5, color=colors[k], label=label)
-        ax.scatter(pos, runs[f"{name}_random"].astype(float), marker="_", color="black", s=40, zorder=3)
+    for k, (label, get) in enumerate(FIGURE_PROBES):
+        sections = [(get(r) or {}) for r in records]
+        removed = [s.get("removed") or EMPTY for s in sections]
+        value = np.array([np.nan if r["ratio"] is None else r["ratio"] for r in removed], dtype=float)
+        low = np.array([np.nan if r["low"] is None else r["low"] for r in removed], dtype=float)
+        high = np.array([np.nan if r["high"] is None else r["high"] for r in removed], dtype=float)
+        err = np.clip(np.nan_to_num(np.vstack([value - low, high - value])), 0, None)
+        pos = x + (k - (len(FIGURE_PROBES) - 1) / 2) * width
+        ax.bar(pos, value, width, yerr=err, capsize=1.5, color=colors[k], label=label)
+        random = [((s.get("random") or EMPTY)["ratio"]) for s in sections]
+        ax.scatter(pos, np.array([np.nan if r is None else r for r in random], dtype=float), marker="_",
+                   color="black", s=40, zorder=3)
     ax.axhline(1.0, color="black", linewidth=0.6)
     ax.axhline(10.0, color="grey", linewidth=0.6, linestyle="--")
     ax.set_yscale("log")
-    ax.set_xticks(x, runs["label"], fontsize=7, rotation=30)
+    ax.set_xticks(x, [f"{r['target']} s{r['seed']}" for r in records], fontsize=7, rotation=30)
     ax.set_ylabel("TargetKG PPL ÷ original (black: random)")
     ax.set_title("Removed, or only hidden?", fontsize=9)
     ax.legend(fontsize=6, ncols=2)
@@ -195,50 +268,66 @@ def figure(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], path: Path, d
     return save_figure(fig, path, dpi)
 
 
+# ----------------------------------------------------------------------------------------------
+# the section
+
+QUESTIONS = [
+    ("held_out", "Held-out facts", held_out_table,
+     "In-sample: the TargetKG train facts that trained the mask. Held-out: test facts that share no head or tail "
+     "with any train or val fact (`split.holdout: entity`; a concept target shares the concept itself, by design) "
+     "and that no training or checkpoint selection read. ControlKG test facts in their best template; the KL is "
+     "the mean KL(original ‖ variant) at their tail positions: a two-sided control."),
+    ("wordings", "Held-out wordings", wordings_table,
+     "Held-out wordings: each relation's two wordings that no template choice, training or selection ever scored "
+     "(`data.relations.PARAPHRASES`). Trained wordings: every template a train sentence of the mask was written in. "
+     "A sentence counts only where the original knows the fact in that wording (params `known`, per wording). "
+     "Train facts in held-out wordings are the direct test of surface form against knowledge."),
+    ("in_context", "Facts in context", in_context_table,
+     "Test facts in their best template after k true facts of the same relation that share no head or tail "
+     "with them, written the same way. Original PPL: does the context help the original?"),
+    ("readouts", "Other readouts", readouts_table,
+     "Likelihood: the true tail has the lowest NLL among the candidates. Linear probe: a multiple-choice probe on "
+     "the final hidden state over the same candidates, fit on train facts and scored on test facts per model; "
+     "prior only: the same probe with the hidden state zeroed (what tail frequency alone gets right). Logit lens: "
+     "the hidden state after each masked block through the final norm and head, PPL ÷ the original's lens."),
+    ("quantization", "Quantization", quantization_table,
+     "Every block weight rounded to 8 or 4 bits per group of 32 (gguf Q8_0 / Q4_0 rounding; embeddings, norms and "
+     "head in full precision), for each model, then ratios against the original rounded the same way."),
+    ("relearning", "Relearning", relearning_table,
+     "Finetune the masked layers or the whole model, then score held-out TargetKG facts (unknown: facts the original "
+     "never knew, scored on unknown held-out facts: how much the budget teaches from scratch). Recovered = 1 − gap "
+     "after / gap before, gap = log PPL remaining − log PPL original, both finetuned identically; 0 = untouched, "
+     "1 = closed; undefined where the removal was under ×2. Interval: facts and seeds resampled together."),
+    ("specificity", "Specificity", specificity_table,
+     "False tails: the test facts' templates with other tails of the relation; foreign heads: with ControlKG heads. "
+     "If these degrade as much as the true facts, the removal broke the wording, not the facts."),
+]
+
+
 def section(paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dpi: int) -> tuple[list[str], dict[str, Path]]:
     """The report lines and the files written (tables/robustness*.{csv,md}, figures/robustness.png)."""
     records = load(paths)
     if not records:
         return [], {}
-    table = runs_table(records)
     matrices = specificity_matrix(records)
-    written = {"robustness_csv": write_csv(tables_dir / "robustness.csv", table)}
-    parts = {"robustness_md": summary_markdown(table), "robustness_relearn_md": relearn_markdown(table),
-             "robustness_specificity_md": specificity_markdown(table)}
-    texts = {}
-    for name, frame in parts.items():
-        texts[name] = markdown_table(frame)
-        path = tables_dir / f"{name.removesuffix('_md')}.md"
-        write_text(path, texts[name])
-        written[name] = path
+    written = {"robustness_csv": write_csv(tables_dir / "robustness.csv", long_table(records))}
+    lines = ["## Removed, or only hidden?", "",
+             "The original, remaining and random-removed models (random: the evaluation's draws) on facts and wordings "
+             "beyond the ones that trained the mask (stage evaluate_robustness). × = PPL ÷ original, averaged over "
+             "facts, 95 % bootstrap interval over facts; random-removed in brackets.", ""]
+    for name, title, build, text in QUESTIONS:
+        table = markdown_table(build(records))
+        path = tables_dir / f"robustness_{name}.md"
+        write_text(path, table)
+        written[f"robustness_{name}_md"] = path
+        lines += [f"### {title}", "", text, "", table, ""]
     for model, matrix in matrices.items():
         written[f"specificity_{model}"] = write_csv(tables_dir / f"specificity_{model}.csv", matrix.reset_index(names="mask"))
-    written["fig_robustness"] = figure(table, matrices, figures_dir / "robustness.png", dpi)
+    written["fig_robustness"] = figure(records, matrices, figures_dir / "robustness.png", dpi)
     matrix_md = [markdown_table(m.map(lambda v: "–" if math.isnan(v) else f"×{fmt(v)}").reset_index(names=f"{model}: mask of"))
                  for model, m in sorted(matrices.items())]
-    lines = ["## Removed, or only hidden?", "",
-             "The original, remaining and random-removed models on facts and wordings beyond the ones that trained "
-             "the mask (stage evaluate_robustness). × = PPL ÷ original, averaged over facts, with a 95 % bootstrap "
-             "interval over facts; random-removed in brackets. In-sample: the TargetKG facts that trained the mask. "
-             "Held-out: test facts no training, selection or template choice of the removal read "
-             "(`split.targetkg_holdout`). Paraphrases: the test facts in every other wording of their relation, two "
-             "of them never scored by any earlier stage; suppressed = PPL ≥ `robustness.suppressed_ratio` × the "
-             "original's. Multiple choice: the true tail has the lowest NLL among the candidates.", "",
-             texts["robustness_md"], "",
-             "### Relearning", "",
-             "The masked layers finetuned for `robustness.relearn` steps on other TargetKG facts (held out: the train "
-             "facts) or on unrelated ControlKG facts, then scored on TargetKG facts they did not see. Recovered = "
-             "1 − gap after / gap before, a gap being log PPL remaining − log PPL original, the original finetuned "
-             "the same way: 0 = the gap is untouched, 1 = closed; undefined where the removal was under ×2. The "
-             "same finetune of the original and of the random-removed model (PPL ÷ the original before "
-             "finetuning) is shown beside it.", "", texts["robustness_relearn_md"], "",
-             "### Specificity", "",
-             "False tails: the test facts' templates with other tails of the relation; foreign heads: with ControlKG "
-             "heads. If these degrade as much as the true facts, the removal broke the wording, not the facts. Same "
-             "heads: facts about the TargetKG's heads that are not in it (other relations). ControlKG KL: mean "
-             "KL(original ‖ variant) of the next-token distributions at the tail positions, a two-sided check.", "",
-             texts["robustness_specificity_md"], "", "Each target's mask on every run target's TargetKG test facts "
-             "(geometric mean over seeds):", "", *matrix_md, "", "![Robustness](figures/robustness.png)", ""]
+    lines += ["Each target's mask on every run target's TargetKG test facts (geometric mean over seeds):", "",
+              *matrix_md, "", "![Robustness](figures/robustness.png)", ""]
     return lines, written
 
 

@@ -41,9 +41,9 @@ def toy_triplets() -> pd.DataFrame:
     return table(rows)
 
 
-def split(triplets, name="IsA", spec=None, seed=0, holdout=False, max_t=None, caps=None):
+def split(triplets, name="IsA", spec=None, seed=0, holdout=False, max_t=None, caps=None, mode="entity"):
     return make_splits(triplets, name, spec or {"rel": "IsA"}, seed=seed, fractions=FRACTIONS,
-                       targetkg_holdout=holdout, max_targetkg=max_t, max_controlkg=caps)
+                       targetkg_holdout=holdout, max_targetkg=max_t, max_controlkg=caps, holdout=mode)
 
 
 def entities(frame: pd.DataFrame) -> set[str]:
@@ -69,9 +69,15 @@ def test_selectors(toy_triplets):
 
 @pytest.mark.parametrize("name, spec", [("IsA", {"rel": "IsA"}), ("UsedFor", {"rel": "UsedFor"}),
                                         ("fruit", {"concept": "fruit", "hops": 2})])
-@pytest.mark.parametrize("holdout", [False, True])
-def test_no_entity_shared_and_caps_respected(toy_triplets, name, spec, holdout):
-    out = split(toy_triplets, name, spec, holdout=holdout, max_t=20, caps=CAPS)
+@pytest.mark.parametrize("holdout, mode", [(False, "entity"), (True, "fact"), (True, "entity")])
+def test_no_entity_shared_and_caps_respected(toy_triplets, name, spec, holdout, mode):
+    if holdout and name == "fruit" and mode == "entity":
+        # 3 facts, 2 entity groups (fruit shared): no entity-disjoint train / val / test exists
+        with pytest.raises(InputError, match=r"'targets.fruit': TargetKG \w+ split is empty .*"
+                                             r"split.holdout entity.*set split.holdout fact"):
+            split(toy_triplets, name, spec, holdout=holdout, max_t=20, caps=CAPS, mode=mode)
+        return
+    out = split(toy_triplets, name, spec, holdout=holdout, max_t=20, caps=CAPS, mode=mode)
     assert set(out) == set(SPLIT_NAMES)
     target = pd.concat([out[f"targetkg_{s}"] for s in ("train", "val", "test")])
     control = pd.concat([out[f"controlkg_{s}"] for s in ("train", "val", "test")])

@@ -16,6 +16,7 @@ from conftest import base_params, save_tiny_gpt2
 from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn, robustness
+from knowsubnet.evaluation import robustness_stats as stats
 from knowsubnet.scoring.facts import score_facts
 from knowsubnet.method import masking
 
@@ -45,14 +46,51 @@ def verbalized_frame(frame: pd.DataFrame) -> pd.DataFrame:
 # probes: pure table work
 
 
-def test_paraphrases_leave_out_the_trained_template_and_include_the_new_ones():
+def test_held_out_wordings_are_the_ones_no_template_choice_or_training_reads():
+    for rel in relations.ALL_RELATIONS:
+        held = set(relations.heldout_wording_ids(rel))
+        assert len(held) >= 2
+        # verbalize chooses among all_verbalizations; discovery trains on them (targetkg_templates: all)
+        assert not held & {t for t, _, _ in relations.all_verbalizations(rel, "apple", "fruit")}
     facts = verbalized_frame(facts_frame()).iloc[:2].assign(template_id=[0, 3])
-    out = probes.paraphrases("p", facts)
-    ids = out.groupby("uuid")["template_id"].apply(sorted).to_dict()
-    n = len(relations.paraphrase_ids("IsA"))
-    assert ids["f00"] == [t for t in range(n) if t != 0] and ids["f01"] == [t for t in range(n) if t != 3]
-    assert n > len(relations.TEMPLATES["IsA"])  # the wordings verbalize never scores
+    out = probes.in_wordings("w", facts, probes.heldout_wordings(["IsA"]))
+    assert set(out["template_id"]) == set(relations.heldout_wording_ids("IsA"))
     assert all(s.endswith(" fruit") for s in (out[out["uuid"] == "f00"]["prompt"] + out[out["uuid"] == "f00"]["tail_text"]))
+    # the trained wordings: the train facts' best templates, or every template with targetkg_templates all
+    assert probes.trained_wordings(facts, "best") == {"IsA": [0, 3]}
+    assert probes.trained_wordings(facts, "all") == {"IsA": list(range(len(relations.TEMPLATES["IsA"])))}
+
+
+def test_template_choice_and_training_never_write_a_held_out_wording(workspace, tmp_path, monkeypatch):
+    """Every sentence verbalize chooses among and discovery trains on (best or all templates) is
+    written through relations.verbalize: record the template ids it is asked for."""
+    from knowsubnet.data import factsets
+
+    asked = []
+    original = relations.verbalize
+    monkeypatch.setattr(relations, "verbalize", lambda rel, tid, h, t: asked.append((rel, tid)) or original(rel, tid, h, t))
+    table = facts_frame()
+    relations.candidate_sentences(table)  # verbalize's candidates
+    table.to_parquet(tmp_path / "split.parquet", index=False)
+    for templates in ("best", "all"):
+        factsets.load_split_factset(tmp_path / "split.parquet", verbalized_frame(table).set_index("uuid"),
+                                    workspace["tokenizer"], templates=templates)
+    assert asked and not [(rel, tid) for rel, tid in asked if tid in relations.heldout_wording_ids(rel)]
+
+
+def test_other_heads_and_in_context_sentences():
+    facts = verbalized_frame(facts_frame())
+    isa = facts[facts["rel"] == "IsA"]
+    others = probes.other_heads("w", isa.iloc[:3], {"IsA": [5, 6]}, 2, seed=0)
+    assert len(others) == 3 * 2 * 2 and set(others["probe"]) == {"other_head:w"}
+    for row in others.itertuples(index=False):  # the fact's tail after another fact's head
+        own = isa.set_index("uuid").loc[row.uuid]
+        assert row.tail_text == " " + own["tail"] and own["head"] not in row.prompt.lower().split()
+    context = probes.in_context("c", isa.iloc[:2], facts, 3, seed=0)
+    first = context.iloc[0]
+    assert first["prompt"].count(".") == 3 and first["prompt"].endswith(isa.iloc[0]["prompt"])
+    assert "apple" not in first["prompt"][: -len(isa.iloc[0]["prompt"])]  # no shared head or tail in context
+    assert probes.in_context("c", isa.iloc[:2], facts, 0, seed=0)["prompt"].tolist() == isa.iloc[:2]["prompt"].tolist()
 
 
 def test_choices_never_offer_a_true_tail_of_the_head_as_a_false_one():
@@ -80,10 +118,10 @@ def test_an_empty_probe_keeps_the_candidates_typed():
     empty = probes.choices("c", isa.iloc[:0], table, k=5, seed=0)
     assert len(empty) == 0 and empty["is_true"].dtype == bool
     frame = pd.concat([probes.choices("c", isa, table, k=3, seed=0), empty,
-                       probes.paraphrases("p", isa.iloc[:0])], ignore_index=True)
+                       probes.in_wordings("p", isa.iloc[:0], {"IsA": [5]})], ignore_index=True)
     assert frame["is_true"].dtype == bool
     frame["nll_original"] = [0.5 if true else 1.0 for true in frame["is_true"]]
-    assert robustness.top1(frame, "original").eq(1.0).all()
+    assert stats.top1(frame, "original").eq(1.0).all()
 
 
 def test_same_head_facts_are_other_relations_of_the_targets_heads():
@@ -101,16 +139,16 @@ def test_halves_are_disjoint_and_cover():
 
 def test_ratio_and_share_statistics():
     frame = pd.DataFrame({"uuid": ["a", "a", "b"], "nll_original": [1.0, 1.0, 2.0], "nll_removed": [1.0, 3.0, 2.0]})
-    result = robustness.ratio_ci(frame, "removed", n_boot=200, seed=0)
+    result = stats.ratio_ci(frame, "removed", n_boot=200, seed=0)
     assert result["ratio"] == pytest.approx(math.exp((1.0 + 0.0) / 2))  # per fact first: a +1, b 0
     assert result["low"] <= result["ratio"] <= result["high"] and result["n_facts"] == 2
     same = frame.assign(nll_removed=frame["nll_original"])
-    assert robustness.ratio_ci(same, "removed", 200, 0) == {"ratio": 1.0, "low": 1.0, "high": 1.0, "n_facts": 2}
-    shares = robustness.suppressed_share(frame, "removed", threshold=math.e ** 1.5)
+    assert stats.ratio_ci(same, "removed", 200, 0) == {"ratio": 1.0, "low": 1.0, "high": 1.0, "n_facts": 2}
+    shares = stats.suppressed_share(frame, "removed", threshold=math.e ** 1.5)
     assert shares.to_dict() == {"a": 0.5, "b": 0.0}
     choice = pd.DataFrame({"uuid": ["a", "a", "b", "b"], "is_true": [True, False, True, False],
                            "nll_original": [1.0, 2.0, 2.0, 1.0]})
-    assert robustness.top1(choice, "original").to_dict() == {"a": 1.0, "b": 0.0}
+    assert stats.top1(choice, "original").to_dict() == {"a": 1.0, "b": 0.0}
 
 
 def test_recovered_fraction_is_zero_for_an_unchanged_gap_one_for_a_closed_one():
@@ -151,13 +189,20 @@ def workspace(tmp_path_factory):
         for name, frame in chosen.items():
             frame.to_parquet(folder / f"{name}.parquet", index=False)
         verbalized.to_parquet(root / "verbalized" / f"{target}.parquet", index=False)
+    from knowsubnet.data import encoding
+
+    blocks = encoding.controllm_blocks(tokenizer, "an apple is a fruit and a dog is an animal " * 20, 16)
+    encoding.save_blocks(root / "controllm" / "train.safetensors", blocks[:-2])
+    encoding.save_blocks(root / "controllm" / "test.safetensors", blocks[-2:])
     layers = masking.find_maskable_layers(model, 1)
     return {"root": root, "layers": [l.name for l in layers], "tokenizer": tokenizer}
 
 
 def toy_params(**robust):
-    return base_params({"run": {"targets": ["IsA", "UsedFor"]},
-                        "robustness": {"relearn": {"steps": 3, "batch": 2}, "bootstrap": 50, "device": "cpu",
+    relearn = {"points": [{"scope": "masked", "lr": 1e-2, "steps": 3}, {"scope": "whole", "lr": 1e-3, "steps": 2}],
+               "seeds": [0, 1], "batch": 2, "text_tokens": 8}
+    return base_params({"run": {"targets": ["IsA", "UsedFor"]}, "eval": {"random_draws": 2},
+                        "robustness": {"relearn": relearn, "bootstrap": 50, "device": "cpu",
                                        "candidates": 4, **robust}})
 
 
@@ -177,29 +222,41 @@ def run_stage(workspace, mask, out):
     return robustness.evaluate_robustness(
         toy_params(), model="toy", target="IsA", seed=0, model_dir=root / "model", mask=mask,
         triplets=root / "triplets.parquet", splits_root=root / "splits", verbalized_root=root / "verbalized",
-        out_dir=out)
+        controllm_dir=root / "controllm", out_dir=out)
 
 
-def test_an_empty_mask_suppresses_nothing_and_recovers_nothing(workspace):
+def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace):
     root = workspace["root"]
     mask = write_mask(root, "empty", lambda shape: torch.full(shape, -1.0))
     result = run_stage(workspace, mask, root / "out-empty")
     assert result["held_out"]["holdout"] is True
-    for section in (result["held_out"]["in_sample"], result["held_out"]["held_out"], result["paraphrases"]["targetkg"],
+    words = result["wordings"]
+    for section in (result["held_out"]["in_sample"], result["held_out"]["held_out"], words["train_heldout"],
+                    words["test_heldout"], words["test_trained"], result["in_context"]["3"],
                     result["specificity"]["foreign_heads"], result["specificity"]["other_targets"]["UsedFor"]):
         assert section["removed"]["ratio"] == 1.0
-    assert result["paraphrases"]["suppressed_share"]["removed"]["share"] == 0.0
+    assert words["test_heldout"]["suppressed_share"]["removed"]["share"] == 0.0
     assert result["controlkg_kl"]["removed"] == 0.0
     choice = result["multiple_choice"]["targetkg"]
     assert choice["removed"]["share"] == choice["original"]["share"]
-    for data in ("targetkg", "unrelated"):
-        assert result["relearning"][data]["removed_held"]["recovered_fraction"] is None  # undefined, not 0
+    # the hidden states read the same: every lens block, the linear probe, every rounding
+    assert all(block["removed"] == 1.0 for block in result["readouts"]["lens"].values())
+    probe = result["readouts"]["linear_probe"]["accuracy"]
+    assert probe["removed"]["share"] == probe["original"]["share"]
+    for bits in ("none", "8", "4"):
+        assert result["quantized"][bits]["ratio"]["removed"] == {"targetkg": 1.0, "controlkg": 1.0, "controllm": 1.0}
+    for point in result["relearning"]["points"]:
+        for data in ("targetkg", "controlkg", "wikitext"):
+            assert point["data"][data]["removed_held"]["recovered"] is None  # undefined, not 0
     headline = json.loads((root / "out-empty" / "headline.json").read_text())
-    assert headline["relearn_targetkg_recovered"] is None and headline["paraphrase_suppressed_share"] == 0.0
+    assert headline["relearn_targetkg_recovered"] is None and headline["test_heldout_wording_suppressed"] == 0.0
     sentences = pd.read_parquet(root / "out-empty" / "sentences.parquet")
-    assert (sentences["nll_removed"] == sentences["nll_original"]).all()
+    scored = sentences[~sentences["probe"].str.startswith("other_head:")]
+    assert (scored["nll_removed"] == scored["nll_original"]).all()
     # held out: the relearning trained on the train facts and was scored on test facts only
-    assert result["relearning"]["targetkg"]["n_train"] == 4 and result["relearning"]["n_scored"] == 3
+    first = result["relearning"]["points"][0]["data"]["targetkg"]
+    assert first["n_train"] == 4 and first["n_scored"] == 3
+    assert result["random_draws"] == 2
 
 
 def test_a_mask_that_removes_weights_changes_the_scores(workspace):
@@ -208,11 +265,14 @@ def test_a_mask_that_removes_weights_changes_the_scores(workspace):
     result = run_stage(workspace, mask, root / "out-third")
     assert result["held_out"]["in_sample"]["removed"]["ratio"] != 1.0
     assert result["controlkg_kl"]["removed"] > 0.0
+    assert result["quantized"]["4"]["ratio"]["removed"]["targetkg"] != 1.0
     sentences = pd.read_parquet(root / "out-third" / "sentences.parquet")
-    paraphrased = sentences[sentences["probe"] == "paraphrase_targetkg"]
-    assert set(paraphrased["template_id"]) == set(relations.paraphrase_ids("IsA")) - {0}  # trained template out
+    held = sentences[sentences["probe"] == "wording:test:heldout"]
+    assert set(held["template_id"]) == set(relations.heldout_wording_ids("IsA"))
+    trained = sentences[sentences["probe"] == "wording:test:trained"]
+    assert set(trained["template_id"]) == {0}  # the toy train facts' best template
     assert set(sentences["probe"]) >= {"targetkg_train", "targetkg_test", "controlkg_test", "choice_targetkg",
-                                       "foreign_heads", "same_head", "other:UsedFor"}
+                                       "foreign_heads", "same_head", "other:UsedFor", "in_context:8"}
 
 
 def test_the_report_section_has_a_row_per_run_and_the_figure(workspace):
@@ -224,10 +284,15 @@ def test_the_report_section_has_a_row_per_run_and_the_figure(workspace):
         pytest.skip("needs the two stage runs above")
     lines, written = section.section(paths, root / "tables", root / "figures", dpi=40)
     table = pd.read_csv(written["robustness_csv"])
-    assert len(table) == 2 and set(table["target"]) == {"IsA"}
+    assert set(table["target"]) == {"IsA"} and set(table["seed"]) == {0} and len(table) > 2
+    held = table[(table["question"] == "held_out") & (table["measure"] == "held_out") & (table["variant"] == "removed")]
+    assert len(held) == 2  # one per run
     assert written["fig_robustness"].stat().st_size > 0
     text = "\n".join(lines)
     assert "## Removed, or only hidden?" in text and "undefined" in text  # the empty mask's recovered fraction
+    for title in ("Held-out facts", "Held-out wordings", "Facts in context", "Other readouts", "Quantization",
+                  "Relearning", "Specificity"):
+        assert f"### {title}" in text
     assert "toy: mask of" in text  # the specificity matrix
 
 

@@ -31,7 +31,7 @@ from knowsubnet.downstream.csqa.model import (MODES, Variant, max_abs_removed_we
 from knowsubnet.downstream.csqa.stats import diff_of_diffs, group_accuracies, length_bias, paired_delta
 from knowsubnet.data import factsets
 from knowsubnet.data.splits import SPLITS, csqa_ids
-from knowsubnet.evaluation import probes, robustness
+from knowsubnet.evaluation import probes, robustness, robustness_stats
 from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.method import edits
 from knowsubnet.method import masking
@@ -350,7 +350,7 @@ def suppressed_facts(model: nn.Module, tokenizer, layers: list[masking.MaskableL
     out = facts.reset_index()[["uuid", "known"]].copy()
     out["nll_original"], out["nll_removed"] = scored["nll_original"].to_numpy(), scored["nll_removed"].to_numpy()
     # one sentence per fact: its share of suppressed sentences is 0 or 1
-    out["suppressed"] = robustness.suppressed_share(scored, "removed", threshold).reindex(out["uuid"]).to_numpy() == 1
+    out["suppressed"] = robustness_stats.suppressed_share(scored, "removed", threshold).reindex(out["uuid"]).to_numpy() == 1
     return out
 
 
