@@ -102,6 +102,7 @@ use rule evaluate_robustness as baseline_robustness with:
         verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
         # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
         controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
+        split_summary="data/processed/splits/{target}/summary.json",  # how the TargetKG was held out
     output:
         result="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/robustness.json",
         sentences="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/sentences.parquet",

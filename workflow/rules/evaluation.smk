@@ -44,6 +44,7 @@ rule evaluate_robustness:
         verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
         # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
         controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
+        split_summary="data/processed/splits/{target}/summary.json",  # how the TargetKG was held out
     output:
         result="results/robustness/{model}/{target}/seed{seed}/robustness.json",
         sentences="results/robustness/{model}/{target}/seed{seed}/sentences.parquet",

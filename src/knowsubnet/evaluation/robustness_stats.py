@@ -113,3 +113,21 @@ def in_context_summary(scored: pd.DataFrame, ks: list[int], n_boot: int, seed: i
         out[str(k)] = {"original_ppl": math.exp(per_fact.mean()) if len(per_fact) else None,
                        **{variant: ratio_ci(frame, variant, n_boot, seed) for variant in ("removed", "random")}}
     return out
+
+
+def pooled_ratio_ci(frames: list[pd.DataFrame], variant: str, n_boot: int, seed: int) -> dict[str, Any]:
+    """The ratio over several mask seeds' scores of the same sentences (one frame per seed), with a
+    95 % interval that resamples seeds and facts together: the seed-to-seed variation of the mask is
+    part of the uncertainty. Facts scored under every seed only."""
+    per_seed = [(f[f"nll_{variant}"] - f["nll_original"]).groupby(f["uuid"]).mean() for f in frames]
+    common = sorted(set.intersection(*(set(d.index) for d in per_seed))) if per_seed else []
+    if not common:
+        return {"ratio": None, "low": None, "high": None, "n_facts": 0, "n_seeds": len(frames)}
+    diff = np.stack([d.reindex(common).to_numpy() for d in per_seed])  # [S, F]
+    generator = np.random.default_rng(seed)
+    n_seeds, n_facts = diff.shape
+    boot = np.array([diff[np.ix_(generator.integers(0, n_seeds, n_seeds), generator.integers(0, n_facts, n_facts))].mean()
+                     for _ in range(n_boot)])
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"ratio": math.exp(diff.mean()), "low": math.exp(low), "high": math.exp(high), "n_facts": n_facts,
+            "n_seeds": n_seeds}

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.robustness_stats import pooled_ratio_ci
 from knowsubnet.report.format import Section, fmt, markdown_table, pct, read_record, save_figure, write_csv
 
 WORDING_LABELS = {"train_heldout": "train facts, held-out wordings (in-sample facts)",
@@ -36,7 +37,7 @@ EMPTY = {"ratio": None, "low": None, "high": None, "n_facts": 0}
 def load(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     keys = ("model", "target", "seed", "held_out", "wordings", "in_context", "multiple_choice", "readouts",
             "quantized", "relearning", "specificity", "controlkg_kl")
-    records = [read_record(path, keys, "an evaluate_robustness result") for path in paths]
+    records = [{**read_record(path, keys, "an evaluate_robustness result"), "_dir": Path(path).parent} for path in paths]
     return sorted(records, key=lambda r: (r["model"], r["target"], r["seed"]))
 
 
@@ -173,6 +174,31 @@ def specificity_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                      "foreign heads ×": _x(spec["foreign_heads"]),
                      "same heads, other facts ×": _x(spec["same_head_other_facts"]),
                      "ControlKG, held-out wordings ×": _x(rec["wordings"]["controlkg_heldout"])})
+    return pd.DataFrame(rows)
+
+
+# (label, probe) of the ratios pooled over seeds
+POOLED = [("in-sample ×", "targetkg_train"), ("held-out ×", "targetkg_test"),
+          ("train facts, held-out wordings ×", "wording:train:heldout"),
+          ("test facts, held-out wordings ×", "wording:test:heldout")]
+
+
+def seeds_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per model x target with more than one mask seed: the ratios over every seed's scores of the
+    same sentences, the interval resampling seeds and facts together (`pooled_ratio_ci`)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault((rec["model"], rec["target"], rec.get("method", "mask")), []).append(rec)
+    rows = []
+    for (model, target, _), recs in groups.items():
+        if len({r["seed"] for r in recs}) < 2:
+            continue
+        frames = [pd.read_parquet(rec["_dir"] / "sentences.parquet") for rec in recs]
+        row = {"model / target": f"{model} / {target}", "seeds": ", ".join(str(r["seed"]) for r in recs)}
+        for label, probe in POOLED:
+            parts = [f[(f["probe"] == probe) & f["known"]] for f in frames]
+            row[label] = _x({"removed": pooled_ratio_ci(parts, "removed", 1000, 0)})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -315,7 +341,12 @@ def section(paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dp
              "The original, remaining and random-removed models (random: the evaluation's draws) on facts and wordings "
              "beyond the ones that trained the mask (stage evaluate_robustness). × = PPL ÷ original, averaged over "
              "facts, 95 % bootstrap interval over facts; random-removed in brackets.", ""]
-    for name, title, build, text in QUESTIONS:
+    questions = list(QUESTIONS)
+    if len(seeds_table(records)):
+        questions.append(("seeds", "Across seeds", seeds_table,
+                          "The same sentences scored under every mask seed; the interval resamples seeds and facts "
+                          "together, so the seed-to-seed variation of the mask is in it."))
+    for name, title, build, text in questions:
         table = markdown_table(build(records))
         path = tables_dir / f"robustness_{name}.md"
         write_text(path, table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -160,6 +161,23 @@ def test_recovered_fraction_is_zero_for_an_unchanged_gap_one_for_a_closed_one():
     assert relearn.recovered_fraction(math.log(1.5), 0.0) is None  # x1.5: too little to recover
 
 
+def test_recovered_interval_over_facts_and_seeds():
+    from knowsubnet.evaluation.relearning import recovered_interval
+
+    rng = np.random.default_rng(0)
+    original = rng.normal(3.0, 0.5, 40)
+    before = {"original": original, "removed_held": original + 2.0}
+    finetuned = [original - 1.0 + rng.normal(0, 0.01, 40) for _ in range(3)]  # both models learn alike
+    untouched = recovered_interval(before, {"original": finetuned, "removed_held": [f + 2.0 for f in finetuned]},
+                                   "removed_held", n_boot=200, seed=0)
+    assert untouched["recovered"] == pytest.approx(0.0, abs=1e-9) and untouched["low"] <= 0.0 <= untouched["high"]
+    closed = recovered_interval(before, {"original": finetuned, "removed_held": finetuned}, "removed_held", 200, 0)
+    assert closed["recovered"] == pytest.approx(1.0) and closed["per_seed"] == pytest.approx([1.0] * 3)
+    nothing = recovered_interval({"original": original, "removed_held": original},
+                                 {"original": finetuned, "removed_held": finetuned}, "removed_held", 200, 0)
+    assert nothing["recovered"] is None and nothing["low"] is None  # nothing was removed: undefined
+
+
 # ---------------------------------------------------------------------------------------------
 # a toy model and workspace
 
@@ -294,6 +312,27 @@ def test_the_report_section_has_a_row_per_run_and_the_figure(workspace):
                   "Relearning", "Specificity"):
         assert f"### {title}" in text
     assert "toy: mask of" in text  # the specificity matrix
+    assert "### Across seeds" not in text  # one seed
+    # a second seed of the same mask target: the pooled table appears
+    import shutil
+
+    shutil.copytree(root / "out-third", root / "out-third-s1", dirs_exist_ok=True)
+    record = json.loads((root / "out-third-s1" / "robustness.json").read_text())
+    (root / "out-third-s1" / "robustness.json").write_text(json.dumps({**record, "seed": 1}))
+    lines, _ = section.section([root / "out-third" / "robustness.json", root / "out-third-s1" / "robustness.json"],
+                               root / "tables2", root / "figures2", dpi=40)
+    pooled = "\n".join(lines).split("### Across seeds")[1]
+    assert "| toy / IsA | 0, 1 |" in pooled
+
+
+def test_ratios_pooled_over_seeds_resample_seeds_and_facts():
+    frame = pd.DataFrame({"uuid": ["a", "b", "c"], "nll_original": [1.0, 1.0, 1.0], "nll_removed": [2.0, 2.0, 2.0]})
+    same = stats.pooled_ratio_ci([frame, frame], "removed", 100, 0)
+    assert same["ratio"] == pytest.approx(math.e) and same["low"] == pytest.approx(math.e) and same["n_seeds"] == 2
+    other = frame.assign(nll_removed=[1.0, 1.0, 1.0])  # a second seed that removes nothing
+    pooled = stats.pooled_ratio_ci([frame, other], "removed", 400, 0)
+    assert pooled["ratio"] == pytest.approx(math.exp(0.5))
+    assert pooled["low"] < pooled["ratio"] < pooled["high"]  # the seeds disagree: the interval says so
 
 
 def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspace):
