@@ -59,3 +59,9 @@ rule all:
         expand("results/masks/{model}/{target}/seed{seed}/mask.safetensors", model=MODELS, target=TARGETS, seed=SEEDS),
         expand("results/eval/{model}/{target}/seed{seed}/metrics.json", model=MODELS, target=TARGETS, seed=SEEDS),
         csqa_results(),
+        export_results(),
+
+
+# A path on the command line that names an undefined target or model: one line listing the defined
+# ones (workflow/rules/common.smk), not a MissingRuleException.
+check_requested_paths(sys.argv[1:])

@@ -3,7 +3,8 @@
     python workflow/dvc_yaml.py            # print it
     python workflow/dvc_yaml.py dvc.yaml   # write it (`make dvc.yaml`)
 
-Every rule the default target (`all`) needs becomes a DVC stage of the same name:
+Every rule the default target (`all`) needs becomes a DVC stage of the same name, and so does every
+rule named in DVC_STAGES (common.smk; export_remaining, whose matrix list export.seeds may be empty):
 
 - matrix: one entry per wildcard, over params.yaml's `run.<wildcard>s` (`{model}` over `run.models`);
 - cmd: the rule's shell command with `python` for the interpreter, `params.yaml` for the
@@ -260,6 +261,7 @@ def generate() -> str:
     needed = default_target_rules()
     api, workflow = load_workflow()
     try:
+        needed |= set(workflow.globals.get("DVC_STAGES", []))
         run = workflow.config["run"]
         rules = [r for r in workflow.rules if r.name in needed]
         dirs = {}  # marker file -> the directory it stands for

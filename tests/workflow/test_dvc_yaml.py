@@ -24,7 +24,12 @@ def test_committed_dvc_yaml_is_the_generated_one():
     # every stage the default target needs, split per target, and the library modules each imports
     assert set(stages) == {"fetch_data", "extract_triplets", "split_controls", "prepare_model", "verbalize",
                            "tokenize_controllm", "discover_mask", "finetune_csqa", "evaluate_ablation",
-                           "evaluate_robustness", "combine_seeds", "report"}
+                           "evaluate_robustness", "combine_seeds", "report", "export_remaining"}
+    # the export (DVC_STAGES): one stage per seed of export.seeds, read by DVC, so none while it is []
+    export = stages["export_remaining"]
+    assert export["matrix"] == {"model": "${run.models}", "target": "${run.targets}", "seed": "${export.seeds}"}
+    assert export["params"] == ["export.keep", "report.bars", "targets.${item.target}", "triplets.sources"]
+    assert export["outs"] == ["results/remaining/${item.model}/${item.target}/seed${item.seed}"]
     # a rule's own matrix (DVC_MATRIX): only the CSQA-linked targets are finetuned
     assert stages["finetune_csqa"]["matrix"]["target"] == ["csqa1"]
     assert stages["finetune_csqa"]["matrix"]["mode"] == "${csqa.modes}"

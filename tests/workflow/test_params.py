@@ -141,3 +141,18 @@ def test_overlay_validates_over_its_preset(overlay):
     params = load([BASE, ROOT / "config" / "presets" / f"{preset}.yaml", overlay], SCHEMA)
     for target in params.run.targets:
         assert target in params.targets
+
+
+def test_export_section_is_typed_and_a_params_file_from_before_it_still_loads():
+    params = load([BASE], SCHEMA)
+    assert params.export == config.Export(keep="remaining", seeds=[])
+    older = config.read_yaml(BASE)
+    del older["export"]  # the merged params file of a run started before the section existed
+    assert config.from_mapping(older, SCHEMA).export is None
+
+
+def test_export_seeds_must_be_run_seeds(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export: {seeds: [7]}\n")
+    with pytest.raises(InputError, match=r"params key 'export\.seeds': seed 7 is not in run\.seeds \[0, 1, 2\]"):
+        load([BASE, bad], SCHEMA)

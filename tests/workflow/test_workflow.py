@@ -17,7 +17,8 @@ needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror
 @pytest.mark.parametrize("preset", ["base", "demo", "paper", "relations"])
 def test_snakemake_dry_run_builds_the_dag(preset):
     overlay = [] if preset == "base" else ["--configfile", f"config/presets/{preset}.yaml"]  # base: params.yaml
-    out = run([BIN / "snakemake", "-n", *overlay], ROOT)
+    # --forceall: the whole DAG, whatever outputs a local run left in the tree
+    out = run([BIN / "snakemake", "-n", "--forceall", *overlay], ROOT)
     for rule in ("fetch_data", "split_controls", "discover_mask", "evaluate_ablation"):
         assert rule in out.stdout + out.stderr
 
@@ -35,6 +36,30 @@ def test_snakemake_rejects_a_bad_param_naming_its_key(tmp_path):
     proc = run([BIN / "snakemake", "-n", "--configfile", "params.yaml", str(bad)], ROOT, check=False)
     assert proc.returncode != 0
     assert "granularity" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("results/masks/tiny-gpt2/NoSuchTarget/seed0/mask.safetensors", "target 'NoSuchTarget' is not defined under 'targets'"),
+    ("results/remaining/no-such-model/IsA/seed0", "model 'no-such-model' is not defined under 'models'"),
+])
+def test_a_target_path_with_an_undefined_name_stops_with_one_line_listing_the_defined_ones(path, problem):
+    proc = run([BIN / "snakemake", "-n", path], ROOT, check=False)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith(f"error: {path}: {problem} in the params; defined: ")
+    defined = yaml.safe_load((ROOT / "params.yaml").read_text())["targets" if "target " in problem else "models"]
+    assert lines[0].endswith(", ".join(sorted(defined)))
+
+
+def test_export_is_on_demand_and_joins_the_default_target_for_export_seeds(tmp_path):
+    on_demand = run([BIN / "snakemake", "-n", "--forceall", "results/remaining/tiny-gpt2/IsA/seed0"], ROOT).stdout
+    assert "rule export_remaining:" in on_demand
+    default = run([BIN / "snakemake", "-n", "--forceall"], ROOT).stdout
+    assert "export_remaining" not in default  # params.yaml: export.seeds is []
+    own = tmp_path / "own.yaml"
+    own.write_text("export: {seeds: [0]}\n")
+    exported = run([BIN / "snakemake", "-n", "--forceall", "--configfile", "params.yaml", str(own)], ROOT).stdout
+    assert exported.count("rule export_remaining:") == len(yaml.safe_load((ROOT / "params.yaml").read_text())["run"]["targets"])
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -75,6 +75,7 @@ def section(*keys):
 # Hints for the dvc.yaml generator (workflow/dvc_yaml.py); Snakemake ignores them.
 DVC_MATRIX = {}  # name of a job's recipe -> {wildcard: list or ${params.key}}, where `run.<wildcard>s` does not apply
 DVC_PLOTS = []  # dvc.yaml's top-level plot definitions
+DVC_STAGES = []  # recipes written to dvc.yaml even when the default target needs none of their outputs
 def whole_dir(path, directory):
     """`path` is the marker file of a `directory` written as a whole: DVC tracks the directory."""
     return flag(path, "dvc_dir", directory)
@@ -136,6 +137,14 @@ for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked
         raise ValueError(f"params key 'csqa.mask_seeds': seed {_seed} is not in run.seeds {SEEDS}")
 
 
+# Export (workflow/rules/discovery.smk): the default target exports these seeds' masks.
+EXPORT_SEEDS = (config.get("export") or {}).get("seeds") or []  # within run.seeds (core.config.validate)
+
+
+def export_results():
+    return expand("results/remaining/{model}/{target}/seed{seed}", model=MODELS, target=TARGETS, seed=EXPORT_SEEDS)
+
+
 def csqa_results():
     return expand("results/csqa/{model}/{target}/seed{seed}/{mode}.json", model=MODELS, target=CSQA_TARGETS,
                   seed=CSQA_SEEDS, mode=CSQA_MODES)
@@ -147,3 +156,47 @@ def baseline_results(name):
     """Every baseline run's file `name` (meta.json, eval/metrics.json, robustness/robustness.json)."""
     return expand("results/baselines/{model}/{target}/{baseline}/seed{seed}/{name}", model=MODELS, target=TARGETS,
                   baseline=BASELINES, seed=SEEDS, name=name)
+
+
+# -- a target path on the command line with an undefined name (called at the end of the Snakefile) --
+
+NAMED_WILDCARDS = {"model": "models", "target": "targets"}  # wildcard -> the params section defining its names
+
+
+def _output_regex(pattern):
+    """A rule's output pattern as a regex in which every wildcard matches any one path segment."""
+    from snakemake.io import strip_wildcard_constraints
+
+    pattern, parts, seen, pos = strip_wildcard_constraints(str(pattern)), [], set(), 0
+    for found in re.finditer(r"\{(\w+)\}", pattern):
+        name = found.group(1)
+        parts += [re.escape(pattern[pos:found.start()]), f"(?P={name})" if name in seen else f"(?P<{name}>[^/]+)"]
+        seen.add(name)
+        pos = found.end()
+    return re.compile("".join(parts) + re.escape(pattern[pos:]))
+
+
+def undefined_name(path):
+    """For a path some rule would write but for its {model} or {target} name, which the params do
+    not define: one line saying so and listing the defined names; else None (Snakemake decides)."""
+    path = os.path.normpath(path)
+    matches = [m.groupdict() for rule in workflow.rules for out in rule.output
+               if (m := _output_regex(out).fullmatch(path))]
+    undefined = [[(w, v) for w, v in m.items() if w in NAMED_WILDCARDS and v not in config[NAMED_WILDCARDS[w]]]
+                 for m in matches]
+    if not undefined or not all(undefined):  # no rule writes it, or one does with defined names
+        return None
+    wildcard, name = undefined[0][0]
+    section = NAMED_WILDCARDS[wildcard]
+    return (f"{path}: {wildcard} {name!r} is not defined under '{section}' in the params; "
+            f"defined: {', '.join(sorted(config[section]))}")
+
+
+def check_requested_paths(argv):
+    """Stop with one line (exit 2) when a path asked for on the command line names an undefined
+    model or target, instead of Snakemake's MissingRuleException."""
+    for arg in argv:
+        problem = None if arg.startswith("-") else undefined_name(arg)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)

@@ -36,16 +36,32 @@ rule discover_mask:
 
 
 rule export_remaining:
-    """On demand: the model with the subnetwork removed, as a standard Hugging Face directory."""
+    """The model with the subnetwork removed (params export.keep: subnetwork keeps only it) as a
+    Hugging Face folder with a model card (README.md). On demand (`snakemake results/remaining/...`),
+    and for the seeds of export.seeds in the default target."""
     input:
         model="results/models/{model}/config.json",
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
+        # the card's numbers: the evaluation headline (with its verdict) and the robustness headline
+        headline="results/eval/{model}/{target}/seed{seed}/headline.json",
+        robustness="results/robustness/{model}/{target}/seed{seed}/headline.json",
     output:
         directory("results/remaining/{model}/{target}/seed{seed}"),
+    params:
+        keep=section("export", "keep"),
+        target=lambda w: section("targets", w.target),  # the card shows the target's selector
+        sources=section("triplets", "sources"),  # and where its facts come from
+        bars=section("report", "bars"),  # and the bars of the verdict
     log:
         "logs/export_remaining/{model}/{target}/seed{seed}.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/export_remaining.py --model-dir results/models/{wildcards.model} "
-        "--mask {input.mask} --out {output} 2> {log}"
+        "python workflow/scripts/export_remaining.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "--mask {input.mask} --headline {input.headline} --robustness {input.robustness} --out {output} 2> {log}"
+
+
+# dvc.yaml: a stage per run model x target x seed of export.seeds, written even while that list is
+# empty (DVC then makes no stage; `dvc repro` exports once export.seeds names a seed)
+DVC_MATRIX["export_remaining"] = {"seed": "${export.seeds}"}
+DVC_STAGES.append("export_remaining")

@@ -275,6 +275,12 @@ class Csqa:
 
 
 @dataclass(frozen=True)
+class Export:  # publishing a run's model (the export_remaining stage, evaluation.export)
+    keep: str          # remaining: the subnetwork zeroed | subnetwork: only it kept in the masked layers
+    seeds: list[int]   # which of run.seeds' masks the default target exports, per run model x target
+
+
+@dataclass(frozen=True)
 class Params:
     data: Data
     triplets: Triplets
@@ -292,6 +298,9 @@ class Params:
     baselines: Baselines
     report: Report
     csqa: Csqa
+    # Optional (default None) so that a params file written before the section existed, such as the
+    # merged file of a run in progress, still loads; config/base.yaml has it.
+    export: Export | None = None
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain mapping (for provenance records)."""
@@ -346,8 +355,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> None:
-    """Check `mapping` against the schema, and that run.targets and run.models are defined; the
-    first problem is one InputError line naming its key (never the schema)."""
+    """Check `mapping` against the schema, that run.targets and run.models are defined and that
+    export.seeds are run seeds; the first problem is one InputError line naming its key (never the schema)."""
     schema = read_yaml(schema_path)
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(mapping), key=lambda e: list(e.absolute_path))
@@ -359,6 +368,10 @@ def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> 
             if name not in mapping[kind]:
                 raise InputError(f"{source}: params key 'run.{kind}': {name!r} is not defined under "
                                  f"'{kind}'; defined: {', '.join(defined)}")
+    for seed in (mapping.get("export") or {}).get("seeds") or []:  # an export needs the seed's mask
+        if seed not in mapping["run"]["seeds"]:
+            raise InputError(f"{source}: params key 'export.seeds': seed {seed} is not in run.seeds "
+                             f"{mapping['run']['seeds']}")
 
 
 # -- one key from the command line ---------------------------------------------------------------
@@ -419,16 +432,23 @@ def _build(cls: type, value: Any, prefix: str, source: str):
     if not isinstance(value, dict):
         raise InputError(f"{source}: params key '{where}': expected a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     unknown = sorted(set(value) - set(names))
     if unknown:
         raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name in names:
+        optional = fields[name].default is None  # a section older params files lack (Params.export)
+        if name not in value and optional:
+            kwargs[name] = None
+            continue
         if name not in value:
             raise InputError(f"{source}: params key '{prefix}{name}' is missing "
                              f"(every key has its default in config/base.yaml)")
         hint = hints[name]
+        if optional:  # `X | None`: build the X
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         kwargs[name] = (_build(hint, value[name], f"{prefix}{name}.", source) if dataclasses.is_dataclass(hint)
                         else copy.deepcopy(value[name]))
     return cls(**kwargs)

@@ -43,7 +43,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """`obj` as canonical JSON (`canonical_json`), so the same content is the same bytes whichever
+    engine (DVC, Snakemake) or code path built the dict."""
+    write_text(path, canonical_json(obj))
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON text independent of dict insertion order: keys as JSON writes them (strings), sorted,
+    integer keys in numeric order before the others (logit-lens blocks 6 ... 11, not 10, 11, 6 ...);
+    indented by 2, one trailing newline."""
+    plain = json.loads(json.dumps(obj, default=_json_default))  # keys become JSON's strings
+    return json.dumps(_sorted_keys(plain), indent=2) + "\n"
+
+
+def _key_order(key: str) -> tuple[int, int, str]:
+    return (0, int(key), key) if key.isascii() and key.isdigit() else (1, 0, key)
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value, key=_key_order)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:

@@ -27,6 +27,10 @@ CSQA_GROUP_LABELS = {"removed_known": "removed, known and suppressed", "removed"
 CSQA_GROUP_TICKS = {"removed_known": "removed\nknown", "removed": "removed\nall", "kept": "other\nhalf",
                     "dev": "CSQA\ndev", "dev_matched": "dev\nmatched"}
 RUN_KEYS = ["model", "target", "seed", "mode"]
+# diff_of_diffs' contrasts and group pairs in the order the tables show them (the JSON's keys are
+# sorted, knowsubnet.core.io.write_json); downstream.csqa.finetune's CONTRASTS[:2] and DOD_PAIRS
+CSQA_DOD_CONTRASTS = ("remaining - original", "remaining - random")
+CSQA_DOD_PAIRS = ("removed_known vs kept", "removed vs kept", "removed_known vs dev_matched")
 
 
 def load_csqa_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -96,13 +100,20 @@ def accuracy_markdown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _in_order(mapping: dict[str, Any], order: Sequence[str]) -> list[str]:
+    """The keys of `mapping`: those of `order` in its order, then any others sorted."""
+    return [k for k in order if k in mapping] + sorted(set(mapping) - set(order))
+
+
 def effect_markdown(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """The differences of differences of each run, with their paired 95 % interval and minimal
     detectable effect (80 % power, 5 % two-sided)."""
     rows = []
     for rec in records:
-        for contrast, pairs in rec["diff_of_diffs"].items():
-            for pair, d in pairs.items():
+        for contrast in _in_order(rec["diff_of_diffs"], CSQA_DOD_CONTRASTS):
+            pairs = rec["diff_of_diffs"][contrast]
+            for pair in _in_order(pairs, CSQA_DOD_PAIRS):
+                d = pairs[pair]
                 group, reference = pair.split(" vs ")
                 rows.append({**{k: rec[k] for k in RUN_KEYS}, "difference": contrast,
                              "on": f"{CSQA_GROUP_LABELS[group]} (n={d['n']})",

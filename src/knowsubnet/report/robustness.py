@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.relearning import DATA
 from knowsubnet.evaluation.robustness_stats import pooled_ratio_ci
 from knowsubnet.report.format import Section, fmt, markdown_table, pct, read_record, save_figure, write_csv
 
@@ -109,7 +110,7 @@ def wordings_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 def in_context_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
-        for k, entry in rec["in_context"].items():
+        for k, entry in sorted(rec["in_context"].items(), key=lambda kv: int(kv[0])):
             rows.append({"model / target / seed": _run(rec), "k facts in context": int(k),
                          "original PPL": fmt(entry["original_ppl"]), "× (random)": _xr(entry)})
     return pd.DataFrame(rows)
@@ -129,7 +130,8 @@ def readouts_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 (f"{pct(probe['original']['share'], 0)} → {_share(probe['removed'])} ({pct(probe['random']['share'], 0)}); "
                  f"{pct(probe['prior_only']['share'], 0)}" if probe else "–"),
             "logit lens × after block (removed / random)":
-                " · ".join(f"{b}: ×{fmt(v['removed'])} / ×{fmt(v['random'])}" for b, v in lens.items()) or "–",
+                " · ".join(f"{b}: ×{fmt(v['removed'])} / ×{fmt(v['random'])}"
+                           for b, v in sorted(lens.items(), key=lambda kv: int(kv[0]))) or "–",
         })
     return pd.DataFrame(rows)
 
@@ -137,7 +139,8 @@ def readouts_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 def quantization_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
-        for bits, entry in rec["quantized"].items():
+        # full precision first, then fewer and fewer bits (the JSON keys are sorted)
+        for bits, entry in sorted(rec["quantized"].items(), key=lambda kv: -1e9 if kv[0] == "none" else -int(kv[0])):
             ratio = entry["ratio"]
             rows.append({"model / target / seed": _run(rec), "weights": "fp32" if bits == "none" else f"{bits}-bit RTN",
                          **{f"{name} × removed (random)": f"×{fmt(ratio['removed'][key])} (×{fmt(ratio['random'][key])})"
@@ -150,7 +153,7 @@ def relearning_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
         for point in rec["relearning"]["points"]:
-            for data, runs in point["data"].items():
+            for data, runs in sorted(point["data"].items(), key=lambda kv: DATA.index(kv[0])):
                 if runs is None:
                     continue
                 original = runs["original"]

@@ -608,6 +608,25 @@ def test_report_csqa_section(tmp_path):
         load_csqa_results([bad])
 
 
+def test_the_effect_table_keeps_its_order_when_the_result_file_has_sorted_keys(tmp_path):
+    """write_json sorts keys ("removed vs kept" before "removed_known vs ..."); the table still
+    lists the contrasts and pairs in finetune's order."""
+    from knowsubnet.core.io import write_json
+    from knowsubnet.report.csqa import (CSQA_DOD_CONTRASTS, CSQA_DOD_PAIRS, CSQA_GROUP_LABELS, effect_markdown,
+                                        load_csqa_results)
+
+    assert CSQA_DOD_CONTRASTS == tuple(f"{a} - {b}" for a, b in csqa.CONTRASTS[:2])
+    assert CSQA_DOD_PAIRS == tuple(f"{g} vs {r}" for g, r in csqa.DOD_PAIRS)
+    accs = {v: (0.6, 0.5, 0.4, 0.4, 0.4) for v in csqa.VARIANTS}
+    write_json(tmp_path / "head.json", _csqa_record("m", "csqa1", 0, "head", accs))
+    assert list(json.loads((tmp_path / "head.json").read_text())["diff_of_diffs"]["remaining - original"]) != \
+        list(CSQA_DOD_PAIRS)  # the file's own order differs
+    table = effect_markdown(load_csqa_results([tmp_path / "head.json"]))
+    labels = {g: f"{CSQA_GROUP_LABELS[g]} (n=50)" for g in csqa.GROUPS}
+    assert list(zip(table["difference"], table["on"], table["minus on"])) == [
+        (contrast, labels[g], labels[r]) for contrast in CSQA_DOD_CONTRASTS for g, r in csqa.DOD_PAIRS]
+
+
 # ---------------------------------------------------------------------------------------------
 # the workflow: only CSQA-linked targets are finetuned, one job per mode
 

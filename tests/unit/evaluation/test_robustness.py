@@ -243,10 +243,18 @@ def run_stage(workspace, mask, out):
         controllm_dir=root / "controllm", out_dir=out)
 
 
-def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace):
+@pytest.fixture(scope="module")
+def stage_runs(workspace):
+    """The stage for an empty mask and for a mask of every third weight (the report test reads both)."""
     root = workspace["root"]
-    mask = write_mask(root, "empty", lambda shape: torch.full(shape, -1.0))
-    result = run_stage(workspace, mask, root / "out-empty")
+    empty = write_mask(root, "empty", lambda shape: torch.full(shape, -1.0))
+    third = write_mask(root, "third", lambda shape: torch.where(torch.arange(math.prod(shape)).view(shape) % 3 == 0, 1.0, -1.0))
+    return {"empty": run_stage(workspace, empty, root / "out-empty"), "third": run_stage(workspace, third, root / "out-third")}
+
+
+def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_runs):
+    root = workspace["root"]
+    result = stage_runs["empty"]
     assert result["held_out"]["holdout"] is True
     words = result["wordings"]
     for section in (result["held_out"]["in_sample"], result["held_out"]["held_out"], words["train_heldout"],
@@ -277,10 +285,9 @@ def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace):
     assert result["random_draws"] == 2
 
 
-def test_a_mask_that_removes_weights_changes_the_scores(workspace):
+def test_a_mask_that_removes_weights_changes_the_scores(workspace, stage_runs):
     root = workspace["root"]
-    mask = write_mask(root, "third", lambda shape: torch.where(torch.arange(math.prod(shape)).view(shape) % 3 == 0, 1.0, -1.0))
-    result = run_stage(workspace, mask, root / "out-third")
+    result = stage_runs["third"]
     assert result["held_out"]["in_sample"]["removed"]["ratio"] != 1.0
     assert result["controlkg_kl"]["removed"] > 0.0
     assert result["quantized"]["4"]["ratio"]["removed"]["targetkg"] != 1.0
@@ -293,13 +300,11 @@ def test_a_mask_that_removes_weights_changes_the_scores(workspace):
                                        "foreign_heads", "same_head", "other:UsedFor", "in_context:8"}
 
 
-def test_the_report_section_has_a_row_per_run_and_the_figure(workspace):
+def test_the_report_section_has_a_row_per_run_and_the_figure(workspace, stage_runs):
     from knowsubnet.report import robustness as section
 
     root = workspace["root"]
     paths = [root / name / "robustness.json" for name in ("out-empty", "out-third")]
-    if not all(p.is_file() for p in paths):
-        pytest.skip("needs the two stage runs above")
     lines, written = section.section(paths, root / "tables", root / "figures", dpi=40)
     table = pd.read_csv(written["robustness_csv"])
     assert set(table["target"]) == {"IsA"} and set(table["seed"]) == {0} and len(table) > 2

@@ -101,8 +101,8 @@ def test_discover_then_export(workspace):
     # force a non-empty subnetwork so that the export visibly removes something
     logits = {name: torch.where(torch.arange(v.numel()).view(v.shape) % 3 == 0, 1.0, -1.0) for name, v in logits.items()}
     masking.save_mask(root / "forced.safetensors", logits, metadata)
-    run_script("export_remaining", ["--model-dir", str(root / "model"), "--mask", str(root / "forced.safetensors"),
-                                    "--out", str(root / "remaining")])
+    run_script("export_remaining", ["--params", str(REPO / "params.yaml"), "--model-dir", str(root / "model"),
+                                    "--mask", str(root / "forced.safetensors"), "--out", str(root / "remaining")])
     original = AutoModelForCausalLM.from_pretrained(root / "model")
     remaining = AutoModelForCausalLM.from_pretrained(root / "remaining")
     layers = masking.find_maskable_layers(original, 1)
