@@ -33,6 +33,8 @@ FIGURE_PROBES = [("in-sample", lambda r: r["held_out"]["in_sample"]),
                  ("false tails", lambda r: r["specificity"]["false_tails"]),
                  ("foreign heads", lambda r: r["specificity"]["foreign_heads"])]
 EMPTY = {"ratio": None, "low": None, "high": None, "n_facts": 0}
+# A finetune that raises the original's PPL on the scored facts this much has ruined it there
+ORIGINAL_RUINED = 2.0
 
 
 def load(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -65,11 +67,18 @@ def _share(value: dict | None) -> str:
     return f"{pct(value['share'], 0)} [{pct(value['low'], 0)}, {pct(value['high'], 0)}]"
 
 
-def _frac(value: dict | None) -> str:
-    if not value or value.get("recovered") is None:
+def _frac(value: dict | None, original: dict) -> str:
+    """A recovered fraction with its interval; "–" for a model not run, "undefined" where nothing
+    was removed, and a warning where the finetune itself ruined the original on these facts: the
+    gap then closes because both models lost them, which is not recovery."""
+    if not value:
+        return "–"
+    if value.get("recovered") is None:
         return "undefined"
     interval = "" if value.get("low") is None else f" [{value['low']:.2f}, {value['high']:.2f}]"
-    return f"{value['recovered']:.2f}{interval}"
+    worse = original["ppl_after"] / original["ppl_before"]
+    warning = f" (original ×{fmt(worse)} worse: not recovery)" if worse >= ORIGINAL_RUINED else ""
+    return f"{value['recovered']:.2f}{interval}{warning}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,8 +169,8 @@ def relearning_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 rows.append({"model / target / seed": _run(rec),
                              "finetune": f"{point['scope']}, lr {point['lr']:g}, {point['steps']} steps",
                              "data": data, "facts scored": runs["n_scored"],
-                             "recovered, held at 0": _frac(runs.get("removed_held")),
-                             "recovered, free": _frac(runs.get("removed_free")),
+                             "recovered, held at 0": _frac(runs.get("removed_held"), original),
+                             "recovered, free": _frac(runs.get("removed_free"), original),
                              "original PPL before → after": f"{fmt(original['ppl_before'])} → {fmt(original['ppl_after'])}",
                              "removed PPL before → after": (f"{fmt(runs['removed_held']['ppl_before'])} → "
                                                             f"{fmt(runs['removed_held']['ppl_after'])}"

@@ -407,3 +407,14 @@ def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
     assert meta["n_facts"]["targetkg_train"] == 4 and meta["n_facts"]["targetkg_val"] == 2
     assert not test_uuids & set(pd.read_parquet(split_dir / "targetkg_train.parquet")["uuid"])
     assert not test_uuids & set(pd.read_parquet(split_dir / "targetkg_val.parquet")["uuid"])
+
+
+def test_a_finetune_that_ruins_the_original_is_not_called_recovery():
+    from knowsubnet.report.robustness import _frac
+
+    kept = {"ppl_before": 10.0, "ppl_after": 8.0}
+    ruined = {"ppl_before": 10.0, "ppl_after": 500.0}
+    value = {"recovered": 0.9, "low": 0.5, "high": 1.2}
+    assert _frac(value, kept) == "0.90 [0.50, 1.20]"
+    assert "not recovery" in _frac(value, ruined)
+    assert _frac(None, kept) == "–" and _frac({"recovered": None}, kept) == "undefined"
