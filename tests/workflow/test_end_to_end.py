@@ -61,7 +61,7 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     # the comparison: one row per method (the mask and each baseline), each with its test ratios
     comparison = pd.read_csv(proj / "results" / "tables" / "comparison.csv")
     assert sorted(comparison["method"]) == sorted(["mask", *BASELINES])
-    assert comparison["targetkg_x"].notna().all() and comparison["paraphrase_ratio"].notna().all()
+    assert comparison["targetkg_x"].notna().all() and comparison["test_heldout_wording_ratio"].notna().all()
     assert "figures/comparison_tradeoff.png" in linked
     sized = comparison[comparison["method"].isin(["mask", "random_magnitude", "attribution"])]
     assert sized["changed_weights"].nunique() == 1  # exactly the mask's size

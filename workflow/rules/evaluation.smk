@@ -33,7 +33,7 @@ rule evaluate_ablation:
 
 
 rule evaluate_robustness:
-    """Removed, or only hidden? Held-out facts, paraphrases, multiple choice, relearning, specificity."""
+    """Removed, or only hidden? Held-out facts and wordings, in context, readouts, quantization, relearning, specificity."""
     input:
         model="results/models/{model}/config.json",
         mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
