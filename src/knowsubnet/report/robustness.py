@@ -169,8 +169,9 @@ def relearning_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 rows.append({"model / target / seed": _run(rec),
                              "finetune": f"{point['scope']}, lr {point['lr']:g}, {point['steps']} steps",
                              "data": data, "facts scored": runs["n_scored"],
-                             "recovered, held at 0": _frac(runs.get("removed_held"), original),
-                             "recovered, free": _frac(runs.get("removed_free"), original),
+                             # unknown: the control, read as the original's PPL before -> after
+                             "recovered, held at 0": "control" if data == "unknown" else _frac(runs.get("removed_held"), original),
+                             "recovered, free": "control" if data == "unknown" else _frac(runs.get("removed_free"), original),
                              "original PPL before → after": f"{fmt(original['ppl_before'])} → {fmt(original['ppl_after'])}",
                              "removed PPL before → after": (f"{fmt(runs['removed_held']['ppl_before'])} → "
                                                             f"{fmt(runs['removed_held']['ppl_after'])}"
