@@ -143,12 +143,13 @@ def test_overlay_validates_over_its_preset(overlay):
         assert target in params.targets
 
 
-def test_export_section_is_typed_and_a_params_file_from_before_it_still_loads():
+def test_export_section_is_typed_and_required():
     params = load([BASE], SCHEMA)
     assert params.export == config.Export(keep="remaining", seeds=[])
     older = config.read_yaml(BASE)
-    del older["export"]  # the merged params file of a run started before the section existed
-    assert config.from_mapping(older, SCHEMA).export is None
+    del older["export"]
+    with pytest.raises(InputError, match=r"params key 'export': missing"):
+        config.from_mapping(older, SCHEMA)
 
 
 def test_export_seeds_must_be_run_seeds(tmp_path):

@@ -138,7 +138,7 @@ for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked
 
 
 # Export (workflow/rules/discovery.smk): the default target exports these seeds' masks.
-EXPORT_SEEDS = (config.get("export") or {}).get("seeds") or []  # within run.seeds (core.config.validate)
+EXPORT_SEEDS = config["export"]["seeds"]  # within run.seeds (core.config.validate)
 
 
 def export_results():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stage_params import load_params, stage_parser
 
-from knowsubnet.core.errors import InputError, cli_entry
+from knowsubnet.core.errors import cli_entry
 from knowsubnet.evaluation.export import KEEP, export_masked_model, push_to_hub
 
 
@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--public", action="store_true", help="with --push-to-hub: a public repo (default private)")
     args = parser.parse_args(argv)
     params = load_params(args)
-    if args.keep is None and params.export is None:
-        raise InputError("params key 'export' is missing (config/base.yaml has its default); or pass --keep")
     keep = args.keep or params.export.keep
     export_masked_model(args.model_dir, args.mask, args.out, keep=keep, targets=params.targets,
                         fact_sources=list(params.triplets.sources), headline=args.headline,

@@ -298,9 +298,7 @@ class Params:
     baselines: Baselines
     report: Report
     csqa: Csqa
-    # Optional (default None) so that a params file written before the section existed, such as the
-    # merged file of a run in progress, still loads; config/base.yaml has it.
-    export: Export | None = None
+    export: Export
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain mapping (for provenance records)."""
@@ -432,23 +430,16 @@ def _build(cls: type, value: Any, prefix: str, source: str):
     if not isinstance(value, dict):
         raise InputError(f"{source}: params key '{where}': expected a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = list(fields)
+    names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
         raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name in names:
-        optional = fields[name].default is None  # a section older params files lack (Params.export)
-        if name not in value and optional:
-            kwargs[name] = None
-            continue
         if name not in value:
             raise InputError(f"{source}: params key '{prefix}{name}' is missing "
                              f"(every key has its default in config/base.yaml)")
         hint = hints[name]
-        if optional:  # `X | None`: build the X
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         kwargs[name] = (_build(hint, value[name], f"{prefix}{name}.", source) if dataclasses.is_dataclass(hint)
                         else copy.deepcopy(value[name]))
     return cls(**kwargs)
