@@ -38,14 +38,6 @@ MODELS = {"original": (None, True), "removed_held": ("removed", True), "removed_
 DATA = ("targetkg", "controlkg", "wikitext", "unknown")
 
 
-def _scores(model, layers, facts: FactSet, device, scope: str, batch: int) -> np.ndarray:
-    """Per-fact mean tail NLL now: through the cached lower blocks when only the masked layers
-    changed, else through the whole model."""
-    if scope == "masked":
-        return relearn.CachedFacts(model, layers, facts, device).nll(batch).numpy()
-    return score_facts(model, facts, batch, device, progress=False)["nll"].numpy()
-
-
 def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.ndarray]], removed: str,
                        n_boot: int, seed: int) -> dict[str, Any]:
     """Recovered fraction of `removed` with a 95 % interval that resamples facts and seeds together.
@@ -75,6 +67,18 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
     """Every (point, data, model, seed) finetune; `sets[data]` = (train, scored) FactSets or None
     (nothing to train on). `variants` gives the edits (`robustness.Variants`)."""
     out: dict[str, Any] = {"points": []}
+    # Per data, made once for every point: the scored facts with their lower blocks cached (masked-
+    # layer finetunes leave those blocks alone), the train facts cached for the masked steps, and
+    # each model's scores before any finetune.
+    scored, train_cached, before = {}, {}, {}
+    for data, pair in sets.items():
+        if pair is None:
+            continue
+        scored[data] = relearn.CachedFacts(model, layers, pair[1], device)
+        before[data] = {}
+        for name in cfg.models:
+            with variants.entered(MODELS[name][0] or "original"):
+                before[data][name] = scored[data].nll(cfg.batch).numpy()
     for point in cfg.points:
         scope, lr, steps = point["scope"], float(point["lr"]), int(point["steps"])
         entry: dict[str, Any] = {"scope": scope, "lr": lr, "steps": steps, "data": {}}
@@ -82,12 +86,10 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
             if sets.get(data) is None:
                 entry["data"][data] = None
                 continue
-            train, scored = sets[data]
-            cached = relearn.CachedFacts(model, layers, train, device, compute_dtype=dtype) if scope == "masked" else train
-            before = {}
-            for name in cfg.models:
-                with variants.entered(MODELS[name][0] or "original"):
-                    before[name] = _scores(model, layers, scored, device, "masked", cfg.batch)
+            train = sets[data][0]
+            if scope == "masked" and data not in train_cached:
+                train_cached[data] = relearn.CachedFacts(model, layers, train, device, compute_dtype=dtype)
+            facts = train_cached[data] if scope == "masked" else train
             after: dict[str, list[np.ndarray]] = {name: [] for name in cfg.models}
             start = time.monotonic()
             for name in cfg.models:
@@ -99,19 +101,21 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
                 for run_seed in cfg.seeds:
                     entered = (variants.entered(variant) if removed is None and edit is not None
                                else contextlib.nullcontext())
-                    with entered, relearn.finetuned(layers, cached, removed=removed,
+                    with entered, relearn.finetuned(layers, facts, removed=removed,
                                                     granularity=edit.granularity if edit else "weight",
                                                     hold_zero=hold, steps=steps, lr=lr, batch=cfg.batch,
                                                     seed=run_seed, scope=scope, model=model, compute_dtype=dtype):
-                        after[name].append(_scores(model, layers, scored, device, scope, cfg.batch))
-            results: dict[str, Any] = {"n_train": len(train), "n_scored": len(scored),
+                        # masked: the lower blocks are unchanged, their cache holds; whole: a full forward
+                        after[name].append(scored[data].nll(cfg.batch).numpy() if scope == "masked" else
+                                           score_facts(model, sets[data][1], cfg.batch, device, progress=False)["nll"].numpy())
+            results: dict[str, Any] = {"n_train": len(train), "n_scored": len(scored[data]),
                                        "wall_time_s": round(time.monotonic() - start, 2)}
             for name in cfg.models:
                 mean_after = np.mean([a.mean() for a in after[name]])
-                results[name] = {"ppl_before": math.exp(before[name].mean()), "ppl_after": math.exp(mean_after),
+                results[name] = {"ppl_before": math.exp(before[data][name].mean()), "ppl_after": math.exp(mean_after),
                                  "ppl_after_per_seed": [math.exp(a.mean()) for a in after[name]]}
                 if name != "original" and "original" in cfg.models:
-                    results[name].update(recovered_interval(before, after, name, n_boot, seed))
+                    results[name].update(recovered_interval(before[data], after, name, n_boot, seed))
             entry["data"][data] = results
             log.info("relearning %s lr %g x %d steps on %s: %s (%.0f s)", scope, lr, steps, data,
                      {n: round(r["ppl_after"], 1) for n, r in results.items() if isinstance(r, dict)},

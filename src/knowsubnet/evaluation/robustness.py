@@ -25,7 +25,6 @@ row per sentence, NLL under every variant), so any number here can be recomputed
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -38,7 +37,7 @@ import torch
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import write_json, write_parquet
+from knowsubnet.core.io import read_json, write_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
@@ -464,4 +463,4 @@ def _split_report(splits_dir: Path) -> dict[str, Any] | None:
     path = splits_dir / "summary.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("holdout")
+    return read_json(path).get("holdout")
