@@ -4,6 +4,11 @@ Every file is checked against the sha256 published with the local mirror (../sha
 whichever way it came, so a run with a mirror and a run without one read the same bytes. The
 output folder is built next to its final place and renamed in one step: a killed or failed fetch
 leaves the previous data/raw (or nothing), never a half-filled one.
+
+Downloads go through pooch (streamed to a temporary file, retried, the sha256 checked before the
+file is kept). What is this module's own: several origins per file tried in order, and the
+origins that serve the file inside an archive or as Hugging Face parquet rows, whose published
+sha256 is that of the file rebuilt from them (pooch checks what it downloaded: the archive).
 """
 
 from __future__ import annotations
@@ -13,12 +18,10 @@ import json
 import logging
 import os
 import shutil
+import re
 import tarfile
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,7 @@ from knowsubnet.core.provenance import stamp
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0  # seconds without data before a download attempt is given up
-ATTEMPTS = 3  # per URL, for network errors and HTTP 5xx/429
+ATTEMPTS = 3  # per URL (pooch retries every failure, waiting 1 s, then 2 s)
 _CHUNK = 1 << 20
 
 
@@ -205,43 +208,36 @@ class _FetchFailed(Exception):
 
 
 class _Downloader:
-    """Downloads each URL at most once per fetch (the WikiText zip serves two files)."""
+    """pooch's downloads into one cache folder: each URL is downloaded at most once per fetch (the
+    WikiText zip serves two files), retried ATTEMPTS times in all, and a `file` origin's sha256
+    checked by pooch before the file is kept."""
 
     def __init__(self, cache_dir: Path, timeout: float):
-        self.cache_dir, self.timeout = cache_dir, timeout
-        self._done: dict[str, Path] = {}
+        import pooch
 
-    def get(self, url: str) -> Path:
-        if url not in self._done:
-            dest = self.cache_dir / hashlib.md5(url.encode()).hexdigest()
-            _http_get(url, dest, self.timeout)
-            self._done[url] = dest
-        return self._done[url]
+        self.cache_dir = cache_dir
+        self.http = pooch.HTTPDownloader(timeout=timeout, progressbar=False,
+                                         headers={"User-Agent": f"knowsubnet/{__version__}"})
 
+    def get(self, url: str, sha256: str | None = None) -> Path:
+        import pooch
+        import requests
 
-def _http_get(url: str, dest: Path, timeout: float, attempts: int = ATTEMPTS) -> None:
-    """Stream `url` into `dest` (via a .part file), retrying transient failures with backoff."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"knowsubnet/{__version__}"})
-    part = dest.with_name(dest.name + ".part")
-    last = "no attempt made"
-    for attempt in range(1, attempts + 1):
+        name = hashlib.md5(url.encode()).hexdigest()
+        store = pooch.create(path=self.cache_dir, base_url="", registry={name: sha256}, urls={name: url},
+                             retry_if_failed=ATTEMPTS - 1)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response, \
-                    open(part, "wb") as f:
-                shutil.copyfileobj(response, f, _CHUNK)
-            os.replace(part, dest)
-            return
-        except urllib.error.HTTPError as err:
-            last = f"HTTP {err.code} {err.reason}"
-            if err.code < 500 and err.code != 429:
-                break  # a missing or forbidden file will not appear on retry
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            last = str(getattr(err, "reason", err))
-        finally:
-            part.unlink(missing_ok=True)
-        if attempt < attempts:
-            time.sleep(2.0 ** attempt)
-    raise _FetchFailed(last)
+            return Path(store.fetch(name, downloader=self.http))
+        except requests.exceptions.HTTPError as err:
+            response = err.response
+            raise _FetchFailed(f"HTTP {response.status_code} {response.reason}" if response is not None
+                               else str(err)) from None
+        except requests.exceptions.RequestException as err:
+            raise _FetchFailed(f"{type(err).__name__}: {err}") from None
+        except ValueError as err:  # pooch: the sha256 of what was served is not the known one
+            found = re.search(r"expected (?:\w+:)?(\w+) but got (\w+)", str(err))
+            raise _FetchFailed(f"sha256 mismatch: expected {found.group(1)}, got {found.group(2)}" if found
+                               else str(err)) from None
 
 
 def _materialise(origin: Origin, cached: Path, dest: Path) -> None:
@@ -280,8 +276,9 @@ def _download(spec: RawFile, dest: Path, verify: bool, downloader: _Downloader) 
     """Try each origin of `spec` until one gives a file with the expected sha256."""
     failures = []
     for origin in spec.origins:
-        try:
-            _materialise(origin, downloader.get(origin.url), dest)
+        try:  # a file served as it is: pooch checks its sha256; a rebuilt one: checked below
+            known = spec.sha256 if verify and origin.kind == "file" else None
+            _materialise(origin, downloader.get(origin.url, known), dest)
         except _FetchFailed as err:
             failures.append(f"{origin.url}: {err}")
             continue

@@ -1,9 +1,12 @@
-"""fetch_data: mirror copy, download path (file:// URLs), checksums, all-or-nothing output."""
+"""fetch_data: mirror copy, download path (pooch, against a local HTTP server), checksums, all-or-nothing output."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -98,41 +101,88 @@ def test_lama_file_is_copied_when_given(small_mirror, tmp_path):
         fetch_data(tmp_path / "raw2", small_mirror, lama_path=tmp_path / "missing.jsonl")
 
 
-def test_download_path_tries_origins_in_order(tmp_path, monkeypatch):
-    """mirror=None: file:// URLs stand in for the public sources (urllib serves both)."""
-    monkeypatch.setattr(fetch.time, "sleep", lambda seconds: None)
-    served = tmp_path / "served"
-    served.mkdir()
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; `flaky/<name>` answers 503 on its first request, then serves `<name>`."""
+
+    failed: set[str]
+
+    def do_GET(self):
+        if self.path.startswith("/flaky/") and self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_error(503, "Service Unavailable")
+            return
+        self.path = self.path.removeprefix("/flaky")
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """(a folder, its base URL): a local HTTP server in a thread stands in for the public sources."""
+    monkeypatch.setattr(fetch, "ATTEMPTS", 2)  # one retry, and pooch's wait before it cut to nothing
+    monkeypatch.setattr("pooch.core.time.sleep", lambda seconds: None)
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = type("Handler", (_Handler,), {"failed": set()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_path_tries_origins_in_order(served, tmp_path, monkeypatch):
+    """mirror=None: a missing file and a wrong one are passed over for the next origin; a zip member
+    is unpacked; a 503 is retried."""
+    folder, url = served
     text = b" \n = Title = \n"
-    with zipfile.ZipFile(served / "wikitext.zip", "w") as archive:
+    with zipfile.ZipFile(folder / "wikitext.zip", "w") as archive:
         archive.writestr("wikitext-2-raw/wiki.valid.raw", text)
-    (served / "facts.jsonl").write_bytes(b'{"sub": "pear"}\n')
-    (served / "wrong.jsonl").write_bytes(b"not the file\n")
-    missing = (served / "gone.jsonl").as_uri()
+    (folder / "facts.jsonl").write_bytes(b'{"sub": "pear"}\n')
+    (folder / "wrong.jsonl").write_bytes(b"not the file\n")
     specs = (
         RawFile("wikitext-2-raw/wiki.valid.raw", sha(text),
-                (Origin(missing), Origin((served / "wikitext.zip").as_uri(), "zip",
-                                         "wikitext-2-raw/wiki.valid.raw"))),
+                (Origin(f"{url}/gone.jsonl"), Origin(f"{url}/wikitext.zip", "zip", "wikitext-2-raw/wiki.valid.raw"))),
         RawFile("know_subnet_derived/x.jsonl", sha(b'{"sub": "pear"}\n'),
-                (Origin((served / "wrong.jsonl").as_uri()), Origin((served / "facts.jsonl")
-                                                                   .as_uri()))),
+                (Origin(f"{url}/wrong.jsonl"), Origin(f"{url}/flaky/facts.jsonl"))),
     )
     monkeypatch.setattr(fetch, "RAW_FILES", specs)
     manifest = fetch_data(tmp_path / "raw", None)
     assert (tmp_path / "raw" / "wikitext-2-raw" / "wiki.valid.raw").read_bytes() == text
-    assert manifest["files"]["know_subnet_derived/x.jsonl"]["origin"].endswith("facts.jsonl")
+    entry = manifest["files"]["know_subnet_derived/x.jsonl"]
+    assert entry["origin"] == f"{url}/flaky/facts.jsonl" and entry["verified"] is True
+    assert (tmp_path / "raw" / "know_subnet_derived" / "x.jsonl").read_bytes() == b'{"sub": "pear"}\n'
     assert manifest["mirror"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "served"]  # pooch's cache is gone
 
-    # every origin wrong: one error naming the file, the expected and the actual sum
+
+def test_download_checksum_mismatch_is_one_clear_line(served, tmp_path, monkeypatch):
+    """Every origin wrong: one line naming the file, each origin and why it failed (the expected and
+    the actual sum), and the way out; nothing is written."""
+    folder, url = served
+    (folder / "wrong.jsonl").write_bytes(b"not the file\n")
+    with zipfile.ZipFile(folder / "wrong.zip", "w") as archive:
+        archive.writestr("x.jsonl", b"not the file either\n")
     monkeypatch.setattr(fetch, "RAW_FILES", (RawFile(
-        "know_subnet_derived/x.jsonl", sha(b"other"), (Origin((served / "wrong.jsonl").as_uri()),
-                                                       Origin(missing))),))
+        "know_subnet_derived/x.jsonl", sha(b"other"),
+        (Origin(f"{url}/wrong.jsonl"), Origin(f"{url}/wrong.zip", "zip", "x.jsonl"), Origin(f"{url}/gone.jsonl"))),))
     with pytest.raises(InputError) as err:
-        fetch_data(tmp_path / "raw2", None)
+        fetch_data(tmp_path / "raw", None)
     message = str(err.value)
-    assert "could not download know_subnet_derived/x.jsonl" in message
-    assert f"expected {sha(b'other')}, got {sha(b'not the file' + bytes([10]))}" in message
-    assert "'data.mirror'" in message and not (tmp_path / "raw2").exists()
+    assert "\n" not in message
+    assert message.startswith("could not download know_subnet_derived/x.jsonl")
+    assert f"{url}/wrong.jsonl: sha256 mismatch: expected {sha(b'other')}, got {sha(b'not the file' + bytes([10]))}" \
+        in message  # pooch's check
+    assert f"got {sha(b'not the file either' + bytes([10]))}" in message  # the unpacked member's check
+    assert f"{url}/gone.jsonl: HTTP 404" in message
+    assert "Set 'data.mirror' to a local copy of the data." in message
+    assert not (tmp_path / "raw").exists()
+    # verify=False keeps the first file served, and says it was not checked
+    manifest = fetch_data(tmp_path / "raw", None, verify=False)
+    assert manifest["files"]["know_subnet_derived/x.jsonl"]["verified"] is False
 
 
 def test_hf_rows_rebuild_the_original_files():
