@@ -105,11 +105,15 @@ def default_params(proj):
 
 def lint(proj):
     out = run([BIN / "snakemake", "--lint"], proj, check=False)
-    titles = set(re.findall(r"^\s+\* (.+?):?$", out.stdout + out.stderr, re.M))
+    lints = re.findall(r"^\s+\* (.+?):?$", out.stdout + out.stderr, re.M)
     # the two the rule files explain in a comment (workflow/rules/common.smk)
     explained = {"Shell command directly uses variable PARAMS from outside of the rule",
                  "Environment variable PATH used but not asserted with envvars directive in line"}
-    assert all(any(title.startswith(e) for e in explained) for title in titles), titles
+    assert all(any(title.startswith(e) for e in explained) for title in lints), set(lints)
+    # what the README says it prints: the count, and the exit status
+    said = re.search(r"^\| lint the workflow: (\d+) lints, exit status (\d+),", README, re.M)
+    assert said, "the README's lint row states no count"
+    assert (len(lints), out.returncode) == (int(said.group(1)), int(said.group(2))), out.stdout[-2000:]
 
 
 def bench(proj):
@@ -166,6 +170,13 @@ SLOW = {"make bench"}  # a subprocess per (shape, method, dtype); the DVC runs b
                                      else c for c, check in CHECKS.items() if check is not None])
 def test_readme_command_works(proj, command):
     CHECKS[command](proj)
+
+
+def test_the_readme_leads_to_dvc_status_not_a_dry_repro():
+    """`dvc repro --dry` stops on a fresh clone after the first stage (docs/METHOD.md): the README
+    shows `dvc status` for what DVC would run."""
+    assert "repro --dry" not in README and "repro -n" not in README
+    assert "| see which stages DVC would run | `dvc status` |" in README
 
 
 def test_the_dag_picture_draws_real_stages_and_edges():
