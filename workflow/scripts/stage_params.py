@@ -11,6 +11,7 @@ from pathlib import Path
 
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
+from knowsubnet.data import user_facts
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "config" / "params.schema.yaml"
@@ -26,6 +27,7 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
 def load_params(args: argparse.Namespace) -> config.Params:
     """The params files of `--params`, merged in order, validated once and typed."""
     params = config.load(args.params, SCHEMA)
+    user_facts.register_templates(params.targets)  # your relations' templates, for every stage that verbalises
     if args.params == ["params.yaml"]:  # how dvc.yaml calls every stage (Snakemake passes its own file)
         check_dvc_yaml_is_current(config.merge_files(args.params))
     return params

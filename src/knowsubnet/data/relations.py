@@ -375,6 +375,40 @@ for _rel, _templates in TEMPLATES.items():
         assert _t.count("{o}") + _t.count("{a o}") == 1, _t
 
 
+_USER_FIELDS = re.compile(r"^(S|s|h|o|a o|[^{}|]*\|[^{}|]*)$")
+_RELATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def check_template(template: object, where: str) -> str:
+    """A template in the syntax above, with exactly one tail field and the tail last; else InputError
+    naming `where` (a file and key)."""
+    if not isinstance(template, str) or not template.strip():
+        raise InputError(f"{where}: expected a template string such as 'The capital of {{h}} is {{o}}', "
+                         f"got {template!r}")
+    bad = [f for f in _FIELD.findall(template) if not _USER_FIELDS.match(f)]
+    if bad:
+        raise InputError(f"{where}: unknown field {{{bad[0]}}} in {template!r}; expected {{S}}, {{s}}, {{h}}, "
+                         f"{{x|y}}, and the tail {{o}} or {{a o}} last")
+    if template.count("{o}") + template.count("{a o}") != 1 or not template.endswith(_TAIL_FIELDS):
+        raise InputError(f"{where}: {template!r} must end with the tail, {{o}} or {{a o}}, and name it once")
+    return template
+
+
+def add_relation(rel: str, templates: list[str], heldout: list[str], where: str) -> None:
+    """Register a relation of the user's (`data.user_facts.read_templates`): `templates` are what
+    template choice and training read, `heldout` the wordings only the robustness probes read. A
+    built-in relation cannot be redefined; registering the same templates again is a no-op."""
+    if not isinstance(rel, str) or not _RELATION_NAME.match(rel):
+        raise InputError(f"{where}: relation name {rel!r}: expected letters, digits and _ (such as CapitalOf)")
+    if rel in ALL_RELATIONS or rel.lower() in {r.lower() for r in ALL_RELATIONS}:
+        raise InputError(f"{where}: {rel} is a built-in relation (data/relations.py); give yours another name")
+    wordings = (tuple(templates), tuple(heldout))
+    if rel in TEMPLATES and (TEMPLATES[rel], PARAPHRASES[rel]) != wordings:
+        raise InputError(f"{where}: relation {rel} is defined twice with different templates")
+    TEMPLATES[rel], PARAPHRASES[rel] = wordings
+    _BY_LOWER[rel.lower()] = rel
+
+
 # (rel, head, tail) -> [(template_id, prompt, tail_text)]
 Verbalizer = Callable[[str, str, str], list[tuple[int, str, str]]]
 SENTENCE_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text"]

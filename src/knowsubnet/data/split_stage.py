@@ -13,7 +13,9 @@ import pandas as pd
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import sha256_file
 from knowsubnet.core.provenance import stamp
+from knowsubnet.data import user_facts
 from knowsubnet.data.splits import PAPER_CONTROLKG, splits_from_params, write_splits, write_target_splits
 from knowsubnet.data.triplets import read_source_files
 
@@ -36,8 +38,12 @@ def split_targets(params: Params, *, triplets: Path, raw: Path, out: Path, targe
     reports: dict[str, dict] = {}  # how each TargetKG was held out (heldout.split_target), for the summary
     if target is not None:
         splits = splits_from_params(table, params, names=[target], paper_order=paper_order, reports=reports)
-        return write_target_splits(out, target, splits[target], provenance=stamp(
-            {"targets": params.section("targets"), "split": params.section("split")}), holdout=reports[target])
+        recorded = {"targets": params.section("targets"), "split": params.section("split")}
+        spec = params.targets[target]
+        if user_facts.is_user_target(spec):  # a changed file (templates too) changes the split folder
+            recorded["files_sha256"] = {key: sha256_file(spec[key]) for key in ("facts", "templates", "controls")
+                                        if spec.get(key)}
+        return write_target_splits(out, target, splits[target], provenance=stamp(recorded), holdout=reports[target])
     splits = splits_from_params(table, params, paper_order=paper_order, reports=reports)
     return write_splits(out, splits, holdout=reports,
                         provenance=stamp({"targets": params.section("targets"), "split": params.section("split")}))

@@ -22,7 +22,7 @@ import pandas as pd
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, write_json, write_parquet
-from knowsubnet.data import heldout, wordnet_targets
+from knowsubnet.data import heldout, user_facts, wordnet_targets
 from knowsubnet.data.heldout import split_by_fractions
 from knowsubnet.data.relations import RELATIONS, WORDNET_RELATIONS
 from knowsubnet.data.triplets import COLUMNS, CSQA_IDS, SORT_KEYS, normalize_entity
@@ -96,20 +96,29 @@ def _check_spec(key: str, spec: Any) -> None:
     if isinstance(spec, Mapping) and "wordnet" in spec:
         wordnet_targets.check_spec(key, spec)
         return
+    if user_facts.is_user_target(spec):
+        extra = set(spec) - {"facts", "templates", "controls"}
+        if extra:
+            raise InputError(f"params key '{key}': a fact-file target takes facts, templates and controls; "
+                             f"got {sorted(extra)}")
+        return
     if not isinstance(spec, Mapping):
         raise InputError(f"params key '{key}': expected a mapping such as {{rel: IsA}} or "
                          f"{{concept: fruit, hops: 1}}, got {spec!r}")
     if set(spec) not in _SELECTOR_FORMS:
         raise InputError(f"params key '{key}': expected exactly one selector - {{rel: X}}, "
                          f"{{concept: w, hops: n}}, {{concept: w, facts: <source tag>}} or "
-                         f"{{csqa: csqa1 | csqa2 | [question ids]}}; got keys {sorted(map(str, spec))}")
+                         f"{{csqa: csqa1 | csqa2 | [question ids]}} or {{facts: <your fact file>}}; "
+                         f"got keys {sorted(map(str, spec))}")
 
 
 def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     """select_target on an already canonical frame, after the spec's form was checked."""
     if "wordnet" in spec:
         return wordnet_targets.select(frame, key, spec)
-    if "rel" in spec:
+    if user_facts.is_user_target(spec):  # make_splits added the file's facts under this tag
+        mask, what = frame["source"] == user_facts.USER_SOURCE, f"{spec['facts']} has no facts"
+    elif "rel" in spec:
         rel = spec["rel"]
         if rel not in RELATIONS:
             raise InputError(f"params key '{key}.rel': unknown relation {rel!r}; expected one "
@@ -340,6 +349,8 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         heads, tails = _entities(frame)
 
     _check_spec(key, spec)
+    if user_facts.is_user_target(spec):
+        frame, (heads, tails) = _with_user_facts(frame, key, spec, controlkg)
     target = _shuffled(_select(frame, key, spec), seed, _RNG_TARGET)
     if max_targetkg is not None:
         target = target.iloc[:max_targetkg]
@@ -397,6 +408,23 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         out[f"controlkg_{split}"] = _tidy(part)
     log.info("target %s: %s", name, {k: len(v) for k, v in out.items()})
     return out
+
+
+def _with_user_facts(frame: pd.DataFrame, key: str, spec: Mapping, controlkg: str
+                     ) -> tuple[pd.DataFrame, tuple[pd.Series, pd.Series]]:
+    """The facts a fact-file target splits: its file's facts (source `user`) and its ControlKG pool,
+    the `controls` file or else the ConceptNet facts of `frame`; with their entities."""
+    if controlkg == "paper":
+        raise InputError(f"params key '{key}': split.controlkg paper has no ControlKG for a fact-file target; "
+                         f"set split.controlkg own, or give {key}.controls")
+    if spec.get("controls"):
+        pool = user_facts.read_fact_file(spec["controls"]).assign(source="controls")
+    else:
+        pool = frame[~frame["rel"].isin(WORDNET_RELATIONS).to_numpy()]
+    combined = _canonical(pd.concat([pool, user_facts.read_fact_file(spec["facts"])], ignore_index=True))
+    if CSQA_IDS in combined.columns:
+        combined[CSQA_IDS] = combined[CSQA_IDS].fillna("")
+    return combined, _entities(combined)
 
 
 def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] | None = None,

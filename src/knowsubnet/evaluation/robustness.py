@@ -411,6 +411,9 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
         facts_table = pd.read_parquet(triplets, columns=["uuid", "head", "rel", "tail"])
     except (OSError, ValueError) as err:
         raise InputError(f"{triplets}: cannot read the triplets table ({err})") from None
+    # a fact-file target's facts are in its split folder only: candidate tails and heads come from them too
+    facts_table = pd.concat([facts_table, factsets.read_facts([splits_root / target])]).drop_duplicates(
+        "uuid").reset_index(drop=True)
     sentences, extra = build_sentences(params, target=target, splits_root=splits_root,
                                        verbalized_root=verbalized_root, triplets=facts_table, other_targets=others)
     train_blocks, test_blocks = (load_blocks(controllm_dir / f"{part}.safetensors") for part in ("train", "test"))

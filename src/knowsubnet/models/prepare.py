@@ -10,6 +10,8 @@
                 sha256 checked, transformers dequantises it and the weights are saved as float32.
 - `hub`:        `from_pretrained(repo_id, revision)` from the Hugging Face hub (gpt2 ... gpt2-xl);
                 the resolved commit is recorded.
+- `local`:      a Hugging Face model folder on disk (`path`); the sha256 of its weight files is recorded.
+- `gguf`:       a GGUF file on disk (`path`, optional `sha256` checked), dequantised like `gguf_wheel`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from knowsubnet.models import tiny
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("tiny", "gguf_wheel", "hub")
+SOURCES = ("tiny", "gguf_wheel", "hub", "local", "gguf")
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -141,7 +143,8 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
     if not isinstance(spec, dict) or spec.get("source") not in SOURCES:
         got = spec.get("source") if isinstance(spec, dict) else spec
         raise InputError(f"params key 'models.{name}.source' = {got!r}: expected one of {', '.join(SOURCES)}")
-    for key in {"gguf_wheel": ("package", "file"), "hub": ("repo_id",), "tiny": ()}[spec["source"]]:
+    required = {"gguf_wheel": ("package", "file"), "hub": ("repo_id",), "tiny": (), "local": ("path",), "gguf": ("path",)}
+    for key in required[spec["source"]]:
         if not spec.get(key):
             raise InputError(f"params key 'models.{name}.{key}' is missing; a {spec['source']} model needs it")
     source = spec["source"]
@@ -158,6 +161,10 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
                                     "tail_accuracy_best_filtered": stats["tail_accuracy_best_filtered"]}
         elif source == "gguf_wheel":
             info = _prepare_gguf_wheel(name, spec, tmp, Path(cache) if cache else cache_dir())
+        elif source == "local":
+            info = _prepare_local(name, spec, tmp)
+        elif source == "gguf":
+            info = _prepare_gguf_file(name, spec, tmp)
         else:
             info = _prepare_hub(name, spec, tmp)
         config = read_json(tmp / "config.json")
@@ -336,13 +343,43 @@ def _prepare_gguf_wheel(name: str, spec: dict, out: Path, cache: Path) -> dict[s
             "wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "parameters": converted["parameters"]}
 
 
+def _prepare_gguf_file(name: str, spec: dict, out: Path) -> dict[str, Any]:
+    path = Path(spec["path"])
+    if not path.is_file():
+        raise InputError(f"params key 'models.{name}.path': {path} is not a file; expected a .gguf file")
+    digest = sha256_file(path)
+    expected = spec.get("sha256")
+    if expected and expected.lower() != digest:
+        raise InputError(f"params key 'models.{name}.sha256' = {expected}: {path} has sha256 {digest}")
+    converted = convert_gguf(path, out)
+    return {"file": path.name, "file_sha256": digest, "parameters": converted["parameters"]}
+
+
+def _prepare_local(name: str, spec: dict, out: Path) -> dict[str, Any]:
+    """A Hugging Face folder on disk, saved again as float32 safetensors (so every source gives
+    the same layout); the sha256 of each weight file it came with is recorded."""
+    path = Path(spec["path"])
+    if not (path / "config.json").is_file():
+        raise InputError(f"params key 'models.{name}.path': {path} has no config.json; expected a Hugging Face "
+                         f"model folder (save_pretrained)")
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    saved = _save_pretrained(name, str(path), None, out, local_only=True)
+    return {"path": str(path), "files_sha256": {p.name: sha256_file(p) for p in weights},
+            "parameters": saved["parameters"]}
+
+
 # -- hub ----------------------------------------------------------------------------------------
 
 def _prepare_hub(name: str, spec: dict, out: Path) -> dict[str, Any]:
+    repo, revision = spec["repo_id"], spec.get("revision")
+    saved = _save_pretrained(name, repo, revision, out, local_only=bool(spec.get("local_files_only", False)))
+    return {"repo_id": repo, "revision": saved.pop("commit") or revision, "requested_revision": revision, **saved}
+
+
+def _save_pretrained(name: str, repo: str, revision: str | None, out: Path, local_only: bool) -> dict[str, Any]:
+    """`from_pretrained(repo)` (a hub id or a folder) saved to `out` as float32 with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    repo, revision = spec["repo_id"], spec.get("revision")
-    local_only = bool(spec.get("local_files_only", False))
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, local_files_only=local_only)
         with _quiet_rng():
@@ -362,5 +399,4 @@ def _prepare_hub(name: str, spec: dict, out: Path) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
-    return {"repo_id": repo, "revision": commit or revision, "requested_revision": revision,
-            "parameters": parameter_count(model)}
+    return {"commit": commit, "parameters": parameter_count(model)}
