@@ -9,6 +9,8 @@ rule named in DVC_STAGES (common.smk; export_remaining, whose matrix list export
 - matrix: one entry per wildcard, over params.yaml's `run.<wildcard>s` (`{model}` over `run.models`);
 - cmd: the rule's shell command with `python` for the interpreter, `params.yaml` for the
   effective params file, `${item.<wildcard>}` for wildcards, and without the `2> {log}` redirect;
+  it starts with `OMP_NUM_THREADS=<the rule's threads>`, which Snakemake sets for every job: torch
+  then computes with the same thread count (the same numbers) whichever engine runs the stage;
 - deps: the stage script, the `knowsubnet` modules it imports (transitively; also imports inside
   functions) and its sibling modules in workflow/scripts/, then the rule's inputs;
 - params: the keys of the rule's `section(...)` params, exactly what Snakemake's params trigger sees;
@@ -179,6 +181,16 @@ def _flatten(value) -> list[str]:
     return [x for v in value for x in _flatten(v)]
 
 
+def rule_threads(rule) -> int:
+    """The rule's `threads:` (1 when it names none): Snakemake sets OMP_NUM_THREADS and the other
+    BLAS thread variables to it for the job, so a DVC stage gets the same thread count."""
+    cores = rule.resources.get("_cores")
+    value = 1 if cores is None else getattr(cores, "value", cores)
+    if not isinstance(value, int):
+        raise SystemExit(f"rule {rule.name}: `threads:` must be a number for dvc.yaml, got {value!r}")
+    return value
+
+
 def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> dict:
     from snakemake.io import get_flag_value, is_flagged
     Namedlist, Wildcards = _containers()
@@ -201,10 +213,11 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
             param_keys.append(untoken(key))
     params = Namedlist(fromdict=values)
 
+    threads = rule_threads(rule)
     cmd = re.sub(r"\s*2>\s*\{log[^}]*\}", "", rule.shellcmd.strip())
     cmd = smk_format(cmd, PY="python", PARAMS="params.yaml", input=inputs, output=outputs, params=params,
-                     wildcards=wildcards, log=logs, threads=1)
-    cmd = untoken(" ".join(cmd.split()))
+                     wildcards=wildcards, log=logs, threads=threads)
+    cmd = f"OMP_NUM_THREADS={threads} " + untoken(" ".join(cmd.split()))
     script = re.search(r"workflow/scripts/\S+\.py", cmd)
     deps = [script.group(0), *module_deps(ROOT / script.group(0))] if script else []
     for path in _flatten(list(inputs)):

@@ -44,7 +44,7 @@ def provenance_section(records: list[dict[str, Any]], params: dict | None, model
               f"{', '.join(f'`{d}`' for d in digests) if digests else 'not recorded'}"
               + (" — more than one: runs used different params." if len(digests) > 1 else ""),
               f"- Metrics files: {len(records)}", ""]
-    if params is not None:
+    if params is not None:  # keys sorted: the same text from params.yaml (DVC) and Snakemake's merged, sorted copy
         lines += ["<details><summary>Params of this report</summary>", "", "```yaml",
-                  yaml.safe_dump(params, sort_keys=False).rstrip(), "```", "", "</details>", ""]
+                  yaml.safe_dump(params, sort_keys=True).rstrip(), "```", "", "</details>", ""]
     return Section.from_lines(lines)
