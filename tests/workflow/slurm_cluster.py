@@ -1,8 +1,9 @@
 """A throw-away one-node SLURM cluster (Debian's slurm-wlm + munge) for tests/workflow/test_slurm.py.
 
 Everything lives under one directory: munge key and socket, slurm.conf, gres.conf, state, spool,
-logs. The node has two partitions (`cpu`, default; `gpu`) and one fake GPU (`gres.conf`:
-`File=/dev/null`) so that `--gres=gpu:1` / `--gpus=1` jobs are schedulable. No slurmdbd: the
+logs. The node has two partitions (`cpu`, default; `gpu`) and one fake GPU of type `fake`
+(`gres.conf`: `Type=fake File=/dev/null`) so that `--gpus=1`, `--gpus=fake:1` (the plugin's
+`gpu_model`) and `--gres=gpu:1` jobs are schedulable. No slurmdbd: the
 cluster has no accounting, like many small clusters, so job status must come from `squeue`.
 
     python tests/workflow/slurm_cluster.py DIR     # start one by hand; prints `export SLURM_CONF=...`
@@ -100,11 +101,11 @@ GresTypes=gpu
 MinJobAge=300
 ReturnToService=2
 SlurmdTimeout=60
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} Gres=gpu:1 State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} Gres=gpu:fake:1 State=UNKNOWN
 PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 """)
-        (r / "gres.conf").write_text(f"NodeName={self.host} Name=gpu File=/dev/null\n")
+        (r / "gres.conf").write_text(f"NodeName={self.host} Name=gpu Type=fake File=/dev/null\n")
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SYSTEM_CONF.unlink(missing_ok=True)  # only ever one of ours (see missing())
         SYSTEM_CONF.symlink_to(self.conf)
