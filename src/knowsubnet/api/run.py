@@ -115,15 +115,18 @@ class Run:
     @classmethod
     def create(cls, out: str | Path, mapping: dict, model: str, target: str, progress: bool = True) -> "Run":
         """Write (or check) `out/params.yaml` and load the run's templates."""
-        out = Path(out)
+        out = Path(out).resolve()
         text = yaml.safe_dump(mapping, sort_keys=True)  # as Snakemake writes its params file
         recorded = out / "params.yaml"
         if recorded.exists() and read_text(recorded) != text:
             raise InputError(f"{out} holds a run with other params ({recorded}); use another --out, or delete it")
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(recorded, text)
         params = config.from_mapping(mapping, SCHEMA, source=str(recorded))
         user_facts.register_templates(params.targets)
+        for key in ("facts", "controls"):  # a bad row stops now, not after the data and the model
+            if params.targets[target].get(key):
+                user_facts.read_fact_file(params.targets[target][key])
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(recorded, text)
         return cls(out, params, model, target, int(mapping["run"]["seeds"][0]), progress)
 
     # -- where the pipeline's files are, relative to the run folder --

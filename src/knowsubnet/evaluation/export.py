@@ -25,6 +25,7 @@ from transformers import AutoConfig
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, read_json, sha256_file, write_json, write_text
 from knowsubnet.core.provenance import stamp
+from knowsubnet.data import user_facts
 from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.evaluation.bars import ALL_MET, BARS
 from knowsubnet.method import masking
@@ -226,6 +227,15 @@ def _base_model_lines(name: str, model: dict[str, Any]) -> list[str]:
 
 
 def _target_lines(target: str, spec: dict | None, sources: list[str] | None) -> list[str]:
+    if user_facts.is_user_target(spec):  # file names and hashes, not the paths of someone's disk
+        files = {key: Path(spec[key]) for key in ("facts", "templates", "controls") if spec.get(key)}
+        digest = f" (sha256 `{sha256_file(files['facts'])}`)" if files["facts"].is_file() else ""
+        out = [f"- target `{target}`: every fact of the file `{files['facts'].name}`{digest}"]
+        if "templates" in files:
+            out.append(f"- templates: `{files['templates'].name}`, its relations' wordings")
+        out.append("- facts kept (ControlKG): " + (f"`{files['controls'].name}`" if "controls" in files else
+                   "the project's ConceptNet facts") + ", less every fact sharing an entity with the target")
+        return out
     out = [f"- target `{target}`" + (f", selector `{json.dumps(spec, sort_keys=True)}` (params key "
                                      f"`targets.{target}`): {_describe_selector(spec)}" if spec else "")]
     out.append("- facts from (params key `triplets.sources`): " +

@@ -131,3 +131,4 @@ def test_paper_controls_are_refused_for_a_fact_file_target(capitals, triplets_ta
         make_splits(triplets_table, "capitals", {"facts": str(EXAMPLE / "facts.csv")}, seed=0,
                     fractions={"train": 0.6, "val": 0.2, "test": 0.2}, targetkg_holdout=False, max_targetkg=None,
                     max_controlkg={"train": 5, "val": 5, "test": 5}, controlkg="paper")
+
