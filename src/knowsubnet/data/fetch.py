@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import re
+import shutil
 import tarfile
 import tempfile
 import urllib.parse
