@@ -351,6 +351,7 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     _check_spec(key, spec)
     if user_facts.is_user_target(spec):
         frame, (heads, tails) = _with_user_facts(frame, key, spec, controlkg)
+        controlkg = "own"  # its pool is the controls file or ConceptNet, split like any own ControlKG
     target = _shuffled(_select(frame, key, spec), seed, _RNG_TARGET)
     if max_targetkg is not None:
         target = target.iloc[:max_targetkg]
@@ -414,11 +415,11 @@ def _with_user_facts(frame: pd.DataFrame, key: str, spec: Mapping, controlkg: st
                      ) -> tuple[pd.DataFrame, tuple[pd.Series, pd.Series]]:
     """The facts a fact-file target splits: its file's facts (source `user`) and its ControlKG pool,
     the `controls` file or else the ConceptNet facts of `frame`; with their entities."""
-    if controlkg == "paper":
-        raise InputError(f"params key '{key}': split.controlkg paper has no ControlKG for a fact-file target; "
-                         f"set split.controlkg own, or give {key}.controls")
     if spec.get("controls"):
         pool = user_facts.read_fact_file(spec["controls"]).assign(source="controls")
+    elif controlkg == "paper":
+        raise InputError(f"params key '{key}': split.controlkg paper has no ControlKG for a fact-file target; "
+                         f"set split.controlkg own, or give {key}.controls")
     else:
         pool = frame[~frame["rel"].isin(WORDNET_RELATIONS).to_numpy()]
     combined = _canonical(pd.concat([pool, user_facts.read_fact_file(spec["facts"])], ignore_index=True))

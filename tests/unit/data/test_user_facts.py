@@ -132,3 +132,12 @@ def test_paper_controls_are_refused_for_a_fact_file_target(capitals, triplets_ta
                     fractions={"train": 0.6, "val": 0.2, "test": 0.2}, targetkg_holdout=False, max_targetkg=None,
                     max_controlkg={"train": 5, "val": 5, "test": 5}, controlkg="paper")
 
+
+
+def test_a_controls_file_serves_under_paper_controls_too(capitals, triplets_table, tmp_path):
+    controls = tmp_path / "keep.csv"
+    controls.write_text("head,relation,tail\n" + "".join(f"thing{i},IsA,object{i}\n" for i in range(30)))
+    splits = make_splits(triplets_table, "capitals", {"facts": str(EXAMPLE / "facts.csv"), "controls": str(controls)},
+                         seed=0, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, targetkg_holdout=False,
+                         max_targetkg=None, max_controlkg={"train": 50, "val": 10, "test": 10}, controlkg="paper")
+    assert sum(len(splits[f"controlkg_{s}"]) for s in ("train", "val", "test")) == 30
