@@ -40,7 +40,7 @@ def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
                    yaml.safe_load((proj / "tests" / "smoke.yaml").read_text()))
     # every baseline beside the mask, the finetuning ones cut to a few steps
     short = {"steps": 4, "select_every": 2}
-    params = merge(params, {"run": {"baselines": list(BASELINES)}, "baselines": {"graddiff": short, "npo": short}})
+    params = merge(params, {"run": {"baselines": list(BASELINES)}, "baselines": {"graddiff": short, "npo": short, "rmu": short}})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)  # dvc.yaml follows `run` in params.yaml
 

@@ -49,7 +49,7 @@ rule prune_baseline:
         "{params.mask_arg} --out-dir {params.out_dir} --no-progress 2> {log}"
 
 
-# Finetune the masked layers' weights to forget the target: GradDiff, NPO (resumes after a kill).
+# Finetune the masked layers' weights to forget the target: GradDiff, NPO, RMU (resumes after a kill).
 use rule prune_baseline as unlearn_baseline with:
     input:
         model="results/models/{model}/config.json",

@@ -226,6 +226,19 @@ class Npo(Unlearning):
 
 
 @dataclass(frozen=True)
+class Rmu:  # representation misdirection (Li et al. 2024; method.unlearning)
+    steps: int
+    lr: float
+    warmup_frac: float
+    layer: int  # the masked block whose output is steered, counted from the top (1: the model's last block)
+    steering_coeff: float
+    alpha: float
+    batch: Batch
+    select_every: int
+    min_target_ratio: float
+
+
+@dataclass(frozen=True)
 class Baselines:  # other removal methods (method.baselines; docs/BASELINES.md)
     device: str
     random_magnitude: RandomMagnitude
@@ -233,6 +246,7 @@ class Baselines:  # other removal methods (method.baselines; docs/BASELINES.md)
     neurons: Neurons
     graddiff: Unlearning
     npo: Npo
+    rmu: Rmu
 
 
 @dataclass(frozen=True)

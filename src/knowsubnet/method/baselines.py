@@ -6,7 +6,7 @@ Methods (params `run.baselines`, settings under `baselines.<method>`; docs/BASEL
 - random_magnitude, attribution, neurons (`method.attribution`): no training; they remove exactly
   as many weights per matrix as the seed's learned mask (neurons: as many weights in whole
   neurons), so they read that mask;
-- graddiff, npo (`method.unlearning`): finetuning of the masked layers' weights on the same
+- graddiff, npo, rmu (`method.unlearning`): finetuning of the masked layers' weights on the same
   TargetKG / ControlKG / ControlLM training data, the checkpoint selected on validation as the
   mask's is.
 

@@ -4,7 +4,7 @@ Two kinds, both over the linear layers of a model's top blocks (`masking.find_ma
 
 - "mask":    a binary mask; its weights are zeroed (the learned mask, attribution pruning, neuron
              ablation, random draws). Files: `masking.save_mask` (logits; subnetwork = logit > 0).
-- "weights": new values for those weights (finetuning unlearning: GradDiff, NPO). Files:
+- "weights": new values for those weights (finetuning unlearning: GradDiff, NPO, RMU). Files:
              `save_weights_edit` (one float32 tensor per layer, metadata `kind: weights`).
 
 Every removal has a random counterpart of the same size (`random_like`): for a mask, as many

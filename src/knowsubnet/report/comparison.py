@@ -24,10 +24,10 @@ from knowsubnet.report.format import Section, markdown_table, read_record, save_
 
 MASK = "mask"
 # the order of rows and legend entries: the reference, then the baselines from simplest to finetuning
-METHOD_ORDER = (MASK, "random_magnitude", "attribution", "neurons", "graddiff", "npo")
+METHOD_ORDER = (MASK, "random_magnitude", "attribution", "neurons", "graddiff", "npo", "rmu")
 METHOD_LABELS = {MASK: "learned mask", "random_magnitude": "random (magnitude-matched)",
                  "attribution": "attribution pruning", "neurons": "knowledge neurons", "graddiff": "GradDiff",
-                 "npo": "NPO"}
+                 "npo": "NPO", "rmu": "RMU"}
 Y_CLIP = 1e4  # the figure's TargetKG axis ends here
 ROBUSTNESS_COLUMNS = {"test_heldout_wording_ratio": "held-out wordings ×",
                       "choice_acc_removed": "multiple choice (removed)",

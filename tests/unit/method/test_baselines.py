@@ -1,5 +1,5 @@
-"""The baselines: attribution pruning, magnitude-matched random, knowledge neurons, GradDiff / NPO,
-and the removal files (`edits`) every method writes and evaluation applies."""
+"""The baselines: attribution pruning, magnitude-matched random, knowledge neurons, GradDiff / NPO /
+RMU, and the removal files (`edits`) every method writes and evaluation applies."""
 
 import dataclasses
 
@@ -7,10 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import base_params
+import yaml
+
+from conftest import REPO_ROOT, base_params
+from knowsubnet.core import config as params_config
+from knowsubnet.core.errors import InputError
 from knowsubnet.method import attribution, edits, masking, unlearning
 from knowsubnet.method.training import MaskTrainer
-from test_training import config, data, gpt2, llama, mask_config
+from test_training import Killed, config, data, gpt2, kill_at, llama, mask_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +150,7 @@ def unlearn(model, method, **over):
     return trainer.layers, edit, after
 
 
-@pytest.mark.parametrize("method", unlearning.METHODS)
+@pytest.mark.parametrize("method", ["graddiff", "npo"])  # RMU: test_rmu_* below
 def test_finetuning_unlearning_raises_the_targetkg_loss_and_only_moves_the_masked_layers(method):
     model = gpt2()
     before_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -229,3 +233,128 @@ def test_a_setting_is_chosen_on_validation_as_the_masks_checkpoint_is():
     assert choose([row(50, 30), row(200, 12), row(500, 40), row(90, 10)], original, 10.0) == 1
     # none reaches x10: the best TargetKG ratio per damage
     assert choose([row(20, 10), row(40, 40), row(30, 12)], original, 10.0) == 2  # log 3 - log 1.2 > log 2
+
+
+# -- RMU ---------------------------------------------------------------------------------------------
+
+def rmu_trainer(model, **over):
+    targetkg, controlkg, lm = data()
+    cfg = dataclasses.replace(base_params().baselines.rmu, **{"steps": 30, "lr": 1e-2, "select_every": 10,
+                                                              "steering_coeff": 1.0, "alpha": 10.0, **over})
+    return unlearning.UnlearningTrainer(model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(),
+                                        "rmu", cfg, seed=0, progress=False)
+
+
+@torch.no_grad()
+def steered_hidden(trainer, weights):
+    """The steered block's output: TargetKG and ControlKG tail positions, every ControlLM position."""
+    target, control = trainer._kg_tail_hidden(weights, [("target", torch.arange(trainer.n_target)),
+                                                        ("control", torch.arange(trainer.n_control))])
+    return target, control, trainer._layer_output(trainer.lm_hidden, weights).flatten(0, 1)
+
+
+def mean_sq(a, b):
+    return float(((a - b) ** 2).sum(dim=-1).mean())
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+def test_rmu_steers_targetkg_hidden_states_towards_c_u_and_keeps_the_retain_ones(build):
+    trainer = rmu_trainer(build(), steps=60)
+    before = steered_hidden(trainer, None)
+    result = trainer.train()
+    after = steered_hidden(trainer, result.logits)
+    target_moved = mean_sq(after[0], before[0])
+    # TargetKG's hidden states went most of the way to c u (|c u| = 1, about 6x their own norm) ...
+    assert mean_sq(after[0], trainer.control) < 0.1 * mean_sq(before[0], trainer.control)
+    # ... while ControlKG's and ControlLM's moved far less than TargetKG's did
+    assert mean_sq(after[1], before[1]) < 0.02 * target_moved
+    assert mean_sq(after[2], before[2]) < 0.02 * target_moved
+    assert result.log[-1]["suppress"] < 0.1 * result.log[0]["suppress"]  # the log's forget MSE
+
+
+def test_rmu_makes_a_memorised_model_forget_targetkg_and_keep_controlkg():
+    from types import SimpleNamespace
+
+    from test_training import facts, memorised_gpt2
+
+    target, control = facts(10, 6, seed=10), facts(20, 6, seed=11)
+    model = memorised_gpt2(SimpleNamespace(input_ids=torch.cat([target.input_ids, control.input_ids]),
+                                           targets=torch.cat([target.targets, control.targets])))
+    assert tail_nll(model, target) < 0.05 and tail_nll(model, control) < 0.05
+    cfg = dataclasses.replace(base_params().baselines.rmu, steps=40, lr=1e-2, select_every=10, steering_coeff=5.0,
+                              alpha=10.0, batch=params_config.Batch(10, 10, 0))
+    trainer = unlearning.UnlearningTrainer(model, target, control, None, mask_config(top_k_blocks=2), config(),
+                                           "rmu", cfg, seed=0, progress=False)
+    result = trainer.train()
+    with edits.applied(trainer.layers, edits.Edit("weights", result.logits, {})):
+        assert tail_nll(model, target) > 2.0  # the memorised tails are gone (a near-certain 0.002 before)
+        assert tail_nll(model, control) < 0.05
+
+
+def test_rmu_trains_only_the_masked_layers_at_or_below_the_steered_block():
+    model = gpt2()
+    trainer = rmu_trainer(model, steps=4, layer=2)  # the lower of the 2 masked blocks
+    assert trainer.rmu_block == trainer.first_block == 2
+    assert {l.block for l in trainer.trained} == {2} and len(trainer.trained) < len(trainer.layers)
+    result = trainer.train()
+    for layer in trainer.layers:
+        same = torch.equal(result.logits[layer.name], layer.weight.detach())
+        assert same == (layer.block > trainer.rmu_block), layer.name
+    # the default, the model's last block: every masked layer trains
+    top = rmu_trainer(gpt2(), steps=1)
+    assert top.rmu_block == 3 and top.trained == top.layers
+    with pytest.raises(InputError, match=r"'baselines\.rmu\.layer': 3 .* only 2 are masked"):
+        rmu_trainer(gpt2(), layer=3)
+
+
+def test_rmu_control_vector_has_norm_c_and_depends_on_the_seed_only():
+    c = unlearning.control_vector(64, 6.5, seed=3)
+    assert c.norm().item() == pytest.approx(6.5, rel=1e-6) and bool((c > 0).all())  # WMDP's draw: uniform, scaled
+    assert torch.equal(c, unlearning.control_vector(64, 6.5, seed=3))
+    assert not torch.equal(c, unlearning.control_vector(64, 6.5, seed=4))
+    h = torch.randn(5, 64)
+    assert unlearning.rmu_forget(h, c).item() == pytest.approx(float(((h - c) ** 2).mean()), rel=1e-6)
+
+
+def run_unlearning(tmp_path, name, method, callback=None):
+    targetkg, controlkg, lm = data()
+    cfg = dataclasses.replace(getattr(base_params().baselines, method), steps=12, lr=1e-2, select_every=4)
+    trainer = unlearning.UnlearningTrainer(gpt2(), targetkg, controlkg, lm, mask_config(top_k_blocks=2),
+                                           config(checkpoint_every=4), method, cfg, seed=0, progress=False,
+                                           checkpoint_path=tmp_path / name / "checkpoint.pt", callback=callback)
+    return trainer.train()
+
+
+@pytest.mark.parametrize("method", unlearning.METHODS)
+def test_killed_and_resumed_unlearning_is_bit_identical(tmp_path, caplog, method):
+    straight = run_unlearning(tmp_path, "a", method)
+    with pytest.raises(Killed):
+        run_unlearning(tmp_path, "b", method, callback=kill_at(6))  # checkpoint at step 4; 5-6 recomputed
+    with caplog.at_level("INFO", logger="knowsubnet.method.training"):
+        resumed = run_unlearning(tmp_path, "b", method)
+    assert "at step 4" in caplog.text  # resumed, not restarted
+    assert resumed.steps == straight.steps == 12 and resumed.log == straight.log
+    assert all(torch.equal(resumed.logits[n], straight.logits[n]) for n in straight.logits)
+    assert resumed.final_losses == straight.final_losses
+
+
+def test_rmu_settings_are_typed_and_validated(tmp_path):
+    params = base_params()
+    assert isinstance(params.baselines.rmu, params_config.Rmu) and "rmu" in unlearning.METHODS
+    schema, base = REPO_ROOT / "config" / "params.schema.yaml", REPO_ROOT / "config" / "base.yaml"
+    for override, key in [({"baselines": {"rmu": {"layer": 0}}}, "baselines.rmu.layer"),
+                          ({"baselines": {"rmu": {"steering_coeff": 0}}}, "baselines.rmu.steering_coeff"),
+                          ({"baselines": {"rmu": {"alpha": -1}}}, "baselines.rmu.alpha"),
+                          ({"baselines": {"rmu": {"batch": {"targetkg": 0}}}}, "baselines.rmu.batch.targetkg"),
+                          ({"baselines": {"rmu": {"beta": 0.1}}}, "baselines.rmu"),
+                          ({"run": {"baselines": ["rmu", "rmu2"]}}, "run.baselines.1")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(override))
+        with pytest.raises(InputError, match=f"params key '{key}"):
+            params_config.load([base, bad], schema)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump({"run": {"baselines": ["graddiff", "npo", "rmu"]}}))
+    assert params_config.load([base, ok], schema).run.baselines == ["graddiff", "npo", "rmu"]
+    with pytest.raises(ValueError, match="settings of another method"):  # NPO's settings for RMU
+        unlearning.UnlearningTrainer(gpt2(), *data(), mask_config(top_k_blocks=2), config(), "rmu",
+                                     params.baselines.npo, seed=0, progress=False)
