@@ -108,3 +108,24 @@ def test_other_params_in_the_same_folder_stop_with_one_line(installed, tmp_path)
                                         "--templates", "templates.yaml", "--out", "run"])
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "holds a run with other params" in proc.stderr
+
+
+def test_a_fact_file_target_runs_through_the_pipeline_to_robustness(tmp_path):
+    """The guide's section 5: config/overlays/demo-capitals.yaml under Snakemake, on the tiny model at the smoke sizes."""
+    from conftest import BIN, run
+
+    proj = project_copy(tmp_path)
+    result = "results/robustness/tiny-gpt2/capitals/seed0/robustness.json"
+    run([BIN / "snakemake", "--cores", "2", result, "--configfile", "tests/smoke.yaml",
+         "config/overlays/demo-capitals.yaml"], proj)
+    import pandas as pd
+    train = pd.read_parquet(proj / "data/processed/splits/capitals/targetkg_train.parquet")
+    assert set(train["rel"]) == {"CapitalOf"} and set(train["source"]) == {"user"}
+    sentences = pd.read_parquet(proj / result.replace("robustness.json", "sentences.parquet"))
+    assert sentences.loc[sentences["rel"] == "CapitalOf", "prompt"].str.startswith("The seat of power in").any()
+    # editing the templates re-runs the split and what follows it
+    templates = proj / "docs/examples/capitals/templates.yaml"
+    templates.write_text(templates.read_text().replace("sits in {o}", "is based in {o}"))
+    dry = run([BIN / "snakemake", "-n", result, "--configfile", "tests/smoke.yaml", "config/overlays/demo-capitals.yaml"],
+              proj).stdout
+    assert "split_controls" in dry and "evaluate_robustness" in dry
