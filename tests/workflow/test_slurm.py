@@ -3,7 +3,7 @@ robustness stage.
 
 Needs Debian's slurm-wlm and munge installed and root (slurmd); `.ci/run` installs them with
 apt-get when it runs as root. Skipped, with the reason, where they are missing, and when
-KNOWSUBNET_SKIP_SLURM=1. About two minutes: the data stages, ControlLM tokenisation,
+KNOWSUBNET_SKIP_SLURM=1. About three minutes: the data stages, ControlLM tokenisation,
 verbalisation, the discovery run and the robustness stage run as six SLURM jobs (the fake GPU
 makes the GPU stages schedulable); fetch_data and prepare_model run locally (localrules).
 tests/smoke.yaml and FAST below cut every stage to seconds: what is tested is the placement, not
