@@ -49,6 +49,7 @@ include: "workflow/rules/discovery.smk"
 include: "workflow/rules/downstream.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:

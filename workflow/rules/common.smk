@@ -168,6 +168,36 @@ def baseline_results(name):
                   baseline=BASELINES, seed=SEEDS, name=name)
 
 
+# -- the search on validation (workflow/rules/sweep.smk; docs/SEARCH.md) --
+
+SWEEP_POINTS = (config.get("sweep") or {}).get("points") or {}
+SWEEP_METHODS = ["mask", *SIZED_BY_MASK, *UNLEARNING]  # one rule each
+
+
+def sweep_points(method=None):
+    """The sweep's point names, in definition order (of one method)."""
+    return [name for name, point in SWEEP_POINTS.items() if method is None or point["method"] == method]
+
+
+def sweep_point_regex(names):
+    return "|".join(map(re.escape, names)) or "(?!)"  # no point: the rule matches nothing
+
+
+def sweep_runs():
+    """(name, meta.json, test headline.json) of every point, the run's own mask (`preset`) first, per
+    run model x target x seed: sweep_select's inputs, in the order of its --names."""
+    runs = []
+    for model in MODELS:
+        for target in TARGETS:
+            for seed in SEEDS:
+                runs.append(("preset", f"results/masks/{model}/{target}/seed{seed}/meta.json",
+                             f"results/eval/{model}/{target}/seed{seed}/headline.json"))
+                for name in sweep_points():
+                    folder = f"results/sweep/{model}/{target}/{name}/seed{seed}"
+                    runs.append((name, f"{folder}/meta.json", f"{folder}/eval/headline.json"))
+    return runs
+
+
 # -- a target path on the command line with an undefined name (called at the end of the Snakefile) --
 
 NAMED_WILDCARDS = {"model": "models", "target": "targets"}  # wildcard -> the params section defining its names

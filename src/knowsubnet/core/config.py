@@ -295,6 +295,11 @@ class Export:  # publishing a run's model (the export_remaining stage, evaluatio
 
 
 @dataclass(frozen=True)
+class Sweep:  # the search on validation (docs/SEARCH.md; method.sweep)
+    points: dict[str, dict[str, Any]]  # name -> {method, set: a params overlay}
+
+
+@dataclass(frozen=True)
 class Params:
     data: Data
     triplets: Triplets
@@ -313,6 +318,7 @@ class Params:
     report: Report
     csqa: Csqa
     export: Export
+    sweep: Sweep
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain mapping (for provenance records)."""

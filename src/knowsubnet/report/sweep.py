@@ -1,0 +1,122 @@
+"""The search's table (the `sweep_select` stage; docs/SEARCH.md): every sweep point's validation
+numbers and cost, the point kept per method x model x target x seed (`method.sweep.choose_point`,
+validation only), and the kept points' test numbers in their own columns.
+
+The choice is made before any test file is opened, and only the kept points' test headlines are
+read: a test file of a point not kept is never opened.
+
+Files: `selection.csv` (one row per point), `selection.md` (the kept points with their test
+numbers, then every point), `frontier.png` (per model x target x seed: validation TargetKG x
+against ControlKG x, one marker per point, the kept ones ringed, the bars drawn).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from knowsubnet.core.config import Bars
+from knowsubnet.core.io import write_text
+from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row
+from knowsubnet.report.format import band, markdown_table, read_record, save_figure, write_csv
+
+KEY = ("model", "target", "seed", "method")
+TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
+COLUMNS = ["model", "target", "seed", "method", "point", "kept", "val_sparsity", *(f"val_{s}_x" for s in SETS),
+           "val_bars", "wall_s", "chosen", "chosen_by", *TEST_COLUMNS]
+
+
+def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]:
+    """One row per (point name, meta.json path): its identity and validation numbers (`val_row`)."""
+    rows = []
+    for name, meta_path in points:
+        meta = read_record(meta_path, ("model", "target", "seed"), "a sweep point's meta.json")
+        rows.append({"model": meta["model"], "target": meta["target"], "seed": int(meta["seed"]), "point": name,
+                     **val_row(meta)})
+    return rows
+
+
+def choose(rows: list[dict[str, Any]], bars: Bars) -> list[dict[str, Any]]:
+    """`rows` with `val_bars`, `chosen` and `chosen_by`: one point kept per method x model x target
+    x seed, from the validation columns alone."""
+    out = [dict(row) for row in rows]
+    for row in out:
+        met = val_bars(row, bars)
+        missed = [bar for bar, ok in met.items() if not ok]
+        row.update(val_bars="all met" if not missed else ", ".join(missed), chosen=False, chosen_by="")
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(out):
+        groups.setdefault(tuple(row[k] for k in KEY), []).append(i)
+    for members in groups.values():
+        kept, why = choose_point([rows[i] for i in members], bars)
+        out[members[kept]].update(chosen=True, chosen_by=why)
+    return out
+
+
+def _test_numbers(path: str | Path) -> dict[str, Any]:
+    headline = read_record(path, [f"ratio_removed_{s}" for s in SETS] + ["verdict"], "an evaluation headline")
+    return {**{f"test_{s}_x": headline[f"ratio_removed_{s}"] for s in SETS}, "test_verdict": headline["verdict"]}
+
+
+def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
+    groups = list(frame.groupby(["model", "target", "seed"], sort=True))
+    fig = Figure(figsize=(5.0 * len(groups), 4.2))
+    FigureCanvasAgg(fig)
+    methods = sorted(frame["method"].unique())
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    for k, ((model, target, seed), group) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), k + 1)
+        for method, rows in group.groupby("method", sort=True):
+            ax.scatter(rows["val_controlkg_x"], rows["val_targetkg_x"], color=colours[method], label=method, s=28)
+            kept = rows[rows["chosen"]]
+            ax.scatter(kept["val_controlkg_x"], kept["val_targetkg_x"], facecolors="none", edgecolors="black", s=110)
+            for row in rows.itertuples():
+                ax.annotate(row.point, (row.val_controlkg_x, row.val_targetkg_x), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
+        for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
+            ax.axvline(x, color="grey", lw=0.8, ls=":")
+        positive = group["val_targetkg_x"][group["val_targetkg_x"] > 0]
+        if len(positive) and positive.max() / positive.min() > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("ControlKG PPL × (validation)")
+        ax.set_ylabel("TargetKG PPL × (validation)")
+        ax.set_title(f"{model} / {target} / seed {seed}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def sweep_table(points: Sequence[tuple[str, str | Path, str | Path]], bars: Bars, out_dir: str | Path,
+                dpi: int = 120) -> pd.DataFrame:
+    """Choose on validation and write the files (module doc). `points`: (name, meta.json, test
+    headline.json) per point; only the kept points' headlines are read, after the choice."""
+    out_dir = Path(out_dir)
+    rows = choose(point_rows([(name, meta) for name, meta, _ in points]), bars)
+    headlines = [headline for _, _, headline in points]
+    for row, headline in zip(rows, headlines):  # the choice is made: test numbers of the kept points only
+        row.update(_test_numbers(headline) if row["chosen"] else {c: math.nan for c in TEST_COLUMNS[:-1]} | {"test_verdict": ""})
+    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "target", "seed", "method", "point"],
+                                                            kind="stable", ignore_index=True)
+    write_csv(out_dir / "selection.csv", frame)
+    kept = frame[frame["chosen"]]
+    show = ["model", "target", "seed", "method", "point", "kept", *(f"val_{s}_x" for s in SETS), "val_bars",
+            "chosen_by", *TEST_COLUMNS]
+    lines = ["# The search on validation", "",
+             f"Bars (report.bars): TargetKG ≥ ×{bars.min_target_ratio:g}, sparsity ≥ {bars.min_sparsity:g} "
+             f"(masks), ControlKG within {band(bars.max_controlkg_ratio)}, ControlLM within "
+             f"{band(bars.max_controllm_ratio)}. Each method's point is chosen on the validation sets "
+             "(`method.sweep.choose_point`); the `test_` columns are the test splits of the kept points only, "
+             "read after the choice.", "", "## Kept per method (test columns marked test_)", "",
+             markdown_table(kept[show]), "## Every point (validation)", "",
+             markdown_table(frame[[c for c in COLUMNS if c not in TEST_COLUMNS]])]
+    if len(frame):
+        _frontier(frame, bars, out_dir / "frontier.png", dpi)
+        lines += ["![validation frontier](frontier.png)", ""]
+    write_text(out_dir / "selection.md", "\n".join(lines))
+    return frame

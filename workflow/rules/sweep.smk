@@ -1,0 +1,195 @@
+# The search on validation (params `sweep`; docs/SEARCH.md): every sweep point, per run model x target x
+# seed, runs the existing stage scripts (discover_mask.py or remove_baseline.py, then evaluate_ablation.py)
+# with its params overlay merged after the run's params (`--params PARAMS results/sweep/points/<point>.yaml`),
+# into results/sweep/{model}/{target}/{point}/seed{seed}/; sweep_select then keeps one point per method on
+# validation (results/sweep/selection.{csv,md}, frontier.png). Not in the default target: `snakemake sweep`.
+# One rule per method (a baseline's --method is fixed per rule, so DVC needs no per-point lookup); each
+# rule's {point} takes only its method's points. The run's own mask is the point `preset` of every sweep.
+
+SWEEP_DIR = "results/sweep/{model}/{target}/{point}/seed{seed}"
+
+
+rule sweep_point:
+    """A sweep point's params overlay as a file (checked: merged over the params, it validates)."""
+    output:
+        "results/sweep/points/{point}.yaml",
+    wildcard_constraints:
+        point=sweep_point_regex(sweep_points()),
+    params:
+        point=lambda w: section("sweep", "points", w.point),
+    log:
+        "logs/sweep_point/{point}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
+    shell:
+        "python workflow/scripts/sweep_point.py --params {PARAMS} --point {wildcards.point} --out {output} 2> {log}"
+
+
+rule sweep_mask:
+    """discover_mask with the point's overlay."""
+    input:
+        point="results/sweep/points/{point}.yaml",
+        model="results/models/{model}/config.json",
+        verbalized="results/verbalized/{model}/{target}.parquet",
+        splits=lambda w: split_files(w.target),
+        controllm="results/controllm/{model}/train.safetensors",
+        controllm_val="results/controllm/{model}/val.safetensors",
+    output:
+        mask=f"{SWEEP_DIR}/mask.safetensors",
+        meta=f"{SWEEP_DIR}/meta.json",
+        log_csv=f"{SWEEP_DIR}/train_log.csv",
+        metrics=f"{SWEEP_DIR}/metrics.json",
+    wildcard_constraints:
+        point=sweep_point_regex(sweep_points("mask")),
+    params:
+        mask=section("mask"),
+        train=section("train"),
+        known=section("known"),
+        scored=section("verbalize", "scored_positions"),
+        out_dir=lambda w, output: str(Path(output.mask).parent),
+    threads: 1
+    resources:
+        gpu=1,
+    benchmark:
+        "results/benchmarks/sweep_mask/{model}/{target}/{point}/seed{seed}.tsv"
+    log:
+        "logs/sweep_mask/{model}/{target}/{point}/seed{seed}.log",
+    conda:
+        "../envs/knowsubnet.yaml"
+    shell:
+        "python workflow/scripts/discover_mask.py --params {PARAMS} {input.point} --model {wildcards.model} "
+        "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
+        "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
+        "--controllm results/controllm/{wildcards.model} --out-dir {params.out_dir} --no-progress 2> {log}"
+
+
+for _method in [*SIZED_BY_MASK, *UNLEARNING]:
+
+    rule:
+        """remove_baseline (one method) with the point's overlay; the methods sized by the mask take the
+        run's own mask (results/masks) as their size."""
+        name:
+            f"sweep_{_method}"
+        input:
+            point="results/sweep/points/{point}.yaml",
+            model="results/models/{model}/config.json",
+            verbalized="results/verbalized/{model}/{target}.parquet",
+            splits=lambda w: split_files(w.target),
+            controllm="results/controllm/{model}/train.safetensors",
+            controllm_val="results/controllm/{model}/val.safetensors",
+            mask=(["results/masks/{model}/{target}/seed{seed}/mask.safetensors"] if _method in SIZED_BY_MASK else []),
+        output:
+            removal=f"{SWEEP_DIR}/removal.safetensors",
+            meta=f"{SWEEP_DIR}/meta.json",
+        wildcard_constraints:
+            point=sweep_point_regex(sweep_points(_method)),
+        params:
+            method=section("baselines", _method),
+            device=section("baselines", "device"),
+            known=section("known"),
+            scored=section("verbalize", "scored_positions"),
+            top_k=section("mask", "top_k_blocks"),
+            control_known=section("train", "controlkg_known_only"),
+            templates=section("train", "targetkg_templates"),
+            mask_arg=((lambda w: f"--mask results/masks/{w.model}/{w.target}/seed{w.seed}/mask.safetensors")
+                      if _method in SIZED_BY_MASK else ""),
+            out_dir=lambda w, output: str(Path(output.meta).parent),
+        threads: 1
+        resources:
+            gpu=1,
+        benchmark:
+            f"results/benchmarks/sweep_{_method}/{{model}}/{{target}}/{{point}}/seed{{seed}}.tsv"
+        log:
+            f"logs/sweep_{_method}/{{model}}/{{target}}/{{point}}/seed{{seed}}.log",
+        conda:
+            "../envs/knowsubnet.yaml"
+        shell:
+            f"python workflow/scripts/remove_baseline.py --params {{PARAMS}} {{input.point}} --method {_method} "
+            "--model {wildcards.model} --target {wildcards.target} --seed {wildcards.seed} "
+            "--model-dir results/models/{wildcards.model} --verbalized {input.verbalized} "
+            "--splits data/processed/splits/{wildcards.target} --controllm results/controllm/{wildcards.model} "
+            "{params.mask_arg} --out-dir {params.out_dir} --no-progress 2> {log}"
+
+
+for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safetensors")):
+
+    rule:
+        """evaluate_ablation on the point's removal, with its overlay (test splits; sweep_select reads only
+        the kept points' headlines)."""
+        name:
+            f"sweep_evaluate_{_kind}"
+        input:
+            point="results/sweep/points/{point}.yaml",
+            model="results/models/{model}/config.json",
+            verbalized="results/verbalized/{model}/{target}.parquet",
+            splits=lambda w: split_files(w.target),
+            controllm="results/controllm/{model}/test.safetensors",
+            mask=f"{SWEEP_DIR}/{_removal}",
+        output:
+            metrics=f"{SWEEP_DIR}/eval/metrics.json",
+            headline=f"{SWEEP_DIR}/eval/headline.json",
+            facts=f"{SWEEP_DIR}/eval/facts.parquet",
+        wildcard_constraints:
+            point=sweep_point_regex(sweep_points("mask") if _kind == "mask"
+                                    else [p for m in [*SIZED_BY_MASK, *UNLEARNING] for p in sweep_points(m)]),
+        params:
+            eval=section("eval"),
+            known=section("known"),
+            scored=section("verbalize", "scored_positions"),
+            bars=section("report", "bars"),
+        threads: 1
+        resources:
+            gpu=1,
+        log:
+            f"logs/sweep_evaluate_{_kind}/{{model}}/{{target}}/{{point}}/seed{{seed}}.log",
+        conda:
+            "../envs/knowsubnet.yaml"
+        shell:
+            "python workflow/scripts/evaluate_ablation.py --params {PARAMS} {input.point} --model {wildcards.model} "
+            "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
+            "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
+            "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
+            "--headline {output.headline} --facts {output.facts} 2> {log}"
+
+
+rule sweep_select:
+    """The search's table: every point's validation numbers and cost, one point kept per method x model x
+    target x seed on validation, the kept points' test numbers (knowsubnet.report.sweep)."""
+    input:
+        metas=[meta for _, meta, _ in sweep_runs()],
+        headlines=[headline for _, _, headline in sweep_runs()],
+    output:
+        csv="results/sweep/selection.csv",
+        md="results/sweep/selection.md",
+        figure="results/sweep/frontier.png",
+    params:
+        sweep=section("sweep"),
+        bars=section("report", "bars"),
+        dpi=section("report", "dpi"),
+        names=" ".join(name for name, _, _ in sweep_runs()),
+    log:
+        "logs/sweep_select.log",
+    conda:
+        "../envs/knowsubnet.yaml"
+    shell:
+        "python workflow/scripts/select_sweep.py --params {PARAMS} --names {params.names} --metas {input.metas} "
+        "--headlines {input.headlines} --out-dir results/sweep 2> {log}"
+
+
+rule sweep:
+    """`snakemake --cores 2 sweep`: every sweep point and the table."""
+    input:
+        "results/sweep/selection.md",
+
+
+# dvc.yaml (only when the params define points): the same stages, `dvc repro sweep_select`
+if SWEEP_POINTS:
+    DVC_MATRIX["sweep_point"] = {"point": sweep_points()}
+    DVC_MATRIX["sweep_evaluate_mask"] = {"point": sweep_points("mask")}
+    DVC_MATRIX["sweep_evaluate_baseline"] = {"point": [p for m in [*SIZED_BY_MASK, *UNLEARNING] for p in sweep_points(m)]}
+    for _method in SWEEP_METHODS:
+        DVC_MATRIX[f"sweep_{_method}"] = {"point": sweep_points(_method)}
+    DVC_STAGES += [f"sweep_{m}" for m in SWEEP_METHODS if sweep_points(m)]
+    DVC_STAGES += ["sweep_point", "sweep_select"]
+    DVC_STAGES += [f"sweep_evaluate_{k}" for k in ("mask", "baseline")
+                   if (sweep_points("mask") if k == "mask" else len(sweep_points()) > len(sweep_points("mask")))]
