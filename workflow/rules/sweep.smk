@@ -84,6 +84,9 @@ for _method in [*SIZED_BY_MASK, *UNLEARNING]:
         wildcard_constraints:
             point=sweep_point_regex(sweep_points(_method)),
         params:
+            # the method as a param, not as {_method} in the command: Snakemake evaluates a shell command's
+            # f-string again when the job runs, after the loop has moved on
+            method_name=_method,
             method=section("baselines", _method),
             device=section("baselines", "device"),
             known=section("known"),
@@ -104,7 +107,7 @@ for _method in [*SIZED_BY_MASK, *UNLEARNING]:
         conda:
             "../envs/knowsubnet.yaml"
         shell:
-            f"python workflow/scripts/remove_baseline.py --params {{PARAMS}} {{input.point}} --method {_method} "
+            "python workflow/scripts/remove_baseline.py --params {PARAMS} {input.point} --method {params.method_name} "
             "--model {wildcards.model} --target {wildcards.target} --seed {wildcards.seed} "
             "--model-dir results/models/{wildcards.model} --verbalized {input.verbalized} "
             "--splits data/processed/splits/{wildcards.target} --controllm results/controllm/{wildcards.model} "

@@ -145,3 +145,15 @@ def test_the_chooser_sees_no_test_column(tmp_path, monkeypatch):
     monkeypatch.setattr(report_sweep, "choose_point", spy)
     sweep_table(_write_points(tmp_path / "points"), BARS, tmp_path / "out", dpi=30)
     assert seen and not any(key.startswith("test") for r in seen for key in r)
+
+
+def test_the_demo_sweep_overlay_points_all_validate():
+    """config/overlays/demo-sweep.yaml over the demo preset and the main job: every point's params type."""
+    files = [REPO_ROOT / "config" / name for name in ("base.yaml", "mirror-local.yaml", "presets/demo.yaml",
+                                                      "overlays/demo-short.yaml", "overlays/demo-sweep.yaml")]
+    mapping = config.merge_files(files)
+    config.validate(mapping, SCHEMA)
+    points = mapping["sweep"]["points"]
+    assert {p["method"] for p in points.values()} == {"mask", "graddiff", "npo", "rmu", "attribution"}
+    for name in points:
+        point_overlay(mapping, name, SCHEMA)
