@@ -5,6 +5,11 @@
 # validation (results/sweep/selection.{csv,md}, frontier.png). Not in the default target: `snakemake sweep`.
 # One rule per method (a baseline's --method is fixed per rule, so DVC needs no per-point lookup); each
 # rule's {point} takes only its method's points. The run's own mask is the point `preset` of every sweep.
+# Local rules, without `resources: gpu=1`: the sweep is sized for the cores of the machine Snakemake runs on
+# (docs/SEARCH.md). The SLURM profiles (workflow/profiles/) do not size these rules yet; until they do (a GPU
+# partition, mem_mb and runtime per rule, as discover_mask's), a cluster runs the sweep where Snakemake runs.
+localrules: sweep_point, sweep_mask, sweep_random_magnitude, sweep_attribution, sweep_neurons, sweep_graddiff,
+    sweep_npo, sweep_rmu, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep
 
 SWEEP_DIR = "results/sweep/{model}/{target}/{point}/seed{seed}"
 
@@ -48,8 +53,6 @@ rule sweep_mask:
         scored=section("verbalize", "scored_positions"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
-    resources:
-        gpu=1,
     benchmark:
         "results/benchmarks/sweep_mask/{model}/{target}/{point}/seed{seed}.tsv"
     log:
@@ -98,8 +101,6 @@ for _method in [*SIZED_BY_MASK, *UNLEARNING]:
                       if _method in SIZED_BY_MASK else ""),
             out_dir=lambda w, output: str(Path(output.meta).parent),
         threads: 1
-        resources:
-            gpu=1,
         benchmark:
             f"results/benchmarks/sweep_{_method}/{{model}}/{{target}}/{{point}}/seed{{seed}}.tsv"
         log:
@@ -141,8 +142,6 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             scored=section("verbalize", "scored_positions"),
             bars=section("report", "bars"),
         threads: 1
-        resources:
-            gpu=1,
         log:
             f"logs/sweep_evaluate_{_kind}/{{model}}/{{target}}/{{point}}/seed{{seed}}.log",
         conda:
