@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,13 @@ class _Downloader:
         import pooch
         import requests
 
+        if url.startswith("file://"):  # a local origin (pooch has no file:// downloader): read in place
+            path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+            if not path.is_file():
+                raise _FetchFailed(f"no such file {path}")
+            if sha256 and (got := sha256_file(path)) != sha256:
+                raise _FetchFailed(f"sha256 mismatch: expected {sha256}, got {got}")
+            return path
         name = hashlib.md5(url.encode()).hexdigest()
         store = pooch.create(path=self.cache_dir, base_url="", registry={name: sha256}, urls={name: url},
                              retry_if_failed=ATTEMPTS - 1)
