@@ -17,8 +17,9 @@ from typing import Any
 from knowsubnet.core import config
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
+from knowsubnet.method import registry
 
-MASK = "mask"
+MASK = registry.MASK
 PRESET = "preset"  # the run's own mask (results/masks/...), a mask point of every sweep
 SETS = ("targetkg", "controlkg", "controllm")
 
@@ -62,7 +63,8 @@ def val_row(meta: dict[str, Any]) -> dict[str, Any]:
             kept = ", ".join(f"{k} {v}" for k, v in setting.items() if not k.startswith("val_")
                              and k not in ("point", "removed_weights"))
         else:
-            kept = f"step {int(validation['selected'])}" if meta["method"] in ("graddiff", "npo", "rmu") else "-"
+            finetuned = meta["method"] in registry.names(registry.FINETUNING)
+            kept = f"step {int(validation['selected'])}" if finetuned else "-"
         sparsity, method = math.nan, meta["method"]
     out = {"method": method, "kept": kept, "val_sparsity": float(sparsity if sparsity is not None else math.nan)}
     for s in SETS:

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from knowsubnet.core.config import Mask, Ramp, Rmu, Select, Train, Unlearning
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
-from knowsubnet.method import edits, objectives
+from knowsubnet.method import edits, objectives, registry
 from knowsubnet.method.batching import length_groups
 from knowsubnet.method.masking import MaskableLayer
 from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer
 from knowsubnet.models import precision
 
-METHODS = ("graddiff", "npo", "rmu")
+METHODS = tuple(registry.names(registry.FINETUNING))  # graddiff, npo, rmu
 
 
 class WeightParams:

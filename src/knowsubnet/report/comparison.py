@@ -20,14 +20,14 @@ from matplotlib.figure import Figure
 from knowsubnet.evaluation.bars import check_bars
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation.robustness import headline as robustness_headline
+from knowsubnet.method import registry
 from knowsubnet.report.format import Section, markdown_table, read_record, save_figure, write_csv
 
-MASK = "mask"
-# the order of rows and legend entries: the reference, then the baselines from simplest to finetuning
-METHOD_ORDER = (MASK, "random_magnitude", "attribution", "neurons", "graddiff", "npo", "rmu")
-METHOD_LABELS = {MASK: "learned mask", "random_magnitude": "random (magnitude-matched)",
-                 "attribution": "attribution pruning", "neurons": "knowledge neurons", "graddiff": "GradDiff",
-                 "npo": "NPO", "rmu": "RMU"}
+MASK = registry.MASK
+# the order of rows and legend entries (the registry's: the reference, then the baselines from
+# simplest to finetuning) and their labels
+METHOD_ORDER = tuple(registry.names())
+METHOD_LABELS = registry.labels()
 Y_CLIP = 1e4  # the figure's TargetKG axis ends here
 ROBUSTNESS_COLUMNS = {"test_heldout_wording_ratio": "held-out wordings ×",
                       "choice_acc_removed": "multiple choice (removed)",
