@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from knowsubnet.method import registry as removal_methods  # no torch: names and kinds only
+
 # Shell commands call `python`: the interpreter running Snakemake (the project's virtual environment)
 # comes first on PATH, here and in every job (with `--sdm conda`, the rule's conda env comes first).
 # Lint "environment variable PATH used but not asserted": deliberate; PATH is only prepended to, never
@@ -36,9 +38,9 @@ TARGETS = config["run"]["targets"]
 SEEDS = config["run"]["seeds"]
 BASELINES = config["run"].get("baselines") or []
 COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
-# knowsubnet.method.baselines.SIZED_BY_MASK and knowsubnet.method.unlearning.METHODS
-SIZED_BY_MASK = ["random_magnitude", "attribution", "neurons"]
-UNLEARNING = ["graddiff", "npo", "rmu"]
+# The baselines by kind (knowsubnet.method.registry): which recipe runs each, prune_baseline or unlearn_baseline
+SIZED_BY_MASK = removal_methods.names(removal_methods.SIZED_BY_MASK)
+UNLEARNING = removal_methods.names(removal_methods.FINETUNING)
 
 for _target in TARGETS:
     if _target not in config["targets"]:
@@ -51,7 +53,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
     target="|".join(map(re.escape, config["targets"])),
     seed=r"\d+",
-    baseline="|".join(SIZED_BY_MASK + UNLEARNING),
+    baseline="|".join(removal_methods.baselines()),
 
 
 class Section(str):
@@ -171,7 +173,7 @@ def baseline_results(name):
 # -- the search on validation (workflow/rules/sweep.smk; docs/SEARCH.md) --
 
 SWEEP_POINTS = (config.get("sweep") or {}).get("points") or {}
-SWEEP_METHODS = ["mask", *SIZED_BY_MASK, *UNLEARNING]  # one rule each
+SWEEP_METHODS = removal_methods.names()  # one rule each: the mask's, then every baseline's
 
 
 def sweep_points(method=None):

@@ -8,8 +8,8 @@
 # Local rules, without `resources: gpu=1`: the sweep is sized for the cores of the machine Snakemake runs on
 # (docs/SEARCH.md). The SLURM profiles (workflow/profiles/) do not size these rules yet; until they do (a GPU
 # partition, mem_mb and runtime per rule, as discover_mask's), a cluster runs the sweep where Snakemake runs.
-localrules: sweep_point, sweep_mask, sweep_random_magnitude, sweep_attribution, sweep_neurons, sweep_graddiff,
-    sweep_npo, sweep_rmu, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep
+# The per-baseline rules (one per registered method) say `localrule: True` themselves.
+localrules: sweep_point, sweep_mask, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep
 
 SWEEP_DIR = "results/sweep/{model}/{target}/{point}/seed{seed}"
 
@@ -66,13 +66,14 @@ rule sweep_mask:
         "--controllm results/controllm/{wildcards.model} --out-dir {params.out_dir} --no-progress 2> {log}"
 
 
-for _method in [*SIZED_BY_MASK, *UNLEARNING]:
+for _method in removal_methods.baselines():
 
     rule:
         """remove_baseline (one method) with the point's overlay; the methods sized by the mask take the
         run's own mask (results/masks) as their size."""
         name:
             f"sweep_{_method}"
+        localrule: True
         input:
             point="results/sweep/points/{point}.yaml",
             model="results/models/{model}/config.json",
@@ -135,7 +136,7 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             facts=f"{SWEEP_DIR}/eval/facts.parquet",
         wildcard_constraints:
             point=sweep_point_regex(sweep_points("mask") if _kind == "mask"
-                                    else [p for m in [*SIZED_BY_MASK, *UNLEARNING] for p in sweep_points(m)]),
+                                    else [p for m in removal_methods.baselines() for p in sweep_points(m)]),
         params:
             eval=section("eval"),
             known=section("known"),
@@ -188,7 +189,7 @@ rule sweep:
 if SWEEP_POINTS:
     DVC_MATRIX["sweep_point"] = {"point": sweep_points()}
     DVC_MATRIX["sweep_evaluate_mask"] = {"point": sweep_points("mask")}
-    DVC_MATRIX["sweep_evaluate_baseline"] = {"point": [p for m in [*SIZED_BY_MASK, *UNLEARNING] for p in sweep_points(m)]}
+    DVC_MATRIX["sweep_evaluate_baseline"] = {"point": [p for m in removal_methods.baselines() for p in sweep_points(m)]}
     for _method in SWEEP_METHODS:
         DVC_MATRIX[f"sweep_{_method}"] = {"point": sweep_points(_method)}
     DVC_STAGES += [f"sweep_{m}" for m in SWEEP_METHODS if sweep_points(m)]
