@@ -173,7 +173,7 @@ def baseline_results(name):
 # -- the search on validation (workflow/rules/sweep.smk; docs/SEARCH.md) --
 
 SWEEP_POINTS = (config.get("sweep") or {}).get("points") or {}
-SWEEP_METHODS = removal_methods.names()  # one rule each: the mask's, then every baseline's
+SWEEP_METHODS = removal_methods.names()  # one rule each (the mask's, then every baseline's)
 
 
 def sweep_points(method=None):

@@ -4,4 +4,4 @@ step, validation-based checkpoint selection and exact resume); `combination` (un
 majority of seed masks). The other ways of removing the same knowledge, for comparison: `edits`
 (any method's removal: a mask or new weights, applied and drawn at random alike), `attribution`
 (pruning by attribution, knowledge neurons, magnitude-matched random), `unlearning` (GradDiff, NPO, RMU)
-and `baselines` (the remove_baseline stage)."""
+and `baselines` (the remove_baseline stage), every method declared once in `registry`."""

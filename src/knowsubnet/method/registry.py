@@ -18,6 +18,8 @@ baselines from simplest to finetuning.
 
 This module imports no torch: the Snakefile imports it to build its rules. `fit` is therefore a
 "module:function" reference, imported when a method runs (`fit_function`), as entry points are.
+The fits live in `method.baselines`, which the remove_baseline script imports: DVC's dependency
+scan (workflow/dvc_yaml.py follows imports, not these strings) then covers them.
 """
 
 from __future__ import annotations
