@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from knowsubnet.core import bootstrap
 from knowsubnet.data.encoding import FactSet
 from knowsubnet.evaluation import relearn
 from knowsubnet.scoring.facts import score_facts
@@ -48,18 +49,14 @@ def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.n
     per_seed = [relearn.recovered_fraction(float(gap_before.mean()), float(g.mean())) for g in gaps_after]
     if value is None:
         return {"recovered": None, "low": None, "high": None, "per_seed": per_seed}
-    generator = np.random.default_rng(seed)
     n_seeds, n_facts = gaps_after.shape
     draws = []
-    for _ in range(n_boot):
-        facts = generator.integers(0, n_facts, n_facts)
-        seeds = generator.integers(0, n_seeds, n_seeds)
+    for seeds, facts in bootstrap.seed_unit_draws(n_seeds, n_facts, n_boot, seed, units_first=True):
         before_gap = gap_before[facts].mean()
         if before_gap > 0:
             draws.append(1.0 - gaps_after[np.ix_(seeds, facts)].mean() / before_gap)
-    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (None, None)
-    return {"recovered": value, "low": None if low is None else float(low), "high": None if high is None else float(high),
-            "per_seed": per_seed}
+    low, high = bootstrap.interval(draws) if draws else (None, None)
+    return {"recovered": value, "low": low, "high": high, "per_seed": per_seed}
 
 
 def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None], cfg, device,
