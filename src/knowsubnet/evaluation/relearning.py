@@ -29,6 +29,7 @@ import torch
 from knowsubnet.core import bootstrap
 from knowsubnet.data.encoding import FactSet
 from knowsubnet.evaluation import relearn
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import score_facts
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.n
 def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None], cfg, device,
         dtype: torch.dtype, n_boot: int, seed: int) -> dict[str, Any]:
     """Every (point, data, model, seed) finetune; `sets[data]` = (train, scored) FactSets or None
-    (nothing to train on). `variants` gives the edits (`robustness.Variants`)."""
+    (nothing to train on). `variants` gives the edits (`evaluation.variants.Variants`)."""
     out: dict[str, Any] = {"points": []}
     # Per data, made once for every point: the scored facts with their lower blocks cached (masked-
     # layer finetunes leave those blocks alone), the train facts cached for the masked steps, and
@@ -71,7 +72,7 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
     for data, pair in sets.items():
         if pair is None:
             continue
-        scored[data] = relearn.CachedFacts(model, layers, pair[1], device)
+        scored[data] = CachedFacts(model, layers, pair[1], device)
         before[data] = {}
         for name in cfg.models:
             with variants.entered(MODELS[name][0] or "original"):
@@ -85,7 +86,7 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
                 continue
             train = sets[data][0]
             if scope == "masked" and data not in train_cached:
-                train_cached[data] = relearn.CachedFacts(model, layers, train, device, compute_dtype=dtype)
+                train_cached[data] = CachedFacts(model, layers, train, device, compute_dtype=dtype)
             facts = train_cached[data] if scope == "masked" else train
             after: dict[str, list[np.ndarray]] = {name: [] for name in cfg.models}
             start = time.monotonic()
