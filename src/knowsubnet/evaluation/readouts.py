@@ -33,8 +33,8 @@ from torch import nn
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE, tokenize_facts
-from knowsubnet.evaluation.relearn import CachedFacts
 from knowsubnet.models.top_blocks import TopBlocks
+from knowsubnet.scoring.cached import CachedFacts
 
 # The module after the last block, by `config.model_type`: an attribute of the base model.
 FINAL_NORMS = {"gpt2": "ln_f", "llama": "norm"}

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from knowsubnet.core import bootstrap
 from knowsubnet.data.encoding import FactSet
 from knowsubnet.evaluation import relearn
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import score_facts
 
 log = logging.getLogger(__name__)
@@ -48,24 +50,20 @@ def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.n
     per_seed = [relearn.recovered_fraction(float(gap_before.mean()), float(g.mean())) for g in gaps_after]
     if value is None:
         return {"recovered": None, "low": None, "high": None, "per_seed": per_seed}
-    generator = np.random.default_rng(seed)
     n_seeds, n_facts = gaps_after.shape
     draws = []
-    for _ in range(n_boot):
-        facts = generator.integers(0, n_facts, n_facts)
-        seeds = generator.integers(0, n_seeds, n_seeds)
+    for seeds, facts in bootstrap.seed_unit_draws(n_seeds, n_facts, n_boot, seed, units_first=True):
         before_gap = gap_before[facts].mean()
         if before_gap > 0:
             draws.append(1.0 - gaps_after[np.ix_(seeds, facts)].mean() / before_gap)
-    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (None, None)
-    return {"recovered": value, "low": None if low is None else float(low), "high": None if high is None else float(high),
-            "per_seed": per_seed}
+    low, high = bootstrap.interval(draws) if draws else (None, None)
+    return {"recovered": value, "low": low, "high": high, "per_seed": per_seed}
 
 
 def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None], cfg, device,
         dtype: torch.dtype, n_boot: int, seed: int) -> dict[str, Any]:
     """Every (point, data, model, seed) finetune; `sets[data]` = (train, scored) FactSets or None
-    (nothing to train on). `variants` gives the edits (`robustness.Variants`)."""
+    (nothing to train on). `variants` gives the edits (`evaluation.variants.Variants`)."""
     out: dict[str, Any] = {"points": []}
     # Per data, made once for every point: the scored facts with their lower blocks cached (masked-
     # layer finetunes leave those blocks alone), the train facts cached for the masked steps, and
@@ -74,7 +72,7 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
     for data, pair in sets.items():
         if pair is None:
             continue
-        scored[data] = relearn.CachedFacts(model, layers, pair[1], device)
+        scored[data] = CachedFacts(model, layers, pair[1], device)
         before[data] = {}
         for name in cfg.models:
             with variants.entered(MODELS[name][0] or "original"):
@@ -88,7 +86,7 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
                 continue
             train = sets[data][0]
             if scope == "masked" and data not in train_cached:
-                train_cached[data] = relearn.CachedFacts(model, layers, train, device, compute_dtype=dtype)
+                train_cached[data] = CachedFacts(model, layers, train, device, compute_dtype=dtype)
             facts = train_cached[data] if scope == "masked" else train
             after: dict[str, list[np.ndarray]] = {name: [] for name in cfg.models}
             start = time.monotonic()

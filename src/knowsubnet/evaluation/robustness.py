@@ -18,7 +18,8 @@
    ControlKG next-token distributions (a two-sided control: a lower PPL is a change too).
 
 Ratios are PPL(variant) / PPL(original) = exp(mean over facts of the NLL difference), with 95 %
-bootstrap intervals over facts (`robustness_stats`). Sentence scores go to sentences.parquet (one
+bootstrap intervals over facts (`robustness_stats`). Sentences are scored under the variants
+(`evaluation.variants`) by `scoring.sentences`; their scores go to sentences.parquet (one
 row per sentence, NLL under every variant), so any number here can be recomputed or broken down.
 """
 
@@ -29,7 +30,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,8 +46,11 @@ from knowsubnet.data.encoding import load_blocks
 from knowsubnet.evaluation import probes, quantize, readouts, relearn, relearning
 from knowsubnet.evaluation import robustness_stats as stats
 from knowsubnet.evaluation.robustness_stats import VARIANTS
+from knowsubnet.evaluation.variants import Variants
 from knowsubnet.method import edits
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import DTYPES, score_facts
+from knowsubnet.scoring.sentences import score_sentences
 from knowsubnet.scoring.text import lm_nll
 from knowsubnet.models import precision
 from knowsubnet.models.prepare import load_model, pick_device
@@ -58,51 +62,8 @@ log = logging.getLogger(__name__)
 # scoring under the model variants
 
 
-class Variants:
-    """The original, remaining and random-removed versions of one model, entered one at a time."""
-
-    def __init__(self, model, layers, edit: edits.Edit, seed: int, draws: int = 1):
-        self.model, self.layers = model, layers
-        # the evaluation's random draws: evaluate_ablation draws them from the same generator in order
-        generator = torch.Generator().manual_seed(int(seed))
-        self.random_draws = [edits.random_like(edit, layers, generator) for _ in range(draws)]
-        self.edits = {"original": None, "removed": edit, "random": self.random_draws[0]}
-
-    def entered(self, variant: str, draw: int = 0):
-        edit = self.random_draws[draw] if variant == "random" else self.edits[variant]
-        return contextlib.nullcontext() if edit is None else edits.applied(self.layers, edit)
-
-    def draws(self, variant: str) -> range:
-        """The draws a variant is averaged over: every random draw, one of the others."""
-        return range(len(self.random_draws) if variant == "random" else 1)
-
-
-def score_sentences(variants: Variants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
-                    scored_positions: str, names: Sequence[str] = VARIANTS) -> pd.DataFrame:
-    """`sentences` with nll_<variant> columns for the variants `names` (mean tail cross-entropy of
-    each sentence; for random, its mean over the draws). The blocks below the mask are the same in
-    every variant: they run once (`relearn.CachedFacts`)."""
-    out = sentences.reset_index(drop=True).copy()
-    if out.empty:
-        for variant in names:
-            out[f"nll_{variant}"] = pd.Series(dtype=np.float64)
-        return out
-    labels = [f"{u} ({p}, template {t})" for u, p, t in zip(out["uuid"], out["probe"], out["template_id"])]
-    encoded = encode_facts(tokenizer, out["prompt"].tolist(), out["tail_text"].tolist(), labels,
-                           scored_positions=scored_positions)
-    cached = relearn.CachedFacts(variants.model, variants.layers, encoded, device)
-    for variant in names:
-        nll = []
-        for draw in variants.draws(variant):
-            with variants.entered(variant, draw):
-                nll.append(cached.nll(batch_size).numpy())
-        out[f"nll_{variant}"] = np.mean(nll, axis=0)
-        log.info("scored %d sentences under the %s model", len(out), variant)
-    return out
-
-
 @torch.no_grad()
-def controlkg_kl(variants: Variants, facts: relearn.CachedFacts, batch_size: int) -> dict[str, float]:
+def controlkg_kl(variants: Variants, facts: CachedFacts, batch_size: int) -> dict[str, float]:
     """Mean over ControlKG facts of the mean over their tail positions of KL(p_original || p_variant)
     (random: the mean over the draws)."""
     def log_probs() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -299,7 +260,7 @@ def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame
     out: dict[str, Any] = {"lens": None, "linear_probe": None}
     if test_rows.empty:
         return out
-    test = relearn.CachedFacts(model, layers, _factset(tokenizer, test_rows, scored_positions), device)
+    test = CachedFacts(model, layers, _factset(tokenizer, test_rows, scored_positions), device)
     lens = {}
     for variant in VARIANTS:
         with variants.entered(variant):
@@ -317,7 +278,7 @@ def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame
         if uuids != rows["uuid"].tolist():
             raise AssertionError("choice sets out of the facts' order")
         embeddings, valid = readouts.candidate_embeddings(model, tokenizer, prompts, candidates)
-        cached = test if name == "test" else relearn.CachedFacts(
+        cached = test if name == "test" else CachedFacts(
             model, layers, _factset(tokenizer, rows, scored_positions), device)
         sets[name] = (cached, embeddings, valid, true_index)
     # a fact with no false candidate would always count as right: only facts with a choice count
@@ -420,14 +381,15 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     lap("load")
     scored_positions = params.verbalize.scored_positions
     wording_baselines = sentences["probe"].str.startswith("other_head:")  # only the original's score is read
-    scored = score_sentences(variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions)
+    scored = score_sentences(variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions,
+                             names=VARIANTS)
     baselines = score_sentences(variants, tokenizer, sentences[wording_baselines], cfg.batch_size, device,
                                 scored_positions, names=("original",))
     scored = pd.concat([scored, baselines], ignore_index=True)
     scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
-    kl = controlkg_kl(variants, relearn.CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
+    kl = controlkg_kl(variants, CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
                       cfg.batch_size)
     lap("controlkg_kl")
     facts = extra["facts"]

@@ -1,5 +1,6 @@
 """The statistics of the robustness stage (`evaluation.robustness`), from scored sentences: PPL
-ratios and shares with 95 % bootstrap intervals over facts (a fact's sentences move together),
+ratios and shares with 95 % bootstrap intervals over facts (a fact's sentences move together;
+the resampling is `core.bootstrap`),
 the per-wording `known` filter, and the summary of every sentence probe.
 
 Ratios are PPL(variant) / PPL(original) = exp(mean over facts of the NLL difference).
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from knowsubnet.core import bootstrap
+
 VARIANTS = ("original", "removed", "random")
 # the wording probes: (facts, wordings) -> probe name (`evaluation.probes.in_wordings`)
 WORDING_PROBES = {"train_heldout": "wording:train:heldout", "test_heldout": "wording:test:heldout",
@@ -25,9 +28,7 @@ def ratio_ci(frame: pd.DataFrame, variant: str, n_boot: int, seed: int) -> dict[
     if frame.empty:
         return {"ratio": None, "low": None, "high": None, "n_facts": 0}
     diff = (frame[f"nll_{variant}"] - frame["nll_original"]).groupby(frame["uuid"]).mean().to_numpy()
-    generator = np.random.default_rng(seed)
-    boot = diff[generator.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
+    low, high = bootstrap.interval(bootstrap.means(diff, n_boot, seed))
     return {"ratio": math.exp(diff.mean()), "low": math.exp(low), "high": math.exp(high), "n_facts": len(diff)}
 
 
@@ -36,9 +37,8 @@ def share_ci(values: pd.Series, n_boot: int, seed: int) -> dict[str, Any]:
     if values.empty:
         return {"share": None, "low": None, "high": None, "n_facts": 0}
     x = values.to_numpy(dtype=np.float64)
-    boot = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"share": float(x.mean()), "low": float(low), "high": float(high), "n_facts": len(x)}
+    low, high = bootstrap.interval(bootstrap.means(x, n_boot, seed))
+    return {"share": float(x.mean()), "low": low, "high": high, "n_facts": len(x)}
 
 
 def suppressed_share(frame: pd.DataFrame, variant: str, threshold: float) -> pd.Series:
@@ -61,10 +61,8 @@ def sentence_share_ci(hit: pd.Series, uuid: pd.Series, n_boot: int, seed: int) -
         return {"share": None, "low": None, "high": None, "n_sentences": 0, "n_facts": 0}
     per_fact = pd.DataFrame({"hit": hit.astype(float).to_numpy(), "uuid": uuid.to_numpy()}).groupby("uuid")["hit"]
     hits, counts = per_fact.sum().to_numpy(), per_fact.size().to_numpy()
-    draws = np.random.default_rng(seed).integers(0, len(hits), size=(n_boot, len(hits)))
-    boot = hits[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"share": float(hits.sum() / counts.sum()), "low": float(low), "high": float(high),
+    low, high = bootstrap.interval(bootstrap.ratios_of_sums(hits, counts, n_boot, seed))
+    return {"share": float(hits.sum() / counts.sum()), "low": low, "high": high,
             "n_sentences": int(counts.sum()), "n_facts": len(hits)}
 
 
@@ -124,10 +122,8 @@ def pooled_ratio_ci(frames: list[pd.DataFrame], variant: str, n_boot: int, seed:
     if not common:
         return {"ratio": None, "low": None, "high": None, "n_facts": 0, "n_seeds": len(frames)}
     diff = np.stack([d.reindex(common).to_numpy() for d in per_seed])  # [S, F]
-    generator = np.random.default_rng(seed)
     n_seeds, n_facts = diff.shape
-    boot = np.array([diff[np.ix_(generator.integers(0, n_seeds, n_seeds), generator.integers(0, n_facts, n_facts))].mean()
-                     for _ in range(n_boot)])
-    low, high = np.percentile(boot, [2.5, 97.5])
+    low, high = bootstrap.interval([diff[np.ix_(seeds, facts)].mean()
+                                    for seeds, facts in bootstrap.seed_unit_draws(n_seeds, n_facts, n_boot, seed)])
     return {"ratio": math.exp(diff.mean()), "low": math.exp(low), "high": math.exp(high), "n_facts": n_facts,
             "n_seeds": n_seeds}

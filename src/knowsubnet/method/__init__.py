@@ -1,5 +1,5 @@
-"""The method, top to bottom: `masking` (which weights a mask covers, the samplers and how a mask is
-applied), `objectives` (the four losses and the sparsity schedule) and `training` (the trainer's
+"""The method, top to bottom: `masking` (which weights a mask covers, how a mask is applied, mask
+files), `samplers` (the trainable mask logits and the samplers), `objectives` (the four losses and the sparsity schedule) and `training` (the trainer's
 step, validation-based checkpoint selection and exact resume); `combination` (union / intersection /
 majority of seed masks). The other ways of removing the same knowledge, for comparison: `edits`
 (any method's removal: a mask or new weights, applied and drawn at random alike), `attribution`

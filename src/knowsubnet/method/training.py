@@ -40,8 +40,9 @@ from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, row_lengths
 from knowsubnet.method import objectives
 from knowsubnet.method.batching import draw, length_groups
-from knowsubnet.method.masking import (MaskableLayer, MaskLogits, apply_mask, binary_masks, find_maskable_layers,
-                                       random_masks_like, subnetwork_size)
+from knowsubnet.method.masking import (MaskableLayer, apply_mask, binary_masks, find_maskable_layers, random_masks_like,
+                                       subnetwork_size)
+from knowsubnet.method.samplers import MaskLogits
 from knowsubnet.method.selection import VAL_COLUMNS, ValidationSets, select_checkpoint, selection_summary
 from knowsubnet.models import precision
 from knowsubnet.models.prepare import pick_device

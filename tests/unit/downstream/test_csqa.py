@@ -486,10 +486,8 @@ def test_head_mode_trains_a_head_per_seed(tiny_setup):
 # statistics: paired intervals, the difference of differences, length bias
 
 
-def test_bootstrap_interval_and_paired_delta():
+def test_paired_delta_of_a_version_with_itself_is_zero():
     values = np.array([1.0] * 30 + [0.0] * 70)
-    lo, hi = csqa.bootstrap_ci(values, 500, 0, 0)
-    assert lo < 0.3 < hi and 0.15 < lo and hi < 0.45
     same = csqa.paired_delta(values, values, 200, 0, 0)
     assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0]
 

@@ -14,7 +14,7 @@ import torch
 from conftest import CORPUS
 from knowsubnet.data.encoding import IGNORE, encode_facts
 from knowsubnet.evaluation import readouts
-from knowsubnet.evaluation.relearn import CachedFacts
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.method import edits, masking
 from knowsubnet.scoring.facts import score_facts
 

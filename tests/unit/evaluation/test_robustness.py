@@ -18,6 +18,7 @@ from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn, robustness
 from knowsubnet.evaluation import robustness_stats as stats
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import score_facts
 from knowsubnet.method import masking
 
@@ -349,7 +350,7 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     before = {l.name: l.weight.detach().clone() for l in layers}
     removed = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for l in layers}
     table = verbalized_frame(facts_frame())
-    facts = relearn.CachedFacts(model, layers, encode_facts(workspace["tokenizer"], table["prompt"].tolist(),
+    facts = CachedFacts(model, layers, encode_facts(workspace["tokenizer"], table["prompt"].tolist(),
                                                             table["tail_text"].tolist()), "cpu")
     # the cached top blocks score like the whole model
     full = score_facts(model, facts.facts, 4)["nll"].mean()

@@ -54,8 +54,7 @@ from knowsubnet.downstream.csqa.finetune import (CONTRASTS, DOD_PAIRS, VARIANTS,
                                                  run_stage, suppressed_facts, version_name)
 from knowsubnet.downstream.csqa.model import (MODES, ChoiceHead, Variant, effective_weights, lora_effective_weight,
                                               packed_inputs, removed_weight_masks)
-from knowsubnet.downstream.csqa.stats import (MDE_Z, bootstrap_ci, diff_of_diffs, group_accuracies, length_bias,
-                                              paired_delta)
+from knowsubnet.downstream.csqa.stats import MDE_Z, diff_of_diffs, group_accuracies, length_bias, paired_delta
 
 __all__ = [
     "GROUPS", "LABELS", "MODES", "N_CHOICES", "VARIANTS", "CONTRASTS", "DOD_PAIRS", "MDE_Z",
@@ -63,6 +62,6 @@ __all__ = [
     "question_text", "encode_questions", "siblings", "length_matched",
     "ChoiceHead", "Variant", "removed_weight_masks", "lora_effective_weight", "effective_weights", "packed_inputs",
     "head_features",
-    "bootstrap_ci", "paired_delta", "diff_of_diffs", "group_accuracies", "length_bias",
+    "paired_delta", "diff_of_diffs", "group_accuracies", "length_bias",
     "CSQAFinetuner", "finetune_csqa", "run_stage", "suppressed_facts", "version_name",
 ]

@@ -31,13 +31,15 @@ from knowsubnet.downstream.csqa.model import (MODES, Variant, max_abs_removed_we
 from knowsubnet.downstream.csqa.stats import diff_of_diffs, group_accuracies, length_bias, paired_delta
 from knowsubnet.data import factsets
 from knowsubnet.data.splits import SPLITS, csqa_ids
-from knowsubnet.evaluation import probes, robustness, robustness_stats
+from knowsubnet.evaluation import probes, robustness_stats
+from knowsubnet.evaluation.variants import Variants
 from knowsubnet.evaluation.ablation import mask_layers
 from knowsubnet.method import edits
 from knowsubnet.method import masking
 from knowsubnet.models import precision
 from knowsubnet.models.prepare import context_length, load_model, pick_device
 from knowsubnet.models.top_blocks import TopBlocks
+from knowsubnet.scoring.sentences import score_sentences
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +345,10 @@ def suppressed_facts(model: nn.Module, tokenizer, layers: list[masking.MaskableL
                      scored_positions: str, device: torch.device) -> pd.DataFrame:
     """`facts` (verbalised rows with a bool `known` column) with nll_original / nll_removed of each
     fact's best template and `suppressed`: the removal raised its tail PPL by at least `threshold` x."""
-    variants = robustness.Variants(model, layers, edits.mask_edit(dict(masks), granularity), seed=0)
+    variants = Variants(model, layers, edits.mask_edit(dict(masks), granularity), seed=0)
     sentences = probes.best_template("targetkg", facts.reset_index())
-    scored = robustness.score_sentences(variants, tokenizer, sentences, batch_size, device, scored_positions,
-                                        names=("original", "removed"))
+    scored = score_sentences(variants, tokenizer, sentences, batch_size, device, scored_positions,
+                             names=("original", "removed"))
     out = facts.reset_index()[["uuid", "known"]].copy()
     out["nll_original"], out["nll_removed"] = scored["nll_original"].to_numpy(), scored["nll_removed"].to_numpy()
     # one sentence per fact: its share of suppressed sentences is 0 or 1

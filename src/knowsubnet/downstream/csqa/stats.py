@@ -2,7 +2,8 @@
 
 Every model version answers the same questions, so differences are paired: one bootstrap draw
 resamples the questions of each group once, for every version and seed alike, and resamples the
-finetuning seeds (so seed-to-seed variance is inside the interval, not only question sampling).
+finetuning seeds (so seed-to-seed variance is inside the interval, not only question sampling):
+`core.bootstrap.seed_item_means`, each interval on its own stream of the seed.
 
 The claim of the experiment is a difference of differences (`diff_of_diffs`): how much more the
 removal costs the questions linked to the removed facts than the questions of the other half,
@@ -18,40 +19,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from knowsubnet.core import bootstrap
 from knowsubnet.downstream.csqa.data import N_CHOICES, Question, words
 
 MDE_Z = 1.959964 + 0.841621  # z(0.975) + z(0.80)
 
 
-def bootstrap_ci(correct: np.ndarray, samples: int, seed: int, stream: int) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of 0/1 `correct` (seeds x questions, or
-    questions), questions and seeds resampled."""
-    draws = _draws([np.atleast_2d(correct)], samples, seed, stream)[0]
-    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
-
-
-def _draws(groups: list[np.ndarray], samples: int, seed: int, stream: int) -> np.ndarray:
-    """Bootstrap means of each array of `groups` (each [seeds, questions_g], all with the same
-    seeds): one draw resamples the seeds once for all groups, and each group's questions. Returns
-    [len(groups), samples]."""
-    rng = np.random.default_rng([seed, 3000 + stream])
-    n_seeds = groups[0].shape[0]
-    seed_idx = rng.integers(0, n_seeds, size=(samples, n_seeds)) if n_seeds > 1 else np.zeros((samples, 1), int)
-    out = []
-    for values in groups:
-        if values.shape[1] == 0:
-            out.append(np.full(samples, np.nan))
-            continue
-        q_idx = rng.integers(0, values.shape[1], size=(samples, values.shape[1]))
-        out.append(values[seed_idx[:, :, None], q_idx[:, None, :]].mean(axis=(1, 2)))
-    return np.stack(out)
+def _stream(seed: int, stream: int) -> list[int]:
+    """The bootstrap seed of one interval: its own stream of the run's seed."""
+    return [seed, 3000 + stream]
 
 
 def _summary(point: float, draws: np.ndarray, n: Mapping[str, int]) -> dict[str, Any]:
     if np.isnan(point):
         return {"diff": None, "ci95": [None, None], "se": None, "mde": None, **n}
     se = float(draws.std(ddof=1))
-    return {"diff": float(point), "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+    return {"diff": float(point), "ci95": list(bootstrap.interval(draws)),
             "se": se, "mde": MDE_Z * se, **n}
 
 
@@ -59,7 +42,7 @@ def paired_delta(a: np.ndarray, b: np.ndarray, samples: int, seed: int, stream: 
     """mean(a) - mean(b) on the same questions ([seeds, questions] or [questions]), paired bootstrap."""
     diff = np.atleast_2d(a).astype(np.float64) - np.atleast_2d(b)
     point = float(diff.mean()) if diff.size else float("nan")
-    return _summary(point, _draws([diff], samples, seed, stream)[0], {"n": int(diff.shape[1])})
+    return _summary(point, bootstrap.seed_item_means([diff], samples, _stream(seed, stream))[0], {"n": int(diff.shape[1])})
 
 
 def diff_of_diffs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], group: str, reference: str,
@@ -69,7 +52,7 @@ def diff_of_diffs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], grou
     d_group = np.atleast_2d(a[group]).astype(np.float64) - np.atleast_2d(b[group])
     d_ref = np.atleast_2d(a[reference]).astype(np.float64) - np.atleast_2d(b[reference])
     point = float(d_group.mean() - d_ref.mean()) if d_group.size else float("nan")
-    draws = _draws([d_group, d_ref], samples, seed, stream)
+    draws = bootstrap.seed_item_means([d_group, d_ref], samples, _stream(seed, stream))
     return _summary(point, draws[0] - draws[1], {"n": int(d_group.shape[1]), "n_reference": int(d_ref.shape[1])})
 
 
@@ -82,7 +65,7 @@ def group_accuracies(correct: Mapping[str, np.ndarray], samples: int, seed: int)
         if values.shape[1] == 0:
             out[group] = {"acc": None, "ci95": [None, None], "n": 0}
             continue
-        lo, hi = bootstrap_ci(values, samples, seed, i)
+        lo, hi = bootstrap.mean_interval(values, samples, _stream(seed, i))
         out[group] = {"acc": float(values.mean()), "ci95": [lo, hi], "n": int(values.shape[1])}
     return out
 
