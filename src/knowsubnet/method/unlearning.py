@@ -44,7 +44,7 @@ METHODS = tuple(registry.names(registry.FINETUNING))  # graddiff, npo, rmu
 
 class WeightParams:
     """The masked layers' weights as trainable tensors: what the unlearning trainer optimises in
-    place of mask logits (the same interface as `masking.MaskLogits`). They train in fp32; the
+    place of mask logits (the same interface as `samplers.MaskLogits`). They train in fp32; the
     forwards see them in the compute dtype, cast once per step."""
 
     def __init__(self, layers: list[MaskableLayer], compute_dtype: torch.dtype = torch.float32):
