@@ -111,7 +111,7 @@ def test_other_params_in_the_same_folder_stop_with_one_line(installed, tmp_path)
 
 
 def test_a_fact_file_target_runs_through_the_pipeline_to_robustness(tmp_path):
-    """The guide's section 5: config/overlays/demo-capitals.yaml under Snakemake, on the tiny model at the smoke sizes."""
+    """The guide's section 5: config/overlays/demo-capitals.yaml under Snakemake (the tiny model, smoke sizes)."""
     from conftest import BIN, run
 
     proj = project_copy(tmp_path)
@@ -126,6 +126,6 @@ def test_a_fact_file_target_runs_through_the_pipeline_to_robustness(tmp_path):
     # editing the templates re-runs the split and what follows it
     templates = proj / "docs/examples/capitals/templates.yaml"
     templates.write_text(templates.read_text().replace("sits in {o}", "is based in {o}"))
-    dry = run([BIN / "snakemake", "-n", result, "--configfile", "tests/smoke.yaml", "config/overlays/demo-capitals.yaml"],
-              proj).stdout
+    dry = run([BIN / "snakemake", "-n", result, "--configfile", "tests/smoke.yaml",
+               "config/overlays/demo-capitals.yaml"], proj).stdout
     assert "split_controls" in dry and "evaluate_robustness" in dry

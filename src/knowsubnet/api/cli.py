@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     run = Run.create(args.out, mapping, model, target, progress=not args.no_progress)
     if args.command == "discover":
         mask = run.discover()
-        _show("mask", mask, read_json(run.mask_dir / "metrics.json"), ("suppress", "controlkg", "controllm", "sparsity_masked_layers"))
+        _show("mask", mask, read_json(run.mask_dir / "metrics.json"),
+              ("suppress", "controlkg", "controllm", "sparsity_masked_layers"))
     elif args.command == "evaluate":
         metrics = run.evaluate()
         _show("metrics", metrics, read_json(metrics.with_name("headline.json")))

@@ -111,7 +111,8 @@ def test_a_fact_file_target_splits_its_own_facts_against_the_repo_controls(capit
     for split in ("train", "val", "test"):
         control = splits[f"controlkg_{split}"]
         assert len(control) and set(control["source"]) != {"user"}
-        assert not entities & (set(map(normalize_entity, control["head"])) | set(map(normalize_entity, control["tail"])))
+        control_entities = set(map(normalize_entity, control["head"])) | set(map(normalize_entity, control["tail"]))
+        assert not entities & control_entities
     train_heads = set(splits["targetkg_train"]["head"])
     assert not train_heads & set(splits["targetkg_test"]["head"])  # entity-disjoint held-out facts
 
