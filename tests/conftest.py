@@ -34,6 +34,16 @@ def shared_data_mirror() -> Path:
 
 
 @pytest.fixture
+def fresh_relations(monkeypatch):
+    """Relations registered from a templates file (data.user_facts) vanish after the test: the
+    template tables are module globals."""
+    from knowsubnet.data import relations
+
+    for name in ("TEMPLATES", "PARAPHRASES", "_BY_LOWER"):
+        monkeypatch.setattr(relations, name, dict(getattr(relations, name)))
+
+
+@pytest.fixture
 def repo_facts_table() -> Path:
     """The in-repo facts table (the 'builtin' source)."""
     return REPO_ROOT / "data" / "facts" / "conceptnet_facts.tsv"

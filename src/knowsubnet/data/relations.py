@@ -400,7 +400,7 @@ def add_relation(rel: str, templates: list[str], heldout: list[str], where: str)
     built-in relation cannot be redefined; registering the same templates again is a no-op."""
     if not isinstance(rel, str) or not _RELATION_NAME.match(rel):
         raise InputError(f"{where}: relation name {rel!r}: expected letters, digits and _ (such as CapitalOf)")
-    if rel in ALL_RELATIONS or rel.lower() in {r.lower() for r in ALL_RELATIONS}:
+    if rel.lower() in {r.lower() for r in ALL_RELATIONS}:
         raise InputError(f"{where}: {rel} is a built-in relation (data/relations.py); give yours another name")
     wordings = (tuple(templates), tuple(heldout))
     if rel in TEMPLATES and (TEMPLATES[rel], PARAPHRASES[rel]) != wordings:

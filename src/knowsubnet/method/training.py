@@ -284,6 +284,12 @@ class MaskTrainer:
 
         sides: ("target" | "control", fact indices); returns one [P_side, V] tensor per side.
         """
+        return self._kg_tail_outputs(weights, sides, self.top.forward, self.top.logits)
+
+    def _kg_tail_outputs(self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]],
+                         forward, head=None) -> list[torch.Tensor]:
+        """`forward(hidden, weights)` at the tail positions of KG facts (then `head`, if given), all
+        sides in one call per length group: one tensor per side, in batch order."""
         caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
                   "control": (self.c_hidden, self.c_targets, self.c_len), **getattr(self, "val_caches", {})}
         lengths = torch.cat([caches[name][2][idx] for name, idx in sides])
@@ -304,14 +310,14 @@ class MaskTrainer:
         for group in groups:
             group_width = int(lengths[group].max())
             g = group.to(self.device)
-            final = self.top.forward(hidden[g, :group_width], weights)
+            final = forward(hidden[g, :group_width], weights)
             local_rows, cols = objectives.tail_positions(targets[g, :group_width])
             parts.append(final[local_rows, cols])
             rows.append(g[local_rows])
         # back to batch order: facts side by side, tail positions row-major, as the callers expect
         order = torch.argsort(torch.cat(rows), stable=True)
-        logits = self.top.logits(torch.cat(parts)[order])
-        return list(torch.split(logits, counts))
+        out = torch.cat(parts)[order]
+        return list(torch.split(head(out) if head is not None else out, counts))
 
     def _controllm_logits(self, weights: dict[str, torch.Tensor] | None,
                           idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,6 @@ from knowsubnet.core.config import Mask, Ramp, Rmu, Select, Train, Unlearning
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives, registry
-from knowsubnet.method.batching import length_groups
 from knowsubnet.method.masking import MaskableLayer
 from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer
 from knowsubnet.models import precision
@@ -214,29 +213,7 @@ class UnlearningTrainer(MaskTrainer):
         """The steered block's output at the tail positions of KG facts, all sides in one forward (one
         per length group with train.group_by_length): one [P_side, d] tensor per side, in the order of
         `_kg_tail_logits`."""
-        caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
-                  "control": (self.c_hidden, self.c_targets, self.c_len)}
-        lengths = torch.cat([caches[name][2][idx] for name, idx in sides])
-        width = int(lengths.max())
-        hidden, targets, counts = [], [], []
-        for name, idx in sides:
-            cache_hidden, cache_targets, _ = caches[name]
-            idx = idx.to(self.device)
-            hidden.append(cache_hidden[idx, :width])
-            targets.append(cache_targets[idx, :width])
-            counts.append(int((targets[-1] != IGNORE).sum()))
-        hidden, targets = torch.cat(hidden), torch.cat(targets)
-        groups = length_groups(lengths) if self.cfg.group_by_length else [torch.arange(len(lengths))]
-        parts, rows = [], []
-        for group in groups:
-            group_width = int(lengths[group].max())
-            g = group.to(self.device)
-            out = self._layer_output(hidden[g, :group_width], weights)
-            local_rows, cols = objectives.tail_positions(targets[g, :group_width])
-            parts.append(out[local_rows, cols])
-            rows.append(g[local_rows])
-        order = torch.argsort(torch.cat(rows), stable=True)
-        return list(torch.split(torch.cat(parts)[order], counts))
+        return self._kg_tail_outputs(weights, sides, self._layer_output)
 
     def _controlkg_frozen(self, idx: torch.Tensor) -> torch.Tensor:
         """The original hidden states at the tail positions of ControlKG facts `idx`, in batch order."""

@@ -9,15 +9,8 @@ from conftest import REPO_ROOT
 from knowsubnet.api import cli
 from knowsubnet.api.run import build_params, model_spec
 from knowsubnet.core.errors import InputError
-from knowsubnet.data import relations
 
 EXAMPLE = REPO_ROOT / "docs" / "examples" / "capitals"
-
-
-@pytest.fixture
-def fresh_relations(monkeypatch):
-    for name in ("TEMPLATES", "PARAPHRASES", "_BY_LOWER"):
-        monkeypatch.setattr(relations, name, dict(getattr(relations, name)))
 
 
 def test_a_model_is_a_params_name_a_folder_a_gguf_file_or_a_hub_id(tmp_path):

@@ -15,13 +15,6 @@ from knowsubnet.data.triplets import COLUMNS, normalize_entity, read_facts_table
 EXAMPLE = REPO_ROOT / "docs" / "examples" / "capitals"
 
 
-@pytest.fixture
-def fresh_relations(monkeypatch):
-    """Registered relations vanish after the test (the tables are module globals)."""
-    for name in ("TEMPLATES", "PARAPHRASES", "_BY_LOWER"):
-        monkeypatch.setattr(relations, name, dict(getattr(relations, name)))
-
-
 @pytest.fixture(scope="module")
 def triplets_table(repo_facts_table_path=REPO_ROOT / "data" / "facts" / "conceptnet_facts.tsv"):
     """The repo's ConceptNet facts (the 'builtin' source), the default ControlKG pool."""
