@@ -93,7 +93,7 @@ params: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 # dvc.yaml is generated from the Snakemake rules (workflow/dvc_yaml.py); tests/workflow/test_dvc_yaml.py checks it is current.
-dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py workflow/scripts/*.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py src/knowsubnet/*/*/*.py)
+dvc.yaml: Snakefile params.yaml workflow/rules/*.smk workflow/dvc_yaml.py $(wildcard src/knowsubnet/*.py src/knowsubnet/*/*.py src/knowsubnet/*/*/*.py)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) workflow/dvc_yaml.py dvc.yaml
 
 dvc-yaml: dvc.yaml

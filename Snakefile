@@ -5,7 +5,7 @@
 #   snakemake --cores 2 --config train__steps=10               # one param (docs/ENVIRONMENT.md)
 #   snakemake --profile workflow/profiles/slurm --configfile config/presets/paper.yaml
 #
-# Rules live in workflow/rules/*.smk; each calls one thin script in workflow/scripts/.
+# Rules live in workflow/rules/*.smk; each calls one stage command, `knowsubnet <stage>` (knowsubnet.api.stages).
 # Model stages use one thread per job: on a few cores, jobs side by side beat threads per job
 # (the slurm profile sets more threads per job).
 

@@ -7,12 +7,15 @@ Every rule the default target (`all`) needs becomes a DVC stage of the same name
 rule named in DVC_STAGES (common.smk; export_remaining, whose matrix list export.seeds may be empty):
 
 - matrix: one entry per wildcard, over params.yaml's `run.<wildcard>s` (`{model}` over `run.models`);
-- cmd: the rule's shell command with `python` for the interpreter, `params.yaml` for the
-  effective params file, `${item.<wildcard>}` for wildcards, and without the `2> {log}` redirect;
-  it starts with `OMP_NUM_THREADS=<the rule's threads>`, which Snakemake sets for every job: torch
-  then computes with the same thread count (the same numbers) whichever engine runs the stage;
-- deps: the stage script, the `knowsubnet` modules it imports (transitively; also imports inside
-  functions) and its sibling modules in workflow/scripts/, then the rule's inputs;
+- cmd: the rule's shell command, `knowsubnet <stage> ...`, with `params.yaml` for the effective
+  params file, `${item.<wildcard>}` for wildcards, without the `2> {log}` redirect and with
+  `--check-run dvc.yaml` at the end; it starts with `OMP_NUM_THREADS=<the rule's threads>`, which
+  Snakemake sets for every job: torch then computes with the same thread count (the same numbers)
+  whichever engine runs the stage;
+- deps: the stage's declaration (knowsubnet/api/stages.py) and the module of the library function
+  it declares, with the `knowsubnet` modules they import (transitively; also imports inside
+  functions), then the rule's inputs. The command's dispatch (api/cli.py) is left out: it only
+  picks the stage, and editing the user commands there should not re-run the pipeline;
 - params: the keys of the rule's `section(...)` params, exactly what Snakemake's params trigger sees;
 - outs: the rule's outputs; a `directory()` output is a DVC directory out; an output flagged
   `whole_dir(path, dir)` stands for `dir` (in outs and in the deps of the rules reading it),
@@ -23,8 +26,8 @@ rule named in DVC_STAGES (common.smk; export_remaining, whose matrix list export
 Input lists that depend on params (expand over run.seeds, run.targets) are written out for the
 current params.yaml, and the header records what they were written for (RUN_KEYS): `make params`
 and `make dvc.yaml` regenerate the file, and a stage run by DVC against a params.yaml whose `run`
-differs stops and says so (workflow/scripts/stage_params.py). A test checks the committed file is
-current.
+differs stops and says so (`--check-run dvc.yaml`: knowsubnet.api.stages.check_recorded_run). A test
+checks the committed file is current.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from knowsubnet.api.stages import RUN_MARK, STAGES, generated_for
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "knowsubnet"
 HEADER = """\
@@ -47,23 +52,9 @@ HEADER = """\
 # re-runs. Run it inside the project's virtual environment (`make dvc-repro`). The stage list
 # follows `run` (and csqa.mask_seeds / csqa.modes): after changing them, `make dvc.yaml`.
 """
-# The params that decide which stages and inputs exist; the header records them, and a stage run by
-# DVC compares them with params.yaml (workflow/scripts/stage_params.py).
-RUN_KEYS = (("run",), ("csqa", "mask_seeds"), ("csqa", "modes"))
-RUN_MARK = "# generated for: "
-
-
-def generated_for(config: dict) -> str:
-    """The values of RUN_KEYS in `config`, as one canonical JSON line."""
-    import json
-
-    values = {}
-    for keys in RUN_KEYS:
-        value = config
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        values[".".join(keys)] = value
-    return json.dumps(values, sort_keys=True)
+# The params that decide which stages and inputs exist (RUN_KEYS): the header records them, and a stage
+# run by DVC (`--check-run dvc.yaml`) compares them with params.yaml.
+CHECK_RUN = "--check-run dvc.yaml"
 
 
 def token(name: str) -> str:
@@ -107,29 +98,39 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
-def module_deps(script: Path) -> list[str]:
-    """The script's sibling modules and the `knowsubnet` modules it needs, transitively."""
+def _module_files(name: str) -> list[Path]:
+    """The files importing `knowsubnet.a.b` runs: a/b.py (or a/b/__init__.py) and the __init__ of
+    every package above it."""
     src = ROOT / "src" / PACKAGE
-    siblings = {p.stem: p for p in script.parent.glob("*.py")}
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return []
+    rel = src.joinpath(*parts[1:])
+    packages = [src.joinpath(*parts[1:i]) / "__init__.py" for i in range(1, len(parts))]
+    return [p for p in (rel.with_suffix(".py"), rel / "__init__.py", *packages) if p.is_file()]
+
+
+def module_deps(modules: list[str]) -> list[str]:
+    """The files of `modules` and of the `knowsubnet` modules they import, transitively."""
     seen: set[Path] = set()
-    todo = [script]
+    todo = [path for name in modules for path in _module_files(name)]
     while todo:
         path = todo.pop()
-        for name in _imported_modules(path):
-            parts = name.split(".")
-            candidates = []
-            if parts[0] == PACKAGE:
-                rel = src.joinpath(*parts[1:])
-                # importing a.b.c runs the __init__ of every package above it
-                packages = [src.joinpath(*parts[1:i]) / "__init__.py" for i in range(1, len(parts))]
-                candidates = [rel.with_suffix(".py"), rel / "__init__.py", *packages]
-            elif len(parts) == 1 and name in siblings:
-                candidates = [siblings[name]]
-            for cand in candidates:
-                if cand.is_file() and cand not in seen and cand != script:
-                    seen.add(cand)
-                    todo.append(cand)
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += [found for name in _imported_modules(path) for found in _module_files(name)]
     return sorted(str(p.relative_to(ROOT)) for p in seen)
+
+
+def stage_deps(rule_name: str, cmd: str) -> list[str]:
+    """The modules a `knowsubnet <stage>` command runs: the declarations and the stage function's module."""
+    called = re.match(r"knowsubnet (\w+) ", cmd)
+    if not called or called.group(1) not in STAGES:
+        raise SystemExit(f"rule {rule_name}: its shell command must call a stage, `knowsubnet <stage> ...`; "
+                         f"declared: {', '.join(STAGES)}")
+    function_module = STAGES[called.group(1)].run.split(":")[0]
+    return module_deps([f"{PACKAGE}.api.stages", function_module])
 
 
 # -- the workflow ----------------------------------------------------------------------------------
@@ -215,11 +216,11 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
 
     threads = rule_threads(rule)
     cmd = re.sub(r"\s*2>\s*\{log[^}]*\}", "", rule.shellcmd.strip())
-    cmd = smk_format(cmd, PY="python", PARAMS="params.yaml", input=inputs, output=outputs, params=params,
+    cmd = smk_format(cmd, PARAMS="params.yaml", input=inputs, output=outputs, params=params,
                      wildcards=wildcards, log=logs, threads=threads)
-    cmd = f"OMP_NUM_THREADS={threads} " + untoken(" ".join(cmd.split()))
-    script = re.search(r"workflow/scripts/\S+\.py", cmd)
-    deps = [script.group(0), *module_deps(ROOT / script.group(0))] if script else []
+    cmd = untoken(" ".join(cmd.split()))
+    deps = stage_deps(rule.name, cmd)
+    cmd = f"OMP_NUM_THREADS={threads} {cmd} {CHECK_RUN}"
     for path in _flatten(list(inputs)):
         path = untoken(str(path))
         path = dirs.get(path, path)

@@ -1,5 +1,5 @@
 # Baselines: other ways of removing the same knowledge (run.baselines; docs/BASELINES.md), one removal
-# per model x target x method x seed, evaluated exactly as the learned mask is (the same scripts).
+# per model x target x method x seed, evaluated exactly as the learned mask is (the same stages).
 # Each job's params are its own method's section: editing one method re-runs only its stages.
 # Two recipes: the methods sized by the seed's learned mask read it; the finetuning ones do not.
 
@@ -23,13 +23,7 @@ rule prune_baseline:
     wildcard_constraints:
         baseline="|".join(SIZED_BY_MASK),
     params:
-        method=lambda w: section("baselines", w.baseline),
-        device=section("baselines", "device"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
-        top_k=section("mask", "top_k_blocks"),
-        control_known=section("train", "controlkg_known_only"),
-        templates=section("train", "targetkg_templates"),
+        **stage_sections("remove_baseline"),
         mask_arg=lambda w, input: f"--mask {input.mask}",
         out_dir=lambda w, output: str(Path(output.meta).parent),
     threads: 1
@@ -42,7 +36,7 @@ rule prune_baseline:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/remove_baseline.py --params {PARAMS} --method {wildcards.baseline} "
+        "knowsubnet remove_baseline --params {PARAMS} --method {wildcards.baseline} "
         "--model {wildcards.model} --target {wildcards.target} --seed {wildcards.seed} "
         "--model-dir results/models/{wildcards.model} --verbalized {input.verbalized} "
         "--splits data/processed/splits/{wildcards.target} --controllm results/controllm/{wildcards.model} "
@@ -60,13 +54,7 @@ use rule prune_baseline as unlearn_baseline with:
     wildcard_constraints:
         baseline="|".join(UNLEARNING),
     params:
-        method=lambda w: section("baselines", w.baseline),
-        device=section("baselines", "device"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
-        top_k=section("mask", "top_k_blocks"),
-        control_known=section("train", "controlkg_known_only"),
-        templates=section("train", "targetkg_templates"),
+        **stage_sections("remove_baseline"),
         mask_arg="",
         out_dir=lambda w, output: str(Path(output.meta).parent),
     benchmark:

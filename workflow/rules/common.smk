@@ -1,4 +1,4 @@
-# Shared by every rule: the effective params file handed to scripts, and the run's wildcards.
+# Shared by every rule: the effective params file handed to the stages, and the run's wildcards.
 import hashlib
 import json
 import os
@@ -8,17 +8,19 @@ from pathlib import Path
 
 import yaml
 
+from knowsubnet.api.stages import STAGES  # the stage commands' declarations; no torch either
 from knowsubnet.method import registry as removal_methods  # no torch: names and kinds only
 
-# Shell commands call `python`: the interpreter running Snakemake (the project's virtual environment)
-# comes first on PATH, here and in every job (with `--sdm conda`, the rule's conda env comes first).
+# Shell commands call `knowsubnet <stage>` (knowsubnet.api.stages): the folder of the interpreter running
+# Snakemake (the project's virtual environment, which installs that command) comes first on PATH, here and
+# in every job (with `--sdm conda`, the rule's conda env comes first).
 # Lint "environment variable PATH used but not asserted": deliberate; PATH is only prepended to, never
 # required, and jobs on a cluster run this file again, so they prepend their own interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _effective_params_file():
-    """Write Snakemake's merged config once, content-addressed, so scripts see exactly it."""
+    """Write Snakemake's merged config once, content-addressed, so the stages see exactly it."""
     text = yaml.safe_dump(config, sort_keys=True)
     path = Path(".knowsubnet") / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.exists():
@@ -72,6 +74,29 @@ def section(*keys):
     out = Section(json.dumps(value, sort_keys=True))
     out.key = ".".join(map(str, keys))
     return out
+
+
+def stage_sections(stage, omit=(), **values):
+    """The `section(...)` params of `knowsubnet <stage>`, one per params key its declaration reads
+    (knowsubnet.api.stages), so a rule writes them once: `params: **stage_sections("discover_mask")`.
+    A `{name}` in a key is the job's wildcard, or `values[name]` (a rule's fixed value); keys in
+    `omit` are left to the rule (one it reads only sometimes). Entry names: the key, `.` -> `_`."""
+    entries = {}
+    for key in STAGES[stage].params:
+        if key in omit:
+            continue
+        parts = [values.get(part[1:-1], part) if part.startswith("{") else part for part in key.split(".")]
+        name = "_".join(part.strip("{}") for part in key.split("."))
+        if any(part.startswith("{") for part in parts):
+            entries[name] = _wildcard_section(parts)
+        else:
+            entries[name] = section(*parts)
+    return entries
+
+
+def _wildcard_section(parts):
+    """A params function: the section whose `{wildcard}` parts the job's wildcards fill."""
+    return lambda wildcards: section(*[getattr(wildcards, p[1:-1]) if p.startswith("{") else p for p in parts])
 
 
 # Hints for the dvc.yaml generator (workflow/dvc_yaml.py); Snakemake ignores them.

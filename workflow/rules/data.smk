@@ -8,18 +8,15 @@ rule fetch_data:
         wiki_test="data/raw/wikitext-2-raw/wiki.test.raw",
         **_optional_raw(),
     params:
-        data=section("data"),
-        lama=section("triplets", "lama_path"),
+        # with triplets.sources and controllm.train_text, what decides the optional files
+        **stage_sections("fetch_data"),
         optional=",".join(_optional_raw()),
-        # what decides the optional files, as keys DVC tracks too
-        sources=section("triplets", "sources"),
-        train_text=section("controllm", "train_text"),
     log:
         "logs/fetch_data.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/fetch_data.py --params {PARAMS} --out data/raw 2> {log}"
+        "knowsubnet fetch_data --params {PARAMS} --out data/raw 2> {log}"
 
 
 rule extract_triplets:
@@ -29,13 +26,13 @@ rule extract_triplets:
     output:
         "data/processed/triplets.parquet",
     params:
-        triplets=section("triplets"),
+        **stage_sections("extract_triplets"),
     log:
         "logs/extract_triplets.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/extract_triplets.py --params {PARAMS} --raw data/raw --out {output} 2> {log}"
+        "knowsubnet extract_triplets --params {PARAMS} --raw data/raw --facts {input.facts} --out {output} 2> {log}"
 
 
 rule split_controls:
@@ -48,12 +45,11 @@ rule split_controls:
         whole_dir(split_summary("{target}"), "data/processed/splits/{target}"),
         split_files("{target}"),
     params:
-        target=lambda w: section("targets", w.target),
-        split=section("split"),
+        **stage_sections("split_controls"),
     log:
         "logs/split_controls/{target}.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/split_controls.py --params {PARAMS} --triplets {input.triplets} --raw data/raw "
+        "knowsubnet split_controls --params {PARAMS} --triplets {input.triplets} --raw data/raw "
         "--target {wildcards.target} --out data/processed/splits/{wildcards.target} 2> {log}"

@@ -14,10 +14,7 @@ rule discover_mask:
         log_csv=plots_file("results/masks/{model}/{target}/seed{seed}/train_log.csv", x="step", y="loss"),
         metrics=metrics_file("results/masks/{model}/{target}/seed{seed}/metrics.json"),
     params:
-        mask=section("mask"),
-        train=section("train"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
+        **stage_sections("discover_mask"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
     resources:
@@ -29,7 +26,7 @@ rule discover_mask:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/discover_mask.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet discover_mask --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --out-dir {params.out_dir} 2> {log}"
@@ -48,16 +45,14 @@ rule export_remaining:
     output:
         directory("results/remaining/{model}/{target}/seed{seed}"),
     params:
-        keep=section("export", "keep"),
-        target=lambda w: section("targets", w.target),  # the card shows the target's selector
-        sources=section("triplets", "sources"),  # and where its facts come from
-        bars=section("report", "bars"),  # and the bars of the verdict
+        # export.keep; the card shows the target's selector, where its facts come from, the verdict's bars
+        **stage_sections("export_remaining"),
     log:
         "logs/export_remaining/{model}/{target}/seed{seed}.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/export_remaining.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "knowsubnet export_remaining --params {PARAMS} --model-dir results/models/{wildcards.model} "
         "--mask {input.mask} --headline {input.headline} --robustness {input.robustness} --out {output} 2> {log}"
 
 

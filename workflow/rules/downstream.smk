@@ -19,11 +19,7 @@ rule finetune_csqa:
     wildcard_constraints:
         mode="head|lora|full",
     params:
-        csqa=section("csqa"),
-        target=lambda w: section("targets", w.target),
-        known=section("known"),
-        suppressed_ratio=section("robustness", "suppressed_ratio"),
-        scored_positions=section("verbalize", "scored_positions"),
+        **stage_sections("finetune_csqa"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -34,7 +30,7 @@ rule finetune_csqa:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/finetune_csqa.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet finetune_csqa --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --mode {wildcards.mode} "
         "--model-dir results/models/{wildcards.model} --mask {input.mask} --triplets {input.triplets} "
         "--splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} --csqa-dir data/raw/commonsenseqa "

@@ -13,10 +13,7 @@ rule evaluate_ablation:
         headline=metrics_file("results/eval/{model}/{target}/seed{seed}/headline.json"),
         facts="results/eval/{model}/{target}/seed{seed}/facts.parquet",
     params:
-        eval=section("eval"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
-        bars=section("report", "bars"),  # the headline's verdict
+        **stage_sections("evaluate_ablation"),  # report.bars: the headline's verdict
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -25,7 +22,7 @@ rule evaluate_ablation:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/evaluate_ablation.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet evaluate_ablation --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
@@ -50,14 +47,7 @@ rule evaluate_robustness:
         sentences="results/robustness/{model}/{target}/seed{seed}/sentences.parquet",
         headline=metrics_file("results/robustness/{model}/{target}/seed{seed}/headline.json"),
     params:
-        robustness=section("robustness"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
-        dtype=section("eval", "dtype"),
-        draws=section("eval", "random_draws"),
-        templates=section("train", "targetkg_templates"),
-        other_heads=section("verbalize", "other_heads"),
-        targets=section("run", "targets"),
+        **stage_sections("evaluate_robustness"),
         out_dir=lambda w, output: str(Path(output.result).parent),
     threads: 1
     resources:
@@ -69,7 +59,7 @@ rule evaluate_robustness:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/evaluate_robustness.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet evaluate_robustness --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--mask {input.mask} --triplets {input.triplets} --splits-root data/processed/splits "
         "--verbalized-root results/verbalized/{wildcards.model} --controllm results/controllm/{wildcards.model} "
@@ -88,9 +78,7 @@ rule combine_seeds:
         masks=expand("results/combined/{{model}}/{{target}}/{how}.safetensors", how=COMBINATIONS),
         metrics=expand("results/eval/{{model}}/{{target}}/combined/{how}.json", how=COMBINATIONS),
     params:
-        eval=section("eval"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
+        **stage_sections("combine_seeds"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -101,7 +89,7 @@ rule combine_seeds:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/combine_seeds.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet combine_seeds --params {PARAMS} --model {wildcards.model} "
         "--target {wildcards.target} --masks {input.masks} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --out-masks results/combined/{wildcards.model}/{wildcards.target} "
@@ -133,13 +121,13 @@ rule report:
         report(directory("results/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
                category="2. Figures"),
     params:
-        report=section("report"),
+        **stage_sections("report"),
     log:
         "logs/report.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/report.py --params {PARAMS} --metrics {input.metrics} {input.combined} "
+        "knowsubnet report --params {PARAMS} --metrics {input.metrics} {input.combined} "
         "--masks {input.masks} --logs {input.logs} --metas {input.metas} --csqa {input.csqa} --robustness {input.robustness} "
         "--baselines {input.baselines} --baseline-metrics {input.baseline_metrics} "
         "--baseline-robustness {input.baseline_robustness} --out-dir results "

@@ -9,9 +9,9 @@ rule prepare_model:
         config=whole_dir("results/models/{model}/config.json", "results/models/{model}"),
         provenance="results/models/{model}/provenance.json",
     params:
-        spec=lambda w: section("models", w.model),
-        # the tiny model trains on the facts of run.targets (prepare_model.py reads them)
-        targets=lambda w: section("run", "targets") if is_tiny(w.model) else "",
+        **stage_sections("prepare_model", omit=["run.targets"]),
+        # only the tiny model reads run.targets (it trains on their facts): a pretrained one is not re-made
+        run_targets=lambda w: section("run", "targets") if is_tiny(w.model) else "",
         facts_arg=lambda w, input: f"--splits-dir data/processed/splits --text {input.text}" if "splits" in input.keys() else "",
     threads: 1
     benchmark:
@@ -21,7 +21,7 @@ rule prepare_model:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/prepare_model.py --params {PARAMS} --model {wildcards.model} "
+        "knowsubnet prepare_model --params {PARAMS} --model {wildcards.model} "
         "--out results/models/{wildcards.model} {params.facts_arg} 2> {log}"
 
 
@@ -32,7 +32,7 @@ rule verbalize:
     output:
         "results/verbalized/{model}/{target}.parquet",
     params:
-        verbalize=section("verbalize"),
+        **stage_sections("verbalize"),
     threads: 1
     resources:
         gpu=1,  # a GPU stage: on a cluster it asks for one GPU (workflow/profiles/slurm*)
@@ -43,7 +43,7 @@ rule verbalize:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/verbalize.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "knowsubnet verbalize --params {PARAMS} --model-dir results/models/{wildcards.model} "
         "--splits data/processed/splits/{wildcards.target} --out {output} 2> {log}"
 
 
@@ -58,7 +58,7 @@ rule tokenize_controllm:
         val="results/controllm/{model}/val.safetensors",
         test="results/controllm/{model}/test.safetensors",
     params:
-        controllm=section("controllm"),
+        **stage_sections("tokenize_controllm"),
     benchmark:
         "results/benchmarks/tokenize_controllm/{model}.tsv"
     log:
@@ -66,5 +66,5 @@ rule tokenize_controllm:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/tokenize_controllm.py --params {PARAMS} --model-dir results/models/{wildcards.model} "
+        "knowsubnet tokenize_controllm --params {PARAMS} --model-dir results/models/{wildcards.model} "
         "--train-text {input.train} --test-text {input.test} --out results/controllm/{wildcards.model} 2> {log}"

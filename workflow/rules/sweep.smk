@@ -1,5 +1,5 @@
 # The search on validation (params `sweep`; docs/SEARCH.md): every sweep point, per run model x target x
-# seed, runs the existing stage scripts (discover_mask.py or remove_baseline.py, then evaluate_ablation.py)
+# seed, runs the existing stages (`knowsubnet discover_mask` or `remove_baseline`, then `evaluate_ablation`)
 # with its params overlay merged after the run's params (`--params PARAMS results/sweep/points/<point>.yaml`),
 # into results/sweep/{model}/{target}/{point}/seed{seed}/; sweep_select then keeps one point per method on
 # validation (results/sweep/selection.{csv,md}, frontier.png). Not in the default target: `snakemake sweep`.
@@ -21,13 +21,13 @@ rule sweep_point:
     wildcard_constraints:
         point=sweep_point_regex(sweep_points()),
     params:
-        point=lambda w: section("sweep", "points", w.point),
+        **stage_sections("sweep_point"),
     log:
         "logs/sweep_point/{point}.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/sweep_point.py --params {PARAMS} --point {wildcards.point} --out {output} 2> {log}"
+        "knowsubnet sweep_point --params {PARAMS} --point {wildcards.point} --out {output} 2> {log}"
 
 
 rule sweep_mask:
@@ -47,10 +47,7 @@ rule sweep_mask:
     wildcard_constraints:
         point=sweep_point_regex(sweep_points("mask")),
     params:
-        mask=section("mask"),
-        train=section("train"),
-        known=section("known"),
-        scored=section("verbalize", "scored_positions"),
+        **stage_sections("discover_mask"),
         out_dir=lambda w, output: str(Path(output.mask).parent),
     threads: 1
     benchmark:
@@ -60,7 +57,7 @@ rule sweep_mask:
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/discover_mask.py --params {PARAMS} {input.point} --model {wildcards.model} "
+        "knowsubnet discover_mask --params {PARAMS} {input.point} --model {wildcards.model} "
         "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
         "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
         "--controllm results/controllm/{wildcards.model} --out-dir {params.out_dir} --no-progress 2> {log}"
@@ -91,13 +88,7 @@ for _method in removal_methods.baselines():
             # the method as a param, not as {_method} in the command: Snakemake evaluates a shell command's
             # f-string again when the job runs, after the loop has moved on
             method_name=_method,
-            method=section("baselines", _method),
-            device=section("baselines", "device"),
-            known=section("known"),
-            scored=section("verbalize", "scored_positions"),
-            top_k=section("mask", "top_k_blocks"),
-            control_known=section("train", "controlkg_known_only"),
-            templates=section("train", "targetkg_templates"),
+            **stage_sections("remove_baseline", baseline=_method),
             mask_arg=((lambda w: f"--mask results/masks/{w.model}/{w.target}/seed{w.seed}/mask.safetensors")
                       if _method in SIZED_BY_MASK else ""),
             out_dir=lambda w, output: str(Path(output.meta).parent),
@@ -109,7 +100,7 @@ for _method in removal_methods.baselines():
         conda:
             "../envs/knowsubnet.yaml"
         shell:
-            "python workflow/scripts/remove_baseline.py --params {PARAMS} {input.point} --method {params.method_name} "
+            "knowsubnet remove_baseline --params {PARAMS} {input.point} --method {params.method_name} "
             "--model {wildcards.model} --target {wildcards.target} --seed {wildcards.seed} "
             "--model-dir results/models/{wildcards.model} --verbalized {input.verbalized} "
             "--splits data/processed/splits/{wildcards.target} --controllm results/controllm/{wildcards.model} "
@@ -138,17 +129,14 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             point=sweep_point_regex(sweep_points("mask") if _kind == "mask"
                                     else [p for m in removal_methods.baselines() for p in sweep_points(m)]),
         params:
-            eval=section("eval"),
-            known=section("known"),
-            scored=section("verbalize", "scored_positions"),
-            bars=section("report", "bars"),
+            **stage_sections("evaluate_ablation"),
         threads: 1
         log:
             f"logs/sweep_evaluate_{_kind}/{{model}}/{{target}}/{{point}}/seed{{seed}}.log",
         conda:
             "../envs/knowsubnet.yaml"
         shell:
-            "python workflow/scripts/evaluate_ablation.py --params {PARAMS} {input.point} --model {wildcards.model} "
+            "knowsubnet evaluate_ablation --params {PARAMS} {input.point} --model {wildcards.model} "
             "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
             "--verbalized {input.verbalized} --splits data/processed/splits/{wildcards.target} "
             "--controllm results/controllm/{wildcards.model} --mask {input.mask} --out {output.metrics} "
@@ -166,16 +154,14 @@ rule sweep_select:
         md="results/sweep/selection.md",
         figure="results/sweep/frontier.png",
     params:
-        sweep=section("sweep"),
-        bars=section("report", "bars"),
-        dpi=section("report", "dpi"),
+        **stage_sections("sweep_select"),
         names=" ".join(name for name, _, _ in sweep_runs()),
     log:
         "logs/sweep_select.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
-        "python workflow/scripts/select_sweep.py --params {PARAMS} --names {params.names} --metas {input.metas} "
+        "knowsubnet sweep_select --params {PARAMS} --names {params.names} --metas {input.metas} "
         "--headlines {input.headlines} --out-dir results/sweep 2> {log}"
 
 

@@ -7,6 +7,9 @@
 
 Each command runs what it needs first, skips what is done, and writes the files the pipeline writes
 (`api.run.Run`). docs/YOUR_FACTS.md is the guide.
+
+The pipeline's rules call one stage each, `knowsubnet <stage> --params FILE ... [arguments]`
+(`knowsubnet fetch_data`, `discover_mask`, ...; declared in api.stages).
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from knowsubnet.api.run import Run, build_params
+from knowsubnet.api import stages
 from knowsubnet.core.errors import cli_entry
 from knowsubnet.core.io import read_json
-from knowsubnet.evaluation.export import KEEP, push_to_hub
 
 COMMANDS = {
     "discover": "learn the mask that removes the facts",
@@ -48,14 +50,23 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--mirror", help="a local copy of the datasets (data.mirror; default: download)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "export":
-            sub.add_argument("--keep", choices=KEEP, help="remaining (default) or subnetwork")
+            sub.add_argument("--keep", choices=stages.KEEP, help="remaining (default) or subnetwork")
             sub.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to the hub (private)")
+    for stage in stages.STAGES.values():
+        stages.add_parser(commands, stage)
     return top
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command in stages.STAGES:
+        stages.run_stage(stages.STAGES[args.command], args)
+        return
+    # here, not at the top: a stage command loads only its own stage's modules (torch takes seconds)
+    from knowsubnet.api.run import Run, build_params
+    from knowsubnet.evaluation.export import push_to_hub
+
     sets = ([f"data.mirror={args.mirror}"] if args.mirror else []) + args.sets
     mapping, model, target = build_params(args.model, args.facts, templates=args.templates, controls=args.controls,
                                           target=args.target, seed=args.seed, params_files=args.params, sets=sets)

@@ -13,6 +13,7 @@ The card is a pure function of its inputs (no dates), so both engines write the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -327,10 +328,24 @@ def _how_lines(name: str, model: dict[str, Any], export: dict[str, Any], keep: s
 
 # -- publishing ---------------------------------------------------------------------------------
 
+def export_from_params(params, *, model_dir: Path, mask: Path, out: Path, keep: str | None = None,
+                       headline: Path | None = None, robustness: Path | None = None, hub_repo: str | None = None,
+                       public: bool = False) -> dict:
+    """The export_remaining stage: `export_masked_model` with what the params say (export.keep unless
+    `keep` is given, the targets, triplets.sources, report.bars), then, when asked, the upload of the
+    folder to the hub repo `hub_repo` (private unless `public`)."""
+    result = export_masked_model(model_dir, mask, out, keep=keep or params.export.keep, targets=params.targets,
+                                 fact_sources=list(params.triplets.sources), headline=headline, robustness=robustness,
+                                 bars=dataclasses.asdict(params.report.bars))
+    if hub_repo:
+        print(push_to_hub(out, hub_repo, private=not public))
+    return result
+
+
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
     """Upload an exported folder to the Hugging Face hub as the model repo `repo_id` (created if
     missing, private unless asked otherwise); returns the commit's URL. Only called when asked
-    (export_remaining.py --push-to-hub); needs network and a token with write access."""
+    (`knowsubnet export_remaining --push-to-hub`); needs network and a token with write access."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
@@ -341,3 +356,4 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = True, token: str 
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                commit_message=f"knowsubnet export of {folder.name}")
     return str(getattr(commit, "commit_url", commit))
+

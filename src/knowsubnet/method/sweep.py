@@ -14,9 +14,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from knowsubnet.core import config
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import write_text
 from knowsubnet.method import registry
 
 MASK = registry.MASK
@@ -32,6 +35,14 @@ def point_overlay(mapping: dict[str, Any], point: str, schema: str | Path) -> di
         raise InputError(f"params key 'sweep.points': no point {point!r}; defined: {', '.join(sorted(points)) or 'none'}")
     overlay = points[point].get("set") or {}
     config.from_mapping(config.deep_merge(mapping, overlay), schema, source=f"params + sweep.points.{point}.set")
+    return overlay
+
+
+def write_point_overlay(params: dict[str, Any], *, point: str, out: Path, schema: str | Path) -> dict[str, Any]:
+    """The sweep_point stage: the overlay of `point` (`point_overlay`, checked over the merged params
+    `params`), written as YAML to `out` for the point's stages to merge after the run's params."""
+    overlay = point_overlay(params, point, schema)
+    write_text(out, yaml.safe_dump(overlay, sort_keys=True))
     return overlay
 
 

@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from knowsubnet.core.config import Bars
+from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row
 from knowsubnet.report.format import band, markdown_table, read_record, save_figure, write_csv
@@ -29,6 +30,16 @@ KEY = ("model", "target", "seed", "method")
 TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
 COLUMNS = ["model", "target", "seed", "method", "point", "kept", "val_sparsity", *(f"val_{s}_x" for s in SETS),
            "val_bars", "wall_s", "chosen", "chosen_by", *TEST_COLUMNS]
+
+
+def sweep_from_params(params, *, names: Sequence[str], metas: Sequence[Path], headlines: Sequence[Path],
+                      out_dir: Path) -> pd.DataFrame:
+    """The sweep_select stage: `sweep_table` over the points given as three parallel lists, one entry
+    each per point, with the bars and dpi of params `report`."""
+    if not len(names) == len(metas) == len(headlines):
+        raise InputError(f"--names, --metas and --headlines: {len(names)}, {len(metas)} and {len(headlines)} "
+                         f"files; expected one of each per point")
+    return sweep_table(list(zip(names, metas, headlines)), params.report.bars, out_dir, params.report.dpi)
 
 
 def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]:
