@@ -20,8 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = REPO_ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
-# Tests load stage scripts from their files; the scripts import their sibling `stage_params`.
-sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))
+
+
+def run_stage(stage: str, argv: list[str]) -> int:
+    """`knowsubnet <stage> ARGV` in-process, as the rules call it; its exit code (0, or 2 on bad input)."""
+    from knowsubnet.api import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([stage, *argv])
+    return exit_info.value.code
 
 
 @pytest.fixture

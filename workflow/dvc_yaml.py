@@ -192,12 +192,12 @@ def rule_threads(rule) -> int:
     return value
 
 
-def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> dict:
-    from snakemake.io import get_flag_value, is_flagged
+def job(rule, names: list[str]):
+    """The rule as one job with placeholder wildcards (@@name@@): its inputs, outputs, the keys of its
+    `section()` params (DVC's ${item.name} for wildcards) and its shell command without the log redirect."""
     Namedlist, Wildcards = _containers()
     from snakemake.utils import format as smk_format
 
-    names = wildcard_order(rule)
     wildcards = Wildcards(fromdict={n: token(n) for n in names})
     inputs, _ = rule.expand_input(wildcards)[:2]
     outputs, _ = rule.expand_output(wildcards)
@@ -214,11 +214,33 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
             param_keys.append(untoken(key))
     params = Namedlist(fromdict=values)
 
-    threads = rule_threads(rule)
     cmd = re.sub(r"\s*2>\s*\{log[^}]*\}", "", rule.shellcmd.strip())
     cmd = smk_format(cmd, PARAMS="params.yaml", input=inputs, output=outputs, params=params,
-                     wildcards=wildcards, log=logs, threads=threads)
-    cmd = untoken(" ".join(cmd.split()))
+                     wildcards=wildcards, log=logs, threads=rule_threads(rule))
+    return inputs, outputs, param_keys, untoken(" ".join(cmd.split()))
+
+
+def rule_commands() -> dict[str, dict]:
+    """Every rule with a shell command: its command and section() keys, as `job` gives them (for the
+    tests: each calls a declared stage with its declared arguments and params)."""
+    api, workflow = load_workflow()
+    commands = {}
+    try:
+        for rule in workflow.rules:
+            if rule.shellcmd:
+                _, _, keys, cmd = job(rule, wildcard_order(rule))
+                commands[rule.name] = {"cmd": cmd, "params": keys}
+    finally:
+        api.__exit__(None, None, None)
+    return commands
+
+
+def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> dict:
+    from snakemake.io import get_flag_value, is_flagged
+
+    names = wildcard_order(rule)
+    inputs, outputs, param_keys, cmd = job(rule, names)
+    threads = rule_threads(rule)
     deps = stage_deps(rule.name, cmd)
     cmd = f"OMP_NUM_THREADS={threads} {cmd} {CHECK_RUN}"
     for path in _flatten(list(inputs)):

@@ -40,6 +40,17 @@ def test_committed_dvc_yaml_is_the_generated_one():
         assert f"src/knowsubnet/{module}.py" in stages["discover_mask"]["deps"]
     for module in ("scoring/facts", "scoring/templates", "data/encoding"):
         assert f"src/knowsubnet/{module}.py" in stages["verbalize"]["deps"]
+    # each stage runs `knowsubnet <stage>`: its deps are the declarations and the stage function's module with
+    # what they import, not the command's dispatch (api/cli.py) nor another stage's modules
+    for name, entry in stages.items():
+        assert entry["cmd"].startswith(f"OMP_NUM_THREADS=1 knowsubnet {name} --params params.yaml "), name
+        assert entry["cmd"].endswith(" --check-run dvc.yaml"), name
+        assert "src/knowsubnet/api/stages.py" in entry["deps"] and "src/knowsubnet/api/cli.py" not in entry["deps"]
+        assert not any(dep.startswith("workflow/") for dep in entry["deps"]), name
+    assert "src/knowsubnet/method/discover.py" in stages["discover_mask"]["deps"]
+    assert not {"src/knowsubnet/api/run.py", "src/knowsubnet/evaluation/ablation.py",
+                "src/knowsubnet/downstream/csqa/__init__.py"} & set(stages["discover_mask"]["deps"])
+    assert not any("/method/" in dep or "/models/" in dep for dep in stages["extract_triplets"]["deps"])
     # evaluation reads the mask file (its metadata records granularity and blocks), not `mask` params
     assert "mask" not in stages["evaluate_ablation"]["params"]
     combine = stages["combine_seeds"]

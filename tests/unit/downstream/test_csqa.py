@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from knowsubnet.data.splits import make_splits, select_target, write_target_spli
 from knowsubnet.data.triplets import TABLE_COLUMNS, merge_facts, read_best_format
 from knowsubnet.downstream import csqa
 from knowsubnet.method import masking
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -710,19 +709,16 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
         csqa.run_stage(params, model="toy", target="csqa1", seed=0, mode="head", **paths)
 
 
-def test_finetune_csqa_script_passes_its_arguments_to_run_stage(tmp_path, monkeypatch, capsys):
-    """The script is a shim: its command line (used by downstream.smk and dvc.yaml) maps onto
+def test_the_finetune_csqa_command_passes_its_arguments_to_run_stage(tmp_path, monkeypatch, capsys):
+    """`knowsubnet finetune_csqa` (used by downstream.smk and dvc.yaml) maps its command line onto
     `run_stage`'s arguments; an InputError exits with code 2 and the message."""
-    script = importlib.import_module("finetune_csqa")  # workflow/scripts is on sys.path (conftest)
     repo = REPO_ROOT
     calls = []
-    monkeypatch.setattr(script, "run_stage", lambda params, **kw: calls.append((params, kw)))
+    monkeypatch.setattr(csqa, "run_stage", lambda params, **kw: calls.append((params, kw)))
     argv = ["--params", str(repo / "config" / "base.yaml"), "--model", "toy", "--target", "csqa1", "--seed", "3",
             "--mode", "head", "--model-dir", "m", "--mask", "k.safetensors", "--triplets", "t.parquet",
             "--splits", "s", "--verbalized", "v.parquet", "--csqa-dir", "c", "--out", str(tmp_path / "head.json")]
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(argv)
-    assert exit_info.value.code == 0
+    assert run_stage("finetune_csqa", argv) == 0
     (params, kw), = calls
     assert params.csqa.modes  # the typed params of --params
     assert kw == {"model": "toy", "target": "csqa1", "seed": 3, "mode": "head", "model_dir": Path("m"),
@@ -732,11 +728,8 @@ def test_finetune_csqa_script_passes_its_arguments_to_run_stage(tmp_path, monkey
     def bad_input(params, **kw):
         raise InputError("dev_rand_split.jsonl:3: expected 5 choices (labels A, B, C, D, E), got 3")
 
-    monkeypatch.setattr(script, "run_stage", bad_input)
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(argv)
-    assert exit_info.value.code == 2
+    monkeypatch.setattr(csqa, "run_stage", bad_input)
+    assert run_stage("finetune_csqa", argv) == 2
     assert "dev_rand_split.jsonl:3: expected 5 choices" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(argv[:argv.index("--mode") + 1] + ["prompt"] + argv[argv.index("--mode") + 2:])
-    assert exit_info.value.code == 2  # argparse: --mode is one of csqa.MODES
+    bad_mode = argv[:argv.index("--mode") + 1] + ["prompt"] + argv[argv.index("--mode") + 2:]
+    assert run_stage("finetune_csqa", bad_mode) == 2  # argparse: --mode is one of csqa.MODES

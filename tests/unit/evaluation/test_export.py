@@ -3,7 +3,6 @@ card (README.md) whose numbers are those of the metrics files; the card's words 
 source; push_to_hub's code path with a stand-in for the hub (nothing is uploaded here)."""
 
 import dataclasses
-import importlib.util
 import json
 import re
 
@@ -15,7 +14,7 @@ from knowsubnet.core.io import sha256_file, write_json
 from knowsubnet.evaluation import export
 from knowsubnet.evaluation.ablation import headline
 from knowsubnet.method import masking
-from conftest import REPO_ROOT, base_params, metrics, save_tiny_gpt2
+from conftest import REPO_ROOT, base_params, metrics, run_stage, save_tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,12 +23,7 @@ ROBUSTNESS = {"in_sample_ratio": 31.25, "held_out_ratio": None, "test_heldout_wo
 
 
 def run_script(argv):
-    spec = importlib.util.spec_from_file_location("export_remaining", REPO_ROOT / "workflow/scripts/export_remaining.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(argv)
-    return exit_info.value.code
+    return run_stage("export_remaining", argv)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
-"""discover_mask.py, export_remaining.py and the ablation stages (evaluate_ablation, combine_seeds)
+"""The stages discover_mask, export_remaining and the ablation stages (evaluate_ablation, combine_seeds)
 end to end on a toy model directory (seconds, CPU)."""
 
-import importlib.util
 import json
 
 import pandas as pd
@@ -11,22 +10,13 @@ import yaml
 
 from knowsubnet.data import encoding
 from knowsubnet.method import masking
-from conftest import REPO_ROOT, save_tiny_gpt2
+from conftest import REPO_ROOT, run_stage, save_tiny_gpt2
 
 REPO = REPO_ROOT
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_script(name, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(name).main(argv)
-    assert exit_info.value.code == 0
+    assert run_stage(name, argv) == 0
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -225,8 +215,6 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
                       {"granularity": "neuron_in", "top_k_blocks": 1, "seed": 3})
     bad = argv[:argv.index("--masks") + 1] + [str(paths[0]), str(neuron)] + argv[argv.index("--model-dir"):]
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        load_script("combine_seeds").main(bad)
-    assert exit_info.value.code == 2
+    assert run_stage("combine_seeds", bad) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "masks of different granularities" in err and str(neuron) in err

@@ -252,18 +252,16 @@ def test_real_smollm2_wheel(tmp_path):
     assert models.context_length(model) == 8192
 
 
-# -- the stage scripts, run in-process on the small converted model ----------------------------
+# -- the stage commands, run in-process on the small converted model ----------------------------
 
 REPO = REPO_ROOT
 
 
 def _script(name: str):
-    import importlib.util
+    """`knowsubnet <name>` as a function of its arguments."""
+    from knowsubnet.api import cli
 
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "workflow" / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return lambda argv: cli.main([name, *argv])
 
 
 def _params_file(tmp_path: Path, **override) -> Path:
@@ -283,7 +281,7 @@ def _exit_code(main, argv) -> int:
     return done.value.code
 
 
-def test_scripts_end_to_end(tiny_gguf, tmp_path, capsys):
+def test_stage_commands_end_to_end(tiny_gguf, tmp_path, capsys):
     import pandas as pd
 
     from knowsubnet.data.encoding import load_blocks
