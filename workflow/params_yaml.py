@@ -87,6 +87,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except InputError as err:  # one line naming the file or key, as the stage scripts do
+    except InputError as err:  # one line naming the file or key, as the stage commands do
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

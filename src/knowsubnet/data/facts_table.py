@@ -1,6 +1,6 @@
 """Building the in-repo facts table (data/facts/conceptnet_facts.tsv) from the local data mirror.
 
-Run once by a maintainer (workflow/scripts/build_facts_table.py; not a pipeline stage); the table
+Run once by a maintainer (`knowsubnet build_facts_table`; not a pipeline stage); the table
 is committed so the tiny preset runs with no mirror and no network. It reads the know-subnet
 derived files (ControlKG train/val, the TargetKGs fruit/sun/swimming with their LAMA uuids, the
 CSQA-linked files), checks their sha256 against the published sums, and keeps only facts: uuid,
