@@ -17,7 +17,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
@@ -72,7 +72,7 @@ class Stage:
     doc: str
     params: tuple[str, ...]
     args: tuple[Arg, ...]
-    load: str = "typed"
+    load: Literal["typed", "merged", "none"] = "typed"
 
 
 # Arguments several stages share.
@@ -175,7 +175,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
               "and meta.json; the finetuning methods resume from their checkpoint.",
           params=("baselines.{baseline}", "baselines.device", *KNOWN, "mask.top_k_blocks",
                   "train.controlkg_known_only", "train.targetkg_templates"),
-          args=(Arg("--method", "the method (the {baseline} wildcard)", type=str), MODEL, TARGET, SEED, MODEL_DIR,
+          args=(Arg("--method", "the method, a baseline of knowsubnet.method.registry (the {baseline} wildcard)",
+                    type=str), MODEL, TARGET, SEED, MODEL_DIR,
                 VERBALIZED, SPLITS, CONTROLLM,
                 Arg("--mask", "the learned mask of the same seed (the methods sized by it)", required=False),
                 Arg("--out-dir", "results/baselines/<model>/<target>/<method>/seed<seed>"), NO_PROGRESS)),

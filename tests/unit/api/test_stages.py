@@ -56,7 +56,8 @@ def test_the_declarations_and_the_command_load_no_stage_module():
 def test_every_rule_calls_a_declared_stage_with_its_arguments_and_its_params():
     """Each rule's shell command (placeholder wildcards, as dvc.yaml writes it) calls `knowsubnet <stage>`
     with only that stage's arguments, and its section() params are exactly the declared keys."""
-    code = "import sys, json; sys.path.insert(0, 'workflow'); import dvc_yaml; print(json.dumps(dvc_yaml.rule_commands()))"
+    code = ("import sys, json; sys.path.insert(0, 'workflow'); import dvc_yaml; "
+            "print(json.dumps(dvc_yaml.rule_commands()))")
     rules = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=ENV, capture_output=True,
                                       text=True, check=True).stdout)
     assert {"discover_mask", "prune_baseline", "sweep_mask", "sweep_select", "report"} <= set(rules)
