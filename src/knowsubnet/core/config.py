@@ -280,7 +280,8 @@ def _pydantic_line(error: dict, mapping: dict, prefix: str) -> str:
         path.append(str(part))
         node = node[part]
     text = repr(error["input"])
-    return f"params key '{prefix}{'.'.join(path)}': {error['msg']}, got {text if len(text) <= 80 else text[:77] + '...'}"
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"params key '{prefix}{'.'.join(path)}': {error['msg']}, got {text}"
 
 
 def _typed(cls: type, mapping: dict, prefix: str, source: str):

@@ -126,7 +126,8 @@ DEFAULT_TARGETS = {
     **{rel: {"rel": rel} for rel in ["IsA", "HasProperty", "UsedFor", "AtLocation", "Causes", "HasPrerequisite",
                                      "CapableOf", "PartOf", "ReceivesAction", "HasSubevent", "HasA", "CausesDesire",
                                      "MadeOf", "MotivatedByGoal", "Desires", "NotDesires"]},
-    **{concept: {"concept": concept, "facts": f"know_subnet/targetkg/{concept}"} for concept in ["fruit", "sun", "swimming"]},
+    **{concept: {"concept": concept, "facts": f"know_subnet/targetkg/{concept}"}
+       for concept in ["fruit", "sun", "swimming"]},
     "building": {"wordnet": "building.n.01", "facts": "know_subnet/wordnet/building.n.01"},
     "building-wn": {"wordnet": "building.n.01", "depth": 2, "ancestors": 2, "max_facts": 40, "seed": 0},
     "csqa1": {"csqa": "csqa1"},
