@@ -7,6 +7,7 @@
 # make params   - write params.yaml = config/base.yaml + config/mirror-local.yaml [+ config/presets/$(PRESET).yaml]
 #                  [+ config/overlays/$(OVERLAY).yaml ...]
 #                 [+ SET="train.steps=10 run.seeds=[0]"], then dvc.yaml for it
+# make params-files - regenerate config/base.yaml and config/params.schema.yaml from src/knowsubnet/core/sections.py
 # make dvc.yaml - regenerate dvc.yaml from the Snakemake rules (after editing rules or `run` in params.yaml)
 # make dvc-repro, make bench
 
@@ -19,7 +20,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 SMK_ARGS ?=
 
-.PHONY: setup lock run run-tiny demo test test-fast params dvc-repro dvc-yaml bench clean
+.PHONY: setup lock run run-tiny demo test test-fast params params-files dvc-repro dvc-yaml bench clean
 
 setup: $(VENV)/.installed
 
@@ -81,6 +82,12 @@ test: setup
 # Every module's fast tests (-m "not slow": no whole-pipeline or engine runs): about 2 min.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(TEST_ARGS)
+
+# config/base.yaml and config/params.schema.yaml are generated from the params' sections
+# (src/knowsubnet/core/sections.py); tests/unit/core/test_config_files.py checks they are current.
+# After a change: make params-files params.
+params-files: setup
+	$(PY) -m knowsubnet.core.config_files
 
 # params.yaml is what DVC reads; tests/workflow/test_params.py checks the committed one is `make params` (no PRESET).
 # SET: space-separated KEY=VALUE overrides, VALUE as YAML (make params SET="train.steps=10 run.seeds=[0]").

@@ -104,6 +104,18 @@ def base_params(*overlays: dict):
     return config.from_mapping(merged, REPO_ROOT / "config" / "params.schema.yaml")
 
 
+def mask_logits(layers, **over):
+    """samplers.MaskLogits with params `mask` as config/base.yaml sets it (core.sections.Mask), `over` changed."""
+    from knowsubnet.core.sections import Mask
+    from knowsubnet.method import samplers
+
+    mask = Mask()
+    hc = mask.hard_concrete
+    settings = dict(granularity=mask.granularity, init_prob=mask.init_prob, sampler=mask.sampler, tau=mask.tau,
+                    beta=hc.beta, gamma=hc.gamma, zeta=hc.zeta, hard_concrete_hard=hc.hard)
+    return samplers.MaskLogits(layers, **{**settings, **over})
+
+
 # -- running the workflow engines on a copy of the project ----------------------------------------
 
 def run(cmd, cwd, check=True):

@@ -38,7 +38,7 @@ PARAMS = _effective_params_file()
 MODELS = config["run"]["models"]
 TARGETS = config["run"]["targets"]
 SEEDS = config["run"]["seeds"]
-BASELINES = config["run"].get("baselines") or []
+BASELINES = config["run"]["baselines"]
 COMBINATIONS = ["union", "intersection", "majority"]  # of a target's seed masks
 # The baselines by kind (knowsubnet.method.registry): which recipe runs each, prune_baseline or unlearn_baseline
 SIZED_BY_MASK = removal_methods.names(removal_methods.SIZED_BY_MASK)
@@ -134,7 +134,7 @@ def _optional_raw():
     out = {}
     if "wordnet" in config["triplets"]["sources"]:
         out["wordnet"] = ["data/raw/wordnet-3.0/data.noun", "data/raw/wordnet-3.0/index.noun"]
-    if config["controllm"].get("train_text", "valid") == "train":
+    if config["controllm"]["train_text"] == "train":
         out["wiki_train"] = "data/raw/wikitext-2-raw/wiki.train.raw"
     return out
 
@@ -167,8 +167,8 @@ def model_inputs(wildcards):
 
 # Downstream: the CSQA-linked targets of the run (selector `csqa:`) and their finetuning runs.
 CSQA_TARGETS = [t for t in TARGETS if isinstance(config["targets"][t], dict) and "csqa" in config["targets"][t]]
-CSQA_MODES = (config.get("csqa") or {}).get("modes", ["head"])
-CSQA_SEEDS = (config.get("csqa") or {}).get("mask_seeds") or SEEDS  # masks finetuned; csqa.seeds: finetuning
+CSQA_MODES = config["csqa"]["modes"]
+CSQA_SEEDS = config["csqa"]["mask_seeds"] or SEEDS  # masks finetuned; csqa.seeds: finetuning
 for _seed in CSQA_SEEDS if CSQA_TARGETS else []:  # only read when a CSQA-linked target runs
     if _seed not in SEEDS:
         raise ValueError(f"params key 'csqa.mask_seeds': seed {_seed} is not in run.seeds {SEEDS}")
@@ -197,7 +197,7 @@ def baseline_results(name):
 
 # -- the search on validation (workflow/rules/sweep.smk; docs/SEARCH.md) --
 
-SWEEP_POINTS = (config.get("sweep") or {}).get("points") or {}
+SWEEP_POINTS = config["sweep"]["points"]
 SWEEP_METHODS = removal_methods.names()  # one rule each (the mask's, then every baseline's)
 
 

