@@ -17,6 +17,8 @@ import sys
 from knowsubnet.api.run import Run, build_params
 from knowsubnet.core.errors import cli_entry
 from knowsubnet.core.io import read_json
+from knowsubnet.evaluation.ablation_results import Headline
+from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 from knowsubnet.evaluation.export import KEEP, push_to_hub
 
 COMMANDS = {
@@ -66,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
               ("suppress", "controlkg", "controllm", "sparsity_masked_layers"))
     elif args.command == "evaluate":
         metrics = run.evaluate()
-        _show("metrics", metrics, read_json(metrics.with_name("headline.json")))
+        _show("metrics", metrics, Headline.read(metrics.with_name("headline.json")).to_dict())
     elif args.command == "robustness":
         result = run.robustness()
-        _show("robustness", result, read_json(result.with_name("headline.json")))
+        _show("robustness", result, RobustnessHeadline.read(result.with_name("headline.json")).to_dict())
     else:
         folder = run.export(keep=args.keep)
         print(f"export: {folder} (model card: {folder / 'README.md'})")

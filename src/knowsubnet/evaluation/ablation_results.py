@@ -67,8 +67,8 @@ class Changed(Record):
 @dataclass(frozen=True, kw_only=True)
 class Counts(Record):
     """How many test facts (after the known-facts filter) and ControlLM blocks were evaluated."""
-    targetkg: int
-    controlkg: int
+    targetkg: int | None = None
+    controlkg: int | None = None
     controllm_blocks: int | None = None
     controlkg_by_relation: Mapping[str, int] | None = None
 

@@ -24,12 +24,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
-from knowsubnet.evaluation.ablation_results import AblationMetrics
+from knowsubnet.evaluation.ablation_results import AblationMetrics, Counts
 from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
 from knowsubnet.report.format import (SET_LABELS, SETS, Section, band, markdown_table, read_record, save_figure,
                                       write_csv)
 
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
+
+
+def _or_unknown(count: int | None) -> str:
+    return "?" if count is None else str(count)
 
 
 def bars_table(records: Iterable[AblationMetrics], bars: dict[str, float]) -> pd.DataFrame:
@@ -41,10 +45,10 @@ def bars_table(records: Iterable[AblationMetrics], bars: dict[str, float]) -> pd
             continue
         checked = check_bars(rec, bars)
         before = rec.counts_before_known_filter or {}
-        counts = rec.counts
+        counts = rec.counts or Counts()
         row = {"model": rec.model, "target": rec.target, "seed": rec.seed,
-               "targetkg_facts": f"{counts.targetkg if counts else '?'} / {before.get('targetkg', '?')}",
-               "controlkg_facts": f"{counts.controlkg if counts else '?'} / {before.get('controlkg', '?')}",
+               "targetkg_facts": f"{_or_unknown(counts.targetkg)} / {before.get('targetkg', '?')}",
+               "controlkg_facts": f"{_or_unknown(counts.controlkg)} / {before.get('controlkg', '?')}",
                "sparsity": checked["sparsity"], "targetkg_x": checked["ratio_removed_targetkg"],
                "random_targetkg_x": checked["ratio_random_targetkg"], "random_share": checked["random_share"],
                "controlkg_x": checked["ratio_removed_controlkg"], "controllm_x": checked["ratio_removed_controllm"]}

@@ -132,7 +132,7 @@ def test_headline_has_the_ratios_and_the_verdict_against_the_bars(stage):
     # with bars this run meets, the verdict says so
     lenient = {"min_sparsity": 0.0, "min_target_ratio": 0.0, "max_random_share": math.inf,
                "max_controlkg_ratio": math.inf, "max_controllm_ratio": math.inf}
-    assert ablation.headline(result, lenient)["verdict"] == "all met"
+    assert ablation.headline(result, lenient).verdict == "all met"
 
 
 def test_check_bars_names_each_missed_bar():
