@@ -602,7 +602,7 @@ def test_report_csqa_section(tmp_path):
     assert "a cost on the removed questions, -30.0 pts [-40.0, -10.0]" in text and "±19.6 points or more" in text
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "m"}))
-    with pytest.raises(InputError, match=r"bad\.json: expected key 'target'"):
+    with pytest.raises(InputError, match=r"bad\.json: missing key 'target'"):
         load_csqa_results([bad])
 
 
@@ -699,6 +699,14 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
     assert result["held_out_of_training"] == {"linked": 8, "siblings": 2}
     assert "code_version" in result["provenance"] and result["provenance"]["params"]["target"] == {"csqa": "csqa1"}
     assert not list(out.parent.glob(".*ckpt"))  # the checkpoint is gone once the result is written
+    # written through CsqaResult: the bytes write_json gave the result dict, and read -> write keeps them
+    from knowsubnet.core.io import canonical_json
+    from knowsubnet.evaluation.csqa_result import CsqaResult
+    assert out.read_text() == canonical_json(returned)
+    typed = CsqaResult.read(out)
+    typed.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == out.read_bytes() and CsqaResult.read(tmp_path / "again.json") == typed
+    assert typed.main_effect() == typed.diff_of_diffs["remaining - original"]["removed_known vs kept"]
 
     # a choice count other than five stops with the file and line
     lines = (csqa_dir / "dev_rand_split.jsonl").read_text().splitlines()

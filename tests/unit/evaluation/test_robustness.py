@@ -286,6 +286,24 @@ def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_
     assert result["random_draws"] == 2
 
 
+def test_the_result_files_read_and_write_back_to_the_same_bytes(workspace, stage_runs, tmp_path):
+    """Written through RobustnessResult / RobustnessHeadline: the bytes write_json gave the result
+    dict before the types, and a file read and written back is the same file."""
+    from knowsubnet.core.io import canonical_json
+    from knowsubnet.evaluation.robustness_results import RobustnessHeadline, RobustnessResult
+
+    folder = workspace["root"] / "out-third"
+    assert (folder / "robustness.json").read_text() == canonical_json(stage_runs["third"])
+    for kind, name in ((RobustnessResult, "robustness.json"), (RobustnessHeadline, "headline.json")):
+        typed = kind.read(folder / name)
+        typed.write(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes()
+        assert kind.read(tmp_path / name) == typed
+    result = RobustnessResult.read(folder / "robustness.json")
+    assert result.held_out.in_sample.removed.ratio == stage_runs["third"]["held_out"]["in_sample"]["removed"]["ratio"]
+    assert robustness.headline(result) == RobustnessHeadline.read(folder / "headline.json")
+
+
 def test_a_mask_that_removes_weights_changes_the_scores(workspace, stage_runs):
     root = workspace["root"]
     result = stage_runs["third"]
