@@ -558,8 +558,8 @@ def _csqa_record(model, target, seed, mode, accs):
     """A finetune_csqa-shaped result; accs[variant] = accuracy per group of csqa.GROUPS."""
     accuracy = {v: {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50} for g, a in zip(csqa.GROUPS, accs[v])}
                 for v in csqa.VARIANTS}
-    delta = {f"{a} - {b}": {g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "n": 50}
-                            for i, g in enumerate(csqa.GROUPS)} for a, b in csqa.CONTRASTS}
+    delta = {f"{a} - {b}": {g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "se": 0.07,
+                                "mde": 0.196, "n": 50} for i, g in enumerate(csqa.GROUPS)} for a, b in csqa.CONTRASTS}
     dod = {f"{a} - {b}": {f"{g} vs {r}": {"diff": (accs[a][csqa.GROUPS.index(g)] - accs[b][csqa.GROUPS.index(g)])
                                           - (accs[a][csqa.GROUPS.index(r)] - accs[b][csqa.GROUPS.index(r)]),
                                           "ci95": [-0.4, -0.1], "se": 0.07, "mde": 0.196, "n": 50,
@@ -705,7 +705,8 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
     assert out.read_text() == canonical_json(returned)
     typed = CsqaResult.read(out)
     typed.write(tmp_path / "again.json")
-    assert (tmp_path / "again.json").read_bytes() == out.read_bytes() and CsqaResult.read(tmp_path / "again.json") == typed
+    assert (tmp_path / "again.json").read_bytes() == out.read_bytes()
+    assert CsqaResult.read(tmp_path / "again.json") == typed
     assert typed.main_effect() == typed.diff_of_diffs["remaining - original"]["removed_known vs kept"]
 
     # a choice count other than five stops with the file and line

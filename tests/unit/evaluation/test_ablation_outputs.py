@@ -82,7 +82,8 @@ def test_metrics_and_headline_files_read_and_write_back_to_the_same_bytes(stage,
     metrics = AblationMetrics.read(metrics_file)
     assert metrics.removed.targetkg.ppl == result["removed"]["targetkg"]["ppl"]
     assert metrics.delta_ppl["random"].controllm == result["delta_ppl"]["random"]["controllm"]
-    assert Headline.read(headline_file).verdict == ablation.headline(result, dataclasses.asdict(params.report.bars)).verdict
+    bars = dataclasses.asdict(params.report.bars)
+    assert Headline.read(headline_file).verdict == ablation.headline(result, bars).verdict
 
 
 def test_facts_parquet_has_one_row_per_test_fact_with_the_scores_behind_the_metrics(stage):

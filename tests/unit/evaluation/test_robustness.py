@@ -429,11 +429,14 @@ def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
 
 
 def test_a_finetune_that_ruins_the_original_is_not_called_recovery():
+    from knowsubnet.evaluation.robustness_results import Relearned
     from knowsubnet.report.robustness import _frac
 
-    kept = {"ppl_before": 10.0, "ppl_after": 8.0}
-    ruined = {"ppl_before": 10.0, "ppl_after": 500.0}
-    value = {"recovered": 0.9, "low": 0.5, "high": 1.2}
+    kept = Relearned(ppl_before=10.0, ppl_after=8.0, ppl_after_per_seed=[8.0])
+    ruined = Relearned(ppl_before=10.0, ppl_after=500.0, ppl_after_per_seed=[500.0])
+    value = Relearned(ppl_before=20.0, ppl_after=9.0, ppl_after_per_seed=[9.0], recovered=0.9, low=0.5, high=1.2,
+                      per_seed=[0.9])
     assert _frac(value, kept) == "0.90 [0.50, 1.20]"
     assert "not recovery" in _frac(value, ruined)
-    assert _frac(None, kept) == "–" and _frac({"recovered": None}, kept) == "undefined"
+    undefined = Relearned(ppl_before=10.0, ppl_after=10.0, ppl_after_per_seed=[10.0], per_seed=[None])
+    assert _frac(None, kept) == "–" and _frac(undefined, kept) == "undefined"
