@@ -117,3 +117,67 @@ def test_the_library_imports_no_workflow_engine():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert name.split(".")[0] not in {"snakemake", "dvc"}, f"{path} imports {name}"
+
+
+# The report reads result files through their types (knowsubnet.core.records: AblationMetrics,
+# Headline, RobustnessResult, CsqaResult, ...), by attribute, never by nested keys: the shape of a file
+# lives in the class that writes it. Allowed: one subscript (a DataFrame column df["col"], a row of a
+# frame's records, a typed map by a variable key: rec.accuracy[variant][group]); not allowed: a chain of
+# subscripts with a string key (m["held_out"]["removed"], rec.length[variant]["dev"]), and reading JSON
+# (json.load / json.loads / read_json) outside READ_JSON_ALLOWED.
+READ_JSON_ALLOWED = {
+    ("report/format.py", "read_record"),  # meta.json files (discovery, baseline, sweep point): no type yet
+    ("report/masks.py", "_read_model_config"),  # a model folder's config.json: not a result
+    ("report/provenance.py", "provenance_section"),  # a model folder's provenance.json: not a result
+}
+JSON_READERS = {"load", "loads", "read_json"}
+
+
+def _is_key(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def nested_key_reads(source: str, name: str) -> list[str]:
+    """`name:line: ...` for each chained subscript with a string key and each JSON read outside
+    READ_JSON_ALLOWED in `source` (a report module's text, `name` its path under the package)."""
+    problems = []
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+    def enclosing(node: ast.AST) -> str | None:
+        inside = [f for f in functions if f.lineno <= node.lineno <= (f.end_lineno or f.lineno)]
+        return min(inside, key=lambda f: (f.end_lineno or f.lineno) - f.lineno).name if inside else None
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Subscript):
+            # x[..]["key"], or x["key"][key]; x["col"][x["col"] > 0] (a frame's rows by a condition) is fine
+            if _is_key(node.slice) or (_is_key(node.value.slice) and isinstance(node.slice, (ast.Name, ast.Constant))):
+                problems.append(f"{name}:{node.lineno}: nested key read {ast.unparse(node)}")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            is_json = called == "read_json" or (isinstance(func, ast.Attribute) and called in JSON_READERS
+                                                and isinstance(func.value, ast.Name) and func.value.id == "json")
+            if is_json and (name, enclosing(node)) not in READ_JSON_ALLOWED:
+                problems.append(f"{name}:{node.lineno}: reads JSON ({ast.unparse(func)}): read the file's type")
+    return problems
+
+
+def test_the_report_reads_result_files_through_their_types():
+    problems = []
+    for path in sorted((PACKAGE / "report").glob("*.py")):
+        problems += nested_key_reads(path.read_text(encoding="utf-8"), f"report/{path.name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_nested_key_check_catches_a_nested_read_and_a_json_read():
+    source = ("import json\n"
+              "def table(m, path, variant):\n"
+              "    ratio = m['held_out']['removed']\n"
+              "    dev = m.length[variant]['dev']\n"
+              "    data = json.loads(path.read_text())\n"
+              "    return m['model'], m.accuracy[variant][0], df['col'][df['col'] > 0]\n")
+    problems = nested_key_reads(source, "report/example.py")
+    assert len(problems) == 3, problems
+    assert "m['held_out']['removed']" in problems[0] and "report/example.py:3" in problems[0]
+    assert "['dev']" in problems[1] and "json.loads" in problems[2]
+    assert nested_key_reads("def read_record(p):\n    return read_json(p)\n", "report/format.py") == []

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     # here, not at the top: a stage command loads only its own stage's modules (torch takes seconds)
     from knowsubnet.api.run import Run, build_params
+    from knowsubnet.evaluation.ablation_results import Headline
     from knowsubnet.evaluation.export import push_to_hub
+    from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 
     sets = ([f"data.mirror={args.mirror}"] if args.mirror else []) + args.sets
     mapping, model, target = build_params(args.model, args.facts, templates=args.templates, controls=args.controls,
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> None:
               ("suppress", "controlkg", "controllm", "sparsity_masked_layers"))
     elif args.command == "evaluate":
         metrics = run.evaluate()
-        _show("metrics", metrics, read_json(metrics.with_name("headline.json")))
+        _show("metrics", metrics, Headline.read(metrics.with_name("headline.json")).to_dict())
     elif args.command == "robustness":
         result = run.robustness()
-        _show("robustness", result, read_json(result.with_name("headline.json")))
+        _show("robustness", result, RobustnessHeadline.read(result.with_name("headline.json")).to_dict())
     else:
         folder = run.export(keep=args.keep)
         print(f"export: {folder} (model card: {folder / 'README.md'})")

@@ -31,9 +31,10 @@ from torch import nn
 
 from knowsubnet.core.config import Known, Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import write_json, write_parquet
+from knowsubnet.core.io import write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import encoding, factsets
+from knowsubnet.evaluation.ablation_results import AblationMetrics, Headline
 from knowsubnet.evaluation.bars import BARS, SETS, check_bars
 from knowsubnet.method import combination, edits, masking
 from knowsubnet.models.prepare import load_model, pick_device
@@ -220,28 +221,29 @@ def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, co
     return sets[0], sets[1], encoding.load_blocks(blocks_path)
 
 
-def headline(result: dict, bars: dict[str, float]) -> dict:
+def headline(result: AblationMetrics | dict, bars: dict[str, float]) -> Headline:
     """The few numbers that summarise an ablation (`dvc metrics show`, one row per run): sparsity;
     PPL ÷ original (ratio_<variant>_<set>) and ΔPPL (dppl_<variant>_<set>) of the removed and
     random-removed models on TargetKG / ControlKG / ControlLM; the random share; TargetKG accuracy
     before and after; and the verdict against `bars` (params `report.bars`, `bars.check_bars`):
     met_<bar> per bar (true / false) and `verdict`, "all met" or the missed bars' names."""
-    checked = check_bars(result, bars)  # on the unrounded numbers
+    metrics = result if isinstance(result, AblationMetrics) else AblationMetrics.from_dict(result)
+    checked = check_bars(metrics, bars)  # on the unrounded numbers
     out = {"sparsity": round(checked["sparsity"], 6)}
     for variant in ("removed", "random"):
         for name in SETS:
             out[f"ratio_{variant}_{name}"] = round(checked[f"ratio_{variant}_{name}"], 4)
     out["random_share"] = round(checked["random_share"], 4)
     for variant in ("removed", "random"):
-        for name, value in result["delta_ppl"][variant].items():
-            out[f"dppl_{variant}_{name}"] = round(float(value), 4)
+        for name in SETS:
+            out[f"dppl_{variant}_{name}"] = round(float(metrics.delta_ppl[variant].on(name)), 4)
     for variant in ("original", "removed"):
-        acc = result.get(variant, {}).get("targetkg", {}).get("acc")
+        acc = metrics.variant(variant).targetkg.acc
         if acc is not None:
             out[f"targetkg_acc_{variant}"] = round(float(acc), 4)
     out.update({f"met_{bar}": checked[f"met_{bar}"] for bar in BARS})
     out["verdict"] = checked["verdict"]
-    return out
+    return Headline(**out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,9 +339,10 @@ def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_d
     result["method"] = edit.metadata.get("method", "mask")
     result["provenance"] = stamp({"eval": params.section("eval")},
                                  device=str(device), wall_time_s=round(time.monotonic() - start, 3))
-    write_json(out, result)
+    metrics = AblationMetrics.from_dict(result, source=str(out))
+    metrics.write(out)
     if headline_out is not None:
-        write_json(headline_out, headline(result, dataclasses.asdict(params.report.bars)))
+        headline(metrics, dataclasses.asdict(params.report.bars)).write(headline_out)
     if facts_out is not None:
         write_parquet(facts_out, fact_table(rows, fact_scores))
     log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
@@ -388,7 +391,7 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
                       provenance=stamp({"eval": params.section("eval")},
                                        device=str(device), source_masks=[str(p) for p in masks],
                                        wall_time_s=round(time.monotonic() - start, 3)))
-        write_json(Path(out_eval) / f"{how}.json", result)
+        AblationMetrics.from_dict(result, source=f"{how}.json").write(Path(out_eval) / f"{how}.json")
         log.info("%s: %d entries, TargetKG ΔPPL removed %.3f (random %.3f)", how, combination.count(combined),
                  result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"])
         results[how] = result

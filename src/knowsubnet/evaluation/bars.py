@@ -22,24 +22,31 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from knowsubnet.evaluation.ablation_results import AblationMetrics
+
 BARS = ("min_sparsity", "min_target_ratio", "max_random_share", "max_controlkg_ratio", "max_controllm_ratio")
 SETS = ("targetkg", "controlkg", "controllm")
 ALL_MET = "all met"
 
 
-def ppl_ratio(result: Mapping[str, Any], variant: str, set_name: str) -> float:
+def _metrics(result: AblationMetrics | Mapping[str, Any]) -> AblationMetrics:
+    # a result dict (evaluate_ablation's, before it is written) is read as the metrics file's type
+    return result if isinstance(result, AblationMetrics) else AblationMetrics.from_dict(result)
+
+
+def ppl_ratio(result: AblationMetrics | Mapping[str, Any], variant: str, set_name: str) -> float:
     """PPL of `variant` ÷ PPL of the original model on `set_name` (NaN for an original PPL of 0)."""
-    original = result["original"][set_name]["ppl"]
-    return float(result[variant][set_name]["ppl"]) / original if original else math.nan
+    return _metrics(result).ppl_ratio(variant, set_name)
 
 
-def ratios(result: Mapping[str, Any]) -> dict[str, float]:
+def ratios(result: AblationMetrics | Mapping[str, Any]) -> dict[str, float]:
     """sparsity (masked layers), ratio_<variant>_<set> for the removed and random models on every
     set, and random_share, of an evaluate_ablation result (or metrics file)."""
-    out = {"sparsity": float(result["sparsity"]["masked_layers"])}
+    metrics = _metrics(result)
+    out = {"sparsity": float(metrics.sparsity.masked_layers)}
     for variant in ("removed", "random"):
         for set_name in SETS:
-            out[f"ratio_{variant}_{set_name}"] = ppl_ratio(result, variant, set_name)
+            out[f"ratio_{variant}_{set_name}"] = metrics.ppl_ratio(variant, set_name)
     removed, random = out["ratio_removed_targetkg"], out["ratio_random_targetkg"]
     out["random_share"] = (random - 1.0) / (removed - 1.0) if removed > 1.0 else math.inf
     return out
@@ -50,7 +57,7 @@ def within(ratio: float, bar: float) -> bool:
     return 1.0 / bar <= ratio <= bar
 
 
-def check_bars(result: Mapping[str, Any], bars: Mapping[str, float]) -> dict[str, Any]:
+def check_bars(result: AblationMetrics | Mapping[str, Any], bars: Mapping[str, float]) -> dict[str, Any]:
     """`ratios` of an ablation result, `met_<bar>` (bool) for each of BARS, and `verdict`:
     "all met", or the missed bars' names joined by ", " (in BARS order)."""
     values = ratios(result)

@@ -28,7 +28,9 @@ from knowsubnet.core.io import atomic_path, read_json, sha256_file, write_json, 
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import user_facts
 from knowsubnet.evaluation.ablation import mask_layers
+from knowsubnet.evaluation.ablation_results import Headline
 from knowsubnet.evaluation.bars import ALL_MET, BARS
+from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 from knowsubnet.method import masking
 from knowsubnet.models.prepare import load_model
 
@@ -94,8 +96,8 @@ def export_masked_model(model_dir: Path, mask: Path, out: Path, keep: str = "rem
     if keep not in KEEP:
         raise InputError(f"params key 'export.keep' = {keep!r}: expected one of {', '.join(KEEP)}")
     model_dir, mask, out = Path(model_dir), Path(mask), Path(out)
-    headline_numbers = _read_headline(headline, "an evaluate_ablation headline")
-    robustness_numbers = _read_headline(robustness, "an evaluate_robustness headline")
+    headline_numbers = _read_headline(headline, Headline)
+    robustness_numbers = _read_headline(robustness, RobustnessHeadline)
     # keep the weights' stored dtype (a bf16 model stays bf16; zeroing is exact in any dtype)
     stored = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None)
     dtype = stored if isinstance(stored, torch.dtype) else torch.float32
@@ -127,16 +129,9 @@ def export_masked_model(model_dir: Path, mask: Path, out: Path, keep: str = "rem
     return provenance
 
 
-def _read_headline(path: Path | None, what: str) -> dict | None:
-    if path is None:
-        return None
-    try:
-        data = read_json(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read {what} ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected {what} (a JSON object)")
-    return data
+def _read_headline(path: Path | None, kind: type[Headline] | type[RobustnessHeadline]) -> dict | None:
+    """A headline file read through its type, as the flat {key: value} the card shows."""
+    return None if path is None else kind.read(path).to_dict()
 
 
 # -- the model card ---------------------------------------------------------------------------

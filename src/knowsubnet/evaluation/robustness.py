@@ -38,13 +38,14 @@ import torch
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json, write_json, write_parquet
+from knowsubnet.core.io import read_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.data.encoding import load_blocks
 from knowsubnet.evaluation import probes, quantize, readouts, relearn, relearning
 from knowsubnet.evaluation import robustness_stats as stats
+from knowsubnet.evaluation.robustness_results import RobustnessHeadline, RobustnessResult
 from knowsubnet.evaluation.robustness_stats import VARIANTS
 from knowsubnet.evaluation.variants import Variants
 from knowsubnet.method import edits
@@ -216,37 +217,39 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
     return out
 
 
-def headline(result: dict[str, Any]) -> dict[str, Any]:
+def headline(result: RobustnessResult) -> RobustnessHeadline:
     """The few numbers of `dvc metrics show` (None where undefined)."""
     def r(x, digits=4):
         return None if x is None else round(float(x), digits)
 
-    held, words = result["held_out"], result["wordings"]
-    choice = result["multiple_choice"]["targetkg"]
-    spec = result["specificity"]
-    out = {
-        "in_sample_ratio": r(held["in_sample"]["removed"]["ratio"]),
-        "held_out_ratio": r(held["held_out"]["removed"]["ratio"]) if held["held_out"] else None,
-        "train_heldout_wording_ratio": r(words["train_heldout"]["removed"]["ratio"]),
-        "test_heldout_wording_ratio": r(words["test_heldout"]["removed"]["ratio"]),
-        "test_heldout_wording_suppressed": r(words["test_heldout"]["suppressed_share"]["removed"]["share"]),
-        "choice_acc_original": r(choice["original"]["share"]),
-        "choice_acc_removed": r(choice["removed"]["share"]),
-        "choice_acc_random": r(choice["random"]["share"]),
-        "false_tail_ratio": r(spec["false_tails"]["removed"]["ratio"]),
-        "foreign_head_ratio": r(spec["foreign_heads"]["removed"]["ratio"]),
-        "same_head_ratio": r(spec["same_head_other_facts"]["removed"]["ratio"]),
-        "controlkg_kl_removed": r(result["controlkg_kl"]["removed"], 6),
-        "controlkg_kl_random": r(result["controlkg_kl"]["random"], 6),
-    }
-    four_bit = result["quantized"].get("4")
-    out["quantized_4bit_targetkg_ratio"] = r(four_bit["ratio"]["removed"].get("targetkg")) if four_bit else None
-    points = result["relearning"]["points"]
-    first = points[0]["data"] if points else {}
+    held, words, spec = result.held_out, result.wordings, result.specificity
+    choice = result.multiple_choice.targetkg
+    four_bit = result.quantized.get("4")
+    points = result.relearning.points
+    first = points[0].data if points else {}
+    recovered = {}
     for data in ("targetkg", "controlkg"):
-        runs = first.get(data) or {}
-        out[f"relearn_{data}_recovered"] = r((runs.get("removed_held") or {}).get("recovered"))
-    return out
+        held_runs = first[data].removed_held if first.get(data) else None
+        recovered[data] = r(held_runs.recovered) if held_runs else None
+    return RobustnessHeadline(
+        in_sample_ratio=r(held.in_sample.removed.ratio),
+        held_out_ratio=r(held.held_out.removed.ratio) if held.held_out else None,
+        train_heldout_wording_ratio=r(words.train_heldout.removed.ratio),
+        test_heldout_wording_ratio=r(words.test_heldout.removed.ratio),
+        test_heldout_wording_suppressed=r(words.test_heldout.suppressed_share["removed"].share),
+        choice_acc_original=r(choice["original"].share),
+        choice_acc_removed=r(choice["removed"].share),
+        choice_acc_random=r(choice["random"].share),
+        false_tail_ratio=r(spec.false_tails.removed.ratio),
+        foreign_head_ratio=r(spec.foreign_heads.removed.ratio),
+        same_head_ratio=r(spec.same_head_other_facts.removed.ratio),
+        controlkg_kl_removed=r(result.controlkg_kl["removed"], 6),
+        controlkg_kl_random=r(result.controlkg_kl["random"], 6),
+        quantized_4bit_targetkg_ratio=r(four_bit.ratio.removed.get("targetkg")) if four_bit else None,
+        relearn_targetkg_recovered=recovered["targetkg"],
+        relearn_controlkg_recovered=recovered["controlkg"])
+
+
 # ----------------------------------------------------------------------------------------------
 # readouts of the hidden states, and quantization
 
@@ -414,12 +417,13 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
               "provenance": stamp({"robustness": params.section("robustness"), "known": params.section("known")},
                                   model_dir=str(model_dir), mask=str(mask), device=str(device),
                                   relearn_dtype=precision.name(relearn_dtype))}
-    summary = headline(result)
+    typed = RobustnessResult.from_dict(result, source=str(out_dir / "robustness.json"))
+    summary = headline(typed)
     write_parquet(out_dir / "sentences.parquet", scored)
-    write_json(out_dir / "headline.json", summary)
-    write_json(out_dir / "robustness.json", result)  # last: its presence means the stage finished
+    summary.write(out_dir / "headline.json")
+    typed.write(out_dir / "robustness.json")  # last: its presence means the stage finished
     log.info("%s / %s / seed %d: in-sample x%s, held-out x%s, held-out wordings x%s; %s", model, target, seed,
-             summary["in_sample_ratio"], summary["held_out_ratio"], summary["test_heldout_wording_ratio"], timings)
+             summary.in_sample_ratio, summary.held_out_ratio, summary.test_heldout_wording_ratio, timings)
     return result
 
 

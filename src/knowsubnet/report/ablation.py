@@ -7,16 +7,16 @@ and "Seed combinations" (tables/seed_combinations.{csv,md}).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import read_json, write_text
+from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.method import combination
 from knowsubnet.report.format import SET_LABELS, SETS, Section, fmt, markdown_table, pct, pm, save_figure, write_csv
 
@@ -29,73 +29,55 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if values.count() > 1 else float("nan")
 
 
-def load_metrics(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+def load_metrics(paths: Sequence[str | Path]) -> list[AblationMetrics]:
     """Read and check the metrics JSON files (evaluate_ablation / combine_seeds outputs)."""
     if not paths:
         raise InputError("report: no metrics files given; expected results/eval/<model>/<target>/seed<S>/metrics.json")
     records, seen = [], {}
     for path in paths:
-        try:
-            data = read_json(path)
-        except OSError as err:
-            raise InputError(f"{path}: cannot read metrics file ({err.strerror})") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        _check_metrics(data, path)
-        key = (data["model"], data["target"], data.get("combination") or data["seed"])
+        record = AblationMetrics.read(path)
+        if record.model is None or record.target is None:
+            raise InputError(f"{path}: 'model' and 'target' must be set")
+        key = (record.model, record.target, record.combination or record.seed)
         if key in seen:
             raise InputError(f"{path}: same model / target / seed as {seen[key]}")
         seen[key] = path
-        records.append({**data, "_path": str(path)})
+        records.append(record)
     return records
 
 
-def _check_metrics(data: Any, path: str | Path) -> None:
-    def need(obj, keys, where):
-        for key in keys:
-            if not isinstance(obj, dict) or key not in obj:
-                raise InputError(f"{path}: missing key '{where}{key}'; expected an evaluate_ablation metrics file")
-    need(data, ("model", "target", "seed", "sparsity", "original", "removed", "random", "delta_ppl"), "")
-    need(data["sparsity"], ("masked_layers",), "sparsity.")
-    for variant in ("original", "removed", "random"):
-        need(data[variant], SETS, f"{variant}.")
-        for set_name in SETS:
-            need(data[variant][set_name], ("ppl",), f"{variant}.{set_name}.")
-    for variant in ("removed", "random"):
-        need(data["delta_ppl"], (variant,), "delta_ppl.")
-        need(data["delta_ppl"][variant], SETS, f"delta_ppl.{variant}.")
-    if data["model"] is None or data["target"] is None:
-        raise InputError(f"{path}: 'model' and 'target' must be set")
-
-
-def metrics_long(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def metrics_long(records: Iterable[AblationMetrics]) -> pd.DataFrame:
     """One row per run × variant × set with every metric."""
     rows = []
     for rec in records:
         for variant in VARIANTS:
-            if variant not in rec:
+            metrics = rec.variant(variant)
+            if metrics is None:
                 continue
             for set_name in SETS:
-                values = rec[variant][set_name]
-                delta = rec["delta_ppl"].get(variant, {}).get(set_name) if variant != "original" else 0.0
-                spread = rec.get("random_spread", {}).get(set_name, {}).get("ppl") if variant == "random" else None
-                rows.append({"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
-                             "combination": rec.get("combination"), "variant": variant, "set": set_name,
-                             "ppl": values.get("ppl"), "delta_ppl": delta, "rank": values.get("rank"),
-                             "rank_median": values.get("rank_median"), "acc": values.get("acc"),
-                             "random_spread_ppl": spread, "sparsity": rec["sparsity"]["masked_layers"]})
+                values = metrics.on(set_name)
+                delta = rec.delta_ppl[variant].on(set_name) if variant in rec.delta_ppl else None
+                if variant == "original":
+                    delta = 0.0
+                spread = rec.random_spread.on(set_name).ppl if variant == "random" and rec.random_spread else None
+                rows.append({"model": rec.model, "target": rec.target, "seed": rec.seed,
+                             "combination": rec.combination, "variant": variant, "set": set_name,
+                             "ppl": values.ppl, "delta_ppl": delta, "rank": values.rank,
+                             "rank_median": values.rank_median, "acc": values.acc,
+                             "random_spread_ppl": spread, "sparsity": rec.sparsity.masked_layers})
     return pd.DataFrame(rows)
 
 
-def ablation_runs(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def ablation_runs(records: Iterable[AblationMetrics]) -> pd.DataFrame:
     """One row per run (per-seed runs only; seed combinations are reported separately)."""
     rows = []
     for rec in records:
-        if rec.get("combination"):
+        if rec.combination:
             continue
-        row = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
-               "sparsity": rec["sparsity"]["masked_layers"],
-               "sparsity_all_weights": rec["sparsity"].get("all_weights", float("nan"))}
+        all_weights = rec.sparsity.all_weights
+        row = {"model": rec.model, "target": rec.target, "seed": rec.seed,
+               "sparsity": rec.sparsity.masked_layers,
+               "sparsity_all_weights": float("nan") if all_weights is None else all_weights}
         row.update(_run_values(rec))
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -104,17 +86,18 @@ def ablation_runs(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _run_values(rec: dict[str, Any]) -> dict[str, float]:
+def _run_values(rec: AblationMetrics) -> dict[str, float]:
     nan = float("nan")
     row = {}
     for s in SETS:
-        row[f"{s}_ppl_original"] = rec["original"][s]["ppl"]
+        row[f"{s}_ppl_original"] = rec.original.on(s).ppl
         for variant in ("removed", "random", "kept"):
-            row[f"{s}_dppl_{variant}"] = rec["delta_ppl"].get(variant, {}).get(s, nan)
-        row[f"{s}_dppl_random_spread"] = rec.get("random_spread", {}).get(s, {}).get("ppl", nan)
+            row[f"{s}_dppl_{variant}"] = rec.delta_ppl[variant].on(s) if variant in rec.delta_ppl else nan
+        row[f"{s}_dppl_random_spread"] = rec.random_spread.on(s).ppl if rec.random_spread else nan
     for s in FACT_SETS:
         for variant in ("original", "removed", "random"):
-            row[f"{s}_acc_{variant}"] = rec[variant][s].get("acc", nan)
+            acc = rec.variant(variant).on(s).acc
+            row[f"{s}_acc_{variant}"] = nan if acc is None else acc
     return row
 
 
@@ -149,15 +132,15 @@ def ablation_markdown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def combinations_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def combinations_table(records: Iterable[AblationMetrics]) -> pd.DataFrame:
     """Union / intersection / majority masks: one row per model × target × combination."""
     rows = []
     for rec in records:
-        if not rec.get("combination"):
+        if not rec.combination:
             continue
-        row = {"model": rec["model"], "target": rec["target"], "combination": rec["combination"],
-               "seeds": ",".join(str(s) for s in rec.get("seeds", [])),
-               "sparsity": rec["sparsity"]["masked_layers"]}
+        row = {"model": rec.model, "target": rec.target, "combination": rec.combination,
+               "seeds": ",".join(str(s) for s in rec.seeds or []),
+               "sparsity": rec.sparsity.masked_layers}
         row.update(_run_values(rec))
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -207,7 +190,7 @@ def figure_delta_ppl(table: pd.DataFrame, path: Path, dpi: int) -> Path:
 
 
 
-def ablation_section(records: list[dict[str, Any]], tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
+def ablation_section(records: list[AblationMetrics], tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
     """ΔPPL of every model × target (mean ± std over seeds), removed beside random."""
     runs = ablation_runs(records)
     table = ablation_table(runs)
@@ -223,7 +206,7 @@ def ablation_section(records: list[dict[str, Any]], tables_dir: Path, figures_di
                                text, "", "![ΔPPL by target](figures/delta_ppl.png)", ""], files)
 
 
-def combinations_section(records: list[dict[str, Any]], tables_dir: Path) -> Section | None:
+def combinations_section(records: list[AblationMetrics], tables_dir: Path) -> Section | None:
     """The seed combinations' metrics (union / intersection / majority masks); None without any."""
     combos = combinations_table(records)
     if combos.empty:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.report.ablation import ablation_section, combinations_section, load_metrics
 from knowsubnet.report.comparison import comparison_section
 from knowsubnet.report.csqa import csqa_section
@@ -62,15 +63,15 @@ HOW_TO_READ = """\
 """
 
 
-def title_section(records: list[dict[str, Any]]) -> Section:
+def title_section(records: list[AblationMetrics]) -> Section:
     """Title, and the models and targets of the per-seed runs."""
-    runs = [r for r in records if not r.get("combination")]
+    runs = [r for r in records if not r.combination]
     return Section.from_lines([
         "# knowsubnet report", "",
         "Knowledge-critical subnetworks (Bayazit et al., EMNLP 2024): what each model loses when "
         "the subnetwork for a target is removed.", "",
-        f"Models: {', '.join(sorted({r['model'] for r in runs}))}. "
-        f"Targets: {', '.join(sorted({r['target'] for r in runs}))}.", ""])
+        f"Models: {', '.join(sorted({r.model for r in runs}))}. "
+        f"Targets: {', '.join(sorted({r.target for r in runs}))}.", ""])
 
 
 def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),

@@ -9,7 +9,9 @@ result as a filled marker).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,9 +19,12 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from knowsubnet.evaluation.bars import check_bars
+from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.ablation_results import AblationMetrics
+from knowsubnet.evaluation.bars import check_bars
 from knowsubnet.evaluation.robustness import headline as robustness_headline
+from knowsubnet.evaluation.robustness_results import RobustnessResult
 from knowsubnet.method import registry
 from knowsubnet.report.format import Section, markdown_table, read_record, save_figure, write_csv
 
@@ -36,45 +41,111 @@ ROBUSTNESS_COLUMNS = {"test_heldout_wording_ratio": "held-out wordings ×",
                       "relearn_controlkg_recovered": "relearned (unrelated facts)"}
 
 
-def _key(record: dict[str, Any]) -> tuple:
-    return record["model"], record["target"], int(record["seed"])
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One run of one method: what it changed, its test ratios and verdict (`evaluation.bars`),
+    the robustness headline's columns (ROBUSTNESS_COLUMNS; None without a robustness result) and
+    its wall time."""
+    model: str
+    target: str
+    method: str
+    seed: int
+    changed_weights: int | None
+    changed_share: float
+    delta_l2: float | None
+    targetkg_x: float
+    random_targetkg_x: float
+    controlkg_x: float
+    controllm_x: float
+    targetkg_acc_original: float | None
+    targetkg_acc_removed: float | None
+    wall_time_s: float | None
+    verdict: str
+    test_heldout_wording_ratio: float | None = None
+    choice_acc_removed: float | None = None
+    quantized_4bit_targetkg_ratio: float | None = None
+    relearn_targetkg_recovered: float | None = None
+    relearn_controlkg_recovered: float | None = None
+
+
+COLUMNS = [f.name for f in dataclasses.fields(ComparisonRow)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """tables/comparison.csv: one `ComparisonRow` per model x target x method x seed, in the
+    section's order (the registry's methods, then seeds)."""
+    rows: tuple[ComparisonRow, ...]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([dataclasses.asdict(row) for row in self.rows], columns=COLUMNS)
+
+    def write(self, path: Path) -> Path:
+        return write_csv(path, self.frame())
+
+    @classmethod
+    def read(cls, path: str | Path) -> Comparison:
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: cannot read the comparison table ({err})") from None
+        missing = [column for column in COLUMNS if column not in frame.columns]
+        if missing:
+            raise InputError(f"{path}: missing column {missing[0]!r}; expected the report's comparison table")
+        # an empty cell is a None (pandas reads it as NaN)
+        records = frame[COLUMNS].astype(object).where(frame[COLUMNS].notna(), None).to_dict("records")
+        return cls(tuple(ComparisonRow(**record) for record in records))
 
 
 def _by_run(paths: Sequence[str | Path], keys: Sequence[str], what: str) -> dict[tuple, dict[str, Any]]:
-    """{(model, target, method, seed): record} of result files (a record without `method` is the mask's)."""
+    """{(model, target, method, seed): record} of meta.json files (a record without `method` is the
+    mask's). meta.json is not a typed record yet: read as a dict, checked for `keys`."""
     out = {}
     for path in paths:
         record = read_record(path, keys, what)
-        out[(*_key(record)[:2], record.get("method") or MASK, int(record["seed"]))] = record
+        out[(record["model"], record["target"], record.get("method") or MASK, int(record["seed"]))] = record
     return out
 
 
-def comparison_rows(metrics: dict[tuple, dict], metas: dict[tuple, dict], robustness: dict[tuple, dict],
-                    bars: dict[str, float]) -> pd.DataFrame:
+def _metrics_by_run(paths: Sequence[str | Path]) -> dict[tuple, AblationMetrics]:
+    """{(model, target, method, seed): metrics} of baseline metrics files."""
+    out = {}
+    for path in paths:
+        record = AblationMetrics.read(path)
+        out[(record.model, record.target, record.method or MASK, int(record.seed))] = record
+    return out
+
+
+def _robustness_by_run(paths: Sequence[str | Path]) -> dict[tuple, RobustnessResult]:
+    out = {}
+    for path in paths:
+        record = RobustnessResult.read(path)
+        out[(record.model, record.target, record.method or MASK, int(record.seed))] = record
+    return out
+
+
+def comparison_rows(metrics: dict[tuple, AblationMetrics], metas: dict[tuple, dict],
+                    robustness: dict[tuple, RobustnessResult], bars: dict[str, float]) -> Comparison:
     """One row per run with metrics: what each method changed, its test ratios, robustness, time."""
     rows = []
     for (model, target, method, seed), result in metrics.items():
         checked = check_bars(result, bars)
         meta = metas.get((model, target, method, seed), {})
-        changed = result.get("changed") or {}
-        row = {"model": model, "target": target, "method": method, "seed": seed,
-               "changed_weights": changed.get("changed_weights", result.get("subnetwork_size")),
-               "changed_share": changed.get("changed_share_masked_layers", 1.0 - checked["sparsity"]),
-               "delta_l2": changed.get("delta_l2"),
-               "targetkg_x": checked["ratio_removed_targetkg"], "random_targetkg_x": checked["ratio_random_targetkg"],
-               "controlkg_x": checked["ratio_removed_controlkg"], "controllm_x": checked["ratio_removed_controllm"],
-               "targetkg_acc_original": result["original"]["targetkg"]["acc"],
-               "targetkg_acc_removed": result["removed"]["targetkg"]["acc"],
-               "wall_time_s": meta.get("wall_time_s"), "verdict": checked["verdict"]}
+        changed = result.changed
         probes = robustness.get((model, target, method, seed))
-        summary = robustness_headline(probes) if probes else {}
-        row.update({column: summary.get(column) for column in ROBUSTNESS_COLUMNS})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    frame["order"] = frame["method"].map({m: i for i, m in enumerate(METHOD_ORDER)})
-    return frame.sort_values(["model", "target", "order", "seed"]).drop(columns="order").reset_index(drop=True)
+        summary = robustness_headline(probes) if probes else None
+        rows.append(ComparisonRow(
+            model=model, target=target, method=method, seed=seed,
+            changed_weights=changed.changed_weights if changed else result.subnetwork_size,
+            changed_share=changed.changed_share_masked_layers if changed else 1.0 - checked["sparsity"],
+            delta_l2=changed.delta_l2 if changed else None,
+            targetkg_x=checked["ratio_removed_targetkg"], random_targetkg_x=checked["ratio_random_targetkg"],
+            controlkg_x=checked["ratio_removed_controlkg"], controllm_x=checked["ratio_removed_controllm"],
+            targetkg_acc_original=result.original.targetkg.acc, targetkg_acc_removed=result.removed.targetkg.acc,
+            wall_time_s=meta.get("wall_time_s"), verdict=checked["verdict"],
+            **{column: getattr(summary, column) if summary else None for column in ROBUSTNESS_COLUMNS}))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return Comparison(tuple(sorted(rows, key=lambda r: (r.model, r.target, order.get(r.method, len(order)), r.seed))))
 
 
 def validation_curves(metas: dict[tuple, dict]) -> list[dict[str, Any]]:
@@ -86,7 +157,8 @@ def validation_curves(metas: dict[tuple, dict]) -> list[dict[str, Any]]:
             selection = meta.get("selection") or {}
             original, curve = selection.get("original", {}), selection.get("curve", [])
         else:
-            original, curve = meta["validation"]["original"], meta["validation"]["curve"]
+            validation = meta["validation"]
+            original, curve = validation["original"], validation["curve"]
         if not original.get("targetkg") or not original.get("controlkg"):
             continue
         points = [(row["val_controlkg_ppl"] / original["controlkg"], row["val_targetkg_ppl"] / original["targetkg"])
@@ -126,7 +198,7 @@ def tradeoff_figure(rows: pd.DataFrame, curves: list[dict], path: Path, dpi: int
     return save_figure(fig, path, dpi)
 
 
-def comparison_section(mask_records: Sequence[dict[str, Any]], mask_metas: Sequence[str | Path],
+def comparison_section(mask_records: Sequence[AblationMetrics], mask_metas: Sequence[str | Path],
                        mask_robustness: Sequence[str | Path], baseline_metrics: Sequence[str | Path],
                        baseline_metas: Sequence[str | Path], baseline_robustness: Sequence[str | Path],
                        bars: dict[str, float], tables: Path, figures: Path, dpi: int) -> Section | None:
@@ -134,15 +206,14 @@ def comparison_section(mask_records: Sequence[dict[str, Any]], mask_metas: Seque
     `report.ablation.load_metrics` read them (seed combinations are left out)."""
     if not baseline_metrics:
         return None
-    keys = ("model", "target", "seed", "original", "removed", "random")
-    metrics = {(*_key(r)[:2], MASK, int(r["seed"])): r for r in mask_records if not r.get("combination")}
-    metrics.update(_by_run(baseline_metrics, keys, "baseline ablation metrics"))
+    metrics = {(r.model, r.target, MASK, int(r.seed)): r for r in mask_records if not r.combination}
+    metrics.update(_metrics_by_run(baseline_metrics))
     metas = {**_by_run(mask_metas, ("model", "target", "seed"), "discovery meta"),
              **_by_run(baseline_metas, ("model", "target", "seed", "method", "validation"), "baseline meta")}
-    robustness = {**_by_run(mask_robustness, ("model", "target", "seed"), "robustness results"),
-                  **_by_run(baseline_robustness, ("model", "target", "seed"), "baseline robustness results")}
-    rows = comparison_rows(metrics, metas, robustness, bars)
-    files = {"comparison_csv": write_csv(tables / "comparison.csv", rows)}
+    robustness = {**_robustness_by_run(mask_robustness), **_robustness_by_run(baseline_robustness)}
+    comparison = comparison_rows(metrics, metas, robustness, bars)
+    files = {"comparison_csv": comparison.write(tables / "comparison.csv")}
+    rows = comparison.frame()
     shown = pd.DataFrame({
         "target": rows["target"], "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m)),
         "seed": rows["seed"], "weights changed": rows["changed_weights"],

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.report.format import Section, markdown_table, read_record, save_figure, write_csv
+from knowsubnet.evaluation.csqa_result import CsqaResult, Difference
+from knowsubnet.report.format import Section, markdown_table, save_figure, write_csv
 
 CSQA_VARIANTS = ("original", "remaining", "random")
 CSQA_GROUPS = ("removed_known", "removed", "kept", "dev", "dev_matched")
@@ -33,21 +34,24 @@ CSQA_DOD_CONTRASTS = ("remaining - original", "remaining - random")
 CSQA_DOD_PAIRS = ("removed_known vs kept", "removed vs kept", "removed_known vs dev_matched")
 
 
-def load_csqa_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The finetune_csqa result files, checked for the keys the report reads."""
+def load_csqa_results(paths: Sequence[str | Path]) -> list[CsqaResult]:
+    """The finetune_csqa result files, checked for the groups the report reads."""
     records = []
     for path in paths:
-        data = read_record(path, ("model", "target", "seed", "mode", "finetune_seeds", "accuracy", "delta",
-                                  "diff_of_diffs", "length"), "a finetune_csqa result")
+        record = CsqaResult.read(path)
         for variant in CSQA_VARIANTS:
-            if set(CSQA_GROUPS) - set(data["accuracy"].get(variant) or {}):
+            if set(CSQA_GROUPS) - set(record.accuracy.get(variant) or {}):
                 raise InputError(f"{path}: expected groups {', '.join(CSQA_GROUPS)} for variant {variant!r}; "
                                  f"re-run finetune_csqa")
-        records.append(data)
+        records.append(record)
     return records
 
 
-def csqa_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def _run_keys(rec: CsqaResult) -> dict[str, Any]:
+    return {"model": rec.model, "target": rec.target, "seed": rec.seed, "mode": rec.mode}
+
+
+def csqa_table(records: Iterable[CsqaResult]) -> pd.DataFrame:
     """One row per model x target x mask seed x mode x variant x group: accuracy over the finetuning
     seeds with its 95 % interval (questions and seeds resampled), n, and the difference to the
     original and to the random model on the same questions (paired)."""
@@ -55,15 +59,15 @@ def csqa_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for rec in records:
         for variant in CSQA_VARIANTS:
             for group in CSQA_GROUPS:
-                g = rec["accuracy"][variant][group]
-                row = {**{k: rec[k] for k in RUN_KEYS}, "finetune_seeds": len(rec["finetune_seeds"]),
-                       "variant": variant, "group": group, "acc": g["acc"], "ci_low": g["ci95"][0],
-                       "ci_high": g["ci95"][1], "n": g["n"]}
+                g = rec.accuracy[variant][group]
+                row = {**_run_keys(rec), "finetune_seeds": len(rec.finetune_seeds),
+                       "variant": variant, "group": group, "acc": g.acc, "ci_low": g.ci95[0],
+                       "ci_high": g.ci95[1], "n": g.n}
                 for other in ("original", "random"):
-                    delta = rec["delta"].get(f"{variant} - {other}", {}).get(group)
-                    row[f"diff_vs_{other}"] = delta["diff"] if delta else None
+                    delta = rec.delta.get(f"{variant} - {other}", {}).get(group)
+                    row[f"diff_vs_{other}"] = delta.diff if delta else None
                     row[f"diff_vs_{other}_ci_low"], row[f"diff_vs_{other}_ci_high"] = \
-                        (delta["ci95"] if delta else [None, None])
+                        (delta.ci95 if delta else [None, None])
                 rows.append(row)
     frame = pd.DataFrame(rows)
     return frame if frame.empty else frame.sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
@@ -79,10 +83,11 @@ def _acc_ci(row: pd.Series) -> str:
     return f"{_pct(row['acc'])} % [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}] (n={int(row['n'])})"
 
 
-def _effect(d: dict[str, Any]) -> str:
-    if d["diff"] is None:
+def _effect(d: Difference) -> str:
+    if d.diff is None:
         return "–"
-    return f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+    low, high = d.ci95
+    return f"{100 * d.diff:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def accuracy_markdown(table: pd.DataFrame) -> pd.DataFrame:
@@ -105,56 +110,57 @@ def _in_order(mapping: dict[str, Any], order: Sequence[str]) -> list[str]:
     return [k for k in order if k in mapping] + sorted(set(mapping) - set(order))
 
 
-def effect_markdown(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def effect_markdown(records: Iterable[CsqaResult]) -> pd.DataFrame:
     """The differences of differences of each run, with their paired 95 % interval and minimal
     detectable effect (80 % power, 5 % two-sided)."""
     rows = []
     for rec in records:
-        for contrast in _in_order(rec["diff_of_diffs"], CSQA_DOD_CONTRASTS):
-            pairs = rec["diff_of_diffs"][contrast]
+        for contrast in _in_order(rec.diff_of_diffs, CSQA_DOD_CONTRASTS):
+            pairs = rec.diff_of_diffs[contrast]
             for pair in _in_order(pairs, CSQA_DOD_PAIRS):
                 d = pairs[pair]
                 group, reference = pair.split(" vs ")
-                rows.append({**{k: rec[k] for k in RUN_KEYS}, "difference": contrast,
-                             "on": f"{CSQA_GROUP_LABELS[group]} (n={d['n']})",
-                             "minus on": f"{CSQA_GROUP_LABELS[reference]} (n={d['n_reference']})",
+                rows.append({**_run_keys(rec), "difference": contrast,
+                             "on": f"{CSQA_GROUP_LABELS[group]} (n={d.n})",
+                             "minus on": f"{CSQA_GROUP_LABELS[reference]} (n={d.n_reference})",
                              "difference of differences [95 % CI]": _effect(d),
-                             "detectable at 80 % power": "–" if d["mde"] is None else f"±{100 * d['mde']:.1f} pts"})
+                             "detectable at 80 % power": "–" if d.mde is None else f"±{100 * d.mde:.1f} pts"})
     return pd.DataFrame(rows)
 
 
-def length_markdown(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def length_markdown(records: Iterable[CsqaResult]) -> pd.DataFrame:
     """Per run and variant, on CSQA dev: how often the model picks a multi-word option against how
     often the answer is one, and accuracy by answer length."""
     rows = []
     for rec in records:
         for variant in CSQA_VARIANTS:
-            d = rec["length"][variant]["dev"]
-            rows.append({**{k: rec[k] for k in RUN_KEYS}, "variant": variant,
-                         "picks multi-word %": _pct(d["picked_multiword"]),
-                         "answer multi-word %": _pct(d["answer_multiword"]),
-                         "options multi-word %": _pct(d["options_multiword"]),
-                         "acc, one-word answer %": f"{_pct(d['acc_one_word'])} (n={d['n_one_word']})",
-                         "acc, multi-word answer %": f"{_pct(d['acc_multiword'])} (n={d['n_multiword']})",
-                         "prefers length": "yes" if d["biased"] else "no"})
+            d = rec.dev_length(variant)
+            rows.append({**_run_keys(rec), "variant": variant,
+                         "picks multi-word %": _pct(d.picked_multiword),
+                         "answer multi-word %": _pct(d.answer_multiword),
+                         "options multi-word %": _pct(d.options_multiword),
+                         "acc, one-word answer %": f"{_pct(d.acc_one_word)} (n={d.n_one_word})",
+                         "acc, multi-word answer %": f"{_pct(d.acc_multiword)} (n={d.n_multiword})",
+                         "prefers length": "yes" if d.biased else "no"})
     return pd.DataFrame(rows)
 
 
-def detection_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+def detection_lines(records: Iterable[CsqaResult]) -> list[str]:
     """One plain sentence per run: what it found on the main contrast and what it can detect."""
     lines = []
     for rec in records:
-        d = rec["diff_of_diffs"]["remaining - original"]["removed_known vs kept"]
-        run = (f"{rec['model']} / {rec['target']} (mask seed {rec['seed']}, {rec['mode']} mode, "
-               f"{len(rec['finetune_seeds'])} finetuning seed{'s' if len(rec['finetune_seeds']) != 1 else ''})")
-        if d["diff"] is None:
+        d = rec.main_effect()
+        seeds = len(rec.finetune_seeds)
+        run = (f"{rec.model} / {rec.target} (mask seed {rec.seed}, {rec.mode} mode, "
+               f"{seeds} finetuning seed{'s' if seeds != 1 else ''})")
+        if d.diff is None:
             lines.append(f"- {run}: no removed fact was both known and suppressed, so there is nothing to test.")
             continue
-        low, high = d["ci95"]
+        low, high = d.ci95
         found = ("a cost on the removed questions" if high < 0 else "a gain on the removed questions" if low > 0
                  else "no difference it can tell from zero")
-        lines.append(f"- {run}: {found}, {_effect(d)} on {d['n']} questions against {d['n_reference']}; it "
-                     f"detects effects of ±{100 * d['mde']:.1f} points or more (80 % power) and cannot tell "
+        lines.append(f"- {run}: {found}, {_effect(d)} on {d.n} questions against {d.n_reference}; it "
+                     f"detects effects of ±{100 * d.mde:.1f} points or more (80 % power) and cannot tell "
                      f"smaller ones from zero.")
     return lines
 

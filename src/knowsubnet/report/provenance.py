@@ -14,6 +14,7 @@ import yaml
 
 from knowsubnet.core.io import read_json
 from knowsubnet.core.provenance import code_version, environment
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.report.format import Section, markdown_table
 
 
@@ -21,10 +22,10 @@ def _params_digest(params: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def provenance_section(records: list[dict[str, Any]], params: dict | None, models_root: Path | None) -> Section:
+def provenance_section(records: list[AblationMetrics], params: dict | None, models_root: Path | None) -> Section:
     """Where the numbers come from; `params` (a plain dict) is shown in full."""
     lines = ["## Provenance", ""]
-    models = sorted({r["model"] for r in records})
+    models = sorted({r.model for r in records})
     model_rows = []
     for model in models:
         prov_path = models_root / model / "provenance.json" if models_root else None
@@ -33,9 +34,9 @@ def provenance_section(records: list[dict[str, Any]], params: dict | None, model
                            "Revision / sha256": str(prov.get("revision") or prov.get("file_sha256") or "–"),
                            "Parameters": f"{int(prov['parameters']):,}" if "parameters" in prov else "–"})
     lines += ["Models:", "", markdown_table(pd.DataFrame(model_rows))]
-    versions = sorted({(r.get("provenance") or {}).get("code_version", "unknown") for r in records})
-    digests = sorted({_params_digest((r.get("provenance") or {}).get("params")) for r in records
-                      if (r.get("provenance") or {}).get("params") is not None})
+    versions = sorted({(r.provenance or {}).get("code_version", "unknown") for r in records})
+    digests = sorted({_params_digest((r.provenance or {}).get("params")) for r in records
+                      if (r.provenance or {}).get("params") is not None})
     env = environment()
     lines += [f"- Code version of the evaluations: {', '.join(f'`{v}`' for v in versions)}",
               f"- Code version of this report: `{code_version()}`",

@@ -6,20 +6,21 @@ verdict against the bars of params `report.bars`, by the same check as each run'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
 from knowsubnet.report.format import SET_LABELS, SETS, Section, band, fmt, markdown_table, pct, write_csv
 
 
-def summary_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.DataFrame:
+def summary_table(records: Iterable[AblationMetrics], bars: dict[str, float]) -> pd.DataFrame:
     """One row per per-seed run: sparsity, ratio_<variant>_<set> (test PPL ÷ original, removed and
     random), random_share, met_<bar> per bar and verdict; sorted by model, target, seed."""
-    rows = [{"model": rec["model"], "target": rec["target"], "seed": rec["seed"], **check_bars(rec, bars)}
-            for rec in records if not rec.get("combination")]
+    rows = [{"model": rec.model, "target": rec.target, "seed": rec.seed, **check_bars(rec, bars)}
+            for rec in records if not rec.combination]
     frame = pd.DataFrame(rows)
     return frame.sort_values(["model", "target", "seed"], kind="stable").reset_index(drop=True) if rows else frame
 
@@ -47,7 +48,7 @@ def summary_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFram
     return pd.DataFrame(out)
 
 
-def summary_section(records: list[dict[str, Any]], bars: dict[str, float], tables_dir: Path) -> Section | None:
+def summary_section(records: list[AblationMetrics], bars: dict[str, float], tables_dir: Path) -> Section | None:
     """Every run's verdict against the bars; None without per-seed runs."""
     table = summary_table(records, bars)
     if table.empty:

@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.ablation_results import AblationMetrics, Counts
 from knowsubnet.evaluation.bars import ALL_MET, BARS, check_bars
 from knowsubnet.report.format import (SET_LABELS, SETS, Section, band, markdown_table, read_record, save_figure,
                                       write_csv)
@@ -31,19 +32,23 @@ from knowsubnet.report.format import (SET_LABELS, SETS, Section, band, markdown_
 COLORS = {"targetkg": "tab:red", "controlkg": "tab:blue", "controllm": "tab:green"}
 
 
-def bars_table(records: Iterable[dict[str, Any]], bars: dict[str, float]) -> pd.DataFrame:
+def _or_unknown(count: int | None) -> str:
+    return "?" if count is None else str(count)
+
+
+def bars_table(records: Iterable[AblationMetrics], bars: dict[str, float]) -> pd.DataFrame:
     """One row per per-seed evaluation: the known / all test facts, the test-set ratios and whether
     each bar is met (`meets`: {bar: bool}; random share: see `evaluation.bars`)."""
     rows = []
     for rec in records:
-        if rec.get("combination"):
+        if rec.combination:
             continue
         checked = check_bars(rec, bars)
-        before = rec.get("counts_before_known_filter", {})
-        counts = rec.get("counts", {})
-        row = {"model": rec["model"], "target": rec["target"], "seed": rec["seed"],
-               "targetkg_facts": f"{counts.get('targetkg', '?')} / {before.get('targetkg', '?')}",
-               "controlkg_facts": f"{counts.get('controlkg', '?')} / {before.get('controlkg', '?')}",
+        before = rec.counts_before_known_filter or {}
+        counts = rec.counts or Counts()
+        row = {"model": rec.model, "target": rec.target, "seed": rec.seed,
+               "targetkg_facts": f"{_or_unknown(counts.targetkg)} / {before.get('targetkg', '?')}",
+               "controlkg_facts": f"{_or_unknown(counts.controlkg)} / {before.get('controlkg', '?')}",
                "sparsity": checked["sparsity"], "targetkg_x": checked["ratio_removed_targetkg"],
                "random_targetkg_x": checked["ratio_random_targetkg"], "random_share": checked["random_share"],
                "controlkg_x": checked["ratio_removed_controlkg"], "controllm_x": checked["ratio_removed_controllm"]}
@@ -152,19 +157,19 @@ def figure_tradeoff(table: pd.DataFrame, bars: dict[str, float], path: Path, dpi
     return save_figure(fig, path, dpi)
 
 
-def relation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def relation_table(records: Iterable[AblationMetrics]) -> pd.DataFrame:
     """ControlKG PPL ratio per relation (removed and random vs original), mean over seeds."""
     rows = []
     for rec in records:
-        if rec.get("combination") or "controlkg_by_relation" not in rec.get("original", {}):
+        original = rec.original.controlkg_by_relation
+        if rec.combination or original is None:
             continue
-        original = rec["original"]["controlkg_by_relation"]
-        counts = rec.get("counts", {}).get("controlkg_by_relation", {})
+        counts = (rec.counts.controlkg_by_relation if rec.counts else None) or {}
+        removed, random = rec.removed.controlkg_by_relation, rec.random.controlkg_by_relation
         for rel, base in original.items():
-            rows.append({"model": rec["model"], "target": rec["target"], "seed": rec["seed"], "relation": rel,
+            rows.append({"model": rec.model, "target": rec.target, "seed": rec.seed, "relation": rel,
                          "n": counts.get(rel, math.nan),
-                         "removed_x": rec["removed"]["controlkg_by_relation"][rel] / base,
-                         "random_x": rec["random"]["controlkg_by_relation"][rel] / base})
+                         "removed_x": removed[rel] / base, "random_x": random[rel] / base})
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
@@ -172,7 +177,7 @@ def relation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             .reset_index())
 
 
-def precision_section(records: list[dict[str, Any]], meta_paths: Sequence[str | Path], bars: dict[str, float],
+def precision_section(records: list[AblationMetrics], meta_paths: Sequence[str | Path], bars: dict[str, float],
                       tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
     """Bars, the trade-off over checkpoints (from the discovery runs' meta.json), ControlKG damage per relation."""
     lines = ["## Precision: does only the target go?", ""]

@@ -557,8 +557,8 @@ def _csqa_record(model, target, seed, mode, accs):
     """A finetune_csqa-shaped result; accs[variant] = accuracy per group of csqa.GROUPS."""
     accuracy = {v: {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50} for g, a in zip(csqa.GROUPS, accs[v])}
                 for v in csqa.VARIANTS}
-    delta = {f"{a} - {b}": {g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "n": 50}
-                            for i, g in enumerate(csqa.GROUPS)} for a, b in csqa.CONTRASTS}
+    delta = {f"{a} - {b}": {g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "se": 0.07,
+                                "mde": 0.196, "n": 50} for i, g in enumerate(csqa.GROUPS)} for a, b in csqa.CONTRASTS}
     dod = {f"{a} - {b}": {f"{g} vs {r}": {"diff": (accs[a][csqa.GROUPS.index(g)] - accs[b][csqa.GROUPS.index(g)])
                                           - (accs[a][csqa.GROUPS.index(r)] - accs[b][csqa.GROUPS.index(r)]),
                                           "ci95": [-0.4, -0.1], "se": 0.07, "mde": 0.196, "n": 50,
@@ -601,7 +601,7 @@ def test_report_csqa_section(tmp_path):
     assert "a cost on the removed questions, -30.0 pts [-40.0, -10.0]" in text and "±19.6 points or more" in text
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "m"}))
-    with pytest.raises(InputError, match=r"bad\.json: expected key 'target'"):
+    with pytest.raises(InputError, match=r"bad\.json: missing key 'target'"):
         load_csqa_results([bad])
 
 
@@ -698,6 +698,15 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
     assert result["held_out_of_training"] == {"linked": 8, "siblings": 2}
     assert "code_version" in result["provenance"] and result["provenance"]["params"]["target"] == {"csqa": "csqa1"}
     assert not list(out.parent.glob(".*ckpt"))  # the checkpoint is gone once the result is written
+    # written through CsqaResult: the bytes write_json gave the result dict, and read -> write keeps them
+    from knowsubnet.core.io import canonical_json
+    from knowsubnet.evaluation.csqa_result import CsqaResult
+    assert out.read_text() == canonical_json(returned)
+    typed = CsqaResult.read(out)
+    typed.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == out.read_bytes()
+    assert CsqaResult.read(tmp_path / "again.json") == typed
+    assert typed.main_effect() == typed.diff_of_diffs["remaining - original"]["removed_known vs kept"]
 
     # a choice count other than five stops with the file and line
     lines = (csqa_dir / "dev_rand_split.jsonl").read_text().splitlines()

@@ -65,6 +65,27 @@ def stage(tmp_path_factory):
     return root, params, inputs, result
 
 
+def test_metrics_and_headline_files_read_and_write_back_to_the_same_bytes(stage, tmp_path):
+    """Written through AblationMetrics / Headline: the bytes write_json gave the result dict before
+    the types, and a file read and written back is the same file."""
+    from knowsubnet.core.io import canonical_json
+    from knowsubnet.evaluation.ablation_results import AblationMetrics, Headline
+
+    root, params, _, result = stage
+    metrics_file, headline_file = root / "eval" / "metrics.json", root / "eval" / "headline.json"
+    assert metrics_file.read_text() == canonical_json(result)
+    for kind, path in ((AblationMetrics, metrics_file), (Headline, headline_file)):
+        typed = kind.read(path)
+        typed.write(tmp_path / path.name)
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes()
+        assert kind.read(tmp_path / path.name) == typed
+    metrics = AblationMetrics.read(metrics_file)
+    assert metrics.removed.targetkg.ppl == result["removed"]["targetkg"]["ppl"]
+    assert metrics.delta_ppl["random"].controllm == result["delta_ppl"]["random"]["controllm"]
+    bars = dataclasses.asdict(params.report.bars)
+    assert Headline.read(headline_file).verdict == ablation.headline(result, bars).verdict
+
+
 def test_facts_parquet_has_one_row_per_test_fact_with_the_scores_behind_the_metrics(stage):
     root, _, _, result = stage
     facts = pd.read_parquet(root / "eval" / "facts.parquet")
@@ -132,7 +153,7 @@ def test_headline_has_the_ratios_and_the_verdict_against_the_bars(stage):
     # with bars this run meets, the verdict says so
     lenient = {"min_sparsity": 0.0, "min_target_ratio": 0.0, "max_random_share": math.inf,
                "max_controlkg_ratio": math.inf, "max_controllm_ratio": math.inf}
-    assert ablation.headline(result, lenient)["verdict"] == "all met"
+    assert ablation.headline(result, lenient).verdict == "all met"
 
 
 def test_check_bars_names_each_missed_bar():

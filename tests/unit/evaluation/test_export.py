@@ -13,12 +13,15 @@ import yaml
 from knowsubnet.core.io import sha256_file, write_json
 from knowsubnet.evaluation import export
 from knowsubnet.evaluation.ablation import headline
+from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 from knowsubnet.method import masking
 from conftest import REPO_ROOT, base_params, metrics, run_stage, save_tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROBUSTNESS = {"in_sample_ratio": 31.25, "held_out_ratio": None, "test_heldout_wording_ratio": 4.5,
+# a robustness headline: every key (RobustnessHeadline), null where not measured here
+ROBUSTNESS = {**{f.name: None for f in dataclasses.fields(RobustnessHeadline) if f.name != "extra"},
+              "in_sample_ratio": 31.25, "held_out_ratio": None, "test_heldout_wording_ratio": 4.5,
               "choice_acc_original": 0.8, "choice_acc_removed": 0.1, "relearn_targetkg_recovered": 0.375}
 
 
@@ -40,7 +43,7 @@ def run_files(tmp_path_factory, gpt2_style):
     masking.save_mask(root / "mask.safetensors", logits, {"granularity": "weight", "model": "toy", "target": "IsA",
                                                           "seed": 0, "top_k_blocks": 1, "sampler": "gumbel_sigmoid"})
     bars = dataclasses.asdict(base_params().report.bars)
-    write_json(root / "headline.json", headline(metrics("toy", "IsA", 0, (300.0, 0.5, 0.2), (3.0, 0.1, 0.1)), bars))
+    headline(metrics("toy", "IsA", 0, (300.0, 0.5, 0.2), (3.0, 0.1, 0.1)), bars).write(root / "headline.json")
     write_json(root / "robustness.json", ROBUSTNESS)
     return root
 

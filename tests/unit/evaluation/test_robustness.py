@@ -286,6 +286,24 @@ def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_
     assert result["random_draws"] == 2
 
 
+def test_the_result_files_read_and_write_back_to_the_same_bytes(workspace, stage_runs, tmp_path):
+    """Written through RobustnessResult / RobustnessHeadline: the bytes write_json gave the result
+    dict before the types, and a file read and written back is the same file."""
+    from knowsubnet.core.io import canonical_json
+    from knowsubnet.evaluation.robustness_results import RobustnessHeadline, RobustnessResult
+
+    folder = workspace["root"] / "out-third"
+    assert (folder / "robustness.json").read_text() == canonical_json(stage_runs["third"])
+    for kind, name in ((RobustnessResult, "robustness.json"), (RobustnessHeadline, "headline.json")):
+        typed = kind.read(folder / name)
+        typed.write(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes()
+        assert kind.read(tmp_path / name) == typed
+    result = RobustnessResult.read(folder / "robustness.json")
+    assert result.held_out.in_sample.removed.ratio == stage_runs["third"]["held_out"]["in_sample"]["removed"]["ratio"]
+    assert robustness.headline(result) == RobustnessHeadline.read(folder / "headline.json")
+
+
 def test_a_mask_that_removes_weights_changes_the_scores(workspace, stage_runs):
     root = workspace["root"]
     result = stage_runs["third"]
@@ -411,11 +429,14 @@ def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
 
 
 def test_a_finetune_that_ruins_the_original_is_not_called_recovery():
+    from knowsubnet.evaluation.robustness_results import Relearned
     from knowsubnet.report.robustness import _frac
 
-    kept = {"ppl_before": 10.0, "ppl_after": 8.0}
-    ruined = {"ppl_before": 10.0, "ppl_after": 500.0}
-    value = {"recovered": 0.9, "low": 0.5, "high": 1.2}
+    kept = Relearned(ppl_before=10.0, ppl_after=8.0, ppl_after_per_seed=[8.0])
+    ruined = Relearned(ppl_before=10.0, ppl_after=500.0, ppl_after_per_seed=[500.0])
+    value = Relearned(ppl_before=20.0, ppl_after=9.0, ppl_after_per_seed=[9.0], recovered=0.9, low=0.5, high=1.2,
+                      per_seed=[0.9])
     assert _frac(value, kept) == "0.90 [0.50, 1.20]"
     assert "not recovery" in _frac(value, ruined)
-    assert _frac(None, kept) == "–" and _frac({"recovered": None}, kept) == "undefined"
+    undefined = Relearned(ppl_before=10.0, ppl_after=10.0, ppl_after_per_seed=[10.0], per_seed=[None])
+    assert _frac(None, kept) == "–" and _frac(undefined, kept) == "undefined"

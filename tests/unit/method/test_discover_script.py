@@ -183,7 +183,7 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
                                     **inputs)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     bars = dataclasses.asdict(params.report.bars)
-    assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result, bars)
+    assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result, bars).to_dict()
     assert result["counts_before_known_filter"] == {"targetkg": 4, "controlkg": 6}
     assert result["mask"] == str(paths[1]) and result["provenance"]["params"]["eval"]["random_draws"] == 2
     targetkg, controlkg, blocks = ablation.load_test_sets(tokenizer, root / "verbalized.parquet", splits, controllm)

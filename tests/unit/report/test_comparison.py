@@ -7,7 +7,10 @@ import pandas as pd
 
 from conftest import metrics
 from knowsubnet.report.ablation import load_metrics
-from knowsubnet.report.comparison import comparison_section
+import pytest
+
+from knowsubnet.core.errors import InputError
+from knowsubnet.report.comparison import Comparison, comparison_section
 
 BARS = {"min_sparsity": 0.98, "min_target_ratio": 10.0, "max_random_share": 0.1, "max_controlkg_ratio": 1.1,
         "max_controllm_ratio": 1.05}
@@ -52,6 +55,15 @@ def test_one_row_per_method_with_its_own_verdict_and_a_tradeoff_figure(tmp_path)
     assert rows.set_index("method").loc["npo", "changed_weights"] == 1000
     assert section.files["comparison_tradeoff"].stat().st_size > 0
     assert "learned mask" in section.markdown and "NPO" in section.markdown
+    # the table is a Comparison: read and written back, the same bytes
+    table = Comparison.read(section.files["comparison_csv"])
+    assert [row.method for row in table.rows] == ["mask", "attribution", "npo"] and table.rows[0].delta_l2 is None
+    table.write(tmp_path / "again.csv")
+    assert (tmp_path / "again.csv").read_bytes() == section.files["comparison_csv"].read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,target\nm,A\n")
+    with pytest.raises(InputError, match=r"bad\.csv: missing column 'method'"):
+        Comparison.read(bad)
 
 
 def test_no_section_without_baselines(tmp_path):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pandas as pd
 import pytest
 
 from conftest import base_params, metrics
 from knowsubnet.evaluation import ablation
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.report import build as report
 from knowsubnet.report import summary
 
@@ -18,10 +18,11 @@ BARS = dataclasses.asdict(base_params().report.bars)  # 0.98, x10, 0.1, 1.10, 1.
 
 def records():
     """Original PPL 10 everywhere: removed (190, ...) is TargetKG x20."""
-    return [metrics("m", "B", 0, (50.0, 0.0, 0.0), (10.0, 0.0, 0.0), sparsity=0.97),  # x6, share 0.2, sparse 97 %
+    return [AblationMetrics.from_dict(m) for m in (
+            metrics("m", "B", 0, (50.0, 0.0, 0.0), (10.0, 0.0, 0.0), sparsity=0.97),  # x6, share 0.2, sparse 97 %
             metrics("m", "A", 1, (190.0, 2.0, 0.2), (1.0, 0.1, 0.1), sparsity=0.99),  # ControlKG x1.2
             metrics("m", "A", 0, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), sparsity=0.99),  # every bar met
-            metrics("m", "A", None, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), combination="majority")]
+            metrics("m", "A", None, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), combination="majority"))]
 
 
 def test_summary_has_one_row_per_run_with_its_verdict():
@@ -36,8 +37,8 @@ def test_summary_has_one_row_per_run_with_its_verdict():
     assert table.loc[2, "random_share"] == pytest.approx(0.2)
     # the same verdict as each run's headline.json
     for rec in records()[:3]:
-        row = table[(table["target"] == rec["target"]) & (table["seed"] == rec["seed"])].iloc[0]
-        assert row["verdict"] == ablation.headline(rec, BARS)["verdict"]
+        row = table[(table["target"] == rec.target) & (table["seed"] == rec.seed)].iloc[0]
+        assert row["verdict"] == ablation.headline(rec, BARS).verdict
     shown = summary.summary_markdown(table, BARS)
     assert shown.loc[1, "ControlKG × removed (random) (0.909–1.1)"] == "1.200 ✗ (1.010)"
     assert shown.loc[0, "TargetKG × removed (random) (≥ 10)"] == "20.0 (1.100)"
@@ -48,7 +49,7 @@ def test_report_starts_with_the_summary(tmp_path):
     paths = []
     for i, rec in enumerate(records()):
         paths.append(tmp_path / f"metrics{i}.json")
-        paths[-1].write_text(json.dumps(rec))
+        rec.write(paths[-1])
     params = base_params({"report": {"dpi": 40}})
     written = report.build_report(paths, out_dir=tmp_path / "out", params=params)
     csv = pd.read_csv(written["summary_csv"])

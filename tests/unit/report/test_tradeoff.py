@@ -9,6 +9,7 @@ import json
 import pytest
 
 from conftest import base_params
+from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.core.errors import InputError
 from knowsubnet.report import build as report
 from knowsubnet.report import tradeoff
@@ -39,7 +40,7 @@ def test_bars_mark_each_missed_bar():
     good = metrics("m", "A", 0, (190.0, 1.0, 0.2), (1.0, 0.1, 0.1), sparsity=0.99)  # TargetKG 10 -> 200: x20
     leaky = metrics("m", "A", 1, (190.0, 5.0, 2.0), (1.0, 0.1, 0.1), sparsity=0.99)  # ControlKG x1.5, LM x1.2
     weak = metrics("m", "B", 0, (50.0, 0.0, 0.0), (10.0, 0.0, 0.0), sparsity=0.97)  # x6, random share 0.2
-    table = tradeoff.bars_table([good, leaky, weak], bars)
+    table = tradeoff.bars_table([AblationMetrics.from_dict(m) for m in (good, leaky, weak)], bars)
     assert table["all_bars"].tolist() == [True, False, False]
     assert table.loc[0, "targetkg_x"] == pytest.approx(20.0)
     assert table.loc[0, "random_share"] == pytest.approx(0.1 / 19.0)
@@ -69,7 +70,7 @@ def test_tradeoff_curve_marks_the_kept_checkpoint_and_averages_seeds():
 def test_relation_table_averages_seeds_per_relation():
     recs = [with_relations(metrics("m", "A", 0, (1.0, 1.0, 1.0), (0.1, 0.1, 0.1)), (4.0, 1.0), (1.0, 1.0)),
             with_relations(metrics("m", "A", 1, (1.0, 1.0, 1.0), (0.1, 0.1, 0.1)), (2.0, 1.2), (1.0, 1.1))]
-    table = tradeoff.relation_table(recs).set_index("relation")
+    table = tradeoff.relation_table([AblationMetrics.from_dict(r) for r in recs]).set_index("relation")
     assert table.loc["IsA", "removed_x"] == pytest.approx(3.0)
     assert table.loc["UsedFor", "random_x"] == pytest.approx(1.05)
     assert table.loc["UsedFor", "n"] == 5

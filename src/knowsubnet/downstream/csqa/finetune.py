@@ -20,7 +20,6 @@ from torch import nn
 from knowsubnet.core import checkpoint
 from knowsubnet.core.config import Csqa, Params
 from knowsubnet.core.errors import InputError
-from knowsubnet.core.io import write_json
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.core.provenance import stamp
 from knowsubnet.downstream.csqa.data import (Encoded, Question, assemble_data, encode_questions, question_groups,
@@ -34,6 +33,7 @@ from knowsubnet.data.splits import SPLITS, csqa_ids
 from knowsubnet.evaluation import probes, robustness_stats
 from knowsubnet.evaluation.variants import Variants
 from knowsubnet.evaluation.ablation import mask_layers
+from knowsubnet.evaluation.csqa_result import CsqaResult
 from knowsubnet.method import edits
 from knowsubnet.method import masking
 from knowsubnet.models import precision
@@ -421,7 +421,7 @@ def run_stage(params: Params, *, model: str, target: str, seed: int, mode: str, 
               "provenance": stamp({"csqa": params.section("csqa"), "target": spec, "known": params.section("known"),
                                    "suppressed_ratio": params.robustness.suppressed_ratio},
                                   device=str(device), wall_time_s=round(time.monotonic() - start, 3))}
-    write_json(out, result)
+    CsqaResult.from_dict(result, source=str(out)).write(out)
     checkpoint.discard(checkpoint_path)  # only once the result is in place
     for variant in VARIANTS:
         acc = result["accuracy"][variant]
