@@ -53,12 +53,24 @@ def smollm2_shaped(questions):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = [question_text(q.stem, c) for q in questions for c in q.choices]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=4000, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=4000, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -66,8 +78,11 @@ def smollm2_shaped(questions):
 def plain(model, tokenizer, questions, batch: int) -> None:
     eos = tokenizer.eos_token_id
     for start in range(0, len(questions), batch):
-        seqs = [tokenizer(question_text(q.stem, c), add_special_tokens=False)["input_ids"] + [eos]
-                for q in questions[start:start + batch] for c in q.choices]
+        seqs = [
+            tokenizer(question_text(q.stem, c), add_special_tokens=False)["input_ids"] + [eos]
+            for q in questions[start : start + batch]
+            for c in q.choices
+        ]
         width = max(map(len, seqs))
         ids = torch.tensor([s + [eos] * (width - len(s)) for s in seqs])
         hidden = model.base_model(input_ids=ids).last_hidden_state
@@ -78,8 +93,9 @@ def plain(model, tokenizer, questions, batch: int) -> None:
 def packed(model, enc, batch: int) -> None:
     for start in range(0, len(enc.ids), batch):
         inputs = packed_inputs(enc, range(start, min(start + batch, len(enc.ids))))
-        hidden = model.base_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                                  attention_mask=inputs["attention_mask"]).last_hidden_state
+        hidden = model.base_model(
+            input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], attention_mask=inputs["attention_mask"]
+        ).last_hidden_state
         gather_choices(hidden, inputs["last"])
 
 
@@ -100,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    questions = read_questions(csqa_file())[:args.questions]
+    questions = read_questions(csqa_file())[: args.questions]
     if args.model_dir is not None:
         from knowsubnet.models.prepare import load_model
 
@@ -116,26 +132,46 @@ def main() -> None:
         masks = {l.name: torch.rand(l.weight.shape, generator=gen) < 0.02 for l in layers}
         versions[f"v{v}"] = masking.apply_mask(layers, masks, "weight")
     enc = encode_questions(tokenizer, questions, 64)
-    plain_tokens = sum(len(tokenizer(question_text(q.stem, c), add_special_tokens=False)["input_ids"]) + 1
-                       for q in questions for c in q.choices)
+    plain_tokens = sum(
+        len(tokenizer(question_text(q.stem, c), add_special_tokens=False)["input_ids"]) + 1
+        for q in questions
+        for c in q.choices
+    )
     packed_tokens = sum(int(ids.shape[0]) for ids in enc.ids)
 
     t_plain = args.versions * timed(plain, model, tokenizer, questions, args.batch)
     t_packed = args.versions * timed(packed, model, enc, args.batch)
-    t_cached = timed(lambda: head_features(TopBlocks(model, first), {"q": enc}, versions, args.batch,
-                                           torch.device("cpu"), progress=False))
+    t_cached = timed(
+        lambda: head_features(
+            TopBlocks(model, first), {"q": enc}, versions, args.batch, torch.device("cpu"), progress=False
+        )
+    )
     # csqa.dtype bfloat16: the same cached path on bf16 copies of the top blocks
-    t_bf16 = timed(lambda: head_features(TopBlocks(model, first, torch.bfloat16), {"q": enc}, versions, args.batch,
-                                         torch.device("cpu"), progress=False))
+    t_bf16 = timed(
+        lambda: head_features(
+            TopBlocks(model, first, torch.bfloat16),
+            {"q": enc},
+            versions,
+            args.batch,
+            torch.device("cpu"),
+            progress=False,
+        )
+    )
     n = len(questions)
-    print(f"{type(model).__name__}, {len(layers)} masked matrices in the top {args.top_blocks} blocks, "
-          f"{n} CSQA questions, {args.versions} versions, {args.threads} threads")
-    print(f"tokens per question: plain {plain_tokens / n:.1f}, packed {packed_tokens / n:.1f} "
-          f"(ratio packed / plain {packed_tokens / plain_tokens:.2f})")
+    print(
+        f"{type(model).__name__}, {len(layers)} masked matrices in the top {args.top_blocks} blocks, "
+        f"{n} CSQA questions, {args.versions} versions, {args.threads} threads"
+    )
+    print(
+        f"tokens per question: plain {plain_tokens / n:.1f}, packed {packed_tokens / n:.1f} "
+        f"(ratio packed / plain {packed_tokens / plain_tokens:.2f})"
+    )
     for name, t in (("plain", t_plain), ("packed", t_packed), ("cached", t_cached), ("cached bf16", t_bf16)):
         print(f"{name:>11}: {1000 * t / n:8.1f} ms per question (all versions)   ratio vs plain {t / t_plain:.3f}")
-    print(f"the demo-csqa overlay's 10,089 questions per target: plain {t_plain / n * 10089 / 60:.0f} min, "
-          f"cached {t_cached / n * 10089 / 60:.0f} min, cached bf16 {t_bf16 / n * 10089 / 60:.0f} min at this speed")
+    print(
+        f"the demo-csqa overlay's 10,089 questions per target: plain {t_plain / n * 10089 / 60:.0f} min, "
+        f"cached {t_cached / n * 10089 / 60:.0f} min, cached bf16 {t_bf16 / n * 10089 / 60:.0f} min at this speed"
+    )
 
 
 if __name__ == "__main__":

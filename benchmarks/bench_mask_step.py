@@ -41,6 +41,7 @@ PAPER_STEPS = 40_000
 
 # -- memory -------------------------------------------------------------------------------------
 
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -59,6 +60,7 @@ def _reset_peak() -> None:
 
 # -- workload -------------------------------------------------------------------------------------
 
+
 def make_model(shape: str, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
@@ -66,22 +68,41 @@ def make_model(shape: str, seed: int = 0):
     tiny_dir = ROOT / "results" / "models" / "tiny-gpt2"
     spec, tiny_top_k = tiny_preset()
     if shape == "tiny" and (tiny_dir / "config.json").is_file():
-        return (AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), tiny_top_k,
-                "results/models/tiny-gpt2")
+        return (
+            AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+            tiny_top_k,
+            "results/models/tiny-gpt2",
+        )
     torch.manual_seed(seed)
     if shape == "tiny":
-        cfg = GPT2Config(n_layer=spec["n_layer"], n_embd=spec["n_embd"], n_head=spec["n_head"],
-                         vocab_size=spec["vocab_size"], n_positions=spec["n_positions"], bos_token_id=0,
-                         eos_token_id=0)  # GPT-2's ids (50256) are outside this vocabulary
+        cfg = GPT2Config(
+            n_layer=spec["n_layer"],
+            n_embd=spec["n_embd"],
+            n_head=spec["n_head"],
+            vocab_size=spec["vocab_size"],
+            n_positions=spec["n_positions"],
+            bos_token_id=0,
+            eos_token_id=0,
+        )  # GPT-2's ids (50256) are outside this vocabulary
         top_k = tiny_top_k
-        label = (f"random GPT-2, tiny preset shape ({spec['n_layer']} x {spec['n_embd']}, "
-                 f"vocab {spec['vocab_size']})")
+        label = f"random GPT-2, tiny preset shape ({spec['n_layer']} x {spec['n_embd']}, vocab {spec['vocab_size']})"
     elif shape == "smollm2-135m":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                          num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, rms_norm_eps=1e-5,
-                          rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+        cfg = LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         return LlamaForCausalLM(cfg), 6, "random SmolLM2-135M shape (30 x 576, vocab 49152)"
     else:
         cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
@@ -119,8 +140,8 @@ def make_data(vocab: int, n_positions: int, args, seed: int = 0):
             prompt = int(torch.randint(5, 13, (1,), generator=gen))
             tail = int(torch.randint(1, 3, (1,), generator=gen))
             seq = torch.randint(1, vocab, (prompt + tail,), generator=gen)
-            input_ids[i, :prompt + tail - 1] = seq[:-1]
-            targets[i, prompt - 1:prompt + tail - 1] = seq[prompt:]
+            input_ids[i, : prompt + tail - 1] = seq[:-1]
+            targets[i, prompt - 1 : prompt + tail - 1] = seq[prompt:]
         return SimpleNamespace(input_ids=input_ids, targets=targets)
 
     block = min(args.block_size, n_positions or args.block_size)
@@ -141,8 +162,9 @@ def worker(shape: str, method: str, dtype: str, args, queue) -> None:
     from knowsubnet.method import training  # noqa: F401
 
     # Warm the libraries (lazily loaded kernels count as resident memory) before the baseline.
-    warm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16,
-                                      bos_token_id=0, eos_token_id=0))
+    warm = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)
+    )
     warm(input_ids=torch.ones(2, 8, dtype=torch.long)).logits.sum().backward()
     torch.optim.AdamW(warm.parameters()).step()
     del warm
@@ -164,11 +186,25 @@ def worker(shape: str, method: str, dtype: str, args, queue) -> None:
         # the base params (config/base.yaml) with the benchmark's sizes
         base = config.load([ROOT / "config" / "base.yaml"], ROOT / "config" / "params.schema.yaml")
         cfg = dataclasses.replace(
-            base.train, steps=10 ** 6, device=str(device), dtype=dtype, log_every=10 ** 6, checkpoint_every=10 ** 6,
-            batch=config.Batch(args.batch_targetkg, args.batch_controlkg, args.batch_controllm))
+            base.train,
+            steps=10**6,
+            device=str(device),
+            dtype=dtype,
+            log_every=10**6,
+            checkpoint_every=10**6,
+            batch=config.Batch(args.batch_targetkg, args.batch_controlkg, args.batch_controllm),
+        )
         start = time.perf_counter()
-        trainer = MaskTrainer(model, target, control, blocks, dataclasses.replace(base.mask, top_k_blocks=top_k), cfg,
-                              seed=0, progress=False)
+        trainer = MaskTrainer(
+            model,
+            target,
+            control,
+            blocks,
+            dataclasses.replace(base.mask, top_k_blocks=top_k),
+            cfg,
+            seed=0,
+            progress=False,
+        )
         setup_s = time.perf_counter() - start
         step = trainer.step
     elif method == "floor":
@@ -191,8 +227,9 @@ def worker(shape: str, method: str, dtype: str, args, queue) -> None:
         def step():
             kg_logits = top.logits(top.forward(kg_hidden, weights)[scored])
             lm_logits = top.logits(top.forward(lm_hidden, weights))
-            loss = (F.cross_entropy(kg_logits.float(), kg_targets[scored])
-                    + F.cross_entropy(lm_logits.float().flatten(0, 1), lm_targets.flatten()))
+            loss = F.cross_entropy(kg_logits.float(), kg_targets[scored]) + F.cross_entropy(
+                lm_logits.float().flatten(0, 1), lm_targets.flatten()
+            )
             for weight in weights.values():
                 weight.grad = None
             loss.backward()
@@ -230,14 +267,24 @@ def worker(shape: str, method: str, dtype: str, args, queue) -> None:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     if cuda:
-        peak_mib = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2 ** 20
+        peak_mib = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
         peak_kind = "CUDA max_memory_allocated above the loaded model"
     else:
         peak_mib = (_status_kib("VmHWM") - base_rss) / 1024
         peak_kind = "peak RSS above the process baseline (model included)"
     n_params = sum(p.numel() for p in model.parameters())
-    queue.put({"label": label, "top_k": top_k, "params": n_params, "steps_per_s": args.steps / elapsed,
-               "step_s": elapsed / args.steps, "setup_s": setup_s, "peak_mib": peak_mib, "peak_kind": peak_kind})
+    queue.put(
+        {
+            "label": label,
+            "top_k": top_k,
+            "params": n_params,
+            "steps_per_s": args.steps / elapsed,
+            "step_s": elapsed / args.steps,
+            "setup_s": setup_s,
+            "peak_mib": peak_mib,
+            "peak_kind": peak_kind,
+        }
+    )
 
 
 def measure(shape: str, method: str, dtype: str, args) -> dict:
@@ -251,7 +298,11 @@ def measure(shape: str, method: str, dtype: str, args) -> dict:
 
 
 METHODS = ("mask", "floor", "finetune")
-ROWS = (("mask", "mask step"), ("floor", "floor (masked blocks, fwd + bwd)"), ("finetune", "finetune step (AdamW, all)"))
+ROWS = (
+    ("mask", "mask step"),
+    ("floor", "floor (masked blocks, fwd + bwd)"),
+    ("finetune", "finetune step (AdamW, all)"),
+)
 
 
 def main(argv=None) -> None:
@@ -260,8 +311,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-targetkg", type=int, default=32)
     parser.add_argument("--batch-controlkg", type=int, default=32)
     parser.add_argument("--batch-controllm", type=int, default=2)
-    parser.add_argument("--block-size", type=int, default=256, help="ControlLM tokens per block (capped at the "
-                                                                     "model's positions)")
+    parser.add_argument(
+        "--block-size", type=int, default=256, help="ControlLM tokens per block (capped at the model's positions)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method (after one warm-up step)")
     parser.add_argument("--paper", action="store_true", help="the paper's batches: 250 / 250 / 10 x 512")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes to time (comma-separated)")
@@ -279,37 +331,48 @@ def main(argv=None) -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     native = cpu_bf16_flags()
-    print(f"device {args.device}; CPU native bf16 flags: {', '.join(native) or 'none (bf16 is emulated: train.dtype auto picks float32)'}; "
-          f"torch {torch.__version__}; threads {args.threads}")
-    print(f"batches TargetKG {args.batch_targetkg}, ControlKG {args.batch_controlkg}, ControlLM "
-          f"{args.batch_controllm} x {args.block_size} tokens; {args.steps} timed steps after one warm-up; "
-          f"each figure from its own process", flush=True)
+    print(
+        f"device {args.device}; CPU native bf16 flags: {', '.join(native) or 'none (bf16 is emulated: train.dtype auto picks float32)'}; "
+        f"torch {torch.__version__}; threads {args.threads}"
+    )
+    print(
+        f"batches TargetKG {args.batch_targetkg}, ControlKG {args.batch_controlkg}, ControlLM "
+        f"{args.batch_controllm} x {args.block_size} tokens; {args.steps} timed steps after one warm-up; "
+        f"each figure from its own process",
+        flush=True,
+    )
     shapes = [args.only] if args.only else ["gpt2-small", "smollm2-135m"]
     for shape in shapes:
         times = {(m, d): measure(shape, m, d, args) for d in dtypes for m in METHODS}
         first = times[METHODS[0], dtypes[0]]
-        print(f"\n[{shape}] {first['label']}, {first['params'] / 1e6:.1f}M parameters, top {first['top_k']} blocks "
-              f"masked")
+        print(
+            f"\n[{shape}] {first['label']}, {first['params'] / 1e6:.1f}M parameters, top {first['top_k']} blocks masked"
+        )
         head = " | ".join(f"{d} s/step | {d} peak MiB" for d in dtypes)
         speed = " | speed-up" if len(dtypes) == 2 else ""
         print(f"| step | {head}{speed} |")
         print("| --- " * (1 + 2 * len(dtypes) + bool(speed)) + "|")
         for method, label in ROWS:
             cells = " | ".join(f"{times[method, d]['step_s']:.3f} | {times[method, d]['peak_mib']:.0f}" for d in dtypes)
-            ratio = (f" | x{times[method, dtypes[0]]['step_s'] / times[method, dtypes[1]]['step_s']:.2f}"
-                     if speed else "")
+            ratio = (
+                f" | x{times[method, dtypes[0]]['step_s'] / times[method, dtypes[1]]['step_s']:.2f}" if speed else ""
+            )
             print(f"| {label} | {cells}{ratio} |")
         ratios = {d: times["mask", d]["step_s"] / times["floor", d]["step_s"] for d in dtypes}
         cells = " | ".join(f"{ratios[d]:.2f} | " for d in dtypes)
         print(f"| mask / floor | {cells}{' |' if speed else ''}")
         for d in dtypes:
-            print(f"  {d}: mask / floor {ratios[d]:.2f} ({'meets' if ratios[d] <= 1.2 else 'misses'} the goal <= 1.2); "
-                  f"mask / finetune {times['mask', d]['step_s'] / times['finetune', d]['step_s']:.2f}; "
-                  f"mask setup (prefix + reference caches) {times['mask', d]['setup_s']:.2f} s")
+            print(
+                f"  {d}: mask / floor {ratios[d]:.2f} ({'meets' if ratios[d] <= 1.2 else 'misses'} the goal <= 1.2); "
+                f"mask / finetune {times['mask', d]['step_s'] / times['finetune', d]['step_s']:.2f}; "
+                f"mask setup (prefix + reference caches) {times['mask', d]['setup_s']:.2f} s"
+            )
         if shape == "gpt2-small" and "bfloat16" in dtypes and args.threads == 1 and not args.paper:
             step_s = times["mask", "bfloat16"]["step_s"]
-            print(f"  bf16 mask step {step_s:.2f} s ({'meets' if step_s <= 1.0 else 'misses'} the goal <= 1.0 s on one "
-                  f"thread)")
+            print(
+                f"  bf16 mask step {step_s:.2f} s ({'meets' if step_s <= 1.0 else 'misses'} the goal <= 1.0 s on one "
+                f"thread)"
+            )
         if args.paper:
             hours = PAPER_STEPS * times["mask", dtypes[-1]]["step_s"] / 3600
             print(f"  projected {PAPER_STEPS:,}-step mask run in {dtypes[-1]}: {hours:.1f} h (setup excluded)")

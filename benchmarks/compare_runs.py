@@ -21,8 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-RATIOS = (("ratio_removed_targetkg", "TargetKG ×"), ("ratio_removed_controlkg", "ControlKG ×"),
-          ("ratio_removed_controllm", "ControlLM ×"))
+RATIOS = (
+    ("ratio_removed_targetkg", "TargetKG ×"),
+    ("ratio_removed_controlkg", "ControlKG ×"),
+    ("ratio_removed_controllm", "ControlLM ×"),
+)
 
 
 def load(root: Path, model: str, target: str, seed: int, bars: dict) -> tuple[dict, dict, dict]:
@@ -55,8 +58,16 @@ def main(argv=None) -> None:
     a_label, b_label = args.labels
     head = ["target", "verdict " + a_label, "verdict " + b_label]
     head += [f"{name} {label}" for _, name in RATIOS for label in (a_label, b_label)]
-    head += ["sparsity " + a_label, "sparsity " + b_label, "mask Jaccard", "selected step " + a_label,
-             "selected step " + b_label, f"discovery {a_label} (min)", f"discovery {b_label} (min)", "time ratio"]
+    head += [
+        "sparsity " + a_label,
+        "sparsity " + b_label,
+        "mask Jaccard",
+        "selected step " + a_label,
+        "selected step " + b_label,
+        f"discovery {a_label} (min)",
+        f"discovery {b_label} (min)",
+        "time ratio",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for target in args.targets:

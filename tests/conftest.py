@@ -21,7 +21,6 @@ MIRROR = REPO_ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
 
-
 def run_stage(stage: str, argv: list[str]) -> int:
     """`knowsubnet <stage> ARGV` in-process, as the rules call it; its exit code (0, or 2 on bad input)."""
     from knowsubnet.api import cli
@@ -64,9 +63,15 @@ def byte_bpe_tokenizer(corpus: str, vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus.splitlines(), trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus.splitlines(),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
@@ -87,8 +92,18 @@ def save_tiny_gpt2(tokenizer, folder: Path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model
@@ -111,12 +126,21 @@ def mask_logits(layers, **over):
 
     mask = Mask()
     hc = mask.hard_concrete
-    settings = dict(granularity=mask.granularity, init_prob=mask.init_prob, sampler=mask.sampler, tau=mask.tau,
-                    beta=hc.beta, gamma=hc.gamma, zeta=hc.zeta, hard_concrete_hard=hc.hard)
+    settings = dict(
+        granularity=mask.granularity,
+        init_prob=mask.init_prob,
+        sampler=mask.sampler,
+        tau=mask.tau,
+        beta=hc.beta,
+        gamma=hc.gamma,
+        zeta=hc.zeta,
+        hard_concrete_hard=hc.hard,
+    )
     return samplers.MaskLogits(layers, **{**settings, **over})
 
 
 # -- running the workflow engines on a copy of the project ----------------------------------------
+
 
 def run(cmd, cwd, check=True):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -163,9 +187,11 @@ def project_copy(tmp_path: Path, mirror: bool = True) -> Path:
 
 # -- small data ------------------------------------------------------------------------------------
 
-CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
-          "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n"
-          "A guitar is an instrument. The sun is hot. Swimming requires water.\n") * 30
+CORPUS = (
+    "A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
+    "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n"
+    "A guitar is an instrument. The sun is hot. Swimming requires water.\n"
+) * 30
 
 
 @pytest.fixture(scope="module")
@@ -181,20 +207,27 @@ SETS = ("targetkg", "controlkg", "controllm")
 
 def metrics(model, target, seed, dppl_removed, dppl_random, sparsity=0.98, combination=None):
     """An evaluate_ablation-shaped record with ΔPPL per set (original PPL 10 everywhere)."""
+
     def variant(delta, acc):
         out = {s: {"ppl": 10.0 + delta[i], "rank": 1.0 + delta[i], "acc": acc} for i, s in enumerate(SETS)}
         out["controllm"] = {"ppl": 10.0 + delta[2]}
         return out
+
     rec = {
-        "model": model, "target": target, "seed": seed,
+        "model": model,
+        "target": target,
+        "seed": seed,
         "sparsity": {"masked_layers": sparsity, "all_weights": 1 - (1 - sparsity) / 10},
         "original": variant((0.0, 0.0, 0.0), 0.9),
         "removed": variant(dppl_removed, 0.1),
         "random": variant(dppl_random, 0.85),
         "kept": variant((50.0, 60.0, 70.0), 0.0),
         "random_spread": {s: {"ppl": 0.5} for s in SETS},
-        "delta_ppl": {"removed": dict(zip(SETS, dppl_removed)), "random": dict(zip(SETS, dppl_random)),
-                      "kept": dict(zip(SETS, (50.0, 60.0, 70.0)))},
+        "delta_ppl": {
+            "removed": dict(zip(SETS, dppl_removed)),
+            "random": dict(zip(SETS, dppl_random)),
+            "kept": dict(zip(SETS, (50.0, 60.0, 70.0))),
+        },
         "provenance": {"code_version": "0.1.0+gtest", "params": {"eval": {"random_draws": 3}}},
     }
     if combination:
@@ -204,8 +237,12 @@ def metrics(model, target, seed, dppl_removed, dppl_random, sparsity=0.98, combi
 
 # -- report inputs -----------------------------------------------------------------------------------
 
-REPORT_LAYERS = {"transformer.h.1.attn.c_attn": (8, 24), "transformer.h.1.attn.c_proj": (8, 8),
-          "transformer.h.1.mlp.c_fc": (8, 32), "transformer.h.1.mlp.c_proj": (32, 8)}
+REPORT_LAYERS = {
+    "transformer.h.1.attn.c_attn": (8, 24),
+    "transformer.h.1.attn.c_proj": (8, 8),
+    "transformer.h.1.mlp.c_fc": (8, 32),
+    "transformer.h.1.mlp.c_proj": (32, 8),
+}
 
 
 def write_report_inputs(root):
@@ -218,9 +255,11 @@ def write_report_inputs(root):
 
     from knowsubnet.method import masking
 
-    runs = [("m", "A", 0, (100.0, 1.0, 0.5), (2.0, 0.2, 0.1)),
-            ("m", "A", 1, (120.0, 3.0, 1.5), (4.0, 0.4, 0.3)),
-            ("m", "B", 0, (50.0, 0.5, 0.25), (1.0, 0.1, 0.05))]
+    runs = [
+        ("m", "A", 0, (100.0, 1.0, 0.5), (2.0, 0.2, 0.1)),
+        ("m", "A", 1, (120.0, 3.0, 1.5), (4.0, 0.4, 0.3)),
+        ("m", "B", 0, (50.0, 0.5, 0.25), (1.0, 0.1, 0.05)),
+    ]
     paths = []
     for model, target, seed, removed, random in runs:
         path = root / "eval" / model / target / f"seed{seed}" / "metrics.json"
@@ -239,13 +278,23 @@ def write_report_inputs(root):
         path = root / "masks" / "m" / target / f"seed{seed}" / "mask.safetensors"
         masking.save_mask(path, logits, {"granularity": "weight", "model": "m", "target": target, "seed": seed})
         mask_paths.append(path)
-        log = pd.DataFrame({"step": [0, 10, 20], "loss": [3.0, 2.0, 1.0 + seed], "suppress": [1.0, 0.5, 0.2],
-                            "controlkg": [0.1, 0.1, 0.1], "controllm": [0.2, 0.1, 0.1],
-                            "sparsity_loss": [0.4, 0.3, 0.2], "sparsity_weight": [2, 2, 3], "lr": [0.1, 0.2, 0.2],
-                            "density": [0.45, 0.2, 0.05]})
+        log = pd.DataFrame(
+            {
+                "step": [0, 10, 20],
+                "loss": [3.0, 2.0, 1.0 + seed],
+                "suppress": [1.0, 0.5, 0.2],
+                "controlkg": [0.1, 0.1, 0.1],
+                "controllm": [0.2, 0.1, 0.1],
+                "sparsity_loss": [0.4, 0.3, 0.2],
+                "sparsity_weight": [2, 2, 3],
+                "lr": [0.1, 0.2, 0.2],
+                "density": [0.45, 0.2, 0.05],
+            }
+        )
         log.to_csv(path.parent / "train_log.csv", index=False)
     (root / "models" / "m").mkdir(parents=True)
     (root / "models" / "m" / "config.json").write_text(json.dumps({"n_head": 2, "n_embd": 8}))
     (root / "models" / "m" / "provenance.json").write_text(
-        json.dumps({"model": "m", "source": "tiny", "file_sha256": "abc123", "parameters": 1234}))
+        json.dumps({"model": "m", "source": "tiny", "file_sha256": "abc123", "parameters": 1234})
+    )
     return paths, mask_paths, [p.parent / "train_log.csv" for p in mask_paths]

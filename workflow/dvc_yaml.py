@@ -86,6 +86,7 @@ def wildcard_order(rule) -> list[str]:
 
 # -- imports ---------------------------------------------------------------------------------------
 
+
 def _imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
@@ -127,31 +128,50 @@ def stage_deps(rule_name: str, cmd: str) -> list[str]:
     """The modules a `knowsubnet <stage>` command runs: the declarations and the stage function's module."""
     called = re.match(r"knowsubnet (\w+) ", cmd)
     if not called or called.group(1) not in STAGES:
-        raise SystemExit(f"rule {rule_name}: its shell command must call a stage, `knowsubnet <stage> ...`; "
-                         f"declared: {', '.join(STAGES)}")
+        raise SystemExit(
+            f"rule {rule_name}: its shell command must call a stage, `knowsubnet <stage> ...`; "
+            f"declared: {', '.join(STAGES)}"
+        )
     function_module = STAGES[called.group(1)].run.split(":")[0]
     return module_deps([f"{PACKAGE}.api.stages", function_module])
 
 
 # -- the workflow ----------------------------------------------------------------------------------
 
+
 def load_workflow():
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (ConfigSettings, DeploymentSettings, OutputSettings, ResourceSettings,
-                                          StorageSettings, WorkflowSettings)
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DeploymentSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+        WorkflowSettings,
+    )
 
     api = SnakemakeApi(OutputSettings(quiet={"all"}))
     api.__enter__()
-    wf = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
-                      storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
-                      deployment_settings=DeploymentSettings(), snakefile=ROOT / "Snakefile", workdir=ROOT)
+    wf = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(),
+        storage_settings=StorageSettings(),
+        workflow_settings=WorkflowSettings(),
+        deployment_settings=DeploymentSettings(),
+        snakefile=ROOT / "Snakefile",
+        workdir=ROOT,
+    )
     return api, wf._workflow
 
 
 def default_target_rules() -> set[str]:
     """Rules the default target needs (Snakemake's rule graph of `all`)."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--rulegraph", "--forceall", "--quiet", "all"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--rulegraph", "--forceall", "--quiet", "all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:  # Snakemake's own one-line message (a wrong params key, say), not a traceback
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise SystemExit(lines[-1] if lines else f"snakemake --rulegraph exited with {proc.returncode}")
@@ -215,8 +235,16 @@ def job(rule, names: list[str]):
     params = Namedlist(fromdict=values)
 
     cmd = re.sub(r"\s*2>\s*\{log[^}]*\}", "", rule.shellcmd.strip())
-    cmd = smk_format(cmd, PARAMS="params.yaml", input=inputs, output=outputs, params=params,
-                     wildcards=wildcards, log=logs, threads=rule_threads(rule))
+    cmd = smk_format(
+        cmd,
+        PARAMS="params.yaml",
+        input=inputs,
+        output=outputs,
+        params=params,
+        wildcards=wildcards,
+        log=logs,
+        threads=rule_threads(rule),
+    )
     return inputs, outputs, param_keys, untoken(" ".join(cmd.split()))
 
 
@@ -274,8 +302,9 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
         matrix = matrix or {}  # the rule's own lists (DVC_MATRIX in common.smk)
         for n in names:
             if n not in matrix and f"{n}s" not in run:
-                raise SystemExit(f"rule {rule.name}: wildcard {{{n}}} has no list `run.{n}s` in params.yaml "
-                                 f"and no DVC_MATRIX entry")
+                raise SystemExit(
+                    f"rule {rule.name}: wildcard {{{n}}} has no list `run.{n}s` in params.yaml and no DVC_MATRIX entry"
+                )
         entry["matrix"] = {n: matrix.get(n, f"${{run.{n}s}}") for n in names}
     entry["cmd"] = cmd
     entry["deps"] = deps
@@ -292,6 +321,7 @@ def stage(rule, run: dict, dirs: dict[str, str], matrix: dict | None = None) -> 
 
 def generate() -> str:
     from snakemake.io import get_flag_value, is_flagged
+
     _, Wildcards = _containers()
 
     needed = default_target_rules()

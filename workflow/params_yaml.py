@@ -42,10 +42,15 @@ def _leaf(value) -> bool:
     return not isinstance(value, (dict, list))
 
 
-_Dumper.add_representer(list, lambda d, v: d.represent_sequence(
-    "tag:yaml.org,2002:seq", v, flow_style=all(map(_leaf, v))))
-_Dumper.add_representer(dict, lambda d, v: d.represent_mapping(
-    "tag:yaml.org,2002:map", v.items(), flow_style=bool(v) and len(v) <= 5 and all(map(_leaf, v.values()))))
+_Dumper.add_representer(
+    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=all(map(_leaf, v)))
+)
+_Dumper.add_representer(
+    dict,
+    lambda d, v: d.represent_mapping(
+        "tag:yaml.org,2002:map", v.items(), flow_style=bool(v) and len(v) <= 5 and all(map(_leaf, v.values()))
+    ),
+)
 
 
 def sources(preset: str | None, overlays: list[str] | None = None) -> list[Path]:
@@ -64,21 +69,33 @@ def render(preset: str | None, sets: list[str] | None = None, overlays: list[str
     merged = config.apply_overrides(config.merge_files(files), sets or [])
     source = " + ".join(list(map(str, files)) + (["--set"] if sets else []))
     config.from_mapping(merged, ROOT / "config" / "params.schema.yaml", source=source)
-    header = HEADER.format(preset_arg=(f" PRESET={preset}" if preset else "")
-                           + (f' OVERLAY="{" ".join(overlays)}"' if overlays else "")
-                           + (f' SET="{" ".join(sets)}"' if sets else ""),
-                           preset_part=(f" + config/presets/{preset}.yaml" if preset else "")
-                           + "".join(f" + config/overlays/{name}.yaml" for name in overlays or []))
+    header = HEADER.format(
+        preset_arg=(f" PRESET={preset}" if preset else "")
+        + (f' OVERLAY="{" ".join(overlays)}"' if overlays else "")
+        + (f' SET="{" ".join(sets)}"' if sets else ""),
+        preset_part=(f" + config/presets/{preset}.yaml" if preset else "")
+        + "".join(f" + config/overlays/{name}.yaml" for name in overlays or []),
+    )
     return header + yaml.dump(merged, Dumper=_Dumper, sort_keys=False, width=110)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="a preset of config/presets/ (default: none, the tiny base)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one key, e.g. train.steps=10 or 'run.seeds=[0]' (repeatable; VALUE is YAML)")
-    parser.add_argument("--overlay", action="append", default=[], metavar="NAME",
-                        help="an overlay of config/overlays/ merged after the preset (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one key, e.g. train.steps=10 or 'run.seeds=[0]' (repeatable; VALUE is YAML)",
+    )
+    parser.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an overlay of config/overlays/ merged after the preset (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args(argv)
     write_text(args.out, render(args.preset or None, args.set, args.overlay))

@@ -33,15 +33,18 @@ def missing() -> str | None:
         return "SLURM test needs Linux"
     for tool in ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
         if not Path(tool).exists():
-            return (f"{tool} not installed: install Debian's slurm-wlm and munge (`.ci/run` does it "
-                    f"with apt-get when run as root)")
+            return (
+                f"{tool} not installed: install Debian's slurm-wlm and munge (`.ci/run` does it "
+                f"with apt-get when run as root)"
+            )
     for tool in ("sbatch", "squeue", "scontrol"):
         if shutil.which(tool) is None:
             return f"{tool} not on PATH (Debian package slurm-client)"
     if os.geteuid() != 0:
         return "SLURM test starts slurmd, which must run as root"
     if (SYSTEM_CONF.exists() or SYSTEM_CONF.is_symlink()) and not (
-            SYSTEM_CONF.is_symlink() and OURS in os.readlink(SYSTEM_CONF)):
+        SYSTEM_CONF.is_symlink() and OURS in os.readlink(SYSTEM_CONF)
+    ):
         return f"{SYSTEM_CONF} exists (a real SLURM set-up): not replacing it with a test cluster"
     return None
 
@@ -112,15 +115,26 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         out = open(self.root / f"{name}.out", "wb")
-        self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        )
 
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         self._write()
         r = self.root
-        self._spawn("munged", ["/usr/sbin/munged", "--foreground", "--force", f"--socket={r}/munge/munge.socket",
-                               f"--key-file={r}/munge/munge.key", f"--pid-file={r}/munge/munged.pid",
-                               f"--log-file={r}/munge/munged.log", f"--seed-file={r}/munge/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "/usr/sbin/munged",
+                "--foreground",
+                "--force",
+                f"--socket={r}/munge/munge.socket",
+                f"--key-file={r}/munge/munge.key",
+                f"--pid-file={r}/munge/munged.pid",
+                f"--log-file={r}/munge/munged.log",
+                f"--seed-file={r}/munge/munged.seed",
+            ],
+        )
         self._wait(lambda: (r / "munge" / "munge.socket").exists(), timeout, "munged")
         self._spawn("slurmctld", ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._wait(lambda: self._run("scontrol", "ping").returncode == 0, timeout, "slurmctld")
@@ -142,8 +156,9 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
                 return
             for proc in self.procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}) while starting {what}: "
-                                       f"{self.logs()}")
+                    raise RuntimeError(
+                        f"{proc.args[0]} exited ({proc.returncode}) while starting {what}: {self.logs()}"
+                    )
             time.sleep(0.5)
         raise RuntimeError(f"{what} not ready after {timeout:.0f} s: {self.logs()}")
 

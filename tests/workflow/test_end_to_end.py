@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import BIN, MIRROR, project_copy, run
+
 from knowsubnet.method.baselines import METHODS as BASELINES
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")]
@@ -26,8 +26,12 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def hashes(root, *folders) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def git(proj, *args):
@@ -36,11 +40,14 @@ def git(proj, *args):
 
 def test_tiny_preset_end_to_end_then_dvc_push_pull_and_metrics_diff(tmp_path):
     proj = project_copy(tmp_path)
-    params = merge(yaml.safe_load((proj / "params.yaml").read_text()),
-                   yaml.safe_load((proj / "tests" / "smoke.yaml").read_text()))
+    params = merge(
+        yaml.safe_load((proj / "params.yaml").read_text()), yaml.safe_load((proj / "tests" / "smoke.yaml").read_text())
+    )
     # every baseline beside the mask, the finetuning ones cut to a few steps
     short = {"steps": 4, "select_every": 2}
-    params = merge(params, {"run": {"baselines": list(BASELINES)}, "baselines": {"graddiff": short, "npo": short, "rmu": short}})
+    params = merge(
+        params, {"run": {"baselines": list(BASELINES)}, "baselines": {"graddiff": short, "npo": short, "rmu": short}}
+    )
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)  # dvc.yaml follows `run` in params.yaml
 

@@ -7,10 +7,8 @@ and DVC (`dvc status`: the stages whose params changed, plus the stages downstre
 DVC's graph, which `dvc repro` re-runs once their deps change).
 """
 
-
 import pytest
 import yaml
-
 from conftest import BIN, project_copy, run, snakemake_stages
 
 # one param per section (run is the matrix itself: editing it adds or removes stages)
@@ -40,8 +38,12 @@ def touched(tmp_path_factory):
     # a smaller run (fewer jobs to check), still with several targets and seeds (combine_seeds), and
     # a baseline of each recipe (sized by the mask, finetuning)
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["run"] = {"models": ["tiny-gpt2"], "targets": ["IsA", "UsedFor", "csqa1"], "seeds": [0, 1],
-                     "baselines": ["attribution", "npo"]}
+    params["run"] = {
+        "models": ["tiny-gpt2"],
+        "targets": ["IsA", "UsedFor", "csqa1"],
+        "seeds": [0, 1],
+        "baselines": ["attribution", "npo"],
+    }
     params["export"]["seeds"] = [1]  # the default target exports seed 1's masks (a DVC matrix from params)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)
@@ -100,11 +102,19 @@ def test_a_params_edit_reruns_the_same_stages_in_both_engines(touched, section):
     if section == "csqa":  # a finetuning param re-runs only the finetuning and the report
         assert {name.split("@")[0] for name in smk} == {"finetune_csqa", "report"}
     if section == "robustness":  # a probe's param re-runs only the probes and the report
-        assert {name.split("@")[0] for name in smk} == {"evaluate_robustness", "baseline_robustness", "report",
-                                                        "export_remaining"}  # the card shows its numbers
+        assert {name.split("@")[0] for name in smk} == {
+            "evaluate_robustness",
+            "baseline_robustness",
+            "report",
+            "export_remaining",
+        }  # the card shows its numbers
     if section == "baselines":  # one method's param re-runs only that method's stages and the report
-        assert {name.split("@")[0] for name in smk} == {"unlearn_baseline", "evaluate_baseline",
-                                                        "baseline_robustness", "report"}
+        assert {name.split("@")[0] for name in smk} == {
+            "unlearn_baseline",
+            "evaluate_baseline",
+            "baseline_robustness",
+            "report",
+        }
         assert all("-npo-" in name for name in smk if name != "report")
     if section == "export":  # what an export keeps re-runs only the exports
         assert smk == {f"export_remaining@tiny-gpt2-{target}-1" for target in ("IsA", "UsedFor", "csqa1")}

@@ -24,7 +24,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import BIN, MIRROR, project_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")]
@@ -32,10 +31,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MIRROR.is_dir(), reason="
 ARTIFACTS = ("data/raw", "data/processed", "results")
 NOT_ARTIFACTS = ("results/benchmarks/",)  # Snakemake's `benchmark:` timings (DVC writes none); logs are under logs/
 # Smaller still than tests/smoke.yaml where no writer is left out: fewer probes, one short relearning point.
-SMALLER = {"models": {"tiny-gpt2": {"max_steps": 20}},
-           "robustness": {"max_facts": 30, "in_context": [0, 3], "quantize_bits": [4], "bootstrap": 100,
-                          "relearn": {"points": [{"scope": "masked", "lr": 1.0e-4, "steps": 2}]}},
-           "export": {"seeds": [0]}}  # the export stage's model card and provenance too
+SMALLER = {
+    "models": {"tiny-gpt2": {"max_steps": 20}},
+    "robustness": {
+        "max_facts": 30,
+        "in_context": [0, 3],
+        "quantize_bits": [4],
+        "bootstrap": 100,
+        "relearn": {"points": [{"scope": "masked", "lr": 1.0e-4, "steps": 2}]},
+    },
+    "export": {"seeds": [0]},
+}  # the export stage's model card and provenance too
 # Measured wall times in JSON artifacts (seconds): the only content that may differ between two runs.
 MEASURED = {"wall_time_s", "wall_seconds", "train_seconds"}
 
@@ -81,8 +87,9 @@ def dvc_clean(proj) -> bool:
 def test_dvc_and_snakemake_write_the_same_bytes_and_take_over_each_other(tmp_path):
     start = time.monotonic()
     proj = project_copy(tmp_path)
-    params = merge(yaml.safe_load((proj / "params.yaml").read_text()),
-                   yaml.safe_load((proj / "tests" / "smoke.yaml").read_text()))
+    params = merge(
+        yaml.safe_load((proj / "params.yaml").read_text()), yaml.safe_load((proj / "tests" / "smoke.yaml").read_text())
+    )
     params = merge(params, SMALLER)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)
@@ -104,8 +111,12 @@ def test_dvc_and_snakemake_write_the_same_bytes_and_take_over_each_other(tmp_pat
     by_snakemake = hashes(proj)
     assert set(by_dvc) <= set(by_snakemake), set(by_dvc) - set(by_snakemake)
     differ = sorted(name for name in by_dvc if by_dvc[name] != by_snakemake[name])
-    timed = [name for name in differ if name in dvc_json and without_measured(dvc_json[name])
-             == without_measured(json.loads((proj / name).read_text()))]
+    timed = [
+        name
+        for name in differ
+        if name in dvc_json
+        and without_measured(dvc_json[name]) == without_measured(json.loads((proj / name).read_text()))
+    ]
     wrong = sorted(set(differ) - set(timed))
     assert not wrong, f"{len(wrong)} of {len(by_dvc)} artifacts differ between the engines: {wrong}"
 
@@ -113,5 +124,7 @@ def test_dvc_and_snakemake_write_the_same_bytes_and_take_over_each_other(tmp_pat
     assert dvc_clean(proj) == (not timed)  # a stage re-run by Snakemake records other wall times
     run([BIN / "dvc", "commit", "--force", "--quiet"], proj)
     assert dvc_clean(proj)
-    print(f"{len(by_dvc)} artifacts: {len(by_dvc) - len(timed)} byte-identical, {len(timed)} identical but for "
-          f"their wall times ({', '.join(timed)}); {time.monotonic() - start:.0f} s")
+    print(
+        f"{len(by_dvc)} artifacts: {len(by_dvc) - len(timed)} byte-identical, {len(timed)} identical but for "
+        f"their wall times ({', '.join(timed)}); {time.monotonic() - start:.0f} s"
+    )

@@ -6,10 +6,9 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from packaging.requirements import Requirement
 from packaging.version import Version
-
-from conftest import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -57,8 +56,9 @@ def test_lock_pins_every_declared_dependency_within_its_range():
         if name == "torch":
             continue
         assert name in pins, f"requirements.lock has no pin for {req.name} (pyproject.toml): run `make lock`"
-        assert req.specifier.contains(Version(pins[name]), prereleases=True), \
+        assert req.specifier.contains(Version(pins[name]), prereleases=True), (
             f"requirements.lock pins {name}=={pins[name]}, outside pyproject.toml's {req}"
+        )
 
 
 def test_lock_leaves_torch_and_the_project_to_make_setup():
@@ -73,8 +73,11 @@ def test_lock_leaves_torch_and_the_project_to_make_setup():
 def test_make_setup_installs_torch_then_the_lock_then_the_project():
     recipe = MAKEFILE.read_text().split("$(VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
     steps = [line.strip() for line in recipe.splitlines()[1:] if "pip install" in line]
-    assert [s.split("--quiet", 1)[1].strip() for s in steps if "--upgrade pip" not in s] == \
-        ["$(TORCH_SPEC)", "-r requirements.lock", "--no-deps -e ."]  # TORCH_SPEC unquoted: options pass
+    assert [s.split("--quiet", 1)[1].strip() for s in steps if "--upgrade pip" not in s] == [
+        "$(TORCH_SPEC)",
+        "-r requirements.lock",
+        "--no-deps -e .",
+    ]  # TORCH_SPEC unquoted: options pass
 
 
 def test_conda_env_installs_python_torch_the_lock_and_the_project():
@@ -119,8 +122,11 @@ def test_containers_install_torch_the_lock_and_the_project_as_make_setup(path):
 
 def test_containerfile_copies_the_lock_before_the_code():
     text = CONTAINERFILE.read_text()
-    assert text.index("COPY pyproject.toml requirements.lock ./") < text.index("pip install -r requirements.lock") \
+    assert (
+        text.index("COPY pyproject.toml requirements.lock ./")
+        < text.index("pip install -r requirements.lock")
         < text.index("COPY . .")
+    )
     assert "WORKDIR /knowsubnet" in text
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert ".venv/" in ignored and "results/" in ignored  # the build context leaves them out

@@ -4,6 +4,7 @@ workflow engines."""
 
 import ast
 import importlib
+
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "knowsubnet"
@@ -12,7 +13,9 @@ PACKAGE = REPO_ROOT / "src" / "knowsubnet"
 # points and the `knowsubnet` command) runs the stages in order, above them all.
 LAYERS = [{"core"}, {"data"}, {"models"}, {"scoring"}, {"method"}, {"evaluation"}, {"downstream", "report"}, {"api"}]
 SUBPACKAGES = set().union(*LAYERS)
-MAX_MODULE_LINES = 500
+# Counted as `ruff format` writes them (one argument per line once a call does not fit in 120
+# characters): what was 500 lines of the earlier hand-wrapped style is about 650.
+MAX_MODULE_LINES = 650
 
 
 def _rank(module: str) -> tuple[int, str]:
@@ -55,7 +58,7 @@ def layer_violations(sources: dict[str, tuple[str, bool]]) -> list[str]:
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                problems.append("import cycle: " + " -> ".join(path[path.index(target):] + [target]))
+                problems.append("import cycle: " + " -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[module] = 2
@@ -78,7 +81,9 @@ def _package_sources() -> dict[str, tuple[str, bool]]:
 def test_modules_live_in_subpackages_that_say_what_they_own():
     assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py"}
     # defaults/: data files, no code (params defaults, schema, facts table: shipped in the wheel)
-    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")} == SUBPACKAGES | {"defaults"}
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")} == SUBPACKAGES | {
+        "defaults"
+    }
     assert not list((PACKAGE / "defaults").glob("*.py"))
     for name in SUBPACKAGES:
         doc = importlib.import_module(f"knowsubnet.{name}").__doc__
@@ -100,7 +105,9 @@ def test_the_layer_check_catches_a_reverse_import_a_cross_import_and_a_cycle():
     }
     problems = layer_violations(sources)
     assert "knowsubnet.core.io imports knowsubnet.data.encoding (layer data is not below core)" in problems
-    assert "knowsubnet.report.build imports knowsubnet.downstream.csqa (layer downstream is not below report)" in problems
+    assert (
+        "knowsubnet.report.build imports knowsubnet.downstream.csqa (layer downstream is not below report)" in problems
+    )
     assert any(p.startswith("import cycle: knowsubnet.data.encoding -> knowsubnet.data.splits") for p in problems)
     assert len(problems) == 3
 
@@ -113,8 +120,13 @@ def test_no_module_is_too_big_to_enter():
 def test_the_library_imports_no_workflow_engine():
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] not in {"snakemake", "dvc"}, f"{path} imports {name}"
 
@@ -155,8 +167,12 @@ def nested_key_reads(source: str, name: str) -> list[str]:
         elif isinstance(node, ast.Call):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-            is_json = called == "read_json" or (isinstance(func, ast.Attribute) and called in JSON_READERS
-                                                and isinstance(func.value, ast.Name) and func.value.id == "json")
+            is_json = called == "read_json" or (
+                isinstance(func, ast.Attribute)
+                and called in JSON_READERS
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "json"
+            )
             if is_json and (name, enclosing(node)) not in READ_JSON_ALLOWED:
                 problems.append(f"{name}:{node.lineno}: reads JSON ({ast.unparse(func)}): read the file's type")
     return problems
@@ -170,12 +186,14 @@ def test_the_report_reads_result_files_through_their_types():
 
 
 def test_the_nested_key_check_catches_a_nested_read_and_a_json_read():
-    source = ("import json\n"
-              "def table(m, path, variant):\n"
-              "    ratio = m['held_out']['removed']\n"
-              "    dev = m.length[variant]['dev']\n"
-              "    data = json.loads(path.read_text())\n"
-              "    return m['model'], m.accuracy[variant][0], df['col'][df['col'] > 0]\n")
+    source = (
+        "import json\n"
+        "def table(m, path, variant):\n"
+        "    ratio = m['held_out']['removed']\n"
+        "    dev = m.length[variant]['dev']\n"
+        "    data = json.loads(path.read_text())\n"
+        "    return m['model'], m.accuracy[variant][0], df['col'][df['col'] > 0]\n"
+    )
     problems = nested_key_reads(source, "report/example.py")
     assert len(problems) == 3, problems
     assert "m['held_out']['removed']" in problems[0] and "report/example.py:3" in problems[0]

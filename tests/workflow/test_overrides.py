@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import BIN, REPO_ROOT, project_copy, run
+
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
 
@@ -33,6 +33,7 @@ def _params_yaml_module():
 
 
 # -- snakemake --config ----------------------------------------------------------------------------
+
 
 def test_snakemake_config_overrides_reach_the_dag_and_the_scripts(proj):
     out = run([BIN / "snakemake", "-n", "--config", "train__steps=10", "run__targets=[IsA]", "run__seeds=[0]"], proj)
@@ -55,10 +56,17 @@ def test_snakemake_config_overrides_reach_the_dag_and_the_scripts(proj):
     [
         ("trian=1", [r"params key 'trian': unknown; valid keys here: ", "controllm", "train", "verbalize"]),
         ("train__stpes=1", [r"params key 'train.stpes': unknown; valid keys here: ", "batch", "lr", "steps"]),
-        ("run__targets=[Nope]", [r"params key 'run.targets': 'Nope' is not defined under 'targets'; defined: ",
-                                 "IsA", "csqa1"]),
-        ("mask__granularity=rows", [r"params key 'mask.granularity': 'rows' is not allowed; expected one of: "
-                                    r"weight, neuron_in, neuron_out"]),
+        (
+            "run__targets=[Nope]",
+            [r"params key 'run.targets': 'Nope' is not defined under 'targets'; defined: ", "IsA", "csqa1"],
+        ),
+        (
+            "mask__granularity=rows",
+            [
+                r"params key 'mask.granularity': 'rows' is not allowed; expected one of: "
+                r"weight, neuron_in, neuron_out"
+            ],
+        ),
         ("train__steps=ten", [r"params key 'train.steps': expected integer, got 'ten'"]),
     ],
     ids=["unknown-key", "unknown-nested-key", "unknown-target", "enum", "type"],
@@ -78,6 +86,7 @@ def test_snakemake_rejects_a_bad_override_in_one_line(proj, override, expected):
 
 
 # -- params_yaml.py --set (make params SET=...) --------------------------------------------------
+
 
 def test_params_yaml_set_changes_only_the_named_keys():
     module = _params_yaml_module()
@@ -118,8 +127,11 @@ def test_params_yaml_rejects_a_bad_set(tmp_path, text, message):
 
 def test_params_yaml_cli_error_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "params.yaml"
-    proc = subprocess.run([sys.executable, REPO_ROOT / "workflow" / "params_yaml.py", "--set", "trian.steps=1",
-                           "--out", out], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, REPO_ROOT / "workflow" / "params_yaml.py", "--set", "trian.steps=1", "--out", out],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert "params key 'trian': unknown; valid keys here: " in proc.stderr
@@ -129,8 +141,19 @@ def test_params_yaml_cli_error_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_params_passes_each_set_word_as_one_set():
     venv = Path(sys.executable).parent.parent
-    proc = run(["make", "-n", "-o", f"{venv}/.installed", "params", f"VENV={venv}", "PRESET=demo",
-                "SET=train.steps=10 run.seeds=[0]"], REPO_ROOT)
+    proc = run(
+        [
+            "make",
+            "-n",
+            "-o",
+            f"{venv}/.installed",
+            "params",
+            f"VENV={venv}",
+            "PRESET=demo",
+            "SET=train.steps=10 run.seeds=[0]",
+        ],
+        REPO_ROOT,
+    )
     assert "params_yaml.py --preset demo --set 'train.steps=10' --set 'run.seeds=[0]'" in proc.stdout
     assert "workflow/dvc_yaml.py dvc.yaml" in proc.stdout  # dvc.yaml follows params.yaml's `run`
 
@@ -150,12 +173,15 @@ def test_make_run_without_a_local_mirror_downloads_and_says_so(proj):
     assert any("config/overlays/demo-short.yaml" in line for line in lines)
     assert not any("mirror-local.yaml" in line for line in lines)
     note, lines = recipe("run-tiny")  # params.yaml reads the mirror: switched off
-    assert note == ("make run-tiny: no local mirror ../shared/data, so data.mirror=null: the datasets download "
-                    "from their canonical sources")
+    assert note == (
+        "make run-tiny: no local mirror ../shared/data, so data.mirror=null: the datasets download "
+        "from their canonical sources"
+    )
     assert any("snakemake --cores" in line and line.rstrip().endswith("--config data__mirror=null") for line in lines)
 
 
 # -- a missing data mirror -------------------------------------------------------------------------
+
 
 def test_a_missing_mirror_says_how_to_download_instead(tmp_path, monkeypatch):
     from knowsubnet.data.fetch import fetch_data

@@ -11,16 +11,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from knowsubnet.core.config import deep_merge
 from conftest import REPO_ROOT
 
+from knowsubnet.core.config import deep_merge
+
 ROOT = REPO_ROOT
-CODE = [*sorted((ROOT / "src" / "knowsubnet").rglob("*.py")),
-        *sorted((ROOT / "workflow" / "rules").glob("*.smk")), ROOT / "Snakefile"]
+CODE = [
+    *sorted((ROOT / "src" / "knowsubnet").rglob("*.py")),
+    *sorted((ROOT / "workflow" / "rules").glob("*.smk")),
+    ROOT / "Snakefile",
+]
 ABSENT = "—"  # the param is not set in that file
-PAPER_TARGETS = {"building", "change", "communication", "location", "magnitude", "representation", "statement",
-                 "fruit", "sun", "swimming"}
+PAPER_TARGETS = {
+    "building",
+    "change",
+    "communication",
+    "location",
+    "magnitude",
+    "representation",
+    "statement",
+    "fruit",
+    "sun",
+    "swimming",
+}
 
 
 def table_rows() -> list[dict[str, str]]:
@@ -72,9 +85,12 @@ def read_in_code(key: str) -> list[str]:
     section, leaf = parts[0], parts[-1]
     quoted = lambda word: re.compile(rf"""["']{re.escape(word)}["']""")
     attribute = re.compile(rf"\.{re.escape(leaf)}\b")
-    return [path.name for path in CODE
-            if attribute.search(text := path.read_text())
-            or ((quoted(section).search(text) or f"{section}." in text) and quoted(leaf).search(text))]
+    return [
+        path.name
+        for path in CODE
+        if attribute.search(text := path.read_text())
+        or ((quoted(section).search(text) or f"{section}." in text) and quoted(leaf).search(text))
+    ]
 
 
 ROWS = table_rows()
@@ -92,8 +108,10 @@ def test_every_row_names_a_param_that_is_set_and_read(row):
     assert schema_has(schema, key), f"{key} is not in config/params.schema.yaml"
     base = yaml.safe_load((ROOT / "config" / "base.yaml").read_text())
     paper = deep_merge(base, yaml.safe_load((ROOT / "config" / "presets" / "paper.yaml").read_text()))
-    for column, file, params in (("paper.yaml", "config/base.yaml + config/presets/paper.yaml", paper),
-                                 ("params.yaml", "params.yaml", yaml.safe_load((ROOT / "params.yaml").read_text()))):
+    for column, file, params in (
+        ("paper.yaml", "config/base.yaml + config/presets/paper.yaml", paper),
+        ("params.yaml", "params.yaml", yaml.safe_load((ROOT / "params.yaml").read_text())),
+    ):
         stated = unquote(row[column])
         actual = lookup(params, key)
         expected = stated if stated == ABSENT else yaml.safe_load(stated)
@@ -102,8 +120,13 @@ def test_every_row_names_a_param_that_is_set_and_read(row):
 
 
 def test_paper_preset_dry_run_is_ten_targets_three_seeds_four_models():
-    out = subprocess.run([Path(sys.executable).parent / "snakemake", "-n", "--configfile",
-                          "config/presets/paper.yaml"], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [Path(sys.executable).parent / "snakemake", "-n", "--configfile", "config/presets/paper.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     text = out.stdout + out.stderr
     jobs = re.search(r"^discover_mask\s+(\d+)$", text, re.M)
     assert jobs and int(jobs.group(1)) == 120

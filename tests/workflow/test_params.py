@@ -6,11 +6,11 @@ import importlib.util
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from knowsubnet.core import config
 from knowsubnet.core.config import deep_merge, load
 from knowsubnet.core.errors import InputError
-from conftest import REPO_ROOT
 
 ROOT = REPO_ROOT
 SCHEMA = ROOT / "config" / "params.schema.yaml"
@@ -63,17 +63,25 @@ def test_make_params_with_a_preset_equals_the_overlays(tmp_path):
     module = _params_yaml_module()
     out = tmp_path / "params.yaml"
     module.main(["--preset", "demo", "--out", str(out)])
-    assert load([out], SCHEMA) == load([BASE, ROOT / "config" / "mirror-local.yaml",
-                                        ROOT / "config" / "presets" / "demo.yaml"], SCHEMA)
+    assert load([out], SCHEMA) == load(
+        [BASE, ROOT / "config" / "mirror-local.yaml", ROOT / "config" / "presets" / "demo.yaml"], SCHEMA
+    )
 
 
 def test_make_params_with_an_overlay_merges_it_after_the_preset_and_names_an_unknown_one(tmp_path):
     module = _params_yaml_module()
     out = tmp_path / "params.yaml"
     module.main(["--preset", "demo", "--overlay", "demo-baselines", "--out", str(out)])
-    assert load([out], SCHEMA) == load([BASE, ROOT / "config" / "mirror-local.yaml", ROOT / "config" / "presets" / "demo.yaml",
-                                        ROOT / "config" / "overlays" / "demo-baselines.yaml"], SCHEMA)
-    assert "OVERLAY=\"demo-baselines\"" in out.read_text().splitlines()[1]
+    assert load([out], SCHEMA) == load(
+        [
+            BASE,
+            ROOT / "config" / "mirror-local.yaml",
+            ROOT / "config" / "presets" / "demo.yaml",
+            ROOT / "config" / "overlays" / "demo-baselines.yaml",
+        ],
+        SCHEMA,
+    )
+    assert 'OVERLAY="demo-baselines"' in out.read_text().splitlines()[1]
     with pytest.raises(InputError, match="overlays/demo-nothing.yaml: no such preset or overlay"):
         module.main(["--preset", "demo", "--overlay", "demo-nothing", "--out", str(out)])
 

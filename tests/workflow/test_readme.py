@@ -8,7 +8,6 @@ import re
 
 import pytest
 import yaml
-
 from conftest import BIN, REPO_ROOT, project_copy, run, snakemake_stages
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -45,6 +44,7 @@ def dry(cmd: str, *rules: str):
         text = out.stdout + out.stderr
         assert "discover_mask" in text or "export_remaining" in text
         assert all(f"rule {rule}:" in text for rule in rules), rules
+
     return check
 
 
@@ -52,6 +52,7 @@ def make_dry(target: str):
     def check(proj):
         out = make(proj, target, "SMK_ARGS=-n")
         assert "This was a dry-run" in out.stdout + out.stderr
+
     return check
 
 
@@ -69,6 +70,7 @@ def one_param(proj):
 def preset_under_dvc(*args: str, expect: str = "discover_mask@smollm2-135m-fruit-0"):
     """`make params PRESET=demo [OVERLAY=…]` writes params.yaml and dvc.yaml for it: `dvc status`
     names exactly the stages Snakemake would run for it."""
+
     def check(proj):
         try:
             make(proj, "params", *args)
@@ -79,6 +81,7 @@ def preset_under_dvc(*args: str, expect: str = "discover_mask@smollm2-135m-fruit
         finally:
             make(proj, "params")
         assert run(["git", "status", "--porcelain", "params.yaml", "dvc.yaml"], proj).stdout == ""  # the default again
+
     return check
 
 
@@ -88,13 +91,20 @@ def dvc_status(proj):
 
 def queue(cmd: str, experiments: int):
     def check(proj):
-        queue_cmd = cmd.split(" && ")[0].replace("dvc exp run ", "dvc exp run --queue ", 1).replace("--queue --queue", "--queue")
+        queue_cmd = (
+            cmd.split(" && ")[0]
+            .replace("dvc exp run ", "dvc exp run --queue ", 1)
+            .replace("--queue --queue", "--queue")
+        )
         try:
             run(["sh", "-c", queue_cmd], proj)
-            queued = [line for line in run([BIN / "dvc", "queue", "status"], proj).stdout.splitlines() if "Queued" in line]
+            queued = [
+                line for line in run([BIN / "dvc", "queue", "status"], proj).stdout.splitlines() if "Queued" in line
+            ]
             assert len(queued) == experiments
         finally:
             run([BIN / "dvc", "queue", "remove", "--queued"], proj)
+
     return check
 
 
@@ -107,8 +117,10 @@ def lint(proj):
     out = run([BIN / "snakemake", "--lint"], proj, check=False)
     lints = re.findall(r"^\s+\* (.+?):?$", out.stdout + out.stderr, re.M)
     # the two the rule files explain in a comment (workflow/rules/common.smk)
-    explained = {"Shell command directly uses variable PARAMS from outside of the rule",
-                 "Environment variable PATH used but not asserted with envvars directive in line"}
+    explained = {
+        "Shell command directly uses variable PARAMS from outside of the rule",
+        "Environment variable PATH used but not asserted with envvars directive in line",
+    }
     assert all(any(title.startswith(e) for e in explained) for title in lints), set(lints)
     # what the README says it prints: the count, and the exit status
     said = re.search(r"^\| lint the workflow: (\d+) lints, exit status (\d+),", README, re.M)
@@ -119,7 +131,9 @@ def lint(proj):
 def bench(proj):
     recipe = make(proj, "-n", "bench").stdout
     assert "benchmarks/bench_mask_step.py" in recipe
-    out = run([BIN / "python", "benchmarks/bench_mask_step.py", "--only", "tiny", "--steps", "1", "--threads", "1"], proj)
+    out = run(
+        [BIN / "python", "benchmarks/bench_mask_step.py", "--only", "tiny", "--steps", "1", "--threads", "1"], proj
+    )
     assert "| mask step |" in out.stdout and "mask / floor" in out.stdout and "native bf16 flags" in out.stdout
 
 
@@ -128,36 +142,56 @@ CHECKS = {
     "make run-tiny": make_dry("run-tiny"),
     "make test-fast": fast_lane,
     "make demo": make_dry("demo"),
-    "snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml":
-        dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml"),
-    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml":
-        dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml",
-            "prune_baseline", "unlearn_baseline", "evaluate_baseline", "baseline_robustness"),
-    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml":
-        dry("snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml",
-            "finetune_csqa"),
-    "make params PRESET=demo OVERLAY=demo-csqa && dvc repro":
-        preset_under_dvc("PRESET=demo", "OVERLAY=demo-csqa", expect="finetune_csqa@smollm2-135m-csqa2-0-head"),
+    "snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml": dry(
+        "snakemake --cores 2 --configfile config/presets/demo.yaml config/mirror-local.yaml"
+    ),
+    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml": dry(
+        "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-baselines.yaml",
+        "prune_baseline",
+        "unlearn_baseline",
+        "evaluate_baseline",
+        "baseline_robustness",
+    ),
+    "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml": dry(
+        "snakemake --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-csqa.yaml", "finetune_csqa"
+    ),
+    "make params PRESET=demo OVERLAY=demo-csqa && dvc repro": preset_under_dvc(
+        "PRESET=demo", "OVERLAY=demo-csqa", expect="finetune_csqa@smollm2-135m-csqa2-0-head"
+    ),
     "snakemake --cores 2 --config train__steps=100": one_param,
     "make params PRESET=demo && dvc repro": preset_under_dvc("PRESET=demo"),
-    "make params PRESET=demo OVERLAY=demo-baselines && dvc repro":
-        preset_under_dvc("PRESET=demo", "OVERLAY=demo-baselines", expect="unlearn_baseline@smollm2-135m-fruit-npo-0"),
+    "make params PRESET=demo OVERLAY=demo-baselines && dvc repro": preset_under_dvc(
+        "PRESET=demo", "OVERLAY=demo-baselines", expect="unlearn_baseline@smollm2-135m-fruit-npo-0"
+    ),
     "dvc status": dvc_status,
     "dvc repro": dvc_status,  # what it would run; a real run is tests/workflow/test_end_to_end.py
     "dvc exp run -S train.lambda_controlkg=5": queue("dvc exp run -S train.lambda_controlkg=5", 1),
-    "dvc exp run --queue -S 'mask.init_prob=0.03,0.1' && dvc queue start":
-        queue("dvc exp run --queue -S 'mask.init_prob=0.03,0.1'", 2),
+    "dvc exp run --queue -S 'mask.init_prob=0.03,0.1' && dvc queue start": queue(
+        "dvc exp run --queue -S 'mask.init_prob=0.03,0.1'", 2
+    ),
     "make params": default_params,
-    "snakemake --profile workflow/profiles/slurm-small --configfile config/presets/demo.yaml":
-        dry("snakemake --profile workflow/profiles/slurm-small --configfile config/presets/demo.yaml"),
-    "snakemake --cores 2 results/remaining/tiny-gpt2/IsA/seed0": dry("snakemake --cores 2 results/remaining/tiny-gpt2/IsA/seed0"),
+    "snakemake --profile workflow/profiles/slurm-small --configfile config/presets/demo.yaml": dry(
+        "snakemake --profile workflow/profiles/slurm-small --configfile config/presets/demo.yaml"
+    ),
+    "snakemake --cores 2 results/remaining/tiny-gpt2/IsA/seed0": dry(
+        "snakemake --cores 2 results/remaining/tiny-gpt2/IsA/seed0"
+    ),
     "snakemake --report results/report.html": None,  # needs a finished run: tests/workflow/test_end_to_end.py
     "snakemake --lint": lint,
     "make bench": bench,
-    "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml config/overlays/demo-sweep.yaml":
-        dry("snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-            "config/overlays/demo-sweep.yaml", "sweep_point", "sweep_mask", "sweep_graddiff", "sweep_npo", "sweep_rmu",
-            "sweep_attribution", "sweep_evaluate_mask", "sweep_evaluate_baseline", "sweep_select"),
+    "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml config/overlays/demo-sweep.yaml": dry(
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep.yaml",
+        "sweep_point",
+        "sweep_mask",
+        "sweep_graddiff",
+        "sweep_npo",
+        "sweep_rmu",
+        "sweep_attribution",
+        "sweep_evaluate_mask",
+        "sweep_evaluate_baseline",
+        "sweep_select",
+    ),
 }
 
 
@@ -170,8 +204,14 @@ def test_every_command_has_a_check():
 SLOW = {"make bench"}  # a subprocess per (shape, method, dtype); the DVC runs below are marked too
 
 
-@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW or "dvc repro" in c
-                                     else c for c, check in CHECKS.items() if check is not None])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(c, marks=pytest.mark.slow) if c in SLOW or "dvc repro" in c else c
+        for c, check in CHECKS.items()
+        if check is not None
+    ],
+)
 def test_readme_command_works(proj, command):
     CHECKS[command](proj)
 

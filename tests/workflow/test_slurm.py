@@ -24,24 +24,43 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from slurm_cluster import Cluster, missing
 from conftest import BIN, MIRROR, project_copy
+from slurm_cluster import Cluster, missing
 
-SKIP = ("KNOWSUBNET_SKIP_SLURM=1" if os.environ.get("KNOWSUBNET_SKIP_SLURM") == "1" else missing()
-        or (None if MIRROR.is_dir() else "local data mirror not present"))
+SKIP = (
+    "KNOWSUBNET_SKIP_SLURM=1"
+    if os.environ.get("KNOWSUBNET_SKIP_SLURM") == "1"
+    else missing() or (None if MIRROR.is_dir() else "local data mirror not present")
+)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=f"SLURM test skipped: {SKIP}")]
 ROBUSTNESS = "results/robustness/tiny-gpt2/IsA/seed0/robustness.json"
 MASK = "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors"
 # on top of tests/smoke.yaml: the tiny model's training (prepare_model, on the critical path) and the
 # robustness stage (one probe size, one relearning run) at their smallest
-FAST = {"models": {"tiny-gpt2": {"max_steps": 10, "eval_every": 10}},
-        "robustness": {"max_facts": 8, "in_context": [0], "quantize_bits": [], "bootstrap": 20,
-                       "relearn": {"points": [{"scope": "masked", "lr": 1.0e-4, "steps": 1}], "data": ["targetkg"],
-                                   "models": ["original", "removed_held"], "seeds": [0]}}}
+FAST = {
+    "models": {"tiny-gpt2": {"max_steps": 10, "eval_every": 10}},
+    "robustness": {
+        "max_facts": 8,
+        "in_context": [0],
+        "quantize_bits": [],
+        "bootstrap": 20,
+        "relearn": {
+            "points": [{"scope": "masked", "lr": 1.0e-4, "steps": 1}],
+            "data": ["targetkg"],
+            "models": ["original", "removed_held"],
+            "seeds": [0],
+        },
+    },
+}
 # the SLURM jobs: rule -> partition (the rest of their sizes come from the profile)
-JOBS = {"extract_triplets": "cpu", "split_controls": "cpu", "tokenize_controllm": "cpu",
-        "verbalize": "gpu", "discover_mask": "gpu", "evaluate_robustness": "gpu"}
+JOBS = {
+    "extract_triplets": "cpu",
+    "split_controls": "cpu",
+    "tokenize_controllm": "cpu",
+    "verbalize": "gpu",
+    "discover_mask": "gpu",
+    "evaluate_robustness": "gpu",
+}
 
 
 @pytest.fixture
@@ -72,14 +91,36 @@ def test_tiny_preset_runs_through_the_slurm_profile_to_robustness(tmp_path, clus
     profile["set-resources"]["discover_mask"].update(gpu_model="fake", cpus_per_gpu=1)
     (proj / "my-profile" / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 
-    env = {**cluster.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(proj / "src")}  # jobs inherit it (sbatch --export=ALL)
+    env = {
+        **cluster.env,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(proj / "src"),
+    }  # jobs inherit it (sbatch --export=ALL)
     started = time.monotonic()
     proc = subprocess.run(
-        [BIN / "snakemake", "--profile", "my-profile", "--configfile", "params.yaml", "tests/smoke.yaml",
-         "slurm-fast.yaml", "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5",
-         "--slurm-efficiency-report", "--slurm-efficiency-report-path", "logs/slurm", ROBUSTNESS],
-        cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+        [
+            BIN / "snakemake",
+            "--profile",
+            "my-profile",
+            "--configfile",
+            "params.yaml",
+            "tests/smoke.yaml",
+            "slurm-fast.yaml",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--latency-wait",
+            "5",
+            "--slurm-efficiency-report",
+            "--slurm-efficiency-report-path",
+            "logs/slurm",
+            ROBUSTNESS,
+        ],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     elapsed = time.monotonic() - started
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{out[-6000:]}\n{cluster.logs()}"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import BIN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,13 +105,21 @@ def test_every_profile_option_commented_or_not_is_accepted_by_the_installed_plug
     assert {"slurm-efficiency-report", "slurm-partition-config", "slurm-array-jobs"} <= options
     (tmp_path / name).mkdir()
     (tmp_path / name / "config.yaml").write_text(uncommented(text))
-    proc = subprocess.run([BIN / "snakemake", "--profile", str(tmp_path / name), "-n", "--forceall", "--quiet",
-                           "all"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [BIN / "snakemake", "--profile", str(tmp_path / name), "-n", "--forceall", "--quiet", "all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # and the check can fail: an option the plugin does not know
     (tmp_path / name / "config.yaml").write_text(uncommented(text) + "slurm-no-such-option: true\n")
-    proc = subprocess.run([BIN / "snakemake", "--profile", str(tmp_path / name), "-n", "--quiet", "all"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [BIN / "snakemake", "--profile", str(tmp_path / name), "-n", "--quiet", "all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "slurm-no-such-option" in proc.stderr
 
 

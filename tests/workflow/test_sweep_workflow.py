@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import BIN, MIRROR, project_copy, run
+
 from knowsubnet.core.config import Bars
 from knowsubnet.method.sweep import choose_point
 
@@ -18,10 +18,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MIRROR.is_dir(), reason="
 
 POINTS = {
     "blocks2": {"method": "mask", "set": {"mask": {"top_k_blocks": 2}}},
-    "graddiff-lr3e-3": {"method": "graddiff", "set": {"baselines": {"graddiff": {"lr": 3.0e-3, "steps": 4,
-                                                                                 "select_every": 2}}}},
-    "attribution-wide": {"method": "attribution", "set": {"baselines": {"attribution": {"contrast": [0.0, 1000.0],
-                                                                                        "signed": [True]}}}},
+    "graddiff-lr3e-3": {
+        "method": "graddiff",
+        "set": {"baselines": {"graddiff": {"lr": 3.0e-3, "steps": 4, "select_every": 2}}},
+    },
+    "attribution-wide": {
+        "method": "attribution",
+        "set": {"baselines": {"attribution": {"contrast": [0.0, 1000.0], "signed": [True]}}},
+    },
 }
 
 
@@ -33,8 +37,9 @@ def merge(base: dict, over: dict) -> dict:
 
 def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_stages(tmp_path):
     proj = project_copy(tmp_path)
-    params = merge(yaml.safe_load((proj / "params.yaml").read_text()),
-                   yaml.safe_load((proj / "tests" / "smoke.yaml").read_text()))
+    params = merge(
+        yaml.safe_load((proj / "params.yaml").read_text()), yaml.safe_load((proj / "tests" / "smoke.yaml").read_text())
+    )
     params["sweep"] = {"points": POINTS}
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import BIN, MIRROR, REPO_ROOT as ROOT, project_copy, run
+from conftest import BIN, MIRROR, project_copy, run
+from conftest import REPO_ROOT as ROOT
 
 needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason="local data mirror not present")
 
@@ -38,10 +38,16 @@ def test_snakemake_rejects_a_bad_param_naming_its_key(tmp_path):
     assert "granularity" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("path, problem", [
-    ("results/masks/tiny-gpt2/NoSuchTarget/seed0/mask.safetensors", "target 'NoSuchTarget' is not defined under 'targets'"),
-    ("results/remaining/no-such-model/IsA/seed0", "model 'no-such-model' is not defined under 'models'"),
-])
+@pytest.mark.parametrize(
+    "path, problem",
+    [
+        (
+            "results/masks/tiny-gpt2/NoSuchTarget/seed0/mask.safetensors",
+            "target 'NoSuchTarget' is not defined under 'targets'",
+        ),
+        ("results/remaining/no-such-model/IsA/seed0", "model 'no-such-model' is not defined under 'models'"),
+    ],
+)
 def test_a_target_path_with_an_undefined_name_stops_with_one_line_listing_the_defined_ones(path, problem):
     proc = run([BIN / "snakemake", "-n", path], ROOT, check=False)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -59,20 +65,26 @@ def test_export_is_on_demand_and_joins_the_default_target_for_export_seeds(tmp_p
     own = tmp_path / "own.yaml"
     own.write_text("export: {seeds: [0]}\n")
     exported = run([BIN / "snakemake", "-n", "--forceall", "--configfile", "params.yaml", str(own)], ROOT).stdout
-    assert exported.count("rule export_remaining:") == len(yaml.safe_load((ROOT / "params.yaml").read_text())["run"]["targets"])
+    assert exported.count("rule export_remaining:") == len(
+        yaml.safe_load((ROOT / "params.yaml").read_text())["run"]["targets"]
+    )
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.parquet"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.parquet"))
+    }
 
 
 @needs_mirror
 @pytest.mark.slow
 def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_path):
     proj = project_copy(tmp_path)
-    run([BIN / "snakemake", "--cores", "2", *[f"data/processed/splits/{t}/summary.json" for t in ("IsA", "UsedFor")]],
-        proj)
+    run(
+        [BIN / "snakemake", "--cores", "2", *[f"data/processed/splits/{t}/summary.json" for t in ("IsA", "UsedFor")]],
+        proj,
+    )
     triplets = hashlib.sha256((proj / "data/processed/triplets.parquet").read_bytes()).hexdigest()
     splits = digest(proj / "data/processed/splits")
     targets = {p.name for p in (proj / "data/processed/splits").iterdir() if p.is_dir()}
@@ -97,8 +109,17 @@ def test_data_stages_snakemake_and_dvc_agree_and_dvc_reruns_only_the_split(tmp_p
 
 def test_gpu_stages_keep_their_gpu_when_set_resources_is_given_on_the_command_line():
     """`--set-resources` replaces a profile's whole block; the GPU request lives in the rules."""
-    proc = run([BIN / "snakemake", "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors", "-n", "--forceall",
-                "--set-resources", "discover_mask:mem_mb=1000"], ROOT)
+    proc = run(
+        [
+            BIN / "snakemake",
+            "results/masks/tiny-gpt2/IsA/seed0/mask.safetensors",
+            "-n",
+            "--forceall",
+            "--set-resources",
+            "discover_mask:mem_mb=1000",
+        ],
+        ROOT,
+    )
     out = proc.stdout + proc.stderr
     blocks = re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M)
     discover = next(b for b in blocks if b.startswith("rule discover_mask:"))

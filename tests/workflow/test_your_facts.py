@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import MIRROR, REPO_ROOT, project_copy
 
 pytestmark = pytest.mark.slow
@@ -37,8 +36,11 @@ def installed(tmp_path_factory):
     site = next((venv / "lib").glob("python*/site-packages"))
     (site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-                    str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", str(source)],
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(source)
     return venv
 
@@ -49,8 +51,16 @@ def run_in(cwd: Path, venv: Path, command: list[str]) -> subprocess.CompletedPro
 
 
 def test_the_wheel_carries_the_command_defaults_schema_and_facts(installed, tmp_path):
-    found = run_in(tmp_path, installed, ["python", "-c", "import knowsubnet.api.run as r; print(r.__file__); "
-                                         "print(all(p.is_file() for p in (r.BASE_PARAMS, r.SCHEMA, r.FACTS_TABLE)))"])
+    found = run_in(
+        tmp_path,
+        installed,
+        [
+            "python",
+            "-c",
+            "import knowsubnet.api.run as r; print(r.__file__); "
+            "print(all(p.is_file() for p in (r.BASE_PARAMS, r.SCHEMA, r.FACTS_TABLE)))",
+        ],
+    )
     where, ok = found.stdout.split()
     assert str(installed) in where and ok == "True", found.stderr[-2000:]
     assert (installed / "bin" / "knowsubnet").is_file()
@@ -74,10 +84,12 @@ def test_the_guide_runs_outside_the_repository(installed, tmp_path):
     mask_dir = run / "results/masks/tiny-gpt2/capitals/seed0"
     assert (mask_dir / "mask.safetensors").is_file() and (mask_dir / "metrics.json").is_file()
     params = yaml.safe_load((run / "params.yaml").read_text())
-    assert params["targets"] == {"capitals": {"facts": str(tmp_path / "facts.csv"),
-                                              "templates": str(tmp_path / "templates.yaml")}}
+    assert params["targets"] == {
+        "capitals": {"facts": str(tmp_path / "facts.csv"), "templates": str(tmp_path / "templates.yaml")}
+    }
     # the held-out wordings the robustness probes read are the templates file's `heldout` ones
     import pandas as pd
+
     sentences = pd.read_parquet(run / "results/robustness/tiny-gpt2/capitals/seed0/sentences.parquet")
     capital = sentences[sentences["rel"] == "CapitalOf"]
     assert capital["prompt"].str.startswith("If you fly to the capital of").any()
@@ -88,12 +100,18 @@ def test_the_guide_runs_outside_the_repository(installed, tmp_path):
 
     # the library and the command share the folder: the same params pick up what is done
     library = subprocess.run(
-        [installed / "bin" / "python", "-c",
-         "from knowsubnet.api import discover; "
-         f"found = discover('tiny-gpt2', 'facts.csv', templates='templates.yaml', target='capitals', "
-         f"out='capitals-run', params=[{str(SMOKE)!r}], train={{'steps': 50}}, data={{'mirror': {str(MIRROR)!r}}}); "
-         "print(found.mask); print(sorted(found.metrics))"],
-        cwd=tmp_path, capture_output=True, text=True)
+        [
+            installed / "bin" / "python",
+            "-c",
+            "from knowsubnet.api import discover; "
+            f"found = discover('tiny-gpt2', 'facts.csv', templates='templates.yaml', target='capitals', "
+            f"out='capitals-run', params=[{str(SMOKE)!r}], train={{'steps': 50}}, data={{'mirror': {str(MIRROR)!r}}}); "
+            "print(found.mask); print(sorted(found.metrics))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert library.returncode == 0, library.stderr[-2000:]
     mask_line, keys = library.stdout.strip().splitlines()[-2:]
     assert mask_line == str(mask_dir / "mask.safetensors") and "suppress" in keys
@@ -104,8 +122,22 @@ def test_other_params_in_the_same_folder_stop_with_one_line(installed, tmp_path)
         shutil.copy(REPO_ROOT / "docs" / "examples" / "capitals" / name, tmp_path / name)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "params.yaml").write_text("something: else\n")
-    proc = run_in(tmp_path, installed, ["knowsubnet", "discover", "--model", "tiny-gpt2", "--facts", "facts.csv",
-                                        "--templates", "templates.yaml", "--out", "run"])
+    proc = run_in(
+        tmp_path,
+        installed,
+        [
+            "knowsubnet",
+            "discover",
+            "--model",
+            "tiny-gpt2",
+            "--facts",
+            "facts.csv",
+            "--templates",
+            "templates.yaml",
+            "--out",
+            "run",
+        ],
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "holds a run with other params" in proc.stderr
 
@@ -116,9 +148,20 @@ def test_a_fact_file_target_runs_through_the_pipeline_to_robustness(tmp_path):
 
     proj = project_copy(tmp_path)
     result = "results/robustness/tiny-gpt2/capitals/seed0/robustness.json"
-    run([BIN / "snakemake", "--cores", "2", result, "--configfile", "tests/smoke.yaml",
-         "config/overlays/demo-capitals.yaml"], proj)
+    run(
+        [
+            BIN / "snakemake",
+            "--cores",
+            "2",
+            result,
+            "--configfile",
+            "tests/smoke.yaml",
+            "config/overlays/demo-capitals.yaml",
+        ],
+        proj,
+    )
     import pandas as pd
+
     train = pd.read_parquet(proj / "data/processed/splits/capitals/targetkg_train.parquet")
     assert set(train["rel"]) == {"CapitalOf"} and set(train["source"]) == {"user"}
     sentences = pd.read_parquet(proj / result.replace("robustness.json", "sentences.parquet"))
@@ -126,6 +169,8 @@ def test_a_fact_file_target_runs_through_the_pipeline_to_robustness(tmp_path):
     # editing the templates re-runs the split and what follows it
     templates = proj / "docs/examples/capitals/templates.yaml"
     templates.write_text(templates.read_text().replace("sits in {o}", "is based in {o}"))
-    dry = run([BIN / "snakemake", "-n", result, "--configfile", "tests/smoke.yaml",
-               "config/overlays/demo-capitals.yaml"], proj).stdout
+    dry = run(
+        [BIN / "snakemake", "-n", result, "--configfile", "tests/smoke.yaml", "config/overlays/demo-capitals.yaml"],
+        proj,
+    ).stdout
     assert "split_controls" in dry and "evaluate_robustness" in dry

@@ -78,9 +78,9 @@ def section(*keys):
 
 def stage_sections(stage, omit=(), **values):
     """The `section(...)` params of `knowsubnet <stage>`, one per params key its declaration reads
-    (knowsubnet.api.stages), so a rule writes them once: `params: **stage_sections("discover_mask")`.
+    (knowsubnet.api.stages), so the keys are written once (`params: **stage_sections("discover_mask")`).
     A `{name}` in a key is the job's wildcard, or `values[name]` (a rule's fixed value); keys in
-    `omit` are left to the rule (one it reads only sometimes). Entry names: the key, `.` -> `_`."""
+    `omit` are left to the rule (one it reads only sometimes); entry names are the keys with `.` -> `_`."""
     entries = {}
     for key in STAGES[stage].params:
         if key in omit:

@@ -34,19 +34,33 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--model", required=True,
-                         help="a Hugging Face model folder, a .gguf file, a hub id, or a params model name "
-                              "(tiny-gpt2: a small GPT-2 trained here on your facts)")
+        sub.add_argument(
+            "--model",
+            required=True,
+            help="a Hugging Face model folder, a .gguf file, a hub id, or a params model name "
+            "(tiny-gpt2: a small GPT-2 trained here on your facts)",
+        )
         sub.add_argument("--facts", required=True, help="your facts: CSV, JSONL or parquet of head, relation, tail")
         sub.add_argument("--templates", help="YAML of templates per relation (needed for relations the repo lacks)")
         sub.add_argument("--controls", help="facts to keep (default: the repo's ConceptNet facts sharing no entity)")
         sub.add_argument("--out", default="knowsubnet-run", help="the run folder (default: %(default)s)")
         sub.add_argument("--target", help="the target's name (default: the fact file's name)")
         sub.add_argument("--seed", type=int, default=0, help="seed of the mask and the splits (default: 0)")
-        sub.add_argument("--params", nargs="+", default=[], metavar="YAML",
-                         help="params files merged over the packaged defaults (config/base.yaml)")
-        sub.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
-                         help="params overrides, e.g. train.steps=100 (last word)")
+        sub.add_argument(
+            "--params",
+            nargs="+",
+            default=[],
+            metavar="YAML",
+            help="params files merged over the packaged defaults (config/base.yaml)",
+        )
+        sub.add_argument(
+            "--set",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="sets",
+            help="params overrides, e.g. train.steps=100 (last word)",
+        )
         sub.add_argument("--mirror", help="a local copy of the datasets (data.mirror; default: download)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "export":
@@ -70,13 +84,25 @@ def main(argv: list[str] | None = None) -> None:
     from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 
     sets = ([f"data.mirror={args.mirror}"] if args.mirror else []) + args.sets
-    mapping, model, target = build_params(args.model, args.facts, templates=args.templates, controls=args.controls,
-                                          target=args.target, seed=args.seed, params_files=args.params, sets=sets)
+    mapping, model, target = build_params(
+        args.model,
+        args.facts,
+        templates=args.templates,
+        controls=args.controls,
+        target=args.target,
+        seed=args.seed,
+        params_files=args.params,
+        sets=sets,
+    )
     run = Run.create(args.out, mapping, model, target, progress=not args.no_progress)
     if args.command == "discover":
         mask = run.discover()
-        _show("mask", mask, read_json(run.mask_dir / "metrics.json"),
-              ("suppress", "controlkg", "controllm", "sparsity_masked_layers"))
+        _show(
+            "mask",
+            mask,
+            read_json(run.mask_dir / "metrics.json"),
+            ("suppress", "controlkg", "controllm", "sparsity_masked_layers"),
+        )
     elif args.command == "evaluate":
         metrics = run.evaluate()
         _show("metrics", metrics, Headline.read(metrics.with_name("headline.json")).to_dict())

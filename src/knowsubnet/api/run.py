@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -36,8 +37,9 @@ from knowsubnet.scoring.templates import verbalize_facts
 log = logging.getLogger(__name__)
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults"  # shipped in the package (symlinks in the repo)
-BASE_PARAMS, SCHEMA, FACTS_TABLE = (DEFAULTS / name for name in ("base.yaml", "params.schema.yaml",
-                                                                  "conceptnet_facts.tsv"))
+BASE_PARAMS, SCHEMA, FACTS_TABLE = (
+    DEFAULTS / name for name in ("base.yaml", "params.schema.yaml", "conceptnet_facts.tsv")
+)
 # What a run outside the repository changes in the defaults (the tiny preset's): the facts come from
 # the packaged ConceptNet table (no download of the paper's files), and the TargetKG is held out
 # entity-disjoint, so evaluation reports held-out facts, not only the ones the mask trained on.
@@ -64,15 +66,25 @@ def model_spec(model: str, defined: Mapping[str, Any]) -> tuple[str, dict]:
             raise InputError(f"--model {model}: no such GGUF file")
         return _name(path.stem), {"source": "gguf", "path": str(path.resolve())}
     if path.exists():
-        raise InputError(f"--model {model}: expected a Hugging Face model folder, a .gguf file, a hub id "
-                         f"or a model name under params 'models' ({', '.join(defined)})")
+        raise InputError(
+            f"--model {model}: expected a Hugging Face model folder, a .gguf file, a hub id "
+            f"or a model name under params 'models' ({', '.join(defined)})"
+        )
     return _name(model.split("/")[-1]), {"source": "hub", "repo_id": model}
 
 
-def build_params(model: str, facts: str | Path, *, templates: str | Path | None = None,
-                 controls: str | Path | None = None, target: str | None = None, seed: int = 0,
-                 params_files: Iterable[str | Path] = (), overrides: Mapping[str, Any] | None = None,
-                 sets: Iterable[str] = ()) -> tuple[dict, str, str]:
+def build_params(
+    model: str,
+    facts: str | Path,
+    *,
+    templates: str | Path | None = None,
+    controls: str | Path | None = None,
+    target: str | None = None,
+    seed: int = 0,
+    params_files: Iterable[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> tuple[dict, str, str]:
     """The params mapping of one (model, fact file, seed) run: the packaged defaults, RUN_DEFAULTS,
     your params files, `overrides` (sections to merge) and `sets` (KEY=VALUE), then the model, the
     target and `run`; validated. Returns (mapping, model name, target name)."""
@@ -94,8 +106,13 @@ def build_params(model: str, facts: str | Path, *, templates: str | Path | None 
             selector[key] = str(Path(path).resolve())
     mapping["models"] = {model_name: spec}  # only what this run uses: params.yaml shows exactly it
     mapping["targets"] = {target_name: selector}
-    mapping["run"] = {**mapping["run"], "models": [model_name], "targets": [target_name], "seeds": [int(seed)],
-                      "baselines": []}
+    mapping["run"] = {
+        **mapping["run"],
+        "models": [model_name],
+        "targets": [target_name],
+        "seeds": [int(seed)],
+        "baselines": [],
+    }
     mapping["export"] = {**mapping["export"], "seeds": []}
     config.validate(mapping, SCHEMA, source="knowsubnet")
     return mapping, model_name, target_name
@@ -113,7 +130,7 @@ class Run:
     progress: bool = True
 
     @classmethod
-    def create(cls, out: str | Path, mapping: dict, model: str, target: str, progress: bool = True) -> "Run":
+    def create(cls, out: str | Path, mapping: dict, model: str, target: str, progress: bool = True) -> Run:
         """Write (or check) `out/params.yaml` and load the run's templates."""
         out = Path(out).resolve()
         text = yaml.safe_dump(mapping, sort_keys=True)  # as Snakemake writes its params file
@@ -151,43 +168,80 @@ class Run:
         triplets, splits = self.path("data/processed/triplets.parquet"), self.path("data/processed/splits")
         model_dir = self.path("results/models/{model}")
         self._step("fetch_data", raw / "manifest.json", lambda: fetch_from_params(p, raw))
-        self._step("extract_triplets", triplets,
-                   lambda: extract_triplets(p, raw_dir=raw, facts_table=FACTS_TABLE, out=triplets))
-        self._step("split_controls", splits / self.target / "summary.json",
-                   lambda: split_targets(p, triplets=triplets, raw=raw, out=splits / self.target, target=self.target))
-        self._step("prepare_model", model_dir / "config.json",
-                   lambda: prepare_from_params(p, model=self.model, out=model_dir, splits_dir=splits,
-                                               text=wiki / "wiki.valid.raw"))
+        self._step(
+            "extract_triplets",
+            triplets,
+            lambda: extract_triplets(p, raw_dir=raw, facts_table=FACTS_TABLE, out=triplets),
+        )
+        self._step(
+            "split_controls",
+            splits / self.target / "summary.json",
+            lambda: split_targets(p, triplets=triplets, raw=raw, out=splits / self.target, target=self.target),
+        )
+        self._step(
+            "prepare_model",
+            model_dir / "config.json",
+            lambda: prepare_from_params(
+                p, model=self.model, out=model_dir, splits_dir=splits, text=wiki / "wiki.valid.raw"
+            ),
+        )
         verbalized = self.path("results/verbalized/{model}/{target}.parquet")
-        self._step("verbalize", verbalized,
-                   lambda: verbalize_facts(p, model_dir=model_dir, facts=[splits / self.target], out=verbalized))
+        self._step(
+            "verbalize",
+            verbalized,
+            lambda: verbalize_facts(p, model_dir=model_dir, facts=[splits / self.target], out=verbalized),
+        )
         controllm = self.path("results/controllm/{model}")
-        self._step("tokenize_controllm", controllm / "test.safetensors",
-                   lambda: write_controllm(model_dir, wiki / f"wiki.{p.controllm.train_text}.raw",
-                                           wiki / "wiki.test.raw", controllm, p))
+        self._step(
+            "tokenize_controllm",
+            controllm / "test.safetensors",
+            lambda: write_controllm(
+                model_dir, wiki / f"wiki.{p.controllm.train_text}.raw", wiki / "wiki.test.raw", controllm, p
+            ),
+        )
 
     def _inputs(self) -> dict[str, Path]:
-        return {"model_dir": self.path("results/models/{model}"),
-                "verbalized": self.path("results/verbalized/{model}/{target}.parquet"),
-                "splits_dir": self.path("data/processed/splits/{target}"),
-                "controllm_dir": self.path("results/controllm/{model}")}
+        return {
+            "model_dir": self.path("results/models/{model}"),
+            "verbalized": self.path("results/verbalized/{model}/{target}.parquet"),
+            "splits_dir": self.path("data/processed/splits/{target}"),
+            "controllm_dir": self.path("results/controllm/{model}"),
+        }
 
     def discover(self) -> Path:
         """The mask (resumes a killed discovery from its checkpoint); returns mask.safetensors."""
         self.prepare()
         if not (self.mask_dir / "metrics.json").exists():
-            discover_mask(self.params, model=self.model, target=self.target, seed=self.seed, out_dir=self.mask_dir,
-                          progress=self.progress, **self._inputs())
+            discover_mask(
+                self.params,
+                model=self.model,
+                target=self.target,
+                seed=self.seed,
+                out_dir=self.mask_dir,
+                progress=self.progress,
+                **self._inputs(),
+            )
         return self.mask_dir / "mask.safetensors"
 
     def evaluate(self) -> Path:
         """The ablation evaluation on the test splits; returns its metrics.json."""
         mask = self.discover()
         out = self.path("results/eval/{model}/{target}/seed{seed}")
-        self._step("evaluate_ablation", out / "metrics.json",
-                   lambda: evaluate_mask(self.params, model=self.model, target=self.target, seed=self.seed,
-                                         mask=mask, out=out / "metrics.json", headline_out=out / "headline.json",
-                                         facts_out=out / "facts.parquet", **self._inputs()))
+        self._step(
+            "evaluate_ablation",
+            out / "metrics.json",
+            lambda: evaluate_mask(
+                self.params,
+                model=self.model,
+                target=self.target,
+                seed=self.seed,
+                mask=mask,
+                out=out / "metrics.json",
+                headline_out=out / "headline.json",
+                facts_out=out / "facts.parquet",
+                **self._inputs(),
+            ),
+        )
         return out / "metrics.json"
 
     def robustness(self) -> Path:
@@ -195,13 +249,23 @@ class Run:
         mask = self.discover()
         out = self.path("results/robustness/{model}/{target}/seed{seed}")
         inputs = self._inputs()
-        self._step("evaluate_robustness", out / "robustness.json",
-                   lambda: evaluate_robustness(
-                       self.params, model=self.model, target=self.target, seed=self.seed,
-                       model_dir=inputs["model_dir"], mask=mask, triplets=self.path("data/processed/triplets.parquet"),
-                       splits_root=self.path("data/processed/splits"),
-                       verbalized_root=self.path("results/verbalized/{model}"),
-                       controllm_dir=inputs["controllm_dir"], out_dir=out))
+        self._step(
+            "evaluate_robustness",
+            out / "robustness.json",
+            lambda: evaluate_robustness(
+                self.params,
+                model=self.model,
+                target=self.target,
+                seed=self.seed,
+                model_dir=inputs["model_dir"],
+                mask=mask,
+                triplets=self.path("data/processed/triplets.parquet"),
+                splits_root=self.path("data/processed/splits"),
+                verbalized_root=self.path("results/verbalized/{model}"),
+                controllm_dir=inputs["controllm_dir"],
+                out_dir=out,
+            ),
+        )
         return out / "robustness.json"
 
     def export(self, keep: str | None = None) -> Path:
@@ -210,11 +274,21 @@ class Run:
         robustness = self.robustness().with_name("headline.json")
         out = self.path("results/remaining/{model}/{target}/seed{seed}")
         p = self.params
-        self._step("export_remaining", out / "config.json",
-                   lambda: export_masked_model(self.path("results/models/{model}"), self.mask_dir / "mask.safetensors",
-                                               out, keep=keep or p.export.keep, targets=p.targets,
-                                               fact_sources=list(p.triplets.sources), headline=headline,
-                                               robustness=robustness, bars=dataclasses.asdict(p.report.bars)))
+        self._step(
+            "export_remaining",
+            out / "config.json",
+            lambda: export_masked_model(
+                self.path("results/models/{model}"),
+                self.mask_dir / "mask.safetensors",
+                out,
+                keep=keep or p.export.keep,
+                targets=p.targets,
+                fact_sources=list(p.triplets.sources),
+                headline=headline,
+                robustness=robustness,
+                bars=dataclasses.asdict(p.report.bars),
+            ),
+        )
         return out
 
 
@@ -227,9 +301,19 @@ class Discovery:
     run: Run
 
 
-def discover(model: str, facts: str | Path, controls: str | Path | None = None, *, templates: str | Path | None = None,
-             out: str | Path = "knowsubnet-run", target: str | None = None, seed: int = 0,
-             params: Iterable[str | Path] = (), progress: bool = False, **overrides: Any) -> Discovery:
+def discover(
+    model: str,
+    facts: str | Path,
+    controls: str | Path | None = None,
+    *,
+    templates: str | Path | None = None,
+    out: str | Path = "knowsubnet-run",
+    target: str | None = None,
+    seed: int = 0,
+    params: Iterable[str | Path] = (),
+    progress: bool = False,
+    **overrides: Any,
+) -> Discovery:
     """Find the knowledge-critical subnetwork of `model` for the facts in `facts`, in the folder `out`.
 
     `model`: a Hugging Face folder, a .gguf file, a hub id, or a name under params `models`
@@ -238,8 +322,16 @@ def discover(model: str, facts: str | Path, controls: str | Path | None = None, 
     (`data.user_facts`). `params`: params YAML files merged over the packaged defaults;
     `overrides`: sections to merge last, e.g. `train={"steps": 50}`.
     """
-    mapping, model_name, target_name = build_params(model, facts, templates=templates, controls=controls,
-                                                    target=target, seed=seed, params_files=params, overrides=overrides)
+    mapping, model_name, target_name = build_params(
+        model,
+        facts,
+        templates=templates,
+        controls=controls,
+        target=target,
+        seed=seed,
+        params_files=params,
+        overrides=overrides,
+    )
     run = Run.create(out, mapping, model_name, target_name, progress=progress)
     mask = run.discover()
     return Discovery(mask, read_json(run.mask_dir / "metrics.json"), run)

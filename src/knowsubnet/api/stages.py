@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
@@ -55,9 +56,17 @@ class Arg:
         if self.action:
             parser.add_argument(self.flag, dest=self.dest, action=self.action, help=self.help)
         else:
-            parser.add_argument(self.flag, dest=self.dest, type=self.type, required=self.required, nargs=self.nargs,
-                                default=self.default, choices=self.choices, help=self.help,
-                                metavar=self.flag.lstrip("-").upper().replace("-", "_"))
+            parser.add_argument(
+                self.flag,
+                dest=self.dest,
+                type=self.type,
+                required=self.required,
+                nargs=self.nargs,
+                default=self.default,
+                choices=self.choices,
+                help=self.help,
+                metavar=self.flag.lstrip("-").upper().replace("-", "_"),
+            )
 
 
 @dataclass(frozen=True)
@@ -87,158 +96,404 @@ MASK = Arg("--mask", "mask.safetensors (discover_mask's)")
 NO_PROGRESS = Arg("--no-progress", "no progress bar", action="store_false", to="progress")
 KNOWN = ("known", "verbalize.scored_positions")  # which facts count as known: read by every stage scoring facts
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("build_facts_table", "knowsubnet.data.facts_table:build_facts_table", load="none", params=(),
-          doc="Build the in-repo facts table data/facts/conceptnet_facts.tsv from the local data mirror. Run "
-              "once by a maintainer, from the repository root (not a pipeline stage; the table is committed).",
-          args=(Arg("--mirror", "the local data mirror (layout of ../shared/data)", required=False,
-                    default=Path("../shared/data")),
-                Arg("--out", "the table to write", required=False, default=Path("data/facts/conceptnet_facts.tsv")))),
-    Stage("fetch_data", "knowsubnet.data.fetch:fetch_from_params",
-          doc="Copy the raw datasets from the local mirror (or download them) into data/raw. triplets.sources "
-              "and controllm.train_text decide whether WordNet's noun files and WikiText-2 train are fetched.",
-          params=("data", "triplets.lama_path", "triplets.sources", "controllm.train_text"),
-          args=(Arg("--out", "the raw data folder", required=False, default=Path("data/raw"), to="out_dir"),)),
-    Stage("extract_triplets", "knowsubnet.data.triplets:extract_triplets",
-          doc="Read every selected fact source into data/processed/triplets.parquet.",
-          params=("triplets",),
-          args=(Arg("--raw", "fetch_data's output folder", required=False, default=Path("data/raw"), to="raw_dir"),
-                Arg("--facts", "the in-repo facts table (source 'builtin')", required=False,
-                    default=DEFAULTS / "conceptnet_facts.tsv", to="facts_table"),
-                Arg("--out", "the triplets parquet", required=False, default=Path("data/processed/triplets.parquet")))),
-    Stage("split_controls", "knowsubnet.data.split_stage:split_targets",
-          doc="TargetKG / ControlKG train/val/test parquet files for one target (--target), or for every target "
-              "in params. With split.controlkg: paper, the paper's ControlKG files are read from --raw.",
-          params=("targets.{target}", "split"),
-          args=(Arg("--triplets", "extract_triplets' output", required=False,
-                    default=Path("data/processed/triplets.parquet")),
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage(
+            "build_facts_table",
+            "knowsubnet.data.facts_table:build_facts_table",
+            load="none",
+            params=(),
+            doc="Build the in-repo facts table data/facts/conceptnet_facts.tsv from the local data mirror. Run "
+            "once by a maintainer, from the repository root (not a pipeline stage; the table is committed).",
+            args=(
+                Arg(
+                    "--mirror",
+                    "the local data mirror (layout of ../shared/data)",
+                    required=False,
+                    default=Path("../shared/data"),
+                ),
+                Arg("--out", "the table to write", required=False, default=Path("data/facts/conceptnet_facts.tsv")),
+            ),
+        ),
+        Stage(
+            "fetch_data",
+            "knowsubnet.data.fetch:fetch_from_params",
+            doc="Copy the raw datasets from the local mirror (or download them) into data/raw. triplets.sources "
+            "and controllm.train_text decide whether WordNet's noun files and WikiText-2 train are fetched.",
+            params=("data", "triplets.lama_path", "triplets.sources", "controllm.train_text"),
+            args=(Arg("--out", "the raw data folder", required=False, default=Path("data/raw"), to="out_dir"),),
+        ),
+        Stage(
+            "extract_triplets",
+            "knowsubnet.data.triplets:extract_triplets",
+            doc="Read every selected fact source into data/processed/triplets.parquet.",
+            params=("triplets",),
+            args=(
+                Arg("--raw", "fetch_data's output folder", required=False, default=Path("data/raw"), to="raw_dir"),
+                Arg(
+                    "--facts",
+                    "the in-repo facts table (source 'builtin')",
+                    required=False,
+                    default=DEFAULTS / "conceptnet_facts.tsv",
+                    to="facts_table",
+                ),
+                Arg("--out", "the triplets parquet", required=False, default=Path("data/processed/triplets.parquet")),
+            ),
+        ),
+        Stage(
+            "split_controls",
+            "knowsubnet.data.split_stage:split_targets",
+            doc="TargetKG / ControlKG train/val/test parquet files for one target (--target), or for every target "
+            "in params. With split.controlkg: paper, the paper's ControlKG files are read from --raw.",
+            params=("targets.{target}", "split"),
+            args=(
+                Arg(
+                    "--triplets",
+                    "extract_triplets' output",
+                    required=False,
+                    default=Path("data/processed/triplets.parquet"),
+                ),
                 Arg("--raw", "fetch_data's output folder", required=False, default=Path("data/raw")),
                 Arg("--target", "one target's name: --out is then that target's folder", type=str, required=False),
-                Arg("--out", "the splits folder", required=False, default=Path("data/processed/splits")))),
-    Stage("prepare_model", "knowsubnet.models.prepare:prepare_from_params",
-          doc="A local Hugging Face model directory and provenance.json for one model. The tiny model "
-              "(source tiny) trains on the facts of run.targets; pretrained sources ignore the fact arguments.",
-          params=("models.{model}", "run.targets"),
-          args=(MODEL, Arg("--out", "results/models/<model>"),
+                Arg("--out", "the splits folder", required=False, default=Path("data/processed/splits")),
+            ),
+        ),
+        Stage(
+            "prepare_model",
+            "knowsubnet.models.prepare:prepare_from_params",
+            doc="A local Hugging Face model directory and provenance.json for one model. The tiny model "
+            "(source tiny) trains on the facts of run.targets; pretrained sources ignore the fact arguments.",
+            params=("models.{model}", "run.targets"),
+            args=(
+                MODEL,
+                Arg("--out", "results/models/<model>"),
                 Arg("--facts", "fact parquet files (tiny model)", required=False, nargs="+", default=[]),
                 Arg("--splits-dir", "data/processed/splits: facts of run.targets (tiny model)", required=False),
-                Arg("--text", "ordinary text for the tiny model (wiki.valid.raw)", required=False))),
-    Stage("tokenize_controllm", "knowsubnet.models.controllm:write_controllm",
-          doc="WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer. Writes --out/train, val "
-              "(the last blocks of the training text, never trained on) and test.safetensors, and meta.json.",
-          params=("controllm",),
-          args=(MODEL_DIR, Arg("--train-text", "wiki.valid.raw or wiki.train.raw (controllm.train_text)"),
-                Arg("--test-text", "wiki.test.raw"), Arg("--out", "results/controllm/<model>"))),
-    Stage("verbalize", "knowsubnet.scoring.templates:verbalize_facts",
-          doc="The best template per fact for one model (lowest tail perplexity). One row per fact with uuid, "
-              "head, rel, tail, template_id, prompt, tail_text, tail_ppl.",
-          params=("verbalize",),
-          args=(MODEL_DIR, Arg("--splits", "split folders or parquet files (their union; triplets.parquet too)",
-                               nargs="+", to="facts"),
-                Arg("--out", "the output parquet"))),
-    Stage("discover_mask", "knowsubnet.method.discover:discover",
-          doc="Learn the knowledge-critical subnetwork mask of one (model, target, seed). Writes "
-              "--out-dir/mask.safetensors, meta.json, train_log.csv, metrics.json; a killed run resumes.",
-          params=("mask", "train", *KNOWN),
-          args=(MODEL, TARGET, SEED, MODEL_DIR, VERBALIZED, SPLITS, CONTROLLM,
-                Arg("--out-dir", "results/masks/<model>/<target>/seed<seed>"), NO_PROGRESS)),
-    Stage("evaluate_ablation", "knowsubnet.evaluation.ablation:evaluate_mask",
-          doc="Original / removed / random-removed / kept metrics for one mask. report.bars: the headline's verdict.",
-          params=("eval", *KNOWN, "report.bars"),
-          args=(MODEL, TARGET, SEED, MODEL_DIR, VERBALIZED, SPLITS, CONTROLLM, MASK,
+                Arg("--text", "ordinary text for the tiny model (wiki.valid.raw)", required=False),
+            ),
+        ),
+        Stage(
+            "tokenize_controllm",
+            "knowsubnet.models.controllm:write_controllm",
+            doc="WikiText-2 as ControlLM blocks of token ids, with one model's tokenizer. Writes --out/train, val "
+            "(the last blocks of the training text, never trained on) and test.safetensors, and meta.json.",
+            params=("controllm",),
+            args=(
+                MODEL_DIR,
+                Arg("--train-text", "wiki.valid.raw or wiki.train.raw (controllm.train_text)"),
+                Arg("--test-text", "wiki.test.raw"),
+                Arg("--out", "results/controllm/<model>"),
+            ),
+        ),
+        Stage(
+            "verbalize",
+            "knowsubnet.scoring.templates:verbalize_facts",
+            doc="The best template per fact for one model (lowest tail perplexity). One row per fact with uuid, "
+            "head, rel, tail, template_id, prompt, tail_text, tail_ppl.",
+            params=("verbalize",),
+            args=(
+                MODEL_DIR,
+                Arg(
+                    "--splits",
+                    "split folders or parquet files (their union; triplets.parquet too)",
+                    nargs="+",
+                    to="facts",
+                ),
+                Arg("--out", "the output parquet"),
+            ),
+        ),
+        Stage(
+            "discover_mask",
+            "knowsubnet.method.discover:discover",
+            doc="Learn the knowledge-critical subnetwork mask of one (model, target, seed). Writes "
+            "--out-dir/mask.safetensors, meta.json, train_log.csv, metrics.json; a killed run resumes.",
+            params=("mask", "train", *KNOWN),
+            args=(
+                MODEL,
+                TARGET,
+                SEED,
+                MODEL_DIR,
+                VERBALIZED,
+                SPLITS,
+                CONTROLLM,
+                Arg("--out-dir", "results/masks/<model>/<target>/seed<seed>"),
+                NO_PROGRESS,
+            ),
+        ),
+        Stage(
+            "evaluate_ablation",
+            "knowsubnet.evaluation.ablation:evaluate_mask",
+            doc="Original / removed / random-removed / kept metrics for one mask. report.bars: the headline's verdict.",
+            params=("eval", *KNOWN, "report.bars"),
+            args=(
+                MODEL,
+                TARGET,
+                SEED,
+                MODEL_DIR,
+                VERBALIZED,
+                SPLITS,
+                CONTROLLM,
+                MASK,
                 Arg("--out", "metrics.json to write"),
-                Arg("--headline", "headline.json to write: the few numbers of `dvc metrics show`, with the verdict",
-                    required=False, to="headline_out"),
-                Arg("--facts", "facts.parquet to write: per test fact its NLL and rank per variant",
-                    required=False, to="facts_out"))),
-    Stage("evaluate_robustness", "knowsubnet.evaluation.robustness:evaluate_robustness",
-          doc="Removed, or only hidden, for one (model, target, seed). Held-out facts and wordings, in context, "
-              "multiple choice, the logit lens and a linear probe, quantization, relearning and specificity "
-              "(the other run.targets): --out-dir/robustness.json, sentences.parquet, headline.json.",
-          params=("robustness", *KNOWN, "eval.dtype", "eval.random_draws", "train.targetkg_templates",
-                  "verbalize.other_heads", "run.targets"),
-          args=(MODEL, TARGET, SEED, MODEL_DIR, MASK, Arg("--triplets", "data/processed/triplets.parquet"),
+                Arg(
+                    "--headline",
+                    "headline.json to write: the few numbers of `dvc metrics show`, with the verdict",
+                    required=False,
+                    to="headline_out",
+                ),
+                Arg(
+                    "--facts",
+                    "facts.parquet to write: per test fact its NLL and rank per variant",
+                    required=False,
+                    to="facts_out",
+                ),
+            ),
+        ),
+        Stage(
+            "evaluate_robustness",
+            "knowsubnet.evaluation.robustness:evaluate_robustness",
+            doc="Removed, or only hidden, for one (model, target, seed). Held-out facts and wordings, in context, "
+            "multiple choice, the logit lens and a linear probe, quantization, relearning and specificity "
+            "(the other run.targets): --out-dir/robustness.json, sentences.parquet, headline.json.",
+            params=(
+                "robustness",
+                *KNOWN,
+                "eval.dtype",
+                "eval.random_draws",
+                "train.targetkg_templates",
+                "verbalize.other_heads",
+                "run.targets",
+            ),
+            args=(
+                MODEL,
+                TARGET,
+                SEED,
+                MODEL_DIR,
+                MASK,
+                Arg("--triplets", "data/processed/triplets.parquet"),
                 Arg("--splits-root", "data/processed/splits"),
-                Arg("--verbalized-root", "results/verbalized/<model>"), CONTROLLM,
-                Arg("--out-dir", "results/robustness/<model>/<target>/seed<seed>"))),
-    Stage("combine_seeds", "knowsubnet.evaluation.ablation:combine_seeds",
-          doc="Union / intersection / majority of a target's seed masks, and their metrics. Writes "
-              "<out-masks>/<how>.safetensors and <out-eval>/<how>.json.",
-          params=("eval", *KNOWN),
-          args=(MODEL, TARGET, Arg("--masks", "the seeds' mask.safetensors", nargs="+"), MODEL_DIR, VERBALIZED,
-                SPLITS, CONTROLLM, Arg("--out-masks", "results/combined/<model>/<target>"),
+                Arg("--verbalized-root", "results/verbalized/<model>"),
+                CONTROLLM,
+                Arg("--out-dir", "results/robustness/<model>/<target>/seed<seed>"),
+            ),
+        ),
+        Stage(
+            "combine_seeds",
+            "knowsubnet.evaluation.ablation:combine_seeds",
+            doc="Union / intersection / majority of a target's seed masks, and their metrics. Writes "
+            "<out-masks>/<how>.safetensors and <out-eval>/<how>.json.",
+            params=("eval", *KNOWN),
+            args=(
+                MODEL,
+                TARGET,
+                Arg("--masks", "the seeds' mask.safetensors", nargs="+"),
+                MODEL_DIR,
+                VERBALIZED,
+                SPLITS,
+                CONTROLLM,
+                Arg("--out-masks", "results/combined/<model>/<target>"),
                 Arg("--out-eval", "results/eval/<model>/<target>/combined"),
-                Arg("--combinations", "which combinations", type=str, required=False, nargs="+",
-                    default=list(COMBINATIONS), choices=COMBINATIONS))),
-    Stage("remove_baseline", "knowsubnet.method.baselines:run_baseline",
-          doc="Another method's removal of one (model, target, seed)'s knowledge. Writes --out-dir/removal.safetensors "
-              "and meta.json; the finetuning methods resume from their checkpoint.",
-          params=("baselines.{baseline}", "baselines.device", *KNOWN, "mask.top_k_blocks",
-                  "train.controlkg_known_only", "train.targetkg_templates"),
-          args=(Arg("--method", "the method, a baseline of knowsubnet.method.registry (the {baseline} wildcard)",
-                    type=str), MODEL, TARGET, SEED, MODEL_DIR,
-                VERBALIZED, SPLITS, CONTROLLM,
+                Arg(
+                    "--combinations",
+                    "which combinations",
+                    type=str,
+                    required=False,
+                    nargs="+",
+                    default=list(COMBINATIONS),
+                    choices=COMBINATIONS,
+                ),
+            ),
+        ),
+        Stage(
+            "remove_baseline",
+            "knowsubnet.method.baselines:run_baseline",
+            doc="Another method's removal of one (model, target, seed)'s knowledge. Writes --out-dir/removal.safetensors "
+            "and meta.json; the finetuning methods resume from their checkpoint.",
+            params=(
+                "baselines.{baseline}",
+                "baselines.device",
+                *KNOWN,
+                "mask.top_k_blocks",
+                "train.controlkg_known_only",
+                "train.targetkg_templates",
+            ),
+            args=(
+                Arg(
+                    "--method",
+                    "the method, a baseline of knowsubnet.method.registry (the {baseline} wildcard)",
+                    type=str,
+                ),
+                MODEL,
+                TARGET,
+                SEED,
+                MODEL_DIR,
+                VERBALIZED,
+                SPLITS,
+                CONTROLLM,
                 Arg("--mask", "the learned mask of the same seed (the methods sized by it)", required=False),
-                Arg("--out-dir", "results/baselines/<model>/<target>/<method>/seed<seed>"), NO_PROGRESS)),
-    Stage("finetune_csqa", "knowsubnet.downstream.csqa:run_stage",
-          doc="CommonsenseQA finetuning of the original / remaining / random-removed models. known and "
-              "robustness.suppressed_ratio: which removed facts were known and suppressed.",
-          params=("csqa", "targets.{target}", *KNOWN, "robustness.suppressed_ratio"),
-          args=(MODEL, TARGET, Arg("--seed", "mask seed (the finetuning seeds are csqa.seeds)", type=int),
-                Arg("--mode", "finetuning mode", type=str, choices=CSQA_MODES), MODEL_DIR, MASK,
-                Arg("--triplets", "data/processed/triplets.parquet"), SPLITS, VERBALIZED,
-                Arg("--csqa-dir", "folder with {train,dev}_rand_split.jsonl"), Arg("--out", "results JSON to write"))),
-    Stage("export_remaining", "knowsubnet.evaluation.export:export_from_params",
-          doc="Export the remaining model (subnetwork removed), or the subnetwork alone, as a Hugging Face "
-              "directory with its model card (README.md) and provenance.json.",
-          params=("export.keep", "targets.{target}", "triplets.sources", "report.bars"),
-          args=(MODEL_DIR, MASK, Arg("--out", "directory to write"),
-                Arg("--keep", "remaining: remove the subnetwork; subnetwork: keep only it in masked layers "
-                              "(default: params export.keep)", type=str, required=False, choices=KEEP),
+                Arg("--out-dir", "results/baselines/<model>/<target>/<method>/seed<seed>"),
+                NO_PROGRESS,
+            ),
+        ),
+        Stage(
+            "finetune_csqa",
+            "knowsubnet.downstream.csqa:run_stage",
+            doc="CommonsenseQA finetuning of the original / remaining / random-removed models. known and "
+            "robustness.suppressed_ratio: which removed facts were known and suppressed.",
+            params=("csqa", "targets.{target}", *KNOWN, "robustness.suppressed_ratio"),
+            args=(
+                MODEL,
+                TARGET,
+                Arg("--seed", "mask seed (the finetuning seeds are csqa.seeds)", type=int),
+                Arg("--mode", "finetuning mode", type=str, choices=CSQA_MODES),
+                MODEL_DIR,
+                MASK,
+                Arg("--triplets", "data/processed/triplets.parquet"),
+                SPLITS,
+                VERBALIZED,
+                Arg("--csqa-dir", "folder with {train,dev}_rand_split.jsonl"),
+                Arg("--out", "results JSON to write"),
+            ),
+        ),
+        Stage(
+            "export_remaining",
+            "knowsubnet.evaluation.export:export_from_params",
+            doc="Export the remaining model (subnetwork removed), or the subnetwork alone, as a Hugging Face "
+            "directory with its model card (README.md) and provenance.json.",
+            params=("export.keep", "targets.{target}", "triplets.sources", "report.bars"),
+            args=(
+                MODEL_DIR,
+                MASK,
+                Arg("--out", "directory to write"),
+                Arg(
+                    "--keep",
+                    "remaining: remove the subnetwork; subnetwork: keep only it in masked layers "
+                    "(default: params export.keep)",
+                    type=str,
+                    required=False,
+                    choices=KEEP,
+                ),
                 Arg("--headline", "evaluate_ablation's headline.json, for the model card", required=False),
                 Arg("--robustness", "evaluate_robustness's headline.json, for the model card", required=False),
-                Arg("--push-to-hub", "then upload the folder to this Hugging Face model repo (network, a write "
-                                     "token; the pipeline never does)", type=str, required=False, to="hub_repo"),
-                Arg("--public", "with --push-to-hub: a public repo (default private)", action="store_true"))),
-    Stage("report", "knowsubnet.report.build:build_report",
-          doc="Tables, figures and report.md from the metrics, masks and training logs. The whole params are "
-              "shown; with baselines, the section comparing them with the learned mask.",
-          params=("report",),
-          args=(Arg("--metrics", "metrics JSON files (per seed, and seed combinations)", nargs="*", default=[],
-                    required=False, to="metrics_paths"),
-                Arg("--masks", "mask.safetensors files (per seed)", nargs="*", default=[], required=False,
-                    to="mask_paths"),
+                Arg(
+                    "--push-to-hub",
+                    "then upload the folder to this Hugging Face model repo (network, a write "
+                    "token; the pipeline never does)",
+                    type=str,
+                    required=False,
+                    to="hub_repo",
+                ),
+                Arg("--public", "with --push-to-hub: a public repo (default private)", action="store_true"),
+            ),
+        ),
+        Stage(
+            "report",
+            "knowsubnet.report.build:build_report",
+            doc="Tables, figures and report.md from the metrics, masks and training logs. The whole params are "
+            "shown; with baselines, the section comparing them with the learned mask.",
+            params=("report",),
+            args=(
+                Arg(
+                    "--metrics",
+                    "metrics JSON files (per seed, and seed combinations)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="metrics_paths",
+                ),
+                Arg(
+                    "--masks",
+                    "mask.safetensors files (per seed)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="mask_paths",
+                ),
                 Arg("--logs", "train_log.csv files", nargs="*", default=[], required=False, to="log_paths"),
-                Arg("--metas", "discovery meta.json files (trade-off curves)", nargs="*", default=[],
-                    required=False, to="meta_paths"),
-                Arg("--csqa", "finetune_csqa results (results/csqa/<model>/<target>/seed<seed>/<mode>.json)",
-                    nargs="*", default=[], required=False, to="csqa_paths"),
-                Arg("--robustness", "evaluate_robustness results (…/seed<seed>/robustness.json)", nargs="*",
-                    default=[], required=False, to="robustness_paths"),
-                Arg("--baselines", "remove_baseline meta.json files", nargs="*", default=[], required=False,
-                    to="baseline_meta_paths"),
-                Arg("--baseline-metrics", "evaluate_baseline metrics (…/seed<seed>/eval/metrics.json)", nargs="*",
-                    default=[], required=False, to="baseline_metrics_paths"),
-                Arg("--baseline-robustness", "baseline_robustness results (…/robustness/robustness.json)",
-                    nargs="*", default=[], required=False, to="baseline_robustness_paths"),
+                Arg(
+                    "--metas",
+                    "discovery meta.json files (trade-off curves)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="meta_paths",
+                ),
+                Arg(
+                    "--csqa",
+                    "finetune_csqa results (results/csqa/<model>/<target>/seed<seed>/<mode>.json)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="csqa_paths",
+                ),
+                Arg(
+                    "--robustness",
+                    "evaluate_robustness results (…/seed<seed>/robustness.json)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="robustness_paths",
+                ),
+                Arg(
+                    "--baselines",
+                    "remove_baseline meta.json files",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="baseline_meta_paths",
+                ),
+                Arg(
+                    "--baseline-metrics",
+                    "evaluate_baseline metrics (…/seed<seed>/eval/metrics.json)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="baseline_metrics_paths",
+                ),
+                Arg(
+                    "--baseline-robustness",
+                    "baseline_robustness results (…/robustness/robustness.json)",
+                    nargs="*",
+                    default=[],
+                    required=False,
+                    to="baseline_robustness_paths",
+                ),
                 Arg("--out-dir", "the results folder", required=False, default=Path("results")),
-                Arg("--models-root", "model directories (config.json, provenance.json); default <out-dir>/models",
-                    required=False))),
-    Stage("sweep_point", "knowsubnet.method.sweep:write_point_overlay", load="merged",
-          doc="One sweep point's params overlay (sweep.points.<point>.set) as a file. The point's stages merge "
-              "it after the run's params; checked first: merged over the params, it must validate.",
-          params=("sweep.points.{point}",),
-          args=(Arg("--point", "the point's name (the {point} wildcard)", type=str),
-                Arg("--out", "results/sweep/points/<point>.yaml"))),
-    Stage("sweep_select", "knowsubnet.report.sweep:sweep_from_params",
-          doc="The search's table (docs/SEARCH.md). Every sweep point's validation numbers and cost, the point "
-              "kept per method x model x target x seed on validation only, and the kept points' test numbers.",
-          params=("sweep", "report.bars", "report.dpi"),
-          args=(Arg("--names", "each point's name, in the order of --metas", type=str, nargs="+"),
+                Arg(
+                    "--models-root",
+                    "model directories (config.json, provenance.json); default <out-dir>/models",
+                    required=False,
+                ),
+            ),
+        ),
+        Stage(
+            "sweep_point",
+            "knowsubnet.method.sweep:write_point_overlay",
+            load="merged",
+            doc="One sweep point's params overlay (sweep.points.<point>.set) as a file. The point's stages merge "
+            "it after the run's params; checked first: merged over the params, it must validate.",
+            params=("sweep.points.{point}",),
+            args=(
+                Arg("--point", "the point's name (the {point} wildcard)", type=str),
+                Arg("--out", "results/sweep/points/<point>.yaml"),
+            ),
+        ),
+        Stage(
+            "sweep_select",
+            "knowsubnet.report.sweep:sweep_from_params",
+            doc="The search's table (docs/SEARCH.md). Every sweep point's validation numbers and cost, the point "
+            "kept per method x model x target x seed on validation only, and the kept points' test numbers.",
+            params=("sweep", "report.bars", "report.dpi"),
+            args=(
+                Arg("--names", "each point's name, in the order of --metas", type=str, nargs="+"),
                 Arg("--metas", "each point's meta.json", nargs="+"),
                 Arg("--headlines", "each point's test headline.json (read for the kept points only)", nargs="+"),
-                Arg("--out-dir", "results/sweep"))),
-]}
+                Arg("--out-dir", "results/sweep"),
+            ),
+        ),
+    ]
+}
 
 
 def add_parser(commands: argparse._SubParsersAction, stage: Stage) -> None:
@@ -247,9 +502,13 @@ def add_parser(commands: argparse._SubParsersAction, stage: Stage) -> None:
     sub = commands.add_parser(stage.name, help=stage.doc.split(". ")[0], description=stage.doc + reads)
     if stage.load != "none":
         sub.add_argument("--params", nargs="+", required=True, metavar="YAML", help="params files, merged in order")
-        sub.add_argument("--check-run", type=Path, metavar="FILE",
-                         help=f"stop unless FILE's '{RUN_MARK.strip()}' line records these params' run "
-                              "(dvc.yaml's commands pass dvc.yaml)")
+        sub.add_argument(
+            "--check-run",
+            type=Path,
+            metavar="FILE",
+            help=f"stop unless FILE's '{RUN_MARK.strip()}' line records these params' run "
+            "(dvc.yaml's commands pass dvc.yaml)",
+        )
     for arg in stage.args:
         arg.add_to(sub)
 
@@ -300,7 +559,9 @@ def generated_for(mapping: dict) -> str:
 def check_recorded_run(mapping: dict, path: Path) -> None:
     """Stop when `path`'s RUN_MARK line records another run than `mapping`'s (a file without one: no check)."""
     lines = path.read_text().splitlines() if path.exists() else []
-    recorded = next((line[len(RUN_MARK):].strip() for line in lines if line.startswith(RUN_MARK)), None)
+    recorded = next((line[len(RUN_MARK) :].strip() for line in lines if line.startswith(RUN_MARK)), None)
     if recorded is not None and recorded != generated_for(mapping):
-        raise InputError(f"{path} was generated for {recorded}, but the params have {generated_for(mapping)}: "
-                         f"run `make {path.name}` (or `make params`) to regenerate it")
+        raise InputError(
+            f"{path} was generated for {recorded}, but the params have {generated_for(mapping)}: "
+            f"run `make {path.name}` (or `make params`) to regenerate it"
+        )

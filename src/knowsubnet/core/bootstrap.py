@@ -10,7 +10,7 @@ fixed order, so a seed gives the same interval on every machine and in every rel
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -36,8 +36,9 @@ def ratios_of_sums(numerators: np.ndarray, denominators: np.ndarray, n_boot: int
     return numerators[draws].sum(axis=1) / denominators[draws].sum(axis=1)
 
 
-def seed_unit_draws(n_seeds: int, n_units: int, n_boot: int, seed, units_first: bool = False
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def seed_unit_draws(
+    n_seeds: int, n_units: int, n_boot: int, seed, units_first: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`n_boot` resamples of seeds and units together, one (seed indices [n_seeds], unit indices
     [n_units]) pair per draw, for statistics of a [seeds, units] table. Each draw takes the seeds
     then the units from one generator (the units first with `units_first`)."""

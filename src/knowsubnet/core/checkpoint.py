@@ -43,10 +43,12 @@ def load(path: str | Path | None, fingerprint: dict[str, Any]) -> dict[str, Any]
         log.warning("%s: unreadable checkpoint (%s); starting from scratch", path, reason)
         return None
     if saved_fingerprint != fingerprint:
-        changed = sorted(k for k in fingerprint.keys() | saved_fingerprint.keys()
-                         if saved_fingerprint.get(k) != fingerprint.get(k))
-        log.warning("%s: checkpoint was written for other inputs (changed: %s); starting from scratch",
-                    path, ", ".join(changed))
+        changed = sorted(
+            k for k in fingerprint.keys() | saved_fingerprint.keys() if saved_fingerprint.get(k) != fingerprint.get(k)
+        )
+        log.warning(
+            "%s: checkpoint was written for other inputs (changed: %s); starting from scratch", path, ", ".join(changed)
+        )
         return None
     return state
 

@@ -19,8 +19,9 @@ import dataclasses
 import functools
 import re
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any
 
 import jsonschema
 import pydantic
@@ -31,9 +32,37 @@ from knowsubnet.core import free_form
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.schema_errors import error_line
 from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsubnet.core.config import Mask`)
-    Attribution, Bars, Baselines, Batch, ControlLM, Csqa, Data, Eval, Export, HardConcrete, Known, Mask, Neurons,
-    NoiseRamp, Npo, RandomMagnitude, Ramp, Relearn, Report, Rmu, Robustness, Run, Select, Split, Sweep, Train,
-    Triplets, Unlearning, Verbalize, section)
+    Attribution,
+    Bars,
+    Baselines,
+    Batch,
+    ControlLM,
+    Csqa,
+    Data,
+    Eval,
+    Export,
+    HardConcrete,
+    Known,
+    Mask,
+    Neurons,
+    NoiseRamp,
+    Npo,
+    Ramp,
+    RandomMagnitude,
+    Relearn,
+    Report,
+    Rmu,
+    Robustness,
+    Run,
+    Select,
+    Split,
+    Sweep,
+    Train,
+    Triplets,
+    Unlearning,
+    Verbalize,
+    section,
+)
 
 TARGETS = """\
 Each key is a target's name. A target selects TargetKG facts by one of:
@@ -73,54 +102,90 @@ class Params:
     data: Data = Field(default_factory=Data, description="Where the datasets come from.")
     triplets: Triplets = Field(default_factory=Triplets, description="The fact table every target draws from.")
     targets: Annotated[dict[str, dict[str, Any]], WithJsonSchema(free_form.TARGETS)] = Field(
-        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_TARGETS), description=TARGETS)
-    split: Split = Field(default_factory=Split, description="TargetKG and ControlKG train / val / test facts per "
-                         "target (data.splits).")
+        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_TARGETS), description=TARGETS
+    )
+    split: Split = Field(
+        default_factory=Split, description="TargetKG and ControlKG train / val / test facts per target (data.splits)."
+    )
     models: Annotated[dict[str, dict[str, Any]], WithJsonSchema(free_form.MODELS)] = Field(
-        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_MODELS), description=MODELS)
+        default_factory=lambda: copy.deepcopy(free_form.DEFAULT_MODELS), description=MODELS
+    )
     run: Run = Field(default_factory=Run, description="What the pipeline runs: models x targets x seeds.")
-    verbalize: Verbalize = Field(default_factory=Verbalize, description="Best template per fact (lowest tail "
-                                 "perplexity under the model).")
-    known: Known = Field(default_factory=Known, description=(
-        "Which facts the model knows: discovery and evaluation keep only those (a model cannot lose what it "
-        "never knew). null bounds are off."))
-    controllm: ControlLM = Field(default_factory=ControlLM, description=(
-        "ControlLM data: WikiText-2 valid (train) and test cut into blocks of the model's tokens."))
-    mask: Mask = Field(default_factory=Mask, description=(
-        "Mask over the top blocks' linear layers (tiny preset values; the paper's in comments)."))
-    train: Train = Field(default_factory=Train, description=(
-        "Mask training (tiny preset values; paper: 40k-step runs, batches 250 / 250 / 10 x 512 tokens)."))
-    eval: Eval = Field(default_factory=Eval, description=(
-        "Ablation evaluation: original / removed / random-removed / kept on the test sets."))
-    robustness: Robustness = Field(default_factory=Robustness, description=(
-        "Removed, or only hidden? (stage evaluate_robustness, after evaluate_ablation): the original, removed and "
-        "random-removed models on held-out facts, paraphrases, a multiple-choice format, relearning and "
-        "specificity (evaluation.robustness; docs/ROBUSTNESS.md says what each number means)."))
-    baselines: Baselines = Field(default_factory=Baselines, description=(
-        "Baselines (run.baselines): other removal methods on the same facts, layers and metrics as the mask "
-        "(method.baselines; docs/BASELINES.md gives each recipe's source and why these values). The first three "
-        "remove exactly as many weights per matrix as the seed's learned mask; `sweep` scales those counts to "
-        "trace each method's trade-off on the validation sets (1.0 is the removal evaluated)."))
+    verbalize: Verbalize = Field(
+        default_factory=Verbalize, description="Best template per fact (lowest tail perplexity under the model)."
+    )
+    known: Known = Field(
+        default_factory=Known,
+        description=(
+            "Which facts the model knows: discovery and evaluation keep only those (a model cannot lose what it "
+            "never knew). null bounds are off."
+        ),
+    )
+    controllm: ControlLM = Field(
+        default_factory=ControlLM,
+        description=("ControlLM data: WikiText-2 valid (train) and test cut into blocks of the model's tokens."),
+    )
+    mask: Mask = Field(
+        default_factory=Mask,
+        description=("Mask over the top blocks' linear layers (tiny preset values; the paper's in comments)."),
+    )
+    train: Train = Field(
+        default_factory=Train,
+        description=("Mask training (tiny preset values; paper: 40k-step runs, batches 250 / 250 / 10 x 512 tokens)."),
+    )
+    eval: Eval = Field(
+        default_factory=Eval,
+        description=("Ablation evaluation: original / removed / random-removed / kept on the test sets."),
+    )
+    robustness: Robustness = Field(
+        default_factory=Robustness,
+        description=(
+            "Removed, or only hidden? (stage evaluate_robustness, after evaluate_ablation): the original, removed and "
+            "random-removed models on held-out facts, paraphrases, a multiple-choice format, relearning and "
+            "specificity (evaluation.robustness; docs/ROBUSTNESS.md says what each number means)."
+        ),
+    )
+    baselines: Baselines = Field(
+        default_factory=Baselines,
+        description=(
+            "Baselines (run.baselines): other removal methods on the same facts, layers and metrics as the mask "
+            "(method.baselines; docs/BASELINES.md gives each recipe's source and why these values). The first three "
+            "remove exactly as many weights per matrix as the seed's learned mask; `sweep` scales those counts to "
+            "trace each method's trade-off on the validation sets (1.0 is the removal evaluated)."
+        ),
+    )
     report: Report = Field(default_factory=Report, description="Tables, figures and report.md.")
-    csqa: Csqa = Field(default_factory=Csqa, description=(
-        "CommonsenseQA finetuning (stage finetune_csqa) of the CSQA-linked targets in run.targets (selector "
-        "`csqa:`): original / remaining / random-removed models finetuned alike, one results file per mode."))
-    export: Export = Field(default_factory=Export, description=(
-        "Publishing a run's model (stage export_remaining): results/remaining/{model}/{target}/seed{seed}/, a "
-        "Hugging Face folder (safetensors weights, tokenizer, provenance.json) with a model card (README.md: "
-        "base model, licence (`models.<name>.license`, else \"unknown\"), the target removed, the mask's sha256, "
-        "the evaluation and robustness headline numbers, how the weights were made). On demand: `snakemake "
-        "results/remaining/tiny-gpt2/IsA/seed0`."))
-    sweep: Sweep = Field(default_factory=Sweep, description=(
-        "Recipe and baseline-settings search on the validation sets (docs/SEARCH.md; `snakemake --cores 2 "
-        "sweep`, or `dvc repro sweep_select`). Each point is one run of the learned mask (method: mask) or of one "
-        "baseline (random_magnitude, attribution, neurons, graddiff, npo, rmu) with `set`, an overlay merged over "
-        "these params (never run, sweep, nor the sections of the stages a point shares with the run: data, "
-        "triplets, targets, split, models, verbalize, controllm), for every run model x target x seed, into "
-        "results/sweep/{model}/{target}/{point}/seed{seed}/, then evaluated like the run's own mask. "
-        "results/sweep/selection.{csv,md} keeps one point per method x model x target x seed, chosen on the "
-        "validation sets with report.bars (method.sweep): the run's own mask (results/masks) is the point "
-        "`preset`. A point's name: letters, digits, `_`, `.`, `-`. config/overlays/demo-sweep.yaml: the demo's."))
+    csqa: Csqa = Field(
+        default_factory=Csqa,
+        description=(
+            "CommonsenseQA finetuning (stage finetune_csqa) of the CSQA-linked targets in run.targets (selector "
+            "`csqa:`): original / remaining / random-removed models finetuned alike, one results file per mode."
+        ),
+    )
+    export: Export = Field(
+        default_factory=Export,
+        description=(
+            "Publishing a run's model (stage export_remaining): results/remaining/{model}/{target}/seed{seed}/, a "
+            "Hugging Face folder (safetensors weights, tokenizer, provenance.json) with a model card (README.md: "
+            'base model, licence (`models.<name>.license`, else "unknown"), the target removed, the mask\'s sha256, '
+            "the evaluation and robustness headline numbers, how the weights were made). On demand: `snakemake "
+            "results/remaining/tiny-gpt2/IsA/seed0`."
+        ),
+    )
+    sweep: Sweep = Field(
+        default_factory=Sweep,
+        description=(
+            "Recipe and baseline-settings search on the validation sets (docs/SEARCH.md; `snakemake --cores 2 "
+            "sweep`, or `dvc repro sweep_select`). Each point is one run of the learned mask (method: mask) or of one "
+            "baseline (random_magnitude, attribution, neurons, graddiff, npo, rmu) with `set`, an overlay merged over "
+            "these params (never run, sweep, nor the sections of the stages a point shares with the run: data, "
+            "triplets, targets, split, models, verbalize, controllm), for every run model x target x seed, into "
+            "results/sweep/{model}/{target}/{point}/seed{seed}/, then evaluated like the run's own mask. "
+            "results/sweep/selection.{csv,md} keeps one point per method x model x target x seed, chosen on the "
+            "validation sets with report.bars (method.sweep): the run's own mask (results/masks) is the point "
+            "`preset`. A point's name: letters, digits, `_`, `.`, `-`. config/overlays/demo-sweep.yaml: the demo's."
+        ),
+    )
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain mapping (for provenance records)."""
@@ -169,7 +234,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -186,12 +252,15 @@ def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> 
         defined = sorted(mapping[kind])
         for name in mapping["run"][kind]:
             if name not in mapping[kind]:
-                raise InputError(f"{source}: params key 'run.{kind}': {name!r} is not defined under "
-                                 f"'{kind}'; defined: {', '.join(defined)}")
+                raise InputError(
+                    f"{source}: params key 'run.{kind}': {name!r} is not defined under "
+                    f"'{kind}'; defined: {', '.join(defined)}"
+                )
     for seed in (mapping.get("export") or {}).get("seeds") or []:  # an export needs the seed's mask
         if seed not in mapping["run"]["seeds"]:
-            raise InputError(f"{source}: params key 'export.seeds': seed {seed} is not in run.seeds "
-                             f"{mapping['run']['seeds']}")
+            raise InputError(
+                f"{source}: params key 'export.seeds': seed {seed} is not in run.seeds {mapping['run']['seeds']}"
+            )
 
 
 # -- one key from the command line ---------------------------------------------------------------
@@ -236,8 +305,9 @@ def apply_overrides(mapping: dict, overrides: Iterable[str] = (), source: str = 
     return mapping
 
 
-def check_snakemake_config(mapping: dict, config_args: Iterable[str] | None, configfiles: Iterable[Any],
-                           schema_path: str | Path) -> None:
+def check_snakemake_config(
+    mapping: dict, config_args: Iterable[str] | None, configfiles: Iterable[Any], schema_path: str | Path
+) -> None:
     """The Snakefile's config: `--config KEY=VALUE` entries applied again from their text, as YAML
     (Snakemake reads nested values as strings: `[0]` would be ['0'], `null` 'null'), then validated."""
     config_args = list(config_args or [])
@@ -256,12 +326,14 @@ def _check_keys(cls: type, value: Any, prefix: str, source: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
-        raise InputError(f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: "
-                         f"{', '.join(sorted(names))}")
+        raise InputError(
+            f"{source}: params key '{prefix}{unknown[0]}': unknown; valid keys here: {', '.join(sorted(names))}"
+        )
     for name in names:
         if name not in value:
-            raise InputError(f"{source}: params key '{prefix}{name}' is missing "
-                             f"(every key has its default in config/base.yaml)")
+            raise InputError(
+                f"{source}: params key '{prefix}{name}' is missing (every key has its default in config/base.yaml)"
+            )
         if dataclasses.is_dataclass(hints[name]):
             _check_keys(hints[name], value[name], f"{prefix}{name}.", source)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 
-def _update(h: "hashlib._Hash", tensor: torch.Tensor) -> None:
+def _update(h: hashlib._Hash, tensor: torch.Tensor) -> None:
     t = tensor.detach()
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     t = t.to("cpu").contiguous()
@@ -45,5 +45,8 @@ def factset(facts) -> str | None:
 
 def training_inputs(targetkg, controlkg, controllm: torch.Tensor | None) -> dict[str, str | None]:
     """Content hashes of a mask trainer's data: TargetKG and ControlKG tokens, ControlLM blocks."""
-    return {"targetkg": factset(targetkg), "controlkg": factset(controlkg),
-            "controllm": None if controllm is None else tensors([("blocks", controllm)])}
+    return {
+        "targetkg": factset(targetkg),
+        "controlkg": factset(controlkg),
+        "controllm": None if controllm is None else tensors([("blocks", controllm)]),
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from knowsubnet.core.progress import quiet_library_bars
 

@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from knowsubnet.core.errors import InputError
 
@@ -76,14 +77,14 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | N
 
     data = save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()})
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
-        f.write(memoryview(data)[8 + n:])  # the tensors as they are: no copy of a mask's 84 MB
+        f.write(memoryview(data)[8 + n :])  # the tensors as they are: no copy of a mask's 84 MB
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -126,8 +127,9 @@ def jsonl_rows(path: str | os.PathLike, what: str = "a JSON object") -> Iterator
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise InputError(f"{where}: expected {what}, got invalid JSON "
-                                     f"({err.msg} at column {err.colno})") from None
+                    raise InputError(
+                        f"{where}: expected {what}, got invalid JSON ({err.msg} at column {err.colno})"
+                    ) from None
                 yield where, lineno, row
         except UnicodeDecodeError:
             raise InputError(f"{path}:{lineno + 1}: expected UTF-8 text") from None

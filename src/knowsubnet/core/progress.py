@@ -27,9 +27,17 @@ log = logging.getLogger("knowsubnet.core.progress")
 class LogProgress:
     """The part of tqdm's interface the library uses, writing log lines instead of a bar."""
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 initial: int = 0, unit: str = "it", every_frac: float = 0.1, every_s: float = 30.0,
-                 min_interval_s: float = 5.0):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: int | None = None,
+        desc: str = "",
+        initial: int = 0,
+        unit: str = "it",
+        every_frac: float = 0.1,
+        every_s: float = 30.0,
+        min_interval_s: float = 5.0,
+    ):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -88,8 +96,17 @@ class LogProgress:
                 self._line()
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", initial: int = 0,
-                 unit: str = "it", disable: bool = False, leave: bool = True, **_ignored: Any):
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    initial: int = 0,
+    unit: str = "it",
+    disable: bool = False,
+    leave: bool = True,
+    **_ignored: Any,
+):
     """A tqdm bar when stderr is a terminal, else a LogProgress; `disable` turns both off."""
     if disable:
         return tqdm(iterable, total=total, disable=True)

@@ -15,10 +15,12 @@ def code_version() -> str:
     """Package version plus the git commit of the source tree (with '+dirty' if modified)."""
     src = Path(__file__).resolve().parents[1]  # the whole package, not only core/
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=src, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -49,9 +51,13 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "machine": platform.machine(),
-            "cpu_bf16": ",".join(cpu_bf16_flags()) or "none"}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.machine(),
+        "cpu_bf16": ",".join(cpu_bf16_flags()) or "none",
+    }
 
 
 def stamp(params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

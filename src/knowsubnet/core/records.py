@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json, write_json
@@ -42,8 +43,9 @@ class Fields:
 
     def __init__(self, data: Any, source: str, what: str, where: str = ""):
         if not isinstance(data, dict):
-            raise InputError(f"{source}: expected an object at key '{where or '(top level)'}' in {what}, "
-                             f"got {type(data).__name__}")
+            raise InputError(
+                f"{source}: expected an object at key '{where or '(top level)'}' in {what}, got {type(data).__name__}"
+            )
         self.data, self.source, self.what, self.where = data, source, what, where
 
     def key(self, name: str) -> str:
@@ -75,6 +77,7 @@ def read_fields(path: str | os.PathLike, what: str) -> Fields:
 class Record:
     """A typed JSON object (module doc). Subclasses are frozen keyword-only dataclasses; `WHAT`
     names the file in error messages."""
+
     WHAT: ClassVar[str] = "a result file"
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # keys not named here, as read
 
@@ -109,14 +112,20 @@ class Record:
 
     def _left_out(self) -> set[str]:
         """Fields not written: the optional ones (default None) that are None."""
-        return {f.name for f in dataclasses.fields(self)
-                if f.name != "extra" and f.default is None and getattr(self, f.name) is None}
+        return {
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and f.default is None and getattr(self, f.name) is None
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: the fields in declaration order (less `_left_out`), then `extra`."""
         left_out = self._left_out()
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-               if f.name != "extra" and f.name not in left_out}
+        out = {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and f.name not in left_out
+        }
         out.update(self.extra)
         return out
 

@@ -10,7 +10,7 @@ import jsonschema
 
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _expected(err: jsonschema.ValidationError) -> str:
@@ -28,8 +28,11 @@ def _expected(err: jsonschema.ValidationError) -> str:
         alternatives: dict[Any, list] = {}
         for sub in err.context:
             alternatives.setdefault(sub.schema_path[0], []).append(sub)
-        plain = [subs[0] for subs in alternatives.values()
-                 if len(subs) == 1 and not subs[0].relative_path and subs[0].validator not in _NESTED]
+        plain = [
+            subs[0]
+            for subs in alternatives.values()
+            if len(subs) == 1 and not subs[0].relative_path and subs[0].validator not in _NESTED
+        ]
         if not err.context:
             return f"{_short(err.instance)} fits more than one of the allowed forms (see config/base.yaml)"
         if len(plain) == len(alternatives):

@@ -18,9 +18,9 @@ tokenised separately and concatenated.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -37,8 +37,9 @@ SCORED_POSITIONS = ("all_tail_tokens", "last_token")
 
 def check_scored_positions(value: str) -> str:
     if value not in SCORED_POSITIONS:
-        raise InputError(f"params key 'verbalize.scored_positions' = {value!r}: expected one of "
-                         f"{', '.join(SCORED_POSITIONS)}")
+        raise InputError(
+            f"params key 'verbalize.scored_positions' = {value!r}: expected one of {', '.join(SCORED_POSITIONS)}"
+        )
     return value
 
 
@@ -66,7 +67,7 @@ class FactSet:
     def tail_lengths(self) -> torch.LongTensor:
         return (self.targets != IGNORE).sum(dim=1)
 
-    def subset(self, index: Sequence[int] | torch.Tensor) -> "FactSet":
+    def subset(self, index: Sequence[int] | torch.Tensor) -> FactSet:
         """Rows `index` (in that order), trimmed to their longest row."""
         index = torch.as_tensor(index, dtype=torch.long)
         sub = FactSet(self.input_ids[index], self.targets[index], [self.uuids[i] for i in index.tolist()])
@@ -89,8 +90,9 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def tokenize_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str],
-                   uuids: Sequence[str] | None = None) -> list[tuple[list[int], list[int]]]:
+def tokenize_facts(
+    tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids: Sequence[str] | None = None
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, tail ids) per fact; see the module docstring for the boundary rule."""
     prompts, tails = list(prompts), list(tails)
     if len(prompts) != len(tails):
@@ -100,27 +102,40 @@ def tokenize_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str],
         raise ValueError(f"{len(uuids)} uuids for {len(prompts)} facts")
     for i, (prompt, tail) in enumerate(zip(prompts, tails)):
         if not isinstance(prompt, str) or not isinstance(tail, str):
-            raise InputError(f"fact {uuids[i]}: prompt and tail_text must be strings, "
-                             f"got {type(prompt).__name__} and {type(tail).__name__}")
+            raise InputError(
+                f"fact {uuids[i]}: prompt and tail_text must be strings, "
+                f"got {type(prompt).__name__} and {type(tail).__name__}"
+            )
     prompt_ids = _ids(tokenizer, prompts)
     tail_ids = _ids(tokenizer, tails)
     full_ids = _ids(tokenizer, [p + t for p, t in zip(prompts, tails)])
     out = []
     for i, (p, t, f) in enumerate(zip(prompt_ids, tail_ids, full_ids)):
         if len(f) > len(p) and f[: len(p)] == p:
-            t = f[len(p):]
+            t = f[len(p) :]
         if not p:
-            raise InputError(f"fact {uuids[i]}: the prompt {prompts[i]!r} tokenises to zero tokens; "
-                             f"a tail needs a prompt to be predicted from")
+            raise InputError(
+                f"fact {uuids[i]}: the prompt {prompts[i]!r} tokenises to zero tokens; "
+                f"a tail needs a prompt to be predicted from"
+            )
         if not t:
-            raise InputError(f"fact {uuids[i]}: the tail {tails[i]!r} tokenises to zero tokens "
-                             f"(prompt {prompts[i]!r}); expected a non-empty tail such as ' apple'")
+            raise InputError(
+                f"fact {uuids[i]}: the tail {tails[i]!r} tokenises to zero tokens "
+                f"(prompt {prompts[i]!r}); expected a non-empty tail such as ' apple'"
+            )
         out.append((list(p), list(t)))
     return out
 
 
-def encode_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids: Sequence[str] | None = None,
-                 *, max_length: int | None = None, scored_positions: str = "all_tail_tokens") -> FactSet:
+def encode_facts(
+    tokenizer,
+    prompts: Sequence[str],
+    tails: Sequence[str],
+    uuids: Sequence[str] | None = None,
+    *,
+    max_length: int | None = None,
+    scored_positions: str = "all_tail_tokens",
+) -> FactSet:
     """Encode facts for tail scoring (contract: docs/ARCHITECTURE.md, `encoding.FactSet`).
 
     `max_length`: the model's context (positions); a longer sentence raises InputError.
@@ -133,8 +148,10 @@ def encode_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids:
     if max_length is not None:
         for uuid, (p, t) in zip(uuids, pairs):
             if len(p) + len(t) - 1 > max_length:
-                raise InputError(f"fact {uuid}: prompt + tail is {len(p) + len(t)} tokens, longer than the "
-                                 f"model's context of {max_length} tokens")
+                raise InputError(
+                    f"fact {uuid}: prompt + tail is {len(p) + len(t)} tokens, longer than the "
+                    f"model's context of {max_length} tokens"
+                )
     width = max((len(p) + len(t) - 1 for p, t in pairs), default=0)
     n = len(pairs)
     input_ids = torch.full((n, width), pad_id(tokenizer), dtype=torch.long)
@@ -146,14 +163,16 @@ def encode_facts(tokenizer, prompts: Sequence[str], tails: Sequence[str], uuids:
         if scored_positions == "last_token":
             targets[i, length - 1] = t[-1]
         else:
-            targets[i, len(p) - 1: length] = torch.tensor(t, dtype=torch.long)
+            targets[i, len(p) - 1 : length] = torch.tensor(t, dtype=torch.long)
     return FactSet(input_ids=input_ids, targets=targets, uuids=uuids)
 
 
 # -- ControlLM blocks ---------------------------------------------------------------------------
 
-def controllm_blocks(tokenizer, text: str, block_size: int, max_blocks: int | None = None,
-                     *, lines_per_chunk: int = 64) -> torch.LongTensor:
+
+def controllm_blocks(
+    tokenizer, text: str, block_size: int, max_blocks: int | None = None, *, lines_per_chunk: int = 64
+) -> torch.LongTensor:
     """Token ids of raw text cut into full blocks: LongTensor [n_blocks, block_size].
 
     The text is tokenised in chunks of whole lines (fast, batched; newlines kept), the ids are
@@ -163,12 +182,12 @@ def controllm_blocks(tokenizer, text: str, block_size: int, max_blocks: int | No
     if block_size < 2:
         raise InputError(f"params key 'controllm.block_size' = {block_size}: expected at least 2")
     lines = text.splitlines(keepends=True)
-    chunks = ["".join(lines[i:i + lines_per_chunk]) for i in range(0, len(lines), lines_per_chunk)]
+    chunks = ["".join(lines[i : i + lines_per_chunk]) for i in range(0, len(lines), lines_per_chunk)]
     need = None if max_blocks is None else max_blocks * block_size
     ids: list[int] = []
     step = 256  # chunks tokenised per batch call
     for start in range(0, len(chunks), step):
-        for row in _ids(tokenizer, chunks[start:start + step]):
+        for row in _ids(tokenizer, chunks[start : start + step]):
             ids.extend(row)
         if need is not None and len(ids) >= need:
             break
@@ -176,8 +195,9 @@ def controllm_blocks(tokenizer, text: str, block_size: int, max_blocks: int | No
     if max_blocks is not None:
         n_blocks = min(n_blocks, max_blocks)
     if n_blocks == 0:
-        raise InputError(f"the text has {len(ids)} tokens, fewer than one block of {block_size}; "
-                         f"expected WikiText-2 raw text")
+        raise InputError(
+            f"the text has {len(ids)} tokens, fewer than one block of {block_size}; expected WikiText-2 raw text"
+        )
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
 
 
@@ -189,7 +209,7 @@ def text_head(text: str, fraction: float) -> str:
     if fraction == 1:
         return text
     lines = text.splitlines(keepends=True)
-    return "".join(lines[:max(1, math.ceil(len(lines) * fraction))])
+    return "".join(lines[: max(1, math.ceil(len(lines) * fraction))])
 
 
 def save_blocks(path: str | Path, blocks: torch.Tensor, metadata: dict[str, str] | None = None) -> None:

@@ -17,8 +17,13 @@ from pathlib import Path
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import sha256_file, write_text
 from knowsubnet.data.fetch import RAW_FILES
-from knowsubnet.data.triplets import (FACTS_TABLE_COLUMNS, KNOW_SUBNET_DIR, KNOW_SUBNET_FILES, merge_facts,
-                                      read_source_files)
+from knowsubnet.data.triplets import (
+    FACTS_TABLE_COLUMNS,
+    KNOW_SUBNET_DIR,
+    KNOW_SUBNET_FILES,
+    merge_facts,
+    read_source_files,
+)
 
 LISTS = ("targetkg/fruit", "targetkg/sun", "targetkg/swimming")
 log = logging.getLogger(__name__)
@@ -50,8 +55,7 @@ def facts_table(mirror: Path) -> str:
         if any(ch in field for field in fields for ch in "\t\r\n"):
             raise InputError(f"fact {fields!r} holds a tab or newline; cannot write it as TSV")
         lines.append("\t".join(fields))
-    log.info("%d facts, %d on the TargetKG lists", len(table),
-             sum(1 for line in lines[1:] if line.split("\t")[4]))
+    log.info("%d facts, %d on the TargetKG lists", len(table), sum(1 for line in lines[1:] if line.split("\t")[4]))
     return "\n".join(lines) + "\n"
 
 

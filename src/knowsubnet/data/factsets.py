@@ -36,8 +36,10 @@ def known_mask(rows: pd.DataFrame, known: Known | None, source: str) -> pd.Serie
         keep &= rows["tail_ppl"] <= float(known.max_tail_ppl)
     if known.min_head_gain is not None:
         if "head_gain" not in rows.columns:
-            raise InputError(f"{source}: no head_gain column; params key 'known.min_head_gain' needs "
-                             f"'verbalize.other_heads' > 0 (re-run verbalize)")
+            raise InputError(
+                f"{source}: no head_gain column; params key 'known.min_head_gain' needs "
+                f"'verbalize.other_heads' > 0 (re-run verbalize)"
+            )
         keep &= rows["head_gain"] >= float(known.min_head_gain)
     return keep
 
@@ -48,8 +50,10 @@ def split_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | 
     split = pd.read_parquet(split_path)
     unknown = split.loc[~split["uuid"].isin(verbalized.index), "uuid"]
     if len(unknown):
-        raise InputError(f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
-                         f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets")
+        raise InputError(
+            f"{split_path}: {len(unknown)} facts have no verbalisation for this model "
+            f"(first uuid {unknown.iloc[0]}); re-run verbalize on the same triplets"
+        )
     rows = verbalized.loc[split["uuid"]]
     return rows.assign(known=known_mask(rows, known, str(split_path)).to_numpy())
 
@@ -62,13 +66,23 @@ def known_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | 
 
 def encode_rows(rows: pd.DataFrame, tokenizer, scored_positions: str = "all_tail_tokens") -> FactSet:
     """Verbalised rows (indexed by uuid) encoded in their order: each fact's prompt and tail_text."""
-    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), uuids=rows.index.tolist(),
-                        scored_positions=scored_positions)
+    return encode_facts(
+        tokenizer,
+        rows["prompt"].tolist(),
+        rows["tail_text"].tolist(),
+        uuids=rows.index.tolist(),
+        scored_positions=scored_positions,
+    )
 
 
-def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokenizer,
-                       known: Known | None = None, scored_positions: str = "all_tail_tokens",
-                       templates: str = "best") -> FactSet:
+def load_split_factset(
+    split_path: str | Path,
+    verbalized: pd.DataFrame,
+    tokenizer,
+    known: Known | None = None,
+    scored_positions: str = "all_tail_tokens",
+    templates: str = "best",
+) -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded;
     only the facts the model knows (`known_mask`) when `known` sets a criterion.
     `scored_positions` (params `verbalize.scored_positions`): see `encoding.encode_facts`.
@@ -76,11 +90,15 @@ def load_split_factset(split_path: str | Path, verbalized: pd.DataFrame, tokeniz
     the uuid repeated), not only its best one."""
     rows = known_rows(split_path, verbalized, known)
     if rows.empty:
-        raise InputError(f"{split_path}: no fact passes the known-facts filter {known} under this model "
-                         f"(params section 'known')")
+        raise InputError(
+            f"{split_path}: no fact passes the known-facts filter {known} under this model (params section 'known')"
+        )
     if templates == "all":
-        sentences = [(uuid, prompt, tail) for uuid, fact in rows.iterrows()
-                     for _, prompt, tail in relations.all_verbalizations(fact["rel"], fact["head"], fact["tail"])]
+        sentences = [
+            (uuid, prompt, tail)
+            for uuid, fact in rows.iterrows()
+            for _, prompt, tail in relations.all_verbalizations(fact["rel"], fact["head"], fact["tail"])
+        ]
         uuids, prompts, tails = map(list, zip(*sentences))
         return encode_facts(tokenizer, prompts, tails, uuids=uuids, scored_positions=scored_positions)
     if templates != "best":
@@ -114,4 +132,3 @@ def read_facts(paths: list[Path]) -> pd.DataFrame:
         frames.append(frame[["uuid", "head", "rel", "tail"]])
     facts = pd.concat(frames, ignore_index=True).drop_duplicates("uuid")
     return facts.sort_values("uuid", kind="mergesort").reset_index(drop=True)
-

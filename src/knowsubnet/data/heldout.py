@@ -18,7 +18,8 @@ depends only on the set of facts, the fractions and the seed, never on the order
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,11 @@ _RNG_HELDOUT = 2  # a random stream of its own, beside splits.py's TargetKG (0) 
 
 def check_mode(mode: Any) -> str:
     if mode not in HOLDOUT_MODES:
-        raise InputError(f"params key 'split.holdout': expected one of {', '.join(HOLDOUT_MODES)} "
-                         f"(entity: no val / test fact shares a head or tail with a train fact; "
-                         f"fact: cut per fact), got {mode!r}")
+        raise InputError(
+            f"params key 'split.holdout': expected one of {', '.join(HOLDOUT_MODES)} "
+            f"(entity: no val / test fact shares a head or tail with a train fact; "
+            f"fact: cut per fact), got {mode!r}"
+        )
     return mode
 
 
@@ -70,12 +73,12 @@ def split_by_fractions(frame: pd.DataFrame, fractions: Mapping[str, float]) -> d
     """Consecutive train/val/test slices of an already shuffled frame (the `fact` mode's cut)."""
     sizes = split_sizes(len(frame), fractions)
     end_train, end_val = sizes["train"], sizes["train"] + sizes["val"]
-    return {"train": frame.iloc[:end_train], "val": frame.iloc[end_train:end_val],
-            "test": frame.iloc[end_val:]}
+    return {"train": frame.iloc[:end_train], "val": frame.iloc[end_train:end_val], "test": frame.iloc[end_val:]}
 
 
-def split_target(target: pd.DataFrame, fractions: Mapping[str, float], seed: int, mode: str,
-                 shared: set[str]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+def split_target(
+    target: pd.DataFrame, fractions: Mapping[str, float], seed: int, mode: str, shared: set[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """One target's TargetKG train / val / test and the report of how it was held out.
 
     `target`: the selected facts, shuffled with the seed and capped (the `fact` mode cuts them in
@@ -93,13 +96,20 @@ def split_target(target: pd.DataFrame, fractions: Mapping[str, float], seed: int
     if mode == "entity":
         crossing = (_entity_set(parts["val"]) & _entity_set(parts["test"])) - shared
         if any(overlap.values()) or crossing:
-            raise RuntimeError(f"entity-disjoint split check failed: shares with train {overlap}, "
-                               f"val / test share {sorted(crossing)[:5]}")
+            raise RuntimeError(
+                f"entity-disjoint split check failed: shares with train {overlap}, "
+                f"val / test share {sorted(crossing)[:5]}"
+            )
     kept = {split: int(len(parts[split])) for split in SPLITS}
-    report = {"mode": mode, "selected": int(len(target)),
-              "asked": split_sizes(len(target), fractions), "kept": kept,
-              "dropped": int(len(target)) - sum(kept.values()), "shared": sorted(shared),
-              "shares_entity_with_train": {split: round(share, 4) for split, share in overlap.items()}}
+    report = {
+        "mode": mode,
+        "selected": int(len(target)),
+        "asked": split_sizes(len(target), fractions),
+        "kept": kept,
+        "dropped": int(len(target)) - sum(kept.values()),
+        "shared": sorted(shared),
+        "shares_entity_with_train": {split: round(share, 4) for split, share in overlap.items()},
+    }
     return parts, report
 
 
@@ -114,8 +124,9 @@ def shares_with_train(parts: Mapping[str, pd.DataFrame], shared: set[str]) -> di
     out = {}
     for split in ("val", "test"):
         frame = parts[split]
-        hits = [normalize_entity(h) in train or normalize_entity(t) in train
-                for h, t in zip(frame["head"], frame["tail"])]
+        hits = [
+            normalize_entity(h) in train or normalize_entity(t) in train for h, t in zip(frame["head"], frame["tail"])
+        ]
         out[split] = sum(hits) / len(hits) if hits else 0.0
     return out
 
@@ -141,8 +152,8 @@ def shares_with_train(parts: Mapping[str, pd.DataFrame], shared: set[str]) -> di
 # are separated by peeled entities), and a piece's dropped facts end in peeled entities, which are
 # in train whenever the piece moves: any set of non-overlapping groups is an entity-disjoint split.
 
-def _place(size: int, links: int, counts: dict[str, int], kept: int,
-           fractions: Mapping[str, float]) -> str | None:
+
+def _place(size: int, links: int, counts: dict[str, int], kept: int, fractions: Mapping[str, float]) -> str | None:
     """The held-out split that takes a group of `size` facts (dropping `links`), or None."""
     sizes = split_sizes(kept - links, fractions)
     room = {split: sizes[split] - counts[split] for split in HELD_OUT}
@@ -172,8 +183,9 @@ def _components(entities: set[str], facts: list[int], ends: list[tuple[str, ...]
     return list(groups.values())
 
 
-def _groups(facts_of: dict[str, list[int]], ends: list[tuple[str, ...]],
-            largest: int) -> list[tuple[frozenset[str], list[int], list[int]]]:
+def _groups(
+    facts_of: dict[str, list[int]], ends: list[tuple[str, ...]], largest: int
+) -> list[tuple[frozenset[str], list[int], list[int]]]:
     """Every candidate group (entities, facts kept if moved, facts dropped then) of at most
     `largest` kept facts: components and the pieces peeling leaves of them."""
     out = []
@@ -195,10 +207,12 @@ def _groups(facts_of: dict[str, list[int]], ends: list[tuple[str, ...]],
     return out
 
 
-def _entity_split(target: pd.DataFrame, fractions: Mapping[str, float], seed: int,
-                  shared: set[str]) -> dict[str, pd.DataFrame]:
-    frame = target.sort_values(SORT_KEYS + [c for c in target.columns if c not in SORT_KEYS],
-                               kind="stable").reset_index(drop=True)
+def _entity_split(
+    target: pd.DataFrame, fractions: Mapping[str, float], seed: int, shared: set[str]
+) -> dict[str, pd.DataFrame]:
+    frame = target.sort_values(
+        SORT_KEYS + [c for c in target.columns if c not in SORT_KEYS], kind="stable"
+    ).reset_index(drop=True)
     heads, tails = frame["head"].map(normalize_entity), frame["tail"].map(normalize_entity)
     ends = [tuple(sorted({h, t} - shared)) for h, t in zip(heads, tails)]
     facts_of: dict[str, list[int]] = {}
@@ -210,8 +224,10 @@ def _entity_split(target: pd.DataFrame, fractions: Mapping[str, float], seed: in
     # a fact with no entity outside `shared` is a group of its own, free to go anywhere
     groups += [(frozenset(), [i], []) for i, fact_ends in enumerate(ends) if not fact_ends]
     ties = np.random.default_rng([seed, _RNG_HELDOUT]).random(len(groups))
-    order = sorted(range(len(groups)), key=lambda k: (
-        -len(groups[k][1]) / len(groups[k][2]) if groups[k][2] else -math.inf, ties[k]))
+    order = sorted(
+        range(len(groups)),
+        key=lambda k: (-len(groups[k][1]) / len(groups[k][2]) if groups[k][2] else -math.inf, ties[k]),
+    )
     where = ["train"] * len(frame)  # per fact: train, val, test or dropped
     counts, kept, moved = {"val": 0, "test": 0}, len(frame), set()
     for k in order:

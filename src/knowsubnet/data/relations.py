@@ -21,7 +21,7 @@ The tail is always the final span, so `prompt + tail_text` is the sentence and `
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -29,9 +29,22 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.data.wordnet import synset_lemma
 
 RELATIONS: tuple[str, ...] = (
-    "AtLocation", "CapableOf", "Causes", "CausesDesire", "Desires", "HasA", "HasPrerequisite",
-    "HasProperty", "HasSubevent", "IsA", "MadeOf", "MotivatedByGoal", "NotDesires", "PartOf",
-    "ReceivesAction", "UsedFor",
+    "AtLocation",
+    "CapableOf",
+    "Causes",
+    "CausesDesire",
+    "Desires",
+    "HasA",
+    "HasPrerequisite",
+    "HasProperty",
+    "HasSubevent",
+    "IsA",
+    "MadeOf",
+    "MotivatedByGoal",
+    "NotDesires",
+    "PartOf",
+    "ReceivesAction",
+    "UsedFor",
 )
 
 # WordNet facts: (hyponym synset, Hypernym, hypernym synset), "the tail is a hypernym of the head"
@@ -190,22 +203,23 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 # ConceptNet entities are lower-cased words or short phrases of every part of speech. These rules
 # decide only what a template needs: an article or not, singular or plural agreement.
 
-_DETERMINERS = frozenset(
-    "a an the this that these those my your his her its our their some any every each no".split())
+_DETERMINERS = frozenset("a an the this that these those my your his her its our their some any every each no".split())
 
 # Words that end in "s" but are singular (or uncountable) all the same.
-_SINGULAR_S = frozenset("""
+_SINGULAR_S = frozenset(
+    """
     gas news lens chaos bias atlas canvas mathematics physics politics economics ethics species
     series always yes this his its us plus bus thus christmas texas paris tennis chess measles
     diabetes herpes mumps athletics gymnastics aerobics linguistics genetics electronics
-""".split())
+""".split()
+)
 
 # Plural nouns that do not end in "s".
-_IRREGULAR_PLURALS = frozenset(
-    "people children men women mice feet teeth geese police cattle oxen lice dice".split())
+_IRREGULAR_PLURALS = frozenset("people children men women mice feet teeth geese police cattle oxen lice dice".split())
 
 # Uncountable nouns: no article ("Water is ...", not "A water is ...").
-_MASS_NOUNS = frozenset("""
+_MASS_NOUNS = frozenset(
+    """
     water air milk sugar salt sand money food music rice bread coffee tea wine beer juice oil gold
     silver iron steel copper aluminum aluminium wood paper plastic rubber wool cotton leather silk
     information knowledge love fear hate anger hunger thirst joy pain fun happiness sadness
@@ -215,15 +229,18 @@ _MASS_NOUNS = frozenset("""
     evidence peace violence freedom justice oxygen hydrogen carbon glass clothing flour pasta
     cereal soup candy poetry literature history science exercise sleep rest laughter pleasure
     success failure wealth poverty fame
-""".split())
+""".split()
+)
 
 # Nouns ending in "-ing" that are things, not activities ("a ring", "a building").
-_ING_NOUNS = frozenset("""
+_ING_NOUNS = frozenset(
+    """
     thing king ring wing string spring ceiling building evening morning painting wedding pudding
     stocking sibling earring lightning something anything nothing everything icing stuffing
     dumpling duckling darling herring shilling awning inning offspring sling swing sting
     ping bring sing cling fling wring viking
-""".split())
+""".split()
+)
 
 _AN_EXCEPTIONS = ("uni", "use", "usu", "ura", "uro", "ure", "uti", "eu", "ewe", "one", "once")
 _AN_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
@@ -306,14 +323,14 @@ def verbalize(rel: str, template_id: int, head: str, tail: str) -> tuple[str, st
     relation's TEMPLATES name its PARAPHRASES."""
     templates = TEMPLATES[check_relation(rel)] + PARAPHRASES[rel]
     if not isinstance(template_id, int) or not 0 <= template_id < len(templates):
-        raise InputError(f"template_id {template_id!r} for relation {rel}: expected an integer "
-                         f"from 0 to {len(templates) - 1}")
+        raise InputError(
+            f"template_id {template_id!r} for relation {rel}: expected an integer from 0 to {len(templates) - 1}"
+        )
     head, tail = head.strip(), tail.strip()
     if rel in WORDNET_RELATIONS:  # synset names -> their words
         head, tail = synset_lemma(head), synset_lemma(tail)
     if not head or not tail:
-        raise InputError(f"cannot verbalise {rel} with an empty head or tail "
-                         f"(head={head!r}, tail={tail!r})")
+        raise InputError(f"cannot verbalise {rel} with an empty head or tail (head={head!r}, tail={tail!r})")
     template = templates[template_id]
     plural = is_plural(head)
     np = noun_phrase(head)
@@ -383,12 +400,15 @@ def check_template(template: object, where: str) -> str:
     """A template in the syntax above, with exactly one tail field and the tail last; else InputError
     naming `where` (a file and key)."""
     if not isinstance(template, str) or not template.strip():
-        raise InputError(f"{where}: expected a template string such as 'The capital of {{h}} is {{o}}', "
-                         f"got {template!r}")
+        raise InputError(
+            f"{where}: expected a template string such as 'The capital of {{h}} is {{o}}', got {template!r}"
+        )
     bad = [f for f in _FIELD.findall(template) if not _USER_FIELDS.match(f)]
     if bad:
-        raise InputError(f"{where}: unknown field {{{bad[0]}}} in {template!r}; expected {{S}}, {{s}}, {{h}}, "
-                         f"{{x|y}}, and the tail {{o}} or {{a o}} last")
+        raise InputError(
+            f"{where}: unknown field {{{bad[0]}}} in {template!r}; expected {{S}}, {{s}}, {{h}}, "
+            f"{{x|y}}, and the tail {{o}} or {{a o}} last"
+        )
     if template.count("{o}") + template.count("{a o}") != 1 or not template.endswith(_TAIL_FIELDS):
         raise InputError(f"{where}: {template!r} must end with the tail, {{o}} or {{a o}}, and name it once")
     return template
@@ -414,8 +434,9 @@ Verbalizer = Callable[[str, str, str], list[tuple[int, str, str]]]
 SENTENCE_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text"]
 
 
-def candidate_sentences(triplets: pd.DataFrame, verbalizer: Verbalizer | None = None,
-                        source: str = "triplets") -> pd.DataFrame:
+def candidate_sentences(
+    triplets: pd.DataFrame, verbalizer: Verbalizer | None = None, source: str = "triplets"
+) -> pd.DataFrame:
     """One row per (fact, template): SENTENCE_COLUMNS. `verbalizer` defaults to `all_verbalizations`."""
     missing = {"uuid", "head", "rel", "tail"} - set(triplets.columns)
     if missing:

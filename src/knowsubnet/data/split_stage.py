@@ -41,9 +41,14 @@ def split_targets(params: Params, *, triplets: Path, raw: Path, out: Path, targe
         recorded = {"targets": params.section("targets"), "split": params.section("split")}
         spec = params.targets[target]
         if user_facts.is_user_target(spec):  # a changed file (templates too) changes the split folder
-            recorded["files_sha256"] = {key: sha256_file(spec[key]) for key in ("facts", "templates", "controls")
-                                        if spec.get(key)}
+            recorded["files_sha256"] = {
+                key: sha256_file(spec[key]) for key in ("facts", "templates", "controls") if spec.get(key)
+            }
         return write_target_splits(out, target, splits[target], provenance=stamp(recorded), holdout=reports[target])
     splits = splits_from_params(table, params, paper_order=paper_order, reports=reports)
-    return write_splits(out, splits, holdout=reports,
-                        provenance=stamp({"targets": params.section("targets"), "split": params.section("split")}))
+    return write_splits(
+        out,
+        splits,
+        holdout=reports,
+        provenance=stamp({"targets": params.section("targets"), "split": params.section("split")}),
+    )

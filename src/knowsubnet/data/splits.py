@@ -14,7 +14,8 @@ import logging
 import os
 import re
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,12 @@ def _canonical(triplets: pd.DataFrame) -> pd.DataFrame:
     """The facts in one fixed order, whatever order they came in."""
     missing = [c for c in COLUMNS if c not in triplets.columns]
     if missing:
-        raise InputError(f"triplets table: expected columns {', '.join(COLUMNS)}, missing "
-                         f"{', '.join(missing)}")
+        raise InputError(f"triplets table: expected columns {', '.join(COLUMNS)}, missing {', '.join(missing)}")
     columns = _columns(triplets)
     frame = triplets[columns].drop_duplicates()
-    return frame.sort_values(SORT_KEYS + ["uuid", "source"] + columns[len(COLUMNS):],
-                             kind="stable").reset_index(drop=True)
+    return frame.sort_values(SORT_KEYS + ["uuid", "source"] + columns[len(COLUMNS) :], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def _columns(frame: pd.DataFrame) -> list[str]:
@@ -99,17 +100,21 @@ def _check_spec(key: str, spec: Any) -> None:
     if user_facts.is_user_target(spec):
         extra = set(spec) - {"facts", "templates", "controls"}
         if extra:
-            raise InputError(f"params key '{key}': a fact-file target takes facts, templates and controls; "
-                             f"got {sorted(extra)}")
+            raise InputError(
+                f"params key '{key}': a fact-file target takes facts, templates and controls; got {sorted(extra)}"
+            )
         return
     if not isinstance(spec, Mapping):
-        raise InputError(f"params key '{key}': expected a mapping such as {{rel: IsA}} or "
-                         f"{{concept: fruit, hops: 1}}, got {spec!r}")
+        raise InputError(
+            f"params key '{key}': expected a mapping such as {{rel: IsA}} or {{concept: fruit, hops: 1}}, got {spec!r}"
+        )
     if set(spec) not in _SELECTOR_FORMS:
-        raise InputError(f"params key '{key}': expected exactly one selector - {{rel: X}}, "
-                         f"{{concept: w, hops: n}}, {{concept: w, facts: <source tag>}} or "
-                         f"{{csqa: csqa1 | csqa2 | [question ids]}} or {{facts: <your fact file>}}; "
-                         f"got keys {sorted(map(str, spec))}")
+        raise InputError(
+            f"params key '{key}': expected exactly one selector - {{rel: X}}, "
+            f"{{concept: w, hops: n}}, {{concept: w, facts: <source tag>}} or "
+            f"{{csqa: csqa1 | csqa2 | [question ids]}} or {{facts: <your fact file>}}; "
+            f"got keys {sorted(map(str, spec))}"
+        )
 
 
 def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
@@ -121,8 +126,9 @@ def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
     elif "rel" in spec:
         rel = spec["rel"]
         if rel not in RELATIONS:
-            raise InputError(f"params key '{key}.rel': unknown relation {rel!r}; expected one "
-                             f"of: {', '.join(RELATIONS)}")
+            raise InputError(
+                f"params key '{key}.rel': unknown relation {rel!r}; expected one of: {', '.join(RELATIONS)}"
+            )
         mask, what = frame["rel"] == rel, f"no fact has relation {rel}"
     elif "csqa" in spec:
         mask, what = _select_csqa(frame, key, spec["csqa"])
@@ -139,13 +145,11 @@ def _select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
             tags = frame["source"].str.split(";")
             mask = tags.map(lambda ts: tag in ts)
             known = sorted({t for ts in tags for t in ts})
-            what = (f"no fact has the source tag {tag!r} (tags in the triplets: "
-                    f"{', '.join(known)})")
+            what = f"no fact has the source tag {tag!r} (tags in the triplets: {', '.join(known)})"
         else:
             hops = spec.get("hops", 1)
             if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
-                raise InputError(f"params key '{key}.hops': expected an integer >= 1, got "
-                                 f"{hops!r}")
+                raise InputError(f"params key '{key}.hops': expected an integer >= 1, got {hops!r}")
             mask = _neighbourhood(frame, concept, hops)
             what = f"the concept {concept!r} is in no fact"
     selected = frame[mask.to_numpy(dtype=bool)].reset_index(drop=True)
@@ -177,35 +181,53 @@ def wordnet_excluded(triplets: pd.DataFrame, targets: Mapping[str, Any]) -> set[
 # empty). CSQA-linked targets: the authors' CSQA ControlKG, csqa_controlkg_best_format_{train,val}.json
 # (val and test). Taken as they are: the paper's ConceptNet ControlKG shares facts with its concept targets.
 PAPER_CONTROLKG = {
-    "conceptnet": {"train": "know_subnet/controlkg_train", "val": "know_subnet/controlkg_val",
-                   "test": "know_subnet/controlkg_val"},
-    "csqa": {"train": "know_subnet/csqa/csqa_controlkg_train", "val": "know_subnet/csqa/csqa_controlkg_val",
-             "test": "know_subnet/csqa/csqa_controlkg_val"},
+    "conceptnet": {
+        "train": "know_subnet/controlkg_train",
+        "val": "know_subnet/controlkg_val",
+        "test": "know_subnet/controlkg_val",
+    },
+    "csqa": {
+        "train": "know_subnet/csqa/csqa_controlkg_train",
+        "val": "know_subnet/csqa/csqa_controlkg_val",
+        "test": "know_subnet/csqa/csqa_controlkg_val",
+    },
     # WordNet train: edges of the noun database (`_wordnet_controlkg_train`), not this file
-    "wordnet": {"train": "know_subnet/wordnet/controlkg_val", "val": "know_subnet/wordnet/controlkg_val",
-                "test": "know_subnet/wordnet/controlkg_val"},
+    "wordnet": {
+        "train": "know_subnet/wordnet/controlkg_val",
+        "val": "know_subnet/wordnet/controlkg_val",
+        "test": "know_subnet/wordnet/controlkg_val",
+    },
 }
 CONTROLKG_MODES = ("own", "paper")
 
 
-def _paper_list(frame: pd.DataFrame, key: str, tag: str,
-                order: Mapping[str, list[tuple[str, str, str]]] | None) -> pd.DataFrame:
+def _paper_list(
+    frame: pd.DataFrame, key: str, tag: str, order: Mapping[str, list[tuple[str, str, str]]] | None
+) -> pd.DataFrame:
     """The facts of one paper ControlKG file, in the file's order when `order` gives it."""
     tagged = frame[frame["source"].str.split(";").map(lambda ts: tag in ts).to_numpy(dtype=bool)]
     if tagged.empty:
-        raise InputError(f"params key 'split.controlkg' = paper: no fact has the source tag {tag!r}; "
-                         f"add know_subnet to 'triplets.sources' ({key})")
+        raise InputError(
+            f"params key 'split.controlkg' = paper: no fact has the source tag {tag!r}; "
+            f"add know_subnet to 'triplets.sources' ({key})"
+        )
     if order is None or tag not in order:
         return tagged
-    index = {(h, r, t): i for i, (h, r, t) in enumerate(tagged[["head", "rel", "tail"]].itertuples(
-        index=False, name=None))}
+    index = {
+        (h, r, t): i for i, (h, r, t) in enumerate(tagged[["head", "rel", "tail"]].itertuples(index=False, name=None))
+    }
     rows = [index[fact] for fact in dict.fromkeys(order[tag]) if fact in index]
     return tagged.iloc[rows]
 
 
-def paper_controlkg(frame: pd.DataFrame, key: str, kind: str, caps: Mapping[str, int | None],
-                    wordnet_size: int,
-                    order: Mapping[str, list[tuple[str, str, str]]] | None = None) -> dict[str, pd.DataFrame]:
+def paper_controlkg(
+    frame: pd.DataFrame,
+    key: str,
+    kind: str,
+    caps: Mapping[str, int | None],
+    wordnet_size: int,
+    order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+) -> dict[str, pd.DataFrame]:
     """The paper's ControlKG files of a target `kind` (a key of PAPER_CONTROLKG)."""
     out = {}
     for split, tag in PAPER_CONTROLKG[kind].items():
@@ -215,15 +237,18 @@ def paper_controlkg(frame: pd.DataFrame, key: str, kind: str, caps: Mapping[str,
     return out
 
 
-def _wordnet_controlkg_train(own: pd.DataFrame, held: pd.DataFrame, key: str, seed: int,
-                             cap: int | None) -> pd.DataFrame:
+def _wordnet_controlkg_train(
+    own: pd.DataFrame, held: pd.DataFrame, key: str, seed: int, cap: int | None
+) -> pd.DataFrame:
     """ControlKG train of a WordNet target in paper mode. The authors' WordNet ControlKG train file
     is not released (only val), and training on the val edges would leave no held-out ControlKG:
     train on edges of the noun database instead (outside every WordNet target's subtree, sharing no
     entity with the TargetKG), none of them a val / test edge."""
     if own.empty:
-        raise InputError(f"params key '{key}': the WordNet ControlKG train edges come from the noun "
-                         f"database with split.controlkg paper; add wordnet to 'triplets.sources'")
+        raise InputError(
+            f"params key '{key}': the WordNet ControlKG train edges come from the noun "
+            f"database with split.controlkg paper; add wordnet to 'triplets.sources'"
+        )
     keys = set(zip(held["head"], held["rel"], held["tail"]))
     fresh = own[[k not in keys for k in zip(own["head"], own["rel"], own["tail"])]]
     fresh = _shuffled(fresh, seed, _RNG_CONTROL)
@@ -234,30 +259,37 @@ def _select_csqa(frame: pd.DataFrame, key: str, value: Any) -> tuple[pd.Series, 
     """Facts linked to CSQA questions: a paper half (csqa1 / csqa2) or a list of question ids."""
     if isinstance(value, str) and value in CSQA_HALVES:
         tag = CSQA_HALVES[value]
-        return (frame["source"].str.split(";").map(lambda ts: tag in ts),
-                f"no fact has the source tag {tag!r}; add know_subnet/csqa to 'triplets.sources'")
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(q, str) and q.strip() for q in value)):
-        raise InputError(f"params key '{key}.csqa': expected csqa1, csqa2 or a non-empty list of "
-                         f"CSQA question ids, got {value!r}")
+        return (
+            frame["source"].str.split(";").map(lambda ts: tag in ts),
+            f"no fact has the source tag {tag!r}; add know_subnet/csqa to 'triplets.sources'",
+        )
+    if not isinstance(value, list) or not value or not all(isinstance(q, str) and q.strip() for q in value):
+        raise InputError(
+            f"params key '{key}.csqa': expected csqa1, csqa2 or a non-empty list of CSQA question ids, got {value!r}"
+        )
     wanted = {q.strip() for q in value}
     linked = csqa_ids(frame)
     unknown = sorted(wanted - linked)
     if unknown:
-        raise InputError(f"params key '{key}.csqa': question id {unknown[0]!r} is linked to no fact "
-                         f"of the triplets table ({len(unknown)} unknown of {len(wanted)}; "
-                         f"{len(linked)} linked question ids known)")
+        raise InputError(
+            f"params key '{key}.csqa': question id {unknown[0]!r} is linked to no fact "
+            f"of the triplets table ({len(unknown)} unknown of {len(wanted)}; "
+            f"{len(linked)} linked question ids known)"
+        )
     ids = frame[CSQA_IDS].fillna("").map(lambda v: bool(wanted.intersection(str(v).split(";"))))
     return ids, "no fact is linked to these questions"
 
 
 # -- split parameters ---------------------------------------------------------------------------
 
+
 def check_target_name(name: Any) -> str:
     """Target names become folder names: keep them plain."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise InputError(f"params key 'targets.{name}': a target name must be a plain file name "
-                         f"(letters, digits, _ . -), got {name!r}")
+        raise InputError(
+            f"params key 'targets.{name}': a target name must be a plain file name "
+            f"(letters, digits, _ . -), got {name!r}"
+        )
     return name
 
 
@@ -270,15 +302,13 @@ def _check_seed(seed: Any) -> int:
 def _check_fractions(fractions: Any) -> dict[str, float]:
     key = "split.fractions"
     if not isinstance(fractions, Mapping) or set(fractions) != set(SPLITS):
-        raise InputError(f"params key '{key}': expected a mapping with train, val, test, got "
-                         f"{fractions!r}")
+        raise InputError(f"params key '{key}': expected a mapping with train, val, test, got {fractions!r}")
     for split, value in fractions.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise InputError(f"params key '{key}.{split}': expected a number >= 0, got {value!r}")
     total = float(sum(fractions.values()))
     if total <= 0 or fractions["train"] <= 0:
-        raise InputError(f"params key '{key}': expected a positive train fraction, got "
-                         f"{dict(fractions)!r}")
+        raise InputError(f"params key '{key}': expected a positive train fraction, got {dict(fractions)!r}")
     return {split: float(fractions[split]) / total for split in SPLITS}
 
 
@@ -296,8 +326,9 @@ def _check_control_caps(caps: Any) -> dict[str, int | None]:
         cap = _check_cap(caps, key)
         return {split: cap for split in SPLITS}
     if not isinstance(caps, Mapping) or not set(caps) <= set(SPLITS):
-        raise InputError(f"params key '{key}': expected an integer, null, or a mapping with "
-                         f"train, val, test, got {caps!r}")
+        raise InputError(
+            f"params key '{key}': expected an integer, null, or a mapping with train, val, test, got {caps!r}"
+        )
     return {split: _check_cap(caps.get(split), f"{key}.{split}") for split in SPLITS}
 
 
@@ -310,14 +341,24 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)[_columns(frame)]
 
 
-def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
-                fractions: Mapping[str, float], targetkg_holdout: bool,
-                max_targetkg: int | None, max_controlkg: Any, *, controlkg: str = "own",
-                wordnet_exclude: set[str] | None = None, paper_wordnet_controlkg: int = 50,
-                paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
-                holdout: str = "entity", report: dict | None = None,
-                _prepared: tuple[pd.DataFrame, tuple[pd.Series, pd.Series]] | None = None,
-                ) -> dict[str, pd.DataFrame]:
+def make_splits(
+    triplets: pd.DataFrame,
+    name: str,
+    spec: Any,
+    seed: int,
+    fractions: Mapping[str, float],
+    targetkg_holdout: bool,
+    max_targetkg: int | None,
+    max_controlkg: Any,
+    *,
+    controlkg: str = "own",
+    wordnet_exclude: set[str] | None = None,
+    paper_wordnet_controlkg: int = 50,
+    paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+    holdout: str = "entity",
+    report: dict | None = None,
+    _prepared: tuple[pd.DataFrame, tuple[pd.Series, pd.Series]] | None = None,
+) -> dict[str, pd.DataFrame]:
     """TargetKG and ControlKG train/val/test for one target.
 
     The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
@@ -339,8 +380,9 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     control_caps = _check_control_caps(max_controlkg)
     holdout = heldout.check_mode(holdout)
     if controlkg not in CONTROLKG_MODES:
-        raise InputError(f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, "
-                         f"got {controlkg!r}")
+        raise InputError(
+            f"params key 'split.controlkg': expected one of {', '.join(CONTROLKG_MODES)}, got {controlkg!r}"
+        )
     # _prepared: the canonical frame and its entities, computed once by splits_from_params (the
     # WordNet source makes the table ~80k facts; normalising it again per target dominated the stage)
     frame, (heads, tails) = _prepared if _prepared is not None else (None, (None, None))
@@ -370,15 +412,18 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
         shared |= frame["rel"] == spec["rel"]
     control = frame[~shared.to_numpy()]
     if control.empty and controlkg != "paper":
-        raise InputError(f"params key '{key}': the ControlKG is empty: every fact shares a head "
-                         f"or tail with the {len(target)} TargetKG facts (lower "
-                         f"'split.max_targetkg' or add facts)")
+        raise InputError(
+            f"params key '{key}': the ControlKG is empty: every fact shares a head "
+            f"or tail with the {len(target)} TargetKG facts (lower "
+            f"'split.max_targetkg' or add facts)"
+        )
     if controlkg == "paper":
         kind = "wordnet" if wordnet else "csqa" if "csqa" in spec else "conceptnet"
         control_parts = paper_controlkg(frame, key, kind, control_caps, paper_wordnet_controlkg, paper_order)
         if wordnet:
-            control_parts["train"] = _wordnet_controlkg_train(control, control_parts["val"], key, seed,
-                                                              control_caps["train"])
+            control_parts["train"] = _wordnet_controlkg_train(
+                control, control_parts["val"], key, seed, control_caps["train"]
+            )
         control_caps = {split: None for split in SPLITS}  # applied in file order above
     else:
         control_parts = split_by_fractions(_shuffled(control, seed, _RNG_CONTROL), fractions)
@@ -394,32 +439,39 @@ def make_splits(triplets: pd.DataFrame, name: str, spec: Any, seed: int,
     for split in SPLITS:
         part = target_parts[split]
         if part.empty:
-            raise InputError(f"params key '{key}': TargetKG {split} split is empty ({len(target)} "
-                             f"facts, split.fractions {fractions}, split.holdout {holdout}: "
-                             f"{how.get('dropped', 0)} dropped); set split.holdout fact, "
-                             f"split.targetkg_holdout false, or select more facts")
+            raise InputError(
+                f"params key '{key}': TargetKG {split} split is empty ({len(target)} "
+                f"facts, split.fractions {fractions}, split.holdout {holdout}: "
+                f"{how.get('dropped', 0)} dropped); set split.holdout fact, "
+                f"split.targetkg_holdout false, or select more facts"
+            )
         out[f"targetkg_{split}"] = _tidy(part)
     for split in SPLITS:
         part = control_parts[split]
         if control_caps[split] is not None:
-            part = part.iloc[:control_caps[split]]
+            part = part.iloc[: control_caps[split]]
         if part.empty:
-            raise InputError(f"params key '{key}': ControlKG {split} split is empty "
-                             f"({len(control)} ControlKG facts, split.fractions {fractions})")
+            raise InputError(
+                f"params key '{key}': ControlKG {split} split is empty "
+                f"({len(control)} ControlKG facts, split.fractions {fractions})"
+            )
         out[f"controlkg_{split}"] = _tidy(part)
     log.info("target %s: %s", name, {k: len(v) for k, v in out.items()})
     return out
 
 
-def _with_user_facts(frame: pd.DataFrame, key: str, spec: Mapping, controlkg: str
-                     ) -> tuple[pd.DataFrame, tuple[pd.Series, pd.Series]]:
+def _with_user_facts(
+    frame: pd.DataFrame, key: str, spec: Mapping, controlkg: str
+) -> tuple[pd.DataFrame, tuple[pd.Series, pd.Series]]:
     """The facts a fact-file target splits: its file's facts (source `user`) and its ControlKG pool,
     the `controls` file or else the ConceptNet facts of `frame`; with their entities."""
     if spec.get("controls"):
         pool = user_facts.read_fact_file(spec["controls"]).assign(source="controls")
     elif controlkg == "paper":
-        raise InputError(f"params key '{key}': split.controlkg paper has no ControlKG for a fact-file target; "
-                         f"set split.controlkg own, or give {key}.controls")
+        raise InputError(
+            f"params key '{key}': split.controlkg paper has no ControlKG for a fact-file target; "
+            f"set split.controlkg own, or give {key}.controls"
+        )
     else:
         pool = frame[~frame["rel"].isin(WORDNET_RELATIONS).to_numpy()]
     combined = _canonical(pd.concat([pool, user_facts.read_fact_file(spec["facts"])], ignore_index=True))
@@ -428,9 +480,13 @@ def _with_user_facts(frame: pd.DataFrame, key: str, spec: Mapping, controlkg: st
     return combined, _entities(combined)
 
 
-def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] | None = None,
-                       paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
-                       reports: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
+def splits_from_params(
+    triplets: pd.DataFrame,
+    params: Params,
+    names: list[str] | None = None,
+    paper_order: Mapping[str, list[tuple[str, str, str]]] | None = None,
+    reports: dict | None = None,
+) -> dict[str, dict[str, pd.DataFrame]]:
     """Splits for every target in params `targets` (or the given names), with params `split`;
     `reports`, when given, gets each target's held-out report (make_splits)."""
     targets, split = params.targets, params.split
@@ -442,18 +498,31 @@ def splits_from_params(triplets: pd.DataFrame, params: Params, names: list[str] 
         if name not in targets:
             raise InputError(f"params key 'targets': no target named {name!r}")
         out[name] = make_splits(
-            triplets, name, targets[name], seed=split.seed, fractions=split.fractions,
-            targetkg_holdout=split.targetkg_holdout, max_targetkg=split.max_targetkg,
-            max_controlkg=split.max_controlkg, controlkg=split.controlkg, wordnet_exclude=exclude,
-            paper_wordnet_controlkg=split.paper_wordnet_controlkg, paper_order=paper_order,
-            holdout=split.holdout, report=reports.setdefault(name, {}) if reports is not None else None,
-            _prepared=prepared)
+            triplets,
+            name,
+            targets[name],
+            seed=split.seed,
+            fractions=split.fractions,
+            targetkg_holdout=split.targetkg_holdout,
+            max_targetkg=split.max_targetkg,
+            max_controlkg=split.max_controlkg,
+            controlkg=split.controlkg,
+            wordnet_exclude=exclude,
+            paper_wordnet_controlkg=split.paper_wordnet_controlkg,
+            paper_order=paper_order,
+            holdout=split.holdout,
+            report=reports.setdefault(name, {}) if reports is not None else None,
+            _prepared=prepared,
+        )
     return out
 
 
-def write_splits(out_dir: str | os.PathLike,
-                 splits_by_target: Mapping[str, Mapping[str, pd.DataFrame]],
-                 provenance: dict | None = None, holdout: Mapping[str, dict] | None = None) -> dict:
+def write_splits(
+    out_dir: str | os.PathLike,
+    splits_by_target: Mapping[str, Mapping[str, pd.DataFrame]],
+    provenance: dict | None = None,
+    holdout: Mapping[str, dict] | None = None,
+) -> dict:
     """Write {out}/{target}/{split}.parquet and {out}/summary.json, all or nothing; `holdout`: each
     target's held-out report (splits_from_params' `reports`), recorded in the summary."""
     counts: dict[str, dict[str, int]] = {}
@@ -465,8 +534,7 @@ def write_splits(out_dir: str | os.PathLike,
             if missing:
                 raise ValueError(f"splits for {target} lack {', '.join(missing)}")
             for split in SPLIT_NAMES:
-                write_parquet(tmp / target / f"{split}.parquet",
-                              splits[split][_columns(splits[split])])
+                write_parquet(tmp / target / f"{split}.parquet", splits[split][_columns(splits[split])])
             counts[target] = {split: int(len(splits[split])) for split in SPLIT_NAMES}
         summary: dict[str, Any] = {"counts": counts}
         if holdout is not None:
@@ -477,8 +545,13 @@ def write_splits(out_dir: str | os.PathLike,
     return summary
 
 
-def write_target_splits(out_dir: str | os.PathLike, target: str, splits: Mapping[str, pd.DataFrame],
-                        provenance: dict | None = None, holdout: dict | None = None) -> dict:
+def write_target_splits(
+    out_dir: str | os.PathLike,
+    target: str,
+    splits: Mapping[str, pd.DataFrame],
+    provenance: dict | None = None,
+    holdout: dict | None = None,
+) -> dict:
     """Write one target's {out}/{split}.parquet and {out}/summary.json, all or nothing; `holdout`:
     its held-out report (make_splits' `report`), recorded in the summary."""
     check_target_name(target)

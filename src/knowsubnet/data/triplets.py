@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -55,11 +56,17 @@ KNOW_SUBNET_FILES: dict[str, str] = {
 }
 KNOW_SUBNET_DIR = "know_subnet_derived"
 # The paper's WordNet lists (hypernym edges between synset names, no `rel` key), by source tag.
-PAPER_SYNSETS = ("building.n.01", "change.n.01", "communication.n.02", "location.n.01",
-                 "magnitude.n.01", "representation.n.02", "statement.n.01")
+PAPER_SYNSETS = (
+    "building.n.01",
+    "change.n.01",
+    "communication.n.02",
+    "location.n.01",
+    "magnitude.n.01",
+    "representation.n.02",
+    "statement.n.01",
+)
 KNOW_SUBNET_WORDNET_FILES: dict[str, str] = {
-    **{f"know_subnet/wordnet/{name}": f"wordnet/targetkg/Synset('{name}')_best_format.json"
-       for name in PAPER_SYNSETS},
+    **{f"know_subnet/wordnet/{name}": f"wordnet/targetkg/Synset('{name}')_best_format.json" for name in PAPER_SYNSETS},
     "know_subnet/wordnet/controlkg_val": "wordnet/controlkg/controlkg_val_best_format.json",
 }
 # Source `wordnet`: every noun hypernym edge of the WordNet 3.0 database in data/raw/<this>/.
@@ -89,10 +96,11 @@ def normalize_entity(text: str) -> str:
 
 def stable_uuid(head: str, rel: str, tail: str) -> str:
     """A uuid for facts that have no LAMA uuid: the md5 of "head\\trel\\ttail" (normalised)."""
-    return hashlib.md5(f"{head}\t{rel}\t{tail}".encode("utf-8")).hexdigest()
+    return hashlib.md5(f"{head}\t{rel}\t{tail}".encode()).hexdigest()
 
 
 # -- field checks -------------------------------------------------------------------------------
+
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
@@ -102,13 +110,11 @@ def _get_str(row: dict, key: str, where: str, what: str, *, required: bool = Tru
     """row[key] as a non-empty string; InputError naming file:line and the key otherwise."""
     if key not in row or (row[key] is None and not required):
         if required:
-            raise InputError(f"{where}: expected key {key!r} in {what}, got keys "
-                             f"{sorted(map(str, row))}")
+            raise InputError(f"{where}: expected key {key!r} in {what}, got keys {sorted(map(str, row))}")
         return None
     value = row[key]
     if not isinstance(value, str):
-        raise InputError(f"{where}: expected a string for {key!r}, got {_type_name(value)} "
-                         f"{value!r}")
+        raise InputError(f"{where}: expected a string for {key!r}, got {_type_name(value)} {value!r}")
     if not value.strip():
         if required:
             raise InputError(f"{where}: expected a non-empty {key!r}, got {value!r}")
@@ -116,14 +122,15 @@ def _get_str(row: dict, key: str, where: str, what: str, *, required: bool = Tru
     return value
 
 
-def _make_fact(head: str, rel: str, tail: str, uuid: str | None, source: str, where: str,
-               ref: str | None = None) -> Fact:
+def _make_fact(
+    head: str, rel: str, tail: str, uuid: str | None, source: str, where: str, ref: str | None = None
+) -> Fact:
     canonical = canonical_relation(rel)
     if canonical is None:
-        raise InputError(f"{where}: unknown relation {rel!r}; expected one of: "
-                         f"{', '.join(ALL_RELATIONS)}")
-    return Fact(normalize_entity(head), canonical, normalize_entity(tail),
-                uuid.strip() if uuid else None, source, where, ref)
+        raise InputError(f"{where}: unknown relation {rel!r}; expected one of: {', '.join(ALL_RELATIONS)}")
+    return Fact(
+        normalize_entity(head), canonical, normalize_entity(tail), uuid.strip() if uuid else None, source, where, ref
+    )
 
 
 def _lama_fact(row: Any, where: str, source: str) -> Fact:
@@ -164,12 +171,12 @@ def _wordnet_edge_fact(item: Any, where: str, source: str) -> Fact:
     tail = _get_str(item, "tail", where, what)
     for key, value in (("head", head), ("tail", tail)):
         if not is_synset_name(value):
-            raise InputError(f"{where}: expected a noun synset name such as building.n.01 for "
-                             f"{key!r}, got {value!r}")
+            raise InputError(f"{where}: expected a noun synset name such as building.n.01 for {key!r}, got {value!r}")
     return _make_fact(head, "Hypernym", tail, None, source, where)
 
 
 # -- readers ------------------------------------------------------------------------------------
+
 
 def read_lama_jsonl(path: str | os.PathLike, source: str = "lama") -> Iterator[Fact]:
     """LAMA ConceptNet jsonl: the original release (`masked_sentences`), rows exported from the
@@ -198,8 +205,7 @@ def read_lama(path: str | os.PathLike, source: str = "lama") -> Iterator[Fact]:
         return read_lama_parquet(path, source)
     if path.suffix in (".jsonl", ".json"):
         return read_lama_jsonl(path, source)
-    raise InputError(f"{path}: expected a LAMA ConceptNet file ending in .jsonl, .json or "
-                     f".parquet")
+    raise InputError(f"{path}: expected a LAMA ConceptNet file ending in .jsonl, .json or .parquet")
 
 
 def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
@@ -240,8 +246,10 @@ def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             item, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: expected a JSON value (item {index}), got "
-                             f"invalid JSON ({err.msg} at column {err.colno})") from None
+            raise InputError(
+                f"{path}:{err.lineno}: expected a JSON value (item {index}), got "
+                f"invalid JSON ({err.msg} at column {err.colno})"
+            ) from None
         yield where, item
         index += 1
         pos = skip(pos)
@@ -251,8 +259,7 @@ def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
         if pos < n and text[pos] == "]":
             break
         got = "end of file" if pos >= n else repr(text[pos])
-        raise InputError(f"{path}:{line_of(pos)}: expected ',' or ']' after item {index - 1}, "
-                         f"got {got}")
+        raise InputError(f"{path}:{line_of(pos)}: expected ',' or ']' after item {index - 1}, got {got}")
     if skip(pos + 1) < n:
         raise InputError(f"{path}:{line_of(skip(pos + 1))}: expected end of file after the list")
 
@@ -292,15 +299,17 @@ def read_facts_table(path: str | os.PathLike, source: str = "builtin") -> Iterat
             header = next(reader, None)
             expected = list(FACTS_TABLE_COLUMNS)
             if header not in (expected, expected[:4]):
-                raise InputError(f"{path}:1: expected the header {'<TAB>'.join(expected)} "
-                                 f"(lists optional), got {header!r}")
+                raise InputError(
+                    f"{path}:1: expected the header {'<TAB>'.join(expected)} (lists optional), got {header!r}"
+                )
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 if not row or row == [""]:
                     continue
                 if len(row) != len(header):
-                    raise InputError(f"{where}: expected {len(header)} tab-separated fields "
-                                     f"({', '.join(header)}), got {len(row)}")
+                    raise InputError(
+                        f"{where}: expected {len(header)} tab-separated fields ({', '.join(header)}), got {len(row)}"
+                    )
                 record = dict(zip(header, row))
                 what = "a facts-table row"
                 uuid = _get_str(record, "uuid", where, what)
@@ -313,11 +322,11 @@ def read_facts_table(path: str | os.PathLike, source: str = "builtin") -> Iterat
         except UnicodeDecodeError:
             raise InputError(f"{path}:{reader.line_num + 1}: expected UTF-8 text") from None
         except csv.Error as err:
-            raise InputError(f"{path}:{reader.line_num}: expected tab-separated fields ({err})") \
-                from None
+            raise InputError(f"{path}:{reader.line_num}: expected tab-separated fields ({err})") from None
 
 
 # -- the triplets table -------------------------------------------------------------------------
+
 
 def merge_facts(facts: Iterable[Fact]) -> pd.DataFrame:
     """One row per distinct (head, rel, tail); sources merged with ';'; LAMA uuid preferred; the
@@ -338,11 +347,17 @@ def merge_facts(facts: Iterable[Fact]) -> pd.DataFrame:
         fallback = stable_uuid(head, rel, tail)
         real = sorted(u for u in uuids if u != fallback)
         if len(real) > 1:
-            log.warning("fact (%s, %s, %s) has %d LAMA uuids; keeping %s", head, rel, tail,
-                        len(real), real[0])
-        rows.append((real[0] if real else fallback, head, rel, tail,
-                     ";".join(sorted(sources, key=_source_order)),
-                     ";".join(sorted(question_ids[(head, rel, tail)]))))
+            log.warning("fact (%s, %s, %s) has %d LAMA uuids; keeping %s", head, rel, tail, len(real), real[0])
+        rows.append(
+            (
+                real[0] if real else fallback,
+                head,
+                rel,
+                tail,
+                ";".join(sorted(sources, key=_source_order)),
+                ";".join(sorted(question_ids[(head, rel, tail)])),
+            )
+        )
     frame = pd.DataFrame(rows, columns=TABLE_COLUMNS, dtype=str)
     return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
 
@@ -366,21 +381,22 @@ def resolve_sources(sources: Iterable[str]) -> tuple[bool, list[str], bool]:
     tags: list[str] = []
     for entry in sources:
         if not isinstance(entry, str):
-            raise InputError(f"params key 'triplets.sources': expected source names, got "
-                             f"{entry!r}")
+            raise InputError(f"params key 'triplets.sources': expected source names, got {entry!r}")
         name = entry.strip().rstrip("/")
         if name == "builtin":
             builtin = True
         elif name == "lama":
             lama = True
         else:
-            matched = [t for t in {**KNOW_SUBNET_FILES, **KNOW_SUBNET_WORDNET_FILES}
-                       if t == name or t.startswith(name + "/")]
+            matched = [
+                t for t in {**KNOW_SUBNET_FILES, **KNOW_SUBNET_WORDNET_FILES} if t == name or t.startswith(name + "/")
+            ]
             if not matched:
                 raise InputError(
                     f"params key 'triplets.sources': unknown source {entry!r}; expected builtin, "
                     f"lama, wordnet, know_subnet or one of: "
-                    f"{', '.join([*KNOW_SUBNET_FILES, *KNOW_SUBNET_WORDNET_FILES])}")
+                    f"{', '.join([*KNOW_SUBNET_FILES, *KNOW_SUBNET_WORDNET_FILES])}"
+                )
             tags.extend(t for t in matched if t not in tags)
     return builtin, tags, lama
 
@@ -392,17 +408,22 @@ def find_lama_file(raw_dir: str | os.PathLike, lama_path: str | os.PathLike | No
         if copy.is_file():
             return copy
     if lama_path is None:
-        raise InputError("params key 'triplets.lama_path': the source 'lama' needs a LAMA "
-                         "ConceptNet file (jsonl or parquet), got null")
+        raise InputError(
+            "params key 'triplets.lama_path': the source 'lama' needs a LAMA "
+            "ConceptNet file (jsonl or parquet), got null"
+        )
     path = Path(lama_path)
     if not path.is_file():
         raise InputError(f"params key 'triplets.lama_path': no such file {path}")
     return path
 
 
-def read_source_files(raw_dir: str | os.PathLike, sources: Iterable[str],
-                      lama_path: str | os.PathLike | None = None,
-                      facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE) -> Iterator[Fact]:
+def read_source_files(
+    raw_dir: str | os.PathLike,
+    sources: Iterable[str],
+    lama_path: str | os.PathLike | None = None,
+    facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE,
+) -> Iterator[Fact]:
     """Every fact of the selected sources, unmerged, in a fixed order."""
     sources = list(sources)
     wordnet = any(isinstance(s, str) and s.strip() == WORDNET_SOURCE for s in sources)
@@ -411,46 +432,54 @@ def read_source_files(raw_dir: str | os.PathLike, sources: Iterable[str],
     raw_dir = Path(raw_dir)
     if builtin:
         if not Path(facts_table).is_file():
-            raise InputError(f"{facts_table}: the in-repo facts table (source 'builtin') is "
-                             f"missing")
+            raise InputError(f"{facts_table}: the in-repo facts table (source 'builtin') is missing")
         yield from read_facts_table(facts_table)
     for tag in tags:
         path = raw_dir / KNOW_SUBNET_DIR / {**KNOW_SUBNET_FILES, **KNOW_SUBNET_WORDNET_FILES}[tag]
         if not path.is_file():
-            raise InputError(f"{path}: missing input for source {tag!r} (run fetch_data with "
-                             f"params key 'data.mirror' set, or drop the source from "
-                             f"'triplets.sources')")
+            raise InputError(
+                f"{path}: missing input for source {tag!r} (run fetch_data with "
+                f"params key 'data.mirror' set, or drop the source from "
+                f"'triplets.sources')"
+            )
         if tag in KNOW_SUBNET_WORDNET_FILES:
             yield from read_wordnet_list(path, tag)
         else:
-            yield from (read_lama_jsonl(path, tag) if path.suffix == ".jsonl"
-                        else read_best_format(path, tag))
+            yield from (read_lama_jsonl(path, tag) if path.suffix == ".jsonl" else read_best_format(path, tag))
     if wordnet:
         yield from read_wordnet_database(raw_dir / WORDNET_RAW_DIR)
     if lama:
         yield from read_lama(find_lama_file(raw_dir, lama_path), "lama")
 
 
-def build_triplets(raw_dir: str | os.PathLike, sources: Iterable[str],
-                   lama_path: str | os.PathLike | None = None,
-                   facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE) -> pd.DataFrame:
+def build_triplets(
+    raw_dir: str | os.PathLike,
+    sources: Iterable[str],
+    lama_path: str | os.PathLike | None = None,
+    facts_table: str | os.PathLike = DEFAULT_FACTS_TABLE,
+) -> pd.DataFrame:
     """The triplets table (uuid, head, rel, tail, source, csqa_ids) from the selected sources."""
     sources = list(sources)
     facts = list(read_source_files(raw_dir, sources, lama_path, facts_table))
     table = merge_facts(facts)
     if table.empty:
-        raise InputError(f"params key 'triplets.sources': the sources {list(sources)} hold no "
-                         f"facts")
-    log.info("%d facts read, %d distinct; per relation: %s", len(facts), len(table),
-             table["rel"].value_counts().sort_index().to_dict())
+        raise InputError(f"params key 'triplets.sources': the sources {list(sources)} hold no facts")
+    log.info(
+        "%d facts read, %d distinct; per relation: %s",
+        len(facts),
+        len(table),
+        table["rel"].value_counts().sort_index().to_dict(),
+    )
     return table
 
 
-def extract_triplets(params: Params, *, raw_dir: str | os.PathLike, facts_table: str | os.PathLike,
-                     out: str | os.PathLike) -> pd.DataFrame:
+def extract_triplets(
+    params: Params, *, raw_dir: str | os.PathLike, facts_table: str | os.PathLike, out: str | os.PathLike
+) -> pd.DataFrame:
     """The extract_triplets stage: the triplets table of params triplets.sources (and
     triplets.lama_path) written to the parquet file `out`; returns the table."""
-    table = build_triplets(raw_dir, params.triplets.sources, lama_path=params.triplets.lama_path,
-                           facts_table=facts_table)
+    table = build_triplets(
+        raw_dir, params.triplets.sources, lama_path=params.triplets.lama_path, facts_table=facts_table
+    )
     write_parquet(out, table)
     return table

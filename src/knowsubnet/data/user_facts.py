@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -120,13 +121,17 @@ def read_fact_file(path: str | Path) -> pd.DataFrame:
         for key in ("head", rel_key, "tail"):
             value = row.get(key)
             if not isinstance(value, str) or not value.strip():
-                raise InputError(f"{where}: column '{key}' is {'missing' if value is None else f'{value!r}'}; "
-                                 f"expected text (columns: head, relation, tail)")
+                raise InputError(
+                    f"{where}: column '{key}' is {'missing' if value is None else f'{value!r}'}; "
+                    f"expected text (columns: head, relation, tail)"
+                )
             fields[key] = " ".join(value.split())
         rel = relations.canonical_relation(fields[rel_key])
         if rel is None:
-            raise InputError(f"{where}: relation {fields[rel_key]!r} has no templates: define it in the target's "
-                             f"templates file, or use one of {', '.join(relations.RELATIONS)}")
+            raise InputError(
+                f"{where}: relation {fields[rel_key]!r} has no templates: define it in the target's "
+                f"templates file, or use one of {', '.join(relations.RELATIONS)}"
+            )
         head, tail = fields["head"], fields["tail"]
         try:
             relations.verbalize(rel, 0, head, tail)

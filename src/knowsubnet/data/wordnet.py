@@ -87,11 +87,13 @@ class HypernymGraph:
         if name not in self.nodes:
             lemma = synset_lemma(name).replace(" ", "_")
             senses = sorted(n for n in self.nodes if n.rsplit(".n.", 1)[0] == lemma)
-            hint = (f"; {lemma!r} has: {', '.join(senses[:12])}" if senses
-                    else "; expected a noun synset name such as building.n.01 (instance synsets "
-                         "such as paris.n.01 have no hypernym edges)")
-            raise InputError(f"params key '{key}': no WordNet noun synset {name!r} in "
-                             f"{self.source}{hint}")
+            hint = (
+                f"; {lemma!r} has: {', '.join(senses[:12])}"
+                if senses
+                else "; expected a noun synset name such as building.n.01 (instance synsets "
+                "such as paris.n.01 have no hypernym edges)"
+            )
+            raise InputError(f"params key '{key}': no WordNet noun synset {name!r} in {self.source}{hint}")
         return name
 
     def subtree(self, name: str, key: str = "synset", depth: int | None = None) -> dict[str, int]:
@@ -109,8 +111,7 @@ class HypernymGraph:
                     queue.append(child)
         return levels
 
-    def subtree_edges(self, name: str, key: str = "synset",
-                      depth: int | None = None) -> list[tuple[str, str]]:
+    def subtree_edges(self, name: str, key: str = "synset", depth: int | None = None) -> list[tuple[str, str]]:
         """The hypernym edges inside the synset's hyponym subtree: (hyponym, hypernym) pairs with
         both ends in the subtree (the root's own edges upward are outside), the hyponym at most
         `depth` levels below the synset."""
@@ -142,13 +143,19 @@ class NounDatabase:
 
     def hypernym_edges(self) -> list[tuple[str, str]]:
         """Every (hyponym, hypernym) `@` edge of the noun database, sorted."""
-        return sorted((s.name, self.synsets[p].name) for s in self.synsets.values()
-                      for p in s.hypernyms)
+        return sorted((s.name, self.synsets[p].name) for s in self.synsets.values() for p in s.hypernyms)
 
 
-def build_target(graph: HypernymGraph | NounDatabase, name: str, *, depth: int | None = None,
-                 ancestors: int = 0, max_facts: int | None = None, seed: int = 0,
-                 key: str = "synset") -> list[tuple[str, str]]:
+def build_target(
+    graph: HypernymGraph | NounDatabase,
+    name: str,
+    *,
+    depth: int | None = None,
+    ancestors: int = 0,
+    max_facts: int | None = None,
+    seed: int = 0,
+    key: str = "synset",
+) -> list[tuple[str, str]]:
     """A WordNet TargetKG, as sorted (hyponym, hypernym) pairs: the hypernym edges inside the
     synset's hyponym subtree down to `depth` levels, plus the edges up to `ancestors` levels
     above it; of that pool, a uniform sample of `max_facts` drawn with `seed` when it is larger.
@@ -158,11 +165,12 @@ def build_target(graph: HypernymGraph | NounDatabase, name: str, *, depth: int |
     """
     if isinstance(graph, NounDatabase):
         graph = graph.graph
-    edges = sorted(set(graph.subtree_edges(name, key, depth))
-                   | set(graph.ancestor_edges(name, ancestors, key)))
+    edges = sorted(set(graph.subtree_edges(name, key, depth)) | set(graph.ancestor_edges(name, ancestors, key)))
     if not edges:
-        raise InputError(f"params key '{key}': the WordNet synset {name!r} has no hyponyms, so its "
-                         f"subtree holds no hypernym edge; pick a synset with hyponyms")
+        raise InputError(
+            f"params key '{key}': the WordNet synset {name!r} has no hyponyms, so its "
+            f"subtree holds no hypernym edge; pick a synset with hyponyms"
+        )
     if max_facts is not None and len(edges) > max_facts:
         pick = np.random.default_rng(seed).choice(len(edges), size=max_facts, replace=False)
         edges = [edges[i] for i in sorted(pick)]
@@ -171,12 +179,15 @@ def build_target(graph: HypernymGraph | NounDatabase, name: str, *, depth: int |
 
 # -- reading the files --------------------------------------------------------------------------
 
+
 def _open(path: Path):
     try:
         return open(path, encoding="utf-8")
     except OSError as err:
-        raise InputError(f"{path}: cannot read the WordNet noun file ({err.strerror}); expected "
-                         f"the WordNet 3.0 database folder (run fetch_data)") from None
+        raise InputError(
+            f"{path}: cannot read the WordNet noun file ({err.strerror}); expected "
+            f"the WordNet 3.0 database folder (run fetch_data)"
+        ) from None
 
 
 def _read_data(path: Path) -> dict[int, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -198,13 +209,15 @@ def _read_data(path: Path) -> dict[int, tuple[tuple[str, ...], tuple[int, ...]]]
                 p_cnt = int(fields[at])
                 hypernyms = []
                 for i in range(p_cnt):
-                    symbol, target, pos = fields[at + 1 + 4 * i: at + 4 + 4 * i]
+                    symbol, target, pos = fields[at + 1 + 4 * i : at + 4 + 4 * i]
                     if symbol == HYPERNYM and pos == "n":
                         hypernyms.append(int(target))
             except (IndexError, ValueError) as err:
-                raise InputError(f"{where}: expected a wndb(5) data.noun line (offset lex_filenum "
-                                 f"n w_cnt words p_cnt pointers | gloss), got {line[:60]!r} "
-                                 f"({err})") from None
+                raise InputError(
+                    f"{where}: expected a wndb(5) data.noun line (offset lex_filenum "
+                    f"n w_cnt words p_cnt pointers | gloss), got {line[:60]!r} "
+                    f"({err})"
+                ) from None
             out[offset] = (words, tuple(hypernyms))
     if not out:
         raise InputError(f"{path}: no synsets; expected the WordNet 3.0 data.noun file")
@@ -221,13 +234,15 @@ def _read_index(path: Path) -> dict[str, list[int]]:
             fields = line.split()
             try:
                 synset_cnt, p_cnt = int(fields[2]), int(fields[3])
-                offsets = [int(x) for x in fields[6 + p_cnt: 6 + p_cnt + synset_cnt]]
+                offsets = [int(x) for x in fields[6 + p_cnt : 6 + p_cnt + synset_cnt]]
                 if len(offsets) != synset_cnt:
                     raise ValueError(f"{synset_cnt} offsets announced, {len(offsets)} found")
             except (IndexError, ValueError) as err:
-                raise InputError(f"{path}:{lineno}: expected a wndb(5) index.noun line (lemma n "
-                                 f"synset_cnt p_cnt ptrs sense_cnt tagsense_cnt offsets), got "
-                                 f"{line[:60]!r} ({err})") from None
+                raise InputError(
+                    f"{path}:{lineno}: expected a wndb(5) index.noun line (lemma n "
+                    f"synset_cnt p_cnt ptrs sense_cnt tagsense_cnt offsets), got "
+                    f"{line[:60]!r} ({err})"
+                ) from None
             out[fields[0]] = offsets
     return out
 
@@ -244,9 +259,11 @@ def read_noun_database(folder: str | os.PathLike) -> NounDatabase:
         lemma = re.sub(r"\([a-z]+\)$", "", lemma)
         senses = index.get(lemma)
         if not senses or offset not in senses:
-            raise InputError(f"{folder / INDEX_FILE}: the lemma {lemma!r} of synset {offset:08d} "
-                             f"in {DATA_FILE} has no index entry for that synset; expected "
-                             f"matching WordNet 3.0 files")
+            raise InputError(
+                f"{folder / INDEX_FILE}: the lemma {lemma!r} of synset {offset:08d} "
+                f"in {DATA_FILE} has no index entry for that synset; expected "
+                f"matching WordNet 3.0 files"
+            )
         name = f"{lemma}.n.{senses.index(offset) + 1:02d}"
         synsets[offset] = Synset(offset, name, words, tuple(p for p in hypernyms if p in data))
     log.info("WordNet nouns: %d synsets from %s", len(synsets), folder)

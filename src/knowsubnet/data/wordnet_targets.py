@@ -3,7 +3,8 @@ database (params `targets.<name>: {wordnet: <synset>, ...}`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -28,19 +29,18 @@ def is_wordnet_spec(spec: Any) -> bool:
 def check_spec(key: str, spec: Mapping) -> None:
     extra = set(spec) - {"wordnet", "facts"} - _WORDNET_BUILD_KEYS
     if extra or ("facts" in spec and set(spec) & _WORDNET_BUILD_KEYS):
-        raise InputError(f"params key '{key}': expected {{wordnet: <synset>, facts: <source tag>}} "
-                         f"or {{wordnet: <synset>[, depth, ancestors, max_facts, seed]}}; got keys "
-                         f"{sorted(map(str, spec))}")
+        raise InputError(
+            f"params key '{key}': expected {{wordnet: <synset>, facts: <source tag>}} "
+            f"or {{wordnet: <synset>[, depth, ancestors, max_facts, seed]}}; got keys "
+            f"{sorted(map(str, spec))}"
+        )
     name = spec["wordnet"]
     if not isinstance(name, str) or not name.strip():
-        raise InputError(f"params key '{key}.wordnet': expected a noun synset name such as "
-                         f"building.n.01, got {name!r}")
+        raise InputError(f"params key '{key}.wordnet': expected a noun synset name such as building.n.01, got {name!r}")
     for field, low in (("depth", 1), ("ancestors", 0), ("max_facts", 1), ("seed", 0)):
         value = spec.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < low):
-            raise InputError(f"params key '{key}.{field}': expected an integer >= {low}, got "
-                             f"{value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InputError(f"params key '{key}.{field}': expected an integer >= {low}, got {value!r}")
 
 
 def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
@@ -49,8 +49,9 @@ def hypernym_graph(frame: pd.DataFrame, database_only: bool = False):
     rows = frame[frame["rel"].isin(WORDNET_RELATIONS)]
     if database_only:
         rows = rows[rows["source"].str.split(";").map(lambda ts: WORDNET_SOURCE in ts)]
-    return HypernymGraph(zip(rows["head"], rows["tail"]),
-                         "the triplets' WordNet facts" + (" (source wordnet)" if database_only else ""))
+    return HypernymGraph(
+        zip(rows["head"], rows["tail"]), "the triplets' WordNet facts" + (" (source wordnet)" if database_only else "")
+    )
 
 
 def select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
@@ -61,18 +62,28 @@ def select(frame: pd.DataFrame, key: str, spec: Mapping) -> pd.DataFrame:
         mask = hypernyms["source"].str.split(";").map(lambda ts: tag in ts).to_numpy(dtype=bool)
         selected = hypernyms[mask]
         if selected.empty:
-            raise InputError(f"params key '{key}.facts': no WordNet fact has the source tag "
-                             f"{tag!r} (add know_subnet to 'triplets.sources'; the paper's lists "
-                             f"are know_subnet/wordnet/<synset>)")
+            raise InputError(
+                f"params key '{key}.facts': no WordNet fact has the source tag "
+                f"{tag!r} (add know_subnet to 'triplets.sources'; the paper's lists "
+                f"are know_subnet/wordnet/<synset>)"
+            )
         return selected.reset_index(drop=True)
     graph = hypernym_graph(frame, database_only=True)
     if not graph.nodes:
-        raise InputError(f"params key '{key}': a WordNet target built from the noun database needs "
-                         f"the source 'wordnet' in 'triplets.sources' (or use facts: "
-                         f"know_subnet/wordnet/<synset> for the paper's lists)")
-    edges = build_target(graph, synset, depth=spec.get("depth"), ancestors=spec.get("ancestors", 0),
-                         max_facts=spec.get("max_facts"), seed=spec.get("seed", 0),
-                         key=f"{key}.wordnet")
+        raise InputError(
+            f"params key '{key}': a WordNet target built from the noun database needs "
+            f"the source 'wordnet' in 'triplets.sources' (or use facts: "
+            f"know_subnet/wordnet/<synset> for the paper's lists)"
+        )
+    edges = build_target(
+        graph,
+        synset,
+        depth=spec.get("depth"),
+        ancestors=spec.get("ancestors", 0),
+        max_facts=spec.get("max_facts"),
+        seed=spec.get("seed", 0),
+        key=f"{key}.wordnet",
+    )
     pairs = pd.MultiIndex.from_tuples(edges)
     mask = pd.MultiIndex.from_arrays([hypernyms["head"], hypernyms["tail"]]).isin(pairs)
     return hypernyms[mask].reset_index(drop=True)

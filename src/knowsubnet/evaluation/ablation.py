@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,9 +51,18 @@ VARIANTS = ("removed", "random", "kept")
 # ablation
 
 
-def _evaluate_sets(model, targetkg, controlkg, blocks, batch_size, device, controllm_ppl: str, label: str,
-                   controlkg_relations: list[str] | None = None,
-                   unknown: dict[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+def _evaluate_sets(
+    model,
+    targetkg,
+    controlkg,
+    blocks,
+    batch_size,
+    device,
+    controllm_ppl: str,
+    label: str,
+    controlkg_relations: list[str] | None = None,
+    unknown: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """One variant's metrics on the three sets, and the per-fact scores behind them ({set:
     `score_facts` output}). `unknown` ({set: FactSet} of facts the known filter dropped) are scored
     too, as "<set>_unknown", and count in no metric."""
@@ -90,14 +100,26 @@ def _mean_and_spread(draws: list[dict[str, dict[str, float]]]) -> tuple[dict, di
     return mean, spread
 
 
-def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
-                      logits: dict[str, torch.Tensor] | edits.Edit, granularity: str, targetkg, controlkg,
-                      controllm_blocks: torch.Tensor, random_draws: int, seed: int, batch_size: int,
-                      device: str | torch.device, *,
-                      model_name: str | None = None, target: str | None = None,
-                      controlkg_relations: list[str] | None = None,
-                      controllm_ppl: str = "token_mean", fact_scores: dict | None = None,
-                      unknown: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_ablation(
+    model: nn.Module,
+    layers: list[masking.MaskableLayer],
+    logits: dict[str, torch.Tensor] | edits.Edit,
+    granularity: str,
+    targetkg,
+    controlkg,
+    controllm_blocks: torch.Tensor,
+    random_draws: int,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device,
+    *,
+    model_name: str | None = None,
+    target: str | None = None,
+    controlkg_relations: list[str] | None = None,
+    controllm_ppl: str = "token_mean",
+    fact_scores: dict | None = None,
+    unknown: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Original / removed / random-removed / kept metrics on the three test sets (see module doc).
 
     `logits` are mask logits (subnetwork = logits > 0) or boolean masks in `granularity`, or any
@@ -133,8 +155,9 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
     draws = []
     for draw in range(random_draws):
         with edits.applied(layers, edits.random_like(edit, layers, generator)):
-            metrics, scores = _evaluate_sets(model, *args, label=f"random[{draw}]", **by_rel,
-                                             **(extra if draw == 0 else {}))
+            metrics, scores = _evaluate_sets(
+                model, *args, label=f"random[{draw}]", **by_rel, **(extra if draw == 0 else {})
+            )
         draws.append(metrics)
         if draw == 0:
             first_draw_scores = scores
@@ -143,15 +166,20 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
         fact_scores.update(original=original_scores, removed=removed_scores, random=first_draw_scores)
 
     variants = {"removed": removed, "random": random_mean, "kept": kept}
-    delta = {name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS} for name, result in variants.items()
-             if result is not None}
+    delta = {
+        name: {s: result[s]["ppl"] - original[s]["ppl"] for s in SETS}
+        for name, result in variants.items()
+        if result is not None
+    }
     changed = edits.change_stats(model, layers, edit)
     if edit.kind == "mask":
         sparsity = masking.sparsity(model, layers, edit.tensors, edit.granularity)
         size = masking.subnetwork_size(layers, edit.tensors, edit.granularity)
     else:  # new weights: every changed weight counts as removed
-        sparsity = {"masked_layers": 1.0 - changed["changed_share_masked_layers"],
-                    "all_weights": 1.0 - changed["changed_share_all_weights"]}
+        sparsity = {
+            "masked_layers": 1.0 - changed["changed_share_masked_layers"],
+            "all_weights": 1.0 - changed["changed_share_all_weights"],
+        }
         size = changed["changed_weights"]
     return {
         "model": model_name,
@@ -162,10 +190,16 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
         "sparsity": sparsity,
         "subnetwork_size": size,
         "changed": changed,
-        "counts": {"targetkg": int(targetkg.input_ids.shape[0]), "controlkg": int(controlkg.input_ids.shape[0]),
-                   "controllm_blocks": int(controllm_blocks.shape[0]),
-                   **({"controlkg_by_relation": pd.Series(controlkg_relations).value_counts().sort_index().to_dict()}
-                      if controlkg_relations is not None else {})},
+        "counts": {
+            "targetkg": int(targetkg.input_ids.shape[0]),
+            "controlkg": int(controlkg.input_ids.shape[0]),
+            "controllm_blocks": int(controllm_blocks.shape[0]),
+            **(
+                {"controlkg_by_relation": pd.Series(controlkg_relations).value_counts().sort_index().to_dict()}
+                if controlkg_relations is not None
+                else {}
+            ),
+        },
         "original": original,
         "removed": removed,
         "random": random_mean,
@@ -183,8 +217,9 @@ def evaluate_ablation(model: nn.Module, layers: list[masking.MaskableLayer],
 # inputs of the evaluate / combine scripts
 
 
-def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dict[str, str],
-                source: str) -> tuple[list[masking.MaskableLayer], str]:
+def mask_layers(
+    model: nn.Module, logits: dict[str, torch.Tensor], metadata: dict[str, str], source: str
+) -> tuple[list[masking.MaskableLayer], str]:
     """The model's maskable layers for a mask file (its metadata records granularity and the
     resolved `top_k_blocks`), checked to fit it; and its granularity."""
     granularity = metadata.get("granularity")
@@ -202,9 +237,14 @@ def mask_layers(model: nn.Module, logits: dict[str, torch.Tensor], metadata: dic
     return layers, granularity
 
 
-def load_test_sets(tokenizer, verbalized: str | Path, splits_dir: str | Path, controllm_dir: str | Path,
-                   known: Known | None = None,
-                   scored_positions: str = "all_tail_tokens") -> tuple[Any, Any, torch.Tensor]:
+def load_test_sets(
+    tokenizer,
+    verbalized: str | Path,
+    splits_dir: str | Path,
+    controllm_dir: str | Path,
+    known: Known | None = None,
+    scored_positions: str = "all_tail_tokens",
+) -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""
     verbalized_frame = factsets.read_verbalized(verbalized)
@@ -255,8 +295,9 @@ FACT_VARIANTS = {"original": "original", "removed": "removed", "random": "random
 FACT_COLUMNS = ["uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text", "known"]
 
 
-def fact_table(rows: dict[str, pd.DataFrame],
-               fact_scores: dict[str, dict[str, dict[str, torch.Tensor]]]) -> pd.DataFrame:
+def fact_table(
+    rows: dict[str, pd.DataFrame], fact_scores: dict[str, dict[str, dict[str, torch.Tensor]]]
+) -> pd.DataFrame:
     """One row per fact of TargetKG test, then ControlKG test (column `set`), each in split order.
 
     `rows`: {set: `factsets.split_rows` frame}, whose known facts are the evaluated FactSet in
@@ -290,21 +331,41 @@ def fact_table(rows: dict[str, pd.DataFrame],
 # the evaluate_ablation and combine_seeds stages
 
 
-def _prepare(params: Params, model_dir: Path, edit: edits.Edit, mask_source: str, verbalized: Path,
-             splits_dir: Path, controllm_dir: Path):
+def _prepare(
+    params: Params,
+    model_dir: Path,
+    edit: edits.Edit,
+    mask_source: str,
+    verbalized: Path,
+    splits_dir: Path,
+    controllm_dir: Path,
+):
     """What both stages evaluate with: the device, the model and its tokenizer, the removal's
     layers and granularity, and the test sets (params eval, known, verbalize.scored_positions)."""
     device = pick_device(params.eval.device, key="eval.device")
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
     layers, granularity = edits.edit_layers(lm, edit, source=mask_source), edit.granularity
-    test_sets = load_test_sets(tokenizer, verbalized, splits_dir, controllm_dir, params.known,
-                               params.verbalize.scored_positions)
+    test_sets = load_test_sets(
+        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions
+    )
     return device, lm, tokenizer, layers, granularity, test_sets
 
 
-def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_dir: Path, verbalized: Path,
-                  splits_dir: Path, controllm_dir: Path, mask: Path, out: Path,
-                  headline_out: Path | None = None, facts_out: Path | None = None) -> dict[str, Any]:
+def evaluate_mask(
+    params: Params,
+    *,
+    model: str,
+    target: str,
+    seed: int,
+    model_dir: Path,
+    verbalized: Path,
+    splits_dir: Path,
+    controllm_dir: Path,
+    mask: Path,
+    out: Path,
+    headline_out: Path | None = None,
+    facts_out: Path | None = None,
+) -> dict[str, Any]:
     """The evaluate_ablation stage: `evaluate_ablation` of the removal file `mask` (a discovered
     mask, or a baseline's removal.safetensors: `edits.load_edit`) on the test splits
     (params eval, known, verbalize.scored_positions), written to `out` with provenance; its
@@ -314,46 +375,90 @@ def evaluate_mask(params: Params, *, model: str, target: str, seed: int, model_d
     start = time.monotonic()
     edit = edits.load_edit(mask)
     device, lm, tokenizer, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
-        params, model_dir, edit, str(mask), verbalized, splits_dir, controllm_dir)
-    log.info("%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s", model,
-             target, seed, len(targetkg.uuids), len(controlkg.uuids), blocks.shape[0], device)
+        params, model_dir, edit, str(mask), verbalized, splits_dir, controllm_dir
+    )
+    log.info(
+        "%s / %s / seed %d: %d TargetKG, %d ControlKG facts, %d ControlLM blocks on %s",
+        model,
+        target,
+        seed,
+        len(targetkg.uuids),
+        len(controlkg.uuids),
+        blocks.shape[0],
+        device,
+    )
 
     verbalized_frame = factsets.read_verbalized(verbalized)
-    rows = {kind: factsets.split_rows(Path(splits_dir) / f"{kind}_test.parquet", verbalized_frame, params.known)
-            for kind in FACT_SETS}
+    rows = {
+        kind: factsets.split_rows(Path(splits_dir) / f"{kind}_test.parquet", verbalized_frame, params.known)
+        for kind in FACT_SETS
+    }
     fact_scores, unknown = None, None
     if facts_out is not None:
         # the facts the known filter dropped: in the facts table too, though in no metric
         fact_scores = {}
-        unknown = {kind: factsets.encode_rows(frame[~frame["known"]], tokenizer, params.verbalize.scored_positions)
-                   for kind, frame in rows.items() if not frame["known"].all()}
+        unknown = {
+            kind: factsets.encode_rows(frame[~frame["known"]], tokenizer, params.verbalize.scored_positions)
+            for kind, frame in rows.items()
+            if not frame["known"].all()
+        }
     relations = verbalized_frame.loc[controlkg.uuids, "rel"].tolist()
     result = evaluate_ablation(
-        lm, layers, edit, granularity, targetkg, controlkg, blocks,
-        random_draws=settings.random_draws, seed=seed, batch_size=settings.batch_size,
-        device=device, model_name=model, target=target, controlkg_relations=relations,
-        controllm_ppl=settings.controllm_ppl, fact_scores=fact_scores, unknown=unknown)
+        lm,
+        layers,
+        edit,
+        granularity,
+        targetkg,
+        controlkg,
+        blocks,
+        random_draws=settings.random_draws,
+        seed=seed,
+        batch_size=settings.batch_size,
+        device=device,
+        model_name=model,
+        target=target,
+        controlkg_relations=relations,
+        controllm_ppl=settings.controllm_ppl,
+        fact_scores=fact_scores,
+        unknown=unknown,
+    )
     # how many facts the known-facts filter (params `known`) kept of each test split
     result["counts_before_known_filter"] = {kind: len(frame) for kind, frame in rows.items()}
     result["mask"] = str(mask)
     result["method"] = edit.metadata.get("method", "mask")
-    result["provenance"] = stamp({"eval": params.section("eval")},
-                                 device=str(device), wall_time_s=round(time.monotonic() - start, 3))
+    result["provenance"] = stamp(
+        {"eval": params.section("eval")}, device=str(device), wall_time_s=round(time.monotonic() - start, 3)
+    )
     metrics = AblationMetrics.from_dict(result, source=str(out))
     metrics.write(out)
     if headline_out is not None:
         headline(metrics, dataclasses.asdict(params.report.bars)).write(headline_out)
     if facts_out is not None:
         write_parquet(facts_out, fact_table(rows, fact_scores))
-    log.info("TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
-             result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"],
-             result["delta_ppl"]["removed"]["controlkg"], result["delta_ppl"]["removed"]["controllm"])
+    log.info(
+        "TargetKG ΔPPL removed %.3f (random %.3f); ControlKG %.3f; ControlLM %.3f",
+        result["delta_ppl"]["removed"]["targetkg"],
+        result["delta_ppl"]["random"]["targetkg"],
+        result["delta_ppl"]["removed"]["controlkg"],
+        result["delta_ppl"]["removed"]["controllm"],
+    )
     return result
 
 
-def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path], model_dir: Path,
-                  verbalized: Path, splits_dir: Path, controllm_dir: Path, out_masks: Path, out_eval: Path,
-                  combinations: Iterable[str] = tuple(combination.COMBINATIONS)) -> dict[str, dict]:
+def combine_seeds(
+    params: Params,
+    *,
+    model: str,
+    target: str,
+    masks: list[Path],
+    model_dir: Path,
+    verbalized: Path,
+    splits_dir: Path,
+    controllm_dir: Path,
+    out_masks: Path,
+    out_eval: Path,
+    combinations: Iterable[str] = tuple(combination.COMBINATIONS),
+) -> dict[str, dict]:
     """The combine_seeds stage: for each of `combinations`, the seed masks' combination written to
     `out_masks/<how>.safetensors` (logits +1 in the subnetwork, -1 outside) and its
     `evaluate_ablation` result to `out_eval/<how>.json` (`combination` and `seeds` set, `seed`
@@ -369,8 +474,14 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
     seed_masks = [combination.to_binary(logits) for _, logits, _ in loaded]
 
     device, lm, _, layers, granularity, (targetkg, controlkg, blocks) = _prepare(
-        params, model_dir, edits.mask_edit(loaded[0][1], first_meta["granularity"], first_meta), str(masks[0]),
-        verbalized, splits_dir, controllm_dir)
+        params,
+        model_dir,
+        edits.mask_edit(loaded[0][1], first_meta["granularity"], first_meta),
+        str(masks[0]),
+        verbalized,
+        splits_dir,
+        controllm_dir,
+    )
 
     results = {}
     for how in combinations:
@@ -382,17 +493,40 @@ def combine_seeds(params: Params, *, model: str, target: str, masks: list[Path],
         masking.save_mask(Path(out_masks) / f"{how}.safetensors", logits, metadata)
         # the random baseline is seeded by the smallest seed: same draws for every combination
         result = evaluate_ablation(
-            lm, layers, combined, granularity, targetkg, controlkg, blocks,
-            random_draws=settings.random_draws, seed=seeds[0], batch_size=settings.batch_size,
-            device=device, model_name=model, target=target,
-            controllm_ppl=settings.controllm_ppl)
-        result.update(seed=None, combination=how, seeds=seeds,
-                      mask=str(Path(out_masks) / f"{how}.safetensors"),
-                      provenance=stamp({"eval": params.section("eval")},
-                                       device=str(device), source_masks=[str(p) for p in masks],
-                                       wall_time_s=round(time.monotonic() - start, 3)))
+            lm,
+            layers,
+            combined,
+            granularity,
+            targetkg,
+            controlkg,
+            blocks,
+            random_draws=settings.random_draws,
+            seed=seeds[0],
+            batch_size=settings.batch_size,
+            device=device,
+            model_name=model,
+            target=target,
+            controllm_ppl=settings.controllm_ppl,
+        )
+        result.update(
+            seed=None,
+            combination=how,
+            seeds=seeds,
+            mask=str(Path(out_masks) / f"{how}.safetensors"),
+            provenance=stamp(
+                {"eval": params.section("eval")},
+                device=str(device),
+                source_masks=[str(p) for p in masks],
+                wall_time_s=round(time.monotonic() - start, 3),
+            ),
+        )
         AblationMetrics.from_dict(result, source=f"{how}.json").write(Path(out_eval) / f"{how}.json")
-        log.info("%s: %d entries, TargetKG ΔPPL removed %.3f (random %.3f)", how, combination.count(combined),
-                 result["delta_ppl"]["removed"]["targetkg"], result["delta_ppl"]["random"]["targetkg"])
+        log.info(
+            "%s: %d entries, TargetKG ΔPPL removed %.3f (random %.3f)",
+            how,
+            combination.count(combined),
+            result["delta_ppl"]["removed"]["targetkg"],
+            result["delta_ppl"]["random"]["targetkg"],
+        )
         results[how] = result
     return results

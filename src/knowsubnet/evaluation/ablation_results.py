@@ -6,8 +6,9 @@ the report, the model card and the CLI read them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from knowsubnet.core.records import Record, part
 
@@ -17,6 +18,7 @@ SETS = ("targetkg", "controlkg", "controllm")
 @dataclass(frozen=True, kw_only=True)
 class SetMetrics(Record):
     """One set's metrics under one variant: fact sets have all four, ControlLM only `ppl`."""
+
     ppl: float
     rank: float | None = None
     acc: float | None = None
@@ -27,6 +29,7 @@ class SetMetrics(Record):
 class VariantMetrics(Record):
     """One model variant (original, removed, random, kept) on the three test sets; also the shape
     of `random_spread` (the standard deviation over random draws of each value)."""
+
     targetkg: SetMetrics = part(SetMetrics)
     controlkg: SetMetrics = part(SetMetrics)
     controllm: SetMetrics = part(SetMetrics)
@@ -40,6 +43,7 @@ class VariantMetrics(Record):
 @dataclass(frozen=True, kw_only=True)
 class SetValues(Record):
     """One number per test set (the ΔPPL of a variant)."""
+
     targetkg: float
     controlkg: float
     controllm: float
@@ -57,6 +61,7 @@ class Sparsity(Record):
 @dataclass(frozen=True, kw_only=True)
 class Changed(Record):
     """What a removal changed (`method.edits.change_stats`)."""
+
     changed_weights: int
     changed_share_masked_layers: float
     changed_share_all_weights: float | None = None
@@ -67,6 +72,7 @@ class Changed(Record):
 @dataclass(frozen=True, kw_only=True)
 class Counts(Record):
     """How many test facts (after the known-facts filter) and ControlLM blocks were evaluated."""
+
     targetkg: int | None = None
     controlkg: int | None = None
     controllm_blocks: int | None = None
@@ -78,6 +84,7 @@ class AblationMetrics(Record):
     """metrics.json of evaluate_ablation (a seed's mask or a baseline's removal) or combine_seeds
     (`combination` and `seeds` set, `seed` null). `kept` is null for a baseline's new weights;
     the keys not named here (granularity, random_draws, ...) stay in `extra`."""
+
     WHAT = "an evaluate_ablation metrics file"
     model: str | None
     target: str | None
@@ -113,6 +120,7 @@ class Headline(Record):
     """headline.json of evaluate_ablation (`evaluation.ablation.headline`): a DVC metric, one row
     per run; ratios are test PPL ÷ original, rounded; the met_<bar> flags and the verdict are
     `evaluation.bars.check_bars` on the unrounded numbers."""
+
     WHAT = "an evaluate_ablation headline"
     sparsity: float
     ratio_removed_targetkg: float

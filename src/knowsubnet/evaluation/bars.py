@@ -20,7 +20,8 @@ that rises to ×1.12 does). A value that cannot be computed (NaN) misses its bar
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from knowsubnet.evaluation.ablation_results import AblationMetrics
 
@@ -61,11 +62,16 @@ def check_bars(result: AblationMetrics | Mapping[str, Any], bars: Mapping[str, f
     """`ratios` of an ablation result, `met_<bar>` (bool) for each of BARS, and `verdict`:
     "all met", or the missed bars' names joined by ", " (in BARS order)."""
     values = ratios(result)
-    met = {"min_sparsity": values["sparsity"] >= bars["min_sparsity"],
-           "min_target_ratio": values["ratio_removed_targetkg"] >= bars["min_target_ratio"],
-           "max_random_share": values["random_share"] <= bars["max_random_share"],
-           "max_controlkg_ratio": within(values["ratio_removed_controlkg"], bars["max_controlkg_ratio"]),
-           "max_controllm_ratio": within(values["ratio_removed_controllm"], bars["max_controllm_ratio"])}
+    met = {
+        "min_sparsity": values["sparsity"] >= bars["min_sparsity"],
+        "min_target_ratio": values["ratio_removed_targetkg"] >= bars["min_target_ratio"],
+        "max_random_share": values["random_share"] <= bars["max_random_share"],
+        "max_controlkg_ratio": within(values["ratio_removed_controlkg"], bars["max_controlkg_ratio"]),
+        "max_controllm_ratio": within(values["ratio_removed_controllm"], bars["max_controllm_ratio"]),
+    }
     missed = [bar for bar in BARS if not met[bar]]
-    return {**values, **{f"met_{bar}": bool(met[bar]) for bar in BARS},
-            "verdict": ", ".join(missed) if missed else ALL_MET}
+    return {
+        **values,
+        **{f"met_{bar}": bool(met[bar]) for bar in BARS},
+        "verdict": ", ".join(missed) if missed else ALL_MET,
+    }

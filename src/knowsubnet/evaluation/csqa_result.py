@@ -7,8 +7,9 @@ variants and intervals: `downstream.csqa` and docs/METHOD.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from knowsubnet.core.records import Record, part
 
@@ -16,6 +17,7 @@ from knowsubnet.core.records import Record, part
 @dataclass(frozen=True, kw_only=True)
 class GroupAccuracy(Record):
     """Accuracy over the finetuning seeds on one question group (null, n 0, for an empty group)."""
+
     acc: float | None
     ci95: list[float | None]
     n: int
@@ -25,6 +27,7 @@ class GroupAccuracy(Record):
 class Difference(Record):
     """A paired difference (`stats.paired_delta`) or difference of differences (`stats.diff_of_diffs`,
     with `n_reference`); null where there was nothing to compare."""
+
     diff: float | None
     ci95: list[float | None]
     se: float | None
@@ -36,6 +39,7 @@ class Difference(Record):
 @dataclass(frozen=True, kw_only=True)
 class LengthCheck(Record):
     """The answer-length check of one variant on one group (`stats.length_bias`)."""
+
     picked_multiword: float | None
     answer_multiword: float | None
     options_multiword: float | None
@@ -49,6 +53,7 @@ class LengthCheck(Record):
 @dataclass(frozen=True, kw_only=True)
 class CsqaResult(Record):
     """{mode}.json; groups, per-seed accuracies, runs, fact counts and provenance stay in `extra`."""
+
     WHAT = "a finetune_csqa result"
     model: str
     target: str

@@ -52,13 +52,20 @@ EVAL_LABELS = {
     "targetkg_acc_original": "TargetKG test top-1 accuracy, original",
     "targetkg_acc_removed": "TargetKG test top-1 accuracy, subnetwork removed",
 }
-BAR_LABELS = {"min_sparsity": "sparsity ≥", "min_target_ratio": "TargetKG × ≥", "max_random_share": "random share ≤",
-              "max_controlkg_ratio": "ControlKG × within [1/bar, bar], bar =",
-              "max_controllm_ratio": "ControlLM × within [1/bar, bar], bar ="}
+BAR_LABELS = {
+    "min_sparsity": "sparsity ≥",
+    "min_target_ratio": "TargetKG × ≥",
+    "max_random_share": "random share ≤",
+    "max_controlkg_ratio": "ControlKG × within [1/bar, bar], bar =",
+    "max_controllm_ratio": "ControlLM × within [1/bar, bar], bar =",
+}
 # params triplets.sources -> what each is (config/base.yaml)
-FACT_SOURCES = {"builtin": "the project's ConceptNet fact table", "lama": "LAMA's ConceptNet facts",
-                "know_subnet": "the derived LAMA-ConceptNet files and WordNet lists of the paper (Bayazit et al.)",
-                "wordnet": "the noun hypernym edges of WordNet 3.0"}
+FACT_SOURCES = {
+    "builtin": "the project's ConceptNet fact table",
+    "lama": "LAMA's ConceptNet facts",
+    "know_subnet": "the derived LAMA-ConceptNet files and WordNet lists of the paper (Bayazit et al.)",
+    "wordnet": "the noun hypernym edges of WordNet 3.0",
+}
 # headline.json keys of evaluate_robustness (evaluation.robustness.headline) -> what they mean
 ROBUSTNESS_LABELS = {
     "in_sample_ratio": "TargetKG facts trained on: PPL ÷ original",
@@ -81,10 +88,18 @@ ROBUSTNESS_LABELS = {
 }
 
 
-def export_masked_model(model_dir: Path, mask: Path, out: Path, keep: str = "remaining", *,
-                        targets: dict[str, dict] | None = None, fact_sources: list[str] | None = None,
-                        headline: Path | None = None, robustness: Path | None = None,
-                        bars: dict[str, float] | None = None) -> dict:
+def export_masked_model(
+    model_dir: Path,
+    mask: Path,
+    out: Path,
+    keep: str = "remaining",
+    *,
+    targets: dict[str, dict] | None = None,
+    fact_sources: list[str] | None = None,
+    headline: Path | None = None,
+    robustness: Path | None = None,
+    bars: dict[str, float] | None = None,
+) -> dict:
     """Write the folder `out` (atomically): the model of `model_dir` with the subnetwork of `mask`
     zeroed (`keep="remaining"`) or with only it kept in the masked layers (`keep="subnetwork"`),
     its tokenizer, provenance.json and the model card README.md; returns the provenance.
@@ -114,17 +129,34 @@ def export_masked_model(model_dir: Path, mask: Path, out: Path, keep: str = "rem
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         provenance = stamp(
-            None, source_model_dir=str(model_dir), mask=str(mask), mask_sha256=sha256_file(mask),
-            mask_metadata=metadata, keep=keep, sparsity=sparsity, masked_layers=[layer.name for layer in layers],
-            weights_zeroed=in_subnetwork if keep == "remaining"
+            None,
+            source_model_dir=str(model_dir),
+            mask=str(mask),
+            mask_sha256=sha256_file(mask),
+            mask_metadata=metadata,
+            keep=keep,
+            sparsity=sparsity,
+            masked_layers=[layer.name for layer in layers],
+            weights_zeroed=in_subnetwork
+            if keep == "remaining"
             else sum(layer.weight.numel() for layer in layers) - in_subnetwork,
-            dtype=str(dtype).removeprefix("torch."))
+            dtype=str(dtype).removeprefix("torch."),
+        )
         write_json(tmp / "provenance.json", provenance)
         model_provenance = read_json(model_dir / "provenance.json") if (model_dir / "provenance.json").is_file() else {}
         target_spec = (targets or {}).get(metadata.get("target"))
-        write_text(tmp / "README.md", model_card(model_provenance, provenance, target_spec=target_spec,
-                                                 fact_sources=fact_sources, headline=headline_numbers,
-                                                 robustness=robustness_numbers, bars=bars))
+        write_text(
+            tmp / "README.md",
+            model_card(
+                model_provenance,
+                provenance,
+                target_spec=target_spec,
+                fact_sources=fact_sources,
+                headline=headline_numbers,
+                robustness=robustness_numbers,
+                bars=bars,
+            ),
+        )
     log.info("wrote %s (%s; sparsity of masked layers %.4f)", out, keep, sparsity["masked_layers"])
     return provenance
 
@@ -136,9 +168,17 @@ def _read_headline(path: Path | None, kind: type[Headline] | type[RobustnessHead
 
 # -- the model card ---------------------------------------------------------------------------
 
-def model_card(model: dict[str, Any], export: dict[str, Any], *, target_spec: dict | None = None,
-               fact_sources: list[str] | None = None, headline: dict | None = None,
-               robustness: dict | None = None, bars: dict[str, float] | None = None) -> str:
+
+def model_card(
+    model: dict[str, Any],
+    export: dict[str, Any],
+    *,
+    target_spec: dict | None = None,
+    fact_sources: list[str] | None = None,
+    headline: dict | None = None,
+    robustness: dict | None = None,
+    bars: dict[str, float] | None = None,
+) -> str:
     """README.md of an exported folder: `model` is the model directory's provenance.json
     (models.prepare), `export` the export's provenance; the rest as `export_masked_model`."""
     meta = export["mask_metadata"]
@@ -150,32 +190,62 @@ def model_card(model: dict[str, Any], export: dict[str, Any], *, target_spec: di
     front = ["---", f"license: {_scalar(licence or 'unknown')}"]
     if base_model:
         front.append(f"base_model: {_scalar(base_model)}")
-    front += ["library_name: transformers", "pipeline_tag: text-generation", "tags:",
-              *[f"- {tag}" for tag in TAGS], "---", ""]
+    front += [
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags:",
+        *[f"- {tag}" for tag in TAGS],
+        "---",
+        "",
+    ]
 
     removed = "with the subnetwork removed" if keep == "remaining" else "reduced to the subnetwork"
-    lines = [f"# {name} {removed}: target {target}, mask seed {seed}", "",
-             f"`{name}` {_keep_sentence(keep, target)} The subnetwork was found by knowsubnet: a learned "
-             f"binary mask over the linear layers of the model's top {_blocks(meta)}. Every weight outside "
-             f"those layers is the base model's.", ""]
+    lines = [
+        f"# {name} {removed}: target {target}, mask seed {seed}",
+        "",
+        f"`{name}` {_keep_sentence(keep, target)} The subnetwork was found by knowsubnet: a learned "
+        f"binary mask over the linear layers of the model's top {_blocks(meta)}. Every weight outside "
+        f"those layers is the base model's.",
+        "",
+    ]
     lines += ["## Base model", "", *_base_model_lines(name, model), ""]
-    lines += ["Licence: " + (f"`{licence}` (params key `models.{name}.license`)." if licence else
-                             f"unknown. No licence is recorded for `{name}` (params key `models.{name}.license`); "
-                             f"the weights carry the terms of the base model and of its training data: check "
-                             f"them before publishing."), ""]
+    lines += [
+        "Licence: "
+        + (
+            f"`{licence}` (params key `models.{name}.license`)."
+            if licence
+            else f"unknown. No licence is recorded for `{name}` (params key `models.{name}.license`); "
+            f"the weights carry the terms of the base model and of its training data: check "
+            f"them before publishing."
+        ),
+        "",
+    ]
     lines += ["## What was removed", "", *_target_lines(target, target_spec, fact_sources), ""]
-    lines += ["## The mask", "", f"- file: `{Path(export['mask']).name}`, sha256 `{export['mask_sha256']}`",
-              f"- granularity: {meta.get('granularity', '?')}, blocks masked: the top {meta.get('top_k_blocks', '?')}, "
-              f"sampler: {meta.get('sampler', '?')}, seed: {seed}",
-              f"- masked layers: {len(export.get('masked_layers') or [])}; sparsity of the masked layers "
-              f"{export['sparsity']['masked_layers']:.4f}, of all weights {export['sparsity']['all_weights']:.4f}",
-              f"- weights set to 0: {export['weights_zeroed']:,}", ""]
+    lines += [
+        "## The mask",
+        "",
+        f"- file: `{Path(export['mask']).name}`, sha256 `{export['mask_sha256']}`",
+        f"- granularity: {meta.get('granularity', '?')}, blocks masked: the top {meta.get('top_k_blocks', '?')}, "
+        f"sampler: {meta.get('sampler', '?')}, seed: {seed}",
+        f"- masked layers: {len(export.get('masked_layers') or [])}; sparsity of the masked layers "
+        f"{export['sparsity']['masked_layers']:.4f}, of all weights {export['sparsity']['all_weights']:.4f}",
+        f"- weights set to 0: {export['weights_zeroed']:,}",
+        "",
+    ]
     lines += ["## Evaluation (test splits)", "", *_evaluation_lines(headline, bars), ""]
     lines += ["## Robustness: removed, or only hidden?", "", *_robustness_lines(robustness), ""]
     lines += ["## How the weights were obtained", "", *_how_lines(name, model, export, keep), ""]
-    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        "```",
+        "",
+    ]
     return "\n".join(front + lines).rstrip("\n") + "\n"
 
 
@@ -191,10 +261,14 @@ def _scalar(text: str) -> str:
 
 def _keep_sentence(keep: str, target: str) -> str:
     if keep == "remaining":
-        return (f"with the weights that carry its knowledge of the target `{target}` set to exactly 0 "
-                f"(the remaining model: what the base model knows without that subnetwork).")
-    return (f"reduced to the subnetwork for the target `{target}`: in the masked layers only the "
-            f"subnetwork's weights are kept, the others set to 0 (for study, not for use as a language model).")
+        return (
+            f"with the weights that carry its knowledge of the target `{target}` set to exactly 0 "
+            f"(the remaining model: what the base model knows without that subnetwork)."
+        )
+    return (
+        f"reduced to the subnetwork for the target `{target}`: in the masked layers only the "
+        f"subnetwork's weights are kept, the others set to 0 (for study, not for use as a language model)."
+    )
 
 
 def _gguf_type(file: str) -> str | None:
@@ -206,19 +280,25 @@ def _gguf_type(file: str) -> str | None:
 def _base_model_lines(name: str, model: dict[str, Any]) -> list[str]:
     source = model.get("source")
     if source == "hub":
-        return [f"- `{model.get('repo_id')}` from the Hugging Face hub, revision `{model.get('revision')}`"
-                f" (project name `{name}`)"]
+        return [
+            f"- `{model.get('repo_id')}` from the Hugging Face hub, revision `{model.get('revision')}`"
+            f" (project name `{name}`)"
+        ]
     if source == "gguf_wheel":
         quant = _gguf_type(str(model.get("file", "")))
-        return [f"- `{model.get('file')}` (sha256 `{model.get('file_sha256')}`), the GGUF file inside the PyPI "
-                f"wheel `{model.get('wheel')}` (`{model.get('package')}`, sha256 `{model.get('wheel_sha256')}`)",
-                f"- dequantised from {quant or 'its GGUF quantisation'} to float32 by transformers' GGUF loader "
-                f"(checked to give the GGUF model's logits), then saved as safetensors"]
+        return [
+            f"- `{model.get('file')}` (sha256 `{model.get('file_sha256')}`), the GGUF file inside the PyPI "
+            f"wheel `{model.get('wheel')}` (`{model.get('package')}`, sha256 `{model.get('wheel_sha256')}`)",
+            f"- dequantised from {quant or 'its GGUF quantisation'} to float32 by transformers' GGUF loader "
+            f"(checked to give the GGUF model's logits), then saved as safetensors",
+        ]
     if source == "tiny":
         spec = model.get("spec") or {}
-        return [f"- no upstream model: a small GPT-2 ({spec.get('n_layer', '?')} layers, width {spec.get('n_embd', '?')}) "
-                f"trained by knowsubnet on the run's facts and WikiText-2 text (`knowsubnet.models.tiny`, seed "
-                f"{model.get('seed', '?')}), a test model"]
+        return [
+            f"- no upstream model: a small GPT-2 ({spec.get('n_layer', '?')} layers, width {spec.get('n_embd', '?')}) "
+            f"trained by knowsubnet on the run's facts and WikiText-2 text (`knowsubnet.models.tiny`, seed "
+            f"{model.get('seed', '?')}), a test model"
+        ]
     return [f"- not recorded: the model directory of `{name}` has no provenance.json"]
 
 
@@ -229,14 +309,29 @@ def _target_lines(target: str, spec: dict | None, sources: list[str] | None) -> 
         out = [f"- target `{target}`: every fact of the file `{files['facts'].name}`{digest}"]
         if "templates" in files:
             out.append(f"- templates: `{files['templates'].name}`, its relations' wordings")
-        out.append("- facts kept (ControlKG): " + (f"`{files['controls'].name}`" if "controls" in files else
-                   "the project's ConceptNet facts") + ", less every fact sharing an entity with the target")
+        out.append(
+            "- facts kept (ControlKG): "
+            + (f"`{files['controls'].name}`" if "controls" in files else "the project's ConceptNet facts")
+            + ", less every fact sharing an entity with the target"
+        )
         return out
-    out = [f"- target `{target}`" + (f", selector `{json.dumps(spec, sort_keys=True)}` (params key "
-                                     f"`targets.{target}`): {_describe_selector(spec)}" if spec else "")]
-    out.append("- facts from (params key `triplets.sources`): " +
-               ("; ".join(f"`{s}`, {FACT_SOURCES.get(s, 'see the project docs')}" for s in sources) if sources
-                else "not recorded"))
+    out = [
+        f"- target `{target}`"
+        + (
+            f", selector `{json.dumps(spec, sort_keys=True)}` (params key "
+            f"`targets.{target}`): {_describe_selector(spec)}"
+            if spec
+            else ""
+        )
+    ]
+    out.append(
+        "- facts from (params key `triplets.sources`): "
+        + (
+            "; ".join(f"`{s}`, {FACT_SOURCES.get(s, 'see the project docs')}" for s in sources)
+            if sources
+            else "not recorded"
+        )
+    )
     return out
 
 
@@ -244,8 +339,9 @@ def _describe_selector(spec: dict) -> str:
     if "rel" in spec:
         return f"the facts of the ConceptNet relation {spec['rel']}"
     if "concept" in spec:
-        return (f"the facts around the concept '{spec['concept']}'" +
-                (f" (the fixed list {spec['facts']})" if "facts" in spec else f" ({spec.get('hops', 1)} hops)"))
+        return f"the facts around the concept '{spec['concept']}'" + (
+            f" (the fixed list {spec['facts']})" if "facts" in spec else f" ({spec.get('hops', 1)} hops)"
+        )
     if "wordnet" in spec:
         fixed = f" (the fixed list {spec['facts']})" if "facts" in spec else ""
         return f"WordNet hypernym edges around {spec['wordnet']}{fixed}"
@@ -260,8 +356,11 @@ def _number(value: Any) -> str:
 
 
 def _table(rows: list[tuple[str, str, str]], header: tuple[str, str, str]) -> list[str]:
-    return [f"| {header[0]} | {header[1]} | {header[2]} |", "|---|---|---:|",
-            *[f"| {a} | {b} | {c} |" for a, b, c in rows]]
+    return [
+        f"| {header[0]} | {header[1]} | {header[2]} |",
+        "|---|---|---:|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+    ]
 
 
 def _headline_rows(numbers: dict, labels: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -273,19 +372,30 @@ def _dppl_label(key: str) -> str:
     """dppl_<variant>_<set> -> its meaning (other unknown keys stay as they are)."""
     found = re.fullmatch(r"dppl_(removed|random)_(targetkg|controlkg|controllm)", key)
     names = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "ControlLM"}
-    return (f"{names[found.group(2)]} PPL − original PPL, {'subnetwork' if found.group(1) == 'removed' else 'random'} "
-            f"removed" if found else key)
+    return (
+        f"{names[found.group(2)]} PPL − original PPL, {'subnetwork' if found.group(1) == 'removed' else 'random'} "
+        f"removed"
+        if found
+        else key
+    )
 
 
 def _evaluation_lines(headline: dict | None, bars: dict[str, float] | None) -> list[str]:
     if headline is None:
         return ["Not evaluated with this export (no evaluate_ablation headline given)."]
     numbers = {k: v for k, v in headline.items() if not k.startswith("met_") and k != "verdict"}
-    out = ["The removed model against the original on the held-out test splits of the target's facts (TargetKG), "
-           "other facts (ControlKG) and WikiText-2 text (ControlLM); \"random\" removes as many random weights per "
-           "matrix.", "", *_table(_headline_rows(numbers, EVAL_LABELS), ("number", "key", "value")), "",
-           f"**Verdict: {_verdict(headline.get('verdict'))}** (against the bars of params `report.bars`)", "",
-           "| bar | threshold | met |", "|---|---|---|"]
+    out = [
+        "The removed model against the original on the held-out test splits of the target's facts (TargetKG), "
+        'other facts (ControlKG) and WikiText-2 text (ControlLM); "random" removes as many random weights per '
+        "matrix.",
+        "",
+        *_table(_headline_rows(numbers, EVAL_LABELS), ("number", "key", "value")),
+        "",
+        f"**Verdict: {_verdict(headline.get('verdict'))}** (against the bars of params `report.bars`)",
+        "",
+        "| bar | threshold | met |",
+        "|---|---|---|",
+    ]
     for bar in BARS:
         threshold = f"{BAR_LABELS[bar]} {_number(bars[bar])}" if bars and bar in bars else "not given"
         met = headline.get(f"met_{bar}")
@@ -301,37 +411,63 @@ def _verdict(verdict: str | None) -> str:
 def _robustness_lines(robustness: dict | None) -> list[str]:
     if robustness is None:
         return ["Not measured with this export (no evaluate_robustness headline given)."]
-    return ["Held-out facts and wordings, multiple choice, specificity, quantisation and relearning (no bars: "
-            "read them as evidence, the project's docs/ROBUSTNESS.md says what each means; n/a: undefined).", "",
-            *_table(_headline_rows(robustness, ROBUSTNESS_LABELS), ("number", "key", "value"))]
+    return [
+        "Held-out facts and wordings, multiple choice, specificity, quantisation and relearning (no bars: "
+        "read them as evidence, the project's docs/ROBUSTNESS.md says what each means; n/a: undefined).",
+        "",
+        *_table(_headline_rows(robustness, ROBUSTNESS_LABELS), ("number", "key", "value")),
+    ]
 
 
 def _how_lines(name: str, model: dict[str, Any], export: dict[str, Any], keep: str) -> list[str]:
     meta = export["mask_metadata"]
-    rule = ("every weight in the mask set to exactly 0" if keep == "remaining"
-            else "every weight of the masked layers outside the mask set to exactly 0")
-    return [f"1. `{name}` prepared as a float32 Hugging Face folder (above; source `{model.get('source', '?')}`).",
-            f"2. A mask over the linear layers of the top {_blocks(meta)} trained with a "
-            f"{meta.get('sampler', '?')} relaxation (seed {meta.get('seed', '?')}) to raise the target's tail "
-            f"perplexity while keeping ControlKG facts and WikiText-2 text as the original has them, and sparse; "
-            f"the mask is its logits > 0.",
-            f"3. `keep={keep}`: {rule}; no other weight changed, no finetuning.",
-            f"4. Saved with transformers' `save_pretrained` (safetensors, {export.get('dtype', 'float32')}) with the "
-            f"base model's tokenizer; provenance.json records the source folder, the mask's sha256 and the code "
-            f"version `{export.get('code_version', '?')}`."]
+    rule = (
+        "every weight in the mask set to exactly 0"
+        if keep == "remaining"
+        else "every weight of the masked layers outside the mask set to exactly 0"
+    )
+    return [
+        f"1. `{name}` prepared as a float32 Hugging Face folder (above; source `{model.get('source', '?')}`).",
+        f"2. A mask over the linear layers of the top {_blocks(meta)} trained with a "
+        f"{meta.get('sampler', '?')} relaxation (seed {meta.get('seed', '?')}) to raise the target's tail "
+        f"perplexity while keeping ControlKG facts and WikiText-2 text as the original has them, and sparse; "
+        f"the mask is its logits > 0.",
+        f"3. `keep={keep}`: {rule}; no other weight changed, no finetuning.",
+        f"4. Saved with transformers' `save_pretrained` (safetensors, {export.get('dtype', 'float32')}) with the "
+        f"base model's tokenizer; provenance.json records the source folder, the mask's sha256 and the code "
+        f"version `{export.get('code_version', '?')}`.",
+    ]
 
 
 # -- publishing ---------------------------------------------------------------------------------
 
-def export_from_params(params, *, model_dir: Path, mask: Path, out: Path, keep: str | None = None,
-                       headline: Path | None = None, robustness: Path | None = None, hub_repo: str | None = None,
-                       public: bool = False) -> dict:
+
+def export_from_params(
+    params,
+    *,
+    model_dir: Path,
+    mask: Path,
+    out: Path,
+    keep: str | None = None,
+    headline: Path | None = None,
+    robustness: Path | None = None,
+    hub_repo: str | None = None,
+    public: bool = False,
+) -> dict:
     """The export_remaining stage: `export_masked_model` with what the params say (export.keep unless
     `keep` is given, the targets, triplets.sources, report.bars), then, when asked, the upload of the
     folder to the hub repo `hub_repo` (private unless `public`)."""
-    result = export_masked_model(model_dir, mask, out, keep=keep or params.export.keep, targets=params.targets,
-                                 fact_sources=list(params.triplets.sources), headline=headline, robustness=robustness,
-                                 bars=dataclasses.asdict(params.report.bars))
+    result = export_masked_model(
+        model_dir,
+        mask,
+        out,
+        keep=keep or params.export.keep,
+        targets=params.targets,
+        fact_sources=list(params.triplets.sources),
+        headline=headline,
+        robustness=robustness,
+        bars=dataclasses.asdict(params.report.bars),
+    )
     if hub_repo:
         print(push_to_hub(out, hub_repo, private=not public))
     return result
@@ -348,7 +484,10 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = True, token: str 
         raise InputError(f"{folder}: not an exported model folder (expected config.json and README.md)")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                               commit_message=f"knowsubnet export of {folder.name}")
+    commit = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=f"knowsubnet export of {folder.name}",
+    )
     return str(getattr(commit, "commit_url", commit))
-

@@ -27,7 +27,7 @@ One row per sentence: `probe` (what it measures), `uuid` (the fact it belongs to
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,7 @@ from knowsubnet.data import relations
 
 COLUMNS = ["probe", "uuid", "rel", "template_id", "is_true", "prompt", "tail_text"]
 # separate random streams per probe, so that changing one probe's size leaves the others' draws alone
-_STREAMS = {"sample": 1, "choice": 2, "foreign": 3, "same_head": 4, "halves": 5, "other_head": 6,
-            "context": 7}
+_STREAMS = {"sample": 1, "choice": 2, "foreign": 3, "same_head": 4, "halves": 5, "other_head": 6, "context": 7}
 
 
 def rng(seed: int, stream: str) -> np.random.Generator:
@@ -52,9 +51,14 @@ def sample(facts: pd.DataFrame, n: int, seed: int, stream: str = "sample") -> pd
     return facts.iloc[keep]
 
 
-def _rows(probe: str, facts: pd.DataFrame, template_ids: Iterable[int] | None = None,
-          heads: Iterable[str] | None = None, tails: Iterable[str] | None = None,
-          is_true: Iterable[bool] | None = None) -> pd.DataFrame:
+def _rows(
+    probe: str,
+    facts: pd.DataFrame,
+    template_ids: Iterable[int] | None = None,
+    heads: Iterable[str] | None = None,
+    tails: Iterable[str] | None = None,
+    is_true: Iterable[bool] | None = None,
+) -> pd.DataFrame:
     """Sentences for `facts` (uuid, head, rel, tail, template_id), with the template, head or tail
     replaced where given (one value per fact row)."""
     n = len(facts)
@@ -63,8 +67,9 @@ def _rows(probe: str, facts: pd.DataFrame, template_ids: Iterable[int] | None = 
     tails = list(facts["tail"] if tails is None else tails)
     is_true = [True] * n if is_true is None else list(is_true)
     rows = []
-    for (uuid, rel), tid, head, tail, true in zip(facts[["uuid", "rel"]].itertuples(index=False, name=None),
-                                                  template_ids, heads, tails, is_true):
+    for (uuid, rel), tid, head, tail, true in zip(
+        facts[["uuid", "rel"]].itertuples(index=False, name=None), template_ids, heads, tails, is_true
+    ):
         prompt, tail_text = relations.verbalize(rel, int(tid), head, tail)
         rows.append((probe, uuid, rel, int(tid), bool(true), prompt, tail_text))
     return _frame(rows)
@@ -108,8 +113,7 @@ def trained_wordings(train: pd.DataFrame, templates: str) -> dict[str, list[int]
     return {rel: sorted(int(t) for t in set(group)) for rel, group in train.groupby("rel")["template_id"]}
 
 
-def other_heads(probe: str, facts: pd.DataFrame, wordings: dict[str, list[int]], n: int,
-                seed: int) -> pd.DataFrame:
+def other_heads(probe: str, facts: pd.DataFrame, wordings: dict[str, list[int]], n: int, seed: int) -> pd.DataFrame:
     """What `in_wordings(probe, facts, wordings)` writes, with `n` heads of other facts of the set
     (same relation) in place of each fact's own, probe `other_head:<probe>`: the original's tail NLL
     there is the baseline of the per-wording `known` test (verbalize's head gain, per wording)."""
@@ -120,9 +124,17 @@ def other_heads(probe: str, facts: pd.DataFrame, wordings: dict[str, list[int]],
         for fact in group.itertuples(index=False):
             pool = [h for h in heads if h != fact.head]
             for tid in wordings.get(rel, []):
-                for head in (generator.choice(pool, size=min(n, len(pool)), replace=False) if pool else []):
-                    rows.append((f"other_head:{probe}", fact.uuid, rel, int(tid), False,
-                                 *relations.verbalize(rel, int(tid), str(head), fact.tail)))
+                for head in generator.choice(pool, size=min(n, len(pool)), replace=False) if pool else []:
+                    rows.append(
+                        (
+                            f"other_head:{probe}",
+                            fact.uuid,
+                            rel,
+                            int(tid),
+                            False,
+                            *relations.verbalize(rel, int(tid), str(head), fact.tail),
+                        )
+                    )
     return _frame(rows)
 
 
@@ -133,11 +145,20 @@ def in_context(probe: str, facts: pd.DataFrame, pool: pd.DataFrame, k: int, seed
     generator = rng(seed, "context")
     rows = []
     for fact in facts.itertuples(index=False):
-        same = pool[(pool["rel"] == fact.rel) & ~pool["head"].isin([fact.head, fact.tail])
-                    & ~pool["tail"].isin([fact.head, fact.tail])]
-        drawn = same.iloc[np.sort(generator.choice(len(same), size=min(k, len(same)), replace=False))] if k else same.iloc[:0]
-        context = [("".join(relations.verbalize(fact.rel, int(fact.template_id), c.head, c.tail)) + ".")
-                   for c in drawn.itertuples(index=False)]
+        same = pool[
+            (pool["rel"] == fact.rel)
+            & ~pool["head"].isin([fact.head, fact.tail])
+            & ~pool["tail"].isin([fact.head, fact.tail])
+        ]
+        drawn = (
+            same.iloc[np.sort(generator.choice(len(same), size=min(k, len(same)), replace=False))]
+            if k
+            else same.iloc[:0]
+        )
+        context = [
+            ("".join(relations.verbalize(fact.rel, int(fact.template_id), c.head, c.tail)) + ".")
+            for c in drawn.itertuples(index=False)
+        ]
         prompt, tail_text = relations.verbalize(fact.rel, int(fact.template_id), fact.head, fact.tail)
         rows.append((probe, fact.uuid, fact.rel, int(fact.template_id), True, " ".join(context + [prompt]), tail_text))
     return _frame(rows)
@@ -166,8 +187,9 @@ def choices(probe: str, facts: pd.DataFrame, triplets: pd.DataFrame, k: int, see
     for fact in facts.itertuples(index=False):
         # compared as written: two WordNet synsets can share a word ("building")
         words = {surface(fact.rel, t) for t in known.get((fact.head, fact.rel), set()) | {fact.tail}}
-        pool = list({surface(fact.rel, t): t for t in pools.get(fact.rel, [])
-                     if surface(fact.rel, t) not in words}.values())
+        pool = list(
+            {surface(fact.rel, t): t for t in pools.get(fact.rel, []) if surface(fact.rel, t) not in words}.values()
+        )
         false = list(generator.choice(pool, size=min(k - 1, len(pool)), replace=False)) if pool else []
         one = pd.DataFrame([fact] * (1 + len(false)), columns=facts.columns)
         frames.append(_rows(probe, one, tails=[fact.tail, *false], is_true=[True] + [False] * len(false)))
@@ -185,8 +207,9 @@ def foreign_heads(probe: str, facts: pd.DataFrame, heads: list[str], seed: int) 
     return _rows(probe, facts, heads=drawn, is_true=[False] * len(facts))
 
 
-def same_head_facts(triplets: pd.DataFrame, targetkg: pd.DataFrame, relation: str | None, n: int,
-                    seed: int) -> pd.DataFrame:
+def same_head_facts(
+    triplets: pd.DataFrame, targetkg: pd.DataFrame, relation: str | None, n: int, seed: int
+) -> pd.DataFrame:
     """Facts about the TargetKG's heads that are not TargetKG facts (for a relation target, facts in
     other relations), a seeded sample of at most n, with every template of their relation."""
     about = triplets[triplets["head"].isin(set(targetkg["head"])) & ~triplets["uuid"].isin(set(targetkg["uuid"]))]

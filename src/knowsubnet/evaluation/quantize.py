@@ -25,7 +25,7 @@ not a multiple) is quantized on its own, as if zero-padded.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -99,10 +99,15 @@ def _stats(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         squared_error += error
         squared_norm += norm
         per_matrix.append((error / norm) ** 0.5 if norm > 0 else 0.0)
-    return {"weights": total, "changed": changed, "changed_share": changed / total if total else 0.0,
-            "zeros": zeros, "zeros_kept": zeros_kept,
-            "relative_error": (squared_error / squared_norm) ** 0.5 if squared_norm > 0 else 0.0,
-            "mean_relative_error": sum(per_matrix) / len(per_matrix) if per_matrix else 0.0}
+    return {
+        "weights": total,
+        "changed": changed,
+        "changed_share": changed / total if total else 0.0,
+        "zeros": zeros,
+        "zeros_kept": zeros_kept,
+        "relative_error": (squared_error / squared_norm) ** 0.5 if squared_norm > 0 else 0.0,
+        "mean_relative_error": sum(per_matrix) / len(per_matrix) if per_matrix else 0.0,
+    }
 
 
 @torch.no_grad()
@@ -111,8 +116,10 @@ def quantization_stats(model: nn.Module, bits: int, group: int = GROUP) -> dict[
     rounded, how many `changed` (and their share), how many were zero and stayed zero, and the
     relative error |W' - W| / |W| (Frobenius) over all of them (`relative_error`) and its mean over
     the matrices (`mean_relative_error`)."""
-    pairs = [(layer.weight.detach(), quantize_weight(layer.weight.detach(), bits, group, layer.transposed))
-             for layer in block_layers(model)]
+    pairs = [
+        (layer.weight.detach(), quantize_weight(layer.weight.detach(), bits, group, layer.transposed))
+        for layer in block_layers(model)
+    ]
     return _stats(pairs)
 
 

@@ -23,8 +23,8 @@ copies are a snapshot).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pandas as pd
 import torch
@@ -50,15 +50,19 @@ def final_norm(model: nn.Module) -> nn.Module:
     """The norm the model applies between its last block and the LM head."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in FINAL_NORMS:
-        raise InputError(f"{type(model).__name__} (model_type {model_type!r}): no known final norm for the logit "
-                         f"lens; expected one of {', '.join(FINAL_NORMS)}")
+        raise InputError(
+            f"{type(model).__name__} (model_type {model_type!r}): no known final norm for the logit "
+            f"lens; expected one of {', '.join(FINAL_NORMS)}"
+        )
     return getattr(model.base_model, FINAL_NORMS[model_type])
 
 
 # -- logit lens -----------------------------------------------------------------------------------
 
-def block_outputs(top: TopBlocks, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
-                  ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+
+def block_outputs(
+    top: TopBlocks, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """`top.forward(hidden, weights)` (the final hidden states) and the output of every block it ran,
     {block index: [B, T, d]}, captured by forward hooks."""
     captured: dict[int, torch.Tensor] = {}
@@ -66,6 +70,7 @@ def block_outputs(top: TopBlocks, hidden: torch.Tensor, weights: dict[str, torch
     def capture(index: int):
         def hook(module, args, output):
             captured[index] = output[0] if isinstance(output, tuple) else output
+
         return hook
 
     handles = [top.blocks[i].register_forward_hook(capture(i)) for i in range(top.first, len(top.blocks))]
@@ -78,8 +83,9 @@ def block_outputs(top: TopBlocks, hidden: torch.Tensor, weights: dict[str, torch
 
 
 @torch.no_grad()
-def logit_lens(facts: CachedFacts, weights: dict[str, torch.Tensor] | None = None, batch: int = BATCH
-               ) -> dict[int, torch.Tensor]:
+def logit_lens(
+    facts: CachedFacts, weights: dict[str, torch.Tensor] | None = None, batch: int = BATCH
+) -> dict[int, torch.Tensor]:
     """{block index: per-fact mean tail cross-entropy, float64 [N] on the CPU} with the hidden state
     after that block read through the final norm and the LM head, for every block from the first
     masked one to the last (whose lens is `facts.nll()`)."""
@@ -89,7 +95,7 @@ def logit_lens(facts: CachedFacts, weights: dict[str, torch.Tensor] | None = Non
     out = {block: torch.zeros(len(facts), dtype=torch.float64) for block in blocks}
     order = torch.sort(facts.facts.lengths, stable=True).indices  # similar lengths together, as `nll`
     for start in range(0, len(facts), batch):
-        index = order[start:start + batch]
+        index = order[start : start + batch]
         targets = facts.targets[index]
         width = int(targets.ne(IGNORE).nonzero()[:, 1].max()) + 1
         where = targets[:, :width] != IGNORE
@@ -107,9 +113,11 @@ def logit_lens(facts: CachedFacts, weights: dict[str, torch.Tensor] | None = Non
 
 # -- multiple-choice probe: inputs ----------------------------------------------------------------
 
+
 @torch.no_grad()
-def choice_features(facts: CachedFacts, weights: dict[str, torch.Tensor] | None = None, batch: int = BATCH
-                    ) -> torch.Tensor:
+def choice_features(
+    facts: CachedFacts, weights: dict[str, torch.Tensor] | None = None, batch: int = BATCH
+) -> torch.Tensor:
     """The final hidden state (after the final norm) at each fact's first scored position, float32
     [N, d] on the CPU. With the default `all_tail_tokens` encoding that position predicts the first
     tail token; the prompt is the same for every candidate, so one feature serves all of them."""
@@ -132,8 +140,9 @@ def choice_features(facts: CachedFacts, weights: dict[str, torch.Tensor] | None 
 
 
 @torch.no_grad()
-def candidate_embeddings(model: nn.Module, tokenizer, prompts: Sequence[str], candidates: Sequence[Sequence[str]]
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_embeddings(
+    model: nn.Module, tokenizer, prompts: Sequence[str], candidates: Sequence[Sequence[str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each candidate tail as the mean of the model's input embeddings over its tokens: float32
     [N, K, d] on the CPU (K the most candidates of any fact; padding rows are zero) and which are
     real, bool [N, K]. The tail's tokens are those it has after the fact's prompt
@@ -142,8 +151,11 @@ def candidate_embeddings(model: nn.Module, tokenizer, prompts: Sequence[str], ca
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     table = model.get_input_embeddings().weight.detach()
     width = max((len(c) for c in candidates), default=0)
-    pairs = tokenize_facts(tokenizer, [p for p, cands in zip(prompts, candidates) for _ in cands],
-                           [t for cands in candidates for t in cands])
+    pairs = tokenize_facts(
+        tokenizer,
+        [p for p, cands in zip(prompts, candidates) for _ in cands],
+        [t for cands in candidates for t in cands],
+    )
     out = torch.zeros(len(prompts), width, table.shape[1], dtype=torch.float32)
     valid = torch.zeros(len(prompts), width, dtype=torch.bool)
     flat = iter(pairs)
@@ -171,6 +183,7 @@ def choice_sets(frame: pd.DataFrame) -> tuple[list[str], list[str], list[list[st
 
 # -- multiple-choice probe: fit and score ---------------------------------------------------------
 
+
 def _rms(x: torch.Tensor) -> float:
     value = float(x.double().pow(2).mean().sqrt())
     return value if value > 0 else 1.0
@@ -183,15 +196,16 @@ class ChoiceProbe:
     tails that ignores the fact: fit on zero features to measure what it alone gets right."""
 
     form: str
-    a: torch.Tensor        # float64: [d] (diagonal) or [d, d] (full)
-    b: torch.Tensor        # float64 [d]
-    h_scale: float         # RMS of the train features
-    e_scale: float         # RMS of the train candidates' embeddings
+    a: torch.Tensor  # float64: [d] (diagonal) or [d, d] (full)
+    b: torch.Tensor  # float64 [d]
+    h_scale: float  # RMS of the train features
+    e_scale: float  # RMS of the train candidates' embeddings
     l2: float
-    loss: float            # the fitted objective (mean cross-entropy + L2)
+    loss: float  # the fitted objective (mean cross-entropy + L2)
 
-    def scores(self, features: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def scores(
+        self, features: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[N, K] float64; padding candidates (valid False) score -inf."""
         h = features.double() / self.h_scale
         e = candidates.double() / self.e_scale
@@ -202,8 +216,13 @@ class ChoiceProbe:
         out = bilinear + e @ self.b
         return out if valid is None else out.masked_fill(~valid, float("-inf"))
 
-    def accuracy(self, features: torch.Tensor, candidates: torch.Tensor, true_index: torch.Tensor,
-                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    def accuracy(
+        self,
+        features: torch.Tensor,
+        candidates: torch.Tensor,
+        true_index: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Per fact, 1.0 when the true candidate scores strictly above every other one, else 0.0
         (float64 [N]; its mean is the top-1 accuracy). Strict, as `robustness.top1`:
         `probes.choices` puts the true tail first, so a tie must not count as a hit."""
@@ -214,9 +233,16 @@ class ChoiceProbe:
         return (true > others).double()
 
 
-def fit_choice_probe(features: torch.Tensor, candidates: torch.Tensor, true_index: torch.Tensor,
-                     valid: torch.Tensor | None = None, *, l2: float = PROBE_L2, form: str = PROBE_FORM,
-                     max_iter: int = PROBE_MAX_ITER) -> ChoiceProbe:
+def fit_choice_probe(
+    features: torch.Tensor,
+    candidates: torch.Tensor,
+    true_index: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    l2: float = PROBE_L2,
+    form: str = PROBE_FORM,
+    max_iter: int = PROBE_MAX_ITER,
+) -> ChoiceProbe:
     """Fit the probe by softmax cross-entropy over each fact's candidates plus l2 * |params|^2.
 
     The objective is convex in (A, b) and is minimised from zero by full-batch LBFGS in float64,
@@ -233,12 +259,20 @@ def fit_choice_probe(features: torch.Tensor, candidates: torch.Tensor, true_inde
     b = torch.zeros(d, dtype=torch.float64, requires_grad=True)
     probe = ChoiceProbe(form, a, b, h_scale, e_scale, float(l2), float("nan"))
     true_index = true_index.long()
-    optimizer = torch.optim.LBFGS([a, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [a, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def loss() -> torch.Tensor:
-        return (F.cross_entropy(probe.scores(features, candidates, valid), true_index)
-                + l2 * (a.pow(2).sum() + b.pow(2).sum()))
+        return F.cross_entropy(probe.scores(features, candidates, valid), true_index) + l2 * (
+            a.pow(2).sum() + b.pow(2).sum()
+        )
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +54,21 @@ def _full_tail_ce(model: torch.nn.Module, facts: FactSet, index: torch.Tensor, a
 
 
 @contextlib.contextmanager
-def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts | FactSet, *,
-              removed: dict[str, torch.Tensor] | None, granularity: str, hold_zero: bool, steps: int,
-              lr: float, batch: int, seed: int, scope: str = "masked", model: torch.nn.Module | None = None,
-              compute_dtype: torch.dtype = torch.float32) -> Iterator[list[float]]:
+def finetuned(
+    layers: list[masking.MaskableLayer],
+    facts: CachedFacts | FactSet,
+    *,
+    removed: dict[str, torch.Tensor] | None,
+    granularity: str,
+    hold_zero: bool,
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    scope: str = "masked",
+    model: torch.nn.Module | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> Iterator[list[float]]:
     """The model of `layers` with `removed` zeroed (None: nothing removed) and then finetuned on
     `facts` for `steps` Adam steps, for the duration of the block (yields the loss per step); every
     weight it trained is restored on exit.
@@ -65,9 +76,16 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts | FactSet,
     scope `masked`: `facts` is a CachedFacts and only the masked layers' weights train (its compute
     dtype is the step's); `whole`: `facts` is a FactSet and every parameter of `model` trains, in
     `compute_dtype` under autocast."""
-    zero = ({layer.name: masking.expand_to_weight(removed[layer.name].to(layer.weight.device, torch.bool),
-                                                 layer, granularity) for layer in layers}
-            if removed is not None else None)
+    zero = (
+        {
+            layer.name: masking.expand_to_weight(
+                removed[layer.name].to(layer.weight.device, torch.bool), layer, granularity
+            )
+            for layer in layers
+        }
+        if removed is not None
+        else None
+    )
     if scope == "masked":
         model, dtype = facts.top.model, facts.top.compute_dtype
         weights = [layer.weight for layer in layers]
@@ -79,8 +97,11 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts | FactSet,
     saved = [(w, w.detach().clone(), w.requires_grad) for w in weights]
     was_training = model.training
     losses: list[float] = []
-    autocast = (torch.autocast(next(model.parameters()).device.type, dtype=dtype)
-                if dtype != torch.float32 else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+        if dtype != torch.float32
+        else contextlib.nullcontext()
+    )
     try:
         with torch.no_grad():
             for layer in layers:
@@ -99,7 +120,7 @@ def finetuned(layers: list[masking.MaskableLayer], facts: CachedFacts | FactSet,
         for _ in range(steps):
             if position + min(batch, len(facts)) > len(order):  # a new epoch: a new order
                 order, position = torch.randperm(len(facts), generator=generator), 0
-            index = order[position:position + batch]
+            index = order[position : position + batch]
             position += len(index)
             if scope == "masked":
                 loss = facts.tail_ce(index, {l.name: l.weight for l in layers} if bf16 else None).mean()

@@ -35,13 +35,18 @@ from knowsubnet.scoring.facts import score_facts
 log = logging.getLogger(__name__)
 
 # model name -> (variant whose edit is the start, removed weights held at zero)
-MODELS = {"original": (None, True), "removed_held": ("removed", True), "removed_free": ("removed", False),
-          "random_held": ("random", True)}
+MODELS = {
+    "original": (None, True),
+    "removed_held": ("removed", True),
+    "removed_free": ("removed", False),
+    "random_held": ("random", True),
+}
 DATA = ("targetkg", "controlkg", "wikitext", "unknown")
 
 
-def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.ndarray]], removed: str,
-                       n_boot: int, seed: int) -> dict[str, Any]:
+def recovered_interval(
+    before: dict[str, np.ndarray], after: dict[str, list[np.ndarray]], removed: str, n_boot: int, seed: int
+) -> dict[str, Any]:
     """Recovered fraction of `removed` with a 95 % interval that resamples facts and seeds together.
     before[m]: per-fact NLL [F]; after[m]: one per-fact NLL array [F] per seed."""
     gap_before = before[removed] - before["original"]
@@ -60,8 +65,17 @@ def recovered_interval(before: dict[str, np.ndarray], after: dict[str, list[np.n
     return {"recovered": value, "low": low, "high": high, "per_seed": per_seed}
 
 
-def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None], cfg, device,
-        dtype: torch.dtype, n_boot: int, seed: int) -> dict[str, Any]:
+def run(
+    model,
+    layers,
+    variants,
+    sets: dict[str, tuple[FactSet, FactSet] | None],
+    cfg,
+    device,
+    dtype: torch.dtype,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
     """Every (point, data, model, seed) finetune; `sets[data]` = (train, scored) FactSets or None
     (nothing to train on). `variants` gives the edits (`evaluation.variants.Variants`)."""
     out: dict[str, Any] = {"points": []}
@@ -97,26 +111,55 @@ def run(model, layers, variants, sets: dict[str, tuple[FactSet, FactSet] | None]
                 # finetuning baseline) are entered first and relearning starts from them.
                 removed = edit.tensors if edit is not None and edit.kind == "mask" else None
                 for run_seed in cfg.seeds:
-                    entered = (variants.entered(variant) if removed is None and edit is not None
-                               else contextlib.nullcontext())
-                    with entered, relearn.finetuned(layers, facts, removed=removed,
-                                                    granularity=edit.granularity if edit else "weight",
-                                                    hold_zero=hold, steps=steps, lr=lr, batch=cfg.batch,
-                                                    seed=run_seed, scope=scope, model=model, compute_dtype=dtype):
+                    entered = (
+                        variants.entered(variant) if removed is None and edit is not None else contextlib.nullcontext()
+                    )
+                    with (
+                        entered,
+                        relearn.finetuned(
+                            layers,
+                            facts,
+                            removed=removed,
+                            granularity=edit.granularity if edit else "weight",
+                            hold_zero=hold,
+                            steps=steps,
+                            lr=lr,
+                            batch=cfg.batch,
+                            seed=run_seed,
+                            scope=scope,
+                            model=model,
+                            compute_dtype=dtype,
+                        ),
+                    ):
                         # masked: the lower blocks are unchanged, their cache holds; whole: a full forward
-                        after[name].append(scored[data].nll(cfg.batch).numpy() if scope == "masked" else
-                                           score_facts(model, sets[data][1], cfg.batch, device, progress=False)["nll"].numpy())
-            results: dict[str, Any] = {"n_train": len(train), "n_scored": len(scored[data]),
-                                       "wall_time_s": round(time.monotonic() - start, 2)}
+                        after[name].append(
+                            scored[data].nll(cfg.batch).numpy()
+                            if scope == "masked"
+                            else score_facts(model, sets[data][1], cfg.batch, device, progress=False)["nll"].numpy()
+                        )
+            results: dict[str, Any] = {
+                "n_train": len(train),
+                "n_scored": len(scored[data]),
+                "wall_time_s": round(time.monotonic() - start, 2),
+            }
             for name in cfg.models:
                 mean_after = np.mean([a.mean() for a in after[name]])
-                results[name] = {"ppl_before": math.exp(before[data][name].mean()), "ppl_after": math.exp(mean_after),
-                                 "ppl_after_per_seed": [math.exp(a.mean()) for a in after[name]]}
+                results[name] = {
+                    "ppl_before": math.exp(before[data][name].mean()),
+                    "ppl_after": math.exp(mean_after),
+                    "ppl_after_per_seed": [math.exp(a.mean()) for a in after[name]],
+                }
                 if name != "original" and "original" in cfg.models:
                     results[name].update(recovered_interval(before[data], after, name, n_boot, seed))
             entry["data"][data] = results
-            log.info("relearning %s lr %g x %d steps on %s: %s (%.0f s)", scope, lr, steps, data,
-                     {n: round(r["ppl_after"], 1) for n, r in results.items() if isinstance(r, dict)},
-                     results["wall_time_s"])
+            log.info(
+                "relearning %s lr %g x %d steps on %s: %s (%.0f s)",
+                scope,
+                lr,
+                steps,
+                data,
+                {n: round(r["ppl_after"], 1) for n, r in results.items() if isinstance(r, dict)},
+                results["wall_time_s"],
+            )
         out["points"].append(entry)
     return out

@@ -41,20 +41,19 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import read_json, write_parquet
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
-from knowsubnet.data.encoding import encode_facts
-from knowsubnet.data.encoding import load_blocks
+from knowsubnet.data.encoding import encode_facts, load_blocks
 from knowsubnet.evaluation import probes, quantize, readouts, relearn, relearning
 from knowsubnet.evaluation import robustness_stats as stats
 from knowsubnet.evaluation.robustness_results import RobustnessHeadline, RobustnessResult
 from knowsubnet.evaluation.robustness_stats import VARIANTS
 from knowsubnet.evaluation.variants import Variants
 from knowsubnet.method import edits
+from knowsubnet.models import precision
+from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import DTYPES, score_facts
 from knowsubnet.scoring.sentences import score_sentences
 from knowsubnet.scoring.text import lm_nll
-from knowsubnet.models import precision
-from knowsubnet.models.prepare import load_model, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ log = logging.getLogger(__name__)
 def controlkg_kl(variants: Variants, facts: CachedFacts, batch_size: int) -> dict[str, float]:
     """Mean over ControlKG facts of the mean over their tail positions of KL(p_original || p_variant)
     (random: the mean over the draws)."""
+
     def log_probs() -> list[tuple[torch.Tensor, torch.Tensor]]:
         parts = []
         for start in range(0, len(facts), batch_size):
@@ -98,8 +98,9 @@ def target_relation(spec: dict) -> str | None:
     return spec.get("rel") if isinstance(spec, dict) else None
 
 
-def known_split(splits_dir: Path, name: str, verbalized: pd.DataFrame, params: Params,
-                known: bool = True) -> pd.DataFrame:
+def known_split(
+    splits_dir: Path, name: str, verbalized: pd.DataFrame, params: Params, known: bool = True
+) -> pd.DataFrame:
     """A split's facts the model knows (or, `known=False`, does not know), as their verbalised rows
     (best template)."""
     path = splits_dir / f"{name}.parquet"
@@ -109,15 +110,24 @@ def known_split(splits_dir: Path, name: str, verbalized: pd.DataFrame, params: P
     return rows[rows["known"].to_numpy() == known].drop(columns="known").reset_index()
 
 
-def build_sentences(params: Params, *, target: str, splits_root: Path, verbalized_root: Path,
-                    triplets: pd.DataFrame, other_targets: list[str]) -> tuple[pd.DataFrame, dict]:
+def build_sentences(
+    params: Params,
+    *,
+    target: str,
+    splits_root: Path,
+    verbalized_root: Path,
+    triplets: pd.DataFrame,
+    other_targets: list[str],
+) -> tuple[pd.DataFrame, dict]:
     """Every sentence the probes score (`probes`), and the fact sets the relearning and readouts use."""
     cfg = params.robustness
     n, seed = cfg.max_facts, cfg.seed
     verbalized = factsets.read_verbalized(verbalized_root / f"{target}.parquet")
     splits_dir = splits_root / target
-    split = {name: known_split(splits_dir, name, verbalized, params)
-             for name in ("targetkg_train", "targetkg_test", "controlkg_train", "controlkg_test")}
+    split = {
+        name: known_split(splits_dir, name, verbalized, params)
+        for name in ("targetkg_train", "targetkg_test", "controlkg_train", "controlkg_test")
+    }
     train, test, control = split["targetkg_train"], split["targetkg_test"], split["controlkg_test"]
     holdout = not set(train["uuid"]) & set(test["uuid"])
     train_sample, test_sample, control_sample = (probes.sample(x, n, seed) for x in (train, test, control))
@@ -125,14 +135,21 @@ def build_sentences(params: Params, *, target: str, splits_root: Path, verbalize
 
     trained = probes.trained_wordings(train, params.train.targetkg_templates)
     heldout = probes.heldout_wordings(sorted(set(all_target["rel"]) | set(control["rel"])))
-    wording_sets = {"wording:train:heldout": (train_sample, heldout), "wording:test:heldout": (test_sample, heldout),
-                    "wording:test:trained": (test_sample, trained), "wording:controlkg:heldout": (control_sample, heldout)}
-    parts = [probes.best_template("targetkg_train", train), probes.best_template("targetkg_test", test),
-             probes.best_template("controlkg_test", control),
-             probes.choices("choice_targetkg", test_sample, triplets, cfg.candidates, seed),
-             probes.choices("choice_controlkg", control_sample, triplets, cfg.candidates, seed),
-             probes.foreign_heads("foreign_heads", test_sample, sorted(set(control["head"])), seed),
-             probes.same_head_facts(triplets, all_target, target_relation(params.targets[target]), n, seed)]
+    wording_sets = {
+        "wording:train:heldout": (train_sample, heldout),
+        "wording:test:heldout": (test_sample, heldout),
+        "wording:test:trained": (test_sample, trained),
+        "wording:controlkg:heldout": (control_sample, heldout),
+    }
+    parts = [
+        probes.best_template("targetkg_train", train),
+        probes.best_template("targetkg_test", test),
+        probes.best_template("controlkg_test", control),
+        probes.choices("choice_targetkg", test_sample, triplets, cfg.candidates, seed),
+        probes.choices("choice_controlkg", control_sample, triplets, cfg.candidates, seed),
+        probes.foreign_heads("foreign_heads", test_sample, sorted(set(control["head"])), seed),
+        probes.same_head_facts(triplets, all_target, target_relation(params.targets[target]), n, seed),
+    ]
     for name, (facts, wordings) in wording_sets.items():
         parts.append(probes.in_wordings(name, facts, wordings))
         if params.known.min_head_gain is not None:
@@ -158,15 +175,26 @@ def build_sentences(params: Params, *, target: str, splits_root: Path, verbalize
         relearn_on, scored_on = test[test["uuid"].isin(first)], test[test["uuid"].isin(second)]
         first, second = probes.halves(sorted(unknown_test["uuid"]), seed)
         unknown_train, unknown_test = (unknown_test[unknown_test["uuid"].isin(half)] for half in (first, second))
-    facts = {"targetkg": relearn_on, "controlkg": split["controlkg_train"], "scored": scored_on,
-             "unknown": unknown_train, "unknown_scored": probes.sample(unknown_test, n, seed),
-             "probe_train": train_sample, "probe_test": test_sample}
+    facts = {
+        "targetkg": relearn_on,
+        "controlkg": split["controlkg_train"],
+        "scored": scored_on,
+        "unknown": unknown_train,
+        "unknown_scored": probes.sample(unknown_test, n, seed),
+        "probe_train": train_sample,
+        "probe_test": test_sample,
+    }
     return sentences, {"holdout": holdout, "facts": facts, "wordings": {"trained": trained, "heldout": heldout}}
 
 
 def _factset(tokenizer, rows: pd.DataFrame, scored_positions: str):
-    return encode_facts(tokenizer, rows["prompt"].tolist(), rows["tail_text"].tolist(), rows["uuid"].tolist(),
-                        scored_positions=scored_positions)
+    return encode_facts(
+        tokenizer,
+        rows["prompt"].tolist(),
+        rows["tail_text"].tolist(),
+        rows["uuid"].tolist(),
+        scored_positions=scored_positions,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,12 +224,15 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
         "in_context": stats.in_context_summary(scored, cfg.in_context, n_boot, seed),
     }
     out["multiple_choice"] = {
-        kind: {variant: stats.share_ci(stats.top1(probe(f"choice_{kind}"), variant), n_boot, seed)
-               for variant in VARIANTS}
+        kind: {
+            variant: stats.share_ci(stats.top1(probe(f"choice_{kind}"), variant), n_boot, seed) for variant in VARIANTS
+        }
         for kind in ("targetkg", "controlkg")
     }
     candidates = probe("choice_targetkg")
-    out["multiple_choice"]["candidates_per_fact"] = float(candidates.groupby("uuid").size().mean()) if len(candidates) else None
+    out["multiple_choice"]["candidates_per_fact"] = (
+        float(candidates.groupby("uuid").size().mean()) if len(candidates) else None
+    )
     same_head = probe("same_head")
     if len(same_head):  # each fact in its best template under the original model
         best = same_head.sort_values(["uuid", "nll_original", "template_id"]).drop_duplicates("uuid")
@@ -219,6 +250,7 @@ def summarize(scored: pd.DataFrame, cfg, holdout: bool, other_targets: list[str]
 
 def headline(result: RobustnessResult) -> RobustnessHeadline:
     """The few numbers of `dvc metrics show` (None where undefined)."""
+
     def r(x, digits=4):
         return None if x is None else round(float(x), digits)
 
@@ -247,15 +279,23 @@ def headline(result: RobustnessResult) -> RobustnessHeadline:
         controlkg_kl_random=r(result.controlkg_kl["random"], 6),
         quantized_4bit_targetkg_ratio=r(four_bit.ratio.removed.get("targetkg")) if four_bit else None,
         relearn_targetkg_recovered=recovered["targetkg"],
-        relearn_controlkg_recovered=recovered["controlkg"])
+        relearn_controlkg_recovered=recovered["controlkg"],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # readouts of the hidden states, and quantization
 
 
-def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame], triplets: pd.DataFrame, cfg,
-                    device, scored_positions: str) -> dict[str, Any]:
+def hidden_readouts(
+    variants: Variants,
+    tokenizer,
+    facts: dict[str, pd.DataFrame],
+    triplets: pd.DataFrame,
+    cfg,
+    device,
+    scored_positions: str,
+) -> dict[str, Any]:
     """The logit lens after each masked block on the test facts, and the linear multiple-choice
     probe fit on train facts and scored on test facts, under each variant (random: first draw)."""
     model, layers = variants.model, variants.layers
@@ -268,10 +308,13 @@ def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame
     for variant in VARIANTS:
         with variants.entered(variant):
             lens[variant] = readouts.logit_lens(test, batch=cfg.batch_size)
-    out["lens"] = {str(block): {"original_ppl": math.exp(float(lens["original"][block].mean())),
-                                **{v: math.exp(float((lens[v][block] - lens["original"][block]).mean()))
-                                   for v in ("removed", "random")}}
-                   for block in lens["original"]}
+    out["lens"] = {
+        str(block): {
+            "original_ppl": math.exp(float(lens["original"][block].mean())),
+            **{v: math.exp(float((lens[v][block] - lens["original"][block]).mean())) for v in ("removed", "random")},
+        }
+        for block in lens["original"]
+    }
     if train_rows.empty:
         return out
     sets = {}
@@ -281,14 +324,17 @@ def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame
         if uuids != rows["uuid"].tolist():
             raise AssertionError("choice sets out of the facts' order")
         embeddings, valid = readouts.candidate_embeddings(model, tokenizer, prompts, candidates)
-        cached = test if name == "test" else CachedFacts(
-            model, layers, _factset(tokenizer, rows, scored_positions), device)
+        cached = (
+            test if name == "test" else CachedFacts(model, layers, _factset(tokenizer, rows, scored_positions), device)
+        )
         sets[name] = (cached, embeddings, valid, true_index)
     # a fact with no false candidate would always count as right: only facts with a choice count
     choice = {name: sets[name][2].sum(dim=1) >= 2 for name in sets}
 
     def accuracy_of(features: dict[str, torch.Tensor]) -> dict[str, Any]:
-        train_, test_ = (tuple(x[choice[name]] for x in (features[name], *sets[name][1:])) for name in ("train", "test"))
+        train_, test_ = (
+            tuple(x[choice[name]] for x in (features[name], *sets[name][1:])) for name in ("train", "test")
+        )
         probe = readouts.fit_choice_probe(train_[0], train_[1], train_[3], valid=train_[2], l2=cfg.probe_l2)
         hits = probe.accuracy(test_[0], test_[1], test_[3], valid=test_[2])
         return stats.share_ci(pd.Series(hits.double().numpy()), cfg.bootstrap, cfg.seed)
@@ -300,35 +346,56 @@ def hidden_readouts(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame
         accuracy[variant] = accuracy_of(features)
     # the same probe on zeroed hidden states: what the candidates' embeddings alone (tail frequency) get right
     accuracy["prior_only"] = accuracy_of({name: torch.zeros_like(f) for name, f in features.items()})
-    out["linear_probe"] = {"accuracy": accuracy, "n_train": len(train_rows), "n_test": len(test_rows),
-                           "candidates_per_fact": float(sets["test"][2].sum(dim=1).double().mean())}
+    out["linear_probe"] = {
+        "accuracy": accuracy,
+        "n_train": len(train_rows),
+        "n_test": len(test_rows),
+        "candidates_per_fact": float(sets["test"][2].sum(dim=1).double().mean()),
+    }
     return out
 
 
-def quantized_scores(variants: Variants, tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Tensor, cfg,
-                     device, scored_positions: str) -> dict[str, Any]:
+def quantized_scores(
+    variants: Variants,
+    tokenizer,
+    facts: dict[str, pd.DataFrame],
+    blocks: torch.Tensor,
+    cfg,
+    device,
+    scored_positions: str,
+) -> dict[str, Any]:
     """TargetKG test, ControlKG test and ControlLM under each variant (random: first draw), unrounded
     and rounded to each of `robustness.quantize_bits`, through the whole model: does rounding bring
     removed knowledge back, or break the controls?"""
-    sets = {name: _factset(tokenizer, facts[key], scored_positions)
-            for name, key in (("targetkg", "probe_test"), ("controlkg", "control_test")) if len(facts[key])}
+    sets = {
+        name: _factset(tokenizer, facts[key], scored_positions)
+        for name, key in (("targetkg", "probe_test"), ("controlkg", "control_test"))
+        if len(facts[key])
+    }
     out: dict[str, Any] = {}
     for bits in [None, *cfg.quantize_bits]:
         scores: dict[str, dict[str, float]] = {}
         rounding: dict[str, Any] = {}
         for variant in VARIANTS:
-            with variants.entered(variant), (quantize.quantized(variants.model, bits) if bits
-                                             else contextlib.nullcontext({})) as change:
+            with (
+                variants.entered(variant),
+                quantize.quantized(variants.model, bits) if bits else contextlib.nullcontext({}) as change,
+            ):
                 rounding[variant] = change
-                scores[variant] = {name: float(score_facts(variants.model, factset, cfg.batch_size, device,
-                                                           progress=False)["nll"].mean())
-                                   for name, factset in sets.items()}
+                scores[variant] = {
+                    name: float(
+                        score_facts(variants.model, factset, cfg.batch_size, device, progress=False)["nll"].mean()
+                    )
+                    for name, factset in sets.items()
+                }
                 total, count = lm_nll(variants.model, blocks, max(1, cfg.batch_size // 16), device)
                 scores[variant]["controllm"] = total / count
         out[str(bits or "none")] = {
             "ppl": {v: {name: math.exp(x) for name, x in scored.items()} for v, scored in scores.items()},
-            "ratio": {v: {name: math.exp(scores[v][name] - scores["original"][name]) for name in scores[v]}
-                      for v in ("removed", "random")},
+            "ratio": {
+                v: {name: math.exp(scores[v][name] - scores["original"][name]) for name in scores[v]}
+                for v in ("removed", "random")
+            },
             "rounding": rounding.get("removed") or None,
         }
     return out
@@ -340,19 +407,34 @@ def quantized_scores(variants: Variants, tokenizer, facts: dict[str, pd.DataFram
 
 def _relearning_sets(tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Tensor, cfg, scored_positions: str):
     """(train, scored) FactSets per relearning data; None where there is nothing to train or score."""
+
     def fs(rows: pd.DataFrame):
         return _factset(tokenizer, rows, scored_positions) if len(rows) else None
 
     scored = fs(facts["scored"])
-    sets = {"targetkg": (fs(facts["targetkg"]), scored), "controlkg": (fs(facts["controlkg"]), scored),
-            "wikitext": (relearn.text_rows(blocks, cfg.relearn.text_tokens) if len(blocks) else None, scored),
-            "unknown": (fs(facts["unknown"]), fs(facts["unknown_scored"]))}
+    sets = {
+        "targetkg": (fs(facts["targetkg"]), scored),
+        "controlkg": (fs(facts["controlkg"]), scored),
+        "wikitext": (relearn.text_rows(blocks, cfg.relearn.text_tokens) if len(blocks) else None, scored),
+        "unknown": (fs(facts["unknown"]), fs(facts["unknown_scored"])),
+    }
     return {name: pair if all(x is not None and len(x) for x in pair) else None for name, pair in sets.items()}
 
 
-def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, model_dir: Path, mask: Path,
-                        triplets: Path, splits_root: Path, verbalized_root: Path, controllm_dir: Path,
-                        out_dir: Path) -> dict[str, Any]:
+def evaluate_robustness(
+    params: Params,
+    *,
+    model: str,
+    target: str,
+    seed: int,
+    model_dir: Path,
+    mask: Path,
+    triplets: Path,
+    splits_root: Path,
+    verbalized_root: Path,
+    controllm_dir: Path,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Run the probes for one (model, target, seed); write robustness.json, sentences.parquet and
     headline.json into `out_dir`. Returns robustness.json's content."""
     cfg = params.robustness
@@ -376,24 +458,36 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     except (OSError, ValueError) as err:
         raise InputError(f"{triplets}: cannot read the triplets table ({err})") from None
     # a fact-file target's facts are in its split folder only: candidate tails and heads come from them too
-    facts_table = pd.concat([facts_table, factsets.read_facts([splits_root / target])]).drop_duplicates(
-        "uuid").reset_index(drop=True)
-    sentences, extra = build_sentences(params, target=target, splits_root=splits_root,
-                                       verbalized_root=verbalized_root, triplets=facts_table, other_targets=others)
+    facts_table = (
+        pd.concat([facts_table, factsets.read_facts([splits_root / target])])
+        .drop_duplicates("uuid")
+        .reset_index(drop=True)
+    )
+    sentences, extra = build_sentences(
+        params,
+        target=target,
+        splits_root=splits_root,
+        verbalized_root=verbalized_root,
+        triplets=facts_table,
+        other_targets=others,
+    )
     train_blocks, test_blocks = (load_blocks(controllm_dir / f"{part}.safetensors") for part in ("train", "test"))
     lap("load")
     scored_positions = params.verbalize.scored_positions
     wording_baselines = sentences["probe"].str.startswith("other_head:")  # only the original's score is read
-    scored = score_sentences(variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions,
-                             names=VARIANTS)
-    baselines = score_sentences(variants, tokenizer, sentences[wording_baselines], cfg.batch_size, device,
-                                scored_positions, names=("original",))
+    scored = score_sentences(
+        variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions, names=VARIANTS
+    )
+    baselines = score_sentences(
+        variants, tokenizer, sentences[wording_baselines], cfg.batch_size, device, scored_positions, names=("original",)
+    )
     scored = pd.concat([scored, baselines], ignore_index=True)
     scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
-    kl = controlkg_kl(variants, CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device),
-                      cfg.batch_size)
+    kl = controlkg_kl(
+        variants, CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device), cfg.batch_size
+    )
     lap("controlkg_kl")
     facts = extra["facts"]
     facts["control_test"] = probes.sample(control, cfg.max_facts, cfg.seed)
@@ -402,28 +496,59 @@ def evaluate_robustness(params: Params, *, model: str, target: str, seed: int, m
     quantized = quantized_scores(variants, tokenizer, facts, test_blocks, cfg, device, scored_positions)
     lap("quantization")
     relearn_dtype = precision.resolve(cfg.relearn.dtype, device, key="robustness.relearn.dtype")
-    relearned = relearning.run(lm, layers, variants, _relearning_sets(tokenizer, facts, train_blocks, cfg, scored_positions),
-                               cfg.relearn, device, relearn_dtype, cfg.bootstrap, cfg.seed)
+    relearned = relearning.run(
+        lm,
+        layers,
+        variants,
+        _relearning_sets(tokenizer, facts, train_blocks, cfg, scored_positions),
+        cfg.relearn,
+        device,
+        relearn_dtype,
+        cfg.bootstrap,
+        cfg.seed,
+    )
     lap("relearning")
 
-    result = {"model": model, "target": target, "seed": int(seed), "method": edit.metadata.get("method", "mask"),
-              "split": _split_report(splits_root / target),
-              **summarize(scored, cfg, extra["holdout"], others),
-              "wording_ids": extra["wordings"], "controlkg_kl": kl, "readouts": hidden, "quantized": quantized,
-              "relearning": relearned, "random_draws": len(variants.random_draws),
-              "counts": scored.groupby("probe").agg(sentences=("uuid", "size"), facts=("uuid", "nunique"))
-                              .to_dict(orient="index"),
-              "wall_time_s": timings,
-              "provenance": stamp({"robustness": params.section("robustness"), "known": params.section("known")},
-                                  model_dir=str(model_dir), mask=str(mask), device=str(device),
-                                  relearn_dtype=precision.name(relearn_dtype))}
+    result = {
+        "model": model,
+        "target": target,
+        "seed": int(seed),
+        "method": edit.metadata.get("method", "mask"),
+        "split": _split_report(splits_root / target),
+        **summarize(scored, cfg, extra["holdout"], others),
+        "wording_ids": extra["wordings"],
+        "controlkg_kl": kl,
+        "readouts": hidden,
+        "quantized": quantized,
+        "relearning": relearned,
+        "random_draws": len(variants.random_draws),
+        "counts": scored.groupby("probe")
+        .agg(sentences=("uuid", "size"), facts=("uuid", "nunique"))
+        .to_dict(orient="index"),
+        "wall_time_s": timings,
+        "provenance": stamp(
+            {"robustness": params.section("robustness"), "known": params.section("known")},
+            model_dir=str(model_dir),
+            mask=str(mask),
+            device=str(device),
+            relearn_dtype=precision.name(relearn_dtype),
+        ),
+    }
     typed = RobustnessResult.from_dict(result, source=str(out_dir / "robustness.json"))
     summary = headline(typed)
     write_parquet(out_dir / "sentences.parquet", scored)
     summary.write(out_dir / "headline.json")
     typed.write(out_dir / "robustness.json")  # last: its presence means the stage finished
-    log.info("%s / %s / seed %d: in-sample x%s, held-out x%s, held-out wordings x%s; %s", model, target, seed,
-             summary.in_sample_ratio, summary.held_out_ratio, summary.test_heldout_wording_ratio, timings)
+    log.info(
+        "%s / %s / seed %d: in-sample x%s, held-out x%s, held-out wordings x%s; %s",
+        model,
+        target,
+        seed,
+        summary.in_sample_ratio,
+        summary.held_out_ratio,
+        summary.test_heldout_wording_ratio,
+        timings,
+    )
     return result
 
 

@@ -8,8 +8,9 @@ where the report reads them; the shapes follow `evaluation.robustness_stats` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from knowsubnet.core.records import Record, part
 
@@ -18,6 +19,7 @@ from knowsubnet.core.records import Record, part
 class RatioCI(Record):
     """PPL(variant) ÷ PPL(original) over facts with its 95 % interval (`robustness_stats.ratio_ci`);
     all null (n_facts 0) where no fact was scored."""
+
     ratio: float | None
     low: float | None
     high: float | None
@@ -27,6 +29,7 @@ class RatioCI(Record):
 @dataclass(frozen=True, kw_only=True)
 class ShareCI(Record):
     """A share with its 95 % interval (`robustness_stats.share_ci`, `sentence_share_ci`)."""
+
     share: float | None
     low: float | None
     high: float | None
@@ -36,6 +39,7 @@ class ShareCI(Record):
 @dataclass(frozen=True, kw_only=True)
 class Ratios(Record):
     """The removed and random models' ratios on one set of sentences."""
+
     removed: RatioCI | None = part(RatioCI)
     random: RatioCI | None = part(RatioCI)
 
@@ -68,8 +72,12 @@ class Wordings(Record):
     controlkg_heldout: WordingGroup = part(WordingGroup)
 
     def group(self, name: str) -> WordingGroup:
-        return {"train_heldout": self.train_heldout, "test_heldout": self.test_heldout,
-                "test_trained": self.test_trained, "controlkg_heldout": self.controlkg_heldout}[name]
+        return {
+            "train_heldout": self.train_heldout,
+            "test_heldout": self.test_heldout,
+            "test_trained": self.test_trained,
+            "controlkg_heldout": self.controlkg_heldout,
+        }[name]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +97,7 @@ class MultipleChoice(Record):
 @dataclass(frozen=True, kw_only=True)
 class LensBlock(Record):
     """The logit lens after one block: the original's PPL, the variants' ratios."""
+
     original_ppl: float
     removed: float
     random: float
@@ -111,6 +120,7 @@ class Readouts(Record):
 @dataclass(frozen=True, kw_only=True)
 class ByVariant(Record):
     """{set: value} per model variant (`original` only in the PPLs)."""
+
     original: Mapping[str, float] | None = None
     removed: Mapping[str, float]
     random: Mapping[str, float]
@@ -119,6 +129,7 @@ class ByVariant(Record):
 @dataclass(frozen=True, kw_only=True)
 class Quantized(Record):
     """One rounding (or none): PPLs and ratios on targetkg / controlkg / controllm."""
+
     ppl: ByVariant = part(ByVariant)
     ratio: ByVariant = part(ByVariant)
     rounding: Mapping[str, Any] | None
@@ -128,6 +139,7 @@ class Quantized(Record):
 class Relearned(Record):
     """One model finetuned on one data (`evaluation.relearning.run`); the recovered fraction with
     its interval for the removed and random models only."""
+
     ppl_before: float
     ppl_after: float
     ppl_after_per_seed: list[float]
@@ -178,6 +190,7 @@ class Specificity(Record):
 class RobustnessResult(Record):
     """robustness.json: every probe's numbers (`evaluation.robustness`); counts, wording ids,
     timings and provenance stay in `extra`."""
+
     WHAT = "an evaluate_robustness result"
     model: str
     target: str
@@ -199,6 +212,7 @@ class RobustnessResult(Record):
 class RobustnessHeadline(Record):
     """headline.json of evaluate_robustness (`evaluation.robustness.headline`): a DVC metric; null
     where a number is undefined."""
+
     WHAT = "an evaluate_robustness headline"
     in_sample_ratio: float | None
     held_out_ratio: float | None

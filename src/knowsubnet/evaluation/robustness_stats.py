@@ -18,8 +18,12 @@ from knowsubnet.core import bootstrap
 
 VARIANTS = ("original", "removed", "random")
 # the wording probes: (facts, wordings) -> probe name (`evaluation.probes.in_wordings`)
-WORDING_PROBES = {"train_heldout": "wording:train:heldout", "test_heldout": "wording:test:heldout",
-                  "test_trained": "wording:test:trained", "controlkg_heldout": "wording:controlkg:heldout"}
+WORDING_PROBES = {
+    "train_heldout": "wording:train:heldout",
+    "test_heldout": "wording:test:heldout",
+    "test_trained": "wording:test:trained",
+    "controlkg_heldout": "wording:controlkg:heldout",
+}
 
 
 def ratio_ci(frame: pd.DataFrame, variant: str, n_boot: int, seed: int) -> dict[str, Any]:
@@ -62,8 +66,13 @@ def sentence_share_ci(hit: pd.Series, uuid: pd.Series, n_boot: int, seed: int) -
     per_fact = pd.DataFrame({"hit": hit.astype(float).to_numpy(), "uuid": uuid.to_numpy()}).groupby("uuid")["hit"]
     hits, counts = per_fact.sum().to_numpy(), per_fact.size().to_numpy()
     low, high = bootstrap.interval(bootstrap.ratios_of_sums(hits, counts, n_boot, seed))
-    return {"share": float(hits.sum() / counts.sum()), "low": low, "high": high,
-            "n_sentences": int(counts.sum()), "n_facts": len(hits)}
+    return {
+        "share": float(hits.sum() / counts.sum()),
+        "low": low,
+        "high": high,
+        "n_sentences": int(counts.sum()),
+        "n_facts": len(hits),
+    }
 
 
 def wording_known(scored: pd.DataFrame, max_tail_ppl: float | None, min_head_gain: float | None) -> pd.Series:
@@ -76,7 +85,9 @@ def wording_known(scored: pd.DataFrame, max_tail_ppl: float | None, min_head_gai
         known &= ~wording | (scored["nll_original"] <= math.log(max_tail_ppl))
     if min_head_gain is not None:
         others = scored[scored["probe"].str.startswith("other_head:")]
-        baseline = others.groupby([others["probe"].str.removeprefix("other_head:"), "uuid", "template_id"])["nll_original"].mean()
+        baseline = others.groupby([others["probe"].str.removeprefix("other_head:"), "uuid", "template_id"])[
+            "nll_original"
+        ].mean()
         keys = pd.MultiIndex.from_frame(scored[["probe", "uuid", "template_id"]])
         gain = baseline.reindex(keys).to_numpy() - scored["nll_original"].to_numpy()  # NaN: no other head
         known &= ~wording | pd.Series(gain >= math.log(min_head_gain), index=scored.index)
@@ -91,13 +102,18 @@ def wording_summary(scored: pd.DataFrame, n_boot: int, seed: int, bar: float) ->
         frame = scored[scored["probe"] == probe]
         known = frame[frame["known"]]
         out[name] = {
-            "sentences": int(len(frame)), "known_sentences": int(len(known)),
+            "sentences": int(len(frame)),
+            "known_sentences": int(len(known)),
             **{variant: ratio_ci(known, variant, n_boot, seed) for variant in ("removed", "random")},
-            "suppressed_share": {variant: sentence_share_ci(known[f"nll_{variant}"] - known["nll_original"] >= math.log(bar),
-                                                            known["uuid"], n_boot, seed)
-                                 for variant in ("removed", "random")},
-            "by_template": {int(t): ratio_ci(group, "removed", n_boot, seed)["ratio"]
-                            for t, group in known.groupby("template_id")},
+            "suppressed_share": {
+                variant: sentence_share_ci(
+                    known[f"nll_{variant}"] - known["nll_original"] >= math.log(bar), known["uuid"], n_boot, seed
+                )
+                for variant in ("removed", "random")
+            },
+            "by_template": {
+                int(t): ratio_ci(group, "removed", n_boot, seed)["ratio"] for t, group in known.groupby("template_id")
+            },
         }
     return out
 
@@ -108,8 +124,10 @@ def in_context_summary(scored: pd.DataFrame, ks: list[int], n_boot: int, seed: i
     for k in ks:
         frame = scored[scored["probe"] == f"in_context:{k}"]
         per_fact = frame.groupby("uuid")["nll_original"].mean()
-        out[str(k)] = {"original_ppl": math.exp(per_fact.mean()) if len(per_fact) else None,
-                       **{variant: ratio_ci(frame, variant, n_boot, seed) for variant in ("removed", "random")}}
+        out[str(k)] = {
+            "original_ppl": math.exp(per_fact.mean()) if len(per_fact) else None,
+            **{variant: ratio_ci(frame, variant, n_boot, seed) for variant in ("removed", "random")},
+        }
     return out
 
 
@@ -123,7 +141,16 @@ def pooled_ratio_ci(frames: list[pd.DataFrame], variant: str, n_boot: int, seed:
         return {"ratio": None, "low": None, "high": None, "n_facts": 0, "n_seeds": len(frames)}
     diff = np.stack([d.reindex(common).to_numpy() for d in per_seed])  # [S, F]
     n_seeds, n_facts = diff.shape
-    low, high = bootstrap.interval([diff[np.ix_(seeds, facts)].mean()
-                                    for seeds, facts in bootstrap.seed_unit_draws(n_seeds, n_facts, n_boot, seed)])
-    return {"ratio": math.exp(diff.mean()), "low": math.exp(low), "high": math.exp(high), "n_facts": n_facts,
-            "n_seeds": n_seeds}
+    low, high = bootstrap.interval(
+        [
+            diff[np.ix_(seeds, facts)].mean()
+            for seeds, facts in bootstrap.seed_unit_draws(n_seeds, n_facts, n_boot, seed)
+        ]
+    )
+    return {
+        "ratio": math.exp(diff.mean()),
+        "low": math.exp(low),
+        "high": math.exp(high),
+        "n_facts": n_facts,
+        "n_seeds": n_seeds,
+    }

@@ -37,8 +37,13 @@ def scaled_counts(counts: dict[str, int], factor: float, sizes: dict[str, int]) 
 # magnitude-matched random
 
 
-def magnitude_matched(layers: list[masking.MaskableLayer], masks: dict[str, torch.Tensor], bins: int,
-                      generator: torch.Generator, factor: float = 1.0) -> dict[str, torch.Tensor]:
+def magnitude_matched(
+    layers: list[masking.MaskableLayer],
+    masks: dict[str, torch.Tensor],
+    bins: int,
+    generator: torch.Generator,
+    factor: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """Per matrix, the weights sorted by magnitude in `bins` equal-size bins; in each bin as many
     weights drawn at random as the mask has there (x `factor`, at most the bin)."""
     out = {}
@@ -51,7 +56,7 @@ def magnitude_matched(layers: list[masking.MaskableLayer], masks: dict[str, torc
         wanted = torch.bincount(bin_of[masks[layer.name].flatten()], minlength=bins)
         chosen = torch.zeros(order.numel(), dtype=torch.bool)
         for b in range(bins):
-            members = order[b * order.numel() // bins:(b + 1) * order.numel() // bins]  # = bin_of == b
+            members = order[b * order.numel() // bins : (b + 1) * order.numel() // bins]  # = bin_of == b
             take = min(int(round(factor * int(wanted[b]))), members.numel())
             chosen[members[torch.randperm(members.numel(), generator=generator)[:take]]] = True
         out[layer.name] = chosen.view(layer.weight.shape)
@@ -84,8 +89,9 @@ def taylor_terms(trainer: MaskTrainer, side: str, batch: int) -> dict[str, torch
     return {l.name: (-l.weight.detach() * grads[l.name]).cpu() for l in trainer.layers}
 
 
-def attribution_scores(target: dict[str, torch.Tensor], control: dict[str, torch.Tensor] | None, contrast: float,
-                       signed: bool) -> dict[str, torch.Tensor]:
+def attribution_scores(
+    target: dict[str, torch.Tensor], control: dict[str, torch.Tensor] | None, contrast: float, signed: bool
+) -> dict[str, torch.Tensor]:
     """Per weight, how much zeroing it costs the target (`taylor_terms` of TargetKG: signed, the
     predicted rise of its loss; else its magnitude, the classic |w x grad|) minus `contrast` x the
     magnitude of the same on ControlKG."""
@@ -105,7 +111,7 @@ def top_counts(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[
         flat = score.flatten()
         chosen = torch.zeros(flat.numel(), dtype=torch.bool)
         # argsort is stable: equal scores keep index order, so the choice is deterministic
-        chosen[torch.argsort(-flat, stable=True)[:counts[name]]] = True
+        chosen[torch.argsort(-flat, stable=True)[: counts[name]]] = True
         out[name] = chosen.view(score.shape)
     return out
 
@@ -117,27 +123,33 @@ def top_counts(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[
 def down_projections(layers: list[masking.MaskableLayer]) -> list[masking.MaskableLayer]:
     found = [l for l in layers if l.name.endswith(DOWN_PROJECTIONS)]
     if not found:
-        raise InputError(f"no MLP output projection among the masked layers ({layers[0].name}, ...): expected a "
-                         f"name ending in one of {', '.join(DOWN_PROJECTIONS)}")
+        raise InputError(
+            f"no MLP output projection among the masked layers ({layers[0].name}, ...): expected a "
+            f"name ending in one of {', '.join(DOWN_PROJECTIONS)}"
+        )
     return found
 
 
-def neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "target",
-                  facts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def neuron_scores(
+    trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "target", facts: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Per MLP output projection, one score per neuron (its input feature): the integrated gradient
     of the fact's tail log-probability with respect to the neuron's activation at the tail positions
     (Dai et al. 2022: the activation scaled from 0 to its value, one layer at a time, `ig_steps`
     Riemann steps), divided by the fact's largest attribution, clipped at 0 and summed over the
     `side` training facts (`facts`: their indices; default all): how consistently a neuron
     expresses those facts."""
-    hidden_all, targets_all, lengths = ((trainer.t_hidden, trainer.t_targets, trainer.t_len) if side == "target"
-                                        else (trainer.c_hidden, trainer.c_targets, trainer.c_len))
+    hidden_all, targets_all, lengths = (
+        (trainer.t_hidden, trainer.t_targets, trainer.t_len)
+        if side == "target"
+        else (trainer.c_hidden, trainer.c_targets, trainer.c_len)
+    )
     facts = torch.arange(targets_all.shape[0]) if facts is None else facts
     per_layer = {}
     for layer in down_projections(trainer.layers):
         per_fact = []
         for start in range(0, len(facts), batch):
-            idx = facts[start:start + batch]
+            idx = facts[start : start + batch]
             width = int(lengths[idx].max())
             hidden, targets = hidden_all[idx.to(trainer.device), :width], targets_all[idx.to(trainer.device), :width]
             tails = (targets != IGNORE).to(hidden.dtype)[:, :, None]
@@ -156,8 +168,9 @@ def neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "
                 finally:
                     handle.remove()
                 rows, cols = objectives.tail_positions(targets)
-                logprob = -F.cross_entropy(trainer.top.logits(final[rows, cols]).float(), targets[rows, cols],
-                                           reduction="sum")
+                logprob = -F.cross_entropy(
+                    trainer.top.logits(final[rows, cols]).float(), targets[rows, cols], reduction="sum"
+                )
                 (grad,) = torch.autograd.grad(logprob, captured["z"])
                 total = grad if total is None else total + grad
             # Riemann sum x activation, over the fact's tail positions
@@ -168,11 +181,12 @@ def neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int, side: str = "
     return {name: (a / largest[:, None]).clamp_min(0).sum(dim=0) for name, a in per_layer.items()}
 
 
-def control_neuron_scores(trainer: MaskTrainer, ig_steps: int, batch: int,
-                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+def control_neuron_scores(
+    trainer: MaskTrainer, ig_steps: int, batch: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """`neuron_scores` of as many ControlKG facts as there are TargetKG facts (a seeded sample): what
     a neuron expresses of everything, subtracted x a contrast to keep the target's own neurons."""
-    sample = torch.randperm(trainer.n_control, generator=generator)[:trainer.n_target].sort().values
+    sample = torch.randperm(trainer.n_control, generator=generator)[: trainer.n_target].sort().values
     return neuron_scores(trainer, ig_steps, batch, side="control", facts=sample)
 
 
@@ -182,19 +196,21 @@ def neuron_count(masks: dict[str, torch.Tensor], layers: list[masking.MaskableLa
     return int(round(factor * sum(int(m.sum()) for m in masks.values()) / width))
 
 
-def neuron_masks(layers: list[masking.MaskableLayer], scores: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+def neuron_masks(
+    layers: list[masking.MaskableLayer], scores: dict[str, torch.Tensor], n: int
+) -> dict[str, torch.Tensor]:
     """Weight masks zeroing the `n` highest-scoring neurons over all layers (each neuron's input
     column of its output projection); every other layer untouched."""
     names = list(scores)
     flat = torch.cat([scores[name] for name in names])
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.argsort(-flat, stable=True)[:min(n, flat.numel())]] = True
+    chosen[torch.argsort(-flat, stable=True)[: min(n, flat.numel())]] = True
     out = {l.name: torch.zeros(l.weight.shape, dtype=torch.bool) for l in layers}
     offset = 0
     by_name = {l.name: l for l in layers}
     for name in names:
         count = scores[name].numel()
-        neurons = chosen[offset:offset + count]
+        neurons = chosen[offset : offset + count]
         out[name] = masking.expand_to_weight(neurons, by_name[name], "neuron_in").clone()
         offset += count
     return out

@@ -8,7 +8,7 @@ deterministic. A mask entry is a weight or a neuron, as the masks' granularity s
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -42,8 +42,10 @@ def check_compatible(masks_list: Sequence[Mapping[str, torch.Tensor]], what: str
             raise InputError(f"{what}: mask {index} covers other layers than mask 0 (e.g. {diff})")
         for name in first:
             if other[name].shape != first[name].shape:
-                raise InputError(f"{what}: layer {name} has shape {tuple(other[name].shape)} in mask {index}, "
-                                 f"{tuple(first[name].shape)} in mask 0")
+                raise InputError(
+                    f"{what}: layer {name} has shape {tuple(other[name].shape)} in mask {index}, "
+                    f"{tuple(first[name].shape)} in mask 0"
+                )
 
 
 def at_least(masks_list: Sequence[Mapping[str, torch.Tensor]], k: int) -> Masks:

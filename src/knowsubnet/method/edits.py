@@ -35,7 +35,7 @@ UNITS = ("weight", "input_neuron")
 
 @dataclass
 class Edit:
-    kind: str                        # "mask" | "weights"
+    kind: str  # "mask" | "weights"
     tensors: dict[str, torch.Tensor]  # mask: bool per layer (in its granularity); weights: the new weight
     metadata: dict[str, str]
 
@@ -48,8 +48,9 @@ class Edit:
         return self.metadata.get("unit", "weight")
 
 
-def mask_edit(masks_or_logits: dict[str, torch.Tensor], granularity: str = "weight",
-              metadata: dict[str, str] | None = None) -> Edit:
+def mask_edit(
+    masks_or_logits: dict[str, torch.Tensor], granularity: str = "weight", metadata: dict[str, str] | None = None
+) -> Edit:
     """A mask removal from boolean masks or logits (subnetwork = logit > 0)."""
     masks = {k: (v if v.dtype == torch.bool else v > 0).cpu() for k, v in masks_or_logits.items()}
     return Edit("mask", masks, {**(metadata or {}), "granularity": granularity})
@@ -85,8 +86,10 @@ def edit_layers(model: nn.Module, edit: Edit, source: str) -> list[masking.Maska
     checked to fit it."""
     top_k = edit.metadata.get("top_k_blocks")
     if top_k is None or not str(top_k).isdigit():
-        raise InputError(f"{source}: metadata 'top_k_blocks' = {top_k!r}: expected the integer written by "
-                         "discover_mask or remove_baseline")
+        raise InputError(
+            f"{source}: metadata 'top_k_blocks' = {top_k!r}: expected the integer written by "
+            "discover_mask or remove_baseline"
+        )
     layers = masking.find_maskable_layers(model, int(top_k))
     masking.check_mask_matches(layers, edit.tensors, edit.granularity, source=source)
     return layers
@@ -107,8 +110,9 @@ def applied(layers: list[masking.MaskableLayer], edit: Edit, keep: str = "remain
     return masking.written_weights(layers, edited_weights(layers, edit, keep))
 
 
-def random_input_neurons_like(layers: list[masking.MaskableLayer], masks: dict[str, torch.Tensor],
-                              generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_input_neurons_like(
+    layers: list[masking.MaskableLayer], masks: dict[str, torch.Tensor], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Weight masks zeroing as many whole input neurons per matrix as `masks` do, chosen at random."""
     out = {}
     for layer in sorted(layers, key=lambda l: l.name):
@@ -149,6 +153,10 @@ def change_stats(model: nn.Module, layers: list[masking.MaskableLayer], edit: Ed
         sq += float(delta.double().pow(2).sum())
         total_abs += float(delta.double().abs().sum())
     in_layers = sum(l.weight.numel() for l in layers)
-    return {"changed_weights": changed, "changed_share_masked_layers": changed / in_layers,
-            "changed_share_all_weights": changed / sum(p.numel() for p in model.parameters()),
-            "delta_l2": sq ** 0.5, "mean_abs_delta": total_abs / changed if changed else 0.0}
+    return {
+        "changed_weights": changed,
+        "changed_share_masked_layers": changed / in_layers,
+        "changed_share_all_weights": changed / sum(p.numel() for p in model.parameters()),
+        "delta_l2": sq**0.5,
+        "mean_abs_delta": total_abs / changed if changed else 0.0,
+    }

@@ -17,9 +17,9 @@ The trainable logits and the samplers that draw training masks from them are `sa
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -107,8 +107,13 @@ def binary_masks(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value > 0 for name, value in logits.items()}
 
 
-def apply_mask(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
-               keep: str = "remaining", weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def apply_mask(
+    layers: list[MaskableLayer],
+    masks: dict[str, torch.Tensor],
+    granularity: str,
+    keep: str = "remaining",
+    weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """The one way a binary mask is applied: {layer name: its weight with the mask applied} (new tensors).
     `weights` ({layer name: W}) gives the weights to mask (bf16 copies, say); by default the layers' own.
 
@@ -143,8 +148,9 @@ def written_weights(layers: list[MaskableLayer], weights: dict[str, torch.Tensor
                 layer.weight.copy_(original)
 
 
-def masked_weights(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str,
-                   keep: str = "remaining"):
+def masked_weights(
+    layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str, keep: str = "remaining"
+):
     """`apply_mask`'s weights written into the model in place for the block; restored on exit."""
     return written_weights(layers, apply_mask(layers, masks, granularity, keep))
 
@@ -167,8 +173,9 @@ def subnetwork_size(layers: list[MaskableLayer], masks: dict[str, torch.Tensor],
     return sum(int(expand_to_weight(masks[l.name], l, granularity).sum()) for l in layers)
 
 
-def sparsity(model: nn.Module, layers: list[MaskableLayer], masks: dict[str, torch.Tensor],
-             granularity: str) -> dict[str, float]:
+def sparsity(
+    model: nn.Module, layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str
+) -> dict[str, float]:
     """Share of weights NOT in the subnetwork: over the masked layers, and over all weights."""
     in_subnet = subnetwork_size(layers, masks, granularity)
     masked_total = sum(l.weight.numel() for l in layers)
@@ -205,8 +212,9 @@ def mask_seed(metadata: dict[str, str], source: str) -> int:
     return int(seed)
 
 
-def check_mask_matches(layers: list[MaskableLayer], logits: dict[str, torch.Tensor], granularity: str,
-                       source: str) -> None:
+def check_mask_matches(
+    layers: list[MaskableLayer], logits: dict[str, torch.Tensor], granularity: str, source: str
+) -> None:
     """Fail clearly if a mask file does not fit the model's maskable layers."""
     expected = {l.name: l.mask_shape(granularity) for l in layers}
     if set(expected) != set(logits):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 MASK, SIZED_BY_MASK, FINETUNING = "mask", "sized_by_mask", "finetuning"
 KINDS = (MASK, SIZED_BY_MASK, FINETUNING)
@@ -86,9 +86,17 @@ def fit_function(name: str) -> Callable:
 
 # The methods. A new one: one line here, its params section (docs/ARCHITECTURE.md, "A removal method").
 register(RemovalMethod("mask", "learned mask", MASK, None))
-register(RemovalMethod("random_magnitude", "random (magnitude-matched)", SIZED_BY_MASK,
-                       "knowsubnet.method.baselines:fit_random_magnitude"))
-register(RemovalMethod("attribution", "attribution pruning", SIZED_BY_MASK, "knowsubnet.method.baselines:fit_attribution"))
+register(
+    RemovalMethod(
+        "random_magnitude",
+        "random (magnitude-matched)",
+        SIZED_BY_MASK,
+        "knowsubnet.method.baselines:fit_random_magnitude",
+    )
+)
+register(
+    RemovalMethod("attribution", "attribution pruning", SIZED_BY_MASK, "knowsubnet.method.baselines:fit_attribution")
+)
 register(RemovalMethod("neurons", "knowledge neurons", SIZED_BY_MASK, "knowsubnet.method.baselines:fit_neurons"))
 register(RemovalMethod("graddiff", "GradDiff", FINETUNING, "knowsubnet.method.baselines:fit_unlearning"))
 register(RemovalMethod("npo", "NPO", FINETUNING, "knowsubnet.method.baselines:fit_unlearning"))

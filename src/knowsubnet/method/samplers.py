@@ -29,8 +29,9 @@ def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-def logistic_noise(shape, generator: torch.Generator | None, device=None,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def logistic_noise(
+    shape, generator: torch.Generator | None, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Logistic(0, 1) noise log(u) - log(1 - u), u ~ U(0, 1), drawn from `generator`."""
     u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
     return u.logit_(_NOISE_EPS)
@@ -42,8 +43,13 @@ def _scaled(noise: torch.Tensor, scale: float) -> torch.Tensor:
     return noise if scale == 1.0 else noise.mul_(scale)
 
 
-def gumbel_sigmoid_sample(logits: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
-                          hard: bool = True, noise_scale: float = 1.0) -> torch.Tensor:
+def gumbel_sigmoid_sample(
+    logits: torch.Tensor,
+    tau: float = 1.0,
+    generator: torch.Generator | None = None,
+    hard: bool = True,
+    noise_scale: float = 1.0,
+) -> torch.Tensor:
     """Binary-concrete sample: soft = sigmoid((logits + noise_scale * logistic noise) / tau).
 
     hard=True returns the 0/1 mask (soft > 0.5) in the forward with the straight-through
@@ -57,9 +63,15 @@ def gumbel_sigmoid_sample(logits: torch.Tensor, tau: float = 1.0, generator: tor
     return hard_mask - soft.detach() + soft
 
 
-def hard_concrete_sample(logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1,
-                         generator: torch.Generator | None = None, hard: bool = False,
-                         noise_scale: float = 1.0) -> torch.Tensor:
+def hard_concrete_sample(
+    logits: torch.Tensor,
+    beta: float = 2.0 / 3.0,
+    gamma: float = -0.1,
+    zeta: float = 1.1,
+    generator: torch.Generator | None = None,
+    hard: bool = False,
+    noise_scale: float = 1.0,
+) -> torch.Tensor:
     """Hard-concrete sample (Louizos et al. 2018): a stretched, clamped binary-concrete variable.
 
     s = sigmoid((logits + logistic noise) / beta);  z = clamp(s * (zeta - gamma) + gamma, 0, 1).
@@ -73,8 +85,9 @@ def hard_concrete_sample(logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: f
     return (z > 0.5).to(z.dtype) - z.detach() + z
 
 
-def hard_concrete_l0(logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: float = -0.1,
-                     zeta: float = 1.1) -> torch.Tensor:
+def hard_concrete_l0(
+    logits: torch.Tensor, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1
+) -> torch.Tensor:
     """P(z != 0) for each hard-concrete entry: sigmoid(logits - beta * log(-gamma / zeta))."""
     return torch.sigmoid(logits - beta * math.log(-gamma / zeta))
 
@@ -124,12 +137,26 @@ class MaskLogits:
     the logits' gradient fp32); by default the layers' own weights.
     """
 
-    def __init__(self, layers: list[MaskableLayer], granularity: str, init_prob: float, sampler: str, tau: float,
-                 beta: float, gamma: float, zeta: float, device: torch.device | str | None = None, *,
-                 hard_concrete_hard: bool, frozen: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        layers: list[MaskableLayer],
+        granularity: str,
+        init_prob: float,
+        sampler: str,
+        tau: float,
+        beta: float,
+        gamma: float,
+        zeta: float,
+        device: torch.device | str | None = None,
+        *,
+        hard_concrete_hard: bool,
+        frozen: dict[str, torch.Tensor] | None = None,
+    ):
         # no defaults: the values come from params `mask` (core.sections.Mask), their one source
         if granularity not in GRANULARITIES:
-            raise InputError(f"params key 'mask.granularity' = {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
+            raise InputError(
+                f"params key 'mask.granularity' = {granularity!r}: expected one of {', '.join(GRANULARITIES)}"
+            )
         if sampler not in SAMPLERS:
             raise InputError(f"params key 'mask.sampler' = {sampler!r}: expected one of {', '.join(SAMPLERS)}")
         if tau <= 0:
@@ -146,8 +173,9 @@ class MaskLogits:
         self.logits: dict[str, torch.Tensor] = {}
         for layer in self.layers:
             dev = device if device is not None else layer.weight.device
-            self.logits[layer.name] = torch.full(layer.mask_shape(granularity), start, dtype=torch.float32,
-                                                 device=dev, requires_grad=True)
+            self.logits[layer.name] = torch.full(
+                layer.mask_shape(granularity), start, dtype=torch.float32, device=dev, requires_grad=True
+            )
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.logits[layer.name] for layer in self.layers]
@@ -175,8 +203,9 @@ class MaskLogits:
         """Share of mask entries in the deterministic subnetwork (logit > 0)."""
         return sum(int((v > 0).sum()) for v in self.logits.values()) / self.numel()
 
-    def effective_weights(self, generator: torch.Generator | None = None, deterministic: bool = False,
-                          noise_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    def effective_weights(
+        self, generator: torch.Generator | None = None, deterministic: bool = False, noise_scale: float = 1.0
+    ) -> dict[str, torch.Tensor]:
         """{layer name: W * (1 - m)} for one training draw (or the deterministic mask).
 
         Weight-granularity Gumbel-sigmoid masks use the fused autograd function; other
@@ -193,16 +222,20 @@ class MaskLogits:
                 out[layer.name] = _GumbelMaskedWeight.apply(value, weight.detach(), noise, self.tau)
             else:
                 m = self.sample_one(layer, generator, noise_scale)
-                out[layer.name] = weight.detach() * (1.0 - expand_to_weight(m, layer, self.granularity).to(weight.dtype))
+                out[layer.name] = weight.detach() * (
+                    1.0 - expand_to_weight(m, layer, self.granularity).to(weight.dtype)
+                )
         return out
 
-    def sample_one(self, layer: MaskableLayer, generator: torch.Generator | None,
-                   noise_scale: float = 1.0) -> torch.Tensor:
+    def sample_one(
+        self, layer: MaskableLayer, generator: torch.Generator | None, noise_scale: float = 1.0
+    ) -> torch.Tensor:
         value = self.logits[layer.name]
         if self.sampler == "gumbel_sigmoid":
             return gumbel_sigmoid_sample(value, self.tau, generator, hard=True, noise_scale=noise_scale)
-        return hard_concrete_sample(value, self.beta, self.gamma, self.zeta, generator, hard=self.hard_concrete_hard,
-                                    noise_scale=noise_scale)
+        return hard_concrete_sample(
+            value, self.beta, self.gamma, self.zeta, generator, hard=self.hard_concrete_hard, noise_scale=noise_scale
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: value.detach().clone() for name, value in self.logits.items()}

@@ -12,22 +12,32 @@ import torch
 from knowsubnet.core.config import Select
 
 # Validation of the deterministic mask (train.select); None on rows where it did not run.
-VAL_COLUMNS = ("val_sparsity", "val_targetkg_ppl", "val_controlkg_ppl", "val_controllm_ppl",
-               "val_random_targetkg_ppl", "val_random_controlkg_ppl", "val_random_controllm_ppl")
+VAL_COLUMNS = (
+    "val_sparsity",
+    "val_targetkg_ppl",
+    "val_controlkg_ppl",
+    "val_controllm_ppl",
+    "val_random_targetkg_ppl",
+    "val_random_controlkg_ppl",
+    "val_random_controllm_ppl",
+)
 
 
 @dataclass
 class ValidationSets:
     """Held-out data for checkpoint selection: FactSets of TargetKG / ControlKG val facts, and
     ControlLM blocks never trained on."""
+
     targetkg: Any
     controlkg: Any
     controllm: torch.Tensor | None = None
 
 
 def qualifies(row: dict[str, float], original: dict[str, float], cfg: Select) -> bool:
-    return (row["val_sparsity"] >= cfg.min_sparsity
-            and row["val_targetkg_ppl"] >= cfg.min_target_ratio * original["targetkg"])
+    return (
+        row["val_sparsity"] >= cfg.min_sparsity
+        and row["val_targetkg_ppl"] >= cfg.min_target_ratio * original["targetkg"]
+    )
 
 
 def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], cfg: Select) -> int:
@@ -40,9 +50,13 @@ def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], 
     |log(ControlKG PPL ratio)| + |log(ControlLM PPL ratio)|: a control that falls is damage as much
     as one that rises (a falling ControlKG PPL must not buy a checkpoint). When none qualifies, the
     last one."""
+
     def damage(row):
-        return sum(abs(math.log(row[f"val_{s}_ppl"] / original[s])) for s in ("controlkg", "controllm")
-                   if original.get(s) and math.isfinite(row[f"val_{s}_ppl"]))
+        return sum(
+            abs(math.log(row[f"val_{s}_ppl"] / original[s]))
+            for s in ("controlkg", "controllm")
+            if original.get(s) and math.isfinite(row[f"val_{s}_ppl"])
+        )
 
     qualified = [i for i, row in enumerate(rows) if qualifies(row, original, cfg)]
     if not qualified:
@@ -50,10 +64,16 @@ def select_checkpoint(rows: list[dict[str, float]], original: dict[str, float], 
     return min(qualified, key=lambda i: (damage(rows[i]), -rows[i]["step"]))
 
 
-def selection_summary(rows: list[dict[str, float]], index: int, original: dict[str, float],
-                      cfg: Select) -> dict[str, Any]:
+def selection_summary(
+    rows: list[dict[str, float]], index: int, original: dict[str, float], cfg: Select
+) -> dict[str, Any]:
     """What meta.json records of the selection: the kept step, whether it met the criterion, the curve."""
     chosen = rows[index]
-    return {"step": int(chosen["step"]), "qualified": qualifies(chosen, original, cfg),
-            "criterion": dataclasses.asdict(cfg), "original": dict(original), "chosen": dict(chosen),
-            "curve": [dict(row) for row in rows]}
+    return {
+        "step": int(chosen["step"]),
+        "qualified": qualifies(chosen, original, cfg),
+        "criterion": dataclasses.asdict(cfg),
+        "original": dict(original),
+        "chosen": dict(chosen),
+        "curve": [dict(row) for row in rows],
+    }

@@ -32,7 +32,9 @@ def point_overlay(mapping: dict[str, Any], point: str, schema: str | Path) -> di
     gives, merged over `mapping`, validate and type."""
     points = (mapping.get("sweep") or {}).get("points") or {}
     if point not in points:
-        raise InputError(f"params key 'sweep.points': no point {point!r}; defined: {', '.join(sorted(points)) or 'none'}")
+        raise InputError(
+            f"params key 'sweep.points': no point {point!r}; defined: {', '.join(sorted(points)) or 'none'}"
+        )
     overlay = points[point].get("set") or {}
     config.from_mapping(config.deep_merge(mapping, overlay), schema, source=f"params + sweep.points.{point}.set")
     return overlay
@@ -71,8 +73,11 @@ def val_row(meta: dict[str, Any]) -> dict[str, Any]:
         tuning = validation.get("tuning")
         if tuning:  # the setting kept among those tried (attribution, neurons)
             setting = tuning["tried"][tuning["kept"]]
-            kept = ", ".join(f"{k} {v}" for k, v in setting.items() if not k.startswith("val_")
-                             and k not in ("point", "removed_weights"))
+            kept = ", ".join(
+                f"{k} {v}"
+                for k, v in setting.items()
+                if not k.startswith("val_") and k not in ("point", "removed_weights")
+            )
         else:
             finetuned = meta["method"] in registry.names(registry.FINETUNING)
             kept = f"step {int(validation['selected'])}" if finetuned else "-"
@@ -91,14 +96,18 @@ def _finite(x: float) -> bool:
 def val_bars(row: dict[str, Any], bars: Bars) -> dict[str, bool]:
     """Which of report.bars a point meets on validation: TargetKG ratio (and sparsity where the point
     has one), ControlKG and ControlLM ratios within [1 / bar, bar] (two-sided, as the report's)."""
+
     def within(x, bar):
         return not _finite(x) or 1.0 / bar <= x <= bar  # no ControlLM validation blocks: no bar
 
     sparsity = row.get("val_sparsity", math.nan)
-    return {"min_target_ratio": _finite(row["val_targetkg_x"]) and row["val_targetkg_x"] >= bars.min_target_ratio,
-            "min_sparsity": not _finite(sparsity) or sparsity >= bars.min_sparsity,
-            "max_controlkg_ratio": _finite(row["val_controlkg_x"]) and within(row["val_controlkg_x"], bars.max_controlkg_ratio),
-            "max_controllm_ratio": within(row["val_controllm_x"], bars.max_controllm_ratio)}
+    return {
+        "min_target_ratio": _finite(row["val_targetkg_x"]) and row["val_targetkg_x"] >= bars.min_target_ratio,
+        "min_sparsity": not _finite(sparsity) or sparsity >= bars.min_sparsity,
+        "max_controlkg_ratio": _finite(row["val_controlkg_x"])
+        and within(row["val_controlkg_x"], bars.max_controlkg_ratio),
+        "max_controllm_ratio": within(row["val_controllm_x"], bars.max_controllm_ratio),
+    }
 
 
 def damage(row: dict[str, Any]) -> float:
@@ -127,9 +136,10 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars) -> tuple[int, str]:
     if not rows:
         raise ValueError("choose_point: no points")
     met = [val_bars(row, bars) for row in rows]
-    for why, ok in (("every bar on validation", lambda m: all(m.values())),
-                    ("TargetKG bar on validation, least control damage",
-                     lambda m: m["min_target_ratio"] and m["min_sparsity"])):
+    for why, ok in (
+        ("every bar on validation", lambda m: all(m.values())),
+        ("TargetKG bar on validation, least control damage", lambda m: m["min_target_ratio"] and m["min_sparsity"]),
+    ):
         candidates = [i for i in range(len(rows)) if ok(met[i])]
         if candidates:
             return min(candidates, key=lambda i: (damage(rows[i]), -rows[i]["val_targetkg_x"], i)), why
@@ -137,4 +147,5 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars) -> tuple[int, str]:
     def score(i):
         x = rows[i]["val_targetkg_x"]
         return (math.log(x) if _finite(x) and x > 0 else -math.inf) - damage(rows[i])
+
     return max(range(len(rows)), key=lambda i: (score(i), -i)), "no bar met: best log TargetKG ratio - damage"

@@ -40,8 +40,14 @@ from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, row_lengths
 from knowsubnet.method import objectives
 from knowsubnet.method.batching import draw, length_groups
-from knowsubnet.method.masking import (MaskableLayer, apply_mask, binary_masks, find_maskable_layers, random_masks_like,
-                                       subnetwork_size)
+from knowsubnet.method.masking import (
+    MaskableLayer,
+    apply_mask,
+    binary_masks,
+    find_maskable_layers,
+    random_masks_like,
+    subnetwork_size,
+)
 from knowsubnet.method.samplers import MaskLogits
 from knowsubnet.method.selection import VAL_COLUMNS, ValidationSets, select_checkpoint, selection_summary
 from knowsubnet.models import precision
@@ -53,8 +59,19 @@ log = logging.getLogger(__name__)
 
 # Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
-LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
-               "sparsity_weight", "noise_scale", "lr", "density")
+LOG_COLUMNS = (
+    "step",
+    "loss",
+    "suppress",
+    "controlkg",
+    "controllm",
+    "expression",
+    "sparsity_loss",
+    "sparsity_weight",
+    "noise_scale",
+    "lr",
+    "density",
+)
 
 # Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
 FINAL_CONTROLLM_BLOCKS = 32
@@ -79,11 +96,20 @@ class MaskTrainer:
     controllm: LongTensor [n_blocks, block_size] or None (no ControlLM term).
     """
 
-    def __init__(self, model: nn.Module, targetkg, controlkg, controllm: torch.Tensor | None,
-                 mask_config: Mask, train_config: Train, seed: int,
-                 checkpoint_path: str | Path | None = None, progress: bool = True,
-                 callback: Callable[[MaskTrainer, int], None] | None = None,
-                 validation: ValidationSets | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        targetkg,
+        controlkg,
+        controllm: torch.Tensor | None,
+        mask_config: Mask,
+        train_config: Train,
+        seed: int,
+        checkpoint_path: str | Path | None = None,
+        progress: bool = True,
+        callback: Callable[[MaskTrainer, int], None] | None = None,
+        validation: ValidationSets | None = None,
+    ):
         self.mcfg, self.cfg, self.seed = mask_config, train_config, int(seed)
         self.device = pick_device(train_config.device, key="train.device")
         self.dtype = precision.resolve(train_config.dtype, self.device, key="train.dtype")
@@ -97,10 +123,19 @@ class MaskTrainer:
         self.first_block = min(layer.block for layer in self.layers)
         self.top = TopBlocks(self.model, self.first_block, self.dtype)
         hc = mask_config.hard_concrete
-        self.mask = MaskLogits(self.layers, mask_config.granularity, mask_config.init_prob, mask_config.sampler,
-                               mask_config.tau, hc.beta, hc.gamma, hc.zeta, device=self.device,
-                               hard_concrete_hard=hc.hard,
-                               frozen={layer.name: self.top.weight(layer.name) for layer in self.layers})
+        self.mask = MaskLogits(
+            self.layers,
+            mask_config.granularity,
+            mask_config.init_prob,
+            mask_config.sampler,
+            mask_config.tau,
+            hc.beta,
+            hc.gamma,
+            hc.zeta,
+            device=self.device,
+            hard_concrete_hard=hc.hard,
+            frozen={layer.name: self.top.weight(layer.name) for layer in self.layers},
+        )
         self.optimizer = precision.adam(self.mask.parameters(), train_config.lr, self.dtype)
 
         # Batches are drawn on the CPU (device-independent); mask noise on the training device.
@@ -130,7 +165,7 @@ class MaskTrainer:
     def _prefix_all(self, input_ids: torch.Tensor, chunk: int) -> torch.Tensor:
         parts = []  # the frozen lower blocks run once per input, in fp32 whatever the compute dtype
         for start in range(0, input_ids.shape[0], chunk):
-            parts.append(self.top.prefix(input_ids[start:start + chunk].to(self.device)))
+            parts.append(self.top.prefix(input_ids[start : start + chunk].to(self.device)))
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -152,8 +187,12 @@ class MaskTrainer:
         self.t_len = row_lengths(self.t_targets.cpu())
         self.c_len = row_lengths(self.c_targets.cpu())
         chunk = max(self.cfg.batch.targetkg, self.cfg.batch.controlkg, 1)
-        log.info("caching hidden states entering block %d for %d TargetKG + %d ControlKG facts",
-                 self.first_block, self.n_target, self.n_control)
+        log.info(
+            "caching hidden states entering block %d for %d TargetKG + %d ControlKG facts",
+            self.first_block,
+            self.n_target,
+            self.n_control,
+        )
         self.t_hidden = self._pad_hidden(self._prefix_all(targetkg.input_ids, chunk), width)
         self.c_hidden = self._pad_hidden(self._prefix_all(controlkg.input_ids, chunk), width)
 
@@ -179,7 +218,7 @@ class MaskTrainer:
                 chunk = max(self.cfg.batch.controllm, 1)
                 parts = []
                 for start in range(0, self.n_lm, chunk):
-                    parts.append(self.top.forward(self.lm_hidden[start:start + chunk]))
+                    parts.append(self.top.forward(self.lm_hidden[start : start + chunk]))
                 self.lm_final = torch.cat(parts)
         else:
             self.lm_hidden = self.lm_final = None
@@ -200,10 +239,13 @@ class MaskTrainer:
             self.val_lm_blocks = val.controllm.to(self.device)
             self.val_lm_hidden = self._prefix_all(val.controllm, max(self.cfg.batch.controllm, 1))
         self.val_original = self.validation_ppls(None)
-        log.info("validation: %d TargetKG, %d ControlKG facts, %d ControlLM blocks; original PPL %s",
-                 len(val.targetkg.input_ids), len(val.controlkg.input_ids),
-                 0 if self.val_lm_hidden is None else self.val_lm_hidden.shape[0],
-                 {k: round(v, 3) for k, v in self.val_original.items()})
+        log.info(
+            "validation: %d TargetKG, %d ControlKG facts, %d ControlLM blocks; original PPL %s",
+            len(val.targetkg.input_ids),
+            len(val.controlkg.input_ids),
+            0 if self.val_lm_hidden is None else self.val_lm_hidden.shape[0],
+            {k: round(v, 3) for k, v in self.val_original.items()},
+        )
 
     @torch.no_grad()
     def validation_ppls(self, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
@@ -226,8 +268,8 @@ class MaskTrainer:
             total, count = 0.0, 0
             step = max(self.cfg.batch.controllm, 1)
             for start in range(0, self.val_lm_hidden.shape[0], step):
-                final = self.top.forward(self.val_lm_hidden[start:start + step], weights)
-                ids = self.val_lm_blocks[start:start + step]
+                final = self.top.forward(self.val_lm_hidden[start : start + step], weights)
+                ids = self.val_lm_blocks[start : start + step]
                 for row in range(final.shape[0]):
                     logits = self.top.logits(final[row, :-1]).float()
                     total += float(F.cross_entropy(logits, ids[row, 1:], reduction="sum").double())
@@ -245,8 +287,9 @@ class MaskTrainer:
         generator = torch.Generator().manual_seed(self.seed)
         random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)
         random_scores = self.validation_ppls(apply_mask(self.layers, random, self.mcfg.granularity))
-        return self._record_validation(1.0 - in_subnet / sum(l.weight.numel() for l in self.layers),
-                                       scores, random_scores)
+        return self._record_validation(
+            1.0 - in_subnet / sum(l.weight.numel() for l in self.layers), scores, random_scores
+        )
 
     def _record_validation(self, sparsity: float, scores: dict, random_scores: dict) -> dict[str, float]:
         row = {"step": self.step_count, "val_sparsity": sparsity}
@@ -277,8 +320,9 @@ class MaskTrainer:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def _kg_tail_logits(self, weights: dict[str, torch.Tensor] | None,
-                        sides: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+    def _kg_tail_logits(
+        self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]]
+    ) -> list[torch.Tensor]:
         """Remaining-model logits at the tail positions of KG facts, all sides in one forward (one per
         group of similar length with train.group_by_length).
 
@@ -286,12 +330,16 @@ class MaskTrainer:
         """
         return self._kg_tail_outputs(weights, sides, self.top.forward, self.top.logits)
 
-    def _kg_tail_outputs(self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]],
-                         forward, head=None) -> list[torch.Tensor]:
+    def _kg_tail_outputs(
+        self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]], forward, head=None
+    ) -> list[torch.Tensor]:
         """`forward(hidden, weights)` at the tail positions of KG facts (then `head`, if given), all
         sides in one call per length group: one tensor per side, in batch order."""
-        caches = {"target": (self.t_hidden, self.t_targets, self.t_len),
-                  "control": (self.c_hidden, self.c_targets, self.c_len), **getattr(self, "val_caches", {})}
+        caches = {
+            "target": (self.t_hidden, self.t_targets, self.t_len),
+            "control": (self.c_hidden, self.c_targets, self.c_len),
+            **getattr(self, "val_caches", {}),
+        }
         lengths = torch.cat([caches[name][2][idx] for name, idx in sides])
         width = int(lengths.max())  # the batch's longest row: nothing past it is gathered
         hidden, targets, counts = [], [], []
@@ -319,8 +367,9 @@ class MaskTrainer:
         out = torch.cat(parts)[order]
         return list(torch.split(head(out) if head is not None else out, counts))
 
-    def _controllm_logits(self, weights: dict[str, torch.Tensor] | None,
-                          idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _controllm_logits(
+        self, weights: dict[str, torch.Tensor] | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(remaining-model logits, original log-probs) at every position of ControlLM blocks `idx`."""
         idx = idx.to(self.device)
         hidden = self.lm_hidden[idx]
@@ -329,12 +378,15 @@ class MaskTrainer:
             ref = F.log_softmax(self.top.logits(final), dim=-1, dtype=torch.float32)
         return self.top.logits(self.top.forward(hidden, weights)), ref
 
-    def _losses(self, weights: dict[str, torch.Tensor], idx_t: torch.Tensor, idx_c: torch.Tensor,
-                idx_lm: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _losses(
+        self, weights: dict[str, torch.Tensor], idx_t: torch.Tensor, idx_c: torch.Tensor, idx_lm: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """The three model losses of the remaining model (`weights` = W_eff) on one batch."""
         target_logits, control_logits = self._kg_tail_logits(weights, [("target", idx_t), ("control", idx_c)])
-        out = {"suppress": objectives.suppress_loss(target_logits),
-               "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c))}
+        out = {
+            "suppress": objectives.suppress_loss(target_logits),
+            "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c)),
+        }
         if idx_lm is not None:
             out["controllm"] = objectives.controllm_loss(*self._controllm_logits(weights, idx_lm))
         else:
@@ -356,8 +408,9 @@ class MaskTrainer:
         lr = objectives.learning_rate(t, cfg.steps, cfg.lr, cfg.warmup_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        weight_s, noise_scale = (objectives.ramp(t, cfg.steps, r.start, r.end, r.ramp_from)
-                                 for r in (cfg.sparsity_weight, cfg.noise_scale))
+        weight_s, noise_scale = (
+            objectives.ramp(t, cfg.steps, r.start, r.end, r.ramp_from) for r in (cfg.sparsity_weight, cfg.noise_scale)
+        )
 
         idx_t = draw(self.n_target, cfg.batch.targetkg, self.batch_gen)
         idx_c = draw(self.n_control, cfg.batch.controlkg, self.batch_gen)
@@ -369,23 +422,34 @@ class MaskTrainer:
         self.optimizer.step()
         self.step_count = t
 
-        row = {"step": t, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-               "sparsity_weight": weight_s, "noise_scale": noise_scale, "lr": lr}
+        row = {
+            "step": t,
+            "loss": loss.item(),
+            **{k: v.item() for k, v in parts.items()},
+            "sparsity_weight": weight_s,
+            "noise_scale": noise_scale,
+            "lr": lr,
+        }
         del parts  # free W_eff and activations before the next step allocates its own
         self.last = row
         return row
 
-    def _step_loss(self, idx_t: torch.Tensor, idx_c: torch.Tensor, idx_lm: torch.Tensor | None, weight_s: float,
-                   noise_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _step_loss(
+        self, idx_t: torch.Tensor, idx_c: torch.Tensor, idx_lm: torch.Tensor | None, weight_s: float, noise_scale: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one step and its parts (LOG_COLUMNS): the objective of the mask."""
         cfg = self.cfg
         # W_eff, once for all forwards of the step
         weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
         parts["sparsity_loss"] = self.mask.expected_density()
-        loss = (cfg.lambda_suppress * parts["suppress"] + cfg.lambda_controlkg * parts["controlkg"]
-                + cfg.lambda_controllm * parts["controllm"] + cfg.lambda_expression * parts["expression"]
-                + weight_s * parts["sparsity_loss"])
+        loss = (
+            cfg.lambda_suppress * parts["suppress"]
+            + cfg.lambda_controlkg * parts["controlkg"]
+            + cfg.lambda_controllm * parts["controllm"]
+            + cfg.lambda_expression * parts["expression"]
+            + weight_s * parts["sparsity_loss"]
+        )
         return loss, parts
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -395,17 +459,31 @@ class MaskTrainer:
         every input (model weights, TargetKG / ControlKG tokens, ControlLM blocks)."""
         if getattr(self, "_model_digest", None) is None:
             self._model_digest = digest.state_dict(self.model)  # the model is frozen: hash it once
-        return {"mask": dataclasses.asdict(self.mcfg),
-                "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
-                "seed": self.seed, "layers": [layer.name for layer in self.layers],
-                "model_weights": self._model_digest, **self.input_digests}
+        return {
+            "mask": dataclasses.asdict(self.mcfg),
+            "train": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("device",)},
+            "seed": self.seed,
+            "layers": [layer.name for layer in self.layers],
+            "model_weights": self._model_digest,
+            **self.input_digests,
+        }
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.checkpoint_path, self.fingerprint(), {
-            "step": int(self.step_count), "logits": {k: v.detach().cpu() for k, v in self.mask.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "batch_gen": self.batch_gen.get_state(),
-            "noise_gen": self.noise_gen.get_state(), "log": [dict(row) for row in self.log],
-            "elapsed": float(self.elapsed), "val_rows": [dict(row) for row in self.val_rows], "best": self.best})
+        checkpoint.save(
+            self.checkpoint_path,
+            self.fingerprint(),
+            {
+                "step": int(self.step_count),
+                "logits": {k: v.detach().cpu() for k, v in self.mask.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "batch_gen": self.batch_gen.get_state(),
+                "noise_gen": self.noise_gen.get_state(),
+                "log": [dict(row) for row in self.log],
+                "elapsed": float(self.elapsed),
+                "val_rows": [dict(row) for row in self.val_rows],
+                "best": self.best,
+            },
+        )
 
     def load_checkpoint(self) -> bool:
         """Resume from the checkpoint file if it was written for these inputs and params (core.checkpoint)."""
@@ -455,12 +533,22 @@ class MaskTrainer:
             index, logits = self.best
             self.mask.load_state_dict({k: v.to(self.device) for k, v in logits.items()})
             selection = selection_summary(self.val_rows, index, self.val_original, self.cfg.select)
-            log.info("kept the mask of step %d (%s)", selection["step"], "meets the criterion"
-                     if selection["qualified"] else "no validation met the criterion: the last")
+            log.info(
+                "kept the mask of step %d (%s)",
+                selection["step"],
+                "meets the criterion" if selection["qualified"] else "no validation met the criterion: the last",
+            )
         final = self.final_losses()
-        return TrainResult(logits={k: v.cpu() for k, v in self.mask.state_dict().items()}, log=list(self.log),
-                           final_losses=final, steps=self.step_count, wall_time_s=self.elapsed,
-                           device=str(self.device), layers=self.layers, selection=selection)
+        return TrainResult(
+            logits={k: v.cpu() for k, v in self.mask.state_dict().items()},
+            log=list(self.log),
+            final_losses=final,
+            steps=self.step_count,
+            wall_time_s=self.elapsed,
+            device=str(self.device),
+            layers=self.layers,
+            selection=selection,
+        )
 
     def _log_row(self, row: dict[str, float], validated: dict[str, float]) -> dict[str, float]:
         out = dict(row, density=self.mask.density())
@@ -473,14 +561,19 @@ class MaskTrainer:
         cfg = self.cfg
         weights = self.mask.effective_weights(deterministic=True)
         out = {}
-        for name, n, chunk, key in (("target", self.n_target, cfg.batch.targetkg, "suppress"),
-                                    ("control", self.n_control, cfg.batch.controlkg, "controlkg")):
+        for name, n, chunk, key in (
+            ("target", self.n_target, cfg.batch.targetkg, "suppress"),
+            ("control", self.n_control, cfg.batch.controlkg, "controlkg"),
+        ):
             total, count = 0.0, 0
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(start + chunk, n))
                 (logits,) = self._kg_tail_logits(weights, [(name, idx)])
-                loss = (objectives.suppress_loss(logits) if name == "target"
-                        else objectives.controlkg_loss(logits, self._controlkg_ref(idx)))
+                loss = (
+                    objectives.suppress_loss(logits)
+                    if name == "target"
+                    else objectives.controlkg_loss(logits, self._controlkg_ref(idx))
+                )
                 total += loss.item() * logits.shape[0]
                 count += logits.shape[0]
             out[key] = total / count
@@ -496,4 +589,3 @@ class MaskTrainer:
         out["sparsity_loss"] = self.mask.expected_density().item()
         out["density"] = self.mask.density()
         return out
-

@@ -82,11 +82,21 @@ def trainer_config(train: Train, cfg: Unlearning | Rmu) -> Train:
     else:
         lambdas = (cfg.lambda_forget, cfg.lambda_controlkg, cfg.lambda_controllm)
     return dataclasses.replace(
-        train, steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, lambda_suppress=lambdas[0],
-        lambda_controlkg=lambdas[1], lambda_controllm=lambdas[2], lambda_expression=0.0,
-        sparsity_weight=Ramp(0.0, 0.0, 1.0), noise_scale=NoiseRamp(1.0, 1.0, 1.0), batch=cfg.batch,
-        log_every=min(train.log_every, cfg.select_every), checkpoint_every=cfg.select_every,
-        select=Select(every=cfg.select_every, min_sparsity=0.0, min_target_ratio=cfg.min_target_ratio))
+        train,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        warmup_frac=cfg.warmup_frac,
+        lambda_suppress=lambdas[0],
+        lambda_controlkg=lambdas[1],
+        lambda_controllm=lambdas[2],
+        lambda_expression=0.0,
+        sparsity_weight=Ramp(0.0, 0.0, 1.0),
+        noise_scale=NoiseRamp(1.0, 1.0, 1.0),
+        batch=cfg.batch,
+        log_every=min(train.log_every, cfg.select_every),
+        checkpoint_every=cfg.select_every,
+        select=Select(every=cfg.select_every, min_sparsity=0.0, min_target_ratio=cfg.min_target_ratio),
+    )
 
 
 def per_fact_logprob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,15 +146,27 @@ class _LayerOutput(Exception):
 class UnlearningTrainer(MaskTrainer):
     """GradDiff, NPO or RMU on the masked layers' weights (module doc)."""
 
-    def __init__(self, model, targetkg, controlkg, controllm, mask_config: Mask, train_config: Train,
-                 method: str, cfg: Unlearning | Rmu, seed: int, **kwargs):
+    def __init__(
+        self,
+        model,
+        targetkg,
+        controlkg,
+        controllm,
+        mask_config: Mask,
+        train_config: Train,
+        method: str,
+        cfg: Unlearning | Rmu,
+        seed: int,
+        **kwargs,
+    ):
         if method not in METHODS:
             raise ValueError(f"unlearning method {method!r}: expected one of {', '.join(METHODS)}")
         if (method == "rmu") != isinstance(cfg, Rmu):
             raise ValueError(f"unlearning method {method!r}: got the settings of another method ({type(cfg).__name__})")
         self.method, self.unlearning = method, cfg
-        super().__init__(model, targetkg, controlkg, controllm, mask_config, trainer_config(train_config, cfg),
-                         seed, **kwargs)
+        super().__init__(
+            model, targetkg, controlkg, controllm, mask_config, trainer_config(train_config, cfg), seed, **kwargs
+        )
         self.mask = WeightParams(self.layers, self.dtype)
         if method == "rmu":
             self._setup_rmu(cfg)
@@ -173,8 +195,10 @@ class UnlearningTrainer(MaskTrainer):
         n_blocks = len(self.top.blocks)
         n_masked = n_blocks - self.first_block
         if cfg.layer > n_masked:
-            raise InputError(f"params key 'baselines.rmu.layer': {cfg.layer} counts from the top of the masked "
-                             f"blocks, but only {n_masked} are masked (mask.top_k_blocks)")
+            raise InputError(
+                f"params key 'baselines.rmu.layer': {cfg.layer} counts from the top of the masked "
+                f"blocks, but only {n_masked} are masked (mask.top_k_blocks)"
+            )
         self.rmu_block = n_blocks - cfg.layer
         self.trained = [l for l in self.layers if l.block <= self.rmu_block]
         self.optimizer = precision.adam([self.mask.weights[l.name] for l in self.trained], cfg.lr, self.dtype)
@@ -187,15 +211,22 @@ class UnlearningTrainer(MaskTrainer):
             parts.append(h.float())
         self.c_frozen = torch.cat(parts)  # flat in (fact, tail position) order, as the KL's c_ref
         self.lm_frozen = None
-        if self.lm_hidden is not None and \
-                self.lm_hidden.shape[0] * self.lm_hidden.shape[1] * hidden_size * 4 <= CONTROLLM_FINAL_CACHE_BYTES:
+        if (
+            self.lm_hidden is not None
+            and self.lm_hidden.shape[0] * self.lm_hidden.shape[1] * hidden_size * 4 <= CONTROLLM_FINAL_CACHE_BYTES
+        ):
             step = max(self.cfg.batch.controllm, 1)
-            self.lm_frozen = torch.cat([self._layer_output(self.lm_hidden[start:start + step], None).float()
-                                        for start in range(0, self.n_lm, step)])
+            self.lm_frozen = torch.cat(
+                [
+                    self._layer_output(self.lm_hidden[start : start + step], None).float()
+                    for start in range(0, self.n_lm, step)
+                ]
+            )
 
     def _layer_output(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """The output of the steered block [B, T, d] from `hidden` entering the first masked block;
         the blocks above it do not run."""
+
         def stop(module, args, output):
             raise _LayerOutput(output[0] if isinstance(output, tuple) else output)
 
@@ -208,8 +239,9 @@ class UnlearningTrainer(MaskTrainer):
             handle.remove()
         raise RuntimeError(f"block {self.rmu_block} was never called by the model's forward")
 
-    def _kg_tail_hidden(self, weights: dict[str, torch.Tensor] | None,
-                        sides: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+    def _kg_tail_hidden(
+        self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]]
+    ) -> list[torch.Tensor]:
         """The steered block's output at the tail positions of KG facts, all sides in one forward (one
         per length group with train.group_by_length): one [P_side, d] tensor per side, in the order of
         `_kg_tail_logits`."""
@@ -237,11 +269,18 @@ class UnlearningTrainer(MaskTrainer):
                 with torch.no_grad():
                     frozen = self._layer_output(self.lm_hidden[idx_lm], None)
             controllm = rmu_retain(self._layer_output(self.lm_hidden[idx_lm], weights), frozen)
-        parts = {"suppress": forget,  # the log's columns: the forget term, the two retain MSEs (unweighted)
-                 "controlkg": rmu_retain(control_h, self._controlkg_frozen(idx_c)),
-                 "controllm": controllm, "expression": zero, "sparsity_loss": zero}
-        loss = cfg.lambda_suppress * forget + cfg.lambda_controlkg * parts["controlkg"] + \
-            cfg.lambda_controllm * parts["controllm"]
+        parts = {
+            "suppress": forget,  # the log's columns: the forget term, the two retain MSEs (unweighted)
+            "controlkg": rmu_retain(control_h, self._controlkg_frozen(idx_c)),
+            "controllm": controllm,
+            "expression": zero,
+            "sparsity_loss": zero,
+        }
+        loss = (
+            cfg.lambda_suppress * forget
+            + cfg.lambda_controlkg * parts["controlkg"]
+            + cfg.lambda_controllm * parts["controllm"]
+        )
         return loss, parts
 
     # -- one step ------------------------------------------------------------------------------
@@ -258,13 +297,20 @@ class UnlearningTrainer(MaskTrainer):
         else:
             forget = graddiff_forget(target_logits, targets)
         zero = torch.zeros((), device=self.device)
-        parts = {"suppress": forget,  # the log's `suppress` column holds the forget term
-                 "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c)),
-                 "controllm": (objectives.controllm_loss(*self._controllm_logits(weights, idx_lm))
-                               if idx_lm is not None else zero),
-                 "expression": zero, "sparsity_loss": zero}
-        loss = cfg.lambda_suppress * forget + cfg.lambda_controlkg * parts["controlkg"] + \
-            cfg.lambda_controllm * parts["controllm"]
+        parts = {
+            "suppress": forget,  # the log's `suppress` column holds the forget term
+            "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c)),
+            "controllm": (
+                objectives.controllm_loss(*self._controllm_logits(weights, idx_lm)) if idx_lm is not None else zero
+            ),
+            "expression": zero,
+            "sparsity_loss": zero,
+        }
+        loss = (
+            cfg.lambda_suppress * forget
+            + cfg.lambda_controlkg * parts["controlkg"]
+            + cfg.lambda_controllm * parts["controllm"]
+        )
         return loss, parts
 
     @torch.no_grad()
@@ -273,5 +319,8 @@ class UnlearningTrainer(MaskTrainer):
         the validation sets; remembers the weights when `select_checkpoint` prefers them."""
         edit = edits.Edit("weights", {k: v.detach().cpu() for k, v in self.mask.weights.items()}, {})
         random = edits.random_like(edit, self.layers, torch.Generator().manual_seed(self.seed))
-        return self._record_validation(1.0 - self.mask.density(), self.validation_ppls(self.mask.weights),
-                                       self.validation_ppls(edits.edited_weights(self.layers, random)))
+        return self._record_validation(
+            1.0 - self.mask.density(),
+            self.validation_ppls(self.mask.weights),
+            self.validation_ppls(edits.edited_weights(self.layers, random)),
+        )

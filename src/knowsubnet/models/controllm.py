@@ -30,8 +30,10 @@ def write_controllm(model_dir: Path, train_text: Path, test_text: Path, out: Pat
         raise InputError(f"{model_dir}: not a prepared model directory (no config.json)")
     context = context_length(AutoConfig.from_pretrained(model_dir))
     if context is not None and block_size > context:
-        raise InputError(f"params key 'controllm.block_size' = {block_size}: longer than the model's "
-                         f"context of {context} tokens ({config_path})")
+        raise InputError(
+            f"params key 'controllm.block_size' = {block_size}: longer than the model's "
+            f"context of {context} tokens ({config_path})"
+        )
     tokenizer = load_tokenizer(model_dir)
 
     test_fraction = settings.test_fraction
@@ -43,16 +45,30 @@ def write_controllm(model_dir: Path, train_text: Path, test_text: Path, out: Pat
         n_train = train_all.shape[0] - n_val
         if settings.max_train_blocks is not None:
             n_train = min(n_train, settings.max_train_blocks)
-        parts = {"train": (train_text, train_all[:n_train], 1.0),
-                 "val": (train_text, train_all[train_all.shape[0] - n_val:], 1.0),
-                 "test": (test_text,
-                          controllm_blocks(tokenizer, text_head(read_text(test_text), test_fraction),
-                                           block_size, settings.max_test_blocks), test_fraction)}
+        parts = {
+            "train": (train_text, train_all[:n_train], 1.0),
+            "val": (train_text, train_all[train_all.shape[0] - n_val :], 1.0),
+            "test": (
+                test_text,
+                controllm_blocks(
+                    tokenizer, text_head(read_text(test_text), test_fraction), block_size, settings.max_test_blocks
+                ),
+                test_fraction,
+            ),
+        }
         for part, (path, blocks, share) in parts.items():
             save_blocks(tmp / f"{part}.safetensors", blocks, {"source": path.name, "block_size": block_size})
-            counts[part] = {"blocks": int(blocks.shape[0]), "source": str(path), "sha256": sha256_file(path),
-                            "fraction_of_lines": share}
+            counts[part] = {
+                "blocks": int(blocks.shape[0]),
+                "source": str(path),
+                "sha256": sha256_file(path),
+                "fraction_of_lines": share,
+            }
             log.info("%s: %d blocks of %d tokens from %s", part, blocks.shape[0], block_size, path)
-        write_json(tmp / "meta.json", stamp({"controllm": params.section("controllm")}, model_dir=str(model_dir),
-                                            block_size=block_size, **counts))
+        write_json(
+            tmp / "meta.json",
+            stamp(
+                {"controllm": params.section("controllm")}, model_dir=str(model_dir), block_size=block_size, **counts
+            ),
+        )
     return counts

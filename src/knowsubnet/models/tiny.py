@@ -32,8 +32,9 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -54,13 +55,13 @@ DEFAULTS: dict[str, Any] = {
     "n_embd": 128,
     "n_head": 4,
     "n_positions": 128,
-    "text_chars": 200_000,   # characters of ordinary text to train on (null: all)
-    "text_block": 64,        # tokens per packed text sequence
-    "batch_facts": 128,      # fact sentences per step
-    "batch_text": 8,         # text blocks per step
-    "text_weight": 0.5,      # weight of the text loss against the fact loss
-    "tail_weight": 1.0,      # weight of a fact sentence's tail tokens in its loss
-    "prompt_weight": 0.0,    # weight of its prompt tokens (0: the fact loss is on the tail only)
+    "text_chars": 200_000,  # characters of ordinary text to train on (null: all)
+    "text_block": 64,  # tokens per packed text sequence
+    "batch_facts": 128,  # fact sentences per step
+    "batch_text": 8,  # text blocks per step
+    "text_weight": 0.5,  # weight of the text loss against the fact loss
+    "tail_weight": 1.0,  # weight of a fact sentence's tail tokens in its loss
+    "prompt_weight": 0.0,  # weight of its prompt tokens (0: the fact loss is on the tail only)
     "lr": 3.0e-3,
     "weight_decay": 0.0,
     "warmup_steps": 50,
@@ -69,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "probe_sentences": 2048,  # sentences checked every eval_every steps; all of them once these pass
     "target_accuracy": 0.95,
     "eval_batch_size": 512,
-    "threads": 1,            # intra-op CPU threads while training (fixed: same weights everywhere)
+    "threads": 1,  # intra-op CPU threads while training (fixed: same weights everywhere)
 }
 
 
@@ -79,8 +80,20 @@ def resolve_spec(spec: dict | None) -> dict[str, Any]:
     if unknown:
         raise InputError(f"tiny model spec key '{unknown[0]}' is not known; expected some of {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **spec}
-    for key in ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions", "text_block", "batch_facts",
-                "max_steps", "eval_every", "eval_batch_size", "threads", "probe_sentences"):
+    for key in (
+        "vocab_size",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "n_positions",
+        "text_block",
+        "batch_facts",
+        "max_steps",
+        "eval_every",
+        "eval_batch_size",
+        "threads",
+        "probe_sentences",
+    ):
         if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
             raise InputError(f"tiny model spec key '{key}' = {out[key]!r}: expected a positive integer")
     if out["n_embd"] % out["n_head"]:
@@ -93,6 +106,7 @@ def resolve_spec(spec: dict | None) -> dict[str, Any]:
 
 
 # -- data ---------------------------------------------------------------------------------------
+
 
 def fact_sentences(facts: pd.DataFrame, verbalizer: Verbalizer | None = None) -> pd.DataFrame:
     """Every fact with every template of its relation: uuid, template_id, prompt, tail_text."""
@@ -110,11 +124,22 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(texts, trainer)
-    return GPT2TokenizerFast(tokenizer_object=backend, eos_token=EOS, bos_token=EOS, unk_token=EOS,
-                             pad_token=EOS, model_max_length=model_max_length, add_prefix_space=False)
+    return GPT2TokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        model_max_length=model_max_length,
+        add_prefix_space=False,
+    )
 
 
 @contextlib.contextmanager
@@ -140,10 +165,20 @@ def build_model(tokenizer, spec: dict, seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     eos = tokenizer.convert_tokens_to_ids(EOS)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=spec["n_positions"], n_embd=spec["n_embd"],
-                        n_layer=spec["n_layer"], n_head=spec["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                        tie_word_embeddings=True)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=spec["n_positions"],
+        n_embd=spec["n_embd"],
+        n_layer=spec["n_layer"],
+        n_head=spec["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        tie_word_embeddings=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
@@ -159,8 +194,9 @@ class _Sentences:
         width = max(len(p) + len(t) - 1 for p, t in pairs)
         if width > max_length:
             i = max(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
-            raise InputError(f"fact {labels[i]}: {width + 1} tokens, longer than the tiny model's "
-                             f"n_positions {max_length}")
+            raise InputError(
+                f"fact {labels[i]}: {width + 1} tokens, longer than the tiny model's n_positions {max_length}"
+            )
         n = len(pairs)
         pad = tokenizer.pad_token_id
         self.inputs = torch.full((n, width), pad, dtype=torch.long)
@@ -171,7 +207,7 @@ class _Sentences:
             length = len(seq) - 1
             self.inputs[i, :length] = seq[:-1]
             self.lm_targets[i, :length] = seq[1:]
-            self.tail_targets[i, len(p) - 1:length] = seq[len(p):]
+            self.tail_targets[i, len(p) - 1 : length] = seq[len(p) :]
         self.lengths = (self.lm_targets != IGNORE).sum(dim=1)
         self.factset = FactSet(self.inputs, self.tail_targets, labels)
         self.alternatives = _alternatives(sentences["prompt"].tolist(), pairs, width)
@@ -209,6 +245,7 @@ def _text_ids(tokenizer, text: str | None, block: int, n_positions: int) -> torc
 
 # -- evaluation ---------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def _tail_predictions(model, factset: FactSet, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean tail CE [N] float32 and the top-1 token at every tail-predicting position [N, T] (-100
@@ -218,7 +255,7 @@ def _tail_predictions(model, factset: FactSet, batch_size: int) -> tuple[torch.T
     nll = torch.zeros(n, dtype=torch.float32)
     preds = torch.full((n, width), IGNORE, dtype=torch.long)
     order = torch.sort(factset.lengths, stable=True).indices
-    for index in (order[i:i + batch_size] for i in range(0, n, batch_size)):
+    for index in (order[i : i + batch_size] for i in range(0, n, batch_size)):
         t = int(factset.lengths[index].max())
         ids, tgt = factset.input_ids[index, :t], factset.targets[index, :t]
         sel = tgt != IGNORE
@@ -258,8 +295,15 @@ def tail_accuracy(model, data: _Sentences, sentences: pd.DataFrame, batch_size: 
     strict = ((preds == data.tail_targets) | ~tail).all(dim=1)
     hit = (preds.unsqueeze(-1) == data.alternatives).any(dim=-1)
     filtered = (hit | ~tail).all(dim=1)
-    frame = pd.DataFrame({"uuid": sentences["uuid"].to_numpy(), "template_id": sentences["template_id"].to_numpy(),
-                          "nll": nll.double().numpy(), "strict": strict.numpy(), "filtered": filtered.numpy()})
+    frame = pd.DataFrame(
+        {
+            "uuid": sentences["uuid"].to_numpy(),
+            "template_id": sentences["template_id"].to_numpy(),
+            "nll": nll.double().numpy(),
+            "strict": strict.numpy(),
+            "filtered": filtered.numpy(),
+        }
+    )
     best = frame.sort_values(["uuid", "nll", "template_id"], kind="mergesort").drop_duplicates("uuid")
     # Strict ceiling: one top-1 tail per prompt can be right.
     prompts = sentences["prompt"] + "\x00" + sentences["template_id"].astype(str)
@@ -277,30 +321,47 @@ def tail_accuracy(model, data: _Sentences, sentences: pd.DataFrame, batch_size: 
 
 # -- training -----------------------------------------------------------------------------------
 
-def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed: int = 0, *,
-          verbalizer: Verbalizer | None = None, progress: bool = True):
+
+def train(
+    facts: pd.DataFrame,
+    text: str | None,
+    spec: dict | None = None,
+    seed: int = 0,
+    *,
+    verbalizer: Verbalizer | None = None,
+    progress: bool = True,
+):
     """Train the tiny model; returns (model, tokenizer, stats)."""
     spec = resolve_spec(spec)
     started = time.perf_counter()
     sentences = fact_sentences(facts, verbalizer)
-    text = (text or "")
+    text = text or ""
     if spec["text_chars"] is not None:
         text = text[: int(spec["text_chars"])]
     tok_corpus = [p + t for p, t in zip(sentences["prompt"], sentences["tail_text"])] + text.splitlines()
     tokenizer = train_tokenizer(tok_corpus, spec["vocab_size"], spec["n_positions"])
     data = _Sentences(tokenizer, sentences, spec["n_positions"])
     blocks = _text_ids(tokenizer, text, spec["text_block"], spec["n_positions"])
-    log.info("tiny model: %d facts x templates = %d sentences, %d text blocks of %d tokens, vocab %d",
-             sentences["uuid"].nunique(), len(data), len(blocks), spec["text_block"], len(tokenizer))
+    log.info(
+        "tiny model: %d facts x templates = %d sentences, %d text blocks of %d tokens, vocab %d",
+        sentences["uuid"].nunique(),
+        len(data),
+        len(blocks),
+        spec["text_block"],
+        len(tokenizer),
+    )
 
     model = build_model(tokenizer, spec, seed)
     model.train()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": float(spec["weight_decay"])},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=float(spec["lr"]), betas=(0.9, 0.98), eps=1e-8)
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(spec["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(spec["lr"]),
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
     warmup = max(1, int(spec["warmup_steps"]))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup))
     gen = torch.Generator().manual_seed(seed)
@@ -319,7 +380,7 @@ def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed:
         while step < int(spec["max_steps"]):
             if cursor + bf > n:
                 perm, cursor = torch.randperm(n, generator=gen), 0
-            index = perm[cursor:cursor + bf]
+            index = perm[cursor : cursor + bf]
             cursor += bf
             width = int(data.lengths[index].max())
             ids, tgt = data.inputs[index, :width], data.lm_targets[index, :width]
@@ -354,9 +415,16 @@ def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed:
                     entry.update(metrics)
                 history.append(entry)
                 bar.set_postfix(acc=f"{probe_acc:.3f}", loss=f"{fact_loss:.3f}")
-                log.info("step %d: fact loss %.3f, filtered tail accuracy %.3f on %d sentences%s", step, fact_loss,
-                         probe_acc, len(probe), f"; on all {len(data)}: {metrics['tail_accuracy_filtered']:.3f}"
-                         if "tail_accuracy" in entry else "")
+                log.info(
+                    "step %d: fact loss %.3f, filtered tail accuracy %.3f on %d sentences%s",
+                    step,
+                    fact_loss,
+                    probe_acc,
+                    len(probe),
+                    f"; on all {len(data)}: {metrics['tail_accuracy_filtered']:.3f}"
+                    if "tail_accuracy" in entry
+                    else "",
+                )
                 if metrics.get("tail_accuracy_filtered", 0.0) >= target:
                     break
         bar.close()
@@ -364,8 +432,12 @@ def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed:
     model.requires_grad_(False)
     reached = bool(metrics.get("tail_accuracy_filtered", 0.0) >= target)
     if not reached:
-        log.warning("tiny model: stopped at max_steps %d with filtered tail accuracy %.3f < target %.3f",
-                    step, metrics.get("tail_accuracy_filtered", float("nan")), target)
+        log.warning(
+            "tiny model: stopped at max_steps %d with filtered tail accuracy %.3f < target %.3f",
+            step,
+            metrics.get("tail_accuracy_filtered", float("nan")),
+            target,
+        )
     stats = {
         **metrics,
         "target_accuracy": target,
@@ -383,8 +455,15 @@ def train(facts: pd.DataFrame, text: str | None, spec: dict | None = None, seed:
     return model, tokenizer, stats
 
 
-def prepare(spec: dict, out_dir: str | Path, *, facts: pd.DataFrame, text: str | None, seed: int = 0,
-            verbalizer: Verbalizer | None = None) -> dict[str, Any]:
+def prepare(
+    spec: dict,
+    out_dir: str | Path,
+    *,
+    facts: pd.DataFrame,
+    text: str | None,
+    seed: int = 0,
+    verbalizer: Verbalizer | None = None,
+) -> dict[str, Any]:
     """Train the tiny model and save it (safetensors + tokenizer) into `out_dir`; return its stats."""
     model, tokenizer, stats = train(facts, text, spec, seed, verbalizer=verbalizer)
     out_dir = Path(out_dir)

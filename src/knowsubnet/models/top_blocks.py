@@ -17,8 +17,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from knowsubnet.core.errors import InputError
 
@@ -35,8 +35,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise InputError(f"{type(model).__name__}: found no list of transformer blocks to mask")
     return best
-
-
 
 
 class _Passthrough(nn.Module):
@@ -111,14 +109,17 @@ class TopBlocks:
     def _attention(self, length: int):
         # torch 2.13's CPU flash-attention backward in bf16 is ~5x slower than the math kernel on short
         # rows (a batch of 64 facts x 13 tokens: 62 ms against 13 ms on one core); longer rows keep flash.
-        slow_flash = (self.compute_dtype != torch.float32 and self.head.weight.device.type == "cpu"
-                      and length <= SHORT_ROWS)
+        slow_flash = (
+            self.compute_dtype != torch.float32 and self.head.weight.device.type == "cpu" and length <= SHORT_ROWS
+        )
         return sdpa_kernel([SDPBackend.MATH]) if slow_flash else contextlib.nullcontext()
 
     def weight(self, module_path: str) -> torch.Tensor:
         """A top-block layer's frozen weight in the compute dtype (the model's own tensor in fp32)."""
         key = self.param_key(module_path)
-        return self.compute_weights[key] if key in self.compute_weights else self.model.get_submodule(module_path).weight
+        return (
+            self.compute_weights[key] if key in self.compute_weights else self.model.get_submodule(module_path).weight
+        )
 
     def logits(self, final: torch.Tensor) -> torch.Tensor:
         """The LM head on final hidden states, in the compute dtype (the caller casts up for losses)."""
@@ -128,7 +129,7 @@ class TopBlocks:
             return F.linear(final, self.head_weight, self.head.bias)
 
     def param_key(self, module_path: str) -> str:
-        return module_path[self._strip:] + ".weight"
+        return module_path[self._strip :] + ".weight"
 
     @torch.no_grad()
     def prefix(self, input_ids: torch.Tensor, **model_kwargs) -> torch.Tensor:
@@ -147,8 +148,9 @@ class TopBlocks:
             handle.remove()
         raise RuntimeError("the first masked block was never called by the model's forward")
 
-    def forward(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None,
-                **model_kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None = None, **model_kwargs
+    ) -> torch.Tensor:
         """Final hidden states (after the final norm) from `hidden` entering block `first`;
         `model_kwargs` as in `prefix` (the same ones the prefix was computed with)."""
 
@@ -163,8 +165,10 @@ class TopBlocks:
             # inputs_embeds only fixes the batch shape and positions here: the hook replaces what
             # reaches block `first` by `hidden` (GPT-2 adds position embeddings to inputs_embeds).
             kwargs = {"inputs_embeds": hidden, "use_cache": False, **model_kwargs}
-            replaced = {**self.compute_weights,
-                        **{self.param_key(k): v.to(self.compute_dtype) for k, v in (weights or {}).items()}}
+            replaced = {
+                **self.compute_weights,
+                **{self.param_key(k): v.to(self.compute_dtype) for k, v in (weights or {}).items()},
+            }
             with self.autocast(), self._attention(hidden.shape[1]):
                 if replaced:
                     out = functional_call(self.base, replaced, (), kwargs, strict=False)
@@ -185,7 +189,9 @@ def check_prefix_path(model: nn.Module, top: TopBlocks, input_ids: torch.Tensor,
     diff = float((full - cached).abs().max())
     scale = float(full.abs().max()) or 1.0
     if not diff <= atol * max(1.0, scale):
-        raise InputError(f"{type(model).__name__}: running the top blocks from cached hidden states disagrees "
-                         f"with the full forward (max |delta logit| = {diff:.3g}); this architecture's blocks "
-                         f"are not supported by the cached-prefix trainer")
+        raise InputError(
+            f"{type(model).__name__}: running the top blocks from cached hidden states disagrees "
+            f"with the full forward (max |delta logit| = {diff:.3g}); this architecture's blocks "
+            f"are not supported by the cached-prefix trainer"
+        )
     return diff

@@ -7,8 +7,8 @@ and "Seed combinations" (tables/seed_combinations.{csv,md}).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,11 +60,23 @@ def metrics_long(records: Iterable[AblationMetrics]) -> pd.DataFrame:
                 if variant == "original":
                     delta = 0.0
                 spread = rec.random_spread.on(set_name).ppl if variant == "random" and rec.random_spread else None
-                rows.append({"model": rec.model, "target": rec.target, "seed": rec.seed,
-                             "combination": rec.combination, "variant": variant, "set": set_name,
-                             "ppl": values.ppl, "delta_ppl": delta, "rank": values.rank,
-                             "rank_median": values.rank_median, "acc": values.acc,
-                             "random_spread_ppl": spread, "sparsity": rec.sparsity.masked_layers})
+                rows.append(
+                    {
+                        "model": rec.model,
+                        "target": rec.target,
+                        "seed": rec.seed,
+                        "combination": rec.combination,
+                        "variant": variant,
+                        "set": set_name,
+                        "ppl": values.ppl,
+                        "delta_ppl": delta,
+                        "rank": values.rank,
+                        "rank_median": values.rank_median,
+                        "acc": values.acc,
+                        "random_spread_ppl": spread,
+                        "sparsity": rec.sparsity.masked_layers,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -75,9 +87,13 @@ def ablation_runs(records: Iterable[AblationMetrics]) -> pd.DataFrame:
         if rec.combination:
             continue
         all_weights = rec.sparsity.all_weights
-        row = {"model": rec.model, "target": rec.target, "seed": rec.seed,
-               "sparsity": rec.sparsity.masked_layers,
-               "sparsity_all_weights": float("nan") if all_weights is None else all_weights}
+        row = {
+            "model": rec.model,
+            "target": rec.target,
+            "seed": rec.seed,
+            "sparsity": rec.sparsity.masked_layers,
+            "sparsity_all_weights": float("nan") if all_weights is None else all_weights,
+        }
         row.update(_run_values(rec))
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -108,8 +124,12 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     value_columns = [c for c in runs.columns if c not in ("model", "target", "seed")]
     rows = []
     for (model, target), group in runs.groupby(["model", "target"], sort=True):
-        row = {"model": model, "target": target, "n_seeds": len(group),
-               "seeds": ",".join(str(s) for s in sorted(group["seed"]))}
+        row = {
+            "model": model,
+            "target": target,
+            "n_seeds": len(group),
+            "seeds": ",".join(str(s) for s in sorted(group["seed"])),
+        }
         for column in value_columns:
             row[f"{column}_mean"] = float(group[column].mean())
             row[f"{column}_std"] = _std(group[column])
@@ -121,13 +141,18 @@ def ablation_markdown(table: pd.DataFrame) -> pd.DataFrame:
     """The Markdown view: removed-model ΔPPL (mean ± std over seeds) with the random baseline beside it."""
     rows = []
     for rec in table.to_dict("records"):
-        row = {"Model": rec["model"], "Target": rec["target"], "Seeds": str(rec["n_seeds"]),
-               "Sparsity": pct(rec["sparsity_mean"])}
+        row = {
+            "Model": rec["model"],
+            "Target": rec["target"],
+            "Seeds": str(rec["n_seeds"]),
+            "Sparsity": pct(rec["sparsity_mean"]),
+        }
         for s in SETS:
             row[f"{SET_LABELS[s]} ΔPPL removed"] = pm(rec[f"{s}_dppl_removed_mean"], rec[f"{s}_dppl_removed_std"])
             row[f"{SET_LABELS[s]} ΔPPL random"] = pm(rec[f"{s}_dppl_random_mean"], rec[f"{s}_dppl_random_std"])
-        row["TargetKG acc orig → removed"] = (f"{pct(rec['targetkg_acc_original_mean'], 1)} → "
-                                              f"{pct(rec['targetkg_acc_removed_mean'], 1)}")
+        row["TargetKG acc orig → removed"] = (
+            f"{pct(rec['targetkg_acc_original_mean'], 1)} → {pct(rec['targetkg_acc_removed_mean'], 1)}"
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -138,24 +163,35 @@ def combinations_table(records: Iterable[AblationMetrics]) -> pd.DataFrame:
     for rec in records:
         if not rec.combination:
             continue
-        row = {"model": rec.model, "target": rec.target, "combination": rec.combination,
-               "seeds": ",".join(str(s) for s in rec.seeds or []),
-               "sparsity": rec.sparsity.masked_layers}
+        row = {
+            "model": rec.model,
+            "target": rec.target,
+            "combination": rec.combination,
+            "seeds": ",".join(str(s) for s in rec.seeds or []),
+            "sparsity": rec.sparsity.masked_layers,
+        }
         row.update(_run_values(rec))
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
         order = {name: i for i, name in enumerate(combination.COMBINATIONS)}
-        frame = frame.sort_values(["model", "target", "combination"], key=lambda c: c.map(order) if
-                                  c.name == "combination" else c, kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(
+            ["model", "target", "combination"],
+            key=lambda c: c.map(order) if c.name == "combination" else c,
+            kind="stable",
+        ).reset_index(drop=True)
     return frame
 
 
 def combinations_markdown(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for rec in frame.to_dict("records"):
-        row = {"Model": rec["model"], "Target": rec["target"], "Mask": rec["combination"],
-               "Sparsity": pct(rec["sparsity"])}
+        row = {
+            "Model": rec["model"],
+            "Target": rec["target"],
+            "Mask": rec["combination"],
+            "Sparsity": pct(rec["sparsity"]),
+        }
         for s in SETS:
             row[f"{SET_LABELS[s]} ΔPPL removed"] = fmt(rec[f"{s}_dppl_removed"])
             row[f"{SET_LABELS[s]} ΔPPL random"] = fmt(rec[f"{s}_dppl_random"])
@@ -175,8 +211,15 @@ def figure_delta_ppl(table: pd.DataFrame, path: Path, dpi: int) -> Path:
             ax = axes[r, c]
             for offset, variant, color in ((-0.2, "removed", "tab:red"), (0.2, "random", "tab:gray")):
                 std = np.nan_to_num(sub[f"{s}_dppl_{variant}_std"].to_numpy(dtype=float))
-                ax.bar(x + offset, sub[f"{s}_dppl_{variant}_mean"].to_numpy(dtype=float), 0.4, yerr=std,
-                       capsize=2, color=color, label=f"{variant}")
+                ax.bar(
+                    x + offset,
+                    sub[f"{s}_dppl_{variant}_mean"].to_numpy(dtype=float),
+                    0.4,
+                    yerr=std,
+                    capsize=2,
+                    color=color,
+                    label=f"{variant}",
+                )
             ax.axhline(0, color="black", linewidth=0.6)
             # ΔPPL spans orders of magnitude between TargetKG and the controls: linear near 0, log beyond.
             ax.set_yscale("symlog", linthresh=1.0)
@@ -189,21 +232,32 @@ def figure_delta_ppl(table: pd.DataFrame, path: Path, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-
 def ablation_section(records: list[AblationMetrics], tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
     """ΔPPL of every model × target (mean ± std over seeds), removed beside random."""
     runs = ablation_runs(records)
     table = ablation_table(runs)
-    files = {"metrics_long": write_csv(tables_dir / "metrics_long.csv", metrics_long(records)),
-             "ablation_runs": write_csv(tables_dir / "ablation_runs.csv", runs),
-             "ablation_csv": write_csv(tables_dir / "ablation.csv", table)}
+    files = {
+        "metrics_long": write_csv(tables_dir / "metrics_long.csv", metrics_long(records)),
+        "ablation_runs": write_csv(tables_dir / "ablation_runs.csv", runs),
+        "ablation_csv": write_csv(tables_dir / "ablation.csv", table),
+    }
     text = markdown_table(ablation_markdown(table))
     write_text(tables_dir / "ablation.md", text)
     files["ablation_md"] = tables_dir / "ablation.md"
     files["fig_delta_ppl"] = figure_delta_ppl(table, figures_dir / "delta_ppl.png", dpi)
-    return Section.from_lines(["## Ablation: what removing the subnetwork costs", "",
-                               "Mean ± std over seeds; the random baseline removes as many weights at random.", "",
-                               text, "", "![ΔPPL by target](figures/delta_ppl.png)", ""], files)
+    return Section.from_lines(
+        [
+            "## Ablation: what removing the subnetwork costs",
+            "",
+            "Mean ± std over seeds; the random baseline removes as many weights at random.",
+            "",
+            text,
+            "",
+            "![ΔPPL by target](figures/delta_ppl.png)",
+            "",
+        ],
+        files,
+    )
 
 
 def combinations_section(records: list[AblationMetrics], tables_dir: Path) -> Section | None:
@@ -215,6 +269,15 @@ def combinations_section(records: list[AblationMetrics], tables_dir: Path) -> Se
     text = markdown_table(combinations_markdown(combos))
     write_text(tables_dir / "seed_combinations.md", text)
     files["combinations_md"] = tables_dir / "seed_combinations.md"
-    return Section.from_lines(["## Seed combinations", "",
-                               "Masks combined over seeds (union, intersection, majority = kept by most seeds), "
-                               "then evaluated like a single mask.", "", text, ""], files)
+    return Section.from_lines(
+        [
+            "## Seed combinations",
+            "",
+            "Masks combined over seeds (union, intersection, majority = kept by most seeds), "
+            "then evaluated like a single mask.",
+            "",
+            text,
+            "",
+        ],
+        files,
+    )

@@ -12,8 +12,9 @@ counts, densities and Jaccard overlaps below are over mask entries.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ class PackedMask:
 
     Lets the report hold one combined mask per target of a large model at once for overlaps.
     """
+
     layout: tuple[tuple[str, tuple[int, ...]], ...]  # (layer, shape) in packing order
     bits: np.ndarray  # uint8, np.packbits of the flattened concatenation
 
@@ -98,7 +100,7 @@ def parse_layer(name: str) -> dict[str, Any]:
     parts = name.split(".")
     block_at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
     block = int(parts[block_at]) if block_at is not None else -1
-    inside = parts[block_at + 1:-1] if block_at is not None else parts[:-1]
+    inside = parts[block_at + 1 : -1] if block_at is not None else parts[:-1]
     kind = "other"
     for part in inside:
         lowered = part.lower()
@@ -152,6 +154,7 @@ def structure_by_kind(masks: Mapping[str, torch.Tensor]) -> pd.DataFrame:
 
 def attention_geometry(config: Any) -> dict[str, int]:
     """n_heads, n_kv_heads, head_dim, hidden from a HF config object or its dict (GPT-2 or Llama names)."""
+
     def get(*names):
         for key in names:
             value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
@@ -217,15 +220,25 @@ def head_structure(masks: Mapping[str, torch.Tensor], config: Any, granularity: 
         mask = binary[name]
         expected = len(groups) * n_heads * head_dim
         if mask.dim() <= axis or mask.shape[axis] != expected:
-            raise InputError(f"layer {name}: mask shape {tuple(mask.shape)} does not fit {len(groups)} x "
-                             f"{n_heads} heads x {head_dim} along axis {axis} (granularity {granularity})")
+            raise InputError(
+                f"layer {name}: mask shape {tuple(mask.shape)} does not fit {len(groups)} x "
+                f"{n_heads} heads x {head_dim} along axis {axis} (granularity {granularity})"
+            )
         along = mask.movedim(axis, 0).reshape(len(groups), n_heads, head_dim, -1)
         counts = along.sum(dim=(2, 3))
         per_head = head_dim * along.shape[3]
         for g, label in enumerate(groups):
             for head in range(n_heads):
-                rows.append({"layer": name, "block": info["block"], "matrix": label, "head": head,
-                             "n_total": per_head, "n_subnetwork": int(counts[g, head])})
+                rows.append(
+                    {
+                        "layer": name,
+                        "block": info["block"],
+                        "matrix": label,
+                        "head": head,
+                        "n_total": per_head,
+                        "n_subnetwork": int(counts[g, head]),
+                    }
+                )
     frame = pd.DataFrame(rows, columns=["layer", "block", "matrix", "head", "n_total", "n_subnetwork"])
     frame["density"] = frame["n_subnetwork"] / frame["n_total"]
     return frame
@@ -244,10 +257,15 @@ def neuron_summary(masks: Mapping[str, torch.Tensor], granularity: str) -> pd.Da
         mask = binary[name]
         if mask.dim() != 1:
             raise InputError(f"layer {name}: a {granularity} mask is one-dimensional, got shape {tuple(mask.shape)}")
-        rows.append({"layer": name, **parse_layer(name), "side": granularity.split("_")[1],
-                     "n_neurons": mask.numel(), "n_masked": int(mask.sum())})
+        rows.append(
+            {
+                "layer": name,
+                **parse_layer(name),
+                "side": granularity.split("_")[1],
+                "n_neurons": mask.numel(),
+                "n_masked": int(mask.sum()),
+            }
+        )
     frame = pd.DataFrame(rows, columns=["layer", "block", "kind", "matrix", "side", "n_neurons", "n_masked"])
     frame["share_masked"] = frame["n_masked"] / frame["n_neurons"]
     return frame
-
-

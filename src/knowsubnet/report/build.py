@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from knowsubnet.core.config import Params
 from knowsubnet.core.io import write_text
@@ -66,21 +66,35 @@ HOW_TO_READ = """\
 def title_section(records: list[AblationMetrics]) -> Section:
     """Title, and the models and targets of the per-seed runs."""
     runs = [r for r in records if not r.combination]
-    return Section.from_lines([
-        "# knowsubnet report", "",
-        "Knowledge-critical subnetworks (Bayazit et al., EMNLP 2024): what each model loses when "
-        "the subnetwork for a target is removed.", "",
-        f"Models: {', '.join(sorted({r.model for r in runs}))}. "
-        f"Targets: {', '.join(sorted({r.target for r in runs}))}.", ""])
+    return Section.from_lines(
+        [
+            "# knowsubnet report",
+            "",
+            "Knowledge-critical subnetworks (Bayazit et al., EMNLP 2024): what each model loses when "
+            "the subnetwork for a target is removed.",
+            "",
+            f"Models: {', '.join(sorted({r.model for r in runs}))}. "
+            f"Targets: {', '.join(sorted({r.target for r in runs}))}.",
+            "",
+        ]
+    )
 
 
-def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str | Path] = (),
-                 log_paths: Sequence[str | Path] = (), *, params: Params, out_dir: str | Path = "results",
-                 models_root: str | Path | None = None,
-                 meta_paths: Sequence[str | Path] = (), csqa_paths: Sequence[str | Path] = (),
-                 robustness_paths: Sequence[str | Path] = (), baseline_meta_paths: Sequence[str | Path] = (),
-                 baseline_metrics_paths: Sequence[str | Path] = (),
-                 baseline_robustness_paths: Sequence[str | Path] = ()) -> dict[str, Path]:
+def build_report(
+    metrics_paths: Sequence[str | Path],
+    mask_paths: Sequence[str | Path] = (),
+    log_paths: Sequence[str | Path] = (),
+    *,
+    params: Params,
+    out_dir: str | Path = "results",
+    models_root: str | Path | None = None,
+    meta_paths: Sequence[str | Path] = (),
+    csqa_paths: Sequence[str | Path] = (),
+    robustness_paths: Sequence[str | Path] = (),
+    baseline_meta_paths: Sequence[str | Path] = (),
+    baseline_metrics_paths: Sequence[str | Path] = (),
+    baseline_robustness_paths: Sequence[str | Path] = (),
+) -> dict[str, Path]:
     """Write every table, figure and `report.md`; return {name: path} of what was written.
 
     Sections whose inputs are not given are left out; `models_root` (config.json for the head
@@ -94,22 +108,38 @@ def build_report(metrics_paths: Sequence[str | Path], mask_paths: Sequence[str |
     bars = dataclasses.asdict(settings.bars)
 
     # the verdicts first: what a reader looks for, explained by the sections below
-    sections = [title_section(records),
-                summary_section(records, bars, tables),
-                Section(HOW_TO_READ),
-                ablation_section(records, tables, figures, dpi),
-                precision_section(records, meta_paths, bars, tables, figures, dpi),
-                robustness_section(robustness_paths, tables, figures, dpi) if robustness_paths else None,
-                comparison_section(records, meta_paths, robustness_paths, baseline_metrics_paths,
-                                   baseline_meta_paths, baseline_robustness_paths, bars, tables, figures, dpi),
-                combinations_section(records, tables)]
+    sections = [
+        title_section(records),
+        summary_section(records, bars, tables),
+        Section(HOW_TO_READ),
+        ablation_section(records, tables, figures, dpi),
+        precision_section(records, meta_paths, bars, tables, figures, dpi),
+        robustness_section(robustness_paths, tables, figures, dpi) if robustness_paths else None,
+        comparison_section(
+            records,
+            meta_paths,
+            robustness_paths,
+            baseline_metrics_paths,
+            baseline_meta_paths,
+            baseline_robustness_paths,
+            bars,
+            tables,
+            figures,
+            dpi,
+        ),
+        combinations_section(records, tables),
+    ]
     if mask_paths:
         masks = analyse_masks(mask_paths, combine=settings.combine, models_root=models_root)
-        sections += [structure_section(masks, settings.top_n, tables, figures, dpi),
-                     overlap_section(masks, settings.combine, tables, figures, dpi)]
-    sections += [csqa_section(csqa_paths, tables, figures, dpi) if csqa_paths else None,
-                 training_section(log_paths, tables, figures, dpi) if log_paths else None,
-                 provenance_section(records, dataclasses.asdict(params), models_root)]
+        sections += [
+            structure_section(masks, settings.top_n, tables, figures, dpi),
+            overlap_section(masks, settings.combine, tables, figures, dpi),
+        ]
+    sections += [
+        csqa_section(csqa_paths, tables, figures, dpi) if csqa_paths else None,
+        training_section(log_paths, tables, figures, dpi) if log_paths else None,
+        provenance_section(records, dataclasses.asdict(params), models_root),
+    ]
     sections = [section for section in sections if section is not None]
 
     report = out_dir / "report.md"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,11 +35,13 @@ MASK = registry.MASK
 METHOD_ORDER = tuple(registry.names())
 METHOD_LABELS = registry.labels()
 Y_CLIP = 1e4  # the figure's TargetKG axis ends here
-ROBUSTNESS_COLUMNS = {"test_heldout_wording_ratio": "held-out wordings ×",
-                      "choice_acc_removed": "multiple choice (removed)",
-                      "quantized_4bit_targetkg_ratio": "4-bit TargetKG ×",
-                      "relearn_targetkg_recovered": "relearned (TargetKG)",
-                      "relearn_controlkg_recovered": "relearned (unrelated facts)"}
+ROBUSTNESS_COLUMNS = {
+    "test_heldout_wording_ratio": "held-out wordings ×",
+    "choice_acc_removed": "multiple choice (removed)",
+    "quantized_4bit_targetkg_ratio": "4-bit TargetKG ×",
+    "relearn_targetkg_recovered": "relearned (TargetKG)",
+    "relearn_controlkg_recovered": "relearned (unrelated facts)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class ComparisonRow:
     """One run of one method: what it changed, its test ratios and verdict (`evaluation.bars`),
     the robustness headline's columns (ROBUSTNESS_COLUMNS; None without a robustness result) and
     its wall time."""
+
     model: str
     target: str
     method: str
@@ -75,6 +79,7 @@ COLUMNS = [f.name for f in dataclasses.fields(ComparisonRow)]
 class Comparison:
     """tables/comparison.csv: one `ComparisonRow` per model x target x method x seed, in the
     section's order (the registry's methods, then seeds)."""
+
     rows: tuple[ComparisonRow, ...]
 
     def frame(self) -> pd.DataFrame:
@@ -124,8 +129,12 @@ def _robustness_by_run(paths: Sequence[str | Path]) -> dict[tuple, RobustnessRes
     return out
 
 
-def comparison_rows(metrics: dict[tuple, AblationMetrics], metas: dict[tuple, dict],
-                    robustness: dict[tuple, RobustnessResult], bars: dict[str, float]) -> Comparison:
+def comparison_rows(
+    metrics: dict[tuple, AblationMetrics],
+    metas: dict[tuple, dict],
+    robustness: dict[tuple, RobustnessResult],
+    bars: dict[str, float],
+) -> Comparison:
     """One row per run with metrics: what each method changed, its test ratios, robustness, time."""
     rows = []
     for (model, target, method, seed), result in metrics.items():
@@ -134,16 +143,26 @@ def comparison_rows(metrics: dict[tuple, AblationMetrics], metas: dict[tuple, di
         changed = result.changed
         probes = robustness.get((model, target, method, seed))
         summary = robustness_headline(probes) if probes else None
-        rows.append(ComparisonRow(
-            model=model, target=target, method=method, seed=seed,
-            changed_weights=changed.changed_weights if changed else result.subnetwork_size,
-            changed_share=changed.changed_share_masked_layers if changed else 1.0 - checked["sparsity"],
-            delta_l2=changed.delta_l2 if changed else None,
-            targetkg_x=checked["ratio_removed_targetkg"], random_targetkg_x=checked["ratio_random_targetkg"],
-            controlkg_x=checked["ratio_removed_controlkg"], controllm_x=checked["ratio_removed_controllm"],
-            targetkg_acc_original=result.original.targetkg.acc, targetkg_acc_removed=result.removed.targetkg.acc,
-            wall_time_s=meta.get("wall_time_s"), verdict=checked["verdict"],
-            **{column: getattr(summary, column) if summary else None for column in ROBUSTNESS_COLUMNS}))
+        rows.append(
+            ComparisonRow(
+                model=model,
+                target=target,
+                method=method,
+                seed=seed,
+                changed_weights=changed.changed_weights if changed else result.subnetwork_size,
+                changed_share=changed.changed_share_masked_layers if changed else 1.0 - checked["sparsity"],
+                delta_l2=changed.delta_l2 if changed else None,
+                targetkg_x=checked["ratio_removed_targetkg"],
+                random_targetkg_x=checked["ratio_random_targetkg"],
+                controlkg_x=checked["ratio_removed_controlkg"],
+                controllm_x=checked["ratio_removed_controllm"],
+                targetkg_acc_original=result.original.targetkg.acc,
+                targetkg_acc_removed=result.removed.targetkg.acc,
+                wall_time_s=meta.get("wall_time_s"),
+                verdict=checked["verdict"],
+                **{column: getattr(summary, column) if summary else None for column in ROBUSTNESS_COLUMNS},
+            )
+        )
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return Comparison(tuple(sorted(rows, key=lambda r: (r.model, r.target, order.get(r.method, len(order)), r.seed))))
 
@@ -161,8 +180,11 @@ def validation_curves(metas: dict[tuple, dict]) -> list[dict[str, Any]]:
             original, curve = validation["original"], validation["curve"]
         if not original.get("targetkg") or not original.get("controlkg"):
             continue
-        points = [(row["val_controlkg_ppl"] / original["controlkg"], row["val_targetkg_ppl"] / original["targetkg"])
-                  for row in curve if math.isfinite(row["val_targetkg_ppl"]) and math.isfinite(row["val_controlkg_ppl"])]
+        points = [
+            (row["val_controlkg_ppl"] / original["controlkg"], row["val_targetkg_ppl"] / original["targetkg"])
+            for row in curve
+            if math.isfinite(row["val_targetkg_ppl"]) and math.isfinite(row["val_controlkg_ppl"])
+        ]
         out.append({"model": model, "target": target, "method": method, "seed": seed, "points": points})
     return out
 
@@ -180,8 +202,15 @@ def tradeoff_figure(rows: pd.DataFrame, curves: list[dict], path: Path, dpi: int
                 ax.plot(xs, ys, "-", color=colors[curve["method"]], alpha=0.5, linewidth=1, marker=".")
         here = rows[(rows["model"] == model) & (rows["target"] == target)]
         for method, group in here.groupby("method", sort=False):
-            ax.plot(group["controlkg_x"], group["targetkg_x"], "o", color=colors[method], markersize=8,
-                    markeredgecolor="black", label=METHOD_LABELS.get(method, method))
+            ax.plot(
+                group["controlkg_x"],
+                group["targetkg_x"],
+                "o",
+                color=colors[method],
+                markersize=8,
+                markeredgecolor="black",
+                label=METHOD_LABELS.get(method, method),
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         low, high = ax.get_ylim()
@@ -192,52 +221,76 @@ def tradeoff_figure(rows: pd.DataFrame, curves: list[dict], path: Path, dpi: int
         ax.set_ylabel("TargetKG PPL ÷ original (removal)")
         ax.set_title(f"{target} ({model})")
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Lines: validation sets over each method's budget or steps (TargetKG axis cut at ×10⁴); "
-                 "markers: test result")
+    fig.suptitle(
+        "Lines: validation sets over each method's budget or steps (TargetKG axis cut at ×10⁴); markers: test result"
+    )
     fig.tight_layout()
     return save_figure(fig, path, dpi)
 
 
-def comparison_section(mask_records: Sequence[AblationMetrics], mask_metas: Sequence[str | Path],
-                       mask_robustness: Sequence[str | Path], baseline_metrics: Sequence[str | Path],
-                       baseline_metas: Sequence[str | Path], baseline_robustness: Sequence[str | Path],
-                       bars: dict[str, float], tables: Path, figures: Path, dpi: int) -> Section | None:
+def comparison_section(
+    mask_records: Sequence[AblationMetrics],
+    mask_metas: Sequence[str | Path],
+    mask_robustness: Sequence[str | Path],
+    baseline_metrics: Sequence[str | Path],
+    baseline_metas: Sequence[str | Path],
+    baseline_robustness: Sequence[str | Path],
+    bars: dict[str, float],
+    tables: Path,
+    figures: Path,
+    dpi: int,
+) -> Section | None:
     """The section (module doc); None without baselines. `mask_records`: the mask's metrics as
     `report.ablation.load_metrics` read them (seed combinations are left out)."""
     if not baseline_metrics:
         return None
     metrics = {(r.model, r.target, MASK, int(r.seed)): r for r in mask_records if not r.combination}
     metrics.update(_metrics_by_run(baseline_metrics))
-    metas = {**_by_run(mask_metas, ("model", "target", "seed"), "discovery meta"),
-             **_by_run(baseline_metas, ("model", "target", "seed", "method", "validation"), "baseline meta")}
+    metas = {
+        **_by_run(mask_metas, ("model", "target", "seed"), "discovery meta"),
+        **_by_run(baseline_metas, ("model", "target", "seed", "method", "validation"), "baseline meta"),
+    }
     robustness = {**_robustness_by_run(mask_robustness), **_robustness_by_run(baseline_robustness)}
     comparison = comparison_rows(metrics, metas, robustness, bars)
     files = {"comparison_csv": comparison.write(tables / "comparison.csv")}
     rows = comparison.frame()
-    shown = pd.DataFrame({
-        "target": rows["target"], "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m)),
-        "seed": rows["seed"], "weights changed": rows["changed_weights"],
-        "share": rows["changed_share"].map(lambda v: f"{100 * v:.2f} %"),
-        "TargetKG ×": rows["targetkg_x"], "random ×": rows["random_targetkg_x"],
-        "ControlKG ×": rows["controlkg_x"], "ControlLM ×": rows["controllm_x"],
-        **{label: rows[column] for column, label in ROBUSTNESS_COLUMNS.items()},
-        "time (s)": rows["wall_time_s"], "verdict": rows["verdict"]})
+    shown = pd.DataFrame(
+        {
+            "target": rows["target"],
+            "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+            "seed": rows["seed"],
+            "weights changed": rows["changed_weights"],
+            "share": rows["changed_share"].map(lambda v: f"{100 * v:.2f} %"),
+            "TargetKG ×": rows["targetkg_x"],
+            "random ×": rows["random_targetkg_x"],
+            "ControlKG ×": rows["controlkg_x"],
+            "ControlLM ×": rows["controllm_x"],
+            **{label: rows[column] for column, label in ROBUSTNESS_COLUMNS.items()},
+            "time (s)": rows["wall_time_s"],
+            "verdict": rows["verdict"],
+        }
+    )
     table = markdown_table(shown)
     files["comparison_md"] = tables / "comparison.md"
     write_text(files["comparison_md"], table)
-    files["comparison_tradeoff"] = tradeoff_figure(rows, validation_curves(metas), figures / "comparison_tradeoff.png",
-                                                   dpi)
+    files["comparison_tradeoff"] = tradeoff_figure(
+        rows, validation_curves(metas), figures / "comparison_tradeoff.png", dpi
+    )
     lines = [
-        "## Other ways of removing the same knowledge", "",
+        "## Other ways of removing the same knowledge",
+        "",
         "The learned mask beside the baselines (docs/BASELINES.md), on the same test facts. **×** is test "
         "PPL ÷ the original's; **random ×** is the same-size random counterpart of each method (for the "
         "finetuning methods: a change of the same norm per matrix in a random direction). "
         "**weights changed** counts every weight whose value differs from the original; the "
-        "finetuning methods change all of them. Robustness columns as in \"Removed, or only hidden?\" "
+        'finetuning methods change all of them. Robustness columns as in "Removed, or only hidden?" '
         "(relearned: share of the removal's gap to the original closed by the first relearning setting, both "
         "finetuned the same way; 4-bit: TargetKG × after rounding every block weight to 4 bits). Time: discovery or "
-        "the baseline's stage, wall clock. The verdict applies the same bars to every method.", "",
-        table, "",
-        f"![trade-off per method]({Path('figures') / 'comparison_tradeoff.png'})", ""]
+        "the baseline's stage, wall clock. The verdict applies the same bars to every method.",
+        "",
+        table,
+        "",
+        f"![trade-off per method]({Path('figures') / 'comparison_tradeoff.png'})",
+        "",
+    ]
     return Section.from_lines(lines, files)
-

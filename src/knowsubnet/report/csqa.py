@@ -9,8 +9,9 @@ Writes tables/csqa.csv, csqa.md, csqa_effect.md, csqa_length.md and figures/csqa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,10 +24,20 @@ from knowsubnet.report.format import Section, markdown_table, save_figure, write
 
 CSQA_VARIANTS = ("original", "remaining", "random")
 CSQA_GROUPS = ("removed_known", "removed", "kept", "dev", "dev_matched")
-CSQA_GROUP_LABELS = {"removed_known": "removed, known and suppressed", "removed": "removed, all",
-                     "kept": "other half", "dev": "CSQA dev", "dev_matched": "dev, length-matched"}
-CSQA_GROUP_TICKS = {"removed_known": "removed\nknown", "removed": "removed\nall", "kept": "other\nhalf",
-                    "dev": "CSQA\ndev", "dev_matched": "dev\nmatched"}
+CSQA_GROUP_LABELS = {
+    "removed_known": "removed, known and suppressed",
+    "removed": "removed, all",
+    "kept": "other half",
+    "dev": "CSQA dev",
+    "dev_matched": "dev, length-matched",
+}
+CSQA_GROUP_TICKS = {
+    "removed_known": "removed\nknown",
+    "removed": "removed\nall",
+    "kept": "other\nhalf",
+    "dev": "CSQA\ndev",
+    "dev_matched": "dev\nmatched",
+}
 RUN_KEYS = ["model", "target", "seed", "mode"]
 # diff_of_diffs' contrasts and group pairs in the order the tables show them (the JSON's keys are
 # sorted, knowsubnet.core.io.write_json); downstream.csqa.finetune's CONTRASTS[:2] and DOD_PAIRS
@@ -41,8 +52,9 @@ def load_csqa_results(paths: Sequence[str | Path]) -> list[CsqaResult]:
         record = CsqaResult.read(path)
         for variant in CSQA_VARIANTS:
             if set(CSQA_GROUPS) - set(record.accuracy.get(variant) or {}):
-                raise InputError(f"{path}: expected groups {', '.join(CSQA_GROUPS)} for variant {variant!r}; "
-                                 f"re-run finetune_csqa")
+                raise InputError(
+                    f"{path}: expected groups {', '.join(CSQA_GROUPS)} for variant {variant!r}; re-run finetune_csqa"
+                )
         records.append(record)
     return records
 
@@ -60,14 +72,22 @@ def csqa_table(records: Iterable[CsqaResult]) -> pd.DataFrame:
         for variant in CSQA_VARIANTS:
             for group in CSQA_GROUPS:
                 g = rec.accuracy[variant][group]
-                row = {**_run_keys(rec), "finetune_seeds": len(rec.finetune_seeds),
-                       "variant": variant, "group": group, "acc": g.acc, "ci_low": g.ci95[0],
-                       "ci_high": g.ci95[1], "n": g.n}
+                row = {
+                    **_run_keys(rec),
+                    "finetune_seeds": len(rec.finetune_seeds),
+                    "variant": variant,
+                    "group": group,
+                    "acc": g.acc,
+                    "ci_low": g.ci95[0],
+                    "ci_high": g.ci95[1],
+                    "n": g.n,
+                }
                 for other in ("original", "random"):
                     delta = rec.delta.get(f"{variant} - {other}", {}).get(group)
                     row[f"diff_vs_{other}"] = delta.diff if delta else None
-                    row[f"diff_vs_{other}_ci_low"], row[f"diff_vs_{other}_ci_high"] = \
-                        (delta.ci95 if delta else [None, None])
+                    row[f"diff_vs_{other}_ci_low"], row[f"diff_vs_{other}_ci_high"] = (
+                        delta.ci95 if delta else [None, None]
+                    )
                 rows.append(row)
     frame = pd.DataFrame(rows)
     return frame if frame.empty else frame.sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
@@ -97,8 +117,11 @@ def accuracy_markdown(table: pd.DataFrame) -> pd.DataFrame:
     for key, run in table.groupby(RUN_KEYS, sort=True):
         for variant in CSQA_VARIANTS:
             part = run[run["variant"] == variant].set_index("group")
-            row = {**dict(zip(RUN_KEYS, key)), "finetune seeds": int(part["finetune_seeds"].iloc[0]),
-                   "variant": variant}
+            row = {
+                **dict(zip(RUN_KEYS, key)),
+                "finetune seeds": int(part["finetune_seeds"].iloc[0]),
+                "variant": variant,
+            }
             for group in CSQA_GROUPS:
                 row[CSQA_GROUP_LABELS[group]] = _acc_ci(part.loc[group])
             rows.append(row)
@@ -120,11 +143,16 @@ def effect_markdown(records: Iterable[CsqaResult]) -> pd.DataFrame:
             for pair in _in_order(pairs, CSQA_DOD_PAIRS):
                 d = pairs[pair]
                 group, reference = pair.split(" vs ")
-                rows.append({**_run_keys(rec), "difference": contrast,
-                             "on": f"{CSQA_GROUP_LABELS[group]} (n={d.n})",
-                             "minus on": f"{CSQA_GROUP_LABELS[reference]} (n={d.n_reference})",
-                             "difference of differences [95 % CI]": _effect(d),
-                             "detectable at 80 % power": "–" if d.mde is None else f"±{100 * d.mde:.1f} pts"})
+                rows.append(
+                    {
+                        **_run_keys(rec),
+                        "difference": contrast,
+                        "on": f"{CSQA_GROUP_LABELS[group]} (n={d.n})",
+                        "minus on": f"{CSQA_GROUP_LABELS[reference]} (n={d.n_reference})",
+                        "difference of differences [95 % CI]": _effect(d),
+                        "detectable at 80 % power": "–" if d.mde is None else f"±{100 * d.mde:.1f} pts",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -135,13 +163,18 @@ def length_markdown(records: Iterable[CsqaResult]) -> pd.DataFrame:
     for rec in records:
         for variant in CSQA_VARIANTS:
             d = rec.dev_length(variant)
-            rows.append({**_run_keys(rec), "variant": variant,
-                         "picks multi-word %": _pct(d.picked_multiword),
-                         "answer multi-word %": _pct(d.answer_multiword),
-                         "options multi-word %": _pct(d.options_multiword),
-                         "acc, one-word answer %": f"{_pct(d.acc_one_word)} (n={d.n_one_word})",
-                         "acc, multi-word answer %": f"{_pct(d.acc_multiword)} (n={d.n_multiword})",
-                         "prefers length": "yes" if d.biased else "no"})
+            rows.append(
+                {
+                    **_run_keys(rec),
+                    "variant": variant,
+                    "picks multi-word %": _pct(d.picked_multiword),
+                    "answer multi-word %": _pct(d.answer_multiword),
+                    "options multi-word %": _pct(d.options_multiword),
+                    "acc, one-word answer %": f"{_pct(d.acc_one_word)} (n={d.n_one_word})",
+                    "acc, multi-word answer %": f"{_pct(d.acc_multiword)} (n={d.n_multiword})",
+                    "prefers length": "yes" if d.biased else "no",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -151,17 +184,26 @@ def detection_lines(records: Iterable[CsqaResult]) -> list[str]:
     for rec in records:
         d = rec.main_effect()
         seeds = len(rec.finetune_seeds)
-        run = (f"{rec.model} / {rec.target} (mask seed {rec.seed}, {rec.mode} mode, "
-               f"{seeds} finetuning seed{'s' if seeds != 1 else ''})")
+        run = (
+            f"{rec.model} / {rec.target} (mask seed {rec.seed}, {rec.mode} mode, "
+            f"{seeds} finetuning seed{'s' if seeds != 1 else ''})"
+        )
         if d.diff is None:
             lines.append(f"- {run}: no removed fact was both known and suppressed, so there is nothing to test.")
             continue
         low, high = d.ci95
-        found = ("a cost on the removed questions" if high < 0 else "a gain on the removed questions" if low > 0
-                 else "no difference it can tell from zero")
-        lines.append(f"- {run}: {found}, {_effect(d)} on {d.n} questions against {d.n_reference}; it "
-                     f"detects effects of ±{100 * d.mde:.1f} points or more (80 % power) and cannot tell "
-                     f"smaller ones from zero.")
+        found = (
+            "a cost on the removed questions"
+            if high < 0
+            else "a gain on the removed questions"
+            if low > 0
+            else "no difference it can tell from zero"
+        )
+        lines.append(
+            f"- {run}: {found}, {_effect(d)} on {d.n} questions against {d.n_reference}; it "
+            f"detects effects of ±{100 * d.mde:.1f} points or more (80 % power) and cannot tell "
+            f"smaller ones from zero."
+        )
     return lines
 
 
@@ -192,8 +234,16 @@ def figure_csqa(table: pd.DataFrame, path: Path, dpi: int) -> Path:
         ax = axes[1, c]
         part = sub.loc["remaining"].reindex(CSQA_GROUPS)
         for k, other in enumerate(("original", "random")):
-            bars(ax, part[f"diff_vs_{other}"], part[f"diff_vs_{other}_ci_low"], part[f"diff_vs_{other}_ci_high"],
-                 (k - 0.5) * 0.4, 0.4, colors[other], f"remaining − {other}")
+            bars(
+                ax,
+                part[f"diff_vs_{other}"],
+                part[f"diff_vs_{other}_ci_low"],
+                part[f"diff_vs_{other}_ci_high"],
+                (k - 0.5) * 0.4,
+                0.4,
+                colors[other],
+                f"remaining − {other}",
+            )
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(x, [CSQA_GROUP_TICKS[g] for g in CSQA_GROUPS], fontsize=7)
         if c == 0:
@@ -211,26 +261,45 @@ def csqa_section(csqa_paths: Sequence[str | Path], tables_dir: Path, figures_dir
     if table.empty:
         return None
     files = {"csqa_csv": write_csv(tables_dir / "csqa.csv", table)}
-    texts = {"csqa_md": markdown_table(accuracy_markdown(table)), "csqa_effect_md": markdown_table(effect_markdown(records)),
-             "csqa_length_md": markdown_table(length_markdown(records))}
+    texts = {
+        "csqa_md": markdown_table(accuracy_markdown(table)),
+        "csqa_effect_md": markdown_table(effect_markdown(records)),
+        "csqa_length_md": markdown_table(length_markdown(records)),
+    }
     for key, text in texts.items():
         files[key] = tables_dir / f"{key[:-3]}.md"
         write_text(files[key], text)
     files["fig_csqa"] = figure_csqa(table, figures_dir / "csqa.png", dpi)
-    return Section.from_lines([
-        "## CommonsenseQA after finetuning", "",
-        "The original model, the remaining model (subnetwork removed, its weights held at zero) and a "
-        "random-removed model (one random removal per finetuning seed), finetuned alike on CSQA train without "
-        "the CSQA-linked questions and their siblings. Scored on the questions linked to the removed facts "
-        "(those the model knew and the removal suppressed, and all of them), on the other half's linked "
-        "questions, on CSQA dev and on the dev questions shaped like the linked ones (a one-word answer and a "
-        "multi-word distractor). Accuracy over the finetuning seeds with a 95 % bootstrap interval (questions "
-        "and seeds resampled); chance is 20 %.", "", texts["csqa_md"], "",
-        "Whether the removal costs the questions that need it: the difference of differences, (remaining − "
-        "original) on the removed questions minus the same on the other half's, paired across models, with "
-        "its 95 % interval. An interval spanning zero rules out only effects larger than the last column "
-        "(the minimal detectable effect at this design's group sizes).", "", texts["csqa_effect_md"], "",
-        *detection_lines(records), "",
-        "Answer length on CSQA dev: a scorer that prefers longer options picks multi-word options more "
-        "often than both the answers are multi-word and a length-blind guess would.", "",
-        texts["csqa_length_md"], "", "![CSQA accuracy](figures/csqa.png)", ""], files)
+    return Section.from_lines(
+        [
+            "## CommonsenseQA after finetuning",
+            "",
+            "The original model, the remaining model (subnetwork removed, its weights held at zero) and a "
+            "random-removed model (one random removal per finetuning seed), finetuned alike on CSQA train without "
+            "the CSQA-linked questions and their siblings. Scored on the questions linked to the removed facts "
+            "(those the model knew and the removal suppressed, and all of them), on the other half's linked "
+            "questions, on CSQA dev and on the dev questions shaped like the linked ones (a one-word answer and a "
+            "multi-word distractor). Accuracy over the finetuning seeds with a 95 % bootstrap interval (questions "
+            "and seeds resampled); chance is 20 %.",
+            "",
+            texts["csqa_md"],
+            "",
+            "Whether the removal costs the questions that need it: the difference of differences, (remaining − "
+            "original) on the removed questions minus the same on the other half's, paired across models, with "
+            "its 95 % interval. An interval spanning zero rules out only effects larger than the last column "
+            "(the minimal detectable effect at this design's group sizes).",
+            "",
+            texts["csqa_effect_md"],
+            "",
+            *detection_lines(records),
+            "",
+            "Answer length on CSQA dev: a scorer that prefers longer options picks multi-word options more "
+            "often than both the answers are multi-word and a length-blind guess would.",
+            "",
+            texts["csqa_length_md"],
+            "",
+            "![CSQA accuracy](figures/csqa.png)",
+            "",
+        ],
+        files,
+    )

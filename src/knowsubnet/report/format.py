@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ SET_LABELS = {"targetkg": "TargetKG", "controlkg": "ControlKG", "controllm": "Co
 class Section:
     """One part of report.md: its Markdown and the files it wrote, {name: path} (the names are the
     keys of `build_report`'s result). A section function returns None when it has nothing to show."""
+
     markdown: str
     files: Mapping[str, Path] = field(default_factory=dict)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class MaskInfo:
     """Where a mask file is and what it holds."""
+
     path: Path
     model: str
     target: str
@@ -40,8 +41,10 @@ def identify_mask(path: str | Path, metadata: dict[str, str]) -> MaskInfo:
     combination = metadata.get("combination") or None
     missing = [key for key in ("model", "target", "granularity") if not metadata.get(key)]
     if missing or (combination is None and not str(metadata.get("seed", "")).isdigit()):
-        raise InputError(f"{path}: mask metadata lacks {', '.join(missing) or 'seed'}; expected a mask written by "
-                         f"discover_mask or combine_seeds")
+        raise InputError(
+            f"{path}: mask metadata lacks {', '.join(missing) or 'seed'}; expected a mask written by "
+            f"discover_mask or combine_seeds"
+        )
     seed = int(metadata["seed"]) if combination is None else None
     return MaskInfo(Path(path), metadata["model"], metadata["target"], seed, combination, metadata["granularity"])
 
@@ -49,6 +52,7 @@ def identify_mask(path: str | Path, metadata: dict[str, str]) -> MaskInfo:
 @dataclass
 class MaskAnalysis:
     """Structure tables (one row per seed's mask and matrix / block / kind / head / layer) and overlaps."""
+
     matrices: pd.DataFrame
     blocks: pd.DataFrame
     kinds: pd.DataFrame
@@ -82,8 +86,9 @@ def _read_model_config(models_root: Path | None, model: str) -> dict | None:
     return read_json(path)
 
 
-def analyse_masks(mask_paths: Sequence[str | Path], combine: str,
-                  models_root: str | Path | None = None) -> MaskAnalysis:
+def analyse_masks(
+    mask_paths: Sequence[str | Path], combine: str, models_root: str | Path | None = None
+) -> MaskAnalysis:
     """Structure of every per-seed mask, Jaccard between seeds, and between targets (combined masks).
 
     Masks are processed one model × target at a time and the per-target combination is kept
@@ -102,7 +107,7 @@ def analyse_masks(mask_paths: Sequence[str | Path], combine: str,
     seed_pairs, seed_matrices = [], {}
     packed: dict[str, dict[str, analysis.PackedMask]] = defaultdict(dict)
     configs: dict[str, dict | None] = {}
-    for (model, target) in sorted(groups):
+    for model, target in sorted(groups):
         infos = sorted(groups[(model, target)], key=lambda i: i.seed)
         if model not in configs:
             configs[model] = _read_model_config(models_root, model)
@@ -137,7 +142,7 @@ def analyse_masks(mask_paths: Sequence[str | Path], combine: str,
         target_matrices[model] = matrix
         names = list(matrix.index)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 target_pairs.append({"model": model, "a": a, "b": b, "jaccard": matrix.loc[a, b]})
 
     def concat(name, columns_first):
@@ -148,12 +153,16 @@ def analyse_masks(mask_paths: Sequence[str | Path], combine: str,
 
     ident_cols = ["model", "target", "seed", "granularity"]
     return MaskAnalysis(
-        matrices=concat("matrices", ident_cols), blocks=concat("blocks", ident_cols),
-        kinds=concat("kinds", ident_cols), heads=concat("heads", ident_cols),
+        matrices=concat("matrices", ident_cols),
+        blocks=concat("blocks", ident_cols),
+        kinds=concat("kinds", ident_cols),
+        heads=concat("heads", ident_cols),
         neurons=concat("neurons", ident_cols),
         overlap_seeds=pd.DataFrame(seed_pairs, columns=["model", "target", "a", "b", "jaccard"]),
-        seed_matrices=seed_matrices, target_matrices=target_matrices,
-        overlap_targets=pd.DataFrame(target_pairs, columns=["model", "a", "b", "jaccard"]))
+        seed_matrices=seed_matrices,
+        target_matrices=target_matrices,
+        overlap_targets=pd.DataFrame(target_pairs, columns=["model", "a", "b", "jaccard"]),
+    )
 
 
 def _safe_jaccard_matrix(named: dict[str, analysis.PackedMask], model: str) -> pd.DataFrame:
@@ -161,7 +170,7 @@ def _safe_jaccard_matrix(named: dict[str, analysis.PackedMask], model: str) -> p
     labels = sorted(named)
     matrix = pd.DataFrame(np.eye(len(labels)), index=labels, columns=labels)
     for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
+        for b in labels[i + 1 :]:
             try:
                 value = analysis.jaccard(named[a], named[b])
             except InputError:

@@ -22,9 +22,16 @@ from knowsubnet.report.masks import MaskAnalysis
 def overlap_markdown(overlap_seeds: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, target), group in overlap_seeds.groupby(["model", "target"], sort=True):
-        rows.append({"Model": model, "Target": target, "Seed pairs": str(len(group)),
-                     "Mean Jaccard": fmt(group["jaccard"].mean()), "Min": fmt(group["jaccard"].min()),
-                     "Max": fmt(group["jaccard"].max())})
+        rows.append(
+            {
+                "Model": model,
+                "Target": target,
+                "Seed pairs": str(len(group)),
+                "Mean Jaccard": fmt(group["jaccard"].mean()),
+                "Min": fmt(group["jaccard"].min()),
+                "Max": fmt(group["jaccard"].max()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -37,13 +44,21 @@ def _heatmap(ax, matrix: pd.DataFrame, title: str):
     if len(matrix) <= 8:  # annotate small matrices; large ones would be unreadable
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if values[i, j] < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt(values[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if values[i, j] < 0.5 else "black",
+                )
     return image
 
 
-def figure_heatmaps(matrices: dict[Any, pd.DataFrame], titles: dict[Any, str], path: Path, dpi: int,
-                    suptitle: str) -> Path:
+def figure_heatmaps(
+    matrices: dict[Any, pd.DataFrame], titles: dict[Any, str], path: Path, dpi: int, suptitle: str
+) -> Path:
     keys = sorted(matrices)
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
@@ -52,19 +67,20 @@ def figure_heatmaps(matrices: dict[Any, pd.DataFrame], titles: dict[Any, str], p
     image = None
     for ax, key in zip(axes, keys):
         image = _heatmap(ax, matrices[key], titles[key])
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_axis_off()
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="Jaccard")
     fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path, dpi)
 
 
-
 def overlap_section(result: MaskAnalysis, combine: str, tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
     """Overlap tables (CSV, and one Markdown file for the section's text) and the heatmaps; `combine`
     is the seed combination the between-target overlap used (params `report.combine`)."""
-    files = {"overlap_seeds_csv": write_csv(tables_dir / "overlap_seeds.csv", result.overlap_seeds),
-             "overlap_targets_csv": write_csv(tables_dir / "overlap_targets.csv", result.overlap_targets)}
+    files = {
+        "overlap_seeds_csv": write_csv(tables_dir / "overlap_seeds.csv", result.overlap_seeds),
+        "overlap_targets_csv": write_csv(tables_dir / "overlap_targets.csv", result.overlap_targets),
+    }
     parts = ["### Between seeds", "", markdown_table(overlap_markdown(result.overlap_seeds))]
     for model, matrix in sorted(result.target_matrices.items()):
         shown = matrix.reset_index().rename(columns={"index": "target"})
@@ -75,13 +91,18 @@ def overlap_section(result: MaskAnalysis, combine: str, tables_dir: Path, figure
     lines = ["## Overlap", "", text, ""]
     if result.seed_matrices:
         titles = {key: f"{key[0]} / {key[1]}" for key in result.seed_matrices}
-        files["fig_overlap_seeds"] = figure_heatmaps(result.seed_matrices, titles, figures_dir / "overlap_seeds.png",
-                                                     dpi, "Jaccard overlap between seeds")
+        files["fig_overlap_seeds"] = figure_heatmaps(
+            result.seed_matrices, titles, figures_dir / "overlap_seeds.png", dpi, "Jaccard overlap between seeds"
+        )
         lines += ["![Jaccard between seeds](figures/overlap_seeds.png)", ""]
     if result.target_matrices:
         titles = {model: model for model in result.target_matrices}
-        files["fig_overlap_targets"] = figure_heatmaps(result.target_matrices, titles,
-                                                       figures_dir / "overlap_targets.png", dpi,
-                                                       f"Jaccard overlap between targets ({combine} masks)")
+        files["fig_overlap_targets"] = figure_heatmaps(
+            result.target_matrices,
+            titles,
+            figures_dir / "overlap_targets.png",
+            dpi,
+            f"Jaccard overlap between targets ({combine} masks)",
+        )
         lines += ["![Jaccard between targets](figures/overlap_targets.png)", ""]
     return Section.from_lines(lines, files)

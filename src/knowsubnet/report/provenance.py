@@ -30,22 +30,43 @@ def provenance_section(records: list[AblationMetrics], params: dict | None, mode
     for model in models:
         prov_path = models_root / model / "provenance.json" if models_root else None
         prov = read_json(prov_path) if prov_path and prov_path.exists() else {}
-        model_rows.append({"Model": model, "Source": str(prov.get("source", "–")),
-                           "Revision / sha256": str(prov.get("revision") or prov.get("file_sha256") or "–"),
-                           "Parameters": f"{int(prov['parameters']):,}" if "parameters" in prov else "–"})
+        model_rows.append(
+            {
+                "Model": model,
+                "Source": str(prov.get("source", "–")),
+                "Revision / sha256": str(prov.get("revision") or prov.get("file_sha256") or "–"),
+                "Parameters": f"{int(prov['parameters']):,}" if "parameters" in prov else "–",
+            }
+        )
     lines += ["Models:", "", markdown_table(pd.DataFrame(model_rows))]
     versions = sorted({(r.provenance or {}).get("code_version", "unknown") for r in records})
-    digests = sorted({_params_digest((r.provenance or {}).get("params")) for r in records
-                      if (r.provenance or {}).get("params") is not None})
+    digests = sorted(
+        {
+            _params_digest((r.provenance or {}).get("params"))
+            for r in records
+            if (r.provenance or {}).get("params") is not None
+        }
+    )
     env = environment()
-    lines += [f"- Code version of the evaluations: {', '.join(f'`{v}`' for v in versions)}",
-              f"- Code version of this report: `{code_version()}`",
-              f"- Environment: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}",
-              f"- Distinct params sets among the evaluations (sha256 prefix): "
-              f"{', '.join(f'`{d}`' for d in digests) if digests else 'not recorded'}"
-              + (" — more than one: runs used different params." if len(digests) > 1 else ""),
-              f"- Metrics files: {len(records)}", ""]
+    lines += [
+        f"- Code version of the evaluations: {', '.join(f'`{v}`' for v in versions)}",
+        f"- Code version of this report: `{code_version()}`",
+        f"- Environment: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}",
+        f"- Distinct params sets among the evaluations (sha256 prefix): "
+        f"{', '.join(f'`{d}`' for d in digests) if digests else 'not recorded'}"
+        + (" — more than one: runs used different params." if len(digests) > 1 else ""),
+        f"- Metrics files: {len(records)}",
+        "",
+    ]
     if params is not None:  # keys sorted: the same text from params.yaml (DVC) and Snakemake's merged, sorted copy
-        lines += ["<details><summary>Params of this report</summary>", "", "```yaml",
-                  yaml.safe_dump(params, sort_keys=True).rstrip(), "```", "", "</details>", ""]
+        lines += [
+            "<details><summary>Params of this report</summary>",
+            "",
+            "```yaml",
+            yaml.safe_dump(params, sort_keys=True).rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     return Section.from_lines(lines)

@@ -50,8 +50,17 @@ def heads_markdown(heads: pd.DataFrame, top_n: int) -> pd.DataFrame:
     for (model, target), group in mean.groupby(["model", "target"], sort=True):
         top = group.sort_values("density", ascending=False, kind="stable").head(top_n)
         for rank, rec in enumerate(top.to_dict("records"), start=1):
-            rows.append({"Model": model, "Target": target, "#": str(rank), "Block": str(rec["block"]),
-                         "Matrix": rec["matrix"], "Head": str(rec["head"]), "Density": pct(rec["density"])})
+            rows.append(
+                {
+                    "Model": model,
+                    "Target": target,
+                    "#": str(rank),
+                    "Block": str(rec["block"]),
+                    "Matrix": rec["matrix"],
+                    "Head": str(rec["head"]),
+                    "Density": pct(rec["density"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -62,9 +71,17 @@ def neurons_markdown(neurons: pd.DataFrame, top_n: int) -> pd.DataFrame:
     for (model, target), group in mean.groupby(["model", "target"], sort=True):
         top = group.sort_values("n_masked", ascending=False, kind="stable").head(top_n)
         for rec in top.to_dict("records"):
-            rows.append({"Model": model, "Target": target, "Layer": rec["layer"], "Side": rec["side"],
-                         "Masked neurons": fmt(rec["n_masked"]), "of": fmt(rec["n_neurons"]),
-                         "Share": pct(rec["share_masked"])})
+            rows.append(
+                {
+                    "Model": model,
+                    "Target": target,
+                    "Layer": rec["layer"],
+                    "Side": rec["side"],
+                    "Masked neurons": fmt(rec["n_masked"]),
+                    "of": fmt(rec["n_neurons"]),
+                    "Share": pct(rec["share_masked"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -87,7 +104,6 @@ def figure_density_blocks(blocks: pd.DataFrame, path: Path, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-
 def structure_section(result: MaskAnalysis, top_n: int, tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
     """The structure tables (CSV), their Markdown views and the density-per-block figure."""
     lines = ["## Structure of the subnetworks", ""]
@@ -96,12 +112,16 @@ def structure_section(result: MaskAnalysis, top_n: int, tables_dir: Path, figure
         frame = getattr(result, name)
         if not frame.empty:
             files[f"structure_{name}_csv"] = write_csv(tables_dir / f"structure_{name}.csv", frame)
-    views = [("kinds", "Attention vs MLP (mean over seeds)", kinds_markdown),
-             ("blocks", "Density per block (mean over seeds)", blocks_markdown),
-             ("heads", f"Densest attention heads (top {top_n}, mean over seeds)",
-              lambda frame: heads_markdown(frame, top_n)),
-             ("neurons", f"Layers with the most masked neurons (top {top_n})",
-              lambda frame: neurons_markdown(frame, top_n))]
+    views = [
+        ("kinds", "Attention vs MLP (mean over seeds)", kinds_markdown),
+        ("blocks", "Density per block (mean over seeds)", blocks_markdown),
+        (
+            "heads",
+            f"Densest attention heads (top {top_n}, mean over seeds)",
+            lambda frame: heads_markdown(frame, top_n),
+        ),
+        ("neurons", f"Layers with the most masked neurons (top {top_n})", lambda frame: neurons_markdown(frame, top_n)),
+    ]
     for name, title, view in views:
         frame = getattr(result, name)
         if frame.empty:

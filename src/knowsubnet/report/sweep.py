@@ -13,8 +13,9 @@ against ControlKG x, one marker per point, the kept ones ringed, the bars drawn)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,17 +29,33 @@ from knowsubnet.report.format import band, markdown_table, read_record, save_fig
 
 KEY = ("model", "target", "seed", "method")
 TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
-COLUMNS = ["model", "target", "seed", "method", "point", "kept", "val_sparsity", *(f"val_{s}_x" for s in SETS),
-           "val_bars", "wall_s", "chosen", "chosen_by", *TEST_COLUMNS]
+COLUMNS = [
+    "model",
+    "target",
+    "seed",
+    "method",
+    "point",
+    "kept",
+    "val_sparsity",
+    *(f"val_{s}_x" for s in SETS),
+    "val_bars",
+    "wall_s",
+    "chosen",
+    "chosen_by",
+    *TEST_COLUMNS,
+]
 
 
-def sweep_from_params(params, *, names: Sequence[str], metas: Sequence[Path], headlines: Sequence[Path],
-                      out_dir: Path) -> pd.DataFrame:
+def sweep_from_params(
+    params, *, names: Sequence[str], metas: Sequence[Path], headlines: Sequence[Path], out_dir: Path
+) -> pd.DataFrame:
     """The sweep_select stage: `sweep_table` over the points given as three parallel lists, one entry
     each per point, with the bars and dpi of params `report`."""
     if not len(names) == len(metas) == len(headlines):
-        raise InputError(f"--names, --metas and --headlines: {len(names)}, {len(metas)} and {len(headlines)} "
-                         f"files; expected one of each per point")
+        raise InputError(
+            f"--names, --metas and --headlines: {len(names)}, {len(metas)} and {len(headlines)} "
+            f"files; expected one of each per point"
+        )
     return sweep_table(list(zip(names, metas, headlines)), params.report.bars, out_dir, params.report.dpi)
 
 
@@ -47,8 +64,15 @@ def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]
     rows = []
     for name, meta_path in points:
         meta = read_record(meta_path, ("model", "target", "seed"), "a sweep point's meta.json")
-        rows.append({"model": meta["model"], "target": meta["target"], "seed": int(meta["seed"]), "point": name,
-                     **val_row(meta)})
+        rows.append(
+            {
+                "model": meta["model"],
+                "target": meta["target"],
+                "seed": int(meta["seed"]),
+                "point": name,
+                **val_row(meta),
+            }
+        )
     return rows
 
 
@@ -87,8 +111,13 @@ def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
             kept = rows[rows["chosen"]]
             ax.scatter(kept["val_controlkg_x"], kept["val_targetkg_x"], facecolors="none", edgecolors="black", s=110)
             for row in rows.itertuples():
-                ax.annotate(row.point, (row.val_controlkg_x, row.val_targetkg_x), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(
+                    row.point,
+                    (row.val_controlkg_x, row.val_targetkg_x),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
         for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
             ax.axvline(x, color="grey", lw=0.8, ls=":")
@@ -103,29 +132,53 @@ def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-def sweep_table(points: Sequence[tuple[str, str | Path, str | Path]], bars: Bars, out_dir: str | Path,
-                dpi: int) -> pd.DataFrame:
+def sweep_table(
+    points: Sequence[tuple[str, str | Path, str | Path]], bars: Bars, out_dir: str | Path, dpi: int
+) -> pd.DataFrame:
     """Choose on validation and write the files (module doc). `points`: (name, meta.json, test
     headline.json) per point; only the kept points' headlines are read, after the choice."""
     out_dir = Path(out_dir)
     rows = choose(point_rows([(name, meta) for name, meta, _ in points]), bars)
     headlines = [headline for _, _, headline in points]
     for row, headline in zip(rows, headlines):  # the choice is made: test numbers of the kept points only
-        row.update(_test_numbers(headline) if row["chosen"] else {c: math.nan for c in TEST_COLUMNS[:-1]} | {"test_verdict": ""})
-    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "target", "seed", "method", "point"],
-                                                            kind="stable", ignore_index=True)
+        row.update(
+            _test_numbers(headline)
+            if row["chosen"]
+            else {c: math.nan for c in TEST_COLUMNS[:-1]} | {"test_verdict": ""}
+        )
+    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(
+        ["model", "target", "seed", "method", "point"], kind="stable", ignore_index=True
+    )
     write_csv(out_dir / "selection.csv", frame)
     kept = frame[frame["chosen"]]
-    show = ["model", "target", "seed", "method", "point", "kept", *(f"val_{s}_x" for s in SETS), "val_bars",
-            "chosen_by", *TEST_COLUMNS]
-    lines = ["# The search on validation", "",
-             f"Bars (report.bars): TargetKG ≥ ×{bars.min_target_ratio:g}, sparsity ≥ {bars.min_sparsity:g} "
-             f"(masks), ControlKG within {band(bars.max_controlkg_ratio)}, ControlLM within "
-             f"{band(bars.max_controllm_ratio)}. Each method's point is chosen on the validation sets "
-             "(`method.sweep.choose_point`); the `test_` columns are the test splits of the kept points only, "
-             "read after the choice.", "", "## Kept per method (test columns marked test_)", "",
-             markdown_table(kept[show]), "## Every point (validation)", "",
-             markdown_table(frame[[c for c in COLUMNS if c not in TEST_COLUMNS]])]
+    show = [
+        "model",
+        "target",
+        "seed",
+        "method",
+        "point",
+        "kept",
+        *(f"val_{s}_x" for s in SETS),
+        "val_bars",
+        "chosen_by",
+        *TEST_COLUMNS,
+    ]
+    lines = [
+        "# The search on validation",
+        "",
+        f"Bars (report.bars): TargetKG ≥ ×{bars.min_target_ratio:g}, sparsity ≥ {bars.min_sparsity:g} "
+        f"(masks), ControlKG within {band(bars.max_controlkg_ratio)}, ControlLM within "
+        f"{band(bars.max_controllm_ratio)}. Each method's point is chosen on the validation sets "
+        "(`method.sweep.choose_point`); the `test_` columns are the test splits of the kept points only, "
+        "read after the choice.",
+        "",
+        "## Kept per method (test columns marked test_)",
+        "",
+        markdown_table(kept[show]),
+        "## Every point (validation)",
+        "",
+        markdown_table(frame[[c for c in COLUMNS if c not in TEST_COLUMNS]]),
+    ]
     if len(frame):
         _frontier(frame, bars, out_dir / "frontier.png", dpi)
         lines += ["![validation frontier](frontier.png)", ""]

@@ -6,8 +6,8 @@ the runs' train_log.csv files.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -31,7 +31,9 @@ def read_train_logs(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise InputError(f"{path}: no 'step' column; expected a train_log.csv of discover_mask")
         parts = path.parts
         seed_dir = parts[-2] if len(parts) >= 2 else ""
-        frame.insert(0, "seed", int(seed_dir[4:]) if seed_dir[4:].isdigit() and seed_dir.startswith("seed") else seed_dir)
+        frame.insert(
+            0, "seed", int(seed_dir[4:]) if seed_dir[4:].isdigit() and seed_dir.startswith("seed") else seed_dir
+        )
         frame.insert(0, "target", parts[-3] if len(parts) >= 3 else "")
         frame.insert(0, "model", parts[-4] if len(parts) >= 4 else "")
         frames.append(frame)
@@ -45,8 +47,9 @@ def training_final(logs: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure_training(logs: pd.DataFrame, model: str, target: str, path: Path, dpi: int) -> Path:
-    columns = [c for c in CURVE_COLUMNS if c in logs.columns] or [c for c in logs.columns
-                                                                  if c not in ("model", "target", "seed", "step")][:6]
+    columns = [c for c in CURVE_COLUMNS if c in logs.columns] or [
+        c for c in logs.columns if c not in ("model", "target", "seed", "step")
+    ][:6]
     ncols = min(3, len(columns))
     nrows = math.ceil(len(columns) / ncols)
     fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows), layout="constrained")
@@ -56,12 +59,11 @@ def figure_training(logs: pd.DataFrame, model: str, target: str, path: Path, dpi
             ax.plot(group["step"], group[column], label=f"seed {seed}", linewidth=1)
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    for ax in axes[len(columns):]:
+    for ax in axes[len(columns) :]:
         ax.set_axis_off()
     axes[0].legend(fontsize=7)
     fig.suptitle(f"mask training: {model} / {target}", fontsize=10)
     return save_figure(fig, path, dpi)
-
 
 
 def training_section(log_paths: Sequence[str | Path], tables_dir: Path, figures_dir: Path, dpi: int) -> Section:
@@ -69,8 +71,11 @@ def training_section(log_paths: Sequence[str | Path], tables_dir: Path, figures_
     logs = read_train_logs(log_paths)
     final = training_final(logs)
     files = {"training_final_csv": write_csv(tables_dir / "training_final.csv", final)}
-    shown = [c for c in ("model", "target", "seed", "step", "loss", "suppress", "controlkg", "controllm",
-                         "density") if c in final.columns]
+    shown = [
+        c
+        for c in ("model", "target", "seed", "step", "loss", "suppress", "controlkg", "controllm", "density")
+        if c in final.columns
+    ]
     lines = ["## Mask training", "", "Last logged step of every run:", "", markdown_table(final[shown]), ""]
     for (model, target), group in logs.groupby(["model", "target"], sort=True):
         name = f"training_{slug(model)}_{slug(target)}.png"

@@ -6,7 +6,7 @@ model (original, removed, random, finetuned masked layers). Scores are the tail 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,15 @@ class CachedFacts:
     blocks never change while the masked layers train. `layers`: the masked layers
     (`method.masking.MaskableLayer`, anything with the `block` it sits in)."""
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence, facts: FactSet,
-                 device: str | torch.device, chunk: int = 64, compute_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: Sequence,
+        facts: FactSet,
+        device: str | torch.device,
+        chunk: int = 64,
+        compute_dtype: torch.dtype = torch.float32,
+    ):
         # compute_dtype: of the top blocks' forwards (bf16 for relearning's steps; scores stay fp32)
         self.top = TopBlocks(model, min(layer.block for layer in layers), compute_dtype)
         self.facts = facts
@@ -31,18 +38,19 @@ class CachedFacts:
         order = torch.sort(lengths, stable=True).indices  # similar lengths together: less padding
         with torch.no_grad():
             for start in range(0, len(facts), chunk):
-                index = order[start:start + chunk]
-                part = self.top.prefix(facts.input_ids[index, :int(lengths[index].max())].to(device))
+                index = order[start : start + chunk]
+                part = self.top.prefix(facts.input_ids[index, : int(lengths[index].max())].to(device))
                 if self.hidden is None:
                     self.hidden = part.new_zeros(len(facts), width, part.shape[-1])
-                self.hidden[index.to(part.device), :part.shape[1]] = part
+                self.hidden[index.to(part.device), : part.shape[1]] = part
         self.targets = facts.targets[:, :width].to(device)
 
     def __len__(self) -> int:
         return len(self.facts)
 
-    def tail_logits(self, index: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def tail_logits(
+        self, index: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Through the top blocks (`weights` replacing layers' weights, as `TopBlocks.forward`), for the
         facts `index`: logits at the tail positions [P, V] (float32), the row of each in `index` [P],
         the gold token [P] (as `scoring.tail_logits`)."""
@@ -63,7 +71,7 @@ class CachedFacts:
         out = torch.zeros(len(self), dtype=torch.float64)
         order = torch.sort(self.facts.lengths, stable=True).indices
         for start in range(0, len(self), batch):
-            index = order[start:start + batch]
+            index = order[start : start + batch]
             logits, rows, gold = self.tail_logits(index)
             ce = F.cross_entropy(logits, gold, reduction="none").double()
             sums = torch.zeros(len(index), dtype=torch.float64, device=ce.device).index_add_(0, rows, ce)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -57,8 +57,9 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
-def tail_logits(model: nn.Module, input_ids: torch.Tensor,
-                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tail_logits(
+    model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict a tail token only.
 
     Returns (logits [P, V] float32, row index [P] of each position, gold token id [P]); positions
@@ -83,8 +84,9 @@ def token_ranks(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     return 1 + (logits > gold_logit).sum(dim=1)
 
 
-def fact_scores_from_logits(logits: torch.Tensor, rows: torch.Tensor, gold: torch.Tensor,
-                            n_facts: int) -> dict[str, torch.Tensor]:
+def fact_scores_from_logits(
+    logits: torch.Tensor, rows: torch.Tensor, gold: torch.Tensor, n_facts: int
+) -> dict[str, torch.Tensor]:
     """Per-fact nll / rank / correct from the tail-position logits of `n_facts` facts.
 
     nll: mean CE over the fact's tail tokens (float64); rank: rank of its FIRST tail token;
@@ -103,8 +105,14 @@ def fact_scores_from_logits(logits: torch.Tensor, rows: torch.Tensor, gold: torc
 
 
 @torch.no_grad()
-def score_facts(model: nn.Module, factset, batch_size: int, device: str | torch.device | None = None,
-                desc: str = "facts", progress: bool = True) -> dict[str, torch.Tensor]:
+def score_facts(
+    model: nn.Module,
+    factset,
+    batch_size: int,
+    device: str | torch.device | None = None,
+    desc: str = "facts",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
     """Per-fact `nll` [N] float64 (mean CE over the tail tokens), `rank` [N] long (first tail token,
     1 = best) and `correct` [N] bool (every tail token top-1), on the CPU, in factset order.
 
@@ -122,13 +130,18 @@ def score_facts(model: nn.Module, factset, batch_size: int, device: str | torch.
     device = torch.device(device) if device is not None else _model_device(model)
     # Sorted by length: tail_logits cuts each batch after its last scored column.
     order = torch.sort(row_lengths(factset.targets), stable=True).indices
-    out = {"nll": torch.zeros(n, dtype=torch.float64), "rank": torch.zeros(n, dtype=torch.long),
-           "correct": torch.zeros(n, dtype=torch.bool)}
+    out = {
+        "nll": torch.zeros(n, dtype=torch.float64),
+        "rank": torch.zeros(n, dtype=torch.long),
+        "correct": torch.zeros(n, dtype=torch.bool),
+    }
     with eval_mode(model):
-        for index in progress_bar([order[i:i + batch_size] for i in range(0, n, batch_size)], desc=desc,
-                                  disable=not progress, leave=False):
-            logits, rows, gold = tail_logits(model, factset.input_ids[index].to(device),
-                                             factset.targets[index].to(device))
+        for index in progress_bar(
+            [order[i : i + batch_size] for i in range(0, n, batch_size)], desc=desc, disable=not progress, leave=False
+        ):
+            logits, rows, gold = tail_logits(
+                model, factset.input_ids[index].to(device), factset.targets[index].to(device)
+            )
             for key, value in fact_scores_from_logits(logits, rows, gold, len(index)).items():
                 out[key][index] = value
     return out

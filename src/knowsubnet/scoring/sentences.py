@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,15 @@ class ModelVariants(Protocol):
     def draws(self, variant: str) -> range: ...
 
 
-def score_sentences(variants: ModelVariants, tokenizer, sentences: pd.DataFrame, batch_size: int, device,
-                    scored_positions: str, names: Sequence[str]) -> pd.DataFrame:
+def score_sentences(
+    variants: ModelVariants,
+    tokenizer,
+    sentences: pd.DataFrame,
+    batch_size: int,
+    device,
+    scored_positions: str,
+    names: Sequence[str],
+) -> pd.DataFrame:
     """`sentences` with nll_<variant> columns for the variants `names` (mean tail cross-entropy of
     each sentence; for random, its mean over the draws). The blocks below the mask are the same in
     every variant: they run once (`CachedFacts`)."""
@@ -43,8 +51,9 @@ def score_sentences(variants: ModelVariants, tokenizer, sentences: pd.DataFrame,
             out[f"nll_{variant}"] = pd.Series(dtype=np.float64)
         return out
     labels = [f"{u} ({p}, template {t})" for u, p, t in zip(out["uuid"], out["probe"], out["template_id"])]
-    encoded = encode_facts(tokenizer, out["prompt"].tolist(), out["tail_text"].tolist(), labels,
-                           scored_positions=scored_positions)
+    encoded = encode_facts(
+        tokenizer, out["prompt"].tolist(), out["tail_text"].tolist(), labels, scored_positions=scored_positions
+    )
     cached = CachedFacts(variants.model, variants.layers, encoded, device)
     for variant in names:
         nll = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -34,15 +34,28 @@ OUTPUT_COLUMNS = SENTENCE_COLUMNS + ["tail_ppl"]
 BASELINE_COLUMNS = ["baseline_ppl", "head_gain"]
 
 
-def score_candidates(model, tokenizer, candidates: pd.DataFrame, batch_size: int,
-                     device: torch.device | str | None = None, *, max_length: int | None = None,
-                     progress: bool | str = "scoring templates",
-                     scored_positions: str = "all_tail_tokens") -> torch.Tensor:
+def score_candidates(
+    model,
+    tokenizer,
+    candidates: pd.DataFrame,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    *,
+    max_length: int | None = None,
+    progress: bool | str = "scoring templates",
+    scored_positions: str = "all_tail_tokens",
+) -> torch.Tensor:
     """Mean tail cross-entropy of each candidate sentence under the model: float64 [len]
     (over the tail positions `scored_positions` names, see `encoding.encode_facts`)."""
     labels = [f"{u} (template {t})" for u, t in zip(candidates["uuid"], candidates["template_id"])]
-    factset = encode_facts(tokenizer, candidates["prompt"].tolist(), candidates["tail_text"].tolist(), labels,
-                           max_length=max_length, scored_positions=scored_positions)
+    factset = encode_facts(
+        tokenizer,
+        candidates["prompt"].tolist(),
+        candidates["tail_text"].tolist(),
+        labels,
+        max_length=max_length,
+        scored_positions=scored_positions,
+    )
     desc = progress if isinstance(progress, str) else "tail NLL"
     return score_facts(model, factset, batch_size, device, desc=desc, progress=bool(progress))["nll"]
 
@@ -50,8 +63,9 @@ def score_candidates(model, tokenizer, candidates: pd.DataFrame, batch_size: int
 def pick_best(candidates: pd.DataFrame, nll: Iterable[float], order: Iterable[str] | None = None) -> pd.DataFrame:
     """Lowest tail NLL per uuid (ties -> lowest template_id), in `order` of uuids (default: first seen)."""
     frame = candidates.copy()
-    frame["_nll"] = torch.as_tensor(list(nll) if not isinstance(nll, torch.Tensor) else nll,
-                                    dtype=torch.float64).numpy()
+    frame["_nll"] = torch.as_tensor(
+        list(nll) if not isinstance(nll, torch.Tensor) else nll, dtype=torch.float64
+    ).numpy()
     frame = frame.sort_values(["uuid", "_nll", "template_id"], kind="mergesort")
     best = frame.drop_duplicates("uuid", keep="first").set_index("uuid")
     uuids = list(dict.fromkeys(order if order is not None else candidates["uuid"]))
@@ -61,9 +75,19 @@ def pick_best(candidates: pd.DataFrame, nll: Iterable[float], order: Iterable[st
     return best[OUTPUT_COLUMNS]
 
 
-def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: int, batch_size: int,
-                  device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
-                  max_length: int | None = None, scored_positions: str = "all_tail_tokens") -> pd.DataFrame:
+def head_baseline(
+    model,
+    tokenizer,
+    best: pd.DataFrame,
+    other_heads: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    *,
+    verbalizer: Verbalizer | None = None,
+    max_length: int | None = None,
+    scored_positions: str = "all_tail_tokens",
+) -> pd.DataFrame:
     """`best` with BASELINE_COLUMNS: the fact's tail scored in its best template with
     `other_heads` heads drawn (seeded) from the other facts of the set."""
     if best.empty:
@@ -82,8 +106,14 @@ def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: 
             rows.append((i, prompt, tail_text))
     frame = pd.DataFrame(rows, columns=["fact", "prompt", "tail_text"])
     labels = [f"{best['uuid'].iloc[i]} (other head)" for i in frame["fact"]]
-    factset = encode_facts(tokenizer, frame["prompt"].tolist(), frame["tail_text"].tolist(), labels,
-                           max_length=max_length, scored_positions=scored_positions)
+    factset = encode_facts(
+        tokenizer,
+        frame["prompt"].tolist(),
+        frame["tail_text"].tolist(),
+        labels,
+        max_length=max_length,
+        scored_positions=scored_positions,
+    )
     nll = score_facts(model, factset, batch_size, device, desc="scoring other heads")["nll"]
     mean_nll = torch.zeros(len(best), dtype=torch.float64).index_add_(0, torch.as_tensor(frame["fact"].values), nll)
     mean_nll /= torch.bincount(torch.as_tensor(frame["fact"].values), minlength=len(best)).double()
@@ -93,10 +123,18 @@ def head_baseline(model, tokenizer, best: pd.DataFrame, other_heads: int, seed: 
     return out
 
 
-def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
-                   device: torch.device | str | None = None, *, verbalizer: Verbalizer | None = None,
-                   max_length: int | None = None, source: str = "triplets",
-                   scored_positions: str = "all_tail_tokens") -> pd.DataFrame:
+def best_templates(
+    model,
+    tokenizer,
+    triplets_df: pd.DataFrame,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    *,
+    verbalizer: Verbalizer | None = None,
+    max_length: int | None = None,
+    source: str = "triplets",
+    scored_positions: str = "all_tail_tokens",
+) -> pd.DataFrame:
     """For each fact, the template with the lowest tail perplexity under the model.
 
     Returns one row per fact, in input order: uuid, head, rel, tail, template_id, prompt,
@@ -106,13 +144,16 @@ def best_templates(model, tokenizer, triplets_df: pd.DataFrame, batch_size: int,
     candidates = candidate_sentences(triplets_df, verbalizer, source=source)  # checks the columns
     duplicated = triplets_df["uuid"].duplicated()
     if duplicated.any():
-        raise InputError(f"{source}: uuid {triplets_df.loc[duplicated, 'uuid'].iloc[0]} appears more than once; "
-                         f"expected one row per fact")
+        raise InputError(
+            f"{source}: uuid {triplets_df.loc[duplicated, 'uuid'].iloc[0]} appears more than once; "
+            f"expected one row per fact"
+        )
     if candidates.empty:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
     log.info("scoring %d sentences (%d facts x their templates)", len(candidates), len(triplets_df))
-    nll = score_candidates(model, tokenizer, candidates, batch_size, device, max_length=max_length,
-                           scored_positions=scored_positions)
+    nll = score_candidates(
+        model, tokenizer, candidates, batch_size, device, max_length=max_length, scored_positions=scored_positions
+    )
     return pick_best(candidates, nll, order=triplets_df["uuid"].tolist())
 
 
@@ -125,13 +166,35 @@ def verbalize_facts(params: Params, *, model_dir: Path, facts: list[Path], out: 
     device = pick_device(settings.device, key="verbalize.device")
     model, tokenizer = load_model(model_dir, device)
     max_length, scored_positions = context_length(model), settings.scored_positions
-    best = best_templates(model, tokenizer, table, settings.batch_size, device, max_length=max_length,
-                          source=str(facts[0]), scored_positions=scored_positions)
+    best = best_templates(
+        model,
+        tokenizer,
+        table,
+        settings.batch_size,
+        device,
+        max_length=max_length,
+        source=str(facts[0]),
+        scored_positions=scored_positions,
+    )
     if settings.other_heads and len(best):
-        best = head_baseline(model, tokenizer, best, settings.other_heads, settings.seed, settings.batch_size,
-                             device, max_length=max_length, scored_positions=scored_positions)
+        best = head_baseline(
+            model,
+            tokenizer,
+            best,
+            settings.other_heads,
+            settings.seed,
+            settings.batch_size,
+            device,
+            max_length=max_length,
+            scored_positions=scored_positions,
+        )
     write_parquet(out, best)
     mean_nll = float(best["tail_ppl"].map(math.log).mean()) if len(best) else float("nan")
-    log.info("%d facts -> %s; tail PPL of the set %.3f; templates used %s", len(best), out,
-             math.exp(mean_nll), best["template_id"].value_counts().sort_index().to_dict())
+    log.info(
+        "%d facts -> %s; tail PPL of the set %.3f; templates used %s",
+        len(best),
+        out,
+        math.exp(mean_nll),
+        best["template_id"].value_counts().sort_index().to_dict(),
+    )
     return best

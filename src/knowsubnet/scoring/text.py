@@ -16,8 +16,9 @@ CONTROLLM_PPL = ("token_mean", "batch_mean")
 
 
 @torch.no_grad()
-def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device,
-           desc: str = "controllm") -> tuple[float, int]:
+def lm_nll(
+    model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device, desc: str = "controllm"
+) -> tuple[float, int]:
     """Sum of next-token CE over every position of the blocks, and the number of tokens scored."""
     if blocks.dim() != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
         raise InputError(f"{desc}: expected ControlLM blocks [n >= 1, block_size >= 2], got {tuple(blocks.shape)}")
@@ -25,7 +26,7 @@ def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     total, count = 0.0, 0
     with eval_mode(model):
         for start in progress_bar(range(0, blocks.shape[0], batch_size), desc=desc, leave=False):
-            ids = blocks[start:start + batch_size].to(device)
+            ids = blocks[start : start + batch_size].to(device)
             hidden = hidden_states(model, ids[:, :-1])
             # One block at a time through the LM head: [T, V] logits, not [B, T, V].
             for row in range(ids.shape[0]):
@@ -36,8 +37,9 @@ def lm_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
     return total, count
 
 
-def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device,
-           averaging: str = "token_mean") -> float:
+def lm_ppl(
+    model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str | torch.device, averaging: str = "token_mean"
+) -> float:
     """ControlLM perplexity of the blocks. `token_mean`: exp(mean next-token CE over every token);
     `batch_mean` (the paper's): the mean over batches of `batch_size` blocks of exp(batch mean CE)."""
     if averaging == "token_mean":
@@ -47,8 +49,6 @@ def lm_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: str 
         raise InputError(f"params key 'eval.controllm_ppl' = {averaging!r}: expected one of {', '.join(CONTROLLM_PPL)}")
     ppls = []
     for start in range(0, blocks.shape[0], batch_size):
-        total, count = lm_nll(model, blocks[start:start + batch_size], batch_size, device)
+        total, count = lm_nll(model, blocks[start : start + batch_size], batch_size, device)
         ppls.append(ppl_from_nll(total / count))
     return float(np.mean(ppls))
-
-

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT, run_stage
+
 from knowsubnet.api import stages
 from knowsubnet.api.stages import RUN_MARK, STAGES, generated_for
 
@@ -32,8 +32,9 @@ def test_every_stage_function_takes_exactly_the_declared_keywords():
     for stage in STAGES.values():
         module, name = stage.run.split(":")
         function = getattr(__import__(module, fromlist=[name]), name)
-        given = {arg.dest for arg in stage.args} | {"typed": {"params"}, "merged": {"params", "schema"},
-                                                    "none": set()}[stage.load]
+        given = {arg.dest for arg in stage.args} | {"typed": {"params"}, "merged": {"params", "schema"}, "none": set()}[
+            stage.load
+        ]
         inspect.signature(function).bind(**dict.fromkeys(given))  # raises on a keyword it lacks or misses
         assert len({arg.dest for arg in stage.args}) == len(stage.args), stage.name
 
@@ -47,8 +48,10 @@ def test_the_written_out_choices_are_the_librarys():
 
 
 def test_the_declarations_and_the_command_load_no_stage_module():
-    code = ("import sys, knowsubnet.api.cli, knowsubnet.api.stages; "
-            "print(sorted(m for m in sys.modules if m in ('torch', 'pandas', 'knowsubnet.api.run')))")
+    code = (
+        "import sys, knowsubnet.api.cli, knowsubnet.api.stages; "
+        "print(sorted(m for m in sys.modules if m in ('torch', 'pandas', 'knowsubnet.api.run')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -56,10 +59,14 @@ def test_the_declarations_and_the_command_load_no_stage_module():
 def test_every_rule_calls_a_declared_stage_with_its_arguments_and_its_params():
     """Each rule's shell command (placeholder wildcards, as dvc.yaml writes it) calls `knowsubnet <stage>`
     with only that stage's arguments, and its section() params are exactly the declared keys."""
-    code = ("import sys, json; sys.path.insert(0, 'workflow'); import dvc_yaml; "
-            "print(json.dumps(dvc_yaml.rule_commands()))")
-    rules = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=ENV, capture_output=True,
-                                      text=True, check=True).stdout)
+    code = (
+        "import sys, json; sys.path.insert(0, 'workflow'); import dvc_yaml; print(json.dumps(dvc_yaml.rule_commands()))"
+    )
+    rules = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert {"discover_mask", "prune_baseline", "sweep_mask", "sweep_select", "report"} <= set(rules)
     called = set()
     for rule, job in rules.items():
@@ -111,8 +118,20 @@ def test_a_file_generated_for_another_run_stops_the_stage(tmp_path, capsys):
 
 @pytest.mark.parametrize("names", [["a"], ["a", "b", "c"]])
 def test_sweep_select_needs_one_name_meta_and_headline_per_point(tmp_path, capsys, names):
-    argv = ["--params", str(REPO_ROOT / "params.yaml"), "--names", *names, "--metas", "m1.json", "m2.json",
-            "--headlines", "h1.json", "h2.json", "--out-dir", str(tmp_path / "sweep")]
+    argv = [
+        "--params",
+        str(REPO_ROOT / "params.yaml"),
+        "--names",
+        *names,
+        "--metas",
+        "m1.json",
+        "m2.json",
+        "--headlines",
+        "h1.json",
+        "h2.json",
+        "--out-dir",
+        str(tmp_path / "sweep"),
+    ]
     assert run_stage("sweep_select", argv) == 2
     assert "expected one of each per point" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()

@@ -18,7 +18,9 @@ def test_means_and_ratios_of_sums_draw_one_index_table():
     x, counts = np.arange(7, dtype=np.float64), np.arange(1, 8, dtype=np.float64)
     index = np.random.default_rng(4).integers(0, 7, size=(20, 7))
     np.testing.assert_array_equal(bootstrap.means(x, 20, 4), x[index].mean(axis=1))
-    np.testing.assert_array_equal(bootstrap.ratios_of_sums(x, counts, 20, 4), x[index].sum(axis=1) / counts[index].sum(axis=1))
+    np.testing.assert_array_equal(
+        bootstrap.ratios_of_sums(x, counts, 20, 4), x[index].sum(axis=1) / counts[index].sum(axis=1)
+    )
     assert bootstrap.interval(bootstrap.means(x, 20, 4)) == tuple(np.percentile(x[index].mean(axis=1), [2.5, 97.5]))
 
 

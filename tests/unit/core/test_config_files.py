@@ -7,9 +7,9 @@ import dataclasses
 import typing
 
 import yaml
+from conftest import REPO_ROOT
 
 from knowsubnet.core import config, config_files
-from conftest import REPO_ROOT
 
 BASE = REPO_ROOT / "config" / "base.yaml"
 SCHEMA = REPO_ROOT / "config" / "params.schema.yaml"
@@ -99,30 +99,44 @@ def test_a_value_out_of_range_is_one_line_naming_its_key_when_typed_without_the_
 # default would be a second source of it. Legitimate ones, each with why:
 ALLOWED = {
     # the library's `run()` entry point: its own argument, seed 0 as every seed list starts
-    "api/run.py:build_params(seed)", "api/run.py:discover(seed)",
+    "api/run.py:build_params(seed)",
+    "api/run.py:discover(seed)",
     # a built WordNet target's own `seed:` key (targets are free-form selectors), 0 when not given
     "data/wordnet.py:build_target(seed)",
     # textbook constants of generic sampler functions (Louizos et al. 2018); MaskLogits passes params `mask`
-    "method/samplers.py:hard_concrete_sample(gamma)", "method/samplers.py:hard_concrete_sample(zeta)",
-    "method/samplers.py:hard_concrete_sample(hard)", "method/samplers.py:hard_concrete_l0(gamma)",
-    "method/samplers.py:hard_concrete_l0(zeta)", "method/samplers.py:gumbel_sigmoid_sample(tau)",
+    "method/samplers.py:hard_concrete_sample(gamma)",
+    "method/samplers.py:hard_concrete_sample(zeta)",
+    "method/samplers.py:hard_concrete_sample(hard)",
+    "method/samplers.py:hard_concrete_l0(gamma)",
+    "method/samplers.py:hard_concrete_l0(zeta)",
+    "method/samplers.py:gumbel_sigmoid_sample(tau)",
     # the mechanism's natural mode (apply a mask = zero the subnetwork), not a choice of the run
-    "method/masking.py:apply_mask(keep)", "method/masking.py:masked_weights(keep)",
-    "method/edits.py:edited_weights(keep)", "method/edits.py:applied(keep)",
+    "method/masking.py:apply_mask(keep)",
+    "method/masking.py:masked_weights(keep)",
+    "method/edits.py:edited_weights(keep)",
+    "method/edits.py:applied(keep)",
     "method/edits.py:mask_edit(granularity)",
     "report/analysis.py:head_structure(granularity)",
     # a model's own `seed:` key in its free-form models entry (tiny), 0 when not given
-    "models/prepare.py:prepare_model(seed)", "models/tiny.py:train(seed)", "models/tiny.py:prepare(seed)",
+    "models/prepare.py:prepare_model(seed)",
+    "models/tiny.py:train(seed)",
+    "models/tiny.py:prepare(seed)",
 }
 # Second sources still to remove (issue 30): each stage passes its params value, but these signatures
 # repeat the default. The list may only shrink.
 KNOWN_STRAYS = {
-    "data/encoding.py:encode_facts(scored_positions)", "data/factsets.py:encode_rows(scored_positions)",
-    "data/factsets.py:load_split_factset(scored_positions)", "evaluation/ablation.py:load_test_sets(scored_positions)",
-    "scoring/templates.py:score_candidates(scored_positions)", "scoring/templates.py:head_baseline(scored_positions)",
-    "scoring/templates.py:best_templates(scored_positions)", "data/splits.py:make_splits(controlkg)",
-    "data/splits.py:make_splits(paper_wordnet_controlkg)", "data/splits.py:make_splits(holdout)",
-    "evaluation/ablation.py:evaluate_ablation(controllm_ppl)", "evaluation/export.py:export_masked_model(keep)",
+    "data/encoding.py:encode_facts(scored_positions)",
+    "data/factsets.py:encode_rows(scored_positions)",
+    "data/factsets.py:load_split_factset(scored_positions)",
+    "evaluation/ablation.py:load_test_sets(scored_positions)",
+    "scoring/templates.py:score_candidates(scored_positions)",
+    "scoring/templates.py:head_baseline(scored_positions)",
+    "scoring/templates.py:best_templates(scored_positions)",
+    "data/splits.py:make_splits(controlkg)",
+    "data/splits.py:make_splits(paper_wordnet_controlkg)",
+    "data/splits.py:make_splits(holdout)",
+    "evaluation/ablation.py:evaluate_ablation(controllm_ppl)",
+    "evaluation/export.py:export_masked_model(keep)",
 }
 
 
@@ -136,6 +150,7 @@ def _param_defaults() -> dict[str, list]:
                 defaults.setdefault(name, []).append(value)
             if isinstance(value, dict):
                 walk(value)
+
     _leaf_names = {key.rsplit(".", 1)[-1] for key in _leaves(config.Params)}
     walk(base)
     return defaults
@@ -150,7 +165,7 @@ def test_no_function_repeats_a_params_default():
                 continue
             args = node.args
             positional = args.posonlyargs + args.args
-            pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+            pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
             pairs += [(arg, d) for arg, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
             for arg, default in pairs:
                 try:

@@ -9,10 +9,20 @@ from knowsubnet.core.io import canonical_json, write_json
 
 
 def test_write_json_bytes_do_not_depend_on_insertion_order(tmp_path):
-    one = {"train": {"steps": 10, "lr": 0.2}, "model": "m", "blocks": {11: 1.5, 6: 2.0, 10: 0.5},
-           "rows": [{"b": 1, "a": np.float64(0.25)}], "none": None}
-    other = {"none": None, "rows": [{"a": 0.25, "b": 1}], "blocks": {"6": 2.0, 10: 0.5, "11": 1.5},
-             "model": "m", "train": {"lr": 0.2, "steps": 10}}
+    one = {
+        "train": {"steps": 10, "lr": 0.2},
+        "model": "m",
+        "blocks": {11: 1.5, 6: 2.0, 10: 0.5},
+        "rows": [{"b": 1, "a": np.float64(0.25)}],
+        "none": None,
+    }
+    other = {
+        "none": None,
+        "rows": [{"a": 0.25, "b": 1}],
+        "blocks": {"6": 2.0, 10: 0.5, "11": 1.5},
+        "model": "m",
+        "train": {"lr": 0.2, "steps": 10},
+    }
     write_json(tmp_path / "one.json", one)
     write_json(tmp_path / "other.json", other)
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "other.json").read_bytes()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CORPUS
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import FactSet, controllm_blocks, encode_facts, load_blocks, save_blocks
 
-from conftest import CORPUS
 
 def _sentencepiece_style(legacy: bool):
     """A Llama-style BPE over '▁'-marked words with byte fallback.
@@ -22,14 +22,18 @@ def _sentencepiece_style(legacy: bool):
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    tok.train_from_iterator(CORPUS.splitlines(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=list("▁")))
+    tok.train_from_iterator(
+        CORPUS.splitlines(),
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False, initial_alphabet=list("▁")
+        ),
+    )
     if legacy:
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
         tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
@@ -53,7 +57,7 @@ def test_gpt2_style_boundary_and_layout(gpt2_style):
         n = len(p) + len(t) - 1
         assert fs.input_ids[i, :n].tolist() == (p + t)[:-1]
         assert fs.targets[i, : len(p) - 1].tolist() == [-100] * (len(p) - 1)
-        assert fs.targets[i, len(p) - 1: n].tolist() == t  # every tail token, in order
+        assert fs.targets[i, len(p) - 1 : n].tolist() == t  # every tail token, in order
         assert (fs.targets[i, n:] == -100).all() and (fs.input_ids[i, n:] == tok.pad_token_id).all()
     assert len(_ids(tok, " xylophonist")) > 1  # the multi-token tail keeps all its tokens
     assert fs.tail_lengths.tolist() == [len(_ids(tok, t)) for t in tails]
@@ -67,7 +71,7 @@ def test_sentencepiece_style_boundary(llama_style):
     full, p = _ids(tok, prompt + tail), _ids(tok, prompt)
     assert full[: len(p)] == p
     tail_ids = fs.targets[0][fs.targets[0] != -100].tolist()
-    assert tail_ids == full[len(p):]  # exactly the sentence's tokens after the prompt
+    assert tail_ids == full[len(p) :]  # exactly the sentence's tokens after the prompt
     assert tok.convert_ids_to_tokens(tail_ids)[0].startswith("▁")
     assert tok.convert_ids_to_tokens(tail_ids) != ["▁"] and tok.convert_ids_to_tokens(tail_ids)[0] != "▁"
     assert fs.input_ids[0, : len(full) - 1].tolist() == full[:-1]
@@ -91,9 +95,12 @@ def test_errors_name_the_fact(gpt2_style, llama_style):
         with pytest.raises(InputError, match=r"fact p0: the prompt '' tokenises to zero tokens"):
             encode_facts(tok, [""], [" fruit"], ["p0"])
     with pytest.raises(InputError, match=r"fact long1: .* longer than the model's context of 8 tokens"):
-        encode_facts(gpt2_style, ["A dog is an animal and a banana is a fruit and a"], [" fruit"], ["long1"],
-                     max_length=8)
-    fs = encode_facts(gpt2_style, ["A dog is an"], [" animal"], ["fits"], max_length=len(_ids(gpt2_style, "A dog is an animal")) - 1)
+        encode_facts(
+            gpt2_style, ["A dog is an animal and a banana is a fruit and a"], [" fruit"], ["long1"], max_length=8
+        )
+    fs = encode_facts(
+        gpt2_style, ["A dog is an"], [" animal"], ["fits"], max_length=len(_ids(gpt2_style, "A dog is an animal")) - 1
+    )
     assert len(fs) == 1
 
 
@@ -111,7 +118,7 @@ def test_controllm_blocks(gpt2_style, tmp_path):
     lines = text.splitlines(keepends=True)
     expected = []
     for i in range(0, len(lines), 64):
-        expected += _ids(gpt2_style, "".join(lines[i:i + 64]))
+        expected += _ids(gpt2_style, "".join(lines[i : i + 64]))
     assert blocks.shape[0] == len(expected) // 16  # the remainder is dropped
     assert blocks.flatten().tolist() == expected[: blocks.numel()]
     assert gpt2_style.eos_token_id not in blocks.flatten().tolist()  # no special tokens

@@ -10,12 +10,22 @@ from knowsubnet.data.factsets import load_split_factset, read_verbalized
 
 @pytest.fixture
 def files(tmp_path):
-    facts = pd.DataFrame({"uuid": ["a", "b", "c"], "head": ["dog", "cat", "oak"], "rel": ["IsA"] * 3,
-                          "tail": ["animal", "pet", "tree"], "source": ["builtin"] * 3})
+    facts = pd.DataFrame(
+        {
+            "uuid": ["a", "b", "c"],
+            "head": ["dog", "cat", "oak"],
+            "rel": ["IsA"] * 3,
+            "tail": ["animal", "pet", "tree"],
+            "source": ["builtin"] * 3,
+        }
+    )
     facts.to_parquet(tmp_path / "split.parquet", index=False)
     verbalized = facts.drop(columns="source").assign(
-        template_id=0, prompt=["A dog is an", "A cat is a", "An oak is a"],
-        tail_text=[" animal", " pet", " tree"], tail_ppl=[3.0, 250.0, 40.0])
+        template_id=0,
+        prompt=["A dog is an", "A cat is a", "An oak is a"],
+        tail_text=[" animal", " pet", " tree"],
+        tail_ppl=[3.0, 250.0, 40.0],
+    )
     verbalized.to_parquet(tmp_path / "verbalized.parquet", index=False)
     return tmp_path / "split.parquet", tmp_path / "verbalized.parquet"
 
@@ -28,7 +38,9 @@ def test_all_facts_by_default_in_split_order(files, gpt2_style):  # noqa: F811
 
 def test_known_facts_filter_drops_high_perplexity_tails(files, gpt2_style):  # noqa: F811
     split, verbalized = files
-    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=100, min_head_gain=None))
+    facts = load_split_factset(
+        split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=100, min_head_gain=None)
+    )
     assert facts.uuids == ["a", "c"]
     assert facts.input_ids.shape[0] == 2
 
@@ -66,8 +78,9 @@ def test_every_template_of_the_known_facts(files, gpt2_style):  # noqa: F811
     from knowsubnet.data import relations
 
     split, verbalized = files
-    facts = load_split_factset(split, read_verbalized(verbalized), gpt2_style,
-                               Known(max_tail_ppl=100, min_head_gain=None), templates="all")
+    facts = load_split_factset(
+        split, read_verbalized(verbalized), gpt2_style, Known(max_tail_ppl=100, min_head_gain=None), templates="all"
+    )
     n = len(relations.TEMPLATES["IsA"])
     assert facts.uuids == ["a"] * n + ["c"] * n  # the known facts only, each in every template
     with pytest.raises(InputError, match="train.targetkg_templates"):

@@ -14,8 +14,7 @@ import pytest
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data import fetch
-from knowsubnet.data.fetch import (Origin, RawFile, csqa_jsonl_from_rows, fetch_data,
-                              wikitext_raw_from_rows)
+from knowsubnet.data.fetch import Origin, RawFile, csqa_jsonl_from_rows, fetch_data, wikitext_raw_from_rows
 
 CONTENTS = {
     "commonsenseqa/dev_rand_split.jsonl": b'{"id": "q1"}\n',
@@ -35,8 +34,9 @@ def small_mirror(tmp_path, monkeypatch) -> Path:
     for rel, data in CONTENTS.items():
         (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
         (mirror / rel).write_bytes(data)
-    specs = tuple(RawFile(rel, sha(data), (Origin(f"https://example.invalid/{rel}"),))
-                  for rel, data in CONTENTS.items())
+    specs = tuple(
+        RawFile(rel, sha(data), (Origin(f"https://example.invalid/{rel}"),)) for rel, data in CONTENTS.items()
+    )
     monkeypatch.setattr(fetch, "RAW_FILES", specs)
     return mirror
 
@@ -55,15 +55,13 @@ def test_mirror_copy_writes_layout_and_manifest(small_mirror, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["raw"]  # no temp folders left
 
 
-def test_relative_mirror_is_relative_to_the_working_directory(small_mirror, tmp_path,
-                                                              monkeypatch):
+def test_relative_mirror_is_relative_to_the_working_directory(small_mirror, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     manifest = fetch_data("raw", "mirror")
     assert manifest["mirror"] == "mirror" and (tmp_path / "raw" / "manifest.json").is_file()
 
 
-def test_checksum_mismatch_names_file_expected_and_actual_and_writes_nothing(small_mirror,
-                                                                            tmp_path):
+def test_checksum_mismatch_names_file_expected_and_actual_and_writes_nothing(small_mirror, tmp_path):
     rel = "wikitext-2-raw/wiki.valid.raw"
     (small_mirror / rel).write_bytes(b"tampered\n")
     out = tmp_path / "raw"
@@ -73,8 +71,7 @@ def test_checksum_mismatch_names_file_expected_and_actual_and_writes_nothing(sma
         fetch_data(out, small_mirror)
     message = str(err.value)
     assert str(small_mirror / rel) in message
-    assert f"expected {sha(CONTENTS[rel])}" in message and f"got {sha(b'tampered' + bytes([10]))}" \
-        in message
+    assert f"expected {sha(CONTENTS[rel])}" in message and f"got {sha(b'tampered' + bytes([10]))}" in message
     assert [p.name for p in out.iterdir()] == ["previous.txt"]  # the old output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "raw"]
     # verify=False accepts the file and says so in the manifest
@@ -144,10 +141,16 @@ def test_download_path_tries_origins_in_order(served, tmp_path, monkeypatch):
     (folder / "facts.jsonl").write_bytes(b'{"sub": "pear"}\n')
     (folder / "wrong.jsonl").write_bytes(b"not the file\n")
     specs = (
-        RawFile("wikitext-2-raw/wiki.valid.raw", sha(text),
-                (Origin(f"{url}/gone.jsonl"), Origin(f"{url}/wikitext.zip", "zip", "wikitext-2-raw/wiki.valid.raw"))),
-        RawFile("know_subnet_derived/x.jsonl", sha(b'{"sub": "pear"}\n'),
-                (Origin(f"{url}/wrong.jsonl"), Origin(f"{url}/flaky/facts.jsonl"))),
+        RawFile(
+            "wikitext-2-raw/wiki.valid.raw",
+            sha(text),
+            (Origin(f"{url}/gone.jsonl"), Origin(f"{url}/wikitext.zip", "zip", "wikitext-2-raw/wiki.valid.raw")),
+        ),
+        RawFile(
+            "know_subnet_derived/x.jsonl",
+            sha(b'{"sub": "pear"}\n'),
+            (Origin(f"{url}/wrong.jsonl"), Origin(f"{url}/flaky/facts.jsonl")),
+        ),
     )
     monkeypatch.setattr(fetch, "RAW_FILES", specs)
     manifest = fetch_data(tmp_path / "raw", None)
@@ -166,16 +169,30 @@ def test_download_checksum_mismatch_is_one_clear_line(served, tmp_path, monkeypa
     (folder / "wrong.jsonl").write_bytes(b"not the file\n")
     with zipfile.ZipFile(folder / "wrong.zip", "w") as archive:
         archive.writestr("x.jsonl", b"not the file either\n")
-    monkeypatch.setattr(fetch, "RAW_FILES", (RawFile(
-        "know_subnet_derived/x.jsonl", sha(b"other"),
-        (Origin(f"{url}/wrong.jsonl"), Origin(f"{url}/wrong.zip", "zip", "x.jsonl"), Origin(f"{url}/gone.jsonl"))),))
+    monkeypatch.setattr(
+        fetch,
+        "RAW_FILES",
+        (
+            RawFile(
+                "know_subnet_derived/x.jsonl",
+                sha(b"other"),
+                (
+                    Origin(f"{url}/wrong.jsonl"),
+                    Origin(f"{url}/wrong.zip", "zip", "x.jsonl"),
+                    Origin(f"{url}/gone.jsonl"),
+                ),
+            ),
+        ),
+    )
     with pytest.raises(InputError) as err:
         fetch_data(tmp_path / "raw", None)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("could not download know_subnet_derived/x.jsonl")
-    assert f"{url}/wrong.jsonl: sha256 mismatch: expected {sha(b'other')}, got {sha(b'not the file' + bytes([10]))}" \
-        in message  # pooch's check
+    assert (
+        f"{url}/wrong.jsonl: sha256 mismatch: expected {sha(b'other')}, got {sha(b'not the file' + bytes([10]))}"
+        in message
+    )  # pooch's check
     assert f"got {sha(b'not the file either' + bytes([10]))}" in message  # the unpacked member's check
     assert f"{url}/gone.jsonl: HTTP 404" in message
     assert "Set 'data.mirror' to a local copy of the data." in message
@@ -186,13 +203,18 @@ def test_download_checksum_mismatch_is_one_clear_line(served, tmp_path, monkeypa
 
 
 def test_hf_rows_rebuild_the_original_files():
-    assert wikitext_raw_from_rows([" = A = \n", "", " text . \n", ""]) == \
-        " = A = \n \n text . \n \n"
-    row = {"id": "q1", "question": "Where?", "question_concept": "thing", "answerKey": "B",
-           "choices": {"label": ["A", "B"], "text": ["here", "there"]}}
+    assert wikitext_raw_from_rows([" = A = \n", "", " text . \n", ""]) == " = A = \n \n text . \n \n"
+    row = {
+        "id": "q1",
+        "question": "Where?",
+        "question_concept": "thing",
+        "answerKey": "B",
+        "choices": {"label": ["A", "B"], "text": ["here", "there"]},
+    }
     assert csqa_jsonl_from_rows([row]) == (
         '{"answerKey": "B", "id": "q1", "question": {"question_concept": "thing", "choices": '
-        '[{"label": "A", "text": "here"}, {"label": "B", "text": "there"}], "stem": "Where?"}}\n')
+        '[{"label": "A", "text": "here"}, {"label": "B", "text": "there"}], "stem": "Where?"}}\n'
+    )
 
 
 def test_hf_rebuild_matches_published_sums(shared_data_mirror):
@@ -207,13 +229,16 @@ def test_hf_rebuild_matches_published_sums(shared_data_mirror):
     for line in open(shared_data_mirror / "commonsenseqa/dev_rand_split.jsonl", encoding="utf-8"):
         record = json.loads(line)
         q = record["question"]
-        hf_rows.append({"id": record["id"], "question": q["stem"],
-                        "question_concept": q["question_concept"],
-                        "answerKey": record["answerKey"],
-                        "choices": {"label": [c["label"] for c in q["choices"]],
-                                    "text": [c["text"] for c in q["choices"]]}})
-    assert sha(csqa_jsonl_from_rows(hf_rows).encode("utf-8")) == \
-        specs["commonsenseqa/dev_rand_split.jsonl"].sha256
+        hf_rows.append(
+            {
+                "id": record["id"],
+                "question": q["stem"],
+                "question_concept": q["question_concept"],
+                "answerKey": record["answerKey"],
+                "choices": {"label": [c["label"] for c in q["choices"]], "text": [c["text"] for c in q["choices"]]},
+            }
+        )
+    assert sha(csqa_jsonl_from_rows(hf_rows).encode("utf-8")) == specs["commonsenseqa/dev_rand_split.jsonl"].sha256
 
 
 def test_embedded_sums_cover_the_mirror_readme(shared_data_mirror):

@@ -10,13 +10,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, base_params
 
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
 from knowsubnet.data import heldout
 from knowsubnet.data.splits import make_splits, select_target, splits_from_params
 from knowsubnet.data.triplets import COLUMNS, build_triplets, normalize_entity, stable_uuid
-from conftest import REPO_ROOT, base_params
 
 HALVES = {"train": 0.5, "val": 0.2, "test": 0.3}  # the demo's fractions
 
@@ -32,14 +32,24 @@ def with_control(rows) -> pd.DataFrame:
 
 
 def split(triplets, spec=None, mode="entity", seed=0, fractions=HALVES, report=None):
-    return make_splits(triplets, "t", spec or {"rel": "IsA"}, seed=seed, fractions=fractions,
-                       targetkg_holdout=True, max_targetkg=None, max_controlkg=None, holdout=mode,
-                       report=report)
+    return make_splits(
+        triplets,
+        "t",
+        spec or {"rel": "IsA"},
+        seed=seed,
+        fractions=fractions,
+        targetkg_holdout=True,
+        max_targetkg=None,
+        max_controlkg=None,
+        holdout=mode,
+        report=report,
+    )
 
 
 def leaks(out: dict[str, pd.DataFrame], shared: set[str]) -> list[str]:
     """Every entity (outside `shared`) of a val / test fact found in train, or in both val and test:
     worked out here from the splits alone, not with the library's own check."""
+
     def entities(frame):
         return {normalize_entity(e) for e in pd.concat([frame["head"], frame["tail"]])} - shared
 
@@ -48,6 +58,7 @@ def leaks(out: dict[str, pd.DataFrame], shared: set[str]) -> list[str]:
 
 
 # -- the demo preset's real splits --------------------------------------------------------------
+
 
 def test_the_demo_splits_share_no_entity_between_train_val_and_test(shared_data_mirror, repo_facts_table):
     params = base_params(config.read_yaml(REPO_ROOT / "config" / "presets" / "demo.yaml"))
@@ -67,10 +78,14 @@ def test_the_demo_splits_share_no_entity_between_train_val_and_test(shared_data_
 
 # -- small graphs -------------------------------------------------------------------------------
 
+
 def hub_graph(leaves: int = 30) -> list[tuple[str, str, str]]:
     """One component: chains z_i IsA y_i IsA x_i IsA animal, joined only by the hub 'animal'."""
-    return [fact for i in range(leaves)
-            for fact in ((f"x{i}", "IsA", "animal"), (f"y{i}", "IsA", f"x{i}"), (f"z{i}", "IsA", f"y{i}"))]
+    return [
+        fact
+        for i in range(leaves)
+        for fact in ((f"x{i}", "IsA", "animal"), (f"y{i}", "IsA", f"x{i}"), (f"z{i}", "IsA", f"y{i}"))
+    ]
 
 
 def test_a_hub_is_peeled_into_train_and_only_its_links_are_dropped():
@@ -128,9 +143,17 @@ def test_the_fact_mode_is_the_per_fact_cut():
 def test_the_summary_records_how_the_targetkg_was_held_out(tmp_path):
     from knowsubnet.data.split_stage import split_targets
 
-    mapping = config.deep_merge(config.read_yaml(REPO_ROOT / "config" / "base.yaml"), {
-        "run": {"targets": ["IsA"]}, "split": {"targetkg_holdout": True, "fractions": HALVES,
-                                               "max_controlkg": {"train": 10, "val": 5, "test": 5}}})
+    mapping = config.deep_merge(
+        config.read_yaml(REPO_ROOT / "config" / "base.yaml"),
+        {
+            "run": {"targets": ["IsA"]},
+            "split": {
+                "targetkg_holdout": True,
+                "fractions": HALVES,
+                "max_controlkg": {"train": 10, "val": 5, "test": 5},
+            },
+        },
+    )
     mapping["targets"] = {"IsA": {"rel": "IsA"}}
     params = config.from_mapping(mapping, REPO_ROOT / "config" / "params.schema.yaml")
     path = tmp_path / "triplets.parquet"
@@ -145,6 +168,7 @@ def test_the_summary_records_how_the_targetkg_was_held_out(tmp_path):
 
 # -- errors -------------------------------------------------------------------------------------
 
+
 def test_a_bad_mode_names_split_holdout():
     with pytest.raises(InputError, match=r"'split.holdout': expected one of entity, fact .*got 'entities'"):
         split(with_control(hub_graph(5)), mode="entities")
@@ -154,14 +178,18 @@ def test_a_bad_mode_names_split_holdout():
 
 def test_a_graph_with_no_entity_disjoint_split_says_what_to_do():
     star = [(f"x{i}", "IsA", "animal") for i in range(10)]  # every fact shares 'animal'
-    with pytest.raises(InputError, match=r"TargetKG \w+ split is empty .*split.holdout entity.*"
-                                         r"set split.holdout fact"):
+    with pytest.raises(
+        InputError,
+        match=r"TargetKG \w+ split is empty .*split.holdout entity.*"
+        r"set split.holdout fact",
+    ):
         split(with_control(star))
 
 
 def test_a_split_that_shares_an_entity_is_refused(monkeypatch):
     """The zero share is measured on the result, not assumed: a split that leaks raises."""
-    monkeypatch.setattr(heldout, "_entity_split",
-                        lambda target, fractions, seed, shared: heldout.split_by_fractions(target, fractions))
+    monkeypatch.setattr(
+        heldout, "_entity_split", lambda target, fractions, seed, shared: heldout.split_by_fractions(target, fractions)
+    )
     with pytest.raises(RuntimeError, match="entity-disjoint split check failed"):
         split(with_control(hub_graph()))

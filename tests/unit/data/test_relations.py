@@ -7,8 +7,17 @@ import re
 import pytest
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.data.relations import (ALL_RELATIONS, RELATIONS, TEMPLATES, all_verbalizations, indefinite_article,
-                                  is_plural, noun_phrase, verbalize)
+from knowsubnet.data.relations import (
+    ALL_RELATIONS,
+    RELATIONS,
+    TEMPLATES,
+    all_verbalizations,
+    indefinite_article,
+    is_plural,
+    noun_phrase,
+    verbalize,
+)
+
 
 def test_sixteen_relations_with_four_to_six_templates_each():
     assert len(RELATIONS) == 16 == len(set(RELATIONS))
@@ -19,8 +28,9 @@ def test_sixteen_relations_with_four_to_six_templates_each():
 
 
 @pytest.mark.parametrize("rel", RELATIONS)
-@pytest.mark.parametrize("head, tail", [("guitar", "orange"), ("apples", "wooden boxes"),
-                                        ("swimming", "water"), ("umbrella", "red")])
+@pytest.mark.parametrize(
+    "head, tail", [("guitar", "orange"), ("apples", "wooden boxes"), ("swimming", "water"), ("umbrella", "red")]
+)
 def test_tail_is_the_final_span(rel, head, tail):
     for template_id, prompt, tail_text in all_verbalizations(rel, head, tail):
         assert tail_text == " " + tail
@@ -71,18 +81,16 @@ def test_examples_read_naturally():
     assert verbalize("IsA", 0, "guitar", "instrument") == ("A guitar is an", " instrument")
     assert verbalize("IsA", 0, "orchids", "plants") == ("Orchids are", " plants")
     assert verbalize("IsA", 1, "orchids", "plants") == ("Orchids are kinds of", " plants")
-    assert verbalize("HasPrerequisite", 0, "eating", "appetite") == ("Eating requires an",
-                                                                     " appetite")
+    assert verbalize("HasPrerequisite", 0, "eating", "appetite") == ("Eating requires an", " appetite")
     assert verbalize("PartOf", 0, "hour", "day") == ("An hour is part of a", " day")
-    assert verbalize("HasProperty", 3, "mirrors", "reflective") == (
-        "Most of the time, mirrors are", " reflective")
+    assert verbalize("HasProperty", 3, "mirrors", "reflective") == ("Most of the time, mirrors are", " reflective")
     assert verbalize("CapableOf", 0, "people", "dance") == ("People can", " dance")
 
 
 def test_article_and_number_heuristics():
-    assert [indefinite_article(w) for w in ("apple", "hour", "user", "unicorn", "umbrella",
-                                            "egg", "one", "8", "x", "b")] == \
-        ["an", "an", "a", "a", "an", "an", "a", "an", "an", "a"]
+    assert [
+        indefinite_article(w) for w in ("apple", "hour", "user", "unicorn", "umbrella", "egg", "one", "8", "x", "b")
+    ] == ["an", "an", "a", "a", "an", "an", "a", "an", "an", "a"]
     assert is_plural("apples") and is_plural("people") and is_plural("wooden boxes")
     assert not any(is_plural(w) for w in ("glass", "bus", "news", "iris", "dangerous", "gas"))
     assert noun_phrase("water") == "water" and noun_phrase("running") == "running"

@@ -6,14 +6,13 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 
 from knowsubnet.core.config import from_mapping, read_yaml
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.relations import RELATIONS
-from knowsubnet.data.splits import (SPLIT_NAMES, make_splits, select_target, splits_from_params,
-                               write_splits)
+from knowsubnet.data.splits import SPLIT_NAMES, make_splits, select_target, splits_from_params, write_splits
 from knowsubnet.data.triplets import COLUMNS, build_triplets, stable_uuid
-from conftest import REPO_ROOT
 
 REPO_ROOT = REPO_ROOT
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -35,15 +34,27 @@ def toy_triplets() -> pd.DataFrame:
     """~640 facts over all relations with shared entities, plus a tagged 'fruit' list."""
     rows = {(f"h{i % 97}", RELATIONS[i % 16], f"t{(i * 7) % 113}") for i in range(640)}
     rows = [(h, r, t) for h, r, t in sorted(rows)]
-    rows += [("pear", "IsA", "fruit", "builtin;know_subnet/targetkg/fruit"),
-             ("fruit", "AtLocation", "orchard", "builtin;know_subnet/targetkg/fruit"),
-             ("orchard", "HasA", "ladder"), ("ladder", "MadeOf", "wood")]
+    rows += [
+        ("pear", "IsA", "fruit", "builtin;know_subnet/targetkg/fruit"),
+        ("fruit", "AtLocation", "orchard", "builtin;know_subnet/targetkg/fruit"),
+        ("orchard", "HasA", "ladder"),
+        ("ladder", "MadeOf", "wood"),
+    ]
     return table(rows)
 
 
 def split(triplets, name="IsA", spec=None, seed=0, holdout=False, max_t=None, caps=None, mode="entity"):
-    return make_splits(triplets, name, spec or {"rel": "IsA"}, seed=seed, fractions=FRACTIONS,
-                       targetkg_holdout=holdout, max_targetkg=max_t, max_controlkg=caps, holdout=mode)
+    return make_splits(
+        triplets,
+        name,
+        spec or {"rel": "IsA"},
+        seed=seed,
+        fractions=FRACTIONS,
+        targetkg_holdout=holdout,
+        max_targetkg=max_t,
+        max_controlkg=caps,
+        holdout=mode,
+    )
 
 
 def entities(frame: pd.DataFrame) -> set[str]:
@@ -56,8 +67,7 @@ def key_set(frame: pd.DataFrame) -> set[tuple]:
 
 def test_selectors(toy_triplets):
     assert set(select_target(toy_triplets, "IsA", {"rel": "IsA"})["rel"]) == {"IsA"}
-    fruit = select_target(toy_triplets, "fruit", {"concept": "fruit",
-                                                  "facts": "know_subnet/targetkg/fruit"})
+    fruit = select_target(toy_triplets, "fruit", {"concept": "fruit", "facts": "know_subnet/targetkg/fruit"})
     assert key_set(fruit) == {("pear", "IsA", "fruit"), ("fruit", "AtLocation", "orchard")}
     one = select_target(toy_triplets, "f", {"concept": " Fruit "})
     two = select_target(toy_triplets, "f", {"concept": "fruit", "hops": 2})
@@ -67,14 +77,18 @@ def test_selectors(toy_triplets):
     assert key_set(three) == key_set(two) | {("ladder", "MadeOf", "wood")}
 
 
-@pytest.mark.parametrize("name, spec", [("IsA", {"rel": "IsA"}), ("UsedFor", {"rel": "UsedFor"}),
-                                        ("fruit", {"concept": "fruit", "hops": 2})])
+@pytest.mark.parametrize(
+    "name, spec", [("IsA", {"rel": "IsA"}), ("UsedFor", {"rel": "UsedFor"}), ("fruit", {"concept": "fruit", "hops": 2})]
+)
 @pytest.mark.parametrize("holdout, mode", [(False, "entity"), (True, "fact"), (True, "entity")])
 def test_no_entity_shared_and_caps_respected(toy_triplets, name, spec, holdout, mode):
     if holdout and name == "fruit" and mode == "entity":
         # 3 facts, 2 entity groups (fruit shared): no entity-disjoint train / val / test exists
-        with pytest.raises(InputError, match=r"'targets.fruit': TargetKG \w+ split is empty .*"
-                                             r"split.holdout entity.*set split.holdout fact"):
+        with pytest.raises(
+            InputError,
+            match=r"'targets.fruit': TargetKG \w+ split is empty .*"
+            r"split.holdout entity.*set split.holdout fact",
+        ):
             split(toy_triplets, name, spec, holdout=holdout, max_t=20, caps=CAPS, mode=mode)
         return
     out = split(toy_triplets, name, spec, holdout=holdout, max_t=20, caps=CAPS, mode=mode)
@@ -107,10 +121,10 @@ def test_same_seed_gives_byte_identical_files_whatever_the_row_order(toy_triplet
     shuffled = toy_triplets.sample(frac=1.0, random_state=7).reset_index(drop=True)
     targets = {"IsA": {"rel": "IsA"}, "fruit": {"concept": "fruit", "hops": 2}}
     for out, frame in (("a", toy_triplets), ("b", shuffled)):
-        write_splits(tmp_path / out, {name: split(frame, name, spec, seed=3, caps=CAPS)
-                                      for name, spec in targets.items()})
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
-                   if p.is_file())
+        write_splits(
+            tmp_path / out, {name: split(frame, name, spec, seed=3, caps=CAPS) for name, spec in targets.items()}
+        )
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 2 * 6 + 1
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
@@ -133,7 +147,6 @@ def test_write_splits_summary_and_replacement(toy_triplets, tmp_path):
     for name in SPLIT_NAMES:
         assert len(pd.read_parquet(out / "IsA" / f"{name}.parquet")) == counts[name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["splits"]
-
 
 
 def test_split_targets_stage_writes_one_or_every_target(toy_triplets, tmp_path):
@@ -163,18 +176,24 @@ def test_split_targets_stage_writes_one_or_every_target(toy_triplets, tmp_path):
 
 # -- bad input ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, message", [
-    ("IsA", r"'targets.t': expected a mapping"),
-    ({"rel": "IsA", "concept": "fruit"}, r"'targets.t': expected exactly one selector"),
-    ({"concept": "fruit", "hops": 1, "facts": "x"}, r"'targets.t': expected exactly one selector"),
-    ({"relation": "IsA"}, r"'targets.t': expected exactly one selector.*relation"),
-    ({"rel": "BornIn"}, r"'targets.t.rel': unknown relation 'BornIn'; expected one of"),
-    ({"concept": "fruit", "hops": 0}, r"'targets.t.hops': expected an integer >= 1"),
-    ({"concept": ""}, r"'targets.t.concept': expected a word"),
-    ({"concept": "zebra"}, r"'targets.t': the target selects no facts .*'zebra' is in no fact"),
-    ({"concept": "fruit", "facts": "know_subnet/targetkg/sun"},
-     r"'targets.t': the target selects no facts .*'know_subnet/targetkg/sun'"),
-])
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("IsA", r"'targets.t': expected a mapping"),
+        ({"rel": "IsA", "concept": "fruit"}, r"'targets.t': expected exactly one selector"),
+        ({"concept": "fruit", "hops": 1, "facts": "x"}, r"'targets.t': expected exactly one selector"),
+        ({"relation": "IsA"}, r"'targets.t': expected exactly one selector.*relation"),
+        ({"rel": "BornIn"}, r"'targets.t.rel': unknown relation 'BornIn'; expected one of"),
+        ({"concept": "fruit", "hops": 0}, r"'targets.t.hops': expected an integer >= 1"),
+        ({"concept": ""}, r"'targets.t.concept': expected a word"),
+        ({"concept": "zebra"}, r"'targets.t': the target selects no facts .*'zebra' is in no fact"),
+        (
+            {"concept": "fruit", "facts": "know_subnet/targetkg/sun"},
+            r"'targets.t': the target selects no facts .*'know_subnet/targetkg/sun'",
+        ),
+    ],
+)
 def test_bad_target_specs_name_the_params_key(toy_triplets, spec, message):
     with pytest.raises(InputError, match=message):
         split(toy_triplets, "t", spec)
@@ -187,8 +206,7 @@ def test_relation_with_no_facts_is_an_empty_selection():
 
 
 def test_empty_controlkg_names_the_target():
-    star = table([("hub", "IsA", f"x{i}") for i in range(5)]
-                 + [(f"y{i}", "HasA", "hub") for i in range(5)])
+    star = table([("hub", "IsA", f"x{i}") for i in range(5)] + [(f"y{i}", "HasA", "hub") for i in range(5)])
     with pytest.raises(InputError, match=r"'targets.IsA': the ControlKG is empty"):
         split(star, "IsA", {"rel": "IsA"})
     few = table([("a", "IsA", "b"), ("c", "HasA", "d"), ("e", "HasA", "f")])
@@ -200,8 +218,7 @@ def test_empty_controlkg_names_the_target():
 
 def test_bad_split_params_name_their_keys(toy_triplets):
     def run(**kw):
-        args = dict(seed=0, fractions=FRACTIONS, targetkg_holdout=False, max_targetkg=None,
-                    max_controlkg=None)
+        args = dict(seed=0, fractions=FRACTIONS, targetkg_holdout=False, max_targetkg=None, max_controlkg=None)
         args.update(kw)
         return make_splits(toy_triplets, "IsA", {"rel": "IsA"}, **args)
 
@@ -221,6 +238,7 @@ def test_bad_split_params_name_their_keys(toy_triplets):
 
 # -- end to end on the real mirror --------------------------------------------------------------
 
+
 def test_fetch_extract_split_on_the_real_mirror(shared_data_mirror, tmp_path, repo_facts_table):
     from knowsubnet.data.fetch import fetch_data
 
@@ -236,8 +254,7 @@ def test_fetch_extract_split_on_the_real_mirror(shared_data_mirror, tmp_path, re
     assert key_set(builtin) == key_set(conceptnet)  # the in-repo table is the mirror's ConceptNet facts
 
     targets = {rel: {"rel": rel} for rel in RELATIONS}
-    targets.update({c: {"concept": c, "facts": f"know_subnet/targetkg/{c}"}
-                    for c in ("fruit", "sun", "swimming")})
+    targets.update({c: {"concept": c, "facts": f"know_subnet/targetkg/{c}"} for c in ("fruit", "sun", "swimming")})
     params["targets"] = {**targets, **params["targets"]}
     splits = splits_from_params(triplets, from_mapping(params), names=list(targets))
     summary = write_splits(tmp_path / "splits", splits)

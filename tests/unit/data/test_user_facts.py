@@ -1,12 +1,11 @@
 """Your facts, your templates: fact files as targets, templates per relation, one line per bad row."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
+
 from knowsubnet.core.errors import InputError
 from knowsubnet.data import relations, user_facts
 from knowsubnet.data.splits import make_splits
@@ -18,8 +17,9 @@ EXAMPLE = REPO_ROOT / "docs" / "examples" / "capitals"
 @pytest.fixture(scope="module")
 def triplets_table(repo_facts_table_path=REPO_ROOT / "data" / "facts" / "conceptnet_facts.tsv"):
     """The repo's ConceptNet facts (the 'builtin' source), the default ControlKG pool."""
-    return pd.DataFrame([(f.uuid, f.head, f.rel, f.tail, f.source) for f in read_facts_table(repo_facts_table_path)],
-                        columns=COLUMNS)
+    return pd.DataFrame(
+        [(f.uuid, f.head, f.rel, f.tail, f.source) for f in read_facts_table(repo_facts_table_path)], columns=COLUMNS
+    )
 
 
 @pytest.fixture
@@ -30,8 +30,10 @@ def capitals(fresh_relations):
 def test_the_example_templates_verbalise_a_new_relation_with_its_held_out_wordings(capitals):
     assert relations.verbalize("CapitalOf", 0, "France", "Paris") == ("The capital of France is", " Paris")
     held = [relations.verbalize("CapitalOf", i, "France", "Paris") for i in relations.heldout_wording_ids("CapitalOf")]
-    assert held == [("If you fly to the capital of France, you land in", " Paris"),
-                    ("The seat of power in France is", " Paris")]
+    assert held == [
+        ("If you fly to the capital of France, you land in", " Paris"),
+        ("The seat of power in France is", " Paris"),
+    ]
     assert [i for i, *_ in relations.all_verbalizations("CapitalOf", "France", "Paris")] == [0, 1, 2]
 
 
@@ -52,11 +54,14 @@ def test_relations_of_the_repo_need_no_templates_and_any_case_reads(fresh_relati
     assert facts[["head", "rel", "tail"]].values.tolist() == [["kettle", "UsedFor", "boiling water"]]
 
 
-@pytest.mark.parametrize("text, where, says", [
-    ("head,relation,tail\nFrance,CapitalOf,Paris\nSpain,,Madrid\n", ":3:", "column 'relation'"),
-    ("head,relation\nFrance,CapitalOf\n", ":2:", "column 'tail' is missing"),
-    ("head,relation,tail\nFrance,CapitalOf,Paris\nMars,MoonOf,Phobos\n", ":3:", "'MoonOf' has no templates"),
-])
+@pytest.mark.parametrize(
+    "text, where, says",
+    [
+        ("head,relation,tail\nFrance,CapitalOf,Paris\nSpain,,Madrid\n", ":3:", "column 'relation'"),
+        ("head,relation\nFrance,CapitalOf\n", ":2:", "column 'tail' is missing"),
+        ("head,relation,tail\nFrance,CapitalOf,Paris\nMars,MoonOf,Phobos\n", ":3:", "'MoonOf' has no templates"),
+    ],
+)
 def test_a_bad_row_stops_with_its_file_and_line(capitals, tmp_path, text, where, says):
     path = tmp_path / "facts.csv"
     path.write_text(text)
@@ -74,14 +79,17 @@ def test_a_bad_jsonl_line_and_a_wrong_suffix_are_named(fresh_relations, tmp_path
         user_facts.read_fact_file(tmp_path / "facts.txt")
 
 
-@pytest.mark.parametrize("yaml_text, says", [
-    ("R:\n  templates: ['The {h} of {o} is']\n  heldout: ['x {o}']\n", "must end with the tail"),
-    ("R:\n  templates: ['{q} is {o}']\n  heldout: ['x {o}']\n", "unknown field {q}"),
-    ("R:\n  templates: ['{h} is {o}']\n", "exactly the keys templates and heldout"),
-    ("R:\n  templates: ['{h} is {o}']\n  heldout: ['{h} is {o}']\n", "also a training template"),
-    ("IsA:\n  templates: ['{h} is {o}']\n  heldout: ['{h} counts as {o}']\n", "built-in relation"),
-    ("R: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, says",
+    [
+        ("R:\n  templates: ['The {h} of {o} is']\n  heldout: ['x {o}']\n", "must end with the tail"),
+        ("R:\n  templates: ['{q} is {o}']\n  heldout: ['x {o}']\n", "unknown field {q}"),
+        ("R:\n  templates: ['{h} is {o}']\n", "exactly the keys templates and heldout"),
+        ("R:\n  templates: ['{h} is {o}']\n  heldout: ['{h} is {o}']\n", "also a training template"),
+        ("IsA:\n  templates: ['{h} is {o}']\n  heldout: ['{h} counts as {o}']\n", "built-in relation"),
+        ("R: [", "not valid YAML"),
+    ],
+)
 def test_a_bad_templates_file_is_one_line_naming_its_key(fresh_relations, tmp_path, yaml_text, says):
     path = tmp_path / "templates.yaml"
     path.write_text(yaml_text)
@@ -91,8 +99,16 @@ def test_a_bad_templates_file_is_one_line_naming_its_key(fresh_relations, tmp_pa
 
 
 def _split(spec, triplets, holdout=True):
-    return make_splits(triplets, "capitals", spec, seed=0, fractions={"train": 0.6, "val": 0.2, "test": 0.2},
-                       targetkg_holdout=holdout, max_targetkg=None, max_controlkg={"train": 50, "val": 10, "test": 10})
+    return make_splits(
+        triplets,
+        "capitals",
+        spec,
+        seed=0,
+        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+        targetkg_holdout=holdout,
+        max_targetkg=None,
+        max_controlkg={"train": 50, "val": 10, "test": 10},
+    )
 
 
 def test_a_fact_file_target_splits_its_own_facts_against_the_repo_controls(capitals, triplets_table):
@@ -112,8 +128,9 @@ def test_a_fact_file_target_splits_its_own_facts_against_the_repo_controls(capit
 
 def test_a_controls_file_replaces_the_repo_facts(capitals, triplets_table, tmp_path):
     controls = tmp_path / "keep.csv"
-    controls.write_text("head,relation,tail\n" + "".join(f"thing{i},IsA,object{i}\n" for i in range(30))
-                        + "Paris,IsA,city\n")  # shares an entity with the TargetKG: never a control
+    controls.write_text(
+        "head,relation,tail\n" + "".join(f"thing{i},IsA,object{i}\n" for i in range(30)) + "Paris,IsA,city\n"
+    )  # shares an entity with the TargetKG: never a control
     spec = {"facts": str(EXAMPLE / "facts.csv"), "controls": str(controls)}
     splits = _split(spec, triplets_table, holdout=False)
     control = pd.concat([splits[f"controlkg_{s}"] for s in ("train", "val", "test")])
@@ -122,16 +139,31 @@ def test_a_controls_file_replaces_the_repo_facts(capitals, triplets_table, tmp_p
 
 def test_paper_controls_are_refused_for_a_fact_file_target(capitals, triplets_table):
     with pytest.raises(InputError, match="split.controlkg paper has no ControlKG for a fact-file target"):
-        make_splits(triplets_table, "capitals", {"facts": str(EXAMPLE / "facts.csv")}, seed=0,
-                    fractions={"train": 0.6, "val": 0.2, "test": 0.2}, targetkg_holdout=False, max_targetkg=None,
-                    max_controlkg={"train": 5, "val": 5, "test": 5}, controlkg="paper")
-
+        make_splits(
+            triplets_table,
+            "capitals",
+            {"facts": str(EXAMPLE / "facts.csv")},
+            seed=0,
+            fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+            targetkg_holdout=False,
+            max_targetkg=None,
+            max_controlkg={"train": 5, "val": 5, "test": 5},
+            controlkg="paper",
+        )
 
 
 def test_a_controls_file_serves_under_paper_controls_too(capitals, triplets_table, tmp_path):
     controls = tmp_path / "keep.csv"
     controls.write_text("head,relation,tail\n" + "".join(f"thing{i},IsA,object{i}\n" for i in range(30)))
-    splits = make_splits(triplets_table, "capitals", {"facts": str(EXAMPLE / "facts.csv"), "controls": str(controls)},
-                         seed=0, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, targetkg_holdout=False,
-                         max_targetkg=None, max_controlkg={"train": 50, "val": 10, "test": 10}, controlkg="paper")
+    splits = make_splits(
+        triplets_table,
+        "capitals",
+        {"facts": str(EXAMPLE / "facts.csv"), "controls": str(controls)},
+        seed=0,
+        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+        targetkg_holdout=False,
+        max_targetkg=None,
+        max_controlkg={"train": 50, "val": 10, "test": 10},
+        controlkg="paper",
+    )
     assert sum(len(splits[f"controlkg_{s}"]) for s in ("train", "val", "test")) == 30

@@ -10,16 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO_ROOT, base_params, byte_bpe_tokenizer, run_stage
 
-from conftest import byte_bpe_tokenizer
-from conftest import base_params
 from knowsubnet.core.errors import InputError
-from knowsubnet.data.splits import write_splits
-from knowsubnet.data.splits import make_splits, select_target, write_target_splits
+from knowsubnet.data.splits import make_splits, select_target, write_splits, write_target_splits
 from knowsubnet.data.triplets import TABLE_COLUMNS, merge_facts, read_best_format
 from knowsubnet.downstream import csqa
 from knowsubnet.method import masking
-from conftest import REPO_ROOT, run_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,11 +30,16 @@ CONCEPTS = {38: "c0", 39: "c1", 35: "c0"}
 
 
 def _question(i: int, n_choices: int = 5, answer: str | None = None) -> dict:
-    choices = [{"label": "ABCDE"[j] if j < 5 else "F", "text": WORDS[(i + j) % len(WORDS)]}
-               for j in range(n_choices)]
-    return {"answerKey": answer or "ABCDE"[i % 5], "id": f"q{i}",
-            "question": {"question_concept": CONCEPTS.get(i, f"c{i}"), "choices": choices,
-                         "stem": f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?"}}
+    choices = [{"label": "ABCDE"[j] if j < 5 else "F", "text": WORDS[(i + j) % len(WORDS)]} for j in range(n_choices)]
+    return {
+        "answerKey": answer or "ABCDE"[i % 5],
+        "id": f"q{i}",
+        "question": {
+            "question_concept": CONCEPTS.get(i, f"c{i}"),
+            "choices": choices,
+            "stem": f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?",
+        },
+    }
 
 
 def _write_jsonl(path, rows):
@@ -56,13 +58,16 @@ def csqa_files(tmp_path):
     dev = _write_jsonl(tmp_path / "dev.jsonl", [_question(100 + i) for i in range(12)])
     half1 = [{"head": WORDS[i], "rel": "AtLocation", "tail": WORDS[i + 1], "id": f"q{i}"} for i in range(4)]
     half2 = [{"head": WORDS[i + 4], "rel": "UsedFor", "tail": WORDS[i + 5], "id": f"q{i + 4}"} for i in range(4)]
-    control = [{"head": "dog", "rel": "IsA", "tail": "animal"}, {"head": "cat", "rel": "IsA", "tail": "pet"},
-               {"head": "car", "rel": "UsedFor", "tail": "driving"}]
-    facts = (list(read_best_format(_write_best_format(tmp_path / "h1.json", half1), "know_subnet/csqa/csqa1_targetkg"))
-             + list(read_best_format(_write_best_format(tmp_path / "h2.json", half2),
-                                     "know_subnet/csqa/csqa2_targetkg"))
-             + list(read_best_format(_write_best_format(tmp_path / "c.json", control),
-                                     "know_subnet/controlkg_train")))
+    control = [
+        {"head": "dog", "rel": "IsA", "tail": "animal"},
+        {"head": "cat", "rel": "IsA", "tail": "pet"},
+        {"head": "car", "rel": "UsedFor", "tail": "driving"},
+    ]
+    facts = (
+        list(read_best_format(_write_best_format(tmp_path / "h1.json", half1), "know_subnet/csqa/csqa1_targetkg"))
+        + list(read_best_format(_write_best_format(tmp_path / "h2.json", half2), "know_subnet/csqa/csqa2_targetkg"))
+        + list(read_best_format(_write_best_format(tmp_path / "c.json", control), "know_subnet/controlkg_train"))
+    )
     return {"train": train, "dev": dev, "triplets": merge_facts(facts)}
 
 
@@ -76,9 +81,16 @@ def test_question_ids_reach_the_triplets_and_the_splits(csqa_files, tmp_path):
     linked = table[table["csqa_ids"] != ""]
     assert sorted(linked["csqa_ids"]) == [f"q{i}" for i in range(8)]
     assert (table[table["source"] == "know_subnet/controlkg_train"]["csqa_ids"] == "").all()
-    splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, seed=0,
-                         fractions={"train": 0.8, "val": 0.1, "test": 0.1}, targetkg_holdout=False,
-                         max_targetkg=None, max_controlkg=None)
+    splits = make_splits(
+        table,
+        "csqa1",
+        {"csqa": "csqa1"},
+        seed=0,
+        fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+        targetkg_holdout=False,
+        max_targetkg=None,
+        max_controlkg=None,
+    )
     assert sorted(splits["targetkg_test"]["csqa_ids"]) == ["q0", "q1", "q2", "q3"]
     assert "csqa_ids" in splits["controlkg_train"].columns
     # both split writers keep the ids (finetune_csqa reads them from the split files)
@@ -96,16 +108,40 @@ def test_paper_controlkg_of_a_csqa_target_is_the_authors_csqa_controlkg(csqa_fil
     val for val and test), a concept or relation target the LAMA ControlKG files."""
     train = [{"head": "pen", "rel": "UsedFor", "tail": "writing"}, {"head": "cup", "rel": "UsedFor", "tail": "tea"}]
     val = [{"head": "bed", "rel": "AtLocation", "tail": "bedroom"}]
-    facts = (list(read_best_format(_write_best_format(tmp_path / "ct.json", train), "know_subnet/csqa/csqa_controlkg_train"))
-             + list(read_best_format(_write_best_format(tmp_path / "cv.json", val), "know_subnet/csqa/csqa_controlkg_val")))
-    table = merge_facts(facts + list(read_best_format(_write_best_format(tmp_path / "h1.json", [
-        {"head": "apple", "rel": "AtLocation", "tail": "river", "id": "q0"}]), "know_subnet/csqa/csqa1_targetkg"))
-        + list(read_best_format(_write_best_format(tmp_path / "c.json", [{"head": "dog", "rel": "IsA", "tail": "animal"}]),
-                                "know_subnet/controlkg_train"))
-        + list(read_best_format(_write_best_format(tmp_path / "v.json", [{"head": "cat", "rel": "IsA", "tail": "pet"}]),
-                                "know_subnet/controlkg_val")))
-    split = dict(seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1}, targetkg_holdout=False,
-                 max_targetkg=None, max_controlkg=None, controlkg="paper")
+    facts = list(
+        read_best_format(_write_best_format(tmp_path / "ct.json", train), "know_subnet/csqa/csqa_controlkg_train")
+    ) + list(read_best_format(_write_best_format(tmp_path / "cv.json", val), "know_subnet/csqa/csqa_controlkg_val"))
+    table = merge_facts(
+        facts
+        + list(
+            read_best_format(
+                _write_best_format(
+                    tmp_path / "h1.json", [{"head": "apple", "rel": "AtLocation", "tail": "river", "id": "q0"}]
+                ),
+                "know_subnet/csqa/csqa1_targetkg",
+            )
+        )
+        + list(
+            read_best_format(
+                _write_best_format(tmp_path / "c.json", [{"head": "dog", "rel": "IsA", "tail": "animal"}]),
+                "know_subnet/controlkg_train",
+            )
+        )
+        + list(
+            read_best_format(
+                _write_best_format(tmp_path / "v.json", [{"head": "cat", "rel": "IsA", "tail": "pet"}]),
+                "know_subnet/controlkg_val",
+            )
+        )
+    )
+    split = dict(
+        seed=0,
+        fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+        targetkg_holdout=False,
+        max_targetkg=None,
+        max_controlkg=None,
+        controlkg="paper",
+    )
     csqa_splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, **split)
     assert sorted(csqa_splits["controlkg_train"]["head"]) == ["cup", "pen"]
     assert list(csqa_splits["controlkg_val"]["head"]) == list(csqa_splits["controlkg_test"]["head"]) == ["bed"]
@@ -115,10 +151,15 @@ def test_paper_controlkg_of_a_csqa_target_is_the_authors_csqa_controlkg(csqa_fil
 
 def test_a_fact_in_both_halves_keeps_both_ids(tmp_path):
     item = {"head": "a", "rel": "IsA", "tail": "b"}
-    facts = (list(read_best_format(_write_best_format(tmp_path / "1.json", [dict(item, id="x1")]),
-                                   "know_subnet/csqa/csqa1_targetkg"))
-             + list(read_best_format(_write_best_format(tmp_path / "2.json", [dict(item, id="x2")]),
-                                     "know_subnet/csqa/csqa2_targetkg")))
+    facts = list(
+        read_best_format(
+            _write_best_format(tmp_path / "1.json", [dict(item, id="x1")]), "know_subnet/csqa/csqa1_targetkg"
+        )
+    ) + list(
+        read_best_format(
+            _write_best_format(tmp_path / "2.json", [dict(item, id="x2")]), "know_subnet/csqa/csqa2_targetkg"
+        )
+    )
     table = merge_facts(facts)
     assert table["csqa_ids"].tolist() == ["x1;x2"]
 
@@ -168,8 +209,13 @@ def test_no_linked_question_or_sibling_reaches_training_on_csqa(shared_data_mirr
     question and no question sharing a linked question's concept and >= 2 of its choices."""
     train = csqa.read_questions(shared_data_mirror / "commonsenseqa" / "train_rand_split.jsonl")
     dev = csqa.read_questions(shared_data_mirror / "commonsenseqa" / "dev_rand_split.jsonl")
-    linked = {item["id"] for half in ("csqa1", "csqa2") for item in json.loads(
-        (shared_data_mirror / "know_subnet_derived" / "csqa" / f"{half}_targetkg_best_format.json").read_text())}
+    linked = {
+        item["id"]
+        for half in ("csqa1", "csqa2")
+        for item in json.loads(
+            (shared_data_mirror / "know_subnet_derived" / "csqa" / f"{half}_targetkg_best_format.json").read_text()
+        )
+    }
     groups = {"linked": linked, "removed": set(sorted(linked)[:100]), "kept": set(sorted(linked)[100:])}
     train_set, _, held = csqa.assemble_data(train, dev, groups, None, None, seed=0)
     by_id = {q.id: q for q in train}
@@ -197,14 +243,17 @@ def test_linked_question_missing_from_csqa_train_is_named(csqa_files, tmp_path):
 # bad CSQA input
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", r"bad\.jsonl:2: expected a JSON object"),
-    (json.dumps(_question(1, n_choices=4)), r"bad\.jsonl:2: expected 5 choices .* got 4"),
-    (json.dumps(_question(1, n_choices=6)), r"bad\.jsonl:2: expected 5 choices .* got 6"),
-    (json.dumps(_question(1, answer="F")), r"bad\.jsonl:2: expected 'answerKey'"),
-    (json.dumps({"id": "x", "answerKey": "A"}), r"bad\.jsonl:2: expected key 'question'"),
-    (json.dumps(_question(0)), r"bad\.jsonl:2: question id 'q0' repeats line 1"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", r"bad\.jsonl:2: expected a JSON object"),
+        (json.dumps(_question(1, n_choices=4)), r"bad\.jsonl:2: expected 5 choices .* got 4"),
+        (json.dumps(_question(1, n_choices=6)), r"bad\.jsonl:2: expected 5 choices .* got 6"),
+        (json.dumps(_question(1, answer="F")), r"bad\.jsonl:2: expected 'answerKey'"),
+        (json.dumps({"id": "x", "answerKey": "A"}), r"bad\.jsonl:2: expected key 'question'"),
+        (json.dumps(_question(0)), r"bad\.jsonl:2: question id 'q0' repeats line 1"),
+    ],
+)
 def test_bad_csqa_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(_question(0)) + "\n" + line + "\n")
@@ -229,11 +278,22 @@ def _tiny_models(vocab: int):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64,
-                                      bos_token_id=0, eos_token_id=0)).eval()
-    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=3, hidden_size=16, intermediate_size=32,
-                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=vocab,
-                                         max_position_embeddings=64, bos_token_id=0, eos_token_id=0)).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64, bos_token_id=0, eos_token_id=0)
+    ).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=3,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=vocab,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    ).eval()
     return {"gpt2": gpt2, "llama": llama}
 
 
@@ -242,8 +302,8 @@ def test_packed_question_equals_each_choice_on_its_own(tiny_setup, arch):
     """The state at a choice's last token in the packed sequence (question once, five choices that
     see only the question and themselves) equals the final state of the plain sequence
     question_text(stem, choice) + end-of-text, through the full model and through the top blocks."""
-    from knowsubnet.models.top_blocks import TopBlocks
     from knowsubnet.downstream.csqa.model import gather_choices, prefix_states
+    from knowsubnet.models.top_blocks import TopBlocks
 
     _, tokenizer, _, _, train, _ = tiny_setup
     model = _tiny_models(len(tokenizer))[arch]
@@ -251,13 +311,20 @@ def test_packed_question_equals_each_choice_on_its_own(tiny_setup, arch):
     enc = csqa.encode_questions(tokenizer, questions, 40)
     inputs = csqa.packed_inputs(enc, range(3))
     with torch.no_grad():
-        packed = gather_choices(model.base_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                                                 attention_mask=inputs["attention_mask"]).last_hidden_state,
-                                inputs["last"])
+        packed = gather_choices(
+            model.base_model(
+                input_ids=inputs["input_ids"],
+                position_ids=inputs["position_ids"],
+                attention_mask=inputs["attention_mask"],
+            ).last_hidden_state,
+            inputs["last"],
+        )
         top = TopBlocks(model, 1)
         batch = prefix_states(top, enc, range(3), torch.device("cpu"))
-        via_top = gather_choices(top.forward(batch["prefix"], position_ids=batch["position_ids"],
-                                             attention_mask=batch["attention_mask"]), batch["last"])
+        via_top = gather_choices(
+            top.forward(batch["prefix"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"]),
+            batch["last"],
+        )
         for i, q in enumerate(questions):
             for k, choice in enumerate(q.choices):
                 ids = tokenizer(csqa.question_text(q.stem, choice), add_special_tokens=False)["input_ids"]
@@ -279,34 +346,73 @@ def test_packed_question_equals_each_choice_on_its_own(tiny_setup, arch):
 def tiny_setup():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    questions = [csqa.Question(f"q{i}", f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?",
-                               tuple(WORDS[(i + j) % 10] + (" box" if (i + j) % 3 == 0 else "") for j in range(5)),
-                               i % 5) for i in range(30)]
+    questions = [
+        csqa.Question(
+            f"q{i}",
+            f"where is the {WORDS[i % 10]} near the {WORDS[(i * 3) % 10]}?",
+            tuple(WORDS[(i + j) % 10] + (" box" if (i + j) % 3 == 0 else "") for j in range(5)),
+            i % 5,
+        )
+        for i in range(30)
+    ]
     corpus = "\n".join(csqa.question_text(q.stem, c) for q in questions for c in q.choices)
     tokenizer = byte_bpe_tokenizer(corpus, 300)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48,
-                                       bos_token_id=0, eos_token_id=0)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48, bos_token_id=0, eos_token_id=0
+        )
+    ).eval()
     model.requires_grad_(False)
     layers = masking.find_maskable_layers(model, 1)
     gen = torch.Generator().manual_seed(1)
     logits = {l.name: torch.randn(l.mask_shape("weight"), generator=gen) - 1.0 for l in layers}
-    groups = {"removed_known": questions[20:22], "removed": questions[20:24], "kept": questions[24:27],
-              "dev": questions[27:30], "dev_matched": [q for q in questions[27:30] if csqa.length_matched(q)]}
+    groups = {
+        "removed_known": questions[20:22],
+        "removed": questions[20:24],
+        "kept": questions[24:27],
+        "dev": questions[27:30],
+        "dev_matched": [q for q in questions[27:30] if csqa.length_matched(q)],
+    }
     return model, tokenizer, layers, logits, questions[:20], groups
 
 
 def _settings(**over):  # fp32 features unless a test asks (they are compared with a plain forward to 1e-5)
-    return base_params({"csqa": {"dtype": "float32", "batch_size": 4, "eval_batch_size": 8, "bootstrap": 50,
-                                 "max_length": 40,
-                                 "log_every": 2, "checkpoint_every": 3, "epochs": {"head": 2, "lora": 1, "full": 1},
-                                 "head_lr": 0.05, "lr": {"lora": 0.05, "full": 0.01}, **over}}).csqa
+    return base_params(
+        {
+            "csqa": {
+                "dtype": "float32",
+                "batch_size": 4,
+                "eval_batch_size": 8,
+                "bootstrap": 50,
+                "max_length": 40,
+                "log_every": 2,
+                "checkpoint_every": 3,
+                "epochs": {"head": 2, "lora": 1, "full": 1},
+                "head_lr": 0.05,
+                "lr": {"lora": 0.05, "full": 0.01},
+                **over,
+            }
+        }
+    ).csqa
 
 
 def _tuner(setup, mode, settings=None, seeds=(0,), **kw):
     model, tokenizer, layers, logits, train, groups = setup
-    return csqa.CSQAFinetuner(model, tokenizer, layers, logits, "weight", mode, train, groups,
-                              settings or _settings(), list(seeds), progress=False, **kw)
+    return csqa.CSQAFinetuner(
+        model,
+        tokenizer,
+        layers,
+        logits,
+        "weight",
+        mode,
+        train,
+        groups,
+        settings or _settings(),
+        list(seeds),
+        progress=False,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
@@ -316,8 +422,17 @@ def test_removed_weights_stay_exactly_zero(tiny_setup, mode):
     tuner = _tuner(tiny_setup, mode)
     removed = tuner.removed["remaining"]
     assert sum(int(m.sum()) for m in removed.values()) > 0
-    variant = csqa.Variant(model, tuner.layer_names, tuner.transposed, removed, mode, tuner.settings, 0,
-                           torch.device("cpu"), tuner.first_block)
+    variant = csqa.Variant(
+        model,
+        tuner.layer_names,
+        tuner.transposed,
+        removed,
+        mode,
+        tuner.settings,
+        0,
+        torch.device("cpu"),
+        tuner.first_block,
+    )
     assert [g["lr"] for g in variant.optimizer.param_groups] == [0.05, tuner.settings.lr[mode]]  # the head's own
     start = csqa.effective_weights(variant.model, tuner.layer_names, removed, mode)
     for step in range(4):
@@ -364,8 +479,9 @@ def test_head_features_are_the_removed_models_features(tiny_setup, tmp_path):
     model = tiny_setup[0]
     tuner = _tuner(tiny_setup, "head", seeds=(0, 1))
     assert set(tuner.removed) == {"original", "remaining", "random:0", "random:1"}
-    assert not torch.equal(tuner.removed["random:0"][tuner.layer_names[0]],
-                           tuner.removed["random:1"][tuner.layer_names[0]])  # one random removal per seed
+    assert not torch.equal(
+        tuner.removed["random:0"][tuner.layer_names[0]], tuner.removed["random:1"][tuner.layer_names[0]]
+    )  # one random removal per seed
     features = tuner._features({})
     for version in ("original", "remaining", "random:1"):
         edited = copy.deepcopy(model)
@@ -374,10 +490,14 @@ def test_head_features_are_the_removed_models_features(tiny_setup, tmp_path):
                 edited.get_submodule(name).weight.masked_fill_(mask, 0.0)
         inputs = csqa.packed_inputs(tuner.group_enc["kept"], range(3))
         with torch.no_grad():
-            expected = gather_choices(edited.base_model(input_ids=inputs["input_ids"],
-                                                        position_ids=inputs["position_ids"],
-                                                        attention_mask=inputs["attention_mask"]).last_hidden_state,
-                                      inputs["last"])
+            expected = gather_choices(
+                edited.base_model(
+                    input_ids=inputs["input_ids"],
+                    position_ids=inputs["position_ids"],
+                    attention_mask=inputs["attention_mask"],
+                ).last_hidden_state,
+                inputs["last"],
+            )
         assert torch.allclose(features[version]["kept"], expected, atol=1e-5), version
     # removed_known's questions are part of removed's: computed once, copied
     assert torch.equal(features["remaining"]["removed_known"], features["remaining"]["removed"][:2])
@@ -392,9 +512,11 @@ def test_head_features_are_the_removed_models_features(tiny_setup, tmp_path):
         raise KeyboardInterrupt
 
     import knowsubnet.downstream.csqa.finetune as finetune_module
+
     real = finetune_module.head_features
-    finetune_module.head_features = lambda *a, **kw: real(*a, **{**kw, "save": stop_after_first_save,
-                                                                  "save_every_s": 0.0})
+    finetune_module.head_features = lambda *a, **kw: real(
+        *a, **{**kw, "save": stop_after_first_save, "save_every_s": 0.0}
+    )
     try:
         with pytest.raises(KeyboardInterrupt):
             killed.run()
@@ -402,7 +524,8 @@ def test_head_features_are_the_removed_models_features(tiny_setup, tmp_path):
         finetune_module.head_features = real
     assert calls == [1] and ckpt.is_file()
     resumed = _tuner(tiny_setup, "head", seeds=(0, 1), checkpoint_path=ckpt)._features(
-        finetune_module.checkpoint.load(ckpt, killed.fingerprint()))
+        finetune_module.checkpoint.load(ckpt, killed.fingerprint())
+    )
     for version in features:
         for name in features[version]:
             assert torch.equal(resumed[version][name], features[version][name]), (version, name)
@@ -461,8 +584,16 @@ def test_stale_or_unreadable_checkpoint_is_set_aside(tiny_setup, plain_lora, tmp
         expected = "unreadable checkpoint"
     else:
         # every run done with every answer right, but at another learning rate: resuming it would be wrong
-        done = {key: {**run, "picks": {g: "".join(str(int(x)) for x in _tuner(tiny_setup, "lora").group_enc[g].labels)
-                                       for g in run["picks"]}} for key, run in plain_lora["runs"].items()}
+        done = {
+            key: {
+                **run,
+                "picks": {
+                    g: "".join(str(int(x)) for x in _tuner(tiny_setup, "lora").group_enc[g].labels)
+                    for g in run["picks"]
+                },
+            }
+            for key, run in plain_lora["runs"].items()
+        }
         other_lr = _settings(lr={"lora": 0.02, "full": 0.01})
         _tuner(tiny_setup, "lora", other_lr, checkpoint_path=ckpt)._save({"done": done})
         expected = "checkpoint was written for other inputs (changed: settings)"
@@ -555,29 +686,72 @@ def test_a_length_biased_scorer_is_caught():
 
 def _csqa_record(model, target, seed, mode, accs):
     """A finetune_csqa-shaped result; accs[variant] = accuracy per group of csqa.GROUPS."""
-    accuracy = {v: {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50} for g, a in zip(csqa.GROUPS, accs[v])}
-                for v in csqa.VARIANTS}
-    delta = {f"{a} - {b}": {g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "se": 0.07,
-                                "mde": 0.196, "n": 50} for i, g in enumerate(csqa.GROUPS)} for a, b in csqa.CONTRASTS}
-    dod = {f"{a} - {b}": {f"{g} vs {r}": {"diff": (accs[a][csqa.GROUPS.index(g)] - accs[b][csqa.GROUPS.index(g)])
-                                          - (accs[a][csqa.GROUPS.index(r)] - accs[b][csqa.GROUPS.index(r)]),
-                                          "ci95": [-0.4, -0.1], "se": 0.07, "mde": 0.196, "n": 50,
-                                          "n_reference": 50} for g, r in csqa.DOD_PAIRS}
-           for a, b in csqa.CONTRASTS[:2]}
-    length = {v: {g: {"picked_multiword": 0.5, "answer_multiword": 0.4, "options_multiword": 0.45,
-                      "acc_one_word": 0.3, "n_one_word": 20, "acc_multiword": 0.4, "n_multiword": 30,
-                      "biased": False} for g in csqa.GROUPS} for v in csqa.VARIANTS}
-    return {"model": model, "target": target, "seed": seed, "mode": mode, "finetune_seeds": [0, 1, 2],
-            "accuracy": accuracy, "delta": delta, "diff_of_diffs": dod, "length": length}
+    accuracy = {
+        v: {g: {"acc": a, "ci95": [a - 0.1, a + 0.1], "n": 50} for g, a in zip(csqa.GROUPS, accs[v])}
+        for v in csqa.VARIANTS
+    }
+    delta = {
+        f"{a} - {b}": {
+            g: {"diff": accs[a][i] - accs[b][i], "ci95": [-0.2, 0.1], "se": 0.07, "mde": 0.196, "n": 50}
+            for i, g in enumerate(csqa.GROUPS)
+        }
+        for a, b in csqa.CONTRASTS
+    }
+    dod = {
+        f"{a} - {b}": {
+            f"{g} vs {r}": {
+                "diff": (accs[a][csqa.GROUPS.index(g)] - accs[b][csqa.GROUPS.index(g)])
+                - (accs[a][csqa.GROUPS.index(r)] - accs[b][csqa.GROUPS.index(r)]),
+                "ci95": [-0.4, -0.1],
+                "se": 0.07,
+                "mde": 0.196,
+                "n": 50,
+                "n_reference": 50,
+            }
+            for g, r in csqa.DOD_PAIRS
+        }
+        for a, b in csqa.CONTRASTS[:2]
+    }
+    length = {
+        v: {
+            g: {
+                "picked_multiword": 0.5,
+                "answer_multiword": 0.4,
+                "options_multiword": 0.45,
+                "acc_one_word": 0.3,
+                "n_one_word": 20,
+                "acc_multiword": 0.4,
+                "n_multiword": 30,
+                "biased": False,
+            }
+            for g in csqa.GROUPS
+        }
+        for v in csqa.VARIANTS
+    }
+    return {
+        "model": model,
+        "target": target,
+        "seed": seed,
+        "mode": mode,
+        "finetune_seeds": [0, 1, 2],
+        "accuracy": accuracy,
+        "delta": delta,
+        "diff_of_diffs": dod,
+        "length": length,
+    }
 
 
 def test_report_csqa_section(tmp_path):
-    from knowsubnet.report import build as report
-    from knowsubnet.report.csqa import load_csqa_results
     from conftest import write_report_inputs as write_inputs
 
-    accs = {"original": (0.6, 0.6, 0.5, 0.4, 0.4), "remaining": (0.3, 0.4, 0.5, 0.35, 0.35),
-            "random": (0.6, 0.6, 0.45, 0.4, 0.4)}
+    from knowsubnet.report import build as report
+    from knowsubnet.report.csqa import load_csqa_results
+
+    accs = {
+        "original": (0.6, 0.6, 0.5, 0.4, 0.4),
+        "remaining": (0.3, 0.4, 0.5, 0.35, 0.35),
+        "random": (0.6, 0.6, 0.45, 0.4, 0.4),
+    }
     paths = []
     for mode in ("head", "lora"):
         path = tmp_path / "csqa" / "m" / "csqa1" / "seed0" / f"{mode}.json"
@@ -585,8 +759,9 @@ def test_report_csqa_section(tmp_path):
         path.write_text(json.dumps(_csqa_record("m", "csqa1", 0, mode, accs)))
         paths.append(path)
     metrics_paths, mask_paths, log_paths = write_inputs(tmp_path)
-    written = report.build_report(metrics_paths, out_dir=tmp_path, params=base_params({"report": {"dpi": 40}}),
-                                  csqa_paths=paths)
+    written = report.build_report(
+        metrics_paths, out_dir=tmp_path, params=base_params({"report": {"dpi": 40}}), csqa_paths=paths
+    )
     table = pd.read_csv(tmp_path / "tables" / "csqa.csv")
     assert len(table) == 2 * 3 * 5
     row = table[(table["mode"] == "lora") & (table["variant"] == "remaining") & (table["group"] == "removed_known")]
@@ -609,19 +784,26 @@ def test_the_effect_table_keeps_its_order_when_the_result_file_has_sorted_keys(t
     """write_json sorts keys ("removed vs kept" before "removed_known vs ..."); the table still
     lists the contrasts and pairs in finetune's order."""
     from knowsubnet.core.io import write_json
-    from knowsubnet.report.csqa import (CSQA_DOD_CONTRASTS, CSQA_DOD_PAIRS, CSQA_GROUP_LABELS, effect_markdown,
-                                        load_csqa_results)
+    from knowsubnet.report.csqa import (
+        CSQA_DOD_CONTRASTS,
+        CSQA_DOD_PAIRS,
+        CSQA_GROUP_LABELS,
+        effect_markdown,
+        load_csqa_results,
+    )
 
     assert CSQA_DOD_CONTRASTS == tuple(f"{a} - {b}" for a, b in csqa.CONTRASTS[:2])
     assert CSQA_DOD_PAIRS == tuple(f"{g} vs {r}" for g, r in csqa.DOD_PAIRS)
     accs = {v: (0.6, 0.5, 0.4, 0.4, 0.4) for v in csqa.VARIANTS}
     write_json(tmp_path / "head.json", _csqa_record("m", "csqa1", 0, "head", accs))
-    assert list(json.loads((tmp_path / "head.json").read_text())["diff_of_diffs"]["remaining - original"]) != \
-        list(CSQA_DOD_PAIRS)  # the file's own order differs
+    assert list(json.loads((tmp_path / "head.json").read_text())["diff_of_diffs"]["remaining - original"]) != list(
+        CSQA_DOD_PAIRS
+    )  # the file's own order differs
     table = effect_markdown(load_csqa_results([tmp_path / "head.json"]))
     labels = {g: f"{CSQA_GROUP_LABELS[g]} (n=50)" for g in csqa.GROUPS}
     assert list(zip(table["difference"], table["on"], table["minus on"])) == [
-        (contrast, labels[g], labels[r]) for contrast in CSQA_DOD_CONTRASTS for g, r in csqa.DOD_PAIRS]
+        (contrast, labels[g], labels[r]) for contrast in CSQA_DOD_CONTRASTS for g, r in csqa.DOD_PAIRS
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,12 +817,23 @@ def test_snakemake_finetunes_only_csqa_targets():
 
     root = REPO_ROOT
     snakemake = Path(sys.executable).parent / "snakemake"
-    proc = subprocess.run([str(snakemake), "results/report.md", "-n", "--nolock", "--forceall", "--configfile",
-                           "config/presets/demo.yaml"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(snakemake),
+            "results/report.md",
+            "-n",
+            "--nolock",
+            "--forceall",
+            "--configfile",
+            "config/presets/demo.yaml",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
-    jobs = sorted(set(line.split("output: ")[1] for line in out.splitlines()
-                      if "output: results/csqa/" in line))
+    jobs = sorted(set(line.split("output: ")[1] for line in out.splitlines() if "output: results/csqa/" in line))
     assert jobs == [f"results/csqa/smollm2-135m/csqa1/seed0/{mode}.json" for mode in ("head", "lora")]
 
 
@@ -653,39 +846,90 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
 
     table = csqa_files["triplets"]
     table.to_parquet(tmp_path / "triplets.parquet", index=False)
-    splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1},
-                         targetkg_holdout=False, max_targetkg=None, max_controlkg=None)
+    splits = make_splits(
+        table,
+        "csqa1",
+        {"csqa": "csqa1"},
+        seed=0,
+        fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+        targetkg_holdout=False,
+        max_targetkg=None,
+        max_controlkg=None,
+    )
     write_splits(tmp_path / "splits", {"csqa1": splits})
     facts = splits["targetkg_train"]
-    pd.DataFrame({"uuid": facts["uuid"], "head": facts["head"], "rel": facts["rel"], "tail": facts["tail"],
-                  "template_id": 0, "prompt": facts["head"] + " is near the", "tail_text": " " + facts["tail"],
-                  "tail_ppl": 5.0}).to_parquet(tmp_path / "verbalized.parquet", index=False)
+    pd.DataFrame(
+        {
+            "uuid": facts["uuid"],
+            "head": facts["head"],
+            "rel": facts["rel"],
+            "tail": facts["tail"],
+            "template_id": 0,
+            "prompt": facts["head"] + " is near the",
+            "tail_text": " " + facts["tail"],
+            "tail_ppl": 5.0,
+        }
+    ).to_parquet(tmp_path / "verbalized.parquet", index=False)
     csqa_dir = tmp_path / "csqa"
     csqa_dir.mkdir()
     csqa_files["train"].rename(csqa_dir / "train_rand_split.jsonl")
     csqa_files["dev"].rename(csqa_dir / "dev_rand_split.jsonl")
-    corpus = "\n".join(csqa.question_text(q.stem, c) for q in csqa.read_questions(csqa_dir / "train_rand_split.jsonl")
-                       for c in q.choices)
+    corpus = "\n".join(
+        csqa.question_text(q.stem, c)
+        for q in csqa.read_questions(csqa_dir / "train_rand_split.jsonl")
+        for c in q.choices
+    )
     corpus += "\n" + "\n".join(p + t for p, t in zip(facts["head"] + " is near the", " " + facts["tail"]))
     tokenizer = byte_bpe_tokenizer(corpus, 300)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=48,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=16,
+            n_head=2,
+            vocab_size=len(tokenizer),
+            n_positions=48,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     layers = masking.find_maskable_layers(model, 1)
     gen = torch.Generator().manual_seed(0)
-    masking.save_mask(tmp_path / "mask.safetensors",
-                      {l.name: torch.randn(l.mask_shape("weight"), generator=gen) for l in layers},
-                      {"granularity": "weight", "top_k_blocks": 1, "model": "toy", "target": "csqa1", "seed": 0})
-    params = base_params({"targets": {"csqa1": {"csqa": "csqa1"}}, "robustness": {"suppressed_ratio": 1.05},
-                          "csqa": {"modes": ["head"], "seeds": [0, 1], "train_questions": 12, "dev_questions": 6,
-                                   "batch_size": 4, "epochs": {"head": 2}, "max_length": 40, "bootstrap": 50,
-                                   "device": "cpu"}})
+    masking.save_mask(
+        tmp_path / "mask.safetensors",
+        {l.name: torch.randn(l.mask_shape("weight"), generator=gen) for l in layers},
+        {"granularity": "weight", "top_k_blocks": 1, "model": "toy", "target": "csqa1", "seed": 0},
+    )
+    params = base_params(
+        {
+            "targets": {"csqa1": {"csqa": "csqa1"}},
+            "robustness": {"suppressed_ratio": 1.05},
+            "csqa": {
+                "modes": ["head"],
+                "seeds": [0, 1],
+                "train_questions": 12,
+                "dev_questions": 6,
+                "batch_size": 4,
+                "epochs": {"head": 2},
+                "max_length": 40,
+                "bootstrap": 50,
+                "device": "cpu",
+            },
+        }
+    )
     out = tmp_path / "results" / "head.json"
-    paths = {"model_dir": tmp_path / "model", "mask": tmp_path / "mask.safetensors",
-             "triplets": tmp_path / "triplets.parquet", "splits_dir": tmp_path / "splits" / "csqa1",
-             "verbalized": tmp_path / "verbalized.parquet", "csqa_dir": csqa_dir, "out": out}
+    paths = {
+        "model_dir": tmp_path / "model",
+        "mask": tmp_path / "mask.safetensors",
+        "triplets": tmp_path / "triplets.parquet",
+        "splits_dir": tmp_path / "splits" / "csqa1",
+        "verbalized": tmp_path / "verbalized.parquet",
+        "csqa_dir": csqa_dir,
+        "out": out,
+    }
     returned = csqa.run_stage(params, model="toy", target="csqa1", seed=0, mode="head", **paths)
     result = json.loads(out.read_text())
     assert result["runs"] == returned["runs"] and result["finetune_seeds"] == [0, 1]
@@ -701,6 +945,7 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
     # written through CsqaResult: the bytes write_json gave the result dict, and read -> write keeps them
     from knowsubnet.core.io import canonical_json
     from knowsubnet.evaluation.csqa_result import CsqaResult
+
     assert out.read_text() == canonical_json(returned)
     typed = CsqaResult.read(out)
     typed.write(tmp_path / "again.json")
@@ -724,15 +969,48 @@ def test_the_finetune_csqa_command_passes_its_arguments_to_run_stage(tmp_path, m
     repo = REPO_ROOT
     calls = []
     monkeypatch.setattr(csqa, "run_stage", lambda params, **kw: calls.append((params, kw)))
-    argv = ["--params", str(repo / "config" / "base.yaml"), "--model", "toy", "--target", "csqa1", "--seed", "3",
-            "--mode", "head", "--model-dir", "m", "--mask", "k.safetensors", "--triplets", "t.parquet",
-            "--splits", "s", "--verbalized", "v.parquet", "--csqa-dir", "c", "--out", str(tmp_path / "head.json")]
+    argv = [
+        "--params",
+        str(repo / "config" / "base.yaml"),
+        "--model",
+        "toy",
+        "--target",
+        "csqa1",
+        "--seed",
+        "3",
+        "--mode",
+        "head",
+        "--model-dir",
+        "m",
+        "--mask",
+        "k.safetensors",
+        "--triplets",
+        "t.parquet",
+        "--splits",
+        "s",
+        "--verbalized",
+        "v.parquet",
+        "--csqa-dir",
+        "c",
+        "--out",
+        str(tmp_path / "head.json"),
+    ]
     assert run_stage("finetune_csqa", argv) == 0
-    (params, kw), = calls
+    ((params, kw),) = calls
     assert params.csqa.modes  # the typed params of --params
-    assert kw == {"model": "toy", "target": "csqa1", "seed": 3, "mode": "head", "model_dir": Path("m"),
-                  "mask": Path("k.safetensors"), "triplets": Path("t.parquet"), "splits_dir": Path("s"),
-                  "verbalized": Path("v.parquet"), "csqa_dir": Path("c"), "out": tmp_path / "head.json"}
+    assert kw == {
+        "model": "toy",
+        "target": "csqa1",
+        "seed": 3,
+        "mode": "head",
+        "model_dir": Path("m"),
+        "mask": Path("k.safetensors"),
+        "triplets": Path("t.parquet"),
+        "splits_dir": Path("s"),
+        "verbalized": Path("v.parquet"),
+        "csqa_dir": Path("c"),
+        "out": tmp_path / "head.json",
+    }
 
     def bad_input(params, **kw):
         raise InputError("dev_rand_split.jsonl:3: expected 5 choices (labels A, B, C, D, E), got 3")
@@ -740,5 +1018,5 @@ def test_the_finetune_csqa_command_passes_its_arguments_to_run_stage(tmp_path, m
     monkeypatch.setattr(csqa, "run_stage", bad_input)
     assert run_stage("finetune_csqa", argv) == 2
     assert "dev_rand_split.jsonl:3: expected 5 choices" in capsys.readouterr().err
-    bad_mode = argv[:argv.index("--mode") + 1] + ["prompt"] + argv[argv.index("--mode") + 2:]
+    bad_mode = argv[: argv.index("--mode") + 1] + ["prompt"] + argv[argv.index("--mode") + 2 :]
     assert run_stage("finetune_csqa", bad_mode) == 2  # argparse: --mode is one of csqa.MODES

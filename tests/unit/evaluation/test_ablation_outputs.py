@@ -10,8 +10,8 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import base_params, metrics, save_tiny_gpt2
+
 from knowsubnet.data import encoding
 from knowsubnet.evaluation import ablation
 from knowsubnet.evaluation.bars import BARS, check_bars
@@ -21,10 +21,18 @@ from knowsubnet.scoring.facts import score_facts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FACTS = [("t0", "apple", "IsA", "fruit"), ("t1", "dog", "IsA", "animal"), ("t2", "oak", "IsA", "tree"),
-         ("t3", "rose", "IsA", "flower"), ("c0", "knife", "UsedFor", "cutting"), ("c1", "bed", "UsedFor", "sleeping"),
-         ("c2", "pen", "UsedFor", "writing"), ("c3", "fish", "AtLocation", "water"),
-         ("c4", "book", "AtLocation", "library"), ("c5", "car", "AtLocation", "garage")]
+FACTS = [
+    ("t0", "apple", "IsA", "fruit"),
+    ("t1", "dog", "IsA", "animal"),
+    ("t2", "oak", "IsA", "tree"),
+    ("t3", "rose", "IsA", "flower"),
+    ("c0", "knife", "UsedFor", "cutting"),
+    ("c1", "bed", "UsedFor", "sleeping"),
+    ("c2", "pen", "UsedFor", "writing"),
+    ("c3", "fish", "AtLocation", "water"),
+    ("c4", "book", "AtLocation", "library"),
+    ("c5", "car", "AtLocation", "garage"),
+]
 PROMPTS = {"IsA": "{} is a kind of", "UsedFor": "You use a {} for", "AtLocation": "You find a {} in the"}
 # the known filter (known.max_tail_ppl: 100) drops t1, c2 and c4
 TAIL_PPL = {"t1": 500.0, "c2": 300.0, "c4": 1000.0}
@@ -39,8 +47,12 @@ def stage(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ablation_outputs")
     frame = pd.DataFrame(FACTS, columns=["uuid", "head", "rel", "tail"]).assign(source="builtin")
-    verbalized = frame.assign(template_id=0, prompt=[PROMPTS[r].format(h) for h, r in zip(frame["head"], frame["rel"])],
-                              tail_text=" " + frame["tail"], tail_ppl=[TAIL_PPL.get(u, 2.0) for u in frame["uuid"]])
+    verbalized = frame.assign(
+        template_id=0,
+        prompt=[PROMPTS[r].format(h) for h, r in zip(frame["head"], frame["rel"])],
+        tail_text=" " + frame["tail"],
+        tail_ppl=[TAIL_PPL.get(u, 2.0) for u in frame["uuid"]],
+    )
     verbalized.to_parquet(root / "verbalized.parquet", index=False)
     splits = root / "splits"
     splits.mkdir()
@@ -50,18 +62,32 @@ def stage(tmp_path_factory):
     text = " ".join(verbalized["prompt"] + verbalized["tail_text"]) + " the a of in for is kind you use find"
     tokenizer = train_tokenizer([text] * 5, vocab_size=300, model_max_length=64)
     model = save_tiny_gpt2(tokenizer, root / "model")
-    encoding.save_blocks(root / "controllm" / "test.safetensors",
-                         encoding.controllm_blocks(tokenizer, text * 4, block_size=16)[:3])
+    encoding.save_blocks(
+        root / "controllm" / "test.safetensors", encoding.controllm_blocks(tokenizer, text * 4, block_size=16)[:3]
+    )
     layers = masking.find_maskable_layers(model, 1)
     generator = torch.Generator().manual_seed(0)
     logits = {l.name: torch.randn(l.mask_shape("weight"), generator=generator) - 1.0 for l in layers}
     masking.save_mask(root / "mask.safetensors", logits, {"granularity": "weight", "top_k_blocks": 1, "seed": 0})
 
     params = base_params(PARAMS)
-    inputs = dict(model="toy", target="IsA", seed=3, model_dir=root / "model", verbalized=root / "verbalized.parquet",
-                  splits_dir=splits, controllm_dir=root / "controllm", mask=root / "mask.safetensors")
-    result = ablation.evaluate_mask(params, out=root / "eval" / "metrics.json", headline_out=root / "eval" / "headline.json",
-                                    facts_out=root / "eval" / "facts.parquet", **inputs)
+    inputs = dict(
+        model="toy",
+        target="IsA",
+        seed=3,
+        model_dir=root / "model",
+        verbalized=root / "verbalized.parquet",
+        splits_dir=splits,
+        controllm_dir=root / "controllm",
+        mask=root / "mask.safetensors",
+    )
+    result = ablation.evaluate_mask(
+        params,
+        out=root / "eval" / "metrics.json",
+        headline_out=root / "eval" / "headline.json",
+        facts_out=root / "eval" / "facts.parquet",
+        **inputs,
+    )
     return root, params, inputs, result
 
 
@@ -89,23 +115,41 @@ def test_metrics_and_headline_files_read_and_write_back_to_the_same_bytes(stage,
 def test_facts_parquet_has_one_row_per_test_fact_with_the_scores_behind_the_metrics(stage):
     root, _, _, result = stage
     facts = pd.read_parquet(root / "eval" / "facts.parquet")
-    assert list(facts.columns) == ["set", "uuid", "head", "rel", "tail", "template_id", "prompt", "tail_text", "known",
-                                   "nll_original", "rank_original", "correct_original",
-                                   "nll_removed", "rank_removed", "correct_removed",
-                                   "nll_random_draw0", "rank_random_draw0", "correct_random_draw0"]
+    assert list(facts.columns) == [
+        "set",
+        "uuid",
+        "head",
+        "rel",
+        "tail",
+        "template_id",
+        "prompt",
+        "tail_text",
+        "known",
+        "nll_original",
+        "rank_original",
+        "correct_original",
+        "nll_removed",
+        "rank_removed",
+        "correct_removed",
+        "nll_random_draw0",
+        "rank_random_draw0",
+        "correct_random_draw0",
+    ]
     # every fact of both test splits, known or not, TargetKG first, each in its split's order
     assert facts["uuid"].tolist() == ["t3", "t2", "t1", "t0", "c0", "c1", "c2", "c3", "c4", "c5"]
     assert facts["set"].tolist() == ["targetkg"] * 4 + ["controlkg"] * 6
     assert facts.loc[facts["uuid"] == "t0", ["head", "rel", "tail", "prompt", "tail_text"]].values.tolist() == [
-        ["apple", "IsA", "fruit", "apple is a kind of", " fruit"]]
+        ["apple", "IsA", "fruit", "apple is a kind of", " fruit"]
+    ]
     assert facts.set_index("uuid")["known"].to_dict() == {u: u not in TAIL_PPL for u in facts["uuid"]}
     assert result["counts"]["targetkg"] == 3 and result["counts"]["controlkg"] == 4
 
     # the original model's own per-fact NLL and rank, scored here on every fact (known or not)
     lm, tokenizer = load_model(root / "model")
     for set_name, group in facts.groupby("set", sort=False):
-        encoded = encoding.encode_facts(tokenizer, group["prompt"].tolist(), group["tail_text"].tolist(),
-                                        group["uuid"].tolist())
+        encoded = encoding.encode_facts(
+            tokenizer, group["prompt"].tolist(), group["tail_text"].tolist(), group["uuid"].tolist()
+        )
         own = score_facts(lm, encoded, 2, "cpu", progress=False)
         assert group["nll_original"].tolist() == pytest.approx(own["nll"].tolist(), rel=1e-5), set_name
         assert group["rank_original"].tolist() == own["rank"].tolist(), set_name
@@ -118,8 +162,11 @@ def test_facts_parquet_has_one_row_per_test_fact_with_the_scores_behind_the_metr
     known = facts[facts["known"]]
     for set_name in ("targetkg", "controlkg"):
         rows = known[known["set"] == set_name]
-        for column, variant in (("original", result["original"]), ("removed", result["removed"]),
-                                ("random_draw0", result["random_draws"][0])):
+        for column, variant in (
+            ("original", result["original"]),
+            ("removed", result["removed"]),
+            ("random_draw0", result["random_draws"][0]),
+        ):
             assert math.exp(rows[f"nll_{column}"].mean()) == pytest.approx(variant[set_name]["ppl"], rel=1e-9)
             assert rows[f"rank_{column}"].mean() == pytest.approx(variant[set_name]["rank"])
             assert rows[f"correct_{column}"].mean() == pytest.approx(variant[set_name]["acc"])
@@ -132,8 +179,9 @@ def test_facts_parquet_is_reproducible_and_leaves_the_metrics_unchanged(stage, t
     for key in ("original", "removed", "random", "kept", "random_draws", "delta_ppl", "counts"):
         assert again[key] == result[key], key
     ablation.evaluate_mask(params, out=tmp_path / "metrics2.json", facts_out=tmp_path / "facts.parquet", **inputs)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "facts.parquet"),
-                                  pd.read_parquet(root / "eval" / "facts.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "facts.parquet"), pd.read_parquet(root / "eval" / "facts.parquet")
+    )
 
 
 def test_headline_has_the_ratios_and_the_verdict_against_the_bars(stage):
@@ -151,8 +199,13 @@ def test_headline_has_the_ratios_and_the_verdict_against_the_bars(stage):
     missed = [bar for bar in BARS if not written[f"met_{bar}"]]
     assert written["verdict"] == ", ".join(missed)
     # with bars this run meets, the verdict says so
-    lenient = {"min_sparsity": 0.0, "min_target_ratio": 0.0, "max_random_share": math.inf,
-               "max_controlkg_ratio": math.inf, "max_controllm_ratio": math.inf}
+    lenient = {
+        "min_sparsity": 0.0,
+        "min_target_ratio": 0.0,
+        "max_random_share": math.inf,
+        "max_controlkg_ratio": math.inf,
+        "max_controllm_ratio": math.inf,
+    }
     assert ablation.headline(result, lenient).verdict == "all met"
 
 

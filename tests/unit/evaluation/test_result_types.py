@@ -8,8 +8,8 @@ import json
 import re
 
 import pytest
-
 from conftest import metrics
+
 from knowsubnet.core.errors import InputError
 from knowsubnet.evaluation.ablation_results import AblationMetrics, Headline
 from knowsubnet.evaluation.csqa_result import CsqaResult, Difference, GroupAccuracy, LengthCheck
@@ -17,8 +17,10 @@ from knowsubnet.evaluation.robustness_results import RobustnessHeadline, Robustn
 
 
 def ratios(removed=2.0):
-    return {"removed": {"ratio": removed, "low": 1.5, "high": 2.5, "n_facts": 3},
-            "random": {"ratio": 1.0, "low": 0.9, "high": 1.1, "n_facts": 3}}
+    return {
+        "removed": {"ratio": removed, "low": 1.5, "high": 2.5, "n_facts": 3},
+        "random": {"ratio": 1.0, "low": 0.9, "high": 1.1, "n_facts": 3},
+    }
 
 
 def share(value=0.5):
@@ -26,51 +28,125 @@ def share(value=0.5):
 
 
 def robustness_dict():
-    group = {"sentences": 6, "known_sentences": 4, **ratios(), "by_template": {"0": 2.0},
-             "suppressed_share": {"removed": {**share(), "n_sentences": 4}, "random": share(0.0)}}
+    group = {
+        "sentences": 6,
+        "known_sentences": 4,
+        **ratios(),
+        "by_template": {"0": 2.0},
+        "suppressed_share": {"removed": {**share(), "n_sentences": 4}, "random": share(0.0)},
+    }
     relearned = {"ppl_before": 2.0, "ppl_after": 1.5, "ppl_after_per_seed": [1.5]}
-    return {"model": "m", "target": "A", "seed": 0, "method": "mask", "split": None,
-            "held_out": {"holdout": True, "in_sample": ratios(), "held_out": ratios(3.0), "note": None,
-                         "controlkg": ratios(1.0)},
-            "wordings": {"threshold": 2.0, **{k: group for k in ("train_heldout", "test_heldout", "test_trained",
-                                                                  "controlkg_heldout")}},
-            "in_context": {"3": {"original_ppl": 4.0, **ratios()}},
-            "multiple_choice": {"targetkg": {v: share() for v in ("original", "removed", "random")},
-                                "controlkg": {v: share() for v in ("original", "removed", "random")},
-                                "candidates_per_fact": 4.0},
-            "readouts": {"lens": {"1": {"original_ppl": 3.0, "removed": 2.0, "random": 1.0}}, "linear_probe": None},
-            "quantized": {"none": {"ppl": {"original": {"targetkg": 3.0}, "removed": {"targetkg": 6.0},
-                                           "random": {"targetkg": 3.0}},
-                                   "ratio": {"removed": {"targetkg": 2.0}, "random": {"targetkg": 1.0}},
-                                   "rounding": None}},
-            "relearning": {"points": [{"scope": "masked", "lr": 0.01, "steps": 3, "data": {
-                "targetkg": {"n_train": 4, "n_scored": 3, "wall_time_s": 0.5, "original": relearned,
-                             "removed_held": {**relearned, "recovered": None, "low": None, "high": None,
-                                              "per_seed": [None]}},
-                "wikitext": None}}]},
-            "specificity": {"true_facts": ratios(), "false_tails": ratios(), "foreign_heads": ratios(),
-                            "same_head_other_facts": ratios(), "other_targets": {"B": ratios(1.0)}},
-            "controlkg_kl": {"removed": 0.01, "random": 0.001},
-            "counts": {"targetkg_test": {"sentences": 3, "facts": 3}}, "random_draws": 2}
+    return {
+        "model": "m",
+        "target": "A",
+        "seed": 0,
+        "method": "mask",
+        "split": None,
+        "held_out": {
+            "holdout": True,
+            "in_sample": ratios(),
+            "held_out": ratios(3.0),
+            "note": None,
+            "controlkg": ratios(1.0),
+        },
+        "wordings": {
+            "threshold": 2.0,
+            **{k: group for k in ("train_heldout", "test_heldout", "test_trained", "controlkg_heldout")},
+        },
+        "in_context": {"3": {"original_ppl": 4.0, **ratios()}},
+        "multiple_choice": {
+            "targetkg": {v: share() for v in ("original", "removed", "random")},
+            "controlkg": {v: share() for v in ("original", "removed", "random")},
+            "candidates_per_fact": 4.0,
+        },
+        "readouts": {"lens": {"1": {"original_ppl": 3.0, "removed": 2.0, "random": 1.0}}, "linear_probe": None},
+        "quantized": {
+            "none": {
+                "ppl": {"original": {"targetkg": 3.0}, "removed": {"targetkg": 6.0}, "random": {"targetkg": 3.0}},
+                "ratio": {"removed": {"targetkg": 2.0}, "random": {"targetkg": 1.0}},
+                "rounding": None,
+            }
+        },
+        "relearning": {
+            "points": [
+                {
+                    "scope": "masked",
+                    "lr": 0.01,
+                    "steps": 3,
+                    "data": {
+                        "targetkg": {
+                            "n_train": 4,
+                            "n_scored": 3,
+                            "wall_time_s": 0.5,
+                            "original": relearned,
+                            "removed_held": {
+                                **relearned,
+                                "recovered": None,
+                                "low": None,
+                                "high": None,
+                                "per_seed": [None],
+                            },
+                        },
+                        "wikitext": None,
+                    },
+                }
+            ]
+        },
+        "specificity": {
+            "true_facts": ratios(),
+            "false_tails": ratios(),
+            "foreign_heads": ratios(),
+            "same_head_other_facts": ratios(),
+            "other_targets": {"B": ratios(1.0)},
+        },
+        "controlkg_kl": {"removed": 0.01, "random": 0.001},
+        "counts": {"targetkg_test": {"sentences": 3, "facts": 3}},
+        "random_draws": 2,
+    }
 
 
 def csqa_result():
     acc = GroupAccuracy(acc=0.5, ci95=[0.4, 0.6], n=10)
     diff = Difference(diff=-0.1, ci95=[-0.2, 0.0], se=0.05, mde=0.14, n=10, n_reference=12)
-    length = LengthCheck(picked_multiword=0.2, answer_multiword=0.2, options_multiword=0.3, acc_one_word=0.5,
-                         n_one_word=8, acc_multiword=None, n_multiword=0, biased=False)
-    return CsqaResult(model="m", target="csqa1", seed=0, mode="head", finetune_seeds=[0, 1],
-                      accuracy={"original": {"dev": acc}}, delta={"remaining - original": {"dev": diff}},
-                      diff_of_diffs={"remaining - original": {"removed_known vs kept": diff}},
-                      length={"original": {"dev": length}}, extra={"n_train": 12, "runs": {}})
+    length = LengthCheck(
+        picked_multiword=0.2,
+        answer_multiword=0.2,
+        options_multiword=0.3,
+        acc_one_word=0.5,
+        n_one_word=8,
+        acc_multiword=None,
+        n_multiword=0,
+        biased=False,
+    )
+    return CsqaResult(
+        model="m",
+        target="csqa1",
+        seed=0,
+        mode="head",
+        finetune_seeds=[0, 1],
+        accuracy={"original": {"dev": acc}},
+        delta={"remaining - original": {"dev": diff}},
+        diff_of_diffs={"remaining - original": {"removed_known vs kept": diff}},
+        length={"original": {"dev": length}},
+        extra={"n_train": 12, "runs": {}},
+    )
 
 
 def headline():
     values = {f"ratio_{v}_{s}": 1.5 for v in ("removed", "random") for s in ("targetkg", "controlkg", "controllm")}
     values.update({f"dppl_{v}_{s}": 0.5 for v in ("removed", "random") for s in ("targetkg", "controlkg", "controllm")})
-    return Headline(sparsity=0.99, random_share=0.1, targetkg_acc_original=0.9, met_min_sparsity=True,
-                    met_min_target_ratio=False, met_max_random_share=True, met_max_controlkg_ratio=True,
-                    met_max_controllm_ratio=True, verdict="min_target_ratio", **values)
+    return Headline(
+        sparsity=0.99,
+        random_share=0.1,
+        targetkg_acc_original=0.9,
+        met_min_sparsity=True,
+        met_min_target_ratio=False,
+        met_max_random_share=True,
+        met_max_controlkg_ratio=True,
+        met_max_controllm_ratio=True,
+        verdict="min_target_ratio",
+        **values,
+    )
 
 
 def robustness_headline():
@@ -79,8 +155,9 @@ def robustness_headline():
 
 INSTANCES = {
     "metrics": lambda: AblationMetrics.from_dict(metrics("m", "A", 0, (1.0, 2.0, 3.0), (0.1, 0.2, 0.3))),
-    "combined": lambda: AblationMetrics.from_dict(metrics("m", "A", None, (1.0, 2.0, 3.0), (0.1, 0.2, 0.3),
-                                                          combination="majority")),
+    "combined": lambda: AblationMetrics.from_dict(
+        metrics("m", "A", None, (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), combination="majority")
+    ),
     "headline": headline,
     "robustness": lambda: RobustnessResult.from_dict(robustness_dict()),
     "robustness_headline": robustness_headline,
@@ -112,16 +189,22 @@ def test_values_and_unnamed_keys_are_kept_as_read(tmp_path):
     assert "method" not in combined.to_dict()  # left out, as the writer leaves it out
 
 
-@pytest.mark.parametrize("name, break_it, key", [
-    ("metrics", lambda d: d["removed"]["targetkg"].pop("ppl"), "removed.targetkg.ppl"),
-    ("metrics", lambda d: d.update(original=3.0), "original"),
-    ("robustness", lambda d: d["held_out"].pop("holdout"), "held_out.holdout"),
-    ("robustness", lambda d: d["relearning"]["points"][0].pop("scope"), "relearning.points[0].scope"),
-    ("robustness_headline", lambda d: d.pop("held_out_ratio"), "held_out_ratio"),
-    ("headline", lambda d: d.pop("verdict"), "verdict"),
-    ("csqa", lambda d: d["diff_of_diffs"]["remaining - original"]["removed_known vs kept"].pop("mde"),
-     "diff_of_diffs.remaining - original.removed_known vs kept.mde"),
-])
+@pytest.mark.parametrize(
+    "name, break_it, key",
+    [
+        ("metrics", lambda d: d["removed"]["targetkg"].pop("ppl"), "removed.targetkg.ppl"),
+        ("metrics", lambda d: d.update(original=3.0), "original"),
+        ("robustness", lambda d: d["held_out"].pop("holdout"), "held_out.holdout"),
+        ("robustness", lambda d: d["relearning"]["points"][0].pop("scope"), "relearning.points[0].scope"),
+        ("robustness_headline", lambda d: d.pop("held_out_ratio"), "held_out_ratio"),
+        ("headline", lambda d: d.pop("verdict"), "verdict"),
+        (
+            "csqa",
+            lambda d: d["diff_of_diffs"]["remaining - original"]["removed_known vs kept"].pop("mde"),
+            "diff_of_diffs.remaining - original.removed_known vs kept.mde",
+        ),
+    ],
+)
 def test_a_malformed_file_names_the_file_and_the_key(name, break_it, key, tmp_path):
     record = INSTANCES[name]()
     data = record.to_dict()

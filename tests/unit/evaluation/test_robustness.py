@@ -12,24 +12,38 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import base_params, save_tiny_gpt2
+
 from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
 from knowsubnet.evaluation import probes, relearn, robustness
 from knowsubnet.evaluation import robustness_stats as stats
+from knowsubnet.method import masking
 from knowsubnet.scoring.cached import CachedFacts
 from knowsubnet.scoring.facts import score_facts
-from knowsubnet.method import masking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FACTS = [("apple", "IsA", "fruit"), ("dog", "IsA", "animal"), ("oak", "IsA", "tree"), ("rose", "IsA", "flower"),
-         ("salmon", "IsA", "fish"), ("trout", "IsA", "fish"), ("car", "IsA", "vehicle"), ("hammer", "IsA", "tool"),
-         ("apple", "IsA", "food"), ("knife", "UsedFor", "cutting"), ("bed", "UsedFor", "sleeping"),
-         ("pen", "UsedFor", "writing"), ("fish", "AtLocation", "water"), ("book", "AtLocation", "library"),
-         ("car", "AtLocation", "garage"), ("dog", "AtLocation", "kennel"), ("oak", "AtLocation", "forest"),
-         ("apple", "AtLocation", "orchard")]
+FACTS = [
+    ("apple", "IsA", "fruit"),
+    ("dog", "IsA", "animal"),
+    ("oak", "IsA", "tree"),
+    ("rose", "IsA", "flower"),
+    ("salmon", "IsA", "fish"),
+    ("trout", "IsA", "fish"),
+    ("car", "IsA", "vehicle"),
+    ("hammer", "IsA", "tool"),
+    ("apple", "IsA", "food"),
+    ("knife", "UsedFor", "cutting"),
+    ("bed", "UsedFor", "sleeping"),
+    ("pen", "UsedFor", "writing"),
+    ("fish", "AtLocation", "water"),
+    ("book", "AtLocation", "library"),
+    ("car", "AtLocation", "garage"),
+    ("dog", "AtLocation", "kennel"),
+    ("oak", "AtLocation", "forest"),
+    ("apple", "AtLocation", "orchard"),
+]
 
 
 def facts_frame() -> pd.DataFrame:
@@ -57,7 +71,9 @@ def test_held_out_wordings_are_the_ones_no_template_choice_or_training_reads():
     facts = verbalized_frame(facts_frame()).iloc[:2].assign(template_id=[0, 3])
     out = probes.in_wordings("w", facts, probes.heldout_wordings(["IsA"]))
     assert set(out["template_id"]) == set(relations.heldout_wording_ids("IsA"))
-    assert all(s.endswith(" fruit") for s in (out[out["uuid"] == "f00"]["prompt"] + out[out["uuid"] == "f00"]["tail_text"]))
+    assert all(
+        s.endswith(" fruit") for s in (out[out["uuid"] == "f00"]["prompt"] + out[out["uuid"] == "f00"]["tail_text"])
+    )
     # the trained wordings: the train facts' best templates, or every template with targetkg_templates all
     assert probes.trained_wordings(facts, "best") == {"IsA": [0, 3]}
     assert probes.trained_wordings(facts, "all") == {"IsA": list(range(len(relations.TEMPLATES["IsA"])))}
@@ -70,13 +86,19 @@ def test_template_choice_and_training_never_write_a_held_out_wording(workspace, 
 
     asked = []
     original = relations.verbalize
-    monkeypatch.setattr(relations, "verbalize", lambda rel, tid, h, t: asked.append((rel, tid)) or original(rel, tid, h, t))
+    monkeypatch.setattr(
+        relations, "verbalize", lambda rel, tid, h, t: asked.append((rel, tid)) or original(rel, tid, h, t)
+    )
     table = facts_frame()
     relations.candidate_sentences(table)  # verbalize's candidates
     table.to_parquet(tmp_path / "split.parquet", index=False)
     for templates in ("best", "all"):
-        factsets.load_split_factset(tmp_path / "split.parquet", verbalized_frame(table).set_index("uuid"),
-                                    workspace["tokenizer"], templates=templates)
+        factsets.load_split_factset(
+            tmp_path / "split.parquet",
+            verbalized_frame(table).set_index("uuid"),
+            workspace["tokenizer"],
+            templates=templates,
+        )
     assert asked and not [(rel, tid) for rel, tid in asked if tid in relations.heldout_wording_ids(rel)]
 
 
@@ -119,8 +141,10 @@ def test_an_empty_probe_keeps_the_candidates_typed():
     isa = isa[isa["rel"] == "IsA"]
     empty = probes.choices("c", isa.iloc[:0], table, k=5, seed=0)
     assert len(empty) == 0 and empty["is_true"].dtype == bool
-    frame = pd.concat([probes.choices("c", isa, table, k=3, seed=0), empty,
-                       probes.in_wordings("p", isa.iloc[:0], {"IsA": [5]})], ignore_index=True)
+    frame = pd.concat(
+        [probes.choices("c", isa, table, k=3, seed=0), empty, probes.in_wordings("p", isa.iloc[:0], {"IsA": [5]})],
+        ignore_index=True,
+    )
     assert frame["is_true"].dtype == bool
     frame["nll_original"] = [0.5 if true else 1.0 for true in frame["is_true"]]
     assert stats.top1(frame, "original").eq(1.0).all()
@@ -146,10 +170,11 @@ def test_ratio_and_share_statistics():
     assert result["low"] <= result["ratio"] <= result["high"] and result["n_facts"] == 2
     same = frame.assign(nll_removed=frame["nll_original"])
     assert stats.ratio_ci(same, "removed", 200, 0) == {"ratio": 1.0, "low": 1.0, "high": 1.0, "n_facts": 2}
-    shares = stats.suppressed_share(frame, "removed", threshold=math.e ** 1.5)
+    shares = stats.suppressed_share(frame, "removed", threshold=math.e**1.5)
     assert shares.to_dict() == {"a": 0.5, "b": 0.0}
-    choice = pd.DataFrame({"uuid": ["a", "a", "b", "b"], "is_true": [True, False, True, False],
-                           "nll_original": [1.0, 2.0, 2.0, 1.0]})
+    choice = pd.DataFrame(
+        {"uuid": ["a", "a", "b", "b"], "is_true": [True, False, True, False], "nll_original": [1.0, 2.0, 2.0, 1.0]}
+    )
     assert stats.top1(choice, "original").to_dict() == {"a": 1.0, "b": 0.0}
 
 
@@ -169,13 +194,23 @@ def test_recovered_interval_over_facts_and_seeds():
     original = rng.normal(3.0, 0.5, 40)
     before = {"original": original, "removed_held": original + 2.0}
     finetuned = [original - 1.0 + rng.normal(0, 0.01, 40) for _ in range(3)]  # both models learn alike
-    untouched = recovered_interval(before, {"original": finetuned, "removed_held": [f + 2.0 for f in finetuned]},
-                                   "removed_held", n_boot=200, seed=0)
+    untouched = recovered_interval(
+        before,
+        {"original": finetuned, "removed_held": [f + 2.0 for f in finetuned]},
+        "removed_held",
+        n_boot=200,
+        seed=0,
+    )
     assert untouched["recovered"] == pytest.approx(0.0, abs=1e-9) and untouched["low"] <= 0.0 <= untouched["high"]
     closed = recovered_interval(before, {"original": finetuned, "removed_held": finetuned}, "removed_held", 200, 0)
     assert closed["recovered"] == pytest.approx(1.0) and closed["per_seed"] == pytest.approx([1.0] * 3)
-    nothing = recovered_interval({"original": original, "removed_held": original},
-                                 {"original": finetuned, "removed_held": finetuned}, "removed_held", 200, 0)
+    nothing = recovered_interval(
+        {"original": original, "removed_held": original},
+        {"original": finetuned, "removed_held": finetuned},
+        "removed_held",
+        200,
+        0,
+    )
     assert nothing["recovered"] is None and nothing["low"] is None  # nothing was removed: undefined
 
 
@@ -191,18 +226,37 @@ def workspace(tmp_path_factory):
     table = facts_frame()
     table.assign(source="builtin").to_parquet(root / "triplets.parquet", index=False)
     verbalized = verbalized_frame(table)
-    text = " ".join(prompt + tail for prompt, tail in
-                    (relations.verbalize(r, t, h, o) for _, h, r, o in table.itertuples(index=False)
-                     for t in relations.paraphrase_ids(r)))
+    text = " ".join(
+        prompt + tail
+        for prompt, tail in (
+            relations.verbalize(r, t, h, o)
+            for _, h, r, o in table.itertuples(index=False)
+            for t in relations.paraphrase_ids(r)
+        )
+    )
     tokenizer = train_tokenizer([text] * 2, vocab_size=400, model_max_length=64)
     model = save_tiny_gpt2(tokenizer, root / "model")
     (root / "verbalized").mkdir()
     isa = table[table["rel"] == "IsA"]
     # held out: IsA train / val / test disjoint; the other relations are the ControlKG
-    parts = {"targetkg_train": isa.iloc[:4], "targetkg_val": isa.iloc[4:6], "targetkg_test": isa.iloc[6:],
-             "controlkg_train": table.iloc[9:13], "controlkg_val": table.iloc[13:15], "controlkg_test": table.iloc[15:]}
-    for target, chosen in (("IsA", parts), ("UsedFor", {k: table[table["rel"] == "UsedFor"] if k.startswith("t")
-                                                        else table[table["rel"] == "AtLocation"] for k in parts})):
+    parts = {
+        "targetkg_train": isa.iloc[:4],
+        "targetkg_val": isa.iloc[4:6],
+        "targetkg_test": isa.iloc[6:],
+        "controlkg_train": table.iloc[9:13],
+        "controlkg_val": table.iloc[13:15],
+        "controlkg_test": table.iloc[15:],
+    }
+    for target, chosen in (
+        ("IsA", parts),
+        (
+            "UsedFor",
+            {
+                k: table[table["rel"] == "UsedFor"] if k.startswith("t") else table[table["rel"] == "AtLocation"]
+                for k in parts
+            },
+        ),
+    ):
         folder = root / "splits" / target
         folder.mkdir(parents=True)
         for name, frame in chosen.items():
@@ -218,11 +272,19 @@ def workspace(tmp_path_factory):
 
 
 def toy_params(**robust):
-    relearn = {"points": [{"scope": "masked", "lr": 1e-2, "steps": 3}, {"scope": "whole", "lr": 1e-3, "steps": 2}],
-               "seeds": [0, 1], "batch": 2, "text_tokens": 8}
-    return base_params({"run": {"targets": ["IsA", "UsedFor"]}, "eval": {"random_draws": 2},
-                        "robustness": {"relearn": relearn, "bootstrap": 50, "device": "cpu",
-                                       "candidates": 4, **robust}})
+    relearn = {
+        "points": [{"scope": "masked", "lr": 1e-2, "steps": 3}, {"scope": "whole", "lr": 1e-3, "steps": 2}],
+        "seeds": [0, 1],
+        "batch": 2,
+        "text_tokens": 8,
+    }
+    return base_params(
+        {
+            "run": {"targets": ["IsA", "UsedFor"]},
+            "eval": {"random_draws": 2},
+            "robustness": {"relearn": relearn, "bootstrap": 50, "device": "cpu", "candidates": 4, **robust},
+        }
+    )
 
 
 def write_mask(root, name, fill):
@@ -239,9 +301,18 @@ def write_mask(root, name, fill):
 def run_stage(workspace, mask, out):
     root = workspace["root"]
     return robustness.evaluate_robustness(
-        toy_params(), model="toy", target="IsA", seed=0, model_dir=root / "model", mask=mask,
-        triplets=root / "triplets.parquet", splits_root=root / "splits", verbalized_root=root / "verbalized",
-        controllm_dir=root / "controllm", out_dir=out)
+        toy_params(),
+        model="toy",
+        target="IsA",
+        seed=0,
+        model_dir=root / "model",
+        mask=mask,
+        triplets=root / "triplets.parquet",
+        splits_root=root / "splits",
+        verbalized_root=root / "verbalized",
+        controllm_dir=root / "controllm",
+        out_dir=out,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +320,13 @@ def stage_runs(workspace):
     """The stage for an empty mask and for a mask of every third weight (the report test reads both)."""
     root = workspace["root"]
     empty = write_mask(root, "empty", lambda shape: torch.full(shape, -1.0))
-    third = write_mask(root, "third", lambda shape: torch.where(torch.arange(math.prod(shape)).view(shape) % 3 == 0, 1.0, -1.0))
-    return {"empty": run_stage(workspace, empty, root / "out-empty"), "third": run_stage(workspace, third, root / "out-third")}
+    third = write_mask(
+        root, "third", lambda shape: torch.where(torch.arange(math.prod(shape)).view(shape) % 3 == 0, 1.0, -1.0)
+    )
+    return {
+        "empty": run_stage(workspace, empty, root / "out-empty"),
+        "third": run_stage(workspace, third, root / "out-third"),
+    }
 
 
 def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_runs):
@@ -258,9 +334,16 @@ def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_
     result = stage_runs["empty"]
     assert result["held_out"]["holdout"] is True
     words = result["wordings"]
-    for section in (result["held_out"]["in_sample"], result["held_out"]["held_out"], words["train_heldout"],
-                    words["test_heldout"], words["test_trained"], result["in_context"]["3"],
-                    result["specificity"]["foreign_heads"], result["specificity"]["other_targets"]["UsedFor"]):
+    for section in (
+        result["held_out"]["in_sample"],
+        result["held_out"]["held_out"],
+        words["train_heldout"],
+        words["test_heldout"],
+        words["test_trained"],
+        result["in_context"]["3"],
+        result["specificity"]["foreign_heads"],
+        result["specificity"]["other_targets"]["UsedFor"],
+    ):
         assert section["removed"]["ratio"] == 1.0
     assert words["test_heldout"]["suppressed_share"]["removed"]["share"] == 0.0
     assert result["controlkg_kl"]["removed"] == 0.0
@@ -315,8 +398,16 @@ def test_a_mask_that_removes_weights_changes_the_scores(workspace, stage_runs):
     assert set(held["template_id"]) == set(relations.heldout_wording_ids("IsA"))
     trained = sentences[sentences["probe"] == "wording:test:trained"]
     assert set(trained["template_id"]) == {0}  # the toy train facts' best template
-    assert set(sentences["probe"]) >= {"targetkg_train", "targetkg_test", "controlkg_test", "choice_targetkg",
-                                       "foreign_heads", "same_head", "other:UsedFor", "in_context:8"}
+    assert set(sentences["probe"]) >= {
+        "targetkg_train",
+        "targetkg_test",
+        "controlkg_test",
+        "choice_targetkg",
+        "foreign_heads",
+        "same_head",
+        "other:UsedFor",
+        "in_context:8",
+    }
 
 
 def test_the_report_section_has_a_row_per_run_and_the_figure(workspace, stage_runs):
@@ -332,8 +423,15 @@ def test_the_report_section_has_a_row_per_run_and_the_figure(workspace, stage_ru
     assert written["fig_robustness"].stat().st_size > 0
     text = "\n".join(lines)
     assert "## Removed, or only hidden?" in text and "undefined" in text  # the empty mask's recovered fraction
-    for title in ("Held-out facts", "Held-out wordings", "Facts in context", "Other readouts", "Quantization",
-                  "Relearning", "Specificity"):
+    for title in (
+        "Held-out facts",
+        "Held-out wordings",
+        "Facts in context",
+        "Other readouts",
+        "Quantization",
+        "Relearning",
+        "Specificity",
+    ):
         assert f"### {title}" in text
     assert "toy: mask of" in text  # the specificity matrix
     assert "### Across seeds" not in text  # one seed
@@ -343,8 +441,12 @@ def test_the_report_section_has_a_row_per_run_and_the_figure(workspace, stage_ru
     shutil.copytree(root / "out-third", root / "out-third-s1", dirs_exist_ok=True)
     record = json.loads((root / "out-third-s1" / "robustness.json").read_text())
     (root / "out-third-s1" / "robustness.json").write_text(json.dumps({**record, "seed": 1}))
-    lines, _ = section.section([root / "out-third" / "robustness.json", root / "out-third-s1" / "robustness.json"],
-                               root / "tables2", root / "figures2", dpi=40)
+    lines, _ = section.section(
+        [root / "out-third" / "robustness.json", root / "out-third-s1" / "robustness.json"],
+        root / "tables2",
+        root / "figures2",
+        dpi=40,
+    )
     pooled = "\n".join(lines).split("### Across seeds")[1]
     assert "| toy / IsA | 0, 1 |" in pooled
 
@@ -368,19 +470,25 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     before = {l.name: l.weight.detach().clone() for l in layers}
     removed = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for l in layers}
     table = verbalized_frame(facts_frame())
-    facts = CachedFacts(model, layers, encode_facts(workspace["tokenizer"], table["prompt"].tolist(),
-                                                            table["tail_text"].tolist()), "cpu")
+    facts = CachedFacts(
+        model,
+        layers,
+        encode_facts(workspace["tokenizer"], table["prompt"].tolist(), table["tail_text"].tolist()),
+        "cpu",
+    )
     # the cached top blocks score like the whole model
     full = score_facts(model, facts.facts, 4)["nll"].mean()
     assert facts.mean_nll() == pytest.approx(float(full), abs=1e-5)
-    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8,
-                           lr=1e-2, batch=6, seed=0) as losses:
+    with relearn.finetuned(
+        layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8, lr=1e-2, batch=6, seed=0
+    ) as losses:
         for l in layers:
             assert (l.weight[removed[l.name]] == 0).all()
             assert not torch.equal(l.weight[~removed[l.name]], before[l.name][~removed[l.name]])
     assert losses[-1] < losses[0]  # the finetune lowers the loss on what it trains on
-    with relearn.finetuned(layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8,
-                           lr=1e-2, batch=6, seed=0):
+    with relearn.finetuned(
+        layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8, lr=1e-2, batch=6, seed=0
+    ):
         assert any((l.weight[removed[l.name]] != 0).any() for l in layers)  # free: removed weights train
     for l in layers:
         assert torch.equal(l.weight, before[l.name]) and not l.weight.requires_grad
@@ -392,8 +500,16 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
 
 def test_held_out_targetkg_splits_are_disjoint():
     table = facts_frame().assign(source="builtin")
-    out = splits.make_splits(table, "IsA", {"rel": "IsA"}, seed=0, fractions={"train": 0.5, "val": 0.2, "test": 0.3},
-                             targetkg_holdout=True, max_targetkg=None, max_controlkg={"train": 5, "val": 2, "test": 2})
+    out = splits.make_splits(
+        table,
+        "IsA",
+        {"rel": "IsA"},
+        seed=0,
+        fractions={"train": 0.5, "val": 0.2, "test": 0.3},
+        targetkg_holdout=True,
+        max_targetkg=None,
+        max_controlkg={"train": 5, "val": 2, "test": 2},
+    )
     sets = [set(out[f"targetkg_{s}"]["uuid"]) for s in ("train", "val", "test")]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert sum(map(len, sets)) == 9
@@ -415,13 +531,32 @@ def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
     blocks = encoding.controllm_blocks(workspace["tokenizer"], "an apple is a fruit and a dog is an animal " * 20, 16)
     encoding.save_blocks(controllm / "train.safetensors", blocks[:-2])
     encoding.save_blocks(controllm / "val.safetensors", blocks[-2:])
-    params = base_params({"mask": {"top_k_blocks": 1}, "split": {"targetkg_holdout": True},
-                          "train": {"steps": 2, "log_every": 1, "checkpoint_every": 2, "device": "cpu",
-                                    "batch": {"targetkg": 2, "controlkg": 2, "controllm": 1},
-                                    "select": {"every": 1, "min_sparsity": 0.0, "min_target_ratio": 0.0}}})
-    meta = discover(params, model="toy", target="IsA", seed=0, model_dir=root / "model",
-                    verbalized=root / "verbalized" / "IsA.parquet", splits_dir=split_dir, controllm_dir=controllm,
-                    out_dir=tmp_path / "mask", progress=False)
+    params = base_params(
+        {
+            "mask": {"top_k_blocks": 1},
+            "split": {"targetkg_holdout": True},
+            "train": {
+                "steps": 2,
+                "log_every": 1,
+                "checkpoint_every": 2,
+                "device": "cpu",
+                "batch": {"targetkg": 2, "controlkg": 2, "controllm": 1},
+                "select": {"every": 1, "min_sparsity": 0.0, "min_target_ratio": 0.0},
+            },
+        }
+    )
+    meta = discover(
+        params,
+        model="toy",
+        target="IsA",
+        seed=0,
+        model_dir=root / "model",
+        verbalized=root / "verbalized" / "IsA.parquet",
+        splits_dir=split_dir,
+        controllm_dir=controllm,
+        out_dir=tmp_path / "mask",
+        progress=False,
+    )
     test_uuids = set(pd.read_parquet(root / "splits" / "IsA" / "targetkg_test.parquet")["uuid"])
     assert meta["n_facts"]["targetkg_train"] == 4 and meta["n_facts"]["targetkg_val"] == 2
     assert not test_uuids & set(pd.read_parquet(split_dir / "targetkg_train.parquet")["uuid"])
@@ -434,8 +569,9 @@ def test_a_finetune_that_ruins_the_original_is_not_called_recovery():
 
     kept = Relearned(ppl_before=10.0, ppl_after=8.0, ppl_after_per_seed=[8.0])
     ruined = Relearned(ppl_before=10.0, ppl_after=500.0, ppl_after_per_seed=[500.0])
-    value = Relearned(ppl_before=20.0, ppl_after=9.0, ppl_after_per_seed=[9.0], recovered=0.9, low=0.5, high=1.2,
-                      per_seed=[0.9])
+    value = Relearned(
+        ppl_before=20.0, ppl_after=9.0, ppl_after_per_seed=[9.0], recovered=0.9, low=0.5, high=1.2, per_seed=[0.9]
+    )
     assert _frac(value, kept) == "0.90 [0.50, 1.20]"
     assert "not recovery" in _frac(value, ruined)
     undefined = Relearned(ppl_before=10.0, ppl_after=10.0, ppl_after_per_seed=[10.0], per_seed=[None])

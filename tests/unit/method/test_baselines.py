@@ -6,23 +6,23 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-
 import yaml
-
 from conftest import REPO_ROOT, base_params
+from test_training import Killed, config, data, gpt2, kill_at, llama, mask_config
+
 from knowsubnet.core import config as params_config
 from knowsubnet.core.errors import InputError
 from knowsubnet.method import attribution, edits, masking, unlearning
 from knowsubnet.method.training import MaskTrainer
-from test_training import Killed, config, data, gpt2, kill_at, llama, mask_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainer_for(model, **over):
     targetkg, controlkg, _ = data()
-    return MaskTrainer(model, targetkg, controlkg, None, mask_config(top_k_blocks=2), config(**over), seed=0,
-                       progress=False)
+    return MaskTrainer(
+        model, targetkg, controlkg, None, mask_config(top_k_blocks=2), config(**over), seed=0, progress=False
+    )
 
 
 def reference_mask(layers, share=0.05, seed=1):
@@ -141,8 +141,9 @@ def tail_nll(model, facts):
 def unlearn(model, method, **over):
     targetkg, controlkg, lm = data()
     cfg = dataclasses.replace(getattr(base_params().baselines, method), steps=8, lr=1e-2, select_every=4, **over)
-    trainer = unlearning.UnlearningTrainer(model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(),
-                                           method, cfg, seed=0, progress=False)
+    trainer = unlearning.UnlearningTrainer(
+        model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(), method, cfg, seed=0, progress=False
+    )
     result = trainer.train()
     edit = edits.Edit("weights", result.logits, {})
     with edits.applied(trainer.layers, edit):
@@ -199,8 +200,9 @@ def test_weight_edits_round_trip_apply_restore_and_have_a_same_norm_random_count
 def test_a_neuron_masks_random_counterpart_draws_whole_neurons():
     model = gpt2()
     layers = masking.find_maskable_layers(model, 2)
-    trainer_scores = {l.name: torch.arange(l.in_features, dtype=torch.float32)
-                      for l in attribution.down_projections(layers)}
+    trainer_scores = {
+        l.name: torch.arange(l.in_features, dtype=torch.float32) for l in attribution.down_projections(layers)
+    }
     masks = attribution.neuron_masks(layers, trainer_scores, 6)
     edit = edits.mask_edit(masks, "weight", {"unit": "input_neuron"})
     random = edits.random_like(edit, layers, torch.Generator().manual_seed(0))
@@ -237,19 +239,24 @@ def test_a_setting_is_chosen_on_validation_as_the_masks_checkpoint_is():
 
 # -- RMU ---------------------------------------------------------------------------------------------
 
+
 def rmu_trainer(model, **over):
     targetkg, controlkg, lm = data()
-    cfg = dataclasses.replace(base_params().baselines.rmu, **{"steps": 30, "lr": 1e-2, "select_every": 10,
-                                                              "steering_coeff": 1.0, "alpha": 10.0, **over})
-    return unlearning.UnlearningTrainer(model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(),
-                                        "rmu", cfg, seed=0, progress=False)
+    cfg = dataclasses.replace(
+        base_params().baselines.rmu,
+        **{"steps": 30, "lr": 1e-2, "select_every": 10, "steering_coeff": 1.0, "alpha": 10.0, **over},
+    )
+    return unlearning.UnlearningTrainer(
+        model, targetkg, controlkg, lm, mask_config(top_k_blocks=2), config(), "rmu", cfg, seed=0, progress=False
+    )
 
 
 @torch.no_grad()
 def steered_hidden(trainer, weights):
     """The steered block's output: TargetKG and ControlKG tail positions, every ControlLM position."""
-    target, control = trainer._kg_tail_hidden(weights, [("target", torch.arange(trainer.n_target)),
-                                                        ("control", torch.arange(trainer.n_control))])
+    target, control = trainer._kg_tail_hidden(
+        weights, [("target", torch.arange(trainer.n_target)), ("control", torch.arange(trainer.n_control))]
+    )
     return target, control, trainer._layer_output(trainer.lm_hidden, weights).flatten(0, 1)
 
 
@@ -278,13 +285,25 @@ def test_rmu_makes_a_memorised_model_forget_targetkg_and_keep_controlkg():
     from test_training import facts, memorised_gpt2
 
     target, control = facts(10, 6, seed=10), facts(20, 6, seed=11)
-    model = memorised_gpt2(SimpleNamespace(input_ids=torch.cat([target.input_ids, control.input_ids]),
-                                           targets=torch.cat([target.targets, control.targets])))
+    model = memorised_gpt2(
+        SimpleNamespace(
+            input_ids=torch.cat([target.input_ids, control.input_ids]),
+            targets=torch.cat([target.targets, control.targets]),
+        )
+    )
     assert tail_nll(model, target) < 0.05 and tail_nll(model, control) < 0.05
-    cfg = dataclasses.replace(base_params().baselines.rmu, steps=40, lr=1e-2, select_every=10, steering_coeff=5.0,
-                              alpha=10.0, batch=params_config.Batch(10, 10, 0))
-    trainer = unlearning.UnlearningTrainer(model, target, control, None, mask_config(top_k_blocks=2), config(),
-                                           "rmu", cfg, seed=0, progress=False)
+    cfg = dataclasses.replace(
+        base_params().baselines.rmu,
+        steps=40,
+        lr=1e-2,
+        select_every=10,
+        steering_coeff=5.0,
+        alpha=10.0,
+        batch=params_config.Batch(10, 10, 0),
+    )
+    trainer = unlearning.UnlearningTrainer(
+        model, target, control, None, mask_config(top_k_blocks=2), config(), "rmu", cfg, seed=0, progress=False
+    )
     result = trainer.train()
     with edits.applied(trainer.layers, edits.Edit("weights", result.logits, {})):
         assert tail_nll(model, target) > 2.0  # the memorised tails are gone (a near-certain 0.002 before)
@@ -319,9 +338,20 @@ def test_rmu_control_vector_has_norm_c_and_depends_on_the_seed_only():
 def run_unlearning(tmp_path, name, method, callback=None):
     targetkg, controlkg, lm = data()
     cfg = dataclasses.replace(getattr(base_params().baselines, method), steps=12, lr=1e-2, select_every=4)
-    trainer = unlearning.UnlearningTrainer(gpt2(), targetkg, controlkg, lm, mask_config(top_k_blocks=2),
-                                           config(checkpoint_every=4), method, cfg, seed=0, progress=False,
-                                           checkpoint_path=tmp_path / name / "checkpoint.pt", callback=callback)
+    trainer = unlearning.UnlearningTrainer(
+        gpt2(),
+        targetkg,
+        controlkg,
+        lm,
+        mask_config(top_k_blocks=2),
+        config(checkpoint_every=4),
+        method,
+        cfg,
+        seed=0,
+        progress=False,
+        checkpoint_path=tmp_path / name / "checkpoint.pt",
+        callback=callback,
+    )
     return trainer.train()
 
 
@@ -342,12 +372,14 @@ def test_rmu_settings_are_typed_and_validated(tmp_path):
     params = base_params()
     assert isinstance(params.baselines.rmu, params_config.Rmu) and "rmu" in unlearning.METHODS
     schema, base = REPO_ROOT / "config" / "params.schema.yaml", REPO_ROOT / "config" / "base.yaml"
-    for override, key in [({"baselines": {"rmu": {"layer": 0}}}, "baselines.rmu.layer"),
-                          ({"baselines": {"rmu": {"steering_coeff": 0}}}, "baselines.rmu.steering_coeff"),
-                          ({"baselines": {"rmu": {"alpha": -1}}}, "baselines.rmu.alpha"),
-                          ({"baselines": {"rmu": {"batch": {"targetkg": 0}}}}, "baselines.rmu.batch.targetkg"),
-                          ({"baselines": {"rmu": {"beta": 0.1}}}, "baselines.rmu"),
-                          ({"run": {"baselines": ["rmu", "rmu2"]}}, "run.baselines.1")]:
+    for override, key in [
+        ({"baselines": {"rmu": {"layer": 0}}}, "baselines.rmu.layer"),
+        ({"baselines": {"rmu": {"steering_coeff": 0}}}, "baselines.rmu.steering_coeff"),
+        ({"baselines": {"rmu": {"alpha": -1}}}, "baselines.rmu.alpha"),
+        ({"baselines": {"rmu": {"batch": {"targetkg": 0}}}}, "baselines.rmu.batch.targetkg"),
+        ({"baselines": {"rmu": {"beta": 0.1}}}, "baselines.rmu"),
+        ({"run": {"baselines": ["rmu", "rmu2"]}}, "run.baselines.1"),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump(override))
         with pytest.raises(InputError, match=f"params key '{key}"):
@@ -356,5 +388,6 @@ def test_rmu_settings_are_typed_and_validated(tmp_path):
     ok.write_text(yaml.safe_dump({"run": {"baselines": ["graddiff", "npo", "rmu"]}}))
     assert params_config.load([base, ok], schema).run.baselines == ["graddiff", "npo", "rmu"]
     with pytest.raises(ValueError, match="settings of another method"):  # NPO's settings for RMU
-        unlearning.UnlearningTrainer(gpt2(), *data(), mask_config(top_k_blocks=2), config(), "rmu",
-                                     params.baselines.npo, seed=0, progress=False)
+        unlearning.UnlearningTrainer(
+            gpt2(), *data(), mask_config(top_k_blocks=2), config(), "rmu", params.baselines.npo, seed=0, progress=False
+        )

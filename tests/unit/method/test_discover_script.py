@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, run_stage, save_tiny_gpt2
 
 from knowsubnet.data import encoding
 from knowsubnet.method import masking
-from conftest import REPO_ROOT, run_stage, save_tiny_gpt2
 
 REPO = REPO_ROOT
 
@@ -27,14 +27,31 @@ def workspace(tmp_path_factory):
     from knowsubnet.models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("discover")
-    facts = [(f"f{i}", head, rel, tail) for i, (head, rel, tail) in enumerate([
-        ("apple", "IsA", "fruit"), ("dog", "IsA", "animal"), ("oak", "IsA", "tree"), ("rose", "IsA", "flower"),
-        ("knife", "UsedFor", "cutting"), ("bed", "UsedFor", "sleeping"), ("pen", "UsedFor", "writing"),
-        ("fish", "AtLocation", "water"), ("book", "AtLocation", "library"), ("car", "AtLocation", "garage")])]
+    facts = [
+        (f"f{i}", head, rel, tail)
+        for i, (head, rel, tail) in enumerate(
+            [
+                ("apple", "IsA", "fruit"),
+                ("dog", "IsA", "animal"),
+                ("oak", "IsA", "tree"),
+                ("rose", "IsA", "flower"),
+                ("knife", "UsedFor", "cutting"),
+                ("bed", "UsedFor", "sleeping"),
+                ("pen", "UsedFor", "writing"),
+                ("fish", "AtLocation", "water"),
+                ("book", "AtLocation", "library"),
+                ("car", "AtLocation", "garage"),
+            ]
+        )
+    ]
     frame = pd.DataFrame(facts, columns=["uuid", "head", "rel", "tail"]).assign(source="builtin")
     prompts = {"IsA": "{} is a kind of", "UsedFor": "You use a {} for", "AtLocation": "You find a {} in the"}
-    verbalized = frame.assign(template_id=0, prompt=[prompts[r].format(h) for h, r in zip(frame["head"], frame["rel"])],
-                              tail_text=" " + frame["tail"], tail_ppl=1.0)
+    verbalized = frame.assign(
+        template_id=0,
+        prompt=[prompts[r].format(h) for h, r in zip(frame["head"], frame["rel"])],
+        tail_text=" " + frame["tail"],
+        tail_ppl=1.0,
+    )
     verbalized.to_parquet(root / "verbalized.parquet", index=False)
     splits = root / "splits"
     splits.mkdir()
@@ -50,10 +67,17 @@ def workspace(tmp_path_factory):
     encoding.save_blocks(root / "controllm" / "train.safetensors", blocks[:-2])
     encoding.save_blocks(root / "controllm" / "val.safetensors", blocks[-2:])
 
-    override = {"mask": {"top_k_blocks": 1},
-                "train": {"steps": 6, "log_every": 2, "checkpoint_every": 3, "device": "cpu",
-                          "batch": {"targetkg": 3, "controlkg": 4, "controllm": 2},
-                          "select": {"every": 3, "min_sparsity": 0.0, "min_target_ratio": 0.0}}}
+    override = {
+        "mask": {"top_k_blocks": 1},
+        "train": {
+            "steps": 6,
+            "log_every": 2,
+            "checkpoint_every": 3,
+            "device": "cpu",
+            "batch": {"targetkg": 3, "controlkg": 4, "controllm": 2},
+            "select": {"every": 3, "min_sparsity": 0.0, "min_target_ratio": 0.0},
+        },
+    }
     (root / "override.yaml").write_text(yaml.safe_dump(override))
     return root
 
@@ -61,21 +85,57 @@ def workspace(tmp_path_factory):
 def test_discover_then_export(workspace):
     root = workspace
     out = root / "masks" / "seed0"
-    run_script("discover_mask", [
-        "--params", str(REPO / "params.yaml"), str(root / "override.yaml"), "--model", "toy", "--target", "IsA",
-        "--seed", "0", "--model-dir", str(root / "model"), "--verbalized", str(root / "verbalized.parquet"),
-        "--splits", str(root / "splits"), "--controllm", str(root / "controllm"), "--out-dir", str(out),
-        "--no-progress"])
+    run_script(
+        "discover_mask",
+        [
+            "--params",
+            str(REPO / "params.yaml"),
+            str(root / "override.yaml"),
+            "--model",
+            "toy",
+            "--target",
+            "IsA",
+            "--seed",
+            "0",
+            "--model-dir",
+            str(root / "model"),
+            "--verbalized",
+            str(root / "verbalized.parquet"),
+            "--splits",
+            str(root / "splits"),
+            "--controllm",
+            str(root / "controllm"),
+            "--out-dir",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert sorted(p.name for p in out.iterdir()) == ["mask.safetensors", "meta.json", "metrics.json", "train_log.csv"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["steps"] == 6 and meta["target"] == "IsA" and meta["seed"] == 0
     assert set(meta["sparsity"]) == {"masked_layers", "all_weights"}
     assert meta["provenance"]["params"]["train"]["steps"] == 6
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "suppress", "controlkg", "controllm", "expression", "sparsity_loss",
-                                 "sparsity_weight", "noise_scale", "lr", "density", "val_sparsity", "val_targetkg_ppl",
-                                 "val_controlkg_ppl", "val_controllm_ppl", "val_random_targetkg_ppl",
-                                 "val_random_controlkg_ppl", "val_random_controllm_ppl"]
+    assert list(log.columns) == [
+        "step",
+        "loss",
+        "suppress",
+        "controlkg",
+        "controllm",
+        "expression",
+        "sparsity_loss",
+        "sparsity_weight",
+        "noise_scale",
+        "lr",
+        "density",
+        "val_sparsity",
+        "val_targetkg_ppl",
+        "val_controlkg_ppl",
+        "val_controllm_ppl",
+        "val_random_targetkg_ppl",
+        "val_random_controlkg_ppl",
+        "val_random_controllm_ppl",
+    ]
     assert log["step"].tolist() == [2, 3, 4, 6]  # logged every 2 steps and at every validation
     validated = log.dropna(subset=["val_targetkg_ppl"])
     assert validated["step"].tolist() == [3, 6]
@@ -89,10 +149,23 @@ def test_discover_then_export(workspace):
     from transformers import AutoModelForCausalLM
 
     # force a non-empty subnetwork so that the export visibly removes something
-    logits = {name: torch.where(torch.arange(v.numel()).view(v.shape) % 3 == 0, 1.0, -1.0) for name, v in logits.items()}
+    logits = {
+        name: torch.where(torch.arange(v.numel()).view(v.shape) % 3 == 0, 1.0, -1.0) for name, v in logits.items()
+    }
     masking.save_mask(root / "forced.safetensors", logits, metadata)
-    run_script("export_remaining", ["--params", str(REPO / "params.yaml"), "--model-dir", str(root / "model"),
-                                    "--mask", str(root / "forced.safetensors"), "--out", str(root / "remaining")])
+    run_script(
+        "export_remaining",
+        [
+            "--params",
+            str(REPO / "params.yaml"),
+            "--model-dir",
+            str(root / "model"),
+            "--mask",
+            str(root / "forced.safetensors"),
+            "--out",
+            str(root / "remaining"),
+        ],
+    )
     original = AutoModelForCausalLM.from_pretrained(root / "model")
     remaining = AutoModelForCausalLM.from_pretrained(root / "remaining")
     layers = masking.find_maskable_layers(original, 1)
@@ -118,11 +191,31 @@ def test_stale_checkpoint_of_other_model_weights_is_not_resumed(workspace, tmp_p
     shutil.copytree(root / "model", model_dir)
 
     def discover(out):
-        run_script("discover_mask", [
-            "--params", str(REPO / "params.yaml"), str(root / "override.yaml"), "--model", "toy", "--target",
-            "IsA", "--seed", "0", "--model-dir", str(model_dir), "--verbalized", str(root / "verbalized.parquet"),
-            "--splits", str(root / "splits"), "--controllm", str(root / "controllm"), "--out-dir", str(out),
-            "--no-progress"])
+        run_script(
+            "discover_mask",
+            [
+                "--params",
+                str(REPO / "params.yaml"),
+                str(root / "override.yaml"),
+                "--model",
+                "toy",
+                "--target",
+                "IsA",
+                "--seed",
+                "0",
+                "--model-dir",
+                str(model_dir),
+                "--verbalized",
+                str(root / "verbalized.parquet"),
+                "--splits",
+                str(root / "splits"),
+                "--controllm",
+                str(root / "controllm"),
+                "--out-dir",
+                str(out),
+                "--no-progress",
+            ],
+        )
 
     with monkeypatch.context() as m:  # "killed" after training: the checkpoint stays behind
         m.setattr(training.MaskTrainer, "discard_checkpoint", lambda self: None)
@@ -152,6 +245,7 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
     import shutil
 
     from conftest import base_params
+
     from knowsubnet.evaluation import ablation
     from knowsubnet.models.prepare import load_model
 
@@ -170,17 +264,28 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
         generator = torch.Generator().manual_seed(seed)
         logits = {l.name: torch.randn(l.mask_shape("weight"), generator=generator) - 1.0 for l in layers}
         paths.append(tmp_path / f"seed{seed}.safetensors")
-        masking.save_mask(paths[-1], logits, {"granularity": "weight", "top_k_blocks": 1, "seed": seed,
-                                              "model": "toy", "target": "IsA"})
+        masking.save_mask(
+            paths[-1],
+            logits,
+            {"granularity": "weight", "top_k_blocks": 1, "seed": seed, "model": "toy", "target": "IsA"},
+        )
     params_files = [str(REPO / "params.yaml"), str(tmp_path / "eval.yaml")]
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump({"eval": {"device": "cpu", "random_draws": 2, "batch_size": 4}}))
     params = base_params({"eval": {"device": "cpu", "random_draws": 2, "batch_size": 4}})
-    inputs = dict(model_dir=root / "model", verbalized=root / "verbalized.parquet", splits_dir=splits,
-                  controllm_dir=controllm)
+    inputs = dict(
+        model_dir=root / "model", verbalized=root / "verbalized.parquet", splits_dir=splits, controllm_dir=controllm
+    )
 
-    result = ablation.evaluate_mask(params, model="toy", target="IsA", seed=0, mask=paths[1],
-                                    out=tmp_path / "eval" / "metrics.json", headline_out=tmp_path / "headline.json",
-                                    **inputs)
+    result = ablation.evaluate_mask(
+        params,
+        model="toy",
+        target="IsA",
+        seed=0,
+        mask=paths[1],
+        out=tmp_path / "eval" / "metrics.json",
+        headline_out=tmp_path / "headline.json",
+        **inputs,
+    )
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     bars = dataclasses.asdict(params.report.bars)
     assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result, bars).to_dict()
@@ -188,16 +293,50 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
     assert result["mask"] == str(paths[1]) and result["provenance"]["params"]["eval"]["random_draws"] == 2
     targetkg, controlkg, blocks = ablation.load_test_sets(tokenizer, root / "verbalized.parquet", splits, controllm)
     logits, _ = masking.load_mask(paths[1])
-    direct = ablation.evaluate_ablation(lm, layers, logits, "weight", targetkg, controlkg, blocks, random_draws=2,
-                                        seed=0, batch_size=4, device="cpu", model_name="toy", target="IsA",
-                                        controlkg_relations=facts.set_index("uuid").loc[controlkg.uuids, "rel"].tolist())
+    direct = ablation.evaluate_ablation(
+        lm,
+        layers,
+        logits,
+        "weight",
+        targetkg,
+        controlkg,
+        blocks,
+        random_draws=2,
+        seed=0,
+        batch_size=4,
+        device="cpu",
+        model_name="toy",
+        target="IsA",
+        controlkg_relations=facts.set_index("uuid").loc[controlkg.uuids, "rel"].tolist(),
+    )
     assert result["delta_ppl"] == direct["delta_ppl"]  # same model, inputs and seed: the same numbers
     assert result["counts"] == direct["counts"]
 
-    argv = ["--params", *params_files, "--model", "toy", "--target", "IsA", "--masks", *map(str, paths),
-            "--model-dir", str(root / "model"), "--verbalized", str(root / "verbalized.parquet"),
-            "--splits", str(splits), "--controllm", str(controllm), "--out-masks", str(tmp_path / "combined"),
-            "--out-eval", str(tmp_path / "combined_eval"), "--combinations", "union", "majority"]
+    argv = [
+        "--params",
+        *params_files,
+        "--model",
+        "toy",
+        "--target",
+        "IsA",
+        "--masks",
+        *map(str, paths),
+        "--model-dir",
+        str(root / "model"),
+        "--verbalized",
+        str(root / "verbalized.parquet"),
+        "--splits",
+        str(splits),
+        "--controllm",
+        str(controllm),
+        "--out-masks",
+        str(tmp_path / "combined"),
+        "--out-eval",
+        str(tmp_path / "combined_eval"),
+        "--combinations",
+        "union",
+        "majority",
+    ]
     run_script("combine_seeds", argv)
     assert sorted(p.name for p in (tmp_path / "combined").iterdir()) == ["majority.safetensors", "union.safetensors"]
     union = json.loads((tmp_path / "combined_eval" / "union.json").read_text())
@@ -211,9 +350,12 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
 
     # masks of different granularities: exit 2 and one line naming the files
     neuron = tmp_path / "neuron.safetensors"
-    masking.save_mask(neuron, {l.name: torch.ones(l.mask_shape("neuron_in")) for l in layers},
-                      {"granularity": "neuron_in", "top_k_blocks": 1, "seed": 3})
-    bad = argv[:argv.index("--masks") + 1] + [str(paths[0]), str(neuron)] + argv[argv.index("--model-dir"):]
+    masking.save_mask(
+        neuron,
+        {l.name: torch.ones(l.mask_shape("neuron_in")) for l in layers},
+        {"granularity": "neuron_in", "top_k_blocks": 1, "seed": 3},
+    )
+    bad = argv[: argv.index("--masks") + 1] + [str(paths[0]), str(neuron)] + argv[argv.index("--model-dir") :]
     capsys.readouterr()
     assert run_stage("combine_seeds", bad) == 2
     err = capsys.readouterr().err

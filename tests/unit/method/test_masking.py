@@ -13,23 +13,35 @@ from knowsubnet.method import masking
 
 def gpt2(n_layer=4):
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=50, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0)).eval()
+    return GPT2LMHeadModel(
+        GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0)
+    ).eval()
 
 
 def llama(n_layer=4):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layer, hidden_size=32, intermediate_size=48,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
-                                        max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
-                                        pad_token_id=0)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=n_layer,
+            hidden_size=32,
+            intermediate_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=50,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    ).eval()
 
 
 def test_find_layers_gpt2():
     layers = masking.find_maskable_layers(gpt2(), top_k=2)
     names = [l.name for l in layers]
-    assert names == [f"transformer.h.{b}.{n}" for b in (2, 3)
-                     for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert names == [
+        f"transformer.h.{b}.{n}" for b in (2, 3) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
     assert all(l.transposed for l in layers)
     c_fc = layers[2]
     assert (c_fc.in_features, c_fc.out_features) == (32, 128)
@@ -40,8 +52,15 @@ def test_find_layers_gpt2():
 def test_find_layers_llama():
     layers = masking.find_maskable_layers(llama(), top_k=1)
     names = [l.name.split("model.layers.3.")[1] for l in layers]
-    assert names == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert names == [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
     assert not any(l.transposed for l in layers)
     down = layers[-1]
     assert down.mask_shape("weight") == (32, 48)  # nn.Linear native layout [out, in]
@@ -93,8 +112,11 @@ def test_weight_mask_application_and_restore():
 
 def test_random_masks_like_counts():
     gen = torch.Generator().manual_seed(0)
-    masks = {"a": torch.rand(20, 30, generator=gen) > 0.9, "b": torch.zeros(7, dtype=torch.bool),
-             "c": torch.ones(5, 4, dtype=torch.bool)}
+    masks = {
+        "a": torch.rand(20, 30, generator=gen) > 0.9,
+        "b": torch.zeros(7, dtype=torch.bool),
+        "c": torch.ones(5, 4, dtype=torch.bool),
+    }
     rnd = masking.random_masks_like(masks, torch.Generator().manual_seed(1))
     for k, mask in masks.items():
         assert rnd[k].shape == mask.shape and rnd[k].dtype == torch.bool
@@ -123,8 +145,14 @@ def test_save_load_mask(tmp_path):
 def test_saving_the_same_mask_twice_writes_the_same_bytes(tmp_path):
     # safetensors orders header metadata by a hash map, differently on every save
     logits = {"b.weight": torch.randn(3, 4), "a.weight": torch.randn(2)}
-    metadata = {"granularity": "weight", "model": "m", "target": "IsA", "seed": 0, "top_k_blocks": 1,
-                "sampler": "gumbel_sigmoid"}
+    metadata = {
+        "granularity": "weight",
+        "model": "m",
+        "target": "IsA",
+        "seed": 0,
+        "top_k_blocks": 1,
+        "sampler": "gumbel_sigmoid",
+    }
     paths = [tmp_path / f"{i}.safetensors" for i in range(6)]
     for path in paths:
         masking.save_mask(path, logits, metadata)

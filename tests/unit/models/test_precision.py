@@ -4,26 +4,38 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import mask_logits
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.method import masking
 from knowsubnet.models import precision
 from knowsubnet.models.top_blocks import TopBlocks
-from conftest import mask_logits
 
 CPU = torch.device("cpu")
 
 
 def gpt2():
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=97, n_positions=32, bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=3,
+        n_embd=32,
+        n_head=4,
+        vocab_size=97,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
-@pytest.mark.parametrize("flags,expected", [([], torch.float32), (["avx512_bf16"], torch.bfloat16),
-                                            (["amx_bf16", "avx512_bf16"], torch.bfloat16)])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [([], torch.float32), (["avx512_bf16"], torch.bfloat16), (["amx_bf16", "avx512_bf16"], torch.bfloat16)],
+)
 def test_auto_is_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, flags, expected):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
     assert precision.resolve("auto", CPU) == expected
@@ -52,8 +64,17 @@ def test_the_trainer_follows_the_cpu(monkeypatch, flags, expected):
     from knowsubnet.method.training import MaskTrainer
 
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
-    params = base_params({"mask": {"top_k_blocks": 2}, "train": {"steps": 2, "device": "cpu", "dtype": "auto",
-                                                                 "batch": {"targetkg": 4, "controlkg": 4, "controllm": 2}}})
+    params = base_params(
+        {
+            "mask": {"top_k_blocks": 2},
+            "train": {
+                "steps": 2,
+                "device": "cpu",
+                "dtype": "auto",
+                "batch": {"targetkg": 4, "controlkg": 4, "controllm": 2},
+            },
+        }
+    )
     lm = torch.randint(1, 97, (3, 12), generator=torch.Generator().manual_seed(2))
     trainer = MaskTrainer(gpt2(), facts(6, 0), facts(6, 1), lm, params.mask, params.train, seed=0, progress=False)
     trainer.step()
@@ -70,8 +91,12 @@ def test_bf16_top_blocks_keep_copies_norms_in_fp32_and_agree_with_fp32():
     ids = torch.randint(1, 97, (4, 10), generator=torch.Generator().manual_seed(0))
     fp32, bf16 = TopBlocks(model, 1), TopBlocks(model, 1, torch.bfloat16)
     # every matrix of the top blocks and the head, once, in bf16; the model itself stays fp32
-    assert {k.split(".", 2)[-1] for k in bf16.compute_weights} == {"attn.c_attn.weight", "attn.c_proj.weight",
-                                                                   "mlp.c_fc.weight", "mlp.c_proj.weight"}
+    assert {k.split(".", 2)[-1] for k in bf16.compute_weights} == {
+        "attn.c_attn.weight",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    }
     assert all(w.dtype == torch.bfloat16 for w in bf16.compute_weights.values())
     assert bf16.head_weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -9,32 +9,68 @@ import pytest
 import torch
 
 from knowsubnet.core.errors import InputError
-from knowsubnet.scoring.templates import best_templates
 from knowsubnet.models import prepare as models
 from knowsubnet.models import tiny
+from knowsubnet.scoring.templates import best_templates
 
 FACTS = [
-    ("banana", "IsA", "fruit"), ("apple", "IsA", "fruit"), ("dog", "IsA", "animal"), ("guitar", "IsA", "instrument"),
-    ("orange", "IsA", "fruit"), ("orange", "IsA", "color"),  # one-to-many: strict accuracy cannot be 1
-    ("oak", "IsA", "tree"), ("salmon", "IsA", "fish"), ("hammer", "IsA", "tool"), ("rose", "IsA", "flower"),
-    ("knife", "UsedFor", "cutting"), ("pen", "UsedFor", "writing"), ("bed", "UsedFor", "sleeping"),
-    ("car", "UsedFor", "driving"), ("oven", "UsedFor", "baking"), ("ball", "UsedFor", "playing"),
-    ("fire", "HasProperty", "hot"), ("ice", "HasProperty", "cold"), ("sugar", "HasProperty", "sweet"),
-    ("lemon", "HasProperty", "sour"), ("feather", "HasProperty", "light"), ("rock", "HasProperty", "hard"),
-    ("fish", "AtLocation", "ocean"), ("book", "AtLocation", "library"), ("cow", "AtLocation", "farm"),
-    ("bird", "CapableOf", "fly"), ("cat", "CapableOf", "climb"), ("rain", "Causes", "flooding"),
+    ("banana", "IsA", "fruit"),
+    ("apple", "IsA", "fruit"),
+    ("dog", "IsA", "animal"),
+    ("guitar", "IsA", "instrument"),
+    ("orange", "IsA", "fruit"),
+    ("orange", "IsA", "color"),  # one-to-many: strict accuracy cannot be 1
+    ("oak", "IsA", "tree"),
+    ("salmon", "IsA", "fish"),
+    ("hammer", "IsA", "tool"),
+    ("rose", "IsA", "flower"),
+    ("knife", "UsedFor", "cutting"),
+    ("pen", "UsedFor", "writing"),
+    ("bed", "UsedFor", "sleeping"),
+    ("car", "UsedFor", "driving"),
+    ("oven", "UsedFor", "baking"),
+    ("ball", "UsedFor", "playing"),
+    ("fire", "HasProperty", "hot"),
+    ("ice", "HasProperty", "cold"),
+    ("sugar", "HasProperty", "sweet"),
+    ("lemon", "HasProperty", "sour"),
+    ("feather", "HasProperty", "light"),
+    ("rock", "HasProperty", "hard"),
+    ("fish", "AtLocation", "ocean"),
+    ("book", "AtLocation", "library"),
+    ("cow", "AtLocation", "farm"),
+    ("bird", "CapableOf", "fly"),
+    ("cat", "CapableOf", "climb"),
+    ("rain", "Causes", "flooding"),
 ]
-TEXT = ("The weather was mild in the valley that year , and the river ran high after the spring rains .\n"
-        " = History = \n The town was founded on the north bank of the river by farmers and traders .\n") * 40
-SPEC = {"source": "tiny", "vocab_size": 400, "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 64,
-        "text_chars": 4000, "text_block": 32, "batch_facts": 64, "batch_text": 4, "lr": 5e-3,
-        "warmup_steps": 10, "max_steps": 600, "eval_every": 25, "target_accuracy": 0.95}
+TEXT = (
+    "The weather was mild in the valley that year , and the river ran high after the spring rains .\n"
+    " = History = \n The town was founded on the north bank of the river by farmers and traders .\n"
+) * 40
+SPEC = {
+    "source": "tiny",
+    "vocab_size": 400,
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 2,
+    "n_positions": 64,
+    "text_chars": 4000,
+    "text_block": 32,
+    "batch_facts": 64,
+    "batch_text": 4,
+    "lr": 5e-3,
+    "warmup_steps": 10,
+    "max_steps": 600,
+    "eval_every": 25,
+    "target_accuracy": 0.95,
+}
 
 
 @pytest.fixture(scope="module")
 def facts():
-    return pd.DataFrame([(f"f{i:02d}", h, r, t) for i, (h, r, t) in enumerate(FACTS)],
-                        columns=["uuid", "head", "rel", "tail"])
+    return pd.DataFrame(
+        [(f"f{i:02d}", h, r, t) for i, (h, r, t) in enumerate(FACTS)], columns=["uuid", "head", "rel", "tail"]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,19 @@ def test_parse_layer():
 
 
 def test_structure_by_block_kind_matrix():
-    masks = {"t.h.10.attn.c_attn": m(1, 1, 0, 0), "t.h.10.mlp.c_fc": m(1, 0, 0, 0, 0, 0),
-             "t.h.9.attn.c_attn": m(0, 0, 0, 0), "t.h.9.mlp.c_fc": m(1, 1, 1, 0, 0, 0)}
+    masks = {
+        "t.h.10.attn.c_attn": m(1, 1, 0, 0),
+        "t.h.10.mlp.c_fc": m(1, 0, 0, 0, 0, 0),
+        "t.h.9.attn.c_attn": m(0, 0, 0, 0),
+        "t.h.9.mlp.c_fc": m(1, 1, 1, 0, 0, 0),
+    }
     per_matrix = analysis.structure_by_matrix(masks)
-    assert per_matrix["layer"].tolist() == ["t.h.9.attn.c_attn", "t.h.9.mlp.c_fc",
-                                            "t.h.10.attn.c_attn", "t.h.10.mlp.c_fc"]  # layer order
+    assert per_matrix["layer"].tolist() == [
+        "t.h.9.attn.c_attn",
+        "t.h.9.mlp.c_fc",
+        "t.h.10.attn.c_attn",
+        "t.h.10.mlp.c_fc",
+    ]  # layer order
     blocks = analysis.structure_by_block(masks).set_index("block")
     assert blocks.loc[9, "n_subnetwork"] == 3 and blocks.loc[9, "n_total"] == 10
     assert blocks.loc[9, "density"] == pytest.approx(0.3) and blocks.loc[10, "share"] == pytest.approx(0.5)
@@ -106,14 +114,24 @@ def gpt2():
 def llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, num_key_value_heads=1,
-                         intermediate_size=12, vocab_size=11, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = LlamaConfig(
+        num_hidden_layers=1,
+        hidden_size=8,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=12,
+        vocab_size=11,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(config), config
 
 
 def _zero_masks(model, granularity="weight"):
-    return {l.name: torch.zeros(l.mask_shape(granularity), dtype=torch.bool)
-            for l in masking.find_maskable_layers(model, 1)}
+    return {
+        l.name: torch.zeros(l.mask_shape(granularity), dtype=torch.bool) for l in masking.find_maskable_layers(model, 1)
+    }
 
 
 def _heads(frame):
@@ -190,10 +208,18 @@ def test_heads_shape_mismatch_is_reported(gpt2):
 
 
 def test_attention_geometry_from_dicts():
-    assert analysis.attention_geometry({"n_head": 12, "n_embd": 768}) == \
-        {"n_heads": 12, "n_kv_heads": 12, "head_dim": 64, "hidden": 768}
-    assert analysis.attention_geometry({"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
-                                        "head_dim": 64})["n_kv_heads"] == 3
+    assert analysis.attention_geometry({"n_head": 12, "n_embd": 768}) == {
+        "n_heads": 12,
+        "n_kv_heads": 12,
+        "head_dim": 64,
+        "hidden": 768,
+    }
+    assert (
+        analysis.attention_geometry(
+            {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576, "head_dim": 64}
+        )["n_kv_heads"]
+        == 3
+    )
 
 
 def test_neuron_summary():

@@ -4,16 +4,20 @@ and a trade-off figure from the validation curves."""
 import json
 
 import pandas as pd
-
-from conftest import metrics
-from knowsubnet.report.ablation import load_metrics
 import pytest
+from conftest import metrics
 
 from knowsubnet.core.errors import InputError
+from knowsubnet.report.ablation import load_metrics
 from knowsubnet.report.comparison import Comparison, comparison_section
 
-BARS = {"min_sparsity": 0.98, "min_target_ratio": 10.0, "max_random_share": 0.1, "max_controlkg_ratio": 1.1,
-        "max_controllm_ratio": 1.05}
+BARS = {
+    "min_sparsity": 0.98,
+    "min_target_ratio": 10.0,
+    "max_random_share": 0.1,
+    "max_controlkg_ratio": 1.1,
+    "max_controllm_ratio": 1.05,
+}
 
 
 def write(path, record):
@@ -23,29 +27,69 @@ def write(path, record):
 
 
 def test_one_row_per_method_with_its_own_verdict_and_a_tradeoff_figure(tmp_path):
-    curve = [{"point": p, "removed_weights": 10, "val_targetkg_ppl": 10.0 * p, "val_controlkg_ppl": 10.0 + p,
-              "val_controllm_ppl": 10.0} for p in (0.5, 1.0, 2.0)]
+    curve = [
+        {
+            "point": p,
+            "removed_weights": 10,
+            "val_targetkg_ppl": 10.0 * p,
+            "val_controlkg_ppl": 10.0 + p,
+            "val_controllm_ppl": 10.0,
+        }
+        for p in (0.5, 1.0, 2.0)
+    ]
     original = {"targetkg": 10.0, "controlkg": 10.0, "controllm": 10.0}
-    mask_metrics = [write(tmp_path / "eval/m/A/seed0/metrics.json", metrics("m", "A", 0, (200.0, 0.5, 0.2), (1.0, 0.1, 0.1)))]
-    mask_metas = [write(tmp_path / "masks/m/A/seed0/meta.json", {
-        "model": "m", "target": "A", "seed": 0, "wall_time_s": 60.0,
-        "selection": {"original": original, "curve": [dict(r, step=r["point"]) for r in curve]}})]
+    mask_metrics = [
+        write(tmp_path / "eval/m/A/seed0/metrics.json", metrics("m", "A", 0, (200.0, 0.5, 0.2), (1.0, 0.1, 0.1)))
+    ]
+    mask_metas = [
+        write(
+            tmp_path / "masks/m/A/seed0/meta.json",
+            {
+                "model": "m",
+                "target": "A",
+                "seed": 0,
+                "wall_time_s": 60.0,
+                "selection": {"original": original, "curve": [dict(r, step=r["point"]) for r in curve]},
+            },
+        )
+    ]
     baseline_metrics, baseline_metas = [], []
     # attribution: removes well but damages ControlKG; npo: new weights, every weight changed, no kept model
-    for method, removed, changed in (("attribution", (150.0, 20.0, 1.0), None),
-                                     ("npo", (300.0, 0.2, 0.1), {"changed_weights": 1000, "changed_share_masked_layers": 1.0,
-                                                                 "delta_l2": 3.0})):
+    for method, removed, changed in (
+        ("attribution", (150.0, 20.0, 1.0), None),
+        ("npo", (300.0, 0.2, 0.1), {"changed_weights": 1000, "changed_share_masked_layers": 1.0, "delta_l2": 3.0}),
+    ):
         record = metrics("m", "A", 0, removed, (5.0, 0.5, 0.1), sparsity=0.0 if changed else 0.98)
         record["method"] = method
         if changed:
             record.update(kind="weights", changed=changed, kept=None)
         root = tmp_path / "baselines/m/A" / method / "seed0"
         baseline_metrics.append(write(root / "eval/metrics.json", record))
-        baseline_metas.append(write(root / "meta.json", {"model": "m", "target": "A", "seed": 0, "method": method,
-                                                         "wall_time_s": 5.0,
-                                                         "validation": {"original": original, "curve": curve}}))
-    section = comparison_section(load_metrics(mask_metrics), mask_metas, [], baseline_metrics, baseline_metas, [], BARS,
-                                 tmp_path / "tables", tmp_path / "figures", 60)
+        baseline_metas.append(
+            write(
+                root / "meta.json",
+                {
+                    "model": "m",
+                    "target": "A",
+                    "seed": 0,
+                    "method": method,
+                    "wall_time_s": 5.0,
+                    "validation": {"original": original, "curve": curve},
+                },
+            )
+        )
+    section = comparison_section(
+        load_metrics(mask_metrics),
+        mask_metas,
+        [],
+        baseline_metrics,
+        baseline_metas,
+        [],
+        BARS,
+        tmp_path / "tables",
+        tmp_path / "figures",
+        60,
+    )
     rows = pd.read_csv(section.files["comparison_csv"])
     assert list(rows["method"]) == ["mask", "attribution", "npo"]  # the reference first
     verdicts = dict(zip(rows["method"], rows["verdict"]))

@@ -8,14 +8,12 @@ import statistics
 
 import pandas as pd
 import pytest
-import torch
+from conftest import REPORT_LAYERS as LAYERS
+from conftest import base_params, metrics
+from conftest import write_report_inputs as write_inputs
 
-from conftest import REPORT_LAYERS as LAYERS, base_params, metrics, write_report_inputs as write_inputs
-from knowsubnet.report import build as report
 from knowsubnet.core.errors import InputError
-
-
-
+from knowsubnet.report import build as report
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +27,25 @@ def built(tmp_path_factory):
 
 def test_files_written(built):
     root, written = built
-    for rel in ("tables/ablation.csv", "tables/ablation.md", "tables/seed_combinations.csv",
-                "tables/structure_blocks.csv", "tables/structure_kinds.md", "tables/structure_heads.csv",
-                "tables/overlap_seeds.csv", "tables/overlap_targets.csv", "tables/overlap.md",
-                "tables/training_final.csv", "figures/delta_ppl.png", "figures/density_blocks.png",
-                "figures/overlap_seeds.png", "figures/overlap_targets.png", "figures/training_m_A.png",
-                "figures/training_m_B.png", "report.md"):
+    for rel in (
+        "tables/ablation.csv",
+        "tables/ablation.md",
+        "tables/seed_combinations.csv",
+        "tables/structure_blocks.csv",
+        "tables/structure_kinds.md",
+        "tables/structure_heads.csv",
+        "tables/overlap_seeds.csv",
+        "tables/overlap_targets.csv",
+        "tables/overlap.md",
+        "tables/training_final.csv",
+        "figures/delta_ppl.png",
+        "figures/density_blocks.png",
+        "figures/overlap_seeds.png",
+        "figures/overlap_targets.png",
+        "figures/training_m_A.png",
+        "figures/training_m_B.png",
+        "report.md",
+    ):
         assert (root / rel).is_file(), rel
     for path in written.values():
         if path.suffix == ".png":
@@ -114,8 +125,14 @@ def test_report_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
         metrics_paths, mask_paths, log_paths = write_inputs(root)
-        report.build_report(metrics_paths, mask_paths, log_paths, out_dir=root / "out",
-                            params=base_params({"report": {"dpi": 40}}), models_root=root / "models")
+        report.build_report(
+            metrics_paths,
+            mask_paths,
+            log_paths,
+            out_dir=root / "out",
+            params=base_params({"report": {"dpi": 40}}),
+            models_root=root / "models",
+        )
     for path in sorted((a / "out").rglob("*")):
         if path.is_file() and path.name != "report.md":  # report.md names its code version only
             assert path.read_bytes() == (b / "out" / path.relative_to(a / "out")).read_bytes(), path

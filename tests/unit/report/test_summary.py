@@ -6,8 +6,8 @@ import dataclasses
 
 import pandas as pd
 import pytest
-
 from conftest import base_params, metrics
+
 from knowsubnet.evaluation import ablation
 from knowsubnet.evaluation.ablation_results import AblationMetrics
 from knowsubnet.report import build as report
@@ -18,18 +18,25 @@ BARS = dataclasses.asdict(base_params().report.bars)  # 0.98, x10, 0.1, 1.10, 1.
 
 def records():
     """Original PPL 10 everywhere: removed (190, ...) is TargetKG x20."""
-    return [AblationMetrics.from_dict(m) for m in (
+    return [
+        AblationMetrics.from_dict(m)
+        for m in (
             metrics("m", "B", 0, (50.0, 0.0, 0.0), (10.0, 0.0, 0.0), sparsity=0.97),  # x6, share 0.2, sparse 97 %
             metrics("m", "A", 1, (190.0, 2.0, 0.2), (1.0, 0.1, 0.1), sparsity=0.99),  # ControlKG x1.2
             metrics("m", "A", 0, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), sparsity=0.99),  # every bar met
-            metrics("m", "A", None, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), combination="majority"))]
+            metrics("m", "A", None, (190.0, 0.5, 0.2), (1.0, 0.1, 0.1), combination="majority"),
+        )
+    ]
 
 
 def test_summary_has_one_row_per_run_with_its_verdict():
     table = summary.summary_table(records(), BARS)
     assert table[["model", "target", "seed"]].values.tolist() == [["m", "A", 0], ["m", "A", 1], ["m", "B", 0]]
-    assert table["verdict"].tolist() == ["all met", "max_controlkg_ratio",
-                                         "min_sparsity, min_target_ratio, max_random_share"]
+    assert table["verdict"].tolist() == [
+        "all met",
+        "max_controlkg_ratio",
+        "min_sparsity, min_target_ratio, max_random_share",
+    ]
     assert not table.loc[1, "met_max_controlkg_ratio"] and table.loc[1, "met_min_target_ratio"]
     assert table.loc[1, "ratio_removed_controlkg"] == pytest.approx(1.2)
     assert table.loc[0, "ratio_removed_targetkg"] == pytest.approx(20.0)

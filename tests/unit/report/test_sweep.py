@@ -7,8 +7,8 @@ import math
 
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
+
 from knowsubnet.core import config
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
@@ -16,8 +16,9 @@ from knowsubnet.method.sweep import choose_point, point_overlay, val_row
 from knowsubnet.report.sweep import sweep_table
 
 SCHEMA = REPO_ROOT / "config" / "params.schema.yaml"
-BARS = Bars(min_sparsity=0.98, min_target_ratio=10.0, max_random_share=0.1, max_controlkg_ratio=1.10,
-            max_controllm_ratio=1.05)
+BARS = Bars(
+    min_sparsity=0.98, min_target_ratio=10.0, max_random_share=0.1, max_controlkg_ratio=1.10, max_controllm_ratio=1.05
+)
 ORIGINAL = {"targetkg": 100.0, "controlkg": 50.0, "controllm": 20.0}
 
 
@@ -26,18 +27,41 @@ def row(t, ckg, clm, sparsity=0.99):
 
 
 def mask_meta(t, ckg, clm, step=200, seed=0, sparsity=0.995, wall=60.0):
-    chosen = {"step": step, "val_sparsity": sparsity, "val_targetkg_ppl": 100.0 * t,
-              "val_controlkg_ppl": 50.0 * ckg, "val_controllm_ppl": 20.0 * clm}
-    return {"model": "m", "target": "A", "seed": seed, "wall_time_s": wall,
-            "selection": {"step": step, "original": ORIGINAL, "chosen": chosen, "curve": [chosen]}}
+    chosen = {
+        "step": step,
+        "val_sparsity": sparsity,
+        "val_targetkg_ppl": 100.0 * t,
+        "val_controlkg_ppl": 50.0 * ckg,
+        "val_controllm_ppl": 20.0 * clm,
+    }
+    return {
+        "model": "m",
+        "target": "A",
+        "seed": seed,
+        "wall_time_s": wall,
+        "selection": {"step": step, "original": ORIGINAL, "chosen": chosen, "curve": [chosen]},
+    }
 
 
 def unlearn_meta(method, t, ckg, clm, selected=40, wall=30.0):
-    curve = [{"point": s, "removed_weights": 0, "val_targetkg_ppl": 100.0 * (t if s == selected else 1.0),
-              "val_controlkg_ppl": 50.0 * (ckg if s == selected else 1.0),
-              "val_controllm_ppl": 20.0 * (clm if s == selected else 1.0)} for s in (20, 40, 60)]
-    return {"model": "m", "target": "A", "seed": 0, "method": method, "wall_time_s": wall,
-            "validation": {"original": ORIGINAL, "curve": curve, "selected": selected, "tuning": None}}
+    curve = [
+        {
+            "point": s,
+            "removed_weights": 0,
+            "val_targetkg_ppl": 100.0 * (t if s == selected else 1.0),
+            "val_controlkg_ppl": 50.0 * (ckg if s == selected else 1.0),
+            "val_controllm_ppl": 20.0 * (clm if s == selected else 1.0),
+        }
+        for s in (20, 40, 60)
+    ]
+    return {
+        "model": "m",
+        "target": "A",
+        "seed": 0,
+        "method": method,
+        "wall_time_s": wall,
+        "validation": {"original": ORIGINAL, "curve": curve, "selected": selected, "tuning": None},
+    }
 
 
 def test_val_row_reads_the_kept_checkpoint_of_a_mask_and_the_selected_step_of_a_baseline():
@@ -53,17 +77,24 @@ def test_val_row_of_a_sized_baseline_names_the_setting_kept():
     meta = unlearn_meta("attribution", 15.0, 1.0, 1.0, selected=1.0)
     meta["validation"]["curve"] = [{**c, "point": f} for c, f in zip(meta["validation"]["curve"], (0.5, 1.0, 2.0))]
     meta["validation"]["curve"][1].update(val_targetkg_ppl=1500.0)
-    meta["validation"]["tuning"] = {"tried": [{"signed": True, "contrast": 30.0, "point": 1.0, "val_targetkg_ppl": 1.0},
-                                              {"signed": False, "contrast": 300.0, "point": 1.0}], "kept": 1}
+    meta["validation"]["tuning"] = {
+        "tried": [
+            {"signed": True, "contrast": 30.0, "point": 1.0, "val_targetkg_ppl": 1.0},
+            {"signed": False, "contrast": 300.0, "point": 1.0},
+        ],
+        "kept": 1,
+    }
     r = val_row(meta)
     assert r["kept"] == "signed False, contrast 300.0" and r["val_targetkg_x"] == pytest.approx(15.0)
 
 
 def test_choice_is_two_sided_and_prefers_every_bar_met():
-    rows = [row(50.0, 0.85, 1.0),   # target met, ControlKG fell out of its band: damage |log 0.85|
-            row(20.0, 1.04, 1.02),  # every bar met
-            row(200.0, 1.0, 1.0, sparsity=0.9),  # sparsity bar missed
-            row(5.0, 1.0, 1.0)]     # target missed
+    rows = [
+        row(50.0, 0.85, 1.0),  # target met, ControlKG fell out of its band: damage |log 0.85|
+        row(20.0, 1.04, 1.02),  # every bar met
+        row(200.0, 1.0, 1.0, sparsity=0.9),  # sparsity bar missed
+        row(5.0, 1.0, 1.0),
+    ]  # target missed
     assert choose_point(rows, BARS) == (1, "every bar on validation")
     # without the point meeting every bar, the least two-sided damage among those reaching the target:
     # a falling ControlKG (x0.85) is damage, so x1.12 (|log| 0.113 < 0.163) wins
@@ -80,7 +111,9 @@ def test_point_overlay_is_checked_against_the_params():
     assert point_overlay(ok, "p", SCHEMA) == {"mask": {"top_k_blocks": 2}}
     with pytest.raises(InputError, match="no point 'q'"):
         point_overlay(ok, "q", SCHEMA)
-    bad = config.deep_merge(base, {"sweep": {"points": {"p": {"method": "mask", "set": {"mask": {"granularity": "row"}}}}}})
+    bad = config.deep_merge(
+        base, {"sweep": {"points": {"p": {"method": "mask", "set": {"mask": {"granularity": "row"}}}}}}
+    )
     with pytest.raises(InputError, match="mask.granularity"):
         point_overlay(bad, "p", SCHEMA)
     shared = config.deep_merge(base, {"sweep": {"points": {"p": {"method": "mask", "set": {"split": {"seed": 1}}}}}})
@@ -90,17 +123,28 @@ def test_point_overlay_is_checked_against_the_params():
 
 def _write_points(root):
     """Three mask points (preset, a, b) and two GradDiff points (g1, g2), each with a test headline."""
-    metas = {"preset": mask_meta(30.0, 1.12, 1.0), "a": mask_meta(25.0, 1.03, 1.01, wall=80.0),
-             "b": mask_meta(400.0, 0.8, 1.0), "g1": unlearn_meta("graddiff", 11.0, 1.2, 1.0),
-             "g2": unlearn_meta("graddiff", 4.0, 1.0, 1.0)}
+    metas = {
+        "preset": mask_meta(30.0, 1.12, 1.0),
+        "a": mask_meta(25.0, 1.03, 1.01, wall=80.0),
+        "b": mask_meta(400.0, 0.8, 1.0),
+        "g1": unlearn_meta("graddiff", 11.0, 1.2, 1.0),
+        "g2": unlearn_meta("graddiff", 4.0, 1.0, 1.0),
+    }
     points = []
     for name, meta in metas.items():
         folder = root / name
         (folder / "eval").mkdir(parents=True)
         (folder / "meta.json").write_text(json.dumps(meta))
-        (folder / "eval" / "headline.json").write_text(json.dumps(
-            {"ratio_removed_targetkg": 20.0, "ratio_removed_controlkg": 1.05, "ratio_removed_controllm": 1.0,
-             "verdict": "all met"}))
+        (folder / "eval" / "headline.json").write_text(
+            json.dumps(
+                {
+                    "ratio_removed_targetkg": 20.0,
+                    "ratio_removed_controlkg": 1.05,
+                    "ratio_removed_controllm": 1.0,
+                    "verdict": "all met",
+                }
+            )
+        )
         points.append((name, folder / "meta.json", folder / "eval" / "headline.json"))
     return points
 
@@ -123,8 +167,16 @@ def test_table_chooses_on_validation_and_reads_only_the_kept_points_test_files(t
         if name in ("b", "preset", "g2"):
             headline.unlink()
         else:
-            headline.write_text(json.dumps({"ratio_removed_targetkg": 1.0, "ratio_removed_controlkg": 9.0,
-                                            "ratio_removed_controllm": 9.0, "verdict": "min_target_ratio"}))
+            headline.write_text(
+                json.dumps(
+                    {
+                        "ratio_removed_targetkg": 1.0,
+                        "ratio_removed_controlkg": 9.0,
+                        "ratio_removed_controllm": 9.0,
+                        "verdict": "min_target_ratio",
+                    }
+                )
+            )
     (tmp_path / "points" / "b" / "eval" / "headline.json").write_text("{not json")
     again = sweep_table(points, BARS, tmp_path / "again", dpi=30)
     validation = [c for c in frame.columns if not c.startswith("test_")]
@@ -149,8 +201,16 @@ def test_the_chooser_sees_no_test_column(tmp_path, monkeypatch):
 
 def test_the_demo_sweep_overlay_points_all_validate():
     """config/overlays/demo-sweep.yaml over the demo preset and the main job: every point's params type."""
-    files = [REPO_ROOT / "config" / name for name in ("base.yaml", "mirror-local.yaml", "presets/demo.yaml",
-                                                      "overlays/demo-short.yaml", "overlays/demo-sweep.yaml")]
+    files = [
+        REPO_ROOT / "config" / name
+        for name in (
+            "base.yaml",
+            "mirror-local.yaml",
+            "presets/demo.yaml",
+            "overlays/demo-short.yaml",
+            "overlays/demo-sweep.yaml",
+        )
+    ]
     mapping = config.merge_files(files)
     config.validate(mapping, SCHEMA)
     points = mapping["sweep"]["points"]

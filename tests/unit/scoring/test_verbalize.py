@@ -9,18 +9,19 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import byte_bpe_tokenizer
 from torch import nn
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data import relations
 from knowsubnet.data.encoding import encode_facts
-
-from conftest import byte_bpe_tokenizer
 from knowsubnet.scoring.facts import score_facts
 from knowsubnet.scoring.templates import OUTPUT_COLUMNS, best_templates
 
-CORPUS = ("A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
-          "A guitar belongs to music. Water is made of hydrogen and oxygen. A knife is used for cutting.\n") * 30
+CORPUS = (
+    "A banana is a fruit. An apple is a fruit. A dog is an animal. Cats like to sleep in the sun.\n"
+    "A guitar belongs to music. Water is made of hydrogen and oxygen. A knife is used for cutting.\n"
+) * 30
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +58,19 @@ def test_best_template_is_the_predictable_winner(tokenizer):
     vocab = len(tok)
     table = torch.zeros(vocab, vocab)
     table[_id(tok, " to"), _id(tok, " fruit")] = 6.0  # "... belongs to" -> " fruit" is likely
-    table[_id(tok, " a"), _id(tok, " fruit")] = 2.0   # "... is a" -> " fruit" less so
+    table[_id(tok, " a"), _id(tok, " fruit")] = 2.0  # "... is a" -> " fruit" less so
     model = BigramLM(table)
 
     def verbalizer(rel, head, tail):
-        return [(0, f"{head.capitalize()} is a", f" {tail}"),
-                (1, f"{head.capitalize()} belongs to", f" {tail}"),
-                (2, f"A {head} is a", f" {tail}")]   # same last token as template 0: an exact tie
+        return [
+            (0, f"{head.capitalize()} is a", f" {tail}"),
+            (1, f"{head.capitalize()} belongs to", f" {tail}"),
+            (2, f"A {head} is a", f" {tail}"),
+        ]  # same last token as template 0: an exact tie
 
-    facts = pd.DataFrame({"uuid": ["u1", "u2"], "head": ["banana", "apple"], "rel": ["IsA", "IsA"],
-                          "tail": ["fruit", "dog"]})
+    facts = pd.DataFrame(
+        {"uuid": ["u1", "u2"], "head": ["banana", "apple"], "rel": ["IsA", "IsA"], "tail": ["fruit", "dog"]}
+    )
     out = best_templates(model, tok, facts, batch_size=2, device="cpu", verbalizer=verbalizer)
     assert list(out.columns) == OUTPUT_COLUMNS and out["uuid"].tolist() == ["u1", "u2"]
     assert out.loc[0, "template_id"] == 1 and out.loc[0, "prompt"] == "Banana belongs to"
@@ -111,8 +115,15 @@ def test_score_facts_matches_full_logits(tokenizer):
 
 def test_default_templates_from_relations(tokenizer):
     model = _tiny_gpt2(len(tokenizer))
-    facts = pd.DataFrame({"uuid": ["a", "b"], "head": ["banana", "knife"], "rel": ["IsA", "UsedFor"],
-                          "tail": ["fruit", "cutting"], "source": ["x", "y"]})
+    facts = pd.DataFrame(
+        {
+            "uuid": ["a", "b"],
+            "head": ["banana", "knife"],
+            "rel": ["IsA", "UsedFor"],
+            "tail": ["fruit", "cutting"],
+            "source": ["x", "y"],
+        }
+    )
     out = best_templates(model, tokenizer, facts, batch_size=4, device="cpu")
     assert list(out.columns) == OUTPUT_COLUMNS and out["uuid"].tolist() == ["a", "b"]
     for row in out.itertuples():

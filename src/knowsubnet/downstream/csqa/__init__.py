@@ -46,22 +46,76 @@ head, masks, LoRA, one finetuned version), `features` (head mode's cache), `stat
 bootstrap, difference of differences, length check), `finetune` (the finetuner and the stage).
 """
 
-from knowsubnet.downstream.csqa.data import (GROUPS, LABELS, N_CHOICES, Encoded, Question, assemble_data,
-                                             encode_questions, length_matched, question_groups, question_text,
-                                             read_linked_facts, read_questions, siblings)
+from knowsubnet.downstream.csqa.data import (
+    GROUPS,
+    LABELS,
+    N_CHOICES,
+    Encoded,
+    Question,
+    assemble_data,
+    encode_questions,
+    length_matched,
+    question_groups,
+    question_text,
+    read_linked_facts,
+    read_questions,
+    siblings,
+)
 from knowsubnet.downstream.csqa.features import head_features
-from knowsubnet.downstream.csqa.finetune import (CONTRASTS, DOD_PAIRS, VARIANTS, CSQAFinetuner, finetune_csqa,
-                                                 run_stage, suppressed_facts, version_name)
-from knowsubnet.downstream.csqa.model import (MODES, ChoiceHead, Variant, effective_weights, lora_effective_weight,
-                                              packed_inputs, removed_weight_masks)
+from knowsubnet.downstream.csqa.finetune import (
+    CONTRASTS,
+    DOD_PAIRS,
+    VARIANTS,
+    CSQAFinetuner,
+    finetune_csqa,
+    run_stage,
+    suppressed_facts,
+    version_name,
+)
+from knowsubnet.downstream.csqa.model import (
+    MODES,
+    ChoiceHead,
+    Variant,
+    effective_weights,
+    lora_effective_weight,
+    packed_inputs,
+    removed_weight_masks,
+)
 from knowsubnet.downstream.csqa.stats import MDE_Z, diff_of_diffs, group_accuracies, length_bias, paired_delta
 
 __all__ = [
-    "GROUPS", "LABELS", "MODES", "N_CHOICES", "VARIANTS", "CONTRASTS", "DOD_PAIRS", "MDE_Z",
-    "Question", "Encoded", "read_questions", "read_linked_facts", "question_groups", "assemble_data",
-    "question_text", "encode_questions", "siblings", "length_matched",
-    "ChoiceHead", "Variant", "removed_weight_masks", "lora_effective_weight", "effective_weights", "packed_inputs",
+    "GROUPS",
+    "LABELS",
+    "MODES",
+    "N_CHOICES",
+    "VARIANTS",
+    "CONTRASTS",
+    "DOD_PAIRS",
+    "MDE_Z",
+    "Question",
+    "Encoded",
+    "read_questions",
+    "read_linked_facts",
+    "question_groups",
+    "assemble_data",
+    "question_text",
+    "encode_questions",
+    "siblings",
+    "length_matched",
+    "ChoiceHead",
+    "Variant",
+    "removed_weight_masks",
+    "lora_effective_weight",
+    "effective_weights",
+    "packed_inputs",
     "head_features",
-    "paired_delta", "diff_of_diffs", "group_accuracies", "length_bias",
-    "CSQAFinetuner", "finetune_csqa", "run_stage", "suppressed_facts", "version_name",
+    "paired_delta",
+    "diff_of_diffs",
+    "group_accuracies",
+    "length_bias",
+    "CSQAFinetuner",
+    "finetune_csqa",
+    "run_stage",
+    "suppressed_facts",
+    "version_name",
 ]

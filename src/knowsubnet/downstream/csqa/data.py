@@ -4,9 +4,10 @@ questions' token ids."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,10 +76,16 @@ def _parse_question(row: Any, where: str) -> Question:
         raise InputError(f"{where}: expected {N_CHOICES} choices (labels {', '.join(LABELS)}), got {got}")
     texts = []
     for i, choice in enumerate(choices):
-        if (not isinstance(choice, dict) or choice.get("label") != LABELS[i]
-                or not isinstance(choice.get("text"), str) or not choice["text"].strip()):
-            raise InputError(f"{where}: choice {i + 1}: expected {{\"label\": \"{LABELS[i]}\", \"text\": "
-                             f"<non-empty string>}}, got {choice!r}")
+        if (
+            not isinstance(choice, dict)
+            or choice.get("label") != LABELS[i]
+            or not isinstance(choice.get("text"), str)
+            or not choice["text"].strip()
+        ):
+            raise InputError(
+                f'{where}: choice {i + 1}: expected {{"label": "{LABELS[i]}", "text": '
+                f"<non-empty string>}}, got {choice!r}"
+            )
         texts.append(choice["text"])
     if not isinstance(answer, str) or answer not in LABELS:
         raise InputError(f"{where}: expected 'answerKey' to be one of {', '.join(LABELS)}, got {answer!r}")
@@ -108,8 +115,10 @@ def question_groups(triplets, target_facts, selected_facts=None) -> dict[str, se
     linked = csqa_ids(triplets)
     removed = csqa_ids(target_facts)
     if not removed:
-        raise InputError("target facts: no fact of the target is linked to a CSQA question; finetune_csqa "
-                         "needs a CSQA-linked target (selector csqa: csqa1 | csqa2 | [question ids])")
+        raise InputError(
+            "target facts: no fact of the target is linked to a CSQA question; finetune_csqa "
+            "needs a CSQA-linked target (selector csqa: csqa1 | csqa2 | [question ids])"
+        )
     selected = csqa_ids(selected_facts) if selected_facts is not None else removed
     return {"linked": linked, "removed": removed, "kept": linked - selected - removed}
 
@@ -121,13 +130,15 @@ def _read_parquet(path: Path, what: str) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read {what} ({err})") from None
 
 
-def read_linked_facts(triplets: Path, splits_dir: Path, target: str,
-                      spec: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def read_linked_facts(
+    triplets: Path, splits_dir: Path, target: str, spec: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The arguments of `question_groups` from files: the triplets table, the target's TargetKG facts
     (every split of `splits_dir`) and every fact the target's selector `spec` picks."""
     table = _read_parquet(triplets, "the triplets table")
-    target_facts = pd.concat([_read_parquet(splits_dir / f"targetkg_{s}.parquet", "a TargetKG split")
-                              for s in SPLITS]).drop_duplicates()
+    target_facts = pd.concat(
+        [_read_parquet(splits_dir / f"targetkg_{s}.parquet", "a TargetKG split") for s in SPLITS]
+    ).drop_duplicates()
     return table, target_facts, select_target(table, target, spec)
 
 
@@ -167,9 +178,16 @@ def length_matched(q: Question) -> bool:
     return words(q.choices[q.label]) == 1 and any(words(c) > 1 for i, c in enumerate(q.choices) if i != q.label)
 
 
-def assemble_data(train: list[Question], dev: list[Question], groups: Mapping[str, set[str]],
-                  n_train: int | None, n_dev: int | None, seed: int, *,
-                  train_source: str = "CSQA train") -> tuple[list[Question], dict[str, list[Question]], dict[str, int]]:
+def assemble_data(
+    train: list[Question],
+    dev: list[Question],
+    groups: Mapping[str, set[str]],
+    n_train: int | None,
+    n_dev: int | None,
+    seed: int,
+    *,
+    train_source: str = "CSQA train",
+) -> tuple[list[Question], dict[str, list[Question]], dict[str, int]]:
     """Training questions, the evaluation groups (`GROUPS`) and how many questions were held out.
 
     Training: CSQA train minus every linked question and every sibling of one (`siblings`), then
@@ -181,15 +199,18 @@ def assemble_data(train: list[Question], dev: list[Question], groups: Mapping[st
     for role in ("removed", "kept", "linked"):
         missing = sorted(groups[role] - set(by_id))
         if missing:
-            raise InputError(f"{train_source}: question id {missing[0]!r} (linked to a fact, group {role}) is "
-                             f"not in the file ({len(missing)} such ids); expected every CSQA-linked id there")
+            raise InputError(
+                f"{train_source}: question id {missing[0]!r} (linked to a fact, group {role}) is "
+                f"not in the file ({len(missing)} such ids); expected every CSQA-linked id there"
+            )
     linked_ids = set(groups["linked"]) | set(groups["removed"]) | set(groups["kept"])
     pool = [q for q in train if q.id not in linked_ids]
     held = siblings(pool, [by_id[i] for i in sorted(linked_ids)])
     pool = [q for q in pool if q.id not in held]
     if not pool:
-        raise InputError(f"{train_source}: no question is left for training once the linked ones and their "
-                         f"siblings are removed")
+        raise InputError(
+            f"{train_source}: no question is left for training once the linked ones and their siblings are removed"
+        )
     train_set = _subsample(pool, n_train, seed, 0)
     dev_set = _subsample(list(dev), n_dev, seed, 1)
     removed_known = groups.get("removed_known", groups["removed"])
@@ -252,9 +273,11 @@ def encode_questions(tokenizer, questions: list[Question], max_length: int) -> E
         choices = [tokenizer(choice_suffix(c), add_special_tokens=False)["input_ids"] + [eos] for c in q.choices]
         longest = max(map(len, choices))
         if longest >= max_length:
-            raise InputError(f"CSQA question {q.id}: a choice takes {longest} tokens; params key 'csqa.max_length' "
-                             f"= {max_length} leaves no room for the question")
-        prefix = prefix[-(max_length - longest):]
+            raise InputError(
+                f"CSQA question {q.id}: a choice takes {longest} tokens; params key 'csqa.max_length' "
+                f"= {max_length} leaves no room for the question"
+            )
+        prefix = prefix[-(max_length - longest) :]
         seq, pos, seg, ends = list(prefix), list(range(len(prefix))), [0] * len(prefix), []
         for k, choice in enumerate(choices, start=1):
             seq += choice

@@ -11,7 +11,8 @@ Questions are batched by length, so batches carry little padding.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -27,10 +28,18 @@ def length_order(enc: Encoded) -> list[int]:
 
 
 @torch.no_grad()
-def head_features(top: TopBlocks, encodings: Mapping[str, Encoded], versions: Mapping[str, Mapping[str, torch.Tensor]],
-                  chunk: int, device: torch.device, *,
-                  state: dict[str, Any] | None = None, save: Callable[[dict[str, Any]], None] | None = None,
-                  save_every_s: float = 300.0, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+def head_features(
+    top: TopBlocks,
+    encodings: Mapping[str, Encoded],
+    versions: Mapping[str, Mapping[str, torch.Tensor]],
+    chunk: int,
+    device: torch.device,
+    *,
+    state: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    save_every_s: float = 300.0,
+    progress: bool = True,
+) -> dict[str, dict[str, torch.Tensor]]:
     """{version: {encoding name: [N, 5, d] float32}} for each model version of `versions` ({version:
     {layer name: the masked layer's weight in that version}} (`masking.apply_mask`); {} = the
     original model).
@@ -43,17 +52,22 @@ def head_features(top: TopBlocks, encodings: Mapping[str, Encoded], versions: Ma
     if state is not None:
         features, done = state["features"], set(state["done"])
     else:
-        features = {v: {name: torch.zeros(len(enc.ids), N_CHOICES, hidden_size) for name, enc in encodings.items()}
-                    for v in versions}
+        features = {
+            v: {name: torch.zeros(len(enc.ids), N_CHOICES, hidden_size) for name, enc in encodings.items()}
+            for v in versions
+        }
         done = set()
     # a question in several encodings (removed_known is part of removed) is computed once
     first: dict[str, tuple[str, int]] = {}
     for name, enc in encodings.items():
         for i, qid in enumerate(enc.qids):
             first.setdefault(qid, (name, i))
-    batches = [(name, enc, order[start:start + chunk]) for name, enc in encodings.items()
-               for order in [[i for i in length_order(enc) if first[enc.qids[i]] == (name, i)]]
-               for start in range(0, len(order), chunk)]
+    batches = [
+        (name, enc, order[start : start + chunk])
+        for name, enc in encodings.items()
+        for order in [[i for i in length_order(enc) if first[enc.qids[i]] == (name, i)]]
+        for start in range(0, len(order), chunk)
+    ]
     last_save = time.monotonic()
     for i, (name, enc, index) in enumerate(progress_bar(batches, desc="features", disable=not progress)):
         if i in done:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +50,16 @@ def gather_choices(hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], last]
 
 
-def removed_weight_masks(layers: list[masking.MaskableLayer], masks: Mapping[str, torch.Tensor] | None,
-                         granularity: str) -> dict[str, torch.Tensor]:
+def removed_weight_masks(
+    layers: list[masking.MaskableLayer], masks: Mapping[str, torch.Tensor] | None, granularity: str
+) -> dict[str, torch.Tensor]:
     """{layer name: bool tensor shaped like its weight, True where the weight is removed}."""
     if masks is None:
         return {}
-    return {layer.name: masking.expand_to_weight(masks[layer.name].bool().cpu(), layer, granularity).contiguous()
-            for layer in layers}
+    return {
+        layer.name: masking.expand_to_weight(masks[layer.name].bool().cpu(), layer, granularity).contiguous()
+        for layer in layers
+    }
 
 
 def _masked_lora_forward(module: nn.Module, removed: torch.Tensor | None, transposed: bool):
@@ -89,8 +92,9 @@ def _get_module(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-def effective_weights(model: nn.Module, layer_names: list[str], removed: Mapping[str, torch.Tensor],
-                      mode: str) -> dict[str, torch.Tensor]:
+def effective_weights(
+    model: nn.Module, layer_names: list[str], removed: Mapping[str, torch.Tensor], mode: str
+) -> dict[str, torch.Tensor]:
     """What each masked layer's forward multiplies by now (detached), keyed by layer name."""
     out = {}
     with torch.no_grad():
@@ -103,13 +107,20 @@ def effective_weights(model: nn.Module, layer_names: list[str], removed: Mapping
     return out
 
 
-def max_abs_removed_weight(model: nn.Module, layer_names: list[str], removed: Mapping[str, torch.Tensor],
-                           mode: str) -> float | None:
+def max_abs_removed_weight(
+    model: nn.Module, layer_names: list[str], removed: Mapping[str, torch.Tensor], mode: str
+) -> float | None:
     """The largest |effective weight| at a removed position (0.0 when they are held at zero); None
     when nothing is removed."""
     weights = effective_weights(model, layer_names, removed, mode)
-    return max((float(weights[n][removed[n].to(weights[n].device)].abs().max())
-                if bool(removed[n].any()) else 0.0) for n in layer_names) if removed else None
+    return (
+        max(
+            (float(weights[n][removed[n].to(weights[n].device)].abs().max()) if bool(removed[n].any()) else 0.0)
+            for n in layer_names
+        )
+        if removed
+        else None
+    )
 
 
 def packed_inputs(enc: Encoded, index: Iterable[int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -130,8 +141,12 @@ def packed_inputs(enc: Encoded, index: Iterable[int], dtype: torch.dtype = torch
     allowed = causal & ((key == 0) | (key == query)) & (query >= 0)
     allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask[:, None],
-            "last": torch.stack([enc.last[i] for i in index])}
+    return {
+        "input_ids": ids,
+        "position_ids": positions,
+        "attention_mask": mask[:, None],
+        "last": torch.stack([enc.last[i] for i in index]),
+    }
 
 
 def prefix_states(top: TopBlocks, enc: Encoded, index: Iterable[int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -150,9 +165,18 @@ class Variant:
     """One model version finetuned in `lora` or `full` mode: its copy of the model, head, optimiser.
     (`head` mode needs no copy: it trains a head on cached features, `features.head_features`.)"""
 
-    def __init__(self, base: nn.Module, layer_names: list[str], transposed: dict[str, bool],
-                 removed: dict[str, torch.Tensor], mode: str, settings: Csqa, seed: int,
-                 device: torch.device, first_block: int):
+    def __init__(
+        self,
+        base: nn.Module,
+        layer_names: list[str],
+        transposed: dict[str, bool],
+        removed: dict[str, torch.Tensor],
+        mode: str,
+        settings: Csqa,
+        seed: int,
+        device: torch.device,
+        first_block: int,
+    ):
         if mode not in ("lora", "full"):
             raise ValueError(f"Variant finetunes the model (lora, full), not {mode!r}")
         self.mode, self.layer_names, self.device = mode, layer_names, device
@@ -180,9 +204,13 @@ class Variant:
             model_params = list(self.model.parameters())
         self.params = list(self.head.parameters()) + model_params
         # the head is new and needs its own (larger) learning rate; the model's weights a small one
-        self.optimizer = torch.optim.AdamW([{"params": list(self.head.parameters()), "lr": settings.head_lr},
-                                            {"params": model_params, "lr": settings.lr[mode]}],
-                                           weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": list(self.head.parameters()), "lr": settings.head_lr},
+                {"params": model_params, "lr": settings.lr[mode]},
+            ],
+            weight_decay=settings.weight_decay,
+        )
         self.top = TopBlocks(self.model, first_block) if mode == "lora" else None
 
     def _inject_lora(self, layer_names, transposed, lora_settings, seed) -> list[torch.Tensor]:
@@ -190,9 +218,14 @@ class Variant:
         # and only the `lora` mode needs it
         from peft import LoraConfig, inject_adapter_in_model
 
-        config = LoraConfig(r=int(lora_settings["r"]), lora_alpha=float(lora_settings["alpha"]), lora_dropout=0.0,
-                            target_modules=list(layer_names), bias="none",
-                            fan_in_fan_out=any(transposed.values()))
+        config = LoraConfig(
+            r=int(lora_settings["r"]),
+            lora_alpha=float(lora_settings["alpha"]),
+            lora_dropout=0.0,
+            target_modules=list(layer_names),
+            bias="none",
+            fan_in_fan_out=any(transposed.values()),
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # peft initialises lora_A from the global generator
             with _quiet_peft():
@@ -213,8 +246,9 @@ class Variant:
         """The trainable tensors (head + adapters, or every weight in full mode)."""
         out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         if self.mode == "lora":
-            out.update({f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()
-                        if "lora_" in k})
+            out.update(
+                {f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items() if "lora_" in k}
+            )
         elif self.mode == "full":
             out.update({f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
         return out
@@ -240,8 +274,9 @@ class Variant:
         if self.top is not None:
             hidden = self.top.forward(batch["prefix"].to(self.device), **kwargs)
         else:
-            hidden = self.model.base_model(input_ids=batch["input_ids"].to(self.device), use_cache=False,
-                                           **kwargs).last_hidden_state
+            hidden = self.model.base_model(
+                input_ids=batch["input_ids"].to(self.device), use_cache=False, **kwargs
+            ).last_hidden_state
         return gather_choices(hidden, batch["last"].to(self.device))
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ result rules out.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,19 +35,27 @@ def _summary(point: float, draws: np.ndarray, n: Mapping[str, int]) -> dict[str,
     if np.isnan(point):
         return {"diff": None, "ci95": [None, None], "se": None, "mde": None, **n}
     se = float(draws.std(ddof=1))
-    return {"diff": float(point), "ci95": list(bootstrap.interval(draws)),
-            "se": se, "mde": MDE_Z * se, **n}
+    return {"diff": float(point), "ci95": list(bootstrap.interval(draws)), "se": se, "mde": MDE_Z * se, **n}
 
 
 def paired_delta(a: np.ndarray, b: np.ndarray, samples: int, seed: int, stream: int) -> dict[str, Any]:
     """mean(a) - mean(b) on the same questions ([seeds, questions] or [questions]), paired bootstrap."""
     diff = np.atleast_2d(a).astype(np.float64) - np.atleast_2d(b)
     point = float(diff.mean()) if diff.size else float("nan")
-    return _summary(point, bootstrap.seed_item_means([diff], samples, _stream(seed, stream))[0], {"n": int(diff.shape[1])})
+    return _summary(
+        point, bootstrap.seed_item_means([diff], samples, _stream(seed, stream))[0], {"n": int(diff.shape[1])}
+    )
 
 
-def diff_of_diffs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], group: str, reference: str,
-                  samples: int, seed: int, stream: int) -> dict[str, Any]:
+def diff_of_diffs(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    group: str,
+    reference: str,
+    samples: int,
+    seed: int,
+    stream: int,
+) -> dict[str, Any]:
     """[mean(a) - mean(b)] on `group` minus the same on `reference`; `a`, `b`: {group: [seeds,
     questions] 0/1}. Paired: a draw takes the same questions and seeds for a and b."""
     d_group = np.atleast_2d(a[group]).astype(np.float64) - np.atleast_2d(b[group])
@@ -92,8 +101,13 @@ def length_bias(picked: np.ndarray, questions: list[Question]) -> dict[str, Any]
     bar = max(float(answer_multi.mean()), float(multi.mean())) if n else float("nan")
     se = float(np.sqrt(max(bar * (1 - bar), 1e-12) / max(len(questions), 1)))
     one, many = correct[:, ~answer_multi], correct[:, answer_multi]
-    return {"picked_multiword": rate, "answer_multiword": float(answer_multi.mean()) if n else None,
-            "options_multiword": float(multi.mean()) if n else None,
-            "acc_one_word": float(one.mean()) if one.size else None, "n_one_word": int((~answer_multi).sum()),
-            "acc_multiword": float(many.mean()) if many.size else None, "n_multiword": int(answer_multi.sum()),
-            "biased": bool(n and rate > bar + 2 * se)}
+    return {
+        "picked_multiword": rate,
+        "answer_multiword": float(answer_multi.mean()) if n else None,
+        "options_multiword": float(multi.mean()) if n else None,
+        "acc_one_word": float(one.mean()) if one.size else None,
+        "n_one_word": int((~answer_multi).sum()),
+        "acc_multiword": float(many.mean()) if many.size else None,
+        "n_multiword": int(answer_multi.sum()),
+        "biased": bool(n and rate > bar + 2 * se),
+    }
