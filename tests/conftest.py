@@ -119,6 +119,18 @@ def base_params(*overlays: dict):
     return config.from_mapping(merged, REPO_ROOT / "config" / "params.schema.yaml")
 
 
+def split_choices(**overrides) -> dict:
+    """make_splits' ControlKG and held-out choices (controlkg, paper_wordnet_controlkg, holdout) at their
+    params `split` defaults (config.Params), with `overrides` in their place."""
+    from knowsubnet.core import config
+
+    split = config.Params().split
+    choices = dict(
+        controlkg=split.controlkg, paper_wordnet_controlkg=split.paper_wordnet_controlkg, holdout=split.holdout
+    )
+    return {**choices, **overrides}
+
+
 def mask_logits(layers, **over):
     """samplers.MaskLogits with params `mask` as config/base.yaml sets it (core.sections.Mask), `over` changed."""
     from knowsubnet.core.sections import Mask

@@ -134,7 +134,7 @@ def encode_facts(
     uuids: Sequence[str] | None = None,
     *,
     max_length: int | None = None,
-    scored_positions: str = "all_tail_tokens",
+    scored_positions: str,
 ) -> FactSet:
     """Encode facts for tail scoring (contract: docs/ARCHITECTURE.md, `encoding.FactSet`).
 

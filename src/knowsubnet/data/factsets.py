@@ -64,7 +64,7 @@ def known_rows(split_path: str | Path, verbalized: pd.DataFrame, known: Known | 
     return rows[rows["known"].to_numpy()].drop(columns="known")
 
 
-def encode_rows(rows: pd.DataFrame, tokenizer, scored_positions: str = "all_tail_tokens") -> FactSet:
+def encode_rows(rows: pd.DataFrame, tokenizer, scored_positions: str) -> FactSet:
     """Verbalised rows (indexed by uuid) encoded in their order: each fact's prompt and tail_text."""
     return encode_facts(
         tokenizer,
@@ -80,7 +80,8 @@ def load_split_factset(
     verbalized: pd.DataFrame,
     tokenizer,
     known: Known | None = None,
-    scored_positions: str = "all_tail_tokens",
+    *,
+    scored_positions: str,
     templates: str = "best",
 ) -> FactSet:
     """The facts of one split parquet, verbalised with this model's best templates, encoded;

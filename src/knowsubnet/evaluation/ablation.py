@@ -116,7 +116,7 @@ def evaluate_ablation(
     model_name: str | None = None,
     target: str | None = None,
     controlkg_relations: list[str] | None = None,
-    controllm_ppl: str = "token_mean",
+    controllm_ppl: str,
     fact_scores: dict | None = None,
     unknown: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -243,7 +243,8 @@ def load_test_sets(
     splits_dir: str | Path,
     controllm_dir: str | Path,
     known: Known | None = None,
-    scored_positions: str = "all_tail_tokens",
+    *,
+    scored_positions: str,
 ) -> tuple[Any, Any, torch.Tensor]:
     """TargetKG test and ControlKG test FactSets (facts the model knows, see
     `factsets.load_split_factset`), and the ControlLM test blocks."""
@@ -254,7 +255,9 @@ def load_test_sets(
         path = splits_dir / f"{kind}_test.parquet"
         if not path.exists():
             raise InputError(f"{path}: split file not found; expected the output of split_controls")
-        sets.append(factsets.load_split_factset(path, verbalized_frame, tokenizer, known, scored_positions))
+        sets.append(
+            factsets.load_split_factset(path, verbalized_frame, tokenizer, known, scored_positions=scored_positions)
+        )
     blocks_path = Path(controllm_dir) / "test.safetensors"
     if not blocks_path.exists():
         raise InputError(f"{blocks_path}: ControlLM test blocks not found; expected the output of prepare_controllm")
@@ -346,7 +349,12 @@ def _prepare(
     lm, tokenizer = load_model(model_dir, device, DTYPES[params.eval.dtype])
     layers, granularity = edits.edit_layers(lm, edit, source=mask_source), edit.granularity
     test_sets = load_test_sets(
-        tokenizer, verbalized, splits_dir, controllm_dir, params.known, params.verbalize.scored_positions
+        tokenizer,
+        verbalized,
+        splits_dir,
+        controllm_dir,
+        params.known,
+        scored_positions=params.verbalize.scored_positions,
     )
     return device, lm, tokenizer, layers, granularity, test_sets
 

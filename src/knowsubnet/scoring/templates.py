@@ -43,7 +43,7 @@ def score_candidates(
     *,
     max_length: int | None = None,
     progress: bool | str = "scoring templates",
-    scored_positions: str = "all_tail_tokens",
+    scored_positions: str,
 ) -> torch.Tensor:
     """Mean tail cross-entropy of each candidate sentence under the model: float64 [len]
     (over the tail positions `scored_positions` names, see `encoding.encode_facts`)."""
@@ -86,7 +86,7 @@ def head_baseline(
     *,
     verbalizer: Verbalizer | None = None,
     max_length: int | None = None,
-    scored_positions: str = "all_tail_tokens",
+    scored_positions: str,
 ) -> pd.DataFrame:
     """`best` with BASELINE_COLUMNS: the fact's tail scored in its best template with
     `other_heads` heads drawn (seeded) from the other facts of the set."""
@@ -133,7 +133,7 @@ def best_templates(
     verbalizer: Verbalizer | None = None,
     max_length: int | None = None,
     source: str = "triplets",
-    scored_positions: str = "all_tail_tokens",
+    scored_positions: str,
 ) -> pd.DataFrame:
     """For each fact, the template with the lowest tail perplexity under the model.
 

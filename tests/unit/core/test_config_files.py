@@ -122,22 +122,6 @@ ALLOWED = {
     "models/tiny.py:train(seed)",
     "models/tiny.py:prepare(seed)",
 }
-# Second sources still to remove (issue 30): each stage passes its params value, but these signatures
-# repeat the default. The list may only shrink.
-KNOWN_STRAYS = {
-    "data/encoding.py:encode_facts(scored_positions)",
-    "data/factsets.py:encode_rows(scored_positions)",
-    "data/factsets.py:load_split_factset(scored_positions)",
-    "evaluation/ablation.py:load_test_sets(scored_positions)",
-    "scoring/templates.py:score_candidates(scored_positions)",
-    "scoring/templates.py:head_baseline(scored_positions)",
-    "scoring/templates.py:best_templates(scored_positions)",
-    "data/splits.py:make_splits(controlkg)",
-    "data/splits.py:make_splits(paper_wordnet_controlkg)",
-    "data/splits.py:make_splits(holdout)",
-    "evaluation/ablation.py:evaluate_ablation(controllm_ppl)",
-    "evaluation/export.py:export_masked_model(keep)",
-}
 
 
 def _param_defaults() -> dict[str, list]:
@@ -174,5 +158,5 @@ def test_no_function_repeats_a_params_default():
                     value = ast.unparse(default)  # e.g. 2.0 / 3.0: compared as text, never equal
                 if value is not None and arg.arg in defaults and value in defaults[arg.arg]:  # None: not given
                     found.add(f"{path.relative_to(package)}:{node.name}({arg.arg})")
-    assert found - ALLOWED - KNOWN_STRAYS == set(), "a params default repeated in code: pass the params value"
-    assert KNOWN_STRAYS <= found, f"removed, take them off KNOWN_STRAYS: {sorted(KNOWN_STRAYS - found)}"
+    strays = sorted(found - ALLOWED)
+    assert strays == [], f"a params default repeated in code: pass the params value: {strays}"

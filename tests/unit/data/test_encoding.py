@@ -49,7 +49,7 @@ def _ids(tok, text):
 def test_gpt2_style_boundary_and_layout(gpt2_style):
     tok = gpt2_style
     prompts, tails = ["A banana is a", "A dog is an"], [" fruit", " xylophonist"]
-    fs = encode_facts(tok, prompts, tails, ["u1", "u2"])
+    fs = encode_facts(tok, prompts, tails, ["u1", "u2"], scored_positions="all_tail_tokens")
     assert isinstance(fs, FactSet) and fs.uuids == ["u1", "u2"] and len(fs) == 2
     for i, (prompt, tail) in enumerate(zip(prompts, tails)):
         p, t = _ids(tok, prompt), _ids(tok, tail)
@@ -67,7 +67,7 @@ def test_gpt2_style_boundary_and_layout(gpt2_style):
 def test_sentencepiece_style_boundary(llama_style):
     tok = llama_style
     prompt, tail = "A banana is a", " fruit"
-    fs = encode_facts(tok, [prompt], [tail], ["u1"])
+    fs = encode_facts(tok, [prompt], [tail], ["u1"], scored_positions="all_tail_tokens")
     full, p = _ids(tok, prompt + tail), _ids(tok, prompt)
     assert full[: len(p)] == p
     tail_ids = fs.targets[0][fs.targets[0] != -100].tolist()
@@ -84,28 +84,50 @@ def test_legacy_sentencepiece_separate_tail_would_be_wrong():
     in_sentence = tok.convert_ids_to_tokens(_ids(tok, "A banana is a fruit"))
     n_prompt = len(_ids(tok, "A banana is a"))
     assert alone[0] == "▁" and alone[1:] == in_sentence[n_prompt:]
-    fs = encode_facts(tok, ["A banana is a"], [" fruit"])
+    fs = encode_facts(tok, ["A banana is a"], [" fruit"], scored_positions="all_tail_tokens")
     assert tok.convert_ids_to_tokens(fs.targets[0][fs.targets[0] != -100].tolist()) == in_sentence[n_prompt:]
 
 
 def test_errors_name_the_fact(gpt2_style, llama_style):
     for tok in (gpt2_style, llama_style):
         with pytest.raises(InputError, match=r"fact abc123: the tail '' tokenises to zero tokens"):
-            encode_facts(tok, ["A banana is a", "A dog is an"], [" fruit", ""], ["ok", "abc123"])
+            encode_facts(
+                tok,
+                ["A banana is a", "A dog is an"],
+                [" fruit", ""],
+                ["ok", "abc123"],
+                scored_positions="all_tail_tokens",
+            )
         with pytest.raises(InputError, match=r"fact p0: the prompt '' tokenises to zero tokens"):
-            encode_facts(tok, [""], [" fruit"], ["p0"])
+            encode_facts(tok, [""], [" fruit"], ["p0"], scored_positions="all_tail_tokens")
     with pytest.raises(InputError, match=r"fact long1: .* longer than the model's context of 8 tokens"):
         encode_facts(
-            gpt2_style, ["A dog is an animal and a banana is a fruit and a"], [" fruit"], ["long1"], max_length=8
+            gpt2_style,
+            ["A dog is an animal and a banana is a fruit and a"],
+            [" fruit"],
+            ["long1"],
+            max_length=8,
+            scored_positions="all_tail_tokens",
         )
     fs = encode_facts(
-        gpt2_style, ["A dog is an"], [" animal"], ["fits"], max_length=len(_ids(gpt2_style, "A dog is an animal")) - 1
+        gpt2_style,
+        ["A dog is an"],
+        [" animal"],
+        ["fits"],
+        max_length=len(_ids(gpt2_style, "A dog is an animal")) - 1,
+        scored_positions="all_tail_tokens",
     )
     assert len(fs) == 1
 
 
 def test_subset_trims_padding(gpt2_style):
-    fs = encode_facts(gpt2_style, ["A", "A dog is an animal and a banana is a"], [" dog", " fruit"], ["s", "l"])
+    fs = encode_facts(
+        gpt2_style,
+        ["A", "A dog is an animal and a banana is a"],
+        [" dog", " fruit"],
+        ["s", "l"],
+        scored_positions="all_tail_tokens",
+    )
     sub = fs.subset([0])
     assert sub.uuids == ["s"] and sub.input_ids.shape[1] == int(fs.lengths[0])
     assert sub.targets[0].tolist() == fs.targets[0, : sub.input_ids.shape[1]].tolist()
@@ -142,7 +164,7 @@ def test_controllm_blocks(gpt2_style, tmp_path):
 def test_last_token_scores_only_the_last_tail_token(gpt2_style):
     tok = gpt2_style
     prompts, tails = ["A banana is a", "A dog is an"], [" fruit", " xylophonist"]
-    every = encode_facts(tok, prompts, tails)
+    every = encode_facts(tok, prompts, tails, scored_positions="all_tail_tokens")
     last = encode_facts(tok, prompts, tails, scored_positions="last_token")
     assert torch.equal(every.input_ids, last.input_ids)  # the model reads the same sentence
     assert last.tail_lengths.tolist() == [1, 1] and every.tail_lengths[1] > 1

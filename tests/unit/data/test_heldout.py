@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, base_params
+from conftest import REPO_ROOT, base_params, split_choices
 
 from knowsubnet.core import config
 from knowsubnet.core.errors import InputError
@@ -41,7 +41,7 @@ def split(triplets, spec=None, mode="entity", seed=0, fractions=HALVES, report=N
         targetkg_holdout=True,
         max_targetkg=None,
         max_controlkg=None,
-        holdout=mode,
+        **split_choices(holdout=mode),
         report=report,
     )
 

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, split_choices
 
 from knowsubnet.core.config import from_mapping, read_yaml
 from knowsubnet.core.errors import InputError
@@ -53,7 +53,7 @@ def split(triplets, name="IsA", spec=None, seed=0, holdout=False, max_t=None, ca
         targetkg_holdout=holdout,
         max_targetkg=max_t,
         max_controlkg=caps,
-        holdout=mode,
+        **split_choices(holdout=mode),
     )
 
 
@@ -219,6 +219,7 @@ def test_empty_controlkg_names_the_target():
 def test_bad_split_params_name_their_keys(toy_triplets):
     def run(**kw):
         args = dict(seed=0, fractions=FRACTIONS, targetkg_holdout=False, max_targetkg=None, max_controlkg=None)
+        args.update(split_choices())
         args.update(kw)
         return make_splits(toy_triplets, "IsA", {"rel": "IsA"}, **args)
 
@@ -233,7 +234,7 @@ def test_bad_split_params_name_their_keys(toy_triplets):
     with pytest.raises(InputError, match=r"'split.max_controlkg.val'"):
         run(max_controlkg={"train": 5, "val": "many"})
     with pytest.raises(InputError, match=r"'targets.a/b': a target name must be"):
-        make_splits(toy_triplets, "a/b", {"rel": "IsA"}, 0, FRACTIONS, False, None, None)
+        make_splits(toy_triplets, "a/b", {"rel": "IsA"}, 0, FRACTIONS, False, None, None, **split_choices())
 
 
 # -- end to end on the real mirror --------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, split_choices
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data import relations, user_facts
@@ -108,6 +108,7 @@ def _split(spec, triplets, holdout=True):
         targetkg_holdout=holdout,
         max_targetkg=None,
         max_controlkg={"train": 50, "val": 10, "test": 10},
+        **split_choices(),
     )
 
 
@@ -148,7 +149,7 @@ def test_paper_controls_are_refused_for_a_fact_file_target(capitals, triplets_ta
             targetkg_holdout=False,
             max_targetkg=None,
             max_controlkg={"train": 5, "val": 5, "test": 5},
-            controlkg="paper",
+            **split_choices(controlkg="paper"),
         )
 
 
@@ -164,6 +165,6 @@ def test_a_controls_file_serves_under_paper_controls_too(capitals, triplets_tabl
         targetkg_holdout=False,
         max_targetkg=None,
         max_controlkg={"train": 50, "val": 10, "test": 10},
-        controlkg="paper",
+        **split_choices(controlkg="paper"),
     )
     assert sum(len(splits[f"controlkg_{s}"]) for s in ("train", "val", "test")) == 30

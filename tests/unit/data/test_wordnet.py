@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MIRROR, base_params
+from conftest import MIRROR, base_params, split_choices
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.relations import all_verbalizations
@@ -267,8 +267,7 @@ def test_paper_controlkg_uses_the_papers_files_in_file_order(mixed_triplets):
         "b",
         {"wordnet": "building.n.01", "facts": "know_subnet/wordnet/building.n.01"},
         **SPLIT,
-        controlkg="paper",
-        paper_wordnet_controlkg=1,
+        **split_choices(controlkg="paper", paper_wordnet_controlkg=1),
         paper_order=order,
     )
     for split in ("val", "test"):  # the first edge of the file
@@ -284,12 +283,17 @@ def test_paper_controlkg_uses_the_papers_files_in_file_order(mixed_triplets):
     assert not target & {e for edge in train for e in edge}
 
     cn = make_splits(
-        mixed_triplets, "p", {"rel": "IsA"}, **{**SPLIT, "max_controlkg": 1}, controlkg="paper", paper_order=order
+        mixed_triplets,
+        "p",
+        {"rel": "IsA"},
+        **{**SPLIT, "max_controlkg": 1},
+        **split_choices(controlkg="paper"),
+        paper_order=order,
     )
     assert cn["controlkg_train"]["head"].tolist() == ["h2"]  # first in the file, capped at 1
     assert cn["controlkg_test"]["head"].tolist() == ["h3"]  # val file = test
     with pytest.raises(InputError, match="split.controlkg"):
-        make_splits(mixed_triplets, "p", {"rel": "IsA"}, **SPLIT, controlkg="theirs")
+        make_splits(mixed_triplets, "p", {"rel": "IsA"}, **SPLIT, **split_choices(controlkg="theirs"))
 
 
 # -- fetching --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, base_params, byte_bpe_tokenizer, run_stage
+from conftest import REPO_ROOT, base_params, byte_bpe_tokenizer, run_stage, split_choices
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.splits import make_splits, select_target, write_splits, write_target_splits
@@ -90,6 +90,7 @@ def test_question_ids_reach_the_triplets_and_the_splits(csqa_files, tmp_path):
         targetkg_holdout=False,
         max_targetkg=None,
         max_controlkg=None,
+        **split_choices(),
     )
     assert sorted(splits["targetkg_test"]["csqa_ids"]) == ["q0", "q1", "q2", "q3"]
     assert "csqa_ids" in splits["controlkg_train"].columns
@@ -140,7 +141,7 @@ def test_paper_controlkg_of_a_csqa_target_is_the_authors_csqa_controlkg(csqa_fil
         targetkg_holdout=False,
         max_targetkg=None,
         max_controlkg=None,
-        controlkg="paper",
+        **split_choices(controlkg="paper"),
     )
     csqa_splits = make_splits(table, "csqa1", {"csqa": "csqa1"}, **split)
     assert sorted(csqa_splits["controlkg_train"]["head"]) == ["cup", "pen"]
@@ -855,6 +856,7 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
         targetkg_holdout=False,
         max_targetkg=None,
         max_controlkg=None,
+        **split_choices(),
     )
     write_splits(tmp_path / "splits", {"csqa1": splits})
     facts = splits["targetkg_train"]

@@ -148,7 +148,11 @@ def test_facts_parquet_has_one_row_per_test_fact_with_the_scores_behind_the_metr
     lm, tokenizer = load_model(root / "model")
     for set_name, group in facts.groupby("set", sort=False):
         encoded = encoding.encode_facts(
-            tokenizer, group["prompt"].tolist(), group["tail_text"].tolist(), group["uuid"].tolist()
+            tokenizer,
+            group["prompt"].tolist(),
+            group["tail_text"].tolist(),
+            group["uuid"].tolist(),
+            scored_positions="all_tail_tokens",
         )
         own = score_facts(lm, encoded, 2, "cpu", progress=False)
         assert group["nll_original"].tolist() == pytest.approx(own["nll"].tolist(), rel=1e-5), set_name

@@ -160,6 +160,7 @@ def _run(tiny, logits=None, seed=7, draws=2):
         device="cpu",
         model_name="tiny",
         target="T",
+        controllm_ppl="token_mean",
     )
 
 

@@ -214,6 +214,6 @@ def test_push_to_hub_uploads_the_folder_only_when_called(run_files, tmp_path, mo
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     out = tmp_path / "remaining"
-    export.export_masked_model(run_files / "model", run_files / "mask.safetensors", out)
+    export.export_masked_model(run_files / "model", run_files / "mask.safetensors", out, keep="remaining")
     assert export.push_to_hub(out, "me/toy-without-isa") == "https://huggingface.co/me/toy-without-isa/commit/1"
     assert calls[1:] == [("create_repo", "me/toy-without-isa", True), ("upload_folder", str(out), "me/toy-without-isa")]

@@ -81,7 +81,7 @@ def toy(gpt2_style):
     model = build("gpt2", len(gpt2_style))
     prompts, candidates, true_index = toy_facts(120, 5)
     tails = [c[i] for c, i in zip(candidates, true_index.tolist())]
-    factset = encode_facts(gpt2_style, prompts, tails)
+    factset = encode_facts(gpt2_style, prompts, tails, scored_positions="all_tail_tokens")
     layers = masking.find_maskable_layers(model, TOP_K)
     cached = CachedFacts(model, layers, factset, "cpu")
     return {
@@ -111,7 +111,9 @@ def planted(cached: CachedFacts, vectors: torch.Tensor, positions: torch.Tensor)
 def test_the_last_blocks_lens_is_the_ordinary_tail_score(gpt2_style, arch):
     model = build(arch, len(gpt2_style))
     prompts, candidates, true_index = toy_facts(20, 3)
-    factset = encode_facts(gpt2_style, prompts, [c[i] for c, i in zip(candidates, true_index.tolist())])
+    factset = encode_facts(
+        gpt2_style, prompts, [c[i] for c, i in zip(candidates, true_index.tolist())], scored_positions="all_tail_tokens"
+    )
     cached = CachedFacts(model, masking.find_maskable_layers(model, TOP_K), factset, "cpu")
     lens = readouts.logit_lens(cached, batch=7)  # batches of mixed lengths
     assert sorted(lens) == [1, 2] and all(v.dtype == torch.float64 and v.shape == (20,) for v in lens.values())

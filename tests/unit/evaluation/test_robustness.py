@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import base_params, save_tiny_gpt2
+from conftest import base_params, save_tiny_gpt2, split_choices
 
 from knowsubnet.data import relations, splits
 from knowsubnet.data.encoding import encode_facts
@@ -98,6 +98,7 @@ def test_template_choice_and_training_never_write_a_held_out_wording(workspace, 
             verbalized_frame(table).set_index("uuid"),
             workspace["tokenizer"],
             templates=templates,
+            scored_positions="all_tail_tokens",
         )
     assert asked and not [(rel, tid) for rel, tid in asked if tid in relations.heldout_wording_ids(rel)]
 
@@ -473,7 +474,12 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     facts = CachedFacts(
         model,
         layers,
-        encode_facts(workspace["tokenizer"], table["prompt"].tolist(), table["tail_text"].tolist()),
+        encode_facts(
+            workspace["tokenizer"],
+            table["prompt"].tolist(),
+            table["tail_text"].tolist(),
+            scored_positions="all_tail_tokens",
+        ),
         "cpu",
     )
     # the cached top blocks score like the whole model
@@ -509,6 +515,7 @@ def test_held_out_targetkg_splits_are_disjoint():
         targetkg_holdout=True,
         max_targetkg=None,
         max_controlkg={"train": 5, "val": 2, "test": 2},
+        **split_choices(),
     )
     sets = [set(out[f"targetkg_{s}"]["uuid"]) for s in ("train", "val", "test")]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])

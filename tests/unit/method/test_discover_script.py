@@ -291,7 +291,9 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
     assert json.loads((tmp_path / "headline.json").read_text()) == ablation.headline(result, bars).to_dict()
     assert result["counts_before_known_filter"] == {"targetkg": 4, "controlkg": 6}
     assert result["mask"] == str(paths[1]) and result["provenance"]["params"]["eval"]["random_draws"] == 2
-    targetkg, controlkg, blocks = ablation.load_test_sets(tokenizer, root / "verbalized.parquet", splits, controllm)
+    targetkg, controlkg, blocks = ablation.load_test_sets(
+        tokenizer, root / "verbalized.parquet", splits, controllm, scored_positions=params.verbalize.scored_positions
+    )
     logits, _ = masking.load_mask(paths[1])
     direct = ablation.evaluate_ablation(
         lm,
@@ -308,6 +310,7 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
         model_name="toy",
         target="IsA",
         controlkg_relations=facts.set_index("uuid").loc[controlkg.uuids, "rel"].tolist(),
+        controllm_ppl=params.eval.controllm_ppl,
     )
     assert result["delta_ppl"] == direct["delta_ppl"]  # same model, inputs and seed: the same numbers
     assert result["counts"] == direct["counts"]

@@ -112,7 +112,7 @@ def test_prepare_tiny_model_directory(facts, tmp_path):
     model, tokenizer = models.load_model(tmp_path / "tiny-gpt2")
     assert type(model).__name__ == "GPT2LMHeadModel" and models.context_length(model) == SPEC["n_positions"]
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
-    out = best_templates(model, tokenizer, facts, batch_size=16, device="cpu")
+    out = best_templates(model, tokenizer, facts, batch_size=16, device="cpu", scored_positions="all_tail_tokens")
     assert len(out) == len(facts) and (out["tail_ppl"] > 0).all()
 
 

@@ -71,7 +71,9 @@ def test_best_template_is_the_predictable_winner(tokenizer):
     facts = pd.DataFrame(
         {"uuid": ["u1", "u2"], "head": ["banana", "apple"], "rel": ["IsA", "IsA"], "tail": ["fruit", "dog"]}
     )
-    out = best_templates(model, tok, facts, batch_size=2, device="cpu", verbalizer=verbalizer)
+    out = best_templates(
+        model, tok, facts, batch_size=2, device="cpu", verbalizer=verbalizer, scored_positions="all_tail_tokens"
+    )
     assert list(out.columns) == OUTPUT_COLUMNS and out["uuid"].tolist() == ["u1", "u2"]
     assert out.loc[0, "template_id"] == 1 and out.loc[0, "prompt"] == "Banana belongs to"
     logp = F.log_softmax(table[_id(tok, " to")], dim=-1)[_id(tok, " fruit")]
@@ -82,7 +84,15 @@ def test_best_template_is_the_predictable_winner(tokenizer):
     def reversed_ids(rel, head, tail):
         return [(5, f"A {head} is a", f" {tail}"), (3, f"{head.capitalize()} is a", f" {tail}")]
 
-    out = best_templates(model, tok, facts.iloc[:1], batch_size=1, device="cpu", verbalizer=reversed_ids)
+    out = best_templates(
+        model,
+        tok,
+        facts.iloc[:1],
+        batch_size=1,
+        device="cpu",
+        verbalizer=reversed_ids,
+        scored_positions="all_tail_tokens",
+    )
     assert out.loc[0, "template_id"] == 3
 
 
@@ -98,7 +108,7 @@ def test_score_facts_matches_full_logits(tokenizer):
     model = _tiny_gpt2(len(tokenizer))
     prompts = ["A banana is a", "Cats like to sleep in the", "A dog is an", "Water is made of hydrogen and"]
     tails = [" fruit", " sun", " xylophonist", " oxygen"]
-    fs = encode_facts(tokenizer, prompts, tails, [f"u{i}" for i in range(4)])
+    fs = encode_facts(tokenizer, prompts, tails, [f"u{i}" for i in range(4)], scored_positions="all_tail_tokens")
     scores = score_facts(model, fs, batch_size=3)
     with torch.no_grad():
         logits = model(input_ids=fs.input_ids).logits
@@ -124,7 +134,7 @@ def test_default_templates_from_relations(tokenizer):
             "source": ["x", "y"],
         }
     )
-    out = best_templates(model, tokenizer, facts, batch_size=4, device="cpu")
+    out = best_templates(model, tokenizer, facts, batch_size=4, device="cpu", scored_positions="all_tail_tokens")
     assert list(out.columns) == OUTPUT_COLUMNS and out["uuid"].tolist() == ["a", "b"]
     for row in out.itertuples():
         assert 0 <= row.template_id < len(relations.TEMPLATES[row.rel])
@@ -135,10 +145,12 @@ def test_default_templates_from_relations(tokenizer):
 def test_bad_input(tokenizer):
     model = _tiny_gpt2(len(tokenizer))
     with pytest.raises(InputError, match="missing columns"):
-        best_templates(model, tokenizer, pd.DataFrame({"uuid": ["a"], "head": ["x"]}), 2)
+        best_templates(
+            model, tokenizer, pd.DataFrame({"uuid": ["a"], "head": ["x"]}), 2, scored_positions="all_tail_tokens"
+        )
     dup = pd.DataFrame({"uuid": ["a", "a"], "head": ["x", "y"], "rel": ["IsA", "IsA"], "tail": ["z", "z"]})
     with pytest.raises(InputError, match="uuid a appears more than once"):
-        best_templates(model, tokenizer, dup, 2)
+        best_templates(model, tokenizer, dup, 2, scored_positions="all_tail_tokens")
     bad = pd.DataFrame({"uuid": ["q"], "head": ["x"], "rel": ["IsTheOppositeOf"], "tail": ["z"]})
     with pytest.raises(InputError, match=r"fact q .*unknown relation"):
-        best_templates(model, tokenizer, bad, 2)
+        best_templates(model, tokenizer, bad, 2, scored_positions="all_tail_tokens")
