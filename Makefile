@@ -3,6 +3,7 @@
 # make run     - the main job: SmolLM2-135M (PyPI), IsA and fruit through robustness and the report, ~20 min on 2 cores
 # make run-tiny - the whole pipeline for params.yaml (the tiny preset, the test preset)
 # make test    - the test suite, on both cores (make test-fast: every module's fast tests)
+# make lint    - ruff format --check and ruff check (pyproject.toml's [tool.ruff]; tests/workflow/test_style.py)
 # make demo    - the demo preset (SmolLM2-135M from PyPI): every demo target and the short CSQA run
 # make params   - write params.yaml = config/base.yaml + config/mirror-local.yaml [+ config/presets/$(PRESET).yaml]
 #                  [+ config/overlays/$(OVERLAY).yaml ...]
@@ -20,7 +21,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 SMK_ARGS ?=
 
-.PHONY: setup lock run run-tiny demo test test-fast params params-files dvc-repro dvc-yaml bench clean
+.PHONY: setup lock run run-tiny demo test test-fast lint params params-files dvc-repro dvc-yaml bench clean
 
 setup: $(VENV)/.installed
 
@@ -82,6 +83,10 @@ test: setup
 # Every module's fast tests (-m "not slow": no whole-pipeline or engine runs): about 2 min.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(TEST_ARGS)
+
+# The style, as tests/workflow/test_style.py checks it.
+lint: setup
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
 
 # config/base.yaml and config/params.schema.yaml are generated from the params' sections
 # (src/knowsubnet/core/sections.py); tests/unit/core/test_config_files.py checks they are current.

@@ -129,7 +129,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     versions = {"original": {}}
     for v in range(1, args.versions):  # 2 % of each masked matrix removed, like a demo mask
-        masks = {l.name: torch.rand(l.weight.shape, generator=gen) < 0.02 for l in layers}
+        masks = {layer.name: torch.rand(layer.weight.shape, generator=gen) < 0.02 for layer in layers}
         versions[f"v{v}"] = masking.apply_mask(layers, masks, "weight")
     enc = encode_questions(tokenizer, questions, 64)
     plain_tokens = sum(

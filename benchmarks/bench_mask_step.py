@@ -332,7 +332,8 @@ def main(argv=None) -> None:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     native = cpu_bf16_flags()
     print(
-        f"device {args.device}; CPU native bf16 flags: {', '.join(native) or 'none (bf16 is emulated: train.dtype auto picks float32)'}; "
+        f"device {args.device}; CPU native bf16 flags: "
+        f"{', '.join(native) or 'none (bf16 is emulated: train.dtype auto picks float32)'}; "
         f"torch {torch.__version__}; threads {args.threads}"
     )
     print(

@@ -83,7 +83,10 @@ def read_in_code(key: str) -> list[str]:
     names the section, e.g. `targets.<name>`)."""
     parts = key.split(".")
     section, leaf = parts[0], parts[-1]
-    quoted = lambda word: re.compile(rf"""["']{re.escape(word)}["']""")
+
+    def quoted(word: str) -> re.Pattern[str]:
+        return re.compile(rf"""["']{re.escape(word)}["']""")
+
     attribute = re.compile(rf"\.{re.escape(leaf)}\b")
     return [
         path.name

@@ -179,7 +179,10 @@ CHECKS = {
     "snakemake --report results/report.html": None,  # needs a finished run: tests/workflow/test_end_to_end.py
     "snakemake --lint": lint,
     "make bench": bench,
-    "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml config/overlays/demo-sweep.yaml": dry(
+    (
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep.yaml"
+    ): dry(
         "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
         "config/overlays/demo-sweep.yaml",
         "sweep_point",

@@ -308,8 +308,8 @@ STAGES: dict[str, Stage] = {
         Stage(
             "remove_baseline",
             "knowsubnet.method.baselines:run_baseline",
-            doc="Another method's removal of one (model, target, seed)'s knowledge. Writes --out-dir/removal.safetensors "
-            "and meta.json; the finetuning methods resume from their checkpoint.",
+            doc="Another method's removal of one (model, target, seed)'s knowledge. Writes "
+            "--out-dir/removal.safetensors and meta.json; the finetuning methods resume from their checkpoint.",
             params=(
                 "baselines.{baseline}",
                 "baselines.device",

@@ -83,11 +83,21 @@ _WORDNET_TGZ = "https://wordnetcode.princeton.edu/3.0/WNdb-3.0.tar.gz"  # the ca
 _WORDNET_NLTK = "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/wordnet.zip"
 
 _KNOW_SUBNET_SUMS = {
-    "conceptnet_lama/controlkg_train_best_format.json": "1547427d2df01c9953221e34d339a6424583200053bacee97314372d7563e1cb",
-    "conceptnet_lama/controlkg_val_best_format.json": "16adfce0a66bc575b4af61c02620c118b6af5faf4f49c044139410a2345ad402",
-    "conceptnet_lama/targetkg/best_format/fruit_best_format.json": "99bc74dd46ff891bf90eae8a1e257cc8577489834f90b8f10410b01b2b5b9a19",
-    "conceptnet_lama/targetkg/best_format/sun_best_format.json": "feb53b9bfa651d21c6d3f99076d5040b3b6dc6ebb43cffc8dc263ce3705ea0a2",
-    "conceptnet_lama/targetkg/best_format/swimming_best_format.json": "020979d28aed771c3ec19f5fe45b1300a202708524b00c8b8f7d7f09781af1c2",
+    "conceptnet_lama/controlkg_train_best_format.json": (
+        "1547427d2df01c9953221e34d339a6424583200053bacee97314372d7563e1cb"
+    ),
+    "conceptnet_lama/controlkg_val_best_format.json": (
+        "16adfce0a66bc575b4af61c02620c118b6af5faf4f49c044139410a2345ad402"
+    ),
+    "conceptnet_lama/targetkg/best_format/fruit_best_format.json": (
+        "99bc74dd46ff891bf90eae8a1e257cc8577489834f90b8f10410b01b2b5b9a19"
+    ),
+    "conceptnet_lama/targetkg/best_format/sun_best_format.json": (
+        "feb53b9bfa651d21c6d3f99076d5040b3b6dc6ebb43cffc8dc263ce3705ea0a2"
+    ),
+    "conceptnet_lama/targetkg/best_format/swimming_best_format.json": (
+        "020979d28aed771c3ec19f5fe45b1300a202708524b00c8b8f7d7f09781af1c2"
+    ),
     "conceptnet_lama/targetkg/fruit.jsonl": "6da8e448acdcbae41ac0851d03f3e92106e26fedb58634310a94aad2d4714525",
     "conceptnet_lama/targetkg/sun.jsonl": "c0c54a02b1a571ff99d2c04e8936cdfcefc46d9782e614e4480a12860b57f3d3",
     "conceptnet_lama/targetkg/swimming.jsonl": "67baeedad4e06a460433e81b003d311870982713c51320917a879d217863a183",
@@ -97,14 +107,30 @@ _KNOW_SUBNET_SUMS = {
     "csqa/csqa_controlkg_best_format_val.json": "300801c4c3e42e319f29d21c63d596a1f31e1940cc05c5fb600e17c743d732fa",
     "csqa/csqa_targetkg_best_format.json": "babbd2e658a1bdc2ab41e4b5af9b4530e2f13a666a195adb18613733112d5709",
     # The paper's WordNet lists (file names contain ( ' ): URL-quoted when downloaded.
-    "wordnet/controlkg/controlkg_val_best_format.json": "a8cd3ba0ac62fd7c497940e0c8750ae145ba2c39b3d58419b04d05376413d85b",
-    "wordnet/targetkg/Synset('building.n.01')_best_format.json": "c5eeaf554e1120f08500e99ea64432c24d98cbd65abca8295999371b8bfbacd1",
-    "wordnet/targetkg/Synset('change.n.01')_best_format.json": "1573f55e5540170d5b68fc56c76f2f66b8d1689723ba3f26d1064f4d031fd624",
-    "wordnet/targetkg/Synset('communication.n.02')_best_format.json": "2958e2dedadd9961ec6614937a8d7179bcb8166aed55852fe0870e61b3994168",
-    "wordnet/targetkg/Synset('location.n.01')_best_format.json": "b10da5981cf6654122529009a938f23ca963459ac60ad520c5401282ecd0d642",
-    "wordnet/targetkg/Synset('magnitude.n.01')_best_format.json": "e20a645768edbe3c9cb1ca72d63e3faca4f356f6e00d3da1e4d77accbe724f32",
-    "wordnet/targetkg/Synset('representation.n.02')_best_format.json": "2b1fb9c895f27021adf9cbacb9efa0d4fd4beffc3d86b17fc453def31583c5b1",
-    "wordnet/targetkg/Synset('statement.n.01')_best_format.json": "48dc86ec68e8135cd25ce132e64b5250bcfa00168b8cc02ed888a31c0c017ba4",
+    "wordnet/controlkg/controlkg_val_best_format.json": (
+        "a8cd3ba0ac62fd7c497940e0c8750ae145ba2c39b3d58419b04d05376413d85b"
+    ),
+    "wordnet/targetkg/Synset('building.n.01')_best_format.json": (
+        "c5eeaf554e1120f08500e99ea64432c24d98cbd65abca8295999371b8bfbacd1"
+    ),
+    "wordnet/targetkg/Synset('change.n.01')_best_format.json": (
+        "1573f55e5540170d5b68fc56c76f2f66b8d1689723ba3f26d1064f4d031fd624"
+    ),
+    "wordnet/targetkg/Synset('communication.n.02')_best_format.json": (
+        "2958e2dedadd9961ec6614937a8d7179bcb8166aed55852fe0870e61b3994168"
+    ),
+    "wordnet/targetkg/Synset('location.n.01')_best_format.json": (
+        "b10da5981cf6654122529009a938f23ca963459ac60ad520c5401282ecd0d642"
+    ),
+    "wordnet/targetkg/Synset('magnitude.n.01')_best_format.json": (
+        "e20a645768edbe3c9cb1ca72d63e3faca4f356f6e00d3da1e4d77accbe724f32"
+    ),
+    "wordnet/targetkg/Synset('representation.n.02')_best_format.json": (
+        "2b1fb9c895f27021adf9cbacb9efa0d4fd4beffc3d86b17fc453def31583c5b1"
+    ),
+    "wordnet/targetkg/Synset('statement.n.01')_best_format.json": (
+        "48dc86ec68e8135cd25ce132e64b5250bcfa00168b8cc02ed888a31c0c017ba4"
+    ),
 }
 
 RAW_FILES: tuple[RawFile, ...] = (

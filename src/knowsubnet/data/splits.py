@@ -363,8 +363,9 @@ def make_splits(
 
     The TargetKG is shuffled with the seed and capped at `max_targetkg` first; the ControlKG is
     then every fact with no head or tail among the TargetKG's entities (and, for a relation
-    target, not of that relation), shuffled, split by `fractions` and capped per split. With `targetkg_holdout` false (the paper) the TargetKG is
-    not split: train = val = test = all selected facts; true splits it as `holdout` says
+    target, not of that relation), shuffled, split by `fractions` and capped per split. With
+    `targetkg_holdout` false (the paper) the TargetKG is not split: train = val = test = all
+    selected facts; true splits it as `holdout` says
     (`heldout.py`: entity-disjoint, or per fact). A `report` dict given is filled with how.
 
     ControlKG facts come from the target's own graph: WordNet (Hypernym) facts for a WordNet

@@ -73,7 +73,7 @@ def read_templates(path: str | Path) -> dict[str, tuple[list[str], list[str]]]:
 def register_templates(targets: Mapping[str, Any]) -> None:
     """Add the relations of every target's templates file to `data.relations`, so that every stage
     verbalises them (each stage process calls this once, after loading its params)."""
-    for name, spec in targets.items():
+    for spec in targets.values():
         if is_user_target(spec) and spec.get("templates"):
             path = spec["templates"]
             for rel, (templates, heldout) in read_templates(path).items():

@@ -123,7 +123,7 @@ def finetuned(
             index = order[position : position + batch]
             position += len(index)
             if scope == "masked":
-                loss = facts.tail_ce(index, {l.name: l.weight for l in layers} if bf16 else None).mean()
+                loss = facts.tail_ce(index, {layer.name: layer.weight for layer in layers} if bf16 else None).mean()
             else:
                 loss = _full_tail_ce(model, facts, index, autocast).mean()
             optimizer.zero_grad(set_to_none=True)

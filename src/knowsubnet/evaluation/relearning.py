@@ -11,8 +11,9 @@ Finetuning data (`robustness.relearn.data`), each scored on the held-out TargetK
   than the original learns facts it never knew was not hiding them.
 
 Each point of `robustness.relearn.points` (scope masked or whole, lr, steps; optionally its own
-`data` list) runs for every data, model and seed. Recovered = 1 - gap_after / gap_before, gap = mean over facts of NLL(remaining) -
-NLL(original), both finetuned identically; its interval resamples facts and seeds together.
+`data` list) runs for every data, model and seed. Recovered = 1 - gap_after / gap_before, gap =
+mean over facts of NLL(remaining) - NLL(original), both finetuned identically; its interval
+resamples facts and seeds together.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def magnitude_matched(
     """Per matrix, the weights sorted by magnitude in `bins` equal-size bins; in each bin as many
     weights drawn at random as the mask has there (x `factor`, at most the bin)."""
     out = {}
-    for layer in sorted(layers, key=lambda l: l.name):
+    for layer in sorted(layers, key=lambda maskable: maskable.name):
         magnitude = layer.weight.detach().abs().flatten().cpu()
         order = torch.argsort(magnitude, stable=True)
         rank = torch.empty_like(order)
@@ -69,7 +69,7 @@ def magnitude_matched(
 
 def _weight_gradients(trainer: MaskTrainer, side: str, n: int, batch: int) -> dict[str, torch.Tensor]:
     """d(mean tail-token cross-entropy over all `side` facts)/dW for the masked layers."""
-    weights = {l.name: l.weight.detach().clone().requires_grad_(True) for l in trainer.layers}
+    weights = {layer.name: layer.weight.detach().clone().requires_grad_(True) for layer in trainer.layers}
     targets_all = trainer.t_targets if side == "target" else trainer.c_targets
     total_tokens = int((targets_all != IGNORE).sum())
     for start in range(0, n, batch):
@@ -86,7 +86,7 @@ def taylor_terms(trainer: MaskTrainer, side: str, batch: int) -> dict[str, torch
     the weight is zeroed."""
     n = trainer.n_target if side == "target" else trainer.n_control
     grads = _weight_gradients(trainer, side, n, batch)
-    return {l.name: (-l.weight.detach() * grads[l.name]).cpu() for l in trainer.layers}
+    return {layer.name: (-layer.weight.detach() * grads[layer.name]).cpu() for layer in trainer.layers}
 
 
 def attribution_scores(
@@ -121,7 +121,7 @@ def top_counts(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[
 
 
 def down_projections(layers: list[masking.MaskableLayer]) -> list[masking.MaskableLayer]:
-    found = [l for l in layers if l.name.endswith(DOWN_PROJECTIONS)]
+    found = [layer for layer in layers if layer.name.endswith(DOWN_PROJECTIONS)]
     if not found:
         raise InputError(
             f"no MLP output projection among the masked layers ({layers[0].name}, ...): expected a "
@@ -205,9 +205,9 @@ def neuron_masks(
     flat = torch.cat([scores[name] for name in names])
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
     chosen[torch.argsort(-flat, stable=True)[: min(n, flat.numel())]] = True
-    out = {l.name: torch.zeros(l.weight.shape, dtype=torch.bool) for l in layers}
+    out = {layer.name: torch.zeros(layer.weight.shape, dtype=torch.bool) for layer in layers}
     offset = 0
-    by_name = {l.name: l for l in layers}
+    by_name = {layer.name: layer for layer in layers}
     for name in names:
         count = scores[name].numel()
         neurons = chosen[offset : offset + count]

@@ -125,7 +125,7 @@ def _attribution(inputs: FitInputs, trainer: MaskTrainer, reference: dict[str, t
     """Attribution over `signed` x `contrast`; the gradients run once."""
     cfg = inputs.params.baselines.attribution
     counts = {name: int(m.sum()) for name, m in reference.items()}
-    sizes = {l.name: l.weight.numel() for l in trainer.layers}
+    sizes = {layer.name: layer.weight.numel() for layer in trainer.layers}
     target = attribution.taylor_terms(trainer, "target", cfg.batch)
     control = attribution.taylor_terms(trainer, "control", cfg.batch) if any(cfg.contrast) else None
     candidates = [
@@ -191,7 +191,8 @@ def _fit_sized(inputs: FitInputs, sizer) -> Fitted:
     )
     layers = edits.edit_layers(inputs.lm, reference, source=str(mask))
     reference_masks = {
-        l.name: masking.expand_to_weight(reference.tensors[l.name], l, reference.granularity) for l in layers
+        layer.name: masking.expand_to_weight(reference.tensors[layer.name], layer, reference.granularity)
+        for layer in layers
     }
 
     def score(masks):
@@ -260,7 +261,7 @@ def fit_unlearning(inputs: FitInputs) -> Fitted:
     )
     result = trainer.train()
     layers = trainer.layers
-    top_k = len({l.block for l in layers})
+    top_k = len({layer.block for layer in layers})
     edit = edits.Edit("weights", result.logits, {**inputs.metadata, "top_k_blocks": str(top_k)})
     curve = [
         _curve_row(row["step"], 0, {k: row[f"val_{k}_ppl"] for k in ("targetkg", "controlkg", "controllm")})

@@ -102,7 +102,7 @@ def edited_weights(layers: list[masking.MaskableLayer], edit: Edit, keep: str = 
         return masking.apply_mask(layers, edit.tensors, edit.granularity, keep)
     if keep != "remaining":
         raise ValueError("only a mask has a subnetwork to keep")
-    return {l.name: edit.tensors[l.name].to(l.weight.device, l.weight.dtype) for l in layers}
+    return {layer.name: edit.tensors[layer.name].to(layer.weight.device, layer.weight.dtype) for layer in layers}
 
 
 def applied(layers: list[masking.MaskableLayer], edit: Edit, keep: str = "remaining"):
@@ -115,7 +115,7 @@ def random_input_neurons_like(
 ) -> dict[str, torch.Tensor]:
     """Weight masks zeroing as many whole input neurons per matrix as `masks` do, chosen at random."""
     out = {}
-    for layer in sorted(layers, key=lambda l: l.name):
+    for layer in sorted(layers, key=lambda maskable: maskable.name):
         mask = masks[layer.name]
         columns = int(mask.sum()) // layer.out_features
         chosen = torch.zeros(layer.in_features, dtype=torch.bool)
@@ -133,7 +133,7 @@ def random_like(edit: Edit, layers: list[masking.MaskableLayer], generator: torc
             masks = masking.random_masks_like(edit.tensors, generator)
         return dataclasses.replace(edit, tensors=masks)
     new = {}
-    for layer in sorted(layers, key=lambda l: l.name):
+    for layer in sorted(layers, key=lambda maskable: maskable.name):
         weight = layer.weight.detach().float().cpu()
         delta = edit.tensors[layer.name].float().cpu() - weight
         direction = torch.randn(weight.shape, generator=generator)
@@ -152,7 +152,7 @@ def change_stats(model: nn.Module, layers: list[masking.MaskableLayer], edit: Ed
         changed += int(nonzero.sum())
         sq += float(delta.double().pow(2).sum())
         total_abs += float(delta.double().abs().sum())
-    in_layers = sum(l.weight.numel() for l in layers)
+    in_layers = sum(layer.weight.numel() for layer in layers)
     return {
         "changed_weights": changed,
         "changed_share_masked_layers": changed / in_layers,

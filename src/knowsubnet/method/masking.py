@@ -170,7 +170,7 @@ def random_masks_like(masks: dict[str, torch.Tensor], generator: torch.Generator
 
 def subnetwork_size(layers: list[MaskableLayer], masks: dict[str, torch.Tensor], granularity: str) -> int:
     """Number of weights in the subnetwork (neuron masks count every weight of a masked neuron)."""
-    return sum(int(expand_to_weight(masks[l.name], l, granularity).sum()) for l in layers)
+    return sum(int(expand_to_weight(masks[layer.name], layer, granularity).sum()) for layer in layers)
 
 
 def sparsity(
@@ -178,7 +178,7 @@ def sparsity(
 ) -> dict[str, float]:
     """Share of weights NOT in the subnetwork: over the masked layers, and over all weights."""
     in_subnet = subnetwork_size(layers, masks, granularity)
-    masked_total = sum(l.weight.numel() for l in layers)
+    masked_total = sum(layer.weight.numel() for layer in layers)
     all_total = sum(p.numel() for p in model.parameters())
     return {"masked_layers": 1.0 - in_subnet / masked_total, "all_weights": 1.0 - in_subnet / all_total}
 
@@ -216,7 +216,7 @@ def check_mask_matches(
     layers: list[MaskableLayer], logits: dict[str, torch.Tensor], granularity: str, source: str
 ) -> None:
     """Fail clearly if a mask file does not fit the model's maskable layers."""
-    expected = {l.name: l.mask_shape(granularity) for l in layers}
+    expected = {layer.name: layer.mask_shape(granularity) for layer in layers}
     if set(expected) != set(logits):
         missing = sorted(set(expected) - set(logits))[:3]
         extra = sorted(set(logits) - set(expected))[:3]

@@ -288,7 +288,7 @@ class MaskTrainer:
         random = random_masks_like({k: v.cpu() for k, v in binary.items()}, generator)
         random_scores = self.validation_ppls(apply_mask(self.layers, random, self.mcfg.granularity))
         return self._record_validation(
-            1.0 - in_subnet / sum(l.weight.numel() for l in self.layers), scores, random_scores
+            1.0 - in_subnet / sum(layer.weight.numel() for layer in self.layers), scores, random_scores
         )
 
     def _record_validation(self, sparsity: float, scores: dict, random_scores: dict) -> dict[str, float]:
@@ -394,7 +394,7 @@ class MaskTrainer:
         if self.cfg.lambda_expression > 0:
             # The subnetwork alone (in the masked layers) must still express TargetKG:
             # W * m = W - W_eff, from the same draw.
-            subnet = {l.name: self.top.weight(l.name) - weights[l.name] for l in self.layers}
+            subnet = {layer.name: self.top.weight(layer.name) - weights[layer.name] for layer in self.layers}
             (logits,) = self._kg_tail_logits(subnet, [("target", idx_t)])
             where = self.t_targets[idx_t.to(self.device)]
             out["expression"] = F.cross_entropy(logits.float(), where[where != IGNORE])

@@ -48,7 +48,7 @@ class WeightParams:
 
     def __init__(self, layers: list[MaskableLayer], compute_dtype: torch.dtype = torch.float32):
         self.layers, self.compute_dtype = layers, compute_dtype
-        self.weights = {l.name: l.weight.detach().clone().float().requires_grad_(True) for l in layers}
+        self.weights = {layer.name: layer.weight.detach().clone().float().requires_grad_(True) for layer in layers}
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.weights.values())
@@ -61,8 +61,10 @@ class WeightParams:
 
     def density(self) -> float:
         """Share of the masked layers' weights changed so far."""
-        changed = sum(int((w.detach() != l.weight.detach()).sum()) for l, w in zip(self.layers, self.weights.values()))
-        return changed / sum(l.weight.numel() for l in self.layers)
+        changed = sum(
+            int((w.detach() != layer.weight.detach()).sum()) for layer, w in zip(self.layers, self.weights.values())
+        )
+        return changed / sum(layer.weight.numel() for layer in self.layers)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.weights.items()}
@@ -200,8 +202,8 @@ class UnlearningTrainer(MaskTrainer):
                 f"blocks, but only {n_masked} are masked (mask.top_k_blocks)"
             )
         self.rmu_block = n_blocks - cfg.layer
-        self.trained = [l for l in self.layers if l.block <= self.rmu_block]
-        self.optimizer = precision.adam([self.mask.weights[l.name] for l in self.trained], cfg.lr, self.dtype)
+        self.trained = [layer for layer in self.layers if layer.block <= self.rmu_block]
+        self.optimizer = precision.adam([self.mask.weights[layer.name] for layer in self.trained], cfg.lr, self.dtype)
         hidden_size = self.t_hidden.shape[-1]
         self.control = control_vector(hidden_size, cfg.steering_coeff, self.seed + 2).to(self.device)
         chunk = max(self.cfg.batch.controlkg, 1)
@@ -256,7 +258,7 @@ class UnlearningTrainer(MaskTrainer):
 
     def _rmu_step_loss(self, idx_t, idx_c, idx_lm):
         cfg = self.cfg
-        weights = {l.name: self.mask.weights[l.name].to(self.dtype) for l in self.trained}
+        weights = {layer.name: self.mask.weights[layer.name].to(self.dtype) for layer in self.trained}
         target_h, control_h = self._kg_tail_hidden(weights, [("target", idx_t), ("control", idx_c)])
         forget = rmu_forget(target_h, self.control)
         zero = torch.zeros((), device=self.device)

@@ -354,7 +354,7 @@ def train(
     model = build_model(tokenizer, spec, seed)
     model.train()
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": float(spec["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,7 @@ def pack(masks: Mapping[str, torch.Tensor]) -> PackedMask:
     return PackedMask(layout, np.packbits(flat))
 
 
-AnyMask = Union[Mapping[str, torch.Tensor], PackedMask]
+AnyMask = Mapping[str, torch.Tensor] | PackedMask
 
 
 def jaccard(a: AnyMask, b: AnyMask) -> float:

@@ -136,7 +136,9 @@ def wordings_table(records: list[RobustnessResult]) -> pd.DataFrame:
                     "sentences": label,
                     "known / all": f"{group.known_sentences} / {group.sentences}",
                     "× (random)": _xr(group),
-                    f"suppressed ≥ ×{fmt(words.threshold)} (random)": f"{_share(removed)} ({pct(random.share, 0) if random.share is not None else '–'})",
+                    f"suppressed ≥ ×{fmt(words.threshold)} (random)": (
+                        f"{_share(removed)} ({pct(random.share, 0) if random.share is not None else '–'})"
+                    ),
                 }
             )
     return pd.DataFrame(rows)
@@ -166,9 +168,13 @@ def readouts_table(records: list[RobustnessResult]) -> pd.DataFrame:
         rows.append(
             {
                 "model / target / seed": _run(rec),
-                "likelihood top-1: original → removed (random)": f"{pct(choice['original'].share, 0)} → {_share(choice['removed'])} ({pct(choice['random'].share, 0)})",
+                "likelihood top-1: original → removed (random)": (
+                    f"{pct(choice['original'].share, 0)} → {_share(choice['removed'])} "
+                    f"({pct(choice['random'].share, 0)})"
+                ),
                 "linear probe top-1: original → removed (random); prior only": (
-                    f"{pct(probe['original'].share, 0)} → {_share(probe['removed'])} ({pct(probe['random'].share, 0)}); "
+                    f"{pct(probe['original'].share, 0)} → {_share(probe['removed'])} "
+                    f"({pct(probe['random'].share, 0)}); "
                     f"{pct(probe['prior_only'].share, 0)}"
                     if probe
                     else "–"
@@ -457,10 +463,11 @@ QUESTIONS = [
         "relearning",
         "Relearning",
         relearning_table,
-        "Finetune the masked layers or the whole model, then score held-out TargetKG facts (unknown: facts the original "
-        "never knew, scored on unknown held-out facts: how much the budget teaches from scratch). Recovered = 1 − gap "
-        "after / gap before, gap = log PPL remaining − log PPL original, both finetuned identically; 0 = untouched, "
-        "1 = closed; undefined where the removal was under ×2. Interval: facts and seeds resampled together.",
+        "Finetune the masked layers or the whole model, then score held-out TargetKG facts (unknown: facts the "
+        "original never knew, scored on unknown held-out facts: how much the budget teaches from scratch). "
+        "Recovered = 1 − gap after / gap before, gap = log PPL remaining − log PPL original, both finetuned "
+        "identically; 0 = untouched, 1 = closed; undefined where the removal was under ×2. Interval: facts and "
+        "seeds resampled together.",
     ),
     (
         "specificity",

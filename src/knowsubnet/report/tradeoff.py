@@ -90,11 +90,19 @@ def bars_markdown(table: pd.DataFrame, bars: dict[str, float]) -> pd.DataFrame:
                 "TargetKG facts (known / all)": row.targetkg_facts,
                 "ControlKG facts": row.controlkg_facts,
                 f"sparsity (≥ {bars['min_sparsity']:.0%})": f"{row.sparsity:.2%}{mark(meets['min_sparsity'])}",
-                f"TargetKG × (≥ {bars['min_target_ratio']:g})": f"{row.targetkg_x:,.1f}{mark(meets['min_target_ratio'])}",
+                f"TargetKG × (≥ {bars['min_target_ratio']:g})": (
+                    f"{row.targetkg_x:,.1f}{mark(meets['min_target_ratio'])}"
+                ),
                 "random TargetKG ×": f"{row.random_targetkg_x:.3f}",
-                f"random share (≤ {bars['max_random_share']:g})": f"{row.random_share:.4f}{mark(meets['max_random_share'])}",
-                f"ControlKG × ({band(bars['max_controlkg_ratio'])})": f"{row.controlkg_x:.3f}{mark(meets['max_controlkg_ratio'])}",
-                f"ControlLM × ({band(bars['max_controllm_ratio'])})": f"{row.controllm_x:.3f}{mark(meets['max_controllm_ratio'])}",
+                f"random share (≤ {bars['max_random_share']:g})": (
+                    f"{row.random_share:.4f}{mark(meets['max_random_share'])}"
+                ),
+                f"ControlKG × ({band(bars['max_controlkg_ratio'])})": (
+                    f"{row.controlkg_x:.3f}{mark(meets['max_controlkg_ratio'])}"
+                ),
+                f"ControlLM × ({band(bars['max_controllm_ratio'])})": (
+                    f"{row.controllm_x:.3f}{mark(meets['max_controllm_ratio'])}"
+                ),
                 "all bars": "yes" if row.all_bars else "no",
             }
         )

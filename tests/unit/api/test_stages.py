@@ -69,6 +69,8 @@ def test_every_rule_calls_a_declared_stage_with_its_arguments_and_its_params():
     )
     assert {"discover_mask", "prune_baseline", "sweep_mask", "sweep_select", "report"} <= set(rules)
     called = set()
+    # a declared {wildcard} is the rule's wildcard (${item.name}) or a value the rule fixes
+    any_part = r"(\$\{item\.\w+\}|[^.]+)"
     for rule, job in rules.items():
         words = job["cmd"].split()
         assert words[0] == "knowsubnet" and words[1] in STAGES, f"rule {rule}: {job['cmd'][:80]}"
@@ -76,8 +78,6 @@ def test_every_rule_calls_a_declared_stage_with_its_arguments_and_its_params():
         called.add(stage.name)
         flags = {word for word in words if word.startswith("--")}
         assert flags <= {arg.flag for arg in stage.args} | {"--params"}, f"rule {rule}"
-        # a declared {wildcard} is the rule's wildcard (${item.name}) or a value the rule fixes
-        any_part = r"(\$\{item\.\w+\}|[^.]+)"
         patterns = [re.compile(re.sub(r"\\\{\w+\\\}", lambda _: any_part, re.escape(key))) for key in stage.params]
         assert len(job["params"]) == len(patterns), f"rule {rule}: {job['params']}"
         for pattern, key in zip(patterns, job["params"]):

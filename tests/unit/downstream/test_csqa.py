@@ -367,7 +367,7 @@ def tiny_setup():
     model.requires_grad_(False)
     layers = masking.find_maskable_layers(model, 1)
     gen = torch.Generator().manual_seed(1)
-    logits = {l.name: torch.randn(l.mask_shape("weight"), generator=gen) - 1.0 for l in layers}
+    logits = {layer.name: torch.randn(layer.mask_shape("weight"), generator=gen) - 1.0 for layer in layers}
     groups = {
         "removed_known": questions[20:22],
         "removed": questions[20:24],
@@ -902,7 +902,7 @@ def test_finetune_csqa_stage(csqa_files, tmp_path):
     gen = torch.Generator().manual_seed(0)
     masking.save_mask(
         tmp_path / "mask.safetensors",
-        {l.name: torch.randn(l.mask_shape("weight"), generator=gen) for l in layers},
+        {layer.name: torch.randn(layer.mask_shape("weight"), generator=gen) for layer in layers},
         {"granularity": "weight", "top_k_blocks": 1, "model": "toy", "target": "csqa1", "seed": 0},
     )
     params = base_params(

@@ -67,7 +67,7 @@ def stage(tmp_path_factory):
     )
     layers = masking.find_maskable_layers(model, 1)
     generator = torch.Generator().manual_seed(0)
-    logits = {l.name: torch.randn(l.mask_shape("weight"), generator=generator) - 1.0 for l in layers}
+    logits = {layer.name: torch.randn(layer.mask_shape("weight"), generator=generator) - 1.0 for layer in layers}
     masking.save_mask(root / "mask.safetensors", logits, {"granularity": "weight", "top_k_blocks": 1, "seed": 0})
 
     params = base_params(PARAMS)

@@ -140,7 +140,7 @@ def tiny():
     control = FactSet(ids.flip(0), targets.flip(0), [f"c{i}" for i in range(6)])
     blocks = torch.randint(0, 30, (3, 8), generator=gen)
     layers = masking.find_maskable_layers(model, 2)
-    logits = {l.name: torch.randn(l.mask_shape("weight"), generator=gen) for l in layers}
+    logits = {layer.name: torch.randn(layer.mask_shape("weight"), generator=gen) for layer in layers}
     return model, layers, logits, facts, control, blocks
 
 
@@ -209,16 +209,16 @@ def test_ablation_restores_weights(tiny):
 def test_removed_equals_scoring_with_weights_zeroed(tiny):
     model, layers, logits, facts, control, blocks = tiny
     result = _run(tiny)
-    saved = {l.name: l.weight.detach().clone() for l in layers}
+    saved = {layer.name: layer.weight.detach().clone() for layer in layers}
     try:
         with torch.no_grad():
-            for l in layers:
-                l.weight[logits[l.name] > 0] = 0.0
+            for layer in layers:
+                layer.weight[logits[layer.name] > 0] = 0.0
         ppl = scoring.summarize_facts(scoring.score_facts(model, facts, 4, "cpu"))["ppl"]
     finally:
         with torch.no_grad():
-            for l in layers:
-                l.weight.copy_(saved[l.name])
+            for layer in layers:
+                layer.weight.copy_(saved[layer.name])
     assert result["removed"]["targetkg"]["ppl"] == pytest.approx(ppl, rel=1e-9)
 
 
@@ -239,7 +239,7 @@ def test_random_baseline_has_the_masks_per_matrix_counts(tiny, monkeypatch):
 
 
 def test_empty_and_full_subnetworks(tiny):
-    layers, logits = tiny[1], tiny[2]
+    logits = tiny[2]
     empty = _run(tiny, logits={n: torch.full_like(v, -1.0) for n, v in logits.items()})
     for s in ("targetkg", "controlkg", "controllm"):
         assert empty["delta_ppl"]["removed"][s] == 0.0 and empty["delta_ppl"]["random"][s] == 0.0

@@ -47,7 +47,8 @@ def run_files(tmp_path_factory, gpt2_style):
     )
     layers = masking.find_maskable_layers(model, 1)
     logits = {
-        l.name: torch.where(torch.arange(l.weight.numel()).view(l.weight.shape) % 3 == 0, 2.0, -2.0) for l in layers
+        layer.name: torch.where(torch.arange(layer.weight.numel()).view(layer.weight.shape) % 3 == 0, 2.0, -2.0)
+        for layer in layers
     }
     masking.save_mask(
         root / "mask.safetensors",

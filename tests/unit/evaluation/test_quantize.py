@@ -67,7 +67,7 @@ def test_zeros_stay_zero_and_four_bits_err_more_than_eight():
         with quantize.quantized(model, bits) as inside:
             assert inside == stats  # the stats say what rounding does, the model left alone
         assert stats["zeros"] > 0 and stats["zeros_kept"] == stats["zeros"]
-        assert stats["weights"] == sum(l.weight.numel() for l in quantize.block_layers(model))
+        assert stats["weights"] == sum(layer.weight.numel() for layer in quantize.block_layers(model))
         assert 0.5 < stats["changed_share"] <= 1.0
         errors[bits] = stats["relative_error"]
         assert stats["mean_relative_error"] == pytest.approx(stats["relative_error"], rel=0.5)
@@ -77,7 +77,7 @@ def test_zeros_stay_zero_and_four_bits_err_more_than_eight():
 def test_only_block_linear_weights_change_and_all_come_back_exactly():
     model = masked_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    layers = {f"{l.name}.weight" for l in quantize.block_layers(model)}
+    layers = {f"{layer.name}.weight" for layer in quantize.block_layers(model)}
     zero_before = {name: before[name] == 0 for name in layers}
     ids = torch.randint(50, (2, 8), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -112,9 +112,9 @@ def test_a_llama_rounds_its_linear_layers_too():
     )
     layers = quantize.block_layers(model)
     assert len(layers) == 14  # q k v o gate up down, in both blocks
-    saved = [l.weight.detach().clone() for l in layers]
+    saved = [layer.weight.detach().clone() for layer in layers]
     with quantize.quantized(model, 4) as stats:
-        assert all(torch.equal(l.weight, quantize.quantize_weight(s, 4)) for l, s in zip(layers, saved))
-    assert stats["changed"] > 0 and all(torch.equal(l.weight, s) for l, s in zip(layers, saved))
+        assert all(torch.equal(layer.weight, quantize.quantize_weight(s, 4)) for layer, s in zip(layers, saved))
+    assert stats["changed"] > 0 and all(torch.equal(layer.weight, s) for layer, s in zip(layers, saved))
     with pytest.raises(ValueError, match="bits"):
         quantize.quantize_weight(saved[0], 3)

@@ -230,13 +230,16 @@ def test_an_empty_mask_changes_no_readout(toy):
         return readouts.logit_lens(cached), features, probe.accuracy(features[60:], candidates[60:], true_index[60:])
 
     lens, features, correct = read()
-    empty = edits.mask_edit({l.name: torch.zeros(l.weight.shape, dtype=torch.bool) for l in layers})
+    empty = edits.mask_edit({layer.name: torch.zeros(layer.weight.shape, dtype=torch.bool) for layer in layers})
     with edits.applied(layers, empty):
         lens_empty, features_empty, correct_empty = read()
     assert all(torch.equal(lens[b], lens_empty[b]) for b in lens)
     assert torch.equal(features, features_empty) and torch.equal(correct, correct_empty)
     half = edits.mask_edit(
-        {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5 for l in layers}
+        {
+            layer.name: torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+            for layer in layers
+        }
     )
     with edits.applied(layers, half):
         assert not torch.equal(readouts.logit_lens(cached)[1], lens[1])  # a real removal is seen

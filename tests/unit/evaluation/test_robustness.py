@@ -269,7 +269,7 @@ def workspace(tmp_path_factory):
     encoding.save_blocks(root / "controllm" / "train.safetensors", blocks[:-2])
     encoding.save_blocks(root / "controllm" / "test.safetensors", blocks[-2:])
     layers = masking.find_maskable_layers(model, 1)
-    return {"root": root, "layers": [l.name for l in layers], "tokenizer": tokenizer}
+    return {"root": root, "layers": [layer.name for layer in layers], "tokenizer": tokenizer}
 
 
 def toy_params(**robust):
@@ -293,7 +293,7 @@ def write_mask(root, name, fill):
 
     model = AutoModelForCausalLM.from_pretrained(root / "model")
     layers = masking.find_maskable_layers(model, 1)
-    logits = {l.name: fill(l.weight.shape) for l in layers}
+    logits = {layer.name: fill(layer.weight.shape) for layer in layers}
     path = root / f"{name}.safetensors"
     masking.save_mask(path, logits, {"granularity": "weight", "top_k_blocks": "1", "seed": "0"})
     return path
@@ -468,8 +468,10 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     root = workspace["root"]
     model = AutoModelForCausalLM.from_pretrained(root / "model").eval().requires_grad_(False)
     layers = masking.find_maskable_layers(model, 1)
-    before = {l.name: l.weight.detach().clone() for l in layers}
-    removed = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for l in layers}
+    before = {layer.name: layer.weight.detach().clone() for layer in layers}
+    removed = {
+        layer.name: torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.2 for layer in layers
+    }
     table = verbalized_frame(facts_frame())
     facts = CachedFacts(
         model,
@@ -488,16 +490,16 @@ def test_relearning_holds_removed_weights_at_zero_and_restores_the_model(workspa
     with relearn.finetuned(
         layers, facts, removed=removed, granularity="weight", hold_zero=True, steps=8, lr=1e-2, batch=6, seed=0
     ) as losses:
-        for l in layers:
-            assert (l.weight[removed[l.name]] == 0).all()
-            assert not torch.equal(l.weight[~removed[l.name]], before[l.name][~removed[l.name]])
+        for layer in layers:
+            assert (layer.weight[removed[layer.name]] == 0).all()
+            assert not torch.equal(layer.weight[~removed[layer.name]], before[layer.name][~removed[layer.name]])
     assert losses[-1] < losses[0]  # the finetune lowers the loss on what it trains on
     with relearn.finetuned(
         layers, facts, removed=removed, granularity="weight", hold_zero=False, steps=8, lr=1e-2, batch=6, seed=0
     ):
-        assert any((l.weight[removed[l.name]] != 0).any() for l in layers)  # free: removed weights train
-    for l in layers:
-        assert torch.equal(l.weight, before[l.name]) and not l.weight.requires_grad
+        assert any((layer.weight[removed[layer.name]] != 0).any() for layer in layers)  # free: removed weights train
+    for layer in layers:
+        assert torch.equal(layer.weight, before[layer.name]) and not layer.weight.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def trainer_for(model, **over):
 
 def reference_mask(layers, share=0.05, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return {l.name: torch.rand(l.weight.shape, generator=gen) < share for l in layers}
+    return {layer.name: torch.rand(layer.weight.shape, generator=gen) < share for layer in layers}
 
 
 def counts(masks):
@@ -104,10 +104,10 @@ def test_neuron_ablation_zeroes_whole_neurons_of_the_mlp_output_projection(build
     specific = {n: scores[n] - 1.0 * control[n] for n in scores}
     assert any(not torch.equal(scores[n], specific[n]) for n in scores)
     downs = attribution.down_projections(trainer.layers)
-    assert set(scores) == {l.name for l in downs} and len(downs) == 2
+    assert set(scores) == {layer.name for layer in downs} and len(downs) == 2
     n = 5
     masks = attribution.neuron_masks(trainer.layers, scores, n)
-    by_name = {l.name: l for l in trainer.layers}
+    by_name = {layer.name: layer for layer in trainer.layers}
     removed_neurons = 0
     for name, mask in masks.items():
         layer = by_name[name]
@@ -120,7 +120,7 @@ def test_neuron_ablation_zeroes_whole_neurons_of_the_mlp_output_projection(build
         removed_neurons += int(whole.sum())
     assert removed_neurons == n
     # the chosen neurons are the highest-scoring ones over both layers
-    flat = torch.cat([scores[l.name] for l in downs])
+    flat = torch.cat([scores[layer.name] for layer in downs])
     assert flat.topk(n).values.min() >= flat.sort(descending=True).values[n]
 
 
@@ -162,7 +162,7 @@ def test_finetuning_unlearning_raises_the_targetkg_loss_and_only_moves_the_maske
     assert after - before > 0.3 and after - before > 3 * abs(retain_only - before), (before, after, retain_only)
     # the model itself is untouched by training, and only the masked layers differ in the edit
     assert all(torch.equal(p, before_weights[n]) for n, p in model.named_parameters())
-    assert set(edit.tensors) == {l.name for l in layers}
+    assert set(edit.tensors) == {layer.name for layer in layers}
     assert edits.change_stats(model, layers, edit)["changed_share_masked_layers"] > 0.9
 
 
@@ -181,15 +181,17 @@ def test_weight_edits_round_trip_apply_restore_and_have_a_same_norm_random_count
     model = llama()
     layers = masking.find_maskable_layers(model, 2)
     gen = torch.Generator().manual_seed(0)
-    new = {l.name: l.weight.detach() + 0.01 * torch.randn(l.weight.shape, generator=gen) for l in layers}
+    new = {
+        layer.name: layer.weight.detach() + 0.01 * torch.randn(layer.weight.shape, generator=gen) for layer in layers
+    }
     path = tmp_path / "removal.safetensors"
     edits.save_weights_edit(path, new, {"top_k_blocks": "2", "method": "npo"})
     edit = edits.load_edit(path)
     assert edit.kind == "weights" and edits.edit_layers(model, edit, "x") == layers
-    original = {l.name: l.weight.detach().clone() for l in layers}
+    original = {layer.name: layer.weight.detach().clone() for layer in layers}
     with edits.applied(layers, edit):
-        assert all(torch.equal(l.weight, new[l.name]) for l in layers)
-    assert all(torch.equal(l.weight, original[l.name]) for l in layers)
+        assert all(torch.equal(layer.weight, new[layer.name]) for layer in layers)
+    assert all(torch.equal(layer.weight, original[layer.name]) for layer in layers)
     random = edits.random_like(edit, layers, torch.Generator().manual_seed(1))
     for layer in layers:
         delta, random_delta = new[layer.name] - original[layer.name], random.tensors[layer.name] - original[layer.name]
@@ -201,7 +203,8 @@ def test_a_neuron_masks_random_counterpart_draws_whole_neurons():
     model = gpt2()
     layers = masking.find_maskable_layers(model, 2)
     trainer_scores = {
-        l.name: torch.arange(l.in_features, dtype=torch.float32) for l in attribution.down_projections(layers)
+        layer.name: torch.arange(layer.in_features, dtype=torch.float32)
+        for layer in attribution.down_projections(layers)
     }
     masks = attribution.neuron_masks(layers, trainer_scores, 6)
     edit = edits.mask_edit(masks, "weight", {"unit": "input_neuron"})
@@ -314,7 +317,7 @@ def test_rmu_trains_only_the_masked_layers_at_or_below_the_steered_block():
     model = gpt2()
     trainer = rmu_trainer(model, steps=4, layer=2)  # the lower of the 2 masked blocks
     assert trainer.rmu_block == trainer.first_block == 2
-    assert {l.block for l in trainer.trained} == {2} and len(trainer.trained) < len(trainer.layers)
+    assert {layer.block for layer in trainer.trained} == {2} and len(trainer.trained) < len(trainer.layers)
     result = trainer.train()
     for layer in trainer.layers:
         same = torch.equal(result.logits[layer.name], layer.weight.detach())

@@ -262,7 +262,7 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
     paths = []
     for seed in (2, 0, 1):
         generator = torch.Generator().manual_seed(seed)
-        logits = {l.name: torch.randn(l.mask_shape("weight"), generator=generator) - 1.0 for l in layers}
+        logits = {layer.name: torch.randn(layer.mask_shape("weight"), generator=generator) - 1.0 for layer in layers}
         paths.append(tmp_path / f"seed{seed}.safetensors")
         masking.save_mask(
             paths[-1],
@@ -355,7 +355,7 @@ def test_evaluate_ablation_and_combine_seeds_stages(workspace, tmp_path, capsys)
     neuron = tmp_path / "neuron.safetensors"
     masking.save_mask(
         neuron,
-        {l.name: torch.ones(l.mask_shape("neuron_in")) for l in layers},
+        {layer.name: torch.ones(layer.mask_shape("neuron_in")) for layer in layers},
         {"granularity": "neuron_in", "top_k_blocks": 1, "seed": 3},
     )
     bad = argv[: argv.index("--masks") + 1] + [str(paths[0]), str(neuron)] + argv[argv.index("--model-dir") :]

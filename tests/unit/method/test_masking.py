@@ -38,11 +38,11 @@ def llama(n_layer=4):
 
 def test_find_layers_gpt2():
     layers = masking.find_maskable_layers(gpt2(), top_k=2)
-    names = [l.name for l in layers]
+    names = [layer.name for layer in layers]
     assert names == [
         f"transformer.h.{b}.{n}" for b in (2, 3) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     ]
-    assert all(l.transposed for l in layers)
+    assert all(layer.transposed for layer in layers)
     c_fc = layers[2]
     assert (c_fc.in_features, c_fc.out_features) == (32, 128)
     assert c_fc.mask_shape("weight") == (32, 128)  # Conv1D native layout [in, out]
@@ -51,7 +51,7 @@ def test_find_layers_gpt2():
 
 def test_find_layers_llama():
     layers = masking.find_maskable_layers(llama(), top_k=1)
-    names = [l.name.split("model.layers.3.")[1] for l in layers]
+    names = [layer.name.split("model.layers.3.")[1] for layer in layers]
     assert names == [
         "self_attn.q_proj",
         "self_attn.k_proj",
@@ -61,11 +61,11 @@ def test_find_layers_llama():
         "mlp.up_proj",
         "mlp.down_proj",
     ]
-    assert not any(l.transposed for l in layers)
+    assert not any(layer.transposed for layer in layers)
     down = layers[-1]
     assert down.mask_shape("weight") == (32, 48)  # nn.Linear native layout [out, in]
     assert (down.in_features, down.out_features) == (48, 32)
-    assert "lm_head" not in " ".join(l.name for l in layers)
+    assert "lm_head" not in " ".join(layer.name for layer in layers)
     with pytest.raises(InputError):
         masking.find_maskable_layers(llama(), top_k=5)
 
@@ -97,17 +97,19 @@ def test_neuron_masks_remove_features(build, granularity):
 def test_weight_mask_application_and_restore():
     model = gpt2()
     layers = masking.find_maskable_layers(model, top_k=1)
-    before = {l.name: l.weight.detach().clone() for l in layers}
-    masks = {l.name: torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(1)) > 0.7 for l in layers}
+    before = {layer.name: layer.weight.detach().clone() for layer in layers}
+    masks = {
+        layer.name: torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(1)) > 0.7 for layer in layers
+    }
     with masking.masked_weights(layers, masks, "weight"):
-        for l in layers:
-            assert bool((l.weight[masks[l.name]] == 0).all())
-            assert torch.equal(l.weight[~masks[l.name]], before[l.name][~masks[l.name]])
+        for layer in layers:
+            assert bool((layer.weight[masks[layer.name]] == 0).all())
+            assert torch.equal(layer.weight[~masks[layer.name]], before[layer.name][~masks[layer.name]])
     with masking.masked_weights(layers, masks, "weight", keep="subnetwork"):
-        for l in layers:
-            assert bool((l.weight[~masks[l.name]] == 0).all())
-    for l in layers:
-        assert torch.equal(l.weight, before[l.name])
+        for layer in layers:
+            assert bool((layer.weight[~masks[layer.name]] == 0).all())
+    for layer in layers:
+        assert torch.equal(layer.weight, before[layer.name])
 
 
 def test_random_masks_like_counts():
@@ -128,7 +130,7 @@ def test_random_masks_like_counts():
 
 def test_save_load_mask(tmp_path):
     layers = masking.find_maskable_layers(gpt2(), top_k=1)
-    logits = {l.name: torch.randn(l.mask_shape("neuron_out")) for l in layers}
+    logits = {layer.name: torch.randn(layer.mask_shape("neuron_out")) for layer in layers}
     path = tmp_path / "mask.safetensors"
     masking.save_mask(path, logits, {"granularity": "neuron_out", "model": "m", "target": "IsA", "seed": 0})
     loaded, meta = masking.load_mask(path)

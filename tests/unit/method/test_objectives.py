@@ -33,11 +33,16 @@ def test_maintain_losses_hand_computed():
 
 
 def test_schedules():
-    w = lambda t: objectives.ramp(t, 100, 2.0, 3.0, 0.5)
+    def w(t):
+        return objectives.ramp(t, 100, 2.0, 3.0, 0.5)
+
     assert w(1) == 2.0 and w(50) == 2.0
     assert math.isclose(w(75), 2.5) and math.isclose(w(100), 3.0)
     assert objectives.ramp(10, 100, 2.0, 3.0, 1.0) == 2.0
-    lr = lambda t: objectives.learning_rate(t, 100, 0.2, 0.1)
+
+    def lr(t):
+        return objectives.learning_rate(t, 100, 0.2, 0.1)
+
     assert math.isclose(lr(1), 0.02) and math.isclose(lr(5), 0.1) and lr(10) == 0.2 and lr(100) == 0.2
     assert objectives.learning_rate(1, 100, 0.2, 0.0) == 0.2
 

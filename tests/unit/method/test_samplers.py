@@ -25,8 +25,8 @@ def test_mask_logits_deterministic_weights_match_masked_weights(granularity):
     with masking.masked_weights(
         layers, masking.binary_masks({k: v.detach() for k, v in ml.logits.items()}), granularity
     ):
-        for l in layers:
-            assert torch.equal(eff[l.name], l.weight)
+        for layer in layers:
+            assert torch.equal(eff[layer.name], layer.weight)
 
 
 def test_mask_logits_init_and_state_dict():
@@ -37,7 +37,7 @@ def test_mask_logits_init_and_state_dict():
     assert math.isclose(ml.expected_density().item(), 0.45, rel_tol=1e-5)
     assert ml.density() == 0.0  # logit(0.45) < 0: the deterministic subnetwork starts empty
     state = ml.state_dict()
-    assert set(state) == {l.name for l in layers}
+    assert set(state) == {layer.name for layer in layers}
     other = mask_logits(layers, granularity="weight", init_prob=0.9)
     other.load_state_dict(state)
     assert all(torch.equal(other.logits[k], state[k]) for k in state)
@@ -104,12 +104,14 @@ def test_fused_masked_weight_matches_composed_autograd(tau):
             b.copy_(a)
     eff = fused.effective_weights(torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
-    sample = {l.name: plain.sample_one(l, gen) for l in layers}  # the plain draw, layer by layer
-    probe = {l.name: torch.randn(l.weight.shape, generator=torch.Generator().manual_seed(9)) for l in layers}
-    loss_f = sum((eff[l.name] * probe[l.name]).sum() for l in layers)
-    loss_p = sum((l.weight.detach() * (1 - sample[l.name]) * probe[l.name]).sum() for l in layers)
-    for l in layers:
-        torch.testing.assert_close(eff[l.name], l.weight.detach() * (1 - sample[l.name].detach()))
+    sample = {layer.name: plain.sample_one(layer, gen) for layer in layers}  # the plain draw, layer by layer
+    probe = {
+        layer.name: torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(9)) for layer in layers
+    }
+    loss_f = sum((eff[layer.name] * probe[layer.name]).sum() for layer in layers)
+    loss_p = sum((layer.weight.detach() * (1 - sample[layer.name]) * probe[layer.name]).sum() for layer in layers)
+    for layer in layers:
+        torch.testing.assert_close(eff[layer.name], layer.weight.detach() * (1 - sample[layer.name].detach()))
     loss_f.backward()
     loss_p.backward()
     for a, b in zip(fused.parameters(), plain.parameters()):
@@ -128,7 +130,7 @@ def test_noise_scale_moves_training_draws_to_the_deterministic_mask(granularity)
     scale_one = ml.effective_weights(torch.Generator().manual_seed(5), noise_scale=1.0)
     annealed = ml.effective_weights(torch.Generator().manual_seed(5), noise_scale=0.01)
     deterministic = ml.effective_weights(deterministic=True)
-    assert any(not torch.equal(plain[l.name], deterministic[l.name]) for l in layers)  # noise at scale 1
-    for l in layers:
-        assert torch.equal(scale_one[l.name], plain[l.name])
-        assert torch.equal(annealed[l.name], deterministic[l.name])
+    assert any(not torch.equal(plain[layer.name], deterministic[layer.name]) for layer in layers)  # noise at scale 1
+    for layer in layers:
+        assert torch.equal(scale_one[layer.name], plain[layer.name])
+        assert torch.equal(annealed[layer.name], deterministic[layer.name])

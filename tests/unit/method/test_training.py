@@ -151,7 +151,7 @@ def config(**over):
 def test_cached_prefix_logits_equal_full_forward(build, top_k):
     model = build()
     layers = masking.find_maskable_layers(model, top_k)
-    top = TopBlocks(model, min(l.block for l in layers))
+    top = TopBlocks(model, min(layer.block for layer in layers))
     fs = facts(8, 9, seed=3)
     with torch.no_grad():
         full = model(input_ids=fs.input_ids).logits
@@ -159,8 +159,8 @@ def test_cached_prefix_logits_equal_full_forward(build, top_k):
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
     # replaced weights for one call == masking the weights in place, and the model is left untouched
     gen = torch.Generator().manual_seed(0)
-    masks = {l.name: torch.rand(l.weight.shape, generator=gen) > 0.5 for l in layers}
-    eff = {l.name: l.weight.detach().masked_fill(masks[l.name], 0.0) for l in layers}
+    masks = {layer.name: torch.rand(layer.weight.shape, generator=gen) > 0.5 for layer in layers}
+    eff = {layer.name: layer.weight.detach().masked_fill(masks[layer.name], 0.0) for layer in layers}
     with torch.no_grad():
         got = top.head(top.forward(top.prefix(fs.input_ids), eff))
         with masking.masked_weights(layers, masks, "weight"):

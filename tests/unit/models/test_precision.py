@@ -80,10 +80,10 @@ def test_the_trainer_follows_the_cpu(monkeypatch, flags, expected):
     trainer.step()
     assert trainer.dtype == expected
     if expected == torch.bfloat16:
-        assert all(trainer.mask.frozen[l.name].dtype == torch.bfloat16 for l in trainer.layers)
+        assert all(trainer.mask.frozen[layer.name].dtype == torch.bfloat16 for layer in trainer.layers)
         return
     assert trainer.top.compute_weights == {}  # a CPU without bf16: fp32, on the model's own weights
-    assert all(trainer.mask.frozen[l.name] is l.weight for l in trainer.layers)
+    assert all(trainer.mask.frozen[layer.name] is layer.weight for layer in trainer.layers)
 
 
 def test_bf16_top_blocks_keep_copies_norms_in_fp32_and_agree_with_fp32():
@@ -111,8 +111,8 @@ def test_bf16_top_blocks_keep_copies_norms_in_fp32_and_agree_with_fp32():
 def test_a_bf16_mask_step_gives_fp32_logit_gradients_from_bf16_weights():
     model = gpt2()
     layers = masking.find_maskable_layers(model, 2)
-    top = TopBlocks(model, min(l.block for l in layers), torch.bfloat16)
-    mask = mask_logits(layers, init_prob=0.3, frozen={l.name: top.weight(l.name) for l in layers})
+    top = TopBlocks(model, min(layer.block for layer in layers), torch.bfloat16)
+    mask = mask_logits(layers, init_prob=0.3, frozen={layer.name: top.weight(layer.name) for layer in layers})
     weights = mask.effective_weights(torch.Generator().manual_seed(0))
     assert all(w.dtype == torch.bfloat16 for w in weights.values())
     hidden = top.prefix(torch.randint(1, 97, (2, 6), generator=torch.Generator().manual_seed(1)))
@@ -123,5 +123,5 @@ def test_a_bf16_mask_step_gives_fp32_logit_gradients_from_bf16_weights():
     binary = masking.binary_masks(mask.state_dict())
     det = mask.effective_weights(deterministic=True)
     want = masking.apply_mask(layers, binary, "weight")
-    for l in layers:
-        assert torch.equal(det[l.name] == 0, want[l.name].to(torch.bfloat16) == 0)
+    for layer in layers:
+        assert torch.equal(det[layer.name] == 0, want[layer.name].to(torch.bfloat16) == 0)

@@ -130,7 +130,8 @@ def llama():
 
 def _zero_masks(model, granularity="weight"):
     return {
-        l.name: torch.zeros(l.mask_shape(granularity), dtype=torch.bool) for l in masking.find_maskable_layers(model, 1)
+        layer.name: torch.zeros(layer.mask_shape(granularity), dtype=torch.bool)
+        for layer in masking.find_maskable_layers(model, 1)
     }
 
 
