@@ -137,6 +137,11 @@ def bench(proj):
     assert "| mask step |" in out.stdout and "mask / floor" in out.stdout and "native bf16 flags" in out.stdout
 
 
+def stage_help(proj):
+    out = run([BIN / "knowsubnet", "discover_mask", "--help"], proj).stdout
+    assert "--out-dir" in out and "--params" in out and "mask, train, known" in out, out
+
+
 CHECKS = {
     "make run": make_dry("run"),
     "make run-tiny": make_dry("run-tiny"),
@@ -178,6 +183,7 @@ CHECKS = {
     ),
     "snakemake --report results/report.html": None,  # needs a finished run: tests/workflow/test_end_to_end.py
     "snakemake --lint": lint,
+    "knowsubnet discover_mask --help": stage_help,
     "make bench": bench,
     (
         "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
