@@ -30,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from shapes import SMOLLM2_135M  # noqa: E402  (benchmarks/shapes.py, beside this script)
 
 from knowsubnet.downstream.csqa.data import encode_questions, question_text, read_questions  # noqa: E402
 from knowsubnet.downstream.csqa.features import head_features  # noqa: E402
@@ -60,17 +61,7 @@ def smollm2_shaped(questions):
         ),
     )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    config = LlamaConfig(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**SMOLLM2_135M, eos_token_id=tokenizer.eos_token_id)
     return LlamaForCausalLM(config).eval(), tokenizer
 
 

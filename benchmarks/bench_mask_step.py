@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from shapes import SMOLLM2_135M  # noqa: E402  (benchmarks/shapes.py, beside this script)
 
 PAPER = {"batch_targetkg": 250, "batch_controlkg": 250, "batch_controllm": 10, "block_size": 512}
 PAPER_STEPS = 40_000
@@ -89,20 +90,7 @@ def make_model(shape: str, seed: int = 0):
     elif shape == "smollm2-135m":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=49152,
-            max_position_embeddings=2048,
-            rms_norm_eps=1e-5,
-            rope_theta=100000.0,
-            tie_word_embeddings=True,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
+        cfg = LlamaConfig(**SMOLLM2_135M, rms_norm_eps=1e-5, rope_theta=100000.0, bos_token_id=0, eos_token_id=0)
         return LlamaForCausalLM(cfg), 6, "random SmolLM2-135M shape (30 x 576, vocab 49152)"
     else:
         cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)

@@ -131,24 +131,17 @@ def split_choices(**overrides) -> dict:
     return {**choices, **overrides}
 
 
-def mask_logits(layers, **over):
-    """samplers.MaskLogits with params `mask` as config/base.yaml sets it (core.sections.Mask), `over` changed."""
+def mask_logits(layers, frozen=None, **over):
+    """samplers.MaskLogits with params `mask` as config/base.yaml sets it (core.sections.Mask), the
+    fields in `over` changed (unvalidated, so a test can hand MaskLogits a bad value)."""
+    from types import SimpleNamespace
+
     from knowsubnet.core.sections import Mask
     from knowsubnet.method import samplers
 
     mask = Mask()
-    hc = mask.hard_concrete
-    settings = dict(
-        granularity=mask.granularity,
-        init_prob=mask.init_prob,
-        sampler=mask.sampler,
-        tau=mask.tau,
-        beta=hc.beta,
-        gamma=hc.gamma,
-        zeta=hc.zeta,
-        hard_concrete_hard=hc.hard,
-    )
-    return samplers.MaskLogits(layers, **{**settings, **over})
+    fields = {name: getattr(mask, name) for name in mask.__dataclass_fields__}
+    return samplers.MaskLogits.from_params(layers, SimpleNamespace(**{**fields, **over}), frozen=frozen)
 
 
 # -- running the workflow engines on a copy of the project ----------------------------------------

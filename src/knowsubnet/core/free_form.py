@@ -3,7 +3,7 @@ mappings whose keys the user names (or lists of small mappings). Their JSON sche
 by hand (a selector is one of several forms, a model's keys depend on its source), with the default
 targets and models; `core.sections` and `core.config` attach them to their fields."""
 
-RELATIONS = [
+RELATIONS = [  # the 16 LAMA-ConceptNet relations (data.relations holds their templates)
     "AtLocation",
     "CapableOf",
     "Causes",

@@ -25,32 +25,11 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from knowsubnet.core import free_form
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.wordnet import synset_lemma
 
-RELATIONS: tuple[str, ...] = (
-    "AtLocation",
-    "CapableOf",
-    "Causes",
-    "CausesDesire",
-    "Desires",
-    "HasA",
-    "HasPrerequisite",
-    "HasProperty",
-    "HasSubevent",
-    "IsA",
-    "MadeOf",
-    "MotivatedByGoal",
-    "NotDesires",
-    "PartOf",
-    "ReceivesAction",
-    "UsedFor",
-)
-
-# WordNet facts: (hyponym synset, Hypernym, hypernym synset), "the tail is a hypernym of the head"
-# (named after WordNet's `@` pointer; read as "head is a kind of tail"). Heads and tails are synset
-# names (building.n.01), verbalised as their first lemma with `_` read as a space; kept apart from
-# ConceptNet's IsA so that relation targets and ControlKG pools of the two graphs never mix.
+RELATIONS: tuple[str, ...] = tuple(free_form.RELATIONS)  # the 16 LAMA-ConceptNet relations; one list, the schema's
 WORDNET_RELATIONS: tuple[str, ...] = ("Hypernym",)
 ALL_RELATIONS: tuple[str, ...] = RELATIONS + WORDNET_RELATIONS
 

@@ -14,6 +14,7 @@ import math
 import torch
 
 from knowsubnet.core.errors import InputError
+from knowsubnet.core.sections import Mask
 from knowsubnet.method.masking import GRANULARITIES, MaskableLayer, apply_mask, expand_to_weight
 
 SAMPLERS = ("gumbel_sigmoid", "hard_concrete")
@@ -136,6 +137,30 @@ class MaskLogits:
     `frozen` ({layer name: W}) gives W in the compute dtype (bf16 copies: W_eff is then bf16 and
     the logits' gradient fp32); by default the layers' own weights.
     """
+
+    @classmethod
+    def from_params(
+        cls,
+        layers: list[MaskableLayer],
+        mask: Mask,
+        device: torch.device | str | None = None,
+        frozen: dict[str, torch.Tensor] | None = None,
+    ) -> MaskLogits:
+        """The mask logits params `mask` (core.sections.Mask) describe."""
+        hc = mask.hard_concrete
+        return cls(
+            layers,
+            mask.granularity,
+            mask.init_prob,
+            mask.sampler,
+            mask.tau,
+            hc.beta,
+            hc.gamma,
+            hc.zeta,
+            device=device,
+            hard_concrete_hard=hc.hard,
+            frozen=frozen,
+        )
 
     def __init__(
         self,

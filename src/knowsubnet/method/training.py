@@ -122,18 +122,10 @@ class MaskTrainer:
         self.layers = find_maskable_layers(self.model, mask_config.top_k_blocks)
         self.first_block = min(layer.block for layer in self.layers)
         self.top = TopBlocks(self.model, self.first_block, self.dtype)
-        hc = mask_config.hard_concrete
-        self.mask = MaskLogits(
+        self.mask = MaskLogits.from_params(
             self.layers,
-            mask_config.granularity,
-            mask_config.init_prob,
-            mask_config.sampler,
-            mask_config.tau,
-            hc.beta,
-            hc.gamma,
-            hc.zeta,
+            mask_config,
             device=self.device,
-            hard_concrete_hard=hc.hard,
             frozen={layer.name: self.top.weight(layer.name) for layer in self.layers},
         )
         self.optimizer = precision.adam(self.mask.parameters(), train_config.lr, self.dtype)

@@ -257,7 +257,6 @@ class UnlearningTrainer(MaskTrainer):
         return self.c_frozen[rows.to(self.c_frozen.device)]
 
     def _rmu_step_loss(self, idx_t, idx_c, idx_lm):
-        cfg = self.cfg
         weights = {layer.name: self.mask.weights[layer.name].to(self.dtype) for layer in self.trained}
         target_h, control_h = self._kg_tail_hidden(weights, [("target", idx_t), ("control", idx_c)])
         forget = rmu_forget(target_h, self.control)
@@ -278,19 +277,22 @@ class UnlearningTrainer(MaskTrainer):
             "expression": zero,
             "sparsity_loss": zero,
         }
-        loss = (
-            cfg.lambda_suppress * forget
+        return self._weighted(parts), parts
+
+    def _weighted(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss: the forget term and the two retain terms, each with its weight."""
+        cfg = self.cfg
+        return (
+            cfg.lambda_suppress * parts["suppress"]
             + cfg.lambda_controlkg * parts["controlkg"]
             + cfg.lambda_controllm * parts["controllm"]
         )
-        return loss, parts
 
     # -- one step ------------------------------------------------------------------------------
 
     def _step_loss(self, idx_t, idx_c, idx_lm, weight_s, noise_scale):
         if self.method == "rmu":
             return self._rmu_step_loss(idx_t, idx_c, idx_lm)
-        cfg = self.cfg
         weights = self.mask.effective_weights()
         target_logits, control_logits = self._kg_tail_logits(weights, [("target", idx_t), ("control", idx_c)])
         targets = self.t_targets[idx_t.to(self.device)]
@@ -308,12 +310,7 @@ class UnlearningTrainer(MaskTrainer):
             "expression": zero,
             "sparsity_loss": zero,
         }
-        loss = (
-            cfg.lambda_suppress * forget
-            + cfg.lambda_controlkg * parts["controlkg"]
-            + cfg.lambda_controllm * parts["controllm"]
-        )
-        return loss, parts
+        return self._weighted(parts), parts
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
