@@ -27,7 +27,7 @@ from knowsubnet.data.fetch import fetch_from_params
 from knowsubnet.data.split_stage import split_targets
 from knowsubnet.data.triplets import extract_triplets
 from knowsubnet.evaluation.ablation import evaluate_mask
-from knowsubnet.evaluation.export import export_masked_model
+from knowsubnet.evaluation.export import export_from_params
 from knowsubnet.evaluation.robustness import evaluate_robustness
 from knowsubnet.method.discover import discover as discover_mask
 from knowsubnet.models.controllm import write_controllm
@@ -273,20 +273,17 @@ class Run:
         headline = self.evaluate().with_name("headline.json")
         robustness = self.robustness().with_name("headline.json")
         out = self.path("results/remaining/{model}/{target}/seed{seed}")
-        p = self.params
         self._step(
             "export_remaining",
             out / "config.json",
-            lambda: export_masked_model(
-                self.path("results/models/{model}"),
-                self.mask_dir / "mask.safetensors",
-                out,
-                keep=keep or p.export.keep,
-                targets=p.targets,
-                fact_sources=list(p.triplets.sources),
+            lambda: export_from_params(
+                self.params,
+                model_dir=self.path("results/models/{model}"),
+                mask=self.mask_dir / "mask.safetensors",
+                out=out,
+                keep=keep,
                 headline=headline,
                 robustness=robustness,
-                bars=dataclasses.asdict(p.report.bars),
             ),
         )
         return out
