@@ -277,6 +277,21 @@ class Train:
     lambda_expression: number(ge=0) = Field(
         0.0, description="expression loss (the authors' option; their weight 1.0): subnetwork alone on TargetKG"
     )
+    lambda_hidden: number(ge=0) = Field(
+        0.0,
+        description=(
+            "hidden-state loss (0: off, the paper's objective): at every prompt position of a TargetKG train fact, "
+            "what the masked blocks up to `hidden_layer` add to the residual stream is pushed orthogonal to the "
+            "original's (mean cos^2; method.objectives)"
+        ),
+    )
+    hidden_layer: PosInt = Field(
+        1,
+        description=(
+            "the block the hidden-state loss reads, counted from the top of the masked ones (1 = the model's "
+            "last), as baselines.rmu.layer; at most mask.top_k_blocks"
+        ),
+    )
     controlkg_known_only: bool = Field(
         True, description="false: the ControlKG objective uses every ControlKG fact, known or not"
     )

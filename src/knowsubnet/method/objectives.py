@@ -9,8 +9,19 @@ the tail-token positions of KG facts, or every position of ControlLM blocks.
     controllm  = the same KL, at every token of the ControlLM blocks
     sparsity   = expected subnetwork density = mean_entries sigmoid(mask logit)
                  (hard-concrete: mean P(z != 0), the L0 expectation)
+    hidden     = mean_pos cos(d_rem, d_orig)^2 (optional, `train.lambda_hidden`): d is what the masked
+                 blocks up to block `train.hidden_layer` add to the residual stream, at every prompt
+                 position of a TargetKG fact (its words, up to the one that predicts the tail)
 
     total = lambda_s * suppress + lambda_ckg * controlkg + lambda_clm * controllm + w(t) * sparsity
+            [+ lambda_h * hidden]
+
+Why the hidden-state term reads the masked blocks' contribution, and not the hidden state: the
+residual stream entering the first masked block is out of the mask's reach, and a few outlier
+dimensions dominate its norm; the contribution is what removing weights can change. cos^2 is zero
+when that contribution has no component along the original's (removed, or orthogonal), so the term
+asks for the representation of the fact's words to lose what the masked blocks wrote there, in
+every wording those words appear in, rather than for one next token of the trained wordings.
 
 Logits should only be computed where a loss needs them: `tail_hidden` picks the final hidden
 states at tail positions so the LM head runs on those rows only.
@@ -21,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def tail_positions(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,6 +44,22 @@ def tail_hidden(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Final hidden states [B, T, d] at the tail positions of `targets` [B, T] -> [P, d]."""
     rows, cols = tail_positions(targets)
     return hidden[rows, cols]
+
+
+def prompt_positions(targets: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions of each fact's prompt, from its first token to the one that predicts
+    its first tail token (the first position where targets != -100)."""
+    is_tail = targets != -100
+    first_tail = torch.argmax(is_tail.int(), dim=1, keepdim=True)  # the first True of each row
+    positions = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+    return positions <= first_tail
+
+
+def hidden_loss(contribution: torch.Tensor, original: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean over positions of cos(contribution, original)^2; both [P, d]. Zero when every position's
+    contribution is orthogonal to the original's, or gone (norm below eps: cos taken as 0)."""
+    cos = F.cosine_similarity(contribution.float(), original.float(), dim=-1, eps=eps)
+    return (cos * cos).mean()
 
 
 def suppress_loss(logits: torch.Tensor) -> torch.Tensor:

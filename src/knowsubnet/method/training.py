@@ -66,6 +66,7 @@ LOG_COLUMNS = (
     "controlkg",
     "controllm",
     "expression",
+    "hidden",
     "sparsity_loss",
     "sparsity_weight",
     "noise_scale",
@@ -75,6 +76,14 @@ LOG_COLUMNS = (
 
 # Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
 FINAL_CONTROLLM_BLOCKS = 32
+
+
+def flat_rows(counts: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of a flat per-position cache (fact by fact, `counts[i]` rows from `offsets[i]`) for the
+    facts `idx`, in batch order: the order in which a batch's positions are gathered row-major."""
+    counts, starts = counts[idx], offsets[idx]
+    first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)
 
 
 @dataclass
@@ -214,6 +223,36 @@ class MaskTrainer:
                 self.lm_final = torch.cat(parts)
         else:
             self.lm_hidden = self.lm_final = None
+        if self.cfg.lambda_hidden > 0:
+            self._cache_hidden_reference()
+
+    @torch.no_grad()
+    def _cache_hidden_reference(self) -> None:
+        """For the hidden-state loss: the block it reads, each TargetKG training fact's prompt
+        positions, and the original model's contribution of the masked blocks there (flat, fact by fact)."""
+        n_blocks = len(self.top.blocks)
+        if self.cfg.hidden_layer > n_blocks - self.first_block:
+            raise InputError(
+                f"params key 'train.hidden_layer': {self.cfg.hidden_layer} counts from the top of the masked "
+                f"blocks, but only {n_blocks - self.first_block} are masked (mask.top_k_blocks)"
+            )
+        self.hidden_block = n_blocks - self.cfg.hidden_layer
+        self.t_prompt = objectives.prompt_positions(self.t_targets)
+        self.t_prompt_count = self.t_prompt.sum(dim=1).cpu()
+        self.t_prompt_offset = torch.cumsum(self.t_prompt_count, 0) - self.t_prompt_count
+        chunk, parts = max(self.cfg.batch.targetkg, 1), []
+        for start in range(0, self.n_target, chunk):
+            idx = torch.arange(start, min(start + chunk, self.n_target), device=self.device)
+            parts.append(self._masked_contribution(None, idx))
+        self.t_contribution = torch.cat(parts)
+
+    def _masked_contribution(self, weights: dict[str, torch.Tensor] | None, idx: torch.Tensor) -> torch.Tensor:
+        """What the masked blocks up to `hidden_block` add to the residual stream at the prompt positions
+        of TargetKG training facts `idx`: [positions, d], fp32, row-major as `flat_rows` orders them."""
+        width = int(self.t_len[idx.cpu()].max())
+        entering = self.t_hidden[idx, :width]
+        out = self.top.block_output(entering, self.hidden_block, weights)
+        return (out.float() - entering.float())[self.t_prompt[idx, :width]]
 
     @torch.no_grad()
     def _cache_validation(self, val: ValidationSets) -> None:
@@ -303,11 +342,7 @@ class MaskTrainer:
         return F.pad(hidden, (0, 0, 0, width - hidden.shape[1]))
 
     def _controlkg_ref(self, idx: torch.Tensor) -> torch.Tensor:
-        counts = self.c_tail_count[idx]
-        starts = self.c_tail_offset[idx]
-        # rows of the flat cache for the batch, in batch order (= order of tail positions in the batch)
-        first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        rows = torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)
+        rows = flat_rows(self.c_tail_count, self.c_tail_offset, idx)
         return self.c_ref[rows.to(self.c_ref.device)]
 
     # -- one step ----------------------------------------------------------------------------
@@ -392,6 +427,12 @@ class MaskTrainer:
             out["expression"] = F.cross_entropy(logits.float(), where[where != IGNORE])
         else:
             out["expression"] = torch.zeros((), device=self.device)
+        if self.cfg.lambda_hidden > 0:
+            rows = flat_rows(self.t_prompt_count, self.t_prompt_offset, idx_t).to(self.device)
+            contribution = self._masked_contribution(weights, idx_t.to(self.device))
+            out["hidden"] = objectives.hidden_loss(contribution, self.t_contribution[rows])
+        else:
+            out["hidden"] = torch.zeros((), device=self.device)
         return out
 
     def step(self) -> dict[str, float]:
@@ -440,6 +481,7 @@ class MaskTrainer:
             + cfg.lambda_controlkg * parts["controlkg"]
             + cfg.lambda_controllm * parts["controllm"]
             + cfg.lambda_expression * parts["expression"]
+            + cfg.lambda_hidden * parts["hidden"]
             + weight_s * parts["sparsity_loss"]
         )
         return loss, parts

@@ -35,7 +35,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives, registry
 from knowsubnet.method.masking import MaskableLayer
-from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer
+from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer, flat_rows
 from knowsubnet.models import precision
 
 METHODS = tuple(registry.names(registry.FINETUNING))  # graddiff, npo, rmu
@@ -92,6 +92,7 @@ def trainer_config(train: Train, cfg: Unlearning | Rmu) -> Train:
         lambda_controlkg=lambdas[1],
         lambda_controllm=lambdas[2],
         lambda_expression=0.0,
+        lambda_hidden=0.0,
         sparsity_weight=Ramp(0.0, 0.0, 1.0),
         noise_scale=NoiseRamp(1.0, 1.0, 1.0),
         batch=cfg.batch,
@@ -136,13 +137,6 @@ def rmu_forget(hidden: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
 def rmu_retain(hidden: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     """Mean over positions and dimensions of (h - h_original)^2."""
     return F.mse_loss(hidden.float(), frozen.float())
-
-
-class _LayerOutput(Exception):
-    """Stops a forward at the steered block, carrying that block's output."""
-
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden = hidden
 
 
 class UnlearningTrainer(MaskTrainer):
@@ -226,20 +220,8 @@ class UnlearningTrainer(MaskTrainer):
             )
 
     def _layer_output(self, hidden: torch.Tensor, weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """The output of the steered block [B, T, d] from `hidden` entering the first masked block;
-        the blocks above it do not run."""
-
-        def stop(module, args, output):
-            raise _LayerOutput(output[0] if isinstance(output, tuple) else output)
-
-        handle = self.top.blocks[self.rmu_block].register_forward_hook(stop)
-        try:
-            self.top.forward(hidden, weights)
-        except _LayerOutput as caught:
-            return caught.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError(f"block {self.rmu_block} was never called by the model's forward")
+        """The output of the steered block [B, T, d] from `hidden` entering the first masked block."""
+        return self.top.block_output(hidden, self.rmu_block, weights)
 
     def _kg_tail_hidden(
         self, weights: dict[str, torch.Tensor] | None, sides: list[tuple[str, torch.Tensor]]
@@ -251,9 +233,7 @@ class UnlearningTrainer(MaskTrainer):
 
     def _controlkg_frozen(self, idx: torch.Tensor) -> torch.Tensor:
         """The original hidden states at the tail positions of ControlKG facts `idx`, in batch order."""
-        counts, starts = self.c_tail_count[idx], self.c_tail_offset[idx]
-        first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        rows = torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)
+        rows = flat_rows(self.c_tail_count, self.c_tail_offset, idx)
         return self.c_frozen[rows.to(self.c_frozen.device)]
 
     def _rmu_step_loss(self, idx_t, idx_c, idx_lm):
@@ -275,6 +255,7 @@ class UnlearningTrainer(MaskTrainer):
             "controlkg": rmu_retain(control_h, self._controlkg_frozen(idx_c)),
             "controllm": controllm,
             "expression": zero,
+            "hidden": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts
@@ -308,6 +289,7 @@ class UnlearningTrainer(MaskTrainer):
                 objectives.controllm_loss(*self._controllm_logits(weights, idx_lm)) if idx_lm is not None else zero
             ),
             "expression": zero,
+            "hidden": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts

@@ -180,6 +180,24 @@ class TopBlocks:
             handle.remove()
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
+    def block_output(
+        self, hidden: torch.Tensor, block: int, weights: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The output [B, T, d] of block `block` (first <= block) from `hidden` entering block `first`;
+        the blocks above it do not run (RMU's steered block, the mask's hidden-state loss)."""
+
+        def stop(module, args, output):
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.blocks[block].register_forward_hook(stop)
+        try:
+            self.forward(hidden, weights)
+        except _StopForward as caught:
+            return caught.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError(f"block {block} was never called by the model's forward")
+
 
 def check_prefix_path(model: nn.Module, top: TopBlocks, input_ids: torch.Tensor, atol: float = 1e-4) -> float:
     """Compare cached-prefix logits with a plain full forward; raise if they disagree."""

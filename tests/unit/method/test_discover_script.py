@@ -123,6 +123,7 @@ def test_discover_then_export(workspace):
         "controlkg",
         "controllm",
         "expression",
+        "hidden",
         "sparsity_loss",
         "sparsity_weight",
         "noise_scale",

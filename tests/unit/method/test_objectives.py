@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from knowsubnet.method import objectives
@@ -67,3 +68,18 @@ def test_maintain_loss_gradient_matches_autograd_kl():
     z = torch.randn(4, 7, generator=torch.Generator().manual_seed(2), requires_grad=True)
     objectives.suppress_loss(z).backward()
     torch.testing.assert_close(z.grad, (torch.softmax(z, -1) - 1 / 7).detach() / 4)
+
+
+def test_prompt_positions_run_to_the_one_that_predicts_the_first_tail_token():
+    targets = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    assert objectives.prompt_positions(targets).tolist() == [
+        [True, True, True, False, False],
+        [True, True, False, False, False],
+    ]
+
+
+def test_hidden_loss_is_mean_squared_cosine_and_zero_for_a_removed_contribution():
+    original = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    contribution = torch.tensor([[1.0, 1.0], [0.0, -5.0], [0.0, 0.0]])  # cos 1/sqrt(2), -1, gone
+    assert objectives.hidden_loss(contribution, original).item() == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert objectives.hidden_loss(original, original).item() == pytest.approx(1.0)

@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from knowsubnet.core import config as params_config
 from knowsubnet.core.config import Mask, Select, Train
+from knowsubnet.core.errors import InputError
 from knowsubnet.method import masking, objectives
 from knowsubnet.method.batching import length_groups
 from knowsubnet.method.training import MaskTrainer
@@ -102,6 +103,8 @@ TRAIN = {
     "lambda_controlkg": 1.0,
     "lambda_controllm": 1.0,
     "lambda_expression": 0.0,
+    "lambda_hidden": 0.0,
+    "hidden_layer": 1,
     "sparsity_start": 2.0,
     "sparsity_end": 3.0,
     "sparsity_ramp_from": 0.5,
@@ -491,6 +494,43 @@ def test_expression_loss_is_the_subnetwork_alone_cross_entropy():
     assert plain["expression"] == 0.0
     # same draw, same other losses: only the total differs, by the expression term
     assert row["suppress"] == plain["suppress"] and row["loss"] == pytest.approx(plain["loss"] + row["expression"])
+
+
+@pytest.mark.parametrize("build", [gpt2, llama])
+def test_hidden_loss_reads_the_masked_blocks_contribution_at_prompt_positions(build):
+    """The cached original contribution equals a full forward's hidden states (block 2 of 4, the lower of
+    the two masked: below the final norm) minus those entering the first masked block, at the prompt
+    positions; the loss is the mean cos^2 of the step's contribution against it, added with its weight."""
+    target, control, blocks = data()
+
+    def make(**over):
+        return MaskTrainer(
+            build(), target, control, blocks, mask_config(init_prob=0.5), config(**over), seed=0, progress=False
+        )
+
+    trainer = make(lambda_hidden=2.0, hidden_layer=2)
+    assert trainer.hidden_block == 2
+    with torch.no_grad():
+        states = trainer.model(input_ids=target.input_ids, output_hidden_states=True).hidden_states
+    prompt = objectives.prompt_positions(target.targets)
+    expected = (states[3] - states[2])[prompt]
+    assert torch.allclose(trainer.t_contribution, expected, atol=1e-5)
+    # the original weights give cos = 1 at every position
+    idx = torch.tensor([3, 0, 7])
+    rows = torch.cat([torch.nonzero(prompt[i])[:, 0] + int(prompt[:i].sum()) for i in idx.tolist()])
+    assert torch.allclose(trainer._masked_contribution(None, idx), expected[rows], atol=1e-5)
+
+    row = trainer.step()
+    plain = make().step()
+    assert 0.0 < row["hidden"] < 1.0 and plain["hidden"] == 0.0
+    assert row["suppress"] == plain["suppress"]
+    assert row["loss"] == pytest.approx(plain["loss"] + 2.0 * row["hidden"])
+
+
+def test_hidden_layer_above_the_masked_blocks_is_one_line_naming_the_key():
+    target, control, blocks = data()
+    with pytest.raises(InputError, match=r"'train.hidden_layer': 3 counts from the top of the masked blocks"):
+        MaskTrainer(gpt2(), target, control, blocks, mask_config(), config(lambda_hidden=1.0, hidden_layer=3), seed=0)
 
 
 def test_length_groups_cover_every_row_once_with_the_fewest_padded_positions():
