@@ -1,8 +1,9 @@
 """The search on validation (params `sweep`, workflow/rules/sweep.smk; docs/SEARCH.md) on the tiny
 preset cut to seconds (tests/smoke.yaml): three points beside the run's own mask (a mask recipe, a
 GradDiff setting, a wider attribution grid) run with Snakemake into results/sweep/, the table keeps
-per method the point the criterion picks from the validation columns, and dvc.yaml's generated
-sweep stages are the same stages (`dvc commit` then `dvc status`: nothing to do)."""
+per method the point the criterion picks from the validation columns, three of them go through the
+robustness stage and the goal table (`sweep_robustness`), and dvc.yaml's generated sweep stages are
+the same stages (`dvc commit` then `dvc status`: nothing to do)."""
 
 import json
 
@@ -40,7 +41,8 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
     params = merge(
         yaml.safe_load((proj / "params.yaml").read_text()), yaml.safe_load((proj / "tests" / "smoke.yaml").read_text())
     )
-    params["sweep"] = {"points": POINTS}
+    params["sweep"]["points"] = POINTS
+    params["sweep"]["robustness"] = ["preset", "blocks2", "graddiff-lr3e-3"]
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([BIN / "python", "workflow/dvc_yaml.py", "dvc.yaml"], proj)
     stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
@@ -49,6 +51,9 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
     assert "--params params.yaml results/sweep/points/${item.point}.yaml" in stages["sweep_mask"]["cmd"]
     assert "sweep.points.${item.point}" in stages["sweep_point"]["params"]
     assert "sweep_npo" not in stages and "report" in stages
+    assert stages["sweep_robustness_mask"]["matrix"]["point"] == ["blocks2"]
+    assert stages["sweep_robustness_baseline"]["matrix"]["point"] == ["graddiff-lr3e-3"]
+    assert "sweep_goals" in stages
 
     run([BIN / "snakemake", "--cores", "2", "sweep"], proj)
     sweep = proj / "results" / "sweep"
@@ -74,6 +79,16 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
     assert set(frame["method"]) == {"mask", "graddiff", "attribution"}
 
     # DVC: the outputs Snakemake wrote are exactly the sweep stages' outputs
-    run([BIN / "dvc", "commit", "--force", "--quiet", "--with-deps", "sweep_select"], proj)
-    status = run([BIN / "dvc", "status", "--with-deps", "sweep_select"], proj).stdout
-    assert "up to date" in status, status
+    # the points of sweep.robustness through the robustness stage (with their overlays), and the goal table
+    run([BIN / "snakemake", "--cores", "2", "sweep_robustness"], proj)
+    goals = pd.read_csv(sweep / "goals.csv")
+    assert list(goals["point"]) == ["preset", "blocks2", "graddiff-lr3e-3"]
+    assert list(goals["method"]) == ["mask", "mask", "graddiff"]
+    robust = json.loads((sweep / "tiny-gpt2/IsA/blocks2/seed0/robustness/robustness.json").read_text())
+    assert robust["provenance"]["params"]["mask"]["top_k_blocks"] == 2
+
+    # DVC: the outputs Snakemake wrote are exactly the sweep stages' outputs
+    for stage in ("sweep_select", "sweep_goals"):
+        run([BIN / "dvc", "commit", "--force", "--quiet", "--with-deps", stage], proj)
+        status = run([BIN / "dvc", "status", "--with-deps", stage], proj).stdout
+        assert "up to date" in status, status

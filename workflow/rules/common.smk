@@ -225,6 +225,29 @@ def sweep_runs():
     return runs
 
 
+def sweep_robustness_points(kind=None):
+    """The points of sweep.robustness that are sweep points (`preset` is the run's own robustness rule), of
+    one kind: "mask" (the learned mask's recipes) or "baseline" (every other method)."""
+    names = [name for name in config["sweep"]["robustness"] if name in SWEEP_POINTS]
+    if kind is None:
+        return names
+    return [name for name in names if (SWEEP_POINTS[name]["method"] == "mask") == (kind == "mask")]
+
+
+def sweep_robustness_runs():
+    """(name, robustness.json) of every point of sweep.robustness per run model x target x seed, in
+    params order: sweep_goals' inputs, in the order of its --names."""
+    runs = []
+    for model in MODELS:
+        for target in TARGETS:
+            for seed in SEEDS:
+                for name in config["sweep"]["robustness"]:
+                    folder = (f"results/robustness/{model}/{target}/seed{seed}" if name == "preset"
+                              else f"results/sweep/{model}/{target}/{name}/seed{seed}/robustness")
+                    runs.append((name, f"{folder}/robustness.json"))
+    return runs
+
+
 # -- a target path on the command line with an undefined name (called at the end of the Snakefile) --
 
 NAMED_WILDCARDS = {"model": "models", "target": "targets"}  # wildcard -> the params section defining its names

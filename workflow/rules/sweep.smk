@@ -9,7 +9,8 @@
 # (docs/SEARCH.md). The SLURM profiles (workflow/profiles/) do not size these rules yet; until they do (a GPU
 # partition, mem_mb and runtime per rule, as discover_mask's), a cluster runs the sweep where Snakemake runs.
 # The per-baseline rules (one per registered method) say `localrule: True` themselves.
-localrules: sweep_point, sweep_mask, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep
+localrules: sweep_point, sweep_mask, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep, \
+    sweep_robustness_mask, sweep_robustness_baseline, sweep_goals, sweep_robustness
 
 SWEEP_DIR = "results/sweep/{model}/{target}/{point}/seed{seed}"
 
@@ -171,6 +172,73 @@ rule sweep:
         "results/sweep/selection.md",
 
 
+# -- the robustness stage for the points of params sweep.robustness (after the choice), and the goal table --
+
+for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safetensors")):
+
+    rule:
+        """evaluate_robustness on the point's removal, with its overlay (its trained wordings among them)."""
+        name:
+            f"sweep_robustness_{_kind}"
+        input:
+            point="results/sweep/points/{point}.yaml",
+            model="results/models/{model}/config.json",
+            mask=f"{SWEEP_DIR}/{_removal}",
+            triplets="data/processed/triplets.parquet",
+            splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
+                          kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
+            verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
+            controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
+            split_summary="data/processed/splits/{target}/summary.json",
+        output:
+            result=f"{SWEEP_DIR}/robustness/robustness.json",
+            sentences=f"{SWEEP_DIR}/robustness/sentences.parquet",
+            headline=f"{SWEEP_DIR}/robustness/headline.json",
+        wildcard_constraints:
+            point=sweep_point_regex(sweep_robustness_points(_kind)),
+        params:
+            **stage_sections("evaluate_robustness"),
+            out_dir=lambda w, output: str(Path(output.result).parent),
+        threads: 1
+        benchmark:
+            f"results/benchmarks/sweep_robustness_{_kind}/{{model}}/{{target}}/{{point}}/seed{{seed}}.tsv"
+        log:
+            f"logs/sweep_robustness_{_kind}/{{model}}/{{target}}/{{point}}/seed{{seed}}.log",
+        conda:
+            "../envs/knowsubnet.yaml"
+        shell:
+            "knowsubnet evaluate_robustness --params {PARAMS} {input.point} --model {wildcards.model} "
+            "--target {wildcards.target} --seed {wildcards.seed} --model-dir results/models/{wildcards.model} "
+            "--mask {input.mask} --triplets {input.triplets} --splits-root data/processed/splits "
+            "--verbalized-root results/verbalized/{wildcards.model} --controllm results/controllm/{wildcards.model} "
+            "--out-dir {params.out_dir} 2> {log}"
+
+
+rule sweep_goals:
+    """The goal table: every robustness point's numbers beside the goal (knowsubnet.report.goals)."""
+    input:
+        results=[result for _, result in sweep_robustness_runs()],
+    output:
+        csv="results/sweep/goals.csv",
+        md="results/sweep/goals.md",
+    params:
+        **stage_sections("sweep_goals"),
+        names=" ".join(name for name, _ in sweep_robustness_runs()),
+    log:
+        "logs/sweep_goals.log",
+    conda:
+        "../envs/knowsubnet.yaml"
+    shell:
+        "knowsubnet sweep_goals --params {PARAMS} --names {params.names} --results {input.results} "
+        "--out-dir results/sweep 2> {log}"
+
+
+rule sweep_robustness:
+    """`snakemake --cores 2 sweep_robustness`: the points of sweep.robustness through robustness, and the goal table."""
+    input:
+        "results/sweep/goals.md",
+
+
 # dvc.yaml (only when the params define points): the same stages, `dvc repro sweep_select`
 if SWEEP_POINTS:
     DVC_MATRIX["sweep_point"] = {"point": sweep_points()}
@@ -182,3 +250,9 @@ if SWEEP_POINTS:
     DVC_STAGES += ["sweep_point", "sweep_select"]
     DVC_STAGES += [f"sweep_evaluate_{k}" for k in ("mask", "baseline")
                    if (sweep_points("mask") if k == "mask" else len(sweep_points()) > len(sweep_points("mask")))]
+if sweep_robustness_points():
+    for _kind in ("mask", "baseline"):
+        if sweep_robustness_points(_kind):
+            DVC_MATRIX[f"sweep_robustness_{_kind}"] = {"point": sweep_robustness_points(_kind)}
+            DVC_STAGES.append(f"sweep_robustness_{_kind}")
+    DVC_STAGES.append("sweep_goals")

@@ -492,6 +492,18 @@ STAGES: dict[str, Stage] = {
                 Arg("--out-dir", "results/sweep"),
             ),
         ),
+        Stage(
+            "sweep_goals",
+            "knowsubnet.report.goals:goals_from_params",
+            doc="The goal table (docs/SEARCH.md): every robustness result of sweep.robustness beside the removal "
+            "goal (report.bars, report.goals), with 95 % intervals: results/sweep/goals.csv, goals.md.",
+            params=("report.bars", "report.goals"),
+            args=(
+                Arg("--names", "each result's point name, in the order of --results", type=str, nargs="*"),
+                Arg("--results", "each point's robustness.json", nargs="*"),
+                Arg("--out-dir", "results/sweep"),
+            ),
+        ),
     ]
 }
 

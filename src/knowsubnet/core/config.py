@@ -41,6 +41,7 @@ from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsu
     Data,
     Eval,
     Export,
+    Goals,
     HardConcrete,
     Known,
     Mask,
@@ -241,8 +242,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> None:
-    """Check `mapping` against the schema, that run.targets and run.models are defined and that
-    export.seeds are run seeds; the first problem is one InputError line naming its key (never the schema)."""
+    """Check `mapping` against the schema, that run.targets and run.models are defined, that export.seeds
+    are run seeds and that sweep.robustness names points; the first problem is one InputError line naming
+    its key (never the schema)."""
     schema = read_yaml(schema_path)
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(mapping), key=lambda e: list(e.absolute_path))
@@ -260,6 +262,12 @@ def validate(mapping: dict, schema_path: str | Path, source: str = "params") -> 
         if seed not in mapping["run"]["seeds"]:
             raise InputError(
                 f"{source}: params key 'export.seeds': seed {seed} is not in run.seeds {mapping['run']['seeds']}"
+            )
+    sweep = mapping.get("sweep") or {}
+    for name in sweep.get("robustness") or []:  # the robustness of a point needs the point
+        if name != "preset" and name not in (sweep.get("points") or {}):
+            raise InputError(
+                f"{source}: params key 'sweep.robustness': {name!r} is neither 'preset' nor a point of sweep.points"
             )
 
 

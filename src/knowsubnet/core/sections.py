@@ -537,6 +537,18 @@ class Bars:
 
 
 @section
+class Goals:
+    """The removal goal of the search beyond the bars (issue 29; report.goals)."""
+
+    min_suppressed: Fraction = Field(
+        0.8, description="share of known sentences in held-out wordings suppressed, for train and for test facts"
+    )
+    max_recovered: Fraction = Field(
+        0.2, description="relearning on unrelated text, and 4-bit rounding, each recover less than this share"
+    )
+
+
+@section
 class Report:
     combine: Literal["union", "intersection", "majority"] = Field(
         "majority", description=("how a target's seed masks are combined for the between-target overlap")
@@ -549,6 +561,10 @@ class Report:
             "the paper's claim as numbers: each run's test-set result is checked against these. The control bars "
             "are two-sided: ControlKG and ControlLM ratios within [1 / bar, bar] (evaluation.bars)"
         ),
+    )
+    goals: Goals = Field(
+        default_factory=Goals,
+        description="what a removal must also show on the robustness probes (report.goals; snakemake sweep_robustness)",
     )
 
 
@@ -626,4 +642,11 @@ class Sweep:
 
     points: Annotated[dict[str, dict[str, Any]], WithJsonSchema(free_form.SWEEP_POINTS)] = Field(
         {}, description="point name -> {method, set: a params overlay}"
+    )
+    robustness: list[str] = Field(
+        [],
+        description=(
+            "points that also go through the robustness stage and the goal table (snakemake sweep_robustness): "
+            "'preset' (the run's own mask) or a point's name; the points kept on validation"
+        ),
     )

@@ -99,7 +99,7 @@ def test_bad_params_stop_with_one_line_and_nothing_written(tmp_path, capsys):
 
 def test_a_file_generated_for_another_run_stops_the_stage(tmp_path, capsys):
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["sweep"] = {"points": {"short": {"method": "mask", "set": {"train": {"steps": 3}}}}}
+    params["sweep"]["points"] = {"short": {"method": "mask", "set": {"train": {"steps": 3}}}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     argv = ["--params", str(path), "--point", "short", "--out", str(tmp_path / "short.yaml")]

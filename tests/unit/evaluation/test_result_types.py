@@ -8,101 +8,12 @@ import json
 import re
 
 import pytest
-from conftest import metrics
+from conftest import metrics, robustness_dict
 
 from knowsubnet.core.errors import InputError
 from knowsubnet.evaluation.ablation_results import AblationMetrics, Headline
 from knowsubnet.evaluation.csqa_result import CsqaResult, Difference, GroupAccuracy, LengthCheck
 from knowsubnet.evaluation.robustness_results import RobustnessHeadline, RobustnessResult
-
-
-def ratios(removed=2.0):
-    return {
-        "removed": {"ratio": removed, "low": 1.5, "high": 2.5, "n_facts": 3},
-        "random": {"ratio": 1.0, "low": 0.9, "high": 1.1, "n_facts": 3},
-    }
-
-
-def share(value=0.5):
-    return {"share": value, "low": 0.2, "high": 0.8, "n_facts": 4}
-
-
-def robustness_dict():
-    group = {
-        "sentences": 6,
-        "known_sentences": 4,
-        **ratios(),
-        "by_template": {"0": 2.0},
-        "suppressed_share": {"removed": {**share(), "n_sentences": 4}, "random": share(0.0)},
-    }
-    relearned = {"ppl_before": 2.0, "ppl_after": 1.5, "ppl_after_per_seed": [1.5]}
-    return {
-        "model": "m",
-        "target": "A",
-        "seed": 0,
-        "method": "mask",
-        "split": None,
-        "held_out": {
-            "holdout": True,
-            "in_sample": ratios(),
-            "held_out": ratios(3.0),
-            "note": None,
-            "controlkg": ratios(1.0),
-        },
-        "wordings": {
-            "threshold": 2.0,
-            **{k: group for k in ("train_heldout", "test_heldout", "test_trained", "controlkg_heldout")},
-        },
-        "in_context": {"3": {"original_ppl": 4.0, **ratios()}},
-        "multiple_choice": {
-            "targetkg": {v: share() for v in ("original", "removed", "random")},
-            "controlkg": {v: share() for v in ("original", "removed", "random")},
-            "candidates_per_fact": 4.0,
-        },
-        "readouts": {"lens": {"1": {"original_ppl": 3.0, "removed": 2.0, "random": 1.0}}, "linear_probe": None},
-        "quantized": {
-            "none": {
-                "ppl": {"original": {"targetkg": 3.0}, "removed": {"targetkg": 6.0}, "random": {"targetkg": 3.0}},
-                "ratio": {"removed": {"targetkg": 2.0}, "random": {"targetkg": 1.0}},
-                "rounding": None,
-            }
-        },
-        "relearning": {
-            "points": [
-                {
-                    "scope": "masked",
-                    "lr": 0.01,
-                    "steps": 3,
-                    "data": {
-                        "targetkg": {
-                            "n_train": 4,
-                            "n_scored": 3,
-                            "wall_time_s": 0.5,
-                            "original": relearned,
-                            "removed_held": {
-                                **relearned,
-                                "recovered": None,
-                                "low": None,
-                                "high": None,
-                                "per_seed": [None],
-                            },
-                        },
-                        "wikitext": None,
-                    },
-                }
-            ]
-        },
-        "specificity": {
-            "true_facts": ratios(),
-            "false_tails": ratios(),
-            "foreign_heads": ratios(),
-            "same_head_other_facts": ratios(),
-            "other_targets": {"B": ratios(1.0)},
-        },
-        "controlkg_kl": {"removed": 0.01, "random": 0.001},
-        "counts": {"targetkg_test": {"sentences": 3, "facts": 3}},
-        "random_draws": 2,
-    }
 
 
 def csqa_result():

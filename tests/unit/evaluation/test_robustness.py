@@ -388,6 +388,23 @@ def test_the_result_files_read_and_write_back_to_the_same_bytes(workspace, stage
     assert robustness.headline(result) == RobustnessHeadline.read(folder / "headline.json")
 
 
+def test_the_goal_table_reads_the_stage_files(workspace, stage_runs, tmp_path):
+    """report.goals on the stage's files: the empty mask removes nothing, so it misses the TargetKG goal,
+    and relearning's, whose recovered fraction is undefined; one row per file, in the order given."""
+    from knowsubnet.core.config import Bars, Goals
+    from knowsubnet.report.goals import COLUMNS, goal_table
+
+    root = workspace["root"]
+    runs = [("empty", root / "out-empty" / "robustness.json"), ("third", root / "out-third" / "robustness.json")]
+    table = goal_table(runs, Bars(), Goals(), tmp_path)
+    assert list(table["point"]) == ["empty", "third"] and list(table.columns[: len(COLUMNS)]) == COLUMNS
+    empty = table.iloc[0]
+    assert empty["targetkg_x"] == 1.0 and empty["suppressed_test"] == 0.0
+    assert empty["missed"].startswith("targetkg") and "relearning" in empty["missed"]
+    assert (tmp_path / "goals.md").read_text().count("\n| ") == 4  # the header, its rule and two rows
+    assert (tmp_path / "goals.csv").read_text().startswith(",".join(COLUMNS))
+
+
 def test_a_mask_that_removes_weights_changes_the_scores(workspace, stage_runs):
     root = workspace["root"]
     result = stage_runs["third"]

@@ -1,0 +1,211 @@
+"""The removal goal of the search (issue 29; docs/SEARCH.md, "The goal"), checked on robustness results.
+
+One row per robustness result (a sweep point, or the run's own mask `preset`, per model x target x seed),
+each number of the goal beside its 95 % interval, and the goals it misses. Everything is on test facts
+of the entity-disjoint split, except `suppressed_train`: the mask's own training facts (in-sample) in
+the held-out wordings, which no training or selection scored.
+
+The goals (params `report.bars` and `report.goals`):
+
+- `targetkg_x` >= bars.min_target_ratio: held-out TargetKG PPL ÷ the original's;
+- `controlkg_x`, `controllm_x` within [1 / bar, bar] (bars.max_controlkg_ratio, max_controllm_ratio);
+- `suppressed_train`, `suppressed_test` >= goals.min_suppressed: the share of known sentences in the
+  held-out wordings whose PPL rose at least `robustness.suppressed_ratio` x;
+- `probe_removed` <= `probe_random`: the linear probe's top-1 on the remaining model no better than on
+  the random-removed one;
+- `relearn_text_recovered` < goals.max_recovered: finetuning on unrelated text (WikiText, the first
+  relearning point that trains on it), 1 - gap after / gap before, the removal held at zero;
+- `quantized_recovered` < goals.max_recovered: 1 - log(x after 4-bit rounding) / log(x in fp32), the
+  share of the removal's log-PPL gap that rounding the weights to 4 bits closes.
+
+A number that is undefined (no known sentence, no probe, no relearning on text) is left empty and its
+goal counted as missed: the goal is not shown to hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from knowsubnet.core.config import Bars, Goals
+from knowsubnet.core.errors import InputError
+from knowsubnet.core.io import write_text
+from knowsubnet.evaluation.robustness_results import RatioCI, RobustnessResult, ShareCI
+from knowsubnet.report.format import markdown_table, write_csv
+
+RELEARN_TEXT = "wikitext"  # the relearning data that is unrelated text
+QUANTIZED_BITS = "4"
+COLUMNS = [
+    "model",
+    "target",
+    "seed",
+    "point",
+    "method",
+    "targetkg_x",
+    "controlkg_x",
+    "controllm_x",
+    "suppressed_train",
+    "suppressed_test",
+    "probe_removed",
+    "probe_random",
+    "relearn_text_recovered",
+    "quantized_recovered",
+    "missed",
+]
+
+
+def _value(part: RatioCI | ShareCI | None) -> float | None:
+    return None if part is None else part.share if isinstance(part, ShareCI) else part.ratio
+
+
+def _interval(part: RatioCI | ShareCI | None, digits: int) -> str:
+    """`x [low, high]`, or "–" where undefined."""
+    value = _value(part)
+    if value is None:
+        return "–"
+    if part.low is None or part.high is None:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{part.low:.{digits}g}, {part.high:.{digits}g}]"
+
+
+def quantized_recovered(result: RobustnessResult) -> float | None:
+    """1 - log(TargetKG x after 4-bit rounding) / log(TargetKG x in fp32); None without a removal to recover."""
+    plain, rounded = result.quantized.get("none"), result.quantized.get(QUANTIZED_BITS)
+    if plain is None or rounded is None:
+        return None
+    before, after = plain.ratio.removed.get("targetkg"), rounded.ratio.removed.get("targetkg")
+    if before is None or after is None or not before > 1.0 or not after > 0.0:
+        return None
+    return 1.0 - math.log(after) / math.log(before)
+
+
+def relearn_text(result: RobustnessResult):
+    """The removal-held-at-zero run of the first relearning point that trains on unrelated text, or None."""
+    for point in result.relearning.points:
+        runs = point.data.get(RELEARN_TEXT)
+        if runs is not None and runs.removed_held is not None:
+            return runs.removed_held
+    return None
+
+
+def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> dict:
+    """One result's numbers (with their intervals as text in `*_ci`) and the goals it misses."""
+    held = result.held_out.held_out
+    words, probe = result.wordings, result.readouts.linear_probe
+    controllm = result.quantized["none"].ratio.removed.get("controllm") if "none" in result.quantized else None
+    relearned = relearn_text(result)
+    parts = {
+        "targetkg_x": held.removed if held else None,
+        "controlkg_x": result.held_out.controlkg.removed,
+        "suppressed_train": words.train_heldout.suppressed_share.get("removed"),
+        "suppressed_test": words.test_heldout.suppressed_share.get("removed"),
+        "probe_removed": probe.accuracy.get("removed") if probe else None,
+        "probe_random": probe.accuracy.get("random") if probe else None,
+    }
+    row = {"model": result.model, "target": result.target, "seed": result.seed, "point": point}
+    row["method"] = result.method
+    row |= {name: _value(part) for name, part in parts.items()}
+    row["controllm_x"] = controllm
+    row["relearn_text_recovered"] = relearned.recovered if relearned else None
+    row["quantized_recovered"] = quantized_recovered(result)
+    row["missed"] = ", ".join(missed_goals(row, bars, goals))
+    row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}
+    if relearned is not None and relearned.recovered is not None and relearned.low is not None:
+        row["relearn_text_recovered_ci"] = f"{relearned.recovered:.3g} [{relearned.low:.3g}, {relearned.high:.3g}]"
+    return row
+
+
+def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
+    """The goals a row misses, in the module doc's order; an undefined number misses its goal."""
+
+    def within(x, bar):
+        return x is not None and 1.0 / bar <= x <= bar
+
+    def at_least(x, bar):
+        return x is not None and x >= bar
+
+    def below(x, bar):
+        return x is not None and x < bar
+
+    checks = [
+        ("targetkg", at_least(row["targetkg_x"], bars.min_target_ratio)),
+        ("controlkg", within(row["controlkg_x"], bars.max_controlkg_ratio)),
+        ("controllm", within(row["controllm_x"], bars.max_controllm_ratio)),
+        ("wordings_train", at_least(row["suppressed_train"], goals.min_suppressed)),
+        ("wordings_test", at_least(row["suppressed_test"], goals.min_suppressed)),
+        ("probe", row["probe_removed"] is not None and row["probe_random"] is not None
+         and row["probe_removed"] <= row["probe_random"]),
+        ("relearning", below(row["relearn_text_recovered"], goals.max_recovered)),
+        ("quantization", below(row["quantized_recovered"], goals.max_recovered)),
+    ]  # fmt: skip
+    return [name for name, met in checks if not met]
+
+
+def goal_table(runs: Sequence[tuple[str, Path]], bars: Bars, goals: Goals, out_dir: Path) -> pd.DataFrame:
+    """goals.csv (every number, with `*_ci` text columns) and goals.md (the numbers with intervals) from
+    (point name, robustness.json) pairs."""
+    rows = [goal_row(name, RobustnessResult.read(path), bars, goals) for name, path in runs]
+    table = pd.DataFrame(rows)
+    extra = sorted(c for c in table.columns if c not in COLUMNS)
+    table = table[COLUMNS + extra] if rows else pd.DataFrame(columns=COLUMNS)
+    out_dir = Path(out_dir)
+    write_csv(out_dir / "goals.csv", table)
+    write_text(out_dir / "goals.md", goals_markdown(table, bars, goals))
+    return table
+
+
+def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
+    def number(x, digits=3):
+        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+    def ci(row, name):
+        text = row.get(f"{name}_ci")
+        return text if isinstance(text, str) else number(row.get(name))
+
+    header = [
+        "model / target / seed",
+        "point (method)",
+        f"TargetKG × (≥ {bars.min_target_ratio:g})",
+        f"ControlKG × (≤ {bars.max_controlkg_ratio:g} either way)",
+        f"ControlLM × (≤ {bars.max_controllm_ratio:g} either way)",
+        f"held-out wordings suppressed, train facts (≥ {goals.min_suppressed:g})",
+        f"… test facts (≥ {goals.min_suppressed:g})",
+        "linear probe top-1, removed (≤ random)",
+        f"relearning on text, recovered (< {goals.max_recovered:g})",
+        f"4-bit, recovered (< {goals.max_recovered:g})",
+        "missed",
+    ]
+    lines = []
+    for _, row in table.iterrows():
+        lines.append(
+            [
+                f"{row['model']} / {row['target']} / {row['seed']}",
+                f"{row['point']} ({row['method']})",
+                ci(row, "targetkg_x"),
+                ci(row, "controlkg_x"),
+                number(row["controllm_x"], 4),
+                ci(row, "suppressed_train"),
+                ci(row, "suppressed_test"),
+                f"{ci(row, 'probe_removed')} (random {number(row['probe_random'])})",
+                ci(row, "relearn_text_recovered"),
+                number(row["quantized_recovered"]),
+                row["missed"] or "none: every goal met",
+            ]
+        )
+    frame = pd.DataFrame(lines, columns=header)
+    intro = (
+        "# The removal goal, on test facts of the entity-disjoint split\n\n"
+        "95 % bootstrap intervals over facts in brackets. `train facts` are the mask's own training facts "
+        "(in-sample) in wordings no training or selection scored. An undefined number misses its goal.\n\n"
+    )
+    return intro + markdown_table(frame) + "\n"
+
+
+def goals_from_params(params, *, names: Sequence[str], results: Sequence[Path], out_dir: Path) -> pd.DataFrame:
+    """The sweep_goals stage: `goal_table` over (name, robustness.json) given as two parallel lists."""
+    if len(names) != len(results):
+        raise InputError(f"--names and --results: {len(names)} names for {len(results)} files; expected one each")
+    return goal_table(list(zip(names, results)), params.report.bars, params.report.goals, out_dir)
