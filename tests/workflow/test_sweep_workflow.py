@@ -85,7 +85,8 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
     assert list(goals["point"]) == ["preset", "blocks2", "graddiff-lr3e-3"]
     assert list(goals["method"]) == ["mask", "mask", "graddiff"]
     robust = json.loads((sweep / "tiny-gpt2/IsA/blocks2/seed0/robustness/robustness.json").read_text())
-    assert robust["provenance"]["params"]["mask"]["top_k_blocks"] == 2
+    assert robust["provenance"]["mask"] == "results/sweep/tiny-gpt2/IsA/blocks2/seed0/mask.safetensors"
+    assert robust["provenance"]["params"]["train"] == {"targetkg_templates": "best"}
 
     # DVC: the outputs Snakemake wrote are exactly the sweep stages' outputs
     for stage in ("sweep_select", "sweep_goals"):

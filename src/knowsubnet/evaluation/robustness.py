@@ -527,7 +527,12 @@ def evaluate_robustness(
         .to_dict(orient="index"),
         "wall_time_s": timings,
         "provenance": stamp(
-            {"robustness": params.section("robustness"), "known": params.section("known")},
+            {
+                "robustness": params.section("robustness"),
+                "known": params.section("known"),
+                # which wordings count as trained (a recipe trained on every template has none but the held-out)
+                "train": {"targetkg_templates": params.train.targetkg_templates},
+            },
             model_dir=str(model_dir),
             mask=str(mask),
             device=str(device),

@@ -33,6 +33,7 @@ import pandas as pd
 from knowsubnet.core.config import Bars, Goals
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
+from knowsubnet.evaluation import relearn
 from knowsubnet.evaluation.robustness_results import RatioCI, RobustnessResult, ShareCI
 from knowsubnet.report.format import markdown_table, write_csv
 
@@ -72,14 +73,15 @@ def _interval(part: RatioCI | ShareCI | None, digits: int) -> str:
 
 
 def quantized_recovered(result: RobustnessResult) -> float | None:
-    """1 - log(TargetKG x after 4-bit rounding) / log(TargetKG x in fp32); None without a removal to recover."""
+    """1 - log(TargetKG x after 4-bit rounding) / log(TargetKG x in fp32), as relearning's recovered fraction
+    of the log-PPL gap (and undefined, None, where it is: a removal under x2)."""
     plain, rounded = result.quantized.get("none"), result.quantized.get(QUANTIZED_BITS)
     if plain is None or rounded is None:
         return None
     before, after = plain.ratio.removed.get("targetkg"), rounded.ratio.removed.get("targetkg")
-    if before is None or after is None or not before > 1.0 or not after > 0.0:
+    if before is None or after is None or not after > 0.0:
         return None
-    return 1.0 - math.log(after) / math.log(before)
+    return relearn.recovered_fraction(math.log(before), math.log(after))
 
 
 def relearn_text(result: RobustnessResult):
