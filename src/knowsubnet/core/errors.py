@@ -33,8 +33,10 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., None]:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
-            # An input path that is missing or unreadable: name it, no traceback.
-            print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
+            # An input path that is missing or unreadable: name it, no traceback. pyarrow raises these with
+            # the path in the message only (no filename, no strerror).
+            where = f"{err.filename}: {err.strerror}" if err.filename is not None else str(err)
+            print(f"error: {where}", file=sys.stderr)
             sys.exit(2)
         sys.exit(code or 0)
 
