@@ -286,11 +286,7 @@ class Train:
         ),
     )
     hidden_layer: PosInt = Field(
-        1,
-        description=(
-            "the block the hidden-state loss reads, counted from the top of the masked ones (1 = the model's "
-            "last), as baselines.rmu.layer; at most mask.top_k_blocks"
-        ),
+        1, description="the block it reads, from the top of the masked ones (1: the last), as baselines.rmu.layer"
     )
     controlkg_known_only: bool = Field(
         True, description="false: the ControlKG objective uses every ControlKG fact, known or not"
@@ -644,9 +640,5 @@ class Sweep:
         {}, description="point name -> {method, set: a params overlay}"
     )
     robustness: list[str] = Field(
-        [],
-        description=(
-            "points that also go through the robustness stage and the goal table (snakemake sweep_robustness): "
-            "'preset' (the run's own mask) or a point's name; the points kept on validation"
-        ),
+        [], description="points (or 'preset', the run's own mask) through robustness and the goal table: sweep_goals"
     )
