@@ -18,6 +18,10 @@ The goals (params `report.bars` and `report.goals`):
 - `quantized_recovered` < goals.max_recovered: 1 - log(x after 4-bit rounding) / log(x in fp32), the
   share of the removal's log-PPL gap that rounding the weights to 4 bits closes.
 
+Beside the goal, not part of it, specificity (`false_tails_x`, `foreign_heads_x`): the test facts' sentences
+with a wrong tail, and with a ControlKG fact's head; a removal of the facts leaves them near x1, a removal
+of the tail words in that context raises them as much as the facts.
+
 A number that is undefined (no known sentence, no probe, no relearning on text) is left empty and its
 goal counted as missed: the goal is not shown to hold.
 """
@@ -55,6 +59,8 @@ COLUMNS = [
     "relearn_text_recovered",
     "quantized_recovered",
     "missed",
+    "false_tails_x",
+    "foreign_heads_x",
 ]
 
 
@@ -114,6 +120,8 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     row["relearn_text_recovered"] = relearned.recovered if relearned else None
     row["quantized_recovered"] = quantized_recovered(result)
     row["missed"] = ", ".join(missed_goals(row, bars, goals))
+    row["false_tails_x"] = _value(result.specificity.false_tails.removed)
+    row["foreign_heads_x"] = _value(result.specificity.foreign_heads.removed)
     row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}
     if relearned is not None and relearned.recovered is not None and relearned.low is not None:
         row["relearn_text_recovered_ci"] = f"{relearned.recovered:.3g} [{relearned.low:.3g}, {relearned.high:.3g}]"
@@ -179,6 +187,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
         f"relearning on text, recovered (< {goals.max_recovered:g})",
         f"4-bit, recovered (< {goals.max_recovered:g})",
         "missed",
+        "specificity: wrong tails × / foreign heads ×",
     ]
     lines = []
     for _, row in table.iterrows():
@@ -195,6 +204,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
                 ci(row, "relearn_text_recovered"),
                 number(row["quantized_recovered"]),
                 row["missed"] or "none: every goal met",
+                f"{number(row['false_tails_x'])} / {number(row['foreign_heads_x'])}",
             ]
         )
     frame = pd.DataFrame(lines, columns=header)

@@ -55,6 +55,7 @@ def test_a_removal_meeting_every_goal_misses_none(tmp_path):
     assert row["targetkg_x"] == 40.0 and row["suppressed_test"] == 0.9 and row["relearn_text_recovered"] == 0.1
     assert row["quantized_recovered"] == pytest.approx(1 - math.log(30.0) / math.log(40.0))  # 0.078
     assert row["targetkg_x_ci"] == "40 [20, 80]"
+    assert row["false_tails_x"] == 2.0 and row["foreign_heads_x"] == 2.0  # beside the goal, not in it
 
 
 @pytest.mark.parametrize(
