@@ -82,15 +82,7 @@ use rule evaluate_ablation as evaluate_baseline with:
 
 use rule evaluate_robustness as baseline_robustness with:
     input:
-        model="results/models/{model}/config.json",
-        mask="results/baselines/{model}/{target}/{baseline}/seed{seed}/removal.safetensors",
-        triplets="data/processed/triplets.parquet",
-        splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
-                      kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
-        verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
-        # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
-        controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
-        split_summary="data/processed/splits/{target}/summary.json",  # how the TargetKG was held out
+        **robustness_inputs("results/baselines/{model}/{target}/{baseline}/seed{seed}/removal.safetensors"),
     output:
         result="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/robustness.json",
         sentences="results/baselines/{model}/{target}/{baseline}/seed{seed}/robustness/sentences.parquet",

@@ -225,6 +225,22 @@ def sweep_runs():
     return runs
 
 
+def robustness_inputs(mask):
+    """evaluate_robustness's inputs for one removal file (the mask's, a baseline's or a sweep point's)."""
+    return dict(
+        model="results/models/{model}/config.json",
+        mask=mask,
+        triplets="data/processed/triplets.parquet",
+        # every run target's splits and verbalisations: the removal is also scored on the others' facts
+        splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
+                      kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
+        verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
+        # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
+        controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
+        split_summary="data/processed/splits/{target}/summary.json",  # how the TargetKG was held out
+    )
+
+
 def sweep_robustness_points(kind=None):
     """The points of sweep.robustness that are sweep points (`preset` is the run's own robustness rule), of
     one kind: "mask" (the learned mask's recipes) or "baseline" (every other method)."""

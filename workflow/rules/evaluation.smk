@@ -32,16 +32,7 @@ rule evaluate_ablation:
 rule evaluate_robustness:
     """Removed, or only hidden? Held-out facts and wordings, in context, readouts, quantization, relearning, specificity."""
     input:
-        model="results/models/{model}/config.json",
-        mask="results/masks/{model}/{target}/seed{seed}/mask.safetensors",
-        triplets="data/processed/triplets.parquet",
-        # every run target's splits and verbalisations: the mask is also scored on the others' facts
-        splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
-                      kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
-        verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
-        # relearning on unrelated text (train blocks); ControlLM after quantization (test blocks)
-        controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
-        split_summary="data/processed/splits/{target}/summary.json",  # how the TargetKG was held out
+        **robustness_inputs("results/masks/{model}/{target}/seed{seed}/mask.safetensors"),
     output:
         result="results/robustness/{model}/{target}/seed{seed}/robustness.json",
         sentences="results/robustness/{model}/{target}/seed{seed}/sentences.parquet",

@@ -182,14 +182,7 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             f"sweep_robustness_{_kind}"
         input:
             point="results/sweep/points/{point}.yaml",
-            model="results/models/{model}/config.json",
-            mask=f"{SWEEP_DIR}/{_removal}",
-            triplets="data/processed/triplets.parquet",
-            splits=expand("data/processed/splits/{target}/{kind}_{part}.parquet", target=TARGETS,
-                          kind=["targetkg", "controlkg"], part=["train", "val", "test"]),
-            verbalized=expand("results/verbalized/{{model}}/{target}.parquet", target=TARGETS),
-            controllm=expand("results/controllm/{{model}}/{part}.safetensors", part=["train", "test"]),
-            split_summary="data/processed/splits/{target}/summary.json",
+            **robustness_inputs(f"{SWEEP_DIR}/{_removal}"),
         output:
             result=f"{SWEEP_DIR}/robustness/robustness.json",
             sentences=f"{SWEEP_DIR}/robustness/sentences.parquet",
