@@ -78,7 +78,14 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
         assert pd.notna(chosen["test_targetkg_x"]) and group[~group["chosen"]]["test_targetkg_x"].isna().all()
     assert set(frame["method"]) == {"mask", "graddiff", "attribution"}
 
-    # DVC: the outputs Snakemake wrote are exactly the sweep stages' outputs
+    # the kept points pooled over the seeds (one here), from their test facts: the headline's ratios
+    comparison = pd.read_csv(sweep / "comparison.csv").set_index("method")
+    assert sorted(comparison.index) == ["attribution", "graddiff", "mask"] and comparison["seeds"].eq(1).all()
+    for method, chosen in frame[frame["chosen"]].set_index("method").iterrows():
+        for name in ("targetkg", "controlkg"):
+            assert comparison.loc[method, f"{name}_x"] == pytest.approx(chosen[f"test_{name}_x"], rel=1e-3)
+    assert comparison.loc["graddiff", "supported"] and "| tiny-gpt2 / IsA |" in (sweep / "comparison.md").read_text()
+
     # the points of sweep.robustness through the robustness stage (with their overlays), and the goal table
     run([BIN / "snakemake", "--cores", "2", "sweep_robustness"], proj)
     goals = pd.read_csv(sweep / "goals.csv")

@@ -146,24 +146,28 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
 
 rule sweep_select:
     """The search's table: every point's validation numbers and cost, one point kept per method x model x
-    target x seed on validation, the kept points' test numbers (knowsubnet.report.sweep)."""
+    target x seed on validation, the kept points' test numbers (knowsubnet.report.sweep), and the kept
+    points pooled over seeds with intervals (comparison.md, knowsubnet.report.seed_comparison)."""
     input:
-        metas=[meta for _, meta, _ in sweep_runs()],
-        headlines=[headline for _, _, headline in sweep_runs()],
+        metas=[meta for _, meta, _, _ in sweep_runs()],
+        headlines=[headline for _, _, headline, _ in sweep_runs()],
+        facts=[facts for _, _, _, facts in sweep_runs()],
     output:
         csv="results/sweep/selection.csv",
         md="results/sweep/selection.md",
         figure="results/sweep/frontier.png",
+        comparison_csv="results/sweep/comparison.csv",
+        comparison_md="results/sweep/comparison.md",
     params:
         **stage_sections("sweep_select"),
-        names=" ".join(name for name, _, _ in sweep_runs()),
+        names=" ".join(name for name, _, _, _ in sweep_runs()),
     log:
         "logs/sweep_select.log",
     conda:
         "../envs/knowsubnet.yaml"
     shell:
         "knowsubnet sweep_select --params {PARAMS} --names {params.names} --metas {input.metas} "
-        "--headlines {input.headlines} --out-dir results/sweep 2> {log}"
+        "--headlines {input.headlines} --facts {input.facts} --out-dir results/sweep 2> {log}"
 
 
 rule sweep:

@@ -483,12 +483,14 @@ STAGES: dict[str, Stage] = {
             "sweep_select",
             "knowsubnet.report.sweep:sweep_from_params",
             doc="The search's table (docs/SEARCH.md). Every sweep point's validation numbers and cost, the point "
-            "kept per method x model x target x seed on validation only, and the kept points' test numbers.",
-            params=("sweep", "report.bars", "report.dpi"),
+            "kept per method x model x target x seed on validation only, the kept points' test numbers, and the "
+            "kept points pooled over seeds with intervals and their differences from the mask (comparison.md).",
+            params=("sweep", "report.bars", "report.dpi", "report.bootstrap"),
             args=(
                 Arg("--names", "each point's name, in the order of --metas", type=str, nargs="+"),
                 Arg("--metas", "each point's meta.json", nargs="+"),
                 Arg("--headlines", "each point's test headline.json (read for the kept points only)", nargs="+"),
+                Arg("--facts", "each point's test facts.parquet (read for the kept points only)", nargs="+"),
                 Arg("--out-dir", "results/sweep"),
             ),
         ),

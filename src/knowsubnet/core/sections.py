@@ -551,6 +551,9 @@ class Report:
     )
     top_n: PosInt = Field(10, description='rows in the "densest heads" / "most masked neurons" tables')
     dpi: Annotated[int, Field(ge=30, le=600)] = Field(120, description="resolution of the PNG figures")
+    bootstrap: PosInt = Field(
+        1000, description="resamples (seeds and facts) for the intervals of the search's comparison across seeds"
+    )
     bars: Bars = Field(
         default_factory=Bars,
         description=(

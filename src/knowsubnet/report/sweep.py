@@ -7,7 +7,8 @@ read: a test file of a point not kept is never opened.
 
 Files: `selection.csv` (one row per point), `selection.md` (the kept points with their test
 numbers, then every point), `frontier.png` (per model x target x seed: validation TargetKG x
-against ControlKG x, one marker per point, the kept ones ringed, the bars drawn).
+against ControlKG x, one marker per point, the kept ones ringed, the bars drawn), and
+`comparison.{csv,md}`: the kept points pooled over seeds with intervals (`report.seed_comparison`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row
 from knowsubnet.report.format import band, markdown_table, read_record, save_figure, write_csv
+from knowsubnet.report.seed_comparison import seed_comparison
 
 KEY = ("model", "target", "seed", "method")
 TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
@@ -47,16 +49,28 @@ COLUMNS = [
 
 
 def sweep_from_params(
-    params, *, names: Sequence[str], metas: Sequence[Path], headlines: Sequence[Path], out_dir: Path
+    params,
+    *,
+    names: Sequence[str],
+    metas: Sequence[Path],
+    headlines: Sequence[Path],
+    facts: Sequence[Path],
+    out_dir: Path,
 ) -> pd.DataFrame:
-    """The sweep_select stage: `sweep_table` over the points given as three parallel lists, one entry
-    each per point, with the bars and dpi of params `report`."""
-    if not len(names) == len(metas) == len(headlines):
+    """The sweep_select stage: `sweep_table` over the points given as four parallel lists, one entry
+    each per point, with the bars and dpi of params `report`; then the kept points' comparison across
+    seeds (`report.seed_comparison`, report.bootstrap resamples)."""
+    if not len(names) == len(metas) == len(headlines) == len(facts):
         raise InputError(
-            f"--names, --metas and --headlines: {len(names)}, {len(metas)} and {len(headlines)} "
-            f"files; expected one of each per point"
+            f"--names, --metas, --headlines and --facts: {len(names)}, {len(metas)}, {len(headlines)} and "
+            f"{len(facts)} files; expected one of each per point"
         )
-    return sweep_table(list(zip(names, metas, headlines)), params.report.bars, out_dir, params.report.dpi)
+    bars = params.report.bars
+    frame = sweep_table(list(zip(names, metas, headlines)), bars, out_dir, params.report.dpi)
+    kept = frame[frame["chosen"]]
+    # the frame's index is each point's position in the inputs (sweep_table): its facts file
+    seed_comparison(kept, {i: facts[i] for i in kept.index}, bars, params.report.bootstrap, out_dir)
+    return frame
 
 
 def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]:
@@ -146,9 +160,8 @@ def sweep_table(
             if row["chosen"]
             else {c: math.nan for c in TEST_COLUMNS[:-1]} | {"test_verdict": ""}
         )
-    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(
-        ["model", "target", "seed", "method", "point"], kind="stable", ignore_index=True
-    )
+    # sorted, its index kept: each row's position in `points` (sweep_from_params finds its facts by it)
+    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "target", "seed", "method", "point"], kind="stable")
     write_csv(out_dir / "selection.csv", frame)
     kept = frame[frame["chosen"]]
     show = [

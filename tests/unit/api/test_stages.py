@@ -117,7 +117,7 @@ def test_a_file_generated_for_another_run_stops_the_stage(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("names", [["a"], ["a", "b", "c"]])
-def test_sweep_select_needs_one_name_meta_and_headline_per_point(tmp_path, capsys, names):
+def test_sweep_select_needs_one_name_meta_headline_and_facts_file_per_point(tmp_path, capsys, names):
     argv = [
         "--params",
         str(REPO_ROOT / "params.yaml"),
@@ -129,6 +129,9 @@ def test_sweep_select_needs_one_name_meta_and_headline_per_point(tmp_path, capsy
         "--headlines",
         "h1.json",
         "h2.json",
+        "--facts",
+        "f1.parquet",
+        "f2.parquet",
         "--out-dir",
         str(tmp_path / "sweep"),
     ]
