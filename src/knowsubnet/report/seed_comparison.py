@@ -67,7 +67,9 @@ def fact_log_ratios(path: str | Path) -> dict[str, pd.Series]:
     try:
         frame = pd.read_parquet(path, columns=["set", "uuid", "known", "nll_original", "nll_removed"])
     except (OSError, ValueError, KeyError) as err:  # missing file or column
-        raise InputError(f"{path}: cannot read the evaluation's facts table ({err}); expected evaluate_ablation's facts.parquet") from err
+        raise InputError(
+            f"{path}: cannot read the evaluation's facts table ({err}); expected evaluate_ablation's facts.parquet"
+        ) from err
     known = frame[frame["known"]]
     return {
         name: pd.Series((rows["nll_removed"] - rows["nll_original"]).to_numpy(float), index=rows["uuid"].to_numpy())

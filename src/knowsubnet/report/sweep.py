@@ -161,7 +161,9 @@ def sweep_table(
             else {c: math.nan for c in TEST_COLUMNS[:-1]} | {"test_verdict": ""}
         )
     # sorted, its index kept: each row's position in `points` (sweep_from_params finds its facts by it)
-    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "target", "seed", "method", "point"], kind="stable")
+    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(
+        ["model", "target", "seed", "method", "point"], kind="stable"
+    )
     write_csv(out_dir / "selection.csv", frame)
     kept = frame[frame["chosen"]]
     show = [
