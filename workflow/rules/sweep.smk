@@ -158,6 +158,7 @@ rule sweep_select:
         figure="results/sweep/frontier.png",
         comparison_csv="results/sweep/comparison.csv",
         comparison_md="results/sweep/comparison.md",
+        comparison_figure="results/sweep/comparison.png",
     params:
         **stage_sections("sweep_select"),
         names=" ".join(name for name, _, _, _ in sweep_runs()),

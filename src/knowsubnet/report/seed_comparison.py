@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from knowsubnet.core import bootstrap
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.report.format import band, markdown_table, write_csv
+from knowsubnet.report.format import band, markdown_table, save_figure, write_csv
 
 FACT_SETS = ("targetkg", "controlkg")  # the sets scored per fact in the evaluation's facts.parquet
 MASK = "mask"
@@ -181,18 +183,46 @@ def _versus_mask(row: dict, mask: dict, draws: dict) -> None:
 
 
 def seed_comparison(
-    kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bars, n_boot: int, out_dir: str | Path
+    kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bars, n_boot: int, out_dir: str | Path, dpi: int
 ) -> pd.DataFrame:
-    """comparison.csv and comparison.md in `out_dir` from the kept rows of the search's table (`kept`, with
-    the test columns) and each kept row's test facts.parquet by the row's index."""
+    """comparison.csv, comparison.md and comparison.png in `out_dir` from the kept rows of the search's
+    table (`kept`, with the test columns) and each kept row's test facts.parquet by the row's index."""
     rows: list[dict] = []
     for k, (_, group) in enumerate(kept.groupby(["model", "target"], sort=True)):
         rows += compare_group(group, facts, bars, n_boot, [BOOTSTRAP_SEED, k])
     table = pd.DataFrame(rows, columns=COLUMNS)
     out_dir = Path(out_dir)
     write_csv(out_dir / "comparison.csv", table)
-    write_text(out_dir / "comparison.md", comparison_markdown(table, bars))
+    lines = comparison_markdown(table, bars)
+    if len(table):
+        _figure(table, bars, out_dir / "comparison.png", dpi)
+        lines += "\n![test trade-off, pooled over seeds](comparison.png)\n"
+    write_text(out_dir / "comparison.md", lines)
     return table
+
+
+def _figure(table: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
+    """Per model x target, test TargetKG x against ControlKG x with both intervals, one marker per method."""
+    groups = list(table.groupby(["model", "target"], sort=True))
+    fig = Figure(figsize=(5.0 * len(groups), 4.2))
+    FigureCanvasAgg(fig)
+    for k, ((model, target), group) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), k + 1)
+        for i, row in enumerate(group.itertuples(index=False)):
+            xerr = [[row.controlkg_x - row.controlkg_low], [row.controlkg_high - row.controlkg_x]]
+            yerr = [[row.targetkg_x - row.targetkg_low], [row.targetkg_high - row.targetkg_x]]
+            ax.errorbar(row.controlkg_x, row.targetkg_x, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3,
+                        label=f"{row.method} ({row.seeds} seed{'s' if row.seeds > 1 else ''})")  # fmt: skip
+        ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
+        for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
+            ax.axvline(x, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("ControlKG PPL × (test)")
+        ax.set_ylabel("TargetKG PPL × (test)")
+        ax.set_title(f"{model} / {target}: kept points, 95 % intervals", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
 
 
 def _x(value: float, low: float, high: float) -> str:

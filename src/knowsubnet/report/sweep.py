@@ -8,7 +8,7 @@ read: a test file of a point not kept is never opened.
 Files: `selection.csv` (one row per point), `selection.md` (the kept points with their test
 numbers, then every point), `frontier.png` (per model x target x seed: validation TargetKG x
 against ControlKG x, one marker per point, the kept ones ringed, the bars drawn), and
-`comparison.{csv,md}`: the kept points pooled over seeds with intervals (`report.seed_comparison`).
+`comparison.{csv,md,png}`: the kept points pooled over seeds with intervals (`report.seed_comparison`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def sweep_from_params(
     frame = sweep_table(list(zip(names, metas, headlines)), bars, out_dir, params.report.dpi)
     kept = frame[frame["chosen"]]
     # the frame's index is each point's position in the inputs (sweep_table): its facts file
-    seed_comparison(kept, {i: facts[i] for i in kept.index}, bars, params.report.bootstrap, out_dir)
+    seed_comparison(kept, {i: facts[i] for i in kept.index}, bars, params.report.bootstrap, out_dir, params.report.dpi)
     return frame
 
 

@@ -65,7 +65,7 @@ def per_seed_ratio(path, name):
 
 def test_pooled_ratio_is_the_geometric_mean_of_the_seeds_and_ignores_unknown_facts(tmp_path):
     kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met")})
-    table = seed_comparison(kept, facts, BARS, 400, tmp_path / "out")
+    table = seed_comparison(kept, facts, BARS, 400, tmp_path / "out", 30)
     (row,) = table.to_dict("records")
     for name in ("targetkg", "controlkg"):
         expected = math.exp(np.mean([math.log(per_seed_ratio(facts[i], name)) for i in kept.index]))
@@ -85,7 +85,7 @@ def test_the_intervals_decide_which_differences_from_the_mask_are_supported(tmp_
             "falling": (3.0, -0.3, 1.0, "min_sparsity, max_controlkg_ratio"),  # ControlKG x0.74: damage too
         },
     )
-    table = seed_comparison(kept, facts, BARS, 400, tmp_path / "out").set_index("method")
+    table = seed_comparison(kept, facts, BARS, 400, tmp_path / "out", 30).set_index("method")
     assert table.loc["same", "supported"] == "no difference from the mask"
     assert table.loc["same", "targetkg_vs_mask_low"] < 1.0 < table.loc["same", "targetkg_vs_mask_high"]
     assert table.loc["stronger", "supported"] == "removes more TargetKG than the mask"
@@ -100,16 +100,16 @@ def test_the_intervals_decide_which_differences_from_the_mask_are_supported(tmp_
 
 def test_bars_on_the_pooled_numbers(tmp_path):
     kept, facts = kept_runs(tmp_path, {"mask": (1.0, 0.0, 1.2, "min_target_ratio, max_controllm_ratio")})
-    (row,) = seed_comparison(kept, facts, BARS, 100, tmp_path / "out").to_dict("records")
+    (row,) = seed_comparison(kept, facts, BARS, 100, tmp_path / "out", 30).to_dict("records")
     assert row["bars_missed"] == "min_target_ratio, max_controllm_ratio"
     assert row["controllm_x"] == pytest.approx(1.2) and row["controllm_min"] == row["controllm_max"] == 1.2
 
 
 def test_one_seed_resamples_facts_only_and_the_table_is_the_same_bytes_twice(tmp_path):
     kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met"), "other": (2.0, 0.1, 1.0, "")}, seeds=(0,))
-    seed_comparison(kept, facts, BARS, 200, tmp_path / "a")
-    seed_comparison(kept, facts, BARS, 200, tmp_path / "b")
-    for name in ("comparison.csv", "comparison.md"):
+    seed_comparison(kept, facts, BARS, 200, tmp_path / "a", 30)
+    seed_comparison(kept, facts, BARS, 200, tmp_path / "b", 30)
+    for name in ("comparison.csv", "comparison.md", "comparison.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     row = pd.read_csv(tmp_path / "a" / "comparison.csv").set_index("method").loc["other"]
     assert row["seeds"] == 1 and row["targetkg_low"] < row["targetkg_x"] < row["targetkg_high"]
@@ -120,7 +120,7 @@ def test_a_seed_scored_on_other_facts_stops_naming_its_file(tmp_path):
     odd = write_facts(tmp_path / "odd.parquet", 3.0, 0.0, 99, n_target=N_TARGET - 1)
     facts[2] = odd
     with pytest.raises(InputError, match="odd.parquet: scores 39 known facts"):
-        seed_comparison(kept, facts, BARS, 50, tmp_path / "out")
+        seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30)
     assert not (tmp_path / "out" / "comparison.csv").exists()
 
 
@@ -128,4 +128,4 @@ def test_a_facts_file_without_the_columns_stops_naming_it(tmp_path):
     kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met")}, seeds=(0,))
     pd.DataFrame({"set": ["targetkg"]}).to_parquet(facts[0])
     with pytest.raises(InputError, match="seed0.parquet: cannot read the evaluation's facts table"):
-        seed_comparison(kept, facts, BARS, 50, tmp_path / "out")
+        seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30)
