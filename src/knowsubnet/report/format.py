@@ -64,6 +64,15 @@ def pm(mean: float, std: float) -> str:
     return f"{fmt(mean)} ± {fmt(std)}"
 
 
+def with_interval(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """`value [low, high]` to `digits` significant digits; the value alone without an interval, "–" without a value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
 def band(bar: float) -> str:
     """A two-sided control bar as its range: 1.1 -> "0.909–1.1" (evaluation.bars.within)."""
     return f"{1 / bar:.3g}–{bar:g}"

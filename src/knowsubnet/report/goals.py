@@ -39,7 +39,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation import relearn
 from knowsubnet.evaluation.robustness_results import RatioCI, RobustnessResult, ShareCI
-from knowsubnet.report.format import markdown_table, write_csv
+from knowsubnet.report.format import markdown_table, with_interval, write_csv
 
 RELEARN_TEXT = "wikitext"  # the relearning data that is unrelated text
 QUANTIZED_BITS = "4"
@@ -70,12 +70,7 @@ def _value(part: RatioCI | ShareCI | None) -> float | None:
 
 def _interval(part: RatioCI | ShareCI | None, digits: int) -> str:
     """`x [low, high]`, or "–" where undefined."""
-    value = _value(part)
-    if value is None:
-        return "–"
-    if part.low is None or part.high is None:
-        return f"{value:.{digits}g}"
-    return f"{value:.{digits}g} [{part.low:.{digits}g}, {part.high:.{digits}g}]"
+    return "–" if part is None else with_interval(_value(part), part.low, part.high, digits)
 
 
 def quantized_recovered(result: RobustnessResult) -> float | None:
@@ -124,7 +119,7 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     row["foreign_heads_x"] = _value(result.specificity.foreign_heads.removed)
     row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}
     if relearned is not None and relearned.recovered is not None and relearned.low is not None:
-        row["relearn_text_recovered_ci"] = f"{relearned.recovered:.3g} [{relearned.low:.3g}, {relearned.high:.3g}]"
+        row["relearn_text_recovered_ci"] = with_interval(relearned.recovered, relearned.low, relearned.high)
     return row
 
 

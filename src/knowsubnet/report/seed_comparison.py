@@ -33,7 +33,7 @@ from knowsubnet.core import bootstrap
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.report.format import band, markdown_table, save_figure, write_csv
+from knowsubnet.report.format import band, markdown_table, save_figure, with_interval, write_csv
 
 FACT_SETS = ("targetkg", "controlkg")  # the sets scored per fact in the evaluation's facts.parquet
 MASK = "mask"
@@ -225,14 +225,6 @@ def _figure(table: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-def _x(value: float, low: float, high: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if low is None or math.isnan(low):
-        return f"{value:.3g}"
-    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
-
-
 def comparison_markdown(table: pd.DataFrame, bars: Bars) -> str:
     header = [
         "model / target",
@@ -253,12 +245,12 @@ def comparison_markdown(table: pd.DataFrame, bars: Bars) -> str:
                 f"{row.model} / {row.target}",
                 f"{row.method} ({row.points})",
                 row.seeds,
-                _x(row.targetkg_x, row.targetkg_low, row.targetkg_high),
-                _x(row.controlkg_x, row.controlkg_low, row.controlkg_high),
+                with_interval(row.targetkg_x, row.targetkg_low, row.targetkg_high),
+                with_interval(row.controlkg_x, row.controlkg_low, row.controlkg_high),
                 f"{row.controllm_x:.4g} ({row.controllm_min:.4g}–{row.controllm_max:.4g})",
                 row.bars_missed or "none",
-                _x(row.targetkg_vs_mask, row.targetkg_vs_mask_low, row.targetkg_vs_mask_high),
-                _x(row.controlkg_vs_mask, row.controlkg_vs_mask_low, row.controlkg_vs_mask_high),
+                with_interval(row.targetkg_vs_mask, row.targetkg_vs_mask_low, row.targetkg_vs_mask_high),
+                with_interval(row.controlkg_vs_mask, row.controlkg_vs_mask_low, row.controlkg_vs_mask_high),
                 row.supported or "–",
             ]
         )
