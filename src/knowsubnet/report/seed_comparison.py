@@ -170,6 +170,9 @@ def _versus_mask(row: dict, mask: dict, draws: dict) -> None:
     row["controlkg_vs_mask"] = math.exp(abs(math.log(row["controlkg_x"])) - abs(math.log(mask["controlkg_x"])))
     row["targetkg_vs_mask_low"], row["targetkg_vs_mask_high"] = _interval(target)
     row["controlkg_vs_mask_low"], row["controlkg_vs_mask_high"] = _interval(control)
+    if math.isnan(row["targetkg_vs_mask_low"]) or math.isnan(row["controlkg_vs_mask_low"]):
+        row["supported"] = "undefined: no known test fact in a set"
+        return
     said = []
     if row["targetkg_vs_mask_low"] > 1.0:
         said.append("removes more TargetKG than the mask")

@@ -129,3 +129,12 @@ def test_a_facts_file_without_the_columns_stops_naming_it(tmp_path):
     pd.DataFrame({"set": ["targetkg"]}).to_parquet(facts[0])
     with pytest.raises(InputError, match="seed0.parquet: cannot read the evaluation's facts table"):
         seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30)
+
+
+def test_no_known_test_fact_leaves_the_numbers_and_the_differences_undefined(tmp_path):
+    kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met"), "other": (2.0, 0.0, 1.0, "")}, seeds=(0,))
+    for i in facts:
+        write_facts(facts[i], 3.0, 0.0, i, n_target=0)
+    table = seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30).set_index("method")
+    assert table["targetkg_x"].isna().all() and table.loc["mask", "bars_missed"] == "min_target_ratio"
+    assert table.loc["other", "supported"] == "undefined: no known test fact in a set"
