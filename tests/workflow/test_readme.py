@@ -201,6 +201,19 @@ CHECKS = {
         "sweep_evaluate_baseline",
         "sweep_select",
     ),
+    (
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-seeds.yaml"
+    ): dry(
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-seeds.yaml",
+        "discover_mask",
+        "sweep_mask",
+        "sweep_npo",
+        "sweep_rmu",
+        "sweep_evaluate_baseline",
+        "sweep_select",
+    ),
 }
 
 
