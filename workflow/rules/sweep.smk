@@ -144,14 +144,18 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             "--headline {output.headline} --facts {output.facts} 2> {log}"
 
 
+# sweep_select's four parallel lists, one entry per point (sweep_runs), in the order of its --names
+SWEEP_NAMES, SWEEP_METAS, SWEEP_HEADLINES, SWEEP_FACTS = (list(column) for column in zip(*sweep_runs()))
+
+
 rule sweep_select:
     """The search's table: every point's validation numbers and cost, one point kept per method x model x
     target x seed on validation, the kept points' test numbers (knowsubnet.report.sweep), and the kept
     points pooled over seeds with intervals (comparison.md, knowsubnet.report.seed_comparison)."""
     input:
-        metas=[meta for _, meta, _, _ in sweep_runs()],
-        headlines=[headline for _, _, headline, _ in sweep_runs()],
-        facts=[facts for _, _, _, facts in sweep_runs()],
+        metas=SWEEP_METAS,
+        headlines=SWEEP_HEADLINES,
+        facts=SWEEP_FACTS,
     output:
         csv="results/sweep/selection.csv",
         md="results/sweep/selection.md",
@@ -161,7 +165,7 @@ rule sweep_select:
         comparison_figure="results/sweep/comparison.png",
     params:
         **stage_sections("sweep_select"),
-        names=" ".join(name for name, _, _, _ in sweep_runs()),
+        names=" ".join(SWEEP_NAMES),
     log:
         "logs/sweep_select.log",
     conda:

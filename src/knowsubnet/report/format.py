@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import atomic_path, read_json, write_text
 
@@ -100,6 +101,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     write_text(path, frame.to_csv(index=False))
     return path
+
+
+def draw_bars(ax, bars: Bars, split: str) -> None:
+    """On a plot of TargetKG x (y) against ControlKG x (x): the TargetKG bar, the two-sided ControlKG band,
+    and the axes named for `split` ("validation", "test")."""
+    ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
+    for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
+        ax.axvline(x, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel(f"ControlKG PPL × ({split})")
+    ax.set_ylabel(f"TargetKG PPL × ({split})")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:

@@ -33,7 +33,8 @@ from knowsubnet.core import bootstrap
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.report.format import band, markdown_table, save_figure, with_interval, write_csv
+from knowsubnet.evaluation.bars import within
+from knowsubnet.report.format import band, draw_bars, markdown_table, save_figure, with_interval, write_csv
 
 FACT_SETS = ("targetkg", "controlkg")  # the sets scored per fact in the evaluation's facts.parquet
 MASK = "mask"
@@ -108,17 +109,15 @@ def _interval(draws: np.ndarray) -> tuple[float, float]:
     return math.exp(low), math.exp(high)
 
 
-def _bars_missed(x: dict[str, float], verdicts: Sequence[str], bars: Bars) -> list[str]:
-    """The bars the pooled numbers miss, and min_sparsity where any seed's test verdict named it."""
-    missed = []
-    if not x["targetkg"] >= bars.min_target_ratio:
-        missed.append("min_target_ratio")
-    for name, bar in (("controlkg", bars.max_controlkg_ratio), ("controllm", bars.max_controllm_ratio)):
-        if not 1.0 / bar <= x[name] <= bar:
-            missed.append(f"max_{name}_ratio")
-    if any("min_sparsity" in verdict for verdict in verdicts):
-        missed.insert(0, "min_sparsity")
-    return missed
+def _bars_missed(row: dict, verdicts: Sequence[str], bars: Bars) -> list[str]:
+    """The bars the pooled numbers of `row` miss, and min_sparsity where any seed's test verdict named it."""
+    met = {
+        "min_sparsity": not any("min_sparsity" in verdict for verdict in verdicts),
+        "min_target_ratio": row["targetkg_x"] >= bars.min_target_ratio,
+        "max_controlkg_ratio": within(row["controlkg_x"], bars.max_controlkg_ratio),
+        "max_controllm_ratio": within(row["controllm_x"], bars.max_controllm_ratio),
+    }
+    return [bar for bar, ok in met.items() if not ok]
 
 
 def compare_group(kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bars, n_boot: int, rng_seed) -> list[dict]:
@@ -142,17 +141,18 @@ def compare_group(kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bar
             "seeds": n_seeds,
             "supported": "",  # filled against the mask below
         }
-        x = {}
         for name in FACT_SETS:
             matrix = _seed_matrix([(str(facts[i]), ratios[i][name]) for i in runs.index], uuids[name])
             draws[method, name] = _draw_means(matrix, seed_idx, fact_idx[name])
-            x[name] = math.exp(matrix.mean()) if matrix.size else math.nan
-            row[f"{name}_x"] = x[name]
+            row[f"{name}_x"] = math.exp(matrix.mean()) if matrix.size else math.nan
             row[f"{name}_low"], row[f"{name}_high"] = _interval(draws[method, name])
         controllm = runs["test_controllm_x"].to_numpy(float)
-        x["controllm"] = float(np.exp(np.log(controllm).mean()))
-        row |= {"controllm_x": x["controllm"], "controllm_min": controllm.min(), "controllm_max": controllm.max()}
-        row["bars_missed"] = ", ".join(_bars_missed(x, list(runs["test_verdict"]), bars))
+        row |= {
+            "controllm_x": float(np.exp(np.log(controllm).mean())),
+            "controllm_min": controllm.min(),
+            "controllm_max": controllm.max(),
+        }
+        row["bars_missed"] = ", ".join(_bars_missed(row, list(runs["test_verdict"]), bars))
         rows.append(row)
     mask = next((row for row in rows if row["method"] == MASK), None)
     for row in rows:
@@ -216,12 +216,8 @@ def _figure(table: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
             yerr = [[row.targetkg_x - row.targetkg_low], [row.targetkg_high - row.targetkg_x]]
             ax.errorbar(row.controlkg_x, row.targetkg_x, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3,
                         label=f"{row.method} ({row.seeds} seed{'s' if row.seeds > 1 else ''})")  # fmt: skip
-        ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
-        for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
-            ax.axvline(x, color="grey", lw=0.8, ls=":")
+        draw_bars(ax, bars, "test")
         ax.set_yscale("log")
-        ax.set_xlabel("ControlKG PPL × (test)")
-        ax.set_ylabel("TargetKG PPL × (test)")
         ax.set_title(f"{model} / {target}: kept points, 95 % intervals", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()

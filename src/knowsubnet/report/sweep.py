@@ -26,7 +26,7 @@ from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row
-from knowsubnet.report.format import band, markdown_table, read_record, save_figure, write_csv
+from knowsubnet.report.format import band, draw_bars, markdown_table, read_record, save_figure, write_csv
 from knowsubnet.report.seed_comparison import seed_comparison
 
 KEY = ("model", "target", "seed", "method")
@@ -132,14 +132,10 @@ def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
-        ax.axhline(bars.min_target_ratio, color="grey", lw=0.8, ls="--")
-        for x in (1 / bars.max_controlkg_ratio, bars.max_controlkg_ratio):
-            ax.axvline(x, color="grey", lw=0.8, ls=":")
+        draw_bars(ax, bars, "validation")
         positive = group["val_targetkg_x"][group["val_targetkg_x"] > 0]
         if len(positive) and positive.max() / positive.min() > 20:
             ax.set_yscale("log")
-        ax.set_xlabel("ControlKG PPL × (validation)")
-        ax.set_ylabel("TargetKG PPL × (validation)")
         ax.set_title(f"{model} / {target} / seed {seed}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
