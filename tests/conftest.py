@@ -45,7 +45,7 @@ def fresh_relations(monkeypatch):
     template tables are module globals."""
     from knowsubnet.data import relations
 
-    for name in ("TEMPLATES", "PARAPHRASES", "_BY_LOWER"):
+    for name in ("TEMPLATES", "PARAPHRASES", "VALIDATION_WORDINGS", "_BY_LOWER"):
         monkeypatch.setattr(relations, name, dict(getattr(relations, name)))
 
 

@@ -72,7 +72,7 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
     bars = Bars(**params["report"]["bars"])
     for method, group in frame.groupby("method"):
         rows = group[[c for c in group.columns if c.startswith("val_") and c != "val_bars"]].to_dict("records")
-        kept, _ = choose_point(rows, bars)
+        kept, _ = choose_point(rows, bars, "damage")
         assert group["chosen"].tolist() == [i == kept for i in range(len(group))], method
         chosen = group[group["chosen"]].iloc[0]
         assert pd.notna(chosen["test_targetkg_x"]) and group[~group["chosen"]]["test_targetkg_x"].isna().all()

@@ -211,19 +211,20 @@ def sweep_point_regex(names):
 
 
 def sweep_runs():
-    """(name, meta.json, test headline.json, test facts.parquet) of every point, the run's own mask (`preset`)
-    first, per run model x target x seed: sweep_select's inputs, in the order of its --names."""
+    """(name, meta.json, test headline.json, test facts.parquet, val_wordings.json) of every point, the run's
+    own mask (`preset`) first, per run model x target x seed: sweep_select's inputs, in the order of its --names."""
     runs = []
     for model in MODELS:
         for target in TARGETS:
             for seed in SEEDS:
                 evaluation = f"results/eval/{model}/{target}/seed{seed}"
                 runs.append(("preset", f"results/masks/{model}/{target}/seed{seed}/meta.json",
-                             f"{evaluation}/headline.json", f"{evaluation}/facts.parquet"))
+                             f"{evaluation}/headline.json", f"{evaluation}/facts.parquet",
+                             f"{evaluation}/val_wordings.json"))
                 for name in sweep_points():
                     folder = f"results/sweep/{model}/{target}/{name}/seed{seed}"
                     runs.append((name, f"{folder}/meta.json", f"{folder}/eval/headline.json",
-                                 f"{folder}/eval/facts.parquet"))
+                                 f"{folder}/eval/facts.parquet", f"{folder}/eval/val_wordings.json"))
     return runs
 
 

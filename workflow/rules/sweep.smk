@@ -10,6 +10,7 @@
 # partition, mem_mb and runtime per rule, as discover_mask's), a cluster runs the sweep where Snakemake runs.
 # The per-baseline rules (one per registered method) say `localrule: True` themselves.
 localrules: sweep_point, sweep_mask, sweep_evaluate_mask, sweep_evaluate_baseline, sweep_select, sweep, \
+    sweep_val_wordings_preset, sweep_val_wordings_mask, sweep_val_wordings_baseline, \
     sweep_robustness_mask, sweep_robustness_baseline, sweep_goals, sweep_robustness
 
 SWEEP_DIR = "results/sweep/{model}/{target}/{point}/seed{seed}"
@@ -144,8 +145,53 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
             "--headline {output.headline} --facts {output.facts} 2> {log}"
 
 
-# sweep_select's four parallel lists, one entry per point (sweep_runs), in the order of its --names
-SWEEP_NAMES, SWEEP_METAS, SWEEP_HEADLINES, SWEEP_FACTS = (list(column) for column in zip(*sweep_runs()))
+# -- the validation-wording check of every point (the preset's beside its evaluation), for the choice --
+
+VAL_WORDINGS_SHELL = (
+    "knowsubnet evaluate_val_wordings --params {PARAMS} {input.point} --model-dir results/models/{wildcards.model} "
+    "--mask {input.mask} --splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} "
+    "--out {output} 2> {log}"
+)
+
+for _kind, _removal, _out in (
+    ("preset", "results/masks/{model}/{target}/seed{seed}/mask.safetensors",
+     "results/eval/{model}/{target}/seed{seed}/val_wordings.json"),
+    ("mask", f"{SWEEP_DIR}/mask.safetensors", f"{SWEEP_DIR}/eval/val_wordings.json"),
+    ("baseline", f"{SWEEP_DIR}/removal.safetensors", f"{SWEEP_DIR}/eval/val_wordings.json"),
+):
+
+    rule:
+        """evaluate_val_wordings on the removal: validation facts in the validation wordings (with the
+        point's overlay; the preset with the run's params)."""
+        name:
+            f"sweep_val_wordings_{_kind}"
+        input:
+            point=[] if _kind == "preset" else ["results/sweep/points/{point}.yaml"],
+            model="results/models/{model}/config.json",
+            verbalized="results/verbalized/{model}/{target}.parquet",
+            splits=lambda w: split_files(w.target),
+            mask=_removal,
+        output:
+            _out,
+        wildcard_constraints:
+            point=sweep_point_regex(sweep_points("mask") if _kind == "mask"
+                                    else [p for m in removal_methods.baselines() for p in sweep_points(m)]),
+        params:
+            **stage_sections("evaluate_val_wordings"),
+        threads: 1
+        log:
+            f"logs/sweep_val_wordings_{_kind}/" + ("{model}/{target}/seed{seed}.log" if _kind == "preset"
+                                                   else "{model}/{target}/{point}/seed{seed}.log"),
+        conda:
+            "../envs/knowsubnet.yaml"
+        shell:
+            VAL_WORDINGS_SHELL
+
+
+# sweep_select's five parallel lists, one entry per point (sweep_runs), in the order of its --names
+SWEEP_NAMES, SWEEP_METAS, SWEEP_HEADLINES, SWEEP_FACTS, SWEEP_WORDINGS = (
+    list(column) for column in zip(*sweep_runs())
+)
 
 
 rule sweep_select:
@@ -156,6 +202,7 @@ rule sweep_select:
         metas=SWEEP_METAS,
         headlines=SWEEP_HEADLINES,
         facts=SWEEP_FACTS,
+        wordings=SWEEP_WORDINGS,
     output:
         csv="results/sweep/selection.csv",
         md="results/sweep/selection.md",
@@ -172,7 +219,8 @@ rule sweep_select:
         "../envs/knowsubnet.yaml"
     shell:
         "knowsubnet sweep_select --params {PARAMS} --names {params.names} --metas {input.metas} "
-        "--headlines {input.headlines} --facts {input.facts} --out-dir results/sweep 2> {log}"
+        "--headlines {input.headlines} --facts {input.facts} --wordings {input.wordings} --out-dir results/sweep "
+        "2> {log}"
 
 
 rule sweep:
@@ -250,8 +298,11 @@ if SWEEP_POINTS:
         DVC_MATRIX[f"sweep_{_method}"] = {"point": sweep_points(_method)}
     DVC_STAGES += [f"sweep_{m}" for m in SWEEP_METHODS if sweep_points(m)]
     DVC_STAGES += ["sweep_point", "sweep_select"]
-    DVC_STAGES += [f"sweep_evaluate_{k}" for k in ("mask", "baseline")
+    DVC_MATRIX["sweep_val_wordings_mask"] = DVC_MATRIX["sweep_evaluate_mask"]
+    DVC_MATRIX["sweep_val_wordings_baseline"] = DVC_MATRIX["sweep_evaluate_baseline"]
+    DVC_STAGES += [f"sweep_{stage}_{k}" for stage in ("evaluate", "val_wordings") for k in ("mask", "baseline")
                    if (sweep_points("mask") if k == "mask" else len(sweep_points()) > len(sweep_points("mask")))]
+    DVC_STAGES.append("sweep_val_wordings_preset")
 if sweep_robustness_points():
     for _kind in ("mask", "baseline"):
         if sweep_robustness_points(_kind):

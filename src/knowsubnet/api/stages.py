@@ -279,6 +279,32 @@ STAGES: dict[str, Stage] = {
             ),
         ),
         Stage(
+            "evaluate_val_wordings",
+            "knowsubnet.evaluation.val_wordings:evaluate_val_wordings",
+            doc="The held-out-wording check on validation, for the sweep's choice: the known validation facts in "
+            "their relations' validation wordings (never the test's), the share of sentences the removal "
+            "suppresses beside a random removal's, and the ControlKG validation facts in the same wordings.",
+            params=(
+                "robustness.max_facts",
+                "robustness.suppressed_ratio",
+                "robustness.bootstrap",
+                "robustness.seed",
+                "robustness.batch_size",
+                "robustness.device",
+                *KNOWN,
+                "eval.dtype",
+                "eval.random_draws",
+                "verbalize.other_heads",
+            ),
+            args=(
+                MODEL_DIR,
+                MASK,
+                SPLITS,
+                VERBALIZED,
+                Arg("--out", "results/sweep/<model>/<target>/<point>/seed<seed>/eval/val_wordings.json"),
+            ),
+        ),
+        Stage(
             "combine_seeds",
             "knowsubnet.evaluation.ablation:combine_seeds",
             doc="Union / intersection / majority of a target's seed masks, and their metrics. Writes "
@@ -491,6 +517,7 @@ STAGES: dict[str, Stage] = {
                 Arg("--metas", "each point's meta.json", nargs="+"),
                 Arg("--headlines", "each point's test headline.json (read for the kept points only)", nargs="+"),
                 Arg("--facts", "each point's test facts.parquet (read for the kept points only)", nargs="+"),
+                Arg("--wordings", "each point's val_wordings.json (evaluate_val_wordings)", nargs="+"),
                 Arg("--out-dir", "results/sweep"),
             ),
         ),

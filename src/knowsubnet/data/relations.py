@@ -178,6 +178,30 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "UsedFor": ("{S} {helps|help} with {o}", "You would use {s} for {o}"),
 }
 
+# Wordings for choosing among removals on validation (`evaluation.val_wordings`, the sweep's
+# selection): validation facts in these, never the test's held-out PARAPHRASES, so a recipe chosen
+# for removing more than its trained wordings has not seen the test's wordings. Neither verbalize
+# nor training scores them. Their ids follow the PARAPHRASES.
+VALIDATION_WORDINGS: dict[str, tuple[str, ...]] = {
+    "AtLocation": ("{S} {is|are} typically located in {a o}", "One place to come across {s} is {a o}"),
+    "CapableOf": ("{S} will often {o}", "Given the chance, {s} can {o}"),
+    "Causes": ("{S} {tends|tend} to produce {o}", "A result of {s} can be {o}"),
+    "CausesDesire": ("{S} {leaves|leave} people wanting to {o}", "Thanks to {s}, someone might decide to {o}"),
+    "Desires": ("{S} {wishes|wish} for {a o}", "Something {s} would enjoy is {a o}"),
+    "HasA": ("{S} normally {includes|include} {a o}", "Part of what {s} {has|have} is {a o}"),
+    "HasPrerequisite": ("In order to {h}, one must have {a o}", "{S} {is|are} only possible with {a o}"),
+    "HasProperty": ("{S} {is|are} generally {o}", "One way to describe {s} is {o}"),
+    "HasSubevent": ("As part of {h}, people {o}", "When {h}, you might {o}"),
+    "IsA": ("{S} {is a member|are members} of the class of {o}", "{S} {belongs|belong} to the group called {o}"),
+    "MadeOf": ("{S} {is|are} formed out of {o}", "To make {s}, you use {o}"),
+    "MotivatedByGoal": ("People choose to {h} to {o}", "The goal of those who {h} is to {o}"),
+    "NotDesires": ("{S} {avoids|avoid} {o}", "{S} would never ask for {a o}"),
+    "PartOf": ("{S} {is|are} included in {a o}", "You can find {s} within {a o}"),
+    "ReceivesAction": ("{S} {is|are} frequently {o}", "{S} will usually be {o}"),
+    "Hypernym": ("{S} {is a member|are members} of the class of {o}", "{S} {belongs|belong} to the group called {o}"),
+    "UsedFor": ("{S} {is|are} good for {o}", "A common use of {s} is {o}"),
+}
+
 # -- Noun-phrase heuristics ---------------------------------------------------------------------
 # ConceptNet entities are lower-cased words or short phrases of every part of speech. These rules
 # decide only what a template needs: an article or not, singular or plural agreement.
@@ -299,8 +323,8 @@ def canonical_relation(name: str) -> str | None:
 
 def verbalize(rel: str, template_id: int, head: str, tail: str) -> tuple[str, str]:
     """(prompt, tail_text) for one fact; `prompt + tail_text` is the sentence. Ids past the
-    relation's TEMPLATES name its PARAPHRASES."""
-    templates = TEMPLATES[check_relation(rel)] + PARAPHRASES[rel]
+    relation's TEMPLATES name its PARAPHRASES, then its VALIDATION_WORDINGS."""
+    templates = TEMPLATES[check_relation(rel)] + PARAPHRASES[rel] + VALIDATION_WORDINGS[rel]
     if not isinstance(template_id, int) or not 0 <= template_id < len(templates):
         raise InputError(
             f"template_id {template_id!r} for relation {rel}: expected an integer from 0 to {len(templates) - 1}"
@@ -351,6 +375,13 @@ def heldout_wording_ids(rel: str) -> range:
     return range(len(TEMPLATES[check_relation(rel)]), len(TEMPLATES[rel]) + len(PARAPHRASES[rel]))
 
 
+def validation_wording_ids(rel: str) -> range:
+    """Ids of the relation's VALIDATION_WORDINGS: only the sweep's selection scores them (empty for a
+    relation of the user's that gives none)."""
+    start = len(TEMPLATES[check_relation(rel)]) + len(PARAPHRASES[rel])
+    return range(start, start + len(VALIDATION_WORDINGS[rel]))
+
+
 def _tail_field(template: str) -> str:
     for field in _TAIL_FIELDS:
         if template.endswith(field):
@@ -361,12 +392,14 @@ def _tail_field(template: str) -> str:
 _BY_LOWER = {rel.lower(): rel for rel in ALL_RELATIONS}
 
 # Keep the table honest at import: every relation has 4-6 templates, each ending in the tail.
-assert set(TEMPLATES) == set(ALL_RELATIONS) == set(PARAPHRASES)
+assert set(TEMPLATES) == set(ALL_RELATIONS) == set(PARAPHRASES) == set(VALIDATION_WORDINGS)
 assert all(len(wordings) >= 2 for wordings in PARAPHRASES.values())  # issue 31: two unseen wordings each
+assert all(len(wordings) >= 2 for wordings in VALIDATION_WORDINGS.values())
 for _rel, _templates in TEMPLATES.items():
     assert 4 <= len(_templates) <= 6, _rel
-    assert not set(_templates) & set(PARAPHRASES[_rel]), _rel
-    for _t in _templates + PARAPHRASES[_rel]:
+    _all = _templates + PARAPHRASES[_rel] + VALIDATION_WORDINGS[_rel]
+    assert len(set(_all)) == len(_all), _rel  # the three sets share no wording
+    for _t in _all:
         _tail_field(_t)
         assert _t.count("{o}") + _t.count("{a o}") == 1, _t
 
@@ -393,18 +426,19 @@ def check_template(template: object, where: str) -> str:
     return template
 
 
-def add_relation(rel: str, templates: list[str], heldout: list[str], where: str) -> None:
+def add_relation(rel: str, templates: list[str], heldout: list[str], where: str, validation: list[str] = ()) -> None:
     """Register a relation of the user's (`data.user_facts.read_templates`): `templates` are what
-    template choice and training read, `heldout` the wordings only the robustness probes read. A
-    built-in relation cannot be redefined; registering the same templates again is a no-op."""
+    template choice and training read, `heldout` the wordings only the robustness probes read,
+    `validation` those only the sweep's choice reads (none: its check has no sentence for the
+    relation). A built-in relation cannot be redefined; registering the same templates again is a no-op."""
     if not isinstance(rel, str) or not _RELATION_NAME.match(rel):
         raise InputError(f"{where}: relation name {rel!r}: expected letters, digits and _ (such as CapitalOf)")
     if rel.lower() in {r.lower() for r in ALL_RELATIONS}:
         raise InputError(f"{where}: {rel} is a built-in relation (data/relations.py); give yours another name")
-    wordings = (tuple(templates), tuple(heldout))
-    if rel in TEMPLATES and (TEMPLATES[rel], PARAPHRASES[rel]) != wordings:
+    wordings = (tuple(templates), tuple(heldout), tuple(validation))
+    if rel in TEMPLATES and (TEMPLATES[rel], PARAPHRASES[rel], VALIDATION_WORDINGS[rel]) != wordings:
         raise InputError(f"{where}: relation {rel} is defined twice with different templates")
-    TEMPLATES[rel], PARAPHRASES[rel] = wordings
+    TEMPLATES[rel], PARAPHRASES[rel], VALIDATION_WORDINGS[rel] = wordings
     _BY_LOWER[rel.lower()] = rel
 
 

@@ -13,6 +13,8 @@ the templates file defines:
         - "{S}'s capital city is {o}"
       heldout:                 # wordings only the robustness probes read (at least 1)
         - "The seat of government of {h} is {o}"
+      validation:              # optional: wordings only the sweep's choice reads (evaluation.val_wordings)
+        - "{h} is governed from {o}"
 
 Templates use `data.relations`' syntax, the tail last. Bad rows stop with file:line.
 """
@@ -34,6 +36,7 @@ from knowsubnet.data.triplets import COLUMNS, normalize_entity, stable_uuid
 
 FACT_FORMATS = (".csv", ".jsonl", ".parquet")
 USER_SOURCE = "user"  # the source tag of a fact file's facts in a split
+WORDING_KEYS = ("templates", "heldout", "validation")  # a templates file's lists per relation; validation optional
 
 
 def is_user_target(spec: Any) -> bool:
@@ -42,8 +45,9 @@ def is_user_target(spec: Any) -> bool:
     return isinstance(spec, Mapping) and "facts" in spec and not {"concept", "wordnet"} & set(spec)
 
 
-def read_templates(path: str | Path) -> dict[str, tuple[list[str], list[str]]]:
-    """{relation: (templates, heldout)} from a templates YAML (module docstring), each checked."""
+def read_templates(path: str | Path) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """{relation: (templates, heldout, validation)} from a templates YAML (module docstring), each
+    checked; `validation` is empty when the file gives none."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -56,17 +60,24 @@ def read_templates(path: str | Path) -> dict[str, tuple[list[str], list[str]]]:
     out = {}
     for rel, entry in data.items():
         where = f"{path}: key '{rel}'"
-        if not isinstance(entry, dict) or set(entry) != {"templates", "heldout"}:
-            raise InputError(f"{where}: expected exactly the keys templates and heldout (each a list of templates)")
+        if not isinstance(entry, dict) or not {"templates", "heldout"} <= set(entry) <= set(WORDING_KEYS):
+            raise InputError(
+                f"{where}: expected the keys templates and heldout, and optionally validation "
+                "(each a list of templates)"
+            )
         lists = {}
-        for key in ("templates", "heldout"):
+        for key in WORDING_KEYS:
+            if key not in entry:
+                lists[key] = []
+                continue
             items = entry[key]
             if not isinstance(items, list) or not items:
                 raise InputError(f"{where}.{key}: expected a list of at least one template")
             lists[key] = [relations.check_template(t, f"{where}.{key}[{i}]") for i, t in enumerate(items)]
-        if set(lists["templates"]) & set(lists["heldout"]):
-            raise InputError(f"{where}: a held-out wording is also a training template; they must differ")
-        out[str(rel)] = (lists["templates"], lists["heldout"])
+        for first, second in (("templates", "heldout"), ("templates", "validation"), ("heldout", "validation")):
+            if set(lists[first]) & set(lists[second]):
+                raise InputError(f"{where}: a wording is in both {first} and {second}; they must differ")
+        out[str(rel)] = (lists["templates"], lists["heldout"], lists["validation"])
     return out
 
 
@@ -76,8 +87,8 @@ def register_templates(targets: Mapping[str, Any]) -> None:
     for spec in targets.values():
         if is_user_target(spec) and spec.get("templates"):
             path = spec["templates"]
-            for rel, (templates, heldout) in read_templates(path).items():
-                relations.add_relation(rel, templates, heldout, f"{path}: key '{rel}'")
+            for rel, (templates, heldout, validation) in read_templates(path).items():
+                relations.add_relation(rel, templates, heldout, f"{path}: key '{rel}'", validation)
 
 
 def _rows(path: Path) -> list[tuple[str, dict]]:

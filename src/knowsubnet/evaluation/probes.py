@@ -105,6 +105,10 @@ def heldout_wordings(relations_: list[str]) -> dict[str, list[int]]:
     return {rel: list(relations.heldout_wording_ids(rel)) for rel in relations_}
 
 
+def validation_wordings(relations_: list[str]) -> dict[str, list[int]]:
+    return {rel: list(relations.validation_wording_ids(rel)) for rel in relations_}
+
+
 def trained_wordings(train: pd.DataFrame, templates: str) -> dict[str, list[int]]:
     """Per relation, every wording a TargetKG train sentence of the mask was written in: the train
     facts' best templates (`train.targetkg_templates: best`) or all the relation's templates (all)."""

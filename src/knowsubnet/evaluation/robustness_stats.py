@@ -94,11 +94,13 @@ def wording_known(scored: pd.DataFrame, max_tail_ppl: float | None, min_head_gai
     return known
 
 
-def wording_summary(scored: pd.DataFrame, n_boot: int, seed: int, bar: float) -> dict[str, Any]:
-    """Each wording probe over the sentences the original knows: PPL ratios and the share of
-    sentences suppressed (PPL >= bar x the original's)."""
+def wording_summary(
+    scored: pd.DataFrame, n_boot: int, seed: int, bar: float, wording_probes: dict[str, str] = WORDING_PROBES
+) -> dict[str, Any]:
+    """Each wording probe ({name: probe}) over the sentences the original knows: PPL ratios and the
+    share of sentences suppressed (PPL >= bar x the original's)."""
     out: dict[str, Any] = {"threshold": bar}
-    for name, probe in WORDING_PROBES.items():
+    for name, probe in wording_probes.items():
         frame = scored[scored["probe"] == probe]
         known = frame[frame["known"]]
         out[name] = {

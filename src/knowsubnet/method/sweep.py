@@ -89,6 +89,22 @@ def val_row(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def wording_row(result: dict[str, Any]) -> dict[str, float]:
+    """A point's validation-wording numbers from its val_wordings.json (`evaluation.val_wordings`): the
+    share of known validation-wording sentences its removal suppresses, a random removal's share, and
+    the ControlKG validation facts' PPL ratio in the same wordings (NaN where nothing was known)."""
+
+    def number(x: Any) -> float:
+        return float(x) if x is not None else math.nan
+
+    target, control = result["targetkg_val"], result["controlkg_val"]
+    return {
+        "val_wordings_suppressed": number(target["suppressed_share"]["removed"]["share"]),
+        "val_wordings_random": number(target["suppressed_share"]["random"]["share"]),
+        "val_wordings_controlkg_x": number(control["removed"]["ratio"]),
+    }
+
+
 def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -123,11 +139,13 @@ def damage(row: dict[str, Any]) -> float:
     return total
 
 
-def choose_point(rows: list[dict[str, Any]], bars: Bars) -> tuple[int, str]:
+def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, str]:
     """Index of the point kept among one method's `rows` (validation numbers only, `val_row`), and
     why. The mask's criterion (`train.select`, two-sided), with report.bars as its thresholds:
 
-    1. among the points that meet every bar on validation, the least damage (`damage`);
+    1. among the points that meet every bar on validation, by="damage" (params sweep.choose_by): the
+       least damage (`damage`); by="wordings": the largest share of validation-wording sentences
+       suppressed (`wording_row`), then the least damage;
     2. else among those that reach the TargetKG bar (and the sparsity bar where they have one), the
        least damage;
     3. else the largest log TargetKG ratio minus the damage.
@@ -135,7 +153,18 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars) -> tuple[int, str]:
     Ties go to the larger TargetKG ratio, then to the earlier row."""
     if not rows:
         raise ValueError("choose_point: no points")
+    if by not in ("damage", "wordings"):
+        raise InputError(f"params key 'sweep.choose_by' = {by!r}: expected damage or wordings")
     met = [val_bars(row, bars) for row in rows]
+
+    def suppressed(i: int) -> float:  # a point without the check ranks last
+        x = rows[i].get("val_wordings_suppressed", math.nan)
+        return x if _finite(x) else -math.inf
+
+    every_bar = [i for i in range(len(rows)) if all(met[i].values())]
+    if every_bar and by == "wordings":
+        key = lambda i: (-suppressed(i), damage(rows[i]), -rows[i]["val_targetkg_x"], i)  # noqa: E731
+        return min(every_bar, key=key), "every bar on validation, most validation-wording sentences suppressed"
     for why, ok in (
         ("every bar on validation", lambda m: all(m.values())),
         ("TargetKG bar on validation, least control damage", lambda m: m["min_target_ratio"] and m["min_sparsity"]),

@@ -1,6 +1,7 @@
 """The search's table (the `sweep_select` stage; docs/SEARCH.md): every sweep point's validation
-numbers and cost, the point kept per method x model x target x seed (`method.sweep.choose_point`,
-validation only), and the kept points' test numbers in their own columns.
+numbers and cost (with the validation-wording check, `evaluation.val_wordings`, where given), the point
+kept per method x model x target x seed (`method.sweep.choose_point`, validation only, params
+sweep.choose_by), and the kept points' test numbers in their own columns.
 
 The choice is made before any test file is opened, and only the kept points' test headlines are
 read: a test file of a point not kept is never opened.
@@ -25,12 +26,13 @@ from matplotlib.figure import Figure
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row
+from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row, wording_row
 from knowsubnet.report.format import band, draw_bars, markdown_table, read_record, save_figure, write_csv
 from knowsubnet.report.seed_comparison import seed_comparison
 
 KEY = ("model", "target", "seed", "method")
 TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
+WORDING_COLUMNS = ["val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x"]
 COLUMNS = [
     "model",
     "target",
@@ -40,6 +42,7 @@ COLUMNS = [
     "kept",
     "val_sparsity",
     *(f"val_{s}_x" for s in SETS),
+    *WORDING_COLUMNS,
     "val_bars",
     "wall_s",
     "chosen",
@@ -55,29 +58,45 @@ def sweep_from_params(
     metas: Sequence[Path],
     headlines: Sequence[Path],
     facts: Sequence[Path],
+    wordings: Sequence[Path],
     out_dir: Path,
 ) -> pd.DataFrame:
-    """The sweep_select stage: `sweep_table` over the points given as four parallel lists, one entry
-    each per point, with the bars and dpi of params `report`; then the kept points' comparison across
-    seeds (`report.seed_comparison`, report.bootstrap resamples)."""
-    if not len(names) == len(metas) == len(headlines) == len(facts):
+    """The sweep_select stage: `sweep_table` over the points given as five parallel lists, one entry
+    each per point, with the bars and dpi of params `report` and sweep.choose_by; then the kept
+    points' comparison across seeds (`report.seed_comparison`, report.bootstrap resamples)."""
+    if not len(names) == len(metas) == len(headlines) == len(facts) == len(wordings):
         raise InputError(
-            f"--names, --metas, --headlines and --facts: {len(names)}, {len(metas)}, {len(headlines)} and "
-            f"{len(facts)} files; expected one of each per point"
+            f"--names, --metas, --headlines, --facts and --wordings: {len(names)}, {len(metas)}, {len(headlines)}, "
+            f"{len(facts)} and {len(wordings)} files; expected one of each per point"
         )
     bars = params.report.bars
-    frame = sweep_table(list(zip(names, metas, headlines)), bars, out_dir, params.report.dpi)
+    frame = sweep_table(
+        list(zip(names, metas, headlines)),
+        bars,
+        out_dir,
+        params.report.dpi,
+        wordings=wordings,
+        choose_by=params.sweep.choose_by,
+    )
     kept = frame[frame["chosen"]]
     # the frame's index is each point's position in the inputs (sweep_table): its facts file
     seed_comparison(kept, {i: facts[i] for i in kept.index}, bars, params.report.bootstrap, out_dir, params.report.dpi)
     return frame
 
 
-def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]:
-    """One row per (point name, meta.json path): its identity and validation numbers (`val_row`)."""
+def point_rows(
+    points: Sequence[tuple[str, str | Path]], wordings: Sequence[str | Path] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (point name, meta.json path): its identity and validation numbers (`val_row`),
+    and its validation-wording check from the parallel list `wordings` (`wording_row`; NaN without)."""
     rows = []
-    for name, meta_path in points:
+    for i, (name, meta_path) in enumerate(points):
         meta = read_record(meta_path, ("model", "target", "seed"), "a sweep point's meta.json")
+        check = (
+            wording_row(read_record(wordings[i], ("targetkg_val", "controlkg_val"), "a validation-wording check"))
+            if wordings
+            else dict.fromkeys(WORDING_COLUMNS, math.nan)
+        )
         rows.append(
             {
                 "model": meta["model"],
@@ -85,12 +104,13 @@ def point_rows(points: Sequence[tuple[str, str | Path]]) -> list[dict[str, Any]]
                 "seed": int(meta["seed"]),
                 "point": name,
                 **val_row(meta),
+                **check,
             }
         )
     return rows
 
 
-def choose(rows: list[dict[str, Any]], bars: Bars) -> list[dict[str, Any]]:
+def choose(rows: list[dict[str, Any]], bars: Bars, by: str) -> list[dict[str, Any]]:
     """`rows` with `val_bars`, `chosen` and `chosen_by`: one point kept per method x model x target
     x seed, from the validation columns alone."""
     out = [dict(row) for row in rows]
@@ -102,7 +122,7 @@ def choose(rows: list[dict[str, Any]], bars: Bars) -> list[dict[str, Any]]:
     for i, row in enumerate(out):
         groups.setdefault(tuple(row[k] for k in KEY), []).append(i)
     for members in groups.values():
-        kept, why = choose_point([rows[i] for i in members], bars)
+        kept, why = choose_point([rows[i] for i in members], bars, by)
         out[members[kept]].update(chosen=True, chosen_by=why)
     return out
 
@@ -143,12 +163,19 @@ def _frontier(frame: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:
 
 
 def sweep_table(
-    points: Sequence[tuple[str, str | Path, str | Path]], bars: Bars, out_dir: str | Path, dpi: int
+    points: Sequence[tuple[str, str | Path, str | Path]],
+    bars: Bars,
+    out_dir: str | Path,
+    dpi: int,
+    *,
+    choose_by: str,
+    wordings: Sequence[str | Path] | None = None,
 ) -> pd.DataFrame:
     """Choose on validation and write the files (module doc). `points`: (name, meta.json, test
-    headline.json) per point; only the kept points' headlines are read, after the choice."""
+    headline.json) per point; only the kept points' headlines are read, after the choice.
+    `wordings`: each point's val_wordings.json, in the same order (None: no check)."""
     out_dir = Path(out_dir)
-    rows = choose(point_rows([(name, meta) for name, meta, _ in points]), bars)
+    rows = choose(point_rows([(name, meta) for name, meta, _ in points], wordings), bars, choose_by)
     headlines = [headline for _, _, headline in points]
     for row, headline in zip(rows, headlines):  # the choice is made: test numbers of the kept points only
         row.update(
@@ -170,6 +197,7 @@ def sweep_table(
         "point",
         "kept",
         *(f"val_{s}_x" for s in SETS),
+        "val_wordings_suppressed",
         "val_bars",
         "chosen_by",
         *TEST_COLUMNS,
@@ -180,8 +208,10 @@ def sweep_table(
         f"Bars (report.bars): TargetKG ≥ ×{bars.min_target_ratio:g}, sparsity ≥ {bars.min_sparsity:g} "
         f"(masks), ControlKG within {band(bars.max_controlkg_ratio)}, ControlLM within "
         f"{band(bars.max_controllm_ratio)}. Each method's point is chosen on the validation sets "
-        "(`method.sweep.choose_point`); the `test_` columns are the test splits of the kept points only, "
-        "read after the choice.",
+        f"(`method.sweep.choose_point`, sweep.choose_by: {choose_by}); `val_wordings_suppressed`: the share "
+        "of known validation-fact sentences in the validation wordings (never the test's) that the removal "
+        "suppresses (`val_wordings_random`: a random removal of its size). The `test_` columns are the test "
+        "splits of the kept points only, read after the choice.",
         "",
         "## Kept per method (test columns marked test_)",
         "",

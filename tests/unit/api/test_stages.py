@@ -117,7 +117,7 @@ def test_a_file_generated_for_another_run_stops_the_stage(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("names", [["a"], ["a", "b", "c"]])
-def test_sweep_select_needs_one_name_meta_headline_and_facts_file_per_point(tmp_path, capsys, names):
+def test_sweep_select_needs_one_name_meta_headline_facts_and_wordings_file_per_point(tmp_path, capsys, names):
     argv = [
         "--params",
         str(REPO_ROOT / "params.yaml"),
@@ -132,6 +132,9 @@ def test_sweep_select_needs_one_name_meta_headline_and_facts_file_per_point(tmp_
         "--facts",
         "f1.parquet",
         "f2.parquet",
+        "--wordings",
+        "w1.json",
+        "w2.json",
         "--out-dir",
         str(tmp_path / "sweep"),
     ]

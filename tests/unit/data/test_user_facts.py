@@ -35,6 +35,13 @@ def test_the_example_templates_verbalise_a_new_relation_with_its_held_out_wordin
         ("The seat of power in France is", " Paris"),
     ]
     assert [i for i, *_ in relations.all_verbalizations("CapitalOf", "France", "Paris")] == [0, 1, 2]
+    val = [
+        relations.verbalize("CapitalOf", i, "France", "Paris") for i in relations.validation_wording_ids("CapitalOf")
+    ]
+    assert val == [
+        ("The capital city of France is", " Paris"),
+        ("Government offices of France are located in", " Paris"),
+    ]
 
 
 def test_a_fact_file_reads_alike_as_csv_jsonl_and_parquet(capitals, tmp_path):
@@ -84,8 +91,13 @@ def test_a_bad_jsonl_line_and_a_wrong_suffix_are_named(fresh_relations, tmp_path
     [
         ("R:\n  templates: ['The {h} of {o} is']\n  heldout: ['x {o}']\n", "must end with the tail"),
         ("R:\n  templates: ['{q} is {o}']\n  heldout: ['x {o}']\n", "unknown field {q}"),
-        ("R:\n  templates: ['{h} is {o}']\n", "exactly the keys templates and heldout"),
-        ("R:\n  templates: ['{h} is {o}']\n  heldout: ['{h} is {o}']\n", "also a training template"),
+        ("R:\n  templates: ['{h} is {o}']\n", "the keys templates and heldout"),
+        ("R:\n  templates: ['{h} is {o}']\n  heldout: ['x {o}']\n  test: ['y {o}']\n", "optionally validation"),
+        ("R:\n  templates: ['{h} is {o}']\n  heldout: ['{h} is {o}']\n", "both templates and heldout"),
+        (
+            "R:\n  templates: ['{h} is {o}']\n  heldout: ['x {o}']\n  validation: ['x {o}']\n",
+            "both heldout and validation",
+        ),
         ("IsA:\n  templates: ['{h} is {o}']\n  heldout: ['{h} counts as {o}']\n", "built-in relation"),
         ("R: [", "not valid YAML"),
     ],

@@ -602,3 +602,53 @@ def test_a_finetune_that_ruins_the_original_is_not_called_recovery():
     assert "not recovery" in _frac(value, ruined)
     undefined = Relearned(ppl_before=10.0, ppl_after=10.0, ppl_after_per_seed=[10.0], per_seed=[None])
     assert _frac(None, kept) == "–" and _frac(undefined, kept) == "undefined"
+
+
+# ---------------------------------------------------------------------------------------------
+# the validation-wording check (evaluation.val_wordings): the sweep's choice never sees a test wording
+
+
+def test_validation_wordings_are_neither_trained_nor_the_tests():
+    for rel in relations.ALL_RELATIONS:
+        val = set(relations.validation_wording_ids(rel))
+        assert len(val) >= 2
+        assert not val & set(relations.heldout_wording_ids(rel))
+        assert not val & {t for t, _, _ in relations.all_verbalizations(rel, "apple", "fruit")}
+        for tid in val:
+            prompt, tail = relations.verbalize(rel, tid, "apple", "fruit")
+            assert tail == " fruit" and "{" not in prompt
+
+
+def test_the_validation_wording_check_scores_validation_facts_in_validation_wordings(workspace, tmp_path):
+    from knowsubnet.data import factsets
+    from knowsubnet.evaluation import val_wordings
+
+    root = workspace["root"]
+    params = toy_params()
+    sentences = val_wordings.build_sentences(
+        params, root / "splits" / "IsA", factsets.read_verbalized(root / "verbalized" / "IsA.parquet")
+    )
+    val_uuids = {
+        name: set(pd.read_parquet(root / "splits" / "IsA" / f"{name}.parquet")["uuid"])
+        for name in ("targetkg_val", "controlkg_val")
+    }
+    for name, probe in val_wordings.PROBES.items():
+        rows = sentences[sentences["probe"] == probe]
+        assert len(rows) and set(rows["uuid"]) <= val_uuids[name]
+        assert all(t in relations.validation_wording_ids(r) for r, t in zip(rows["rel"], rows["template_id"]))
+
+    def check(mask):
+        out = tmp_path / f"{mask.stem}.json"
+        kwargs = dict(model_dir=root / "model", splits_dir=root / "splits" / "IsA")
+        result = val_wordings.evaluate_val_wordings(
+            params, mask=mask, verbalized=root / "verbalized" / "IsA.parquet", out=out, **kwargs
+        )
+        assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+        return result
+
+    empty = check(write_mask(root, "empty-val", lambda shape: torch.full(shape, -1.0)))
+    for name in val_wordings.PROBES:
+        assert empty[name]["removed"]["ratio"] == 1.0
+    assert empty["targetkg_val"]["suppressed_share"]["removed"]["share"] == 0.0
+    everything = check(write_mask(root, "all-val", lambda shape: torch.full(shape, 1.0)))
+    assert everything["targetkg_val"]["removed"]["ratio"] != 1.0

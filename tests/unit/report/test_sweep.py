@@ -95,14 +95,32 @@ def test_choice_is_two_sided_and_prefers_every_bar_met():
         row(200.0, 1.0, 1.0, sparsity=0.9),  # sparsity bar missed
         row(5.0, 1.0, 1.0),
     ]  # target missed
-    assert choose_point(rows, BARS) == (1, "every bar on validation")
+    assert choose_point(rows, BARS, "damage") == (1, "every bar on validation")
     # without the point meeting every bar, the least two-sided damage among those reaching the target:
     # a falling ControlKG (x0.85) is damage, so x1.12 (|log| 0.113 < 0.163) wins
-    kept, why = choose_point([rows[0], row(15.0, 1.12, 1.0), rows[3]], BARS)
+    kept, why = choose_point([rows[0], row(15.0, 1.12, 1.0), rows[3]], BARS, "damage")
     assert (kept, why) == (1, "TargetKG bar on validation, least control damage")
     # no point reaches the target: the largest log TargetKG ratio minus damage
-    kept, why = choose_point([row(2.0, 1.0, 1.0), row(8.0, 1.5, 1.0), row(6.0, 1.01, 1.0)], BARS)
+    kept, why = choose_point([row(2.0, 1.0, 1.0), row(8.0, 1.5, 1.0), row(6.0, 1.01, 1.0)], BARS, "damage")
     assert kept == 2 and why.startswith("no bar met")
+
+
+def test_choice_by_validation_wordings_ranks_the_points_meeting_every_bar_by_sentences_suppressed():
+    rows = [
+        {**row(20.0, 1.00, 1.00), "val_wordings_suppressed": 0.10},  # the least damage
+        {**row(90.0, 1.06, 1.02), "val_wordings_suppressed": 0.40},  # the most suppressed
+        {**row(300.0, 1.5, 1.0), "val_wordings_suppressed": 0.90},  # ControlKG bar missed: not a candidate
+        {**row(50.0, 1.01, 1.00), "val_wordings_suppressed": math.nan},  # no check: ranks last
+    ]
+    assert choose_point(rows, BARS, "damage") == (0, "every bar on validation")
+    kept, why = choose_point(rows, BARS, by="wordings")
+    assert kept == 1 and "validation-wording" in why
+    # ties on the share go to the least damage; without a point meeting every bar, the damage rule
+    tied = [{**r, "val_wordings_suppressed": 0.4} for r in rows[:2]]
+    assert choose_point(tied, BARS, by="wordings")[0] == 0
+    assert choose_point([rows[2], {**row(15.0, 1.12, 1.0)}], BARS, by="wordings")[1].startswith("TargetKG bar")
+    with pytest.raises(InputError, match="sweep.choose_by"):
+        choose_point(rows, BARS, by="test")
 
 
 def test_point_overlay_is_checked_against_the_params():
@@ -151,7 +169,7 @@ def _write_points(root):
 
 def test_table_chooses_on_validation_and_reads_only_the_kept_points_test_files(tmp_path):
     points = _write_points(tmp_path / "points")
-    frame = sweep_table(points, BARS, tmp_path / "out", dpi=30)
+    frame = sweep_table(points, BARS, tmp_path / "out", dpi=30, choose_by="damage")
     kept = frame[frame["chosen"]].set_index("method")["point"].to_dict()
     assert kept == {"mask": "a", "graddiff": "g1"}
     assert frame.loc[frame["chosen"], "test_targetkg_x"].eq(20.0).all()
@@ -178,10 +196,38 @@ def test_table_chooses_on_validation_and_reads_only_the_kept_points_test_files(t
                 )
             )
     (tmp_path / "points" / "b" / "eval" / "headline.json").write_text("{not json")
-    again = sweep_table(points, BARS, tmp_path / "again", dpi=30)
+    again = sweep_table(points, BARS, tmp_path / "again", dpi=30, choose_by="damage")
     validation = [c for c in frame.columns if not c.startswith("test_")]
     pd.testing.assert_frame_equal(again[validation], frame[validation])
     assert again.loc[again["chosen"], "test_targetkg_x"].eq(1.0).all()
+
+
+def _check(suppressed, random=0.0, control=1.0):
+    return {
+        "targetkg_val": {"suppressed_share": {"removed": {"share": suppressed}, "random": {"share": random}}},
+        "controlkg_val": {"removed": {"ratio": control}},
+    }
+
+
+def test_table_reads_each_points_validation_wording_check(tmp_path):
+    points = _write_points(tmp_path / "points")
+    checks = []
+    for k, (_, meta, _) in enumerate(points):
+        path = meta.parent / "eval" / "val_wordings.json"
+        path.write_text(json.dumps(_check(0.1 * k, control=1.0 + k / 100)))
+        checks.append(path)
+    frame = sweep_table(points, BARS, tmp_path / "out", dpi=30, wordings=checks, choose_by="wordings")
+    a = frame.set_index("point").loc["a"]
+    assert a["val_wordings_suppressed"] == pytest.approx(0.1) and a["val_wordings_controlkg_x"] == pytest.approx(1.01)
+    assert frame[frame["chosen"]].set_index("method")["point"].to_dict() == {"mask": "a", "graddiff": "g1"}
+    assert "sweep.choose_by: wordings" in (tmp_path / "out" / "selection.md").read_text()
+    # without checks the columns are empty, not invented
+    assert (
+        sweep_table(points, BARS, tmp_path / "none", dpi=30, choose_by="damage")["val_wordings_suppressed"].isna().all()
+    )
+    checks[1].write_text(json.dumps({"targetkg_val": {}}))
+    with pytest.raises(InputError, match="val_wordings.json"):
+        sweep_table(points, BARS, tmp_path / "bad", dpi=30, wordings=checks, choose_by="damage")
 
 
 def test_the_chooser_sees_no_test_column(tmp_path, monkeypatch):
@@ -190,12 +236,12 @@ def test_the_chooser_sees_no_test_column(tmp_path, monkeypatch):
 
     seen = []
 
-    def spy(rows, bars):
+    def spy(rows, bars, by):
         seen.extend(rows)
-        return choose_point(rows, bars)
+        return choose_point(rows, bars, by)
 
     monkeypatch.setattr(report_sweep, "choose_point", spy)
-    sweep_table(_write_points(tmp_path / "points"), BARS, tmp_path / "out", dpi=30)
+    sweep_table(_write_points(tmp_path / "points"), BARS, tmp_path / "out", dpi=30, choose_by="damage")
     assert seen and not any(key.startswith("test") for r in seen for key in r)
 
 
