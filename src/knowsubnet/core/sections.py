@@ -646,8 +646,5 @@ class Sweep:
         [], description="points (or 'preset', the run's own mask) through robustness and the goal table: sweep_goals"
     )
     choose_by: Literal["damage", "wordings"] = Field(
-        "damage",
-        description="among a method's points that meet every bar on validation, keep the least control damage "
-        "(damage), or the largest share of validation-wording sentences suppressed (wordings: "
-        "evaluation.val_wordings), then the least damage",
+        "damage", description="points meeting every bar: least damage, or most validation-wording sentences suppressed"
     )
