@@ -77,6 +77,14 @@ def test_sweep_runs_with_snakemake_chooses_on_validation_and_dvc_has_the_same_st
         chosen = group[group["chosen"]].iloc[0]
         assert pd.notna(chosen["test_targetkg_x"]) and group[~group["chosen"]]["test_targetkg_x"].isna().all()
     assert set(frame["method"]) == {"mask", "graddiff", "attribution"}
+    # every point's validation-wording check ran on its own removal (the preset's beside its evaluation)
+    check = json.loads((sweep / "tiny-gpt2/IsA/graddiff-lr3e-3/seed0/eval/val_wordings.json").read_text())
+    assert check["method"] == "graddiff" and check["provenance"]["mask"].endswith(
+        "graddiff-lr3e-3/seed0/removal.safetensors"
+    )
+    assert (proj / "results/eval/tiny-gpt2/IsA/seed0/val_wordings.json").is_file()
+    assert {"val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x"} <= set(frame.columns)
+    assert sorted(stages["sweep_val_wordings_baseline"]["matrix"]["point"]) == ["attribution-wide", "graddiff-lr3e-3"]
 
     # the kept points pooled over the seeds (one here), from their test facts: the headline's ratios
     comparison = pd.read_csv(sweep / "comparison.csv").set_index("method")
