@@ -214,6 +214,17 @@ CHECKS = {
         "sweep_evaluate_baseline",
         "sweep_select",
     ),
+    (
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-seeds.yaml --config sweep__choose_by=wordings"
+    ): dry(
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-seeds.yaml --config sweep__choose_by=wordings",
+        "sweep_val_wordings_preset",
+        "sweep_val_wordings_mask",
+        "sweep_val_wordings_baseline",
+        "sweep_select",
+    ),
 }
 
 
