@@ -144,8 +144,11 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
     why. The mask's criterion (`train.select`, two-sided), with report.bars as its thresholds:
 
     1. among the points that meet every bar on validation, by="damage" (params sweep.choose_by): the
-       least damage (`damage`); by="wordings": the largest share of validation-wording sentences
-       suppressed (`wording_row`), then the least damage;
+       least damage (`damage`); by="wordings": among those whose ControlKG validation facts in the
+       validation wordings also stay within the ControlKG bar (two-sided: a removal that makes other
+       facts easier in other wordings has changed them too), the largest share of validation-wording
+       sentences suppressed (`wording_row`), then the least damage; when none holds its control
+       there, by damage;
     2. else among those that reach the TargetKG bar (and the sparsity bar where they have one), the
        least damage;
     3. else the largest log TargetKG ratio minus the damage.
@@ -161,10 +164,15 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
         x = rows[i].get("val_wordings_suppressed", math.nan)
         return x if _finite(x) else -math.inf
 
-    every_bar = [i for i in range(len(rows)) if all(met[i].values())]
-    if every_bar and by == "wordings":
+    def control_held(i: int) -> bool:
+        x = rows[i].get("val_wordings_controlkg_x", math.nan)
+        return _finite(x) and 1.0 / bars.max_controlkg_ratio <= x <= bars.max_controlkg_ratio
+
+    held = [i for i in range(len(rows)) if all(met[i].values()) and control_held(i)]
+    if held and by == "wordings":
         key = lambda i: (-suppressed(i), damage(rows[i]), -rows[i]["val_targetkg_x"], i)  # noqa: E731
-        return min(every_bar, key=key), "every bar on validation, most validation-wording sentences suppressed"
+        why = "every bar on validation and ControlKG in the validation wordings, most of their sentences suppressed"
+        return min(held, key=key), why
     for why, ok in (
         ("every bar on validation", lambda m: all(m.values())),
         ("TargetKG bar on validation, least control damage", lambda m: m["min_target_ratio"] and m["min_sparsity"]),

@@ -106,19 +106,25 @@ def test_choice_is_two_sided_and_prefers_every_bar_met():
 
 
 def test_choice_by_validation_wordings_ranks_the_points_meeting_every_bar_by_sentences_suppressed():
+    def checked(r, suppressed, control=1.0):
+        return {**r, "val_wordings_suppressed": suppressed, "val_wordings_controlkg_x": control}
+
     rows = [
-        {**row(20.0, 1.00, 1.00), "val_wordings_suppressed": 0.10},  # the least damage
-        {**row(90.0, 1.06, 1.02), "val_wordings_suppressed": 0.40},  # the most suppressed
-        {**row(300.0, 1.5, 1.0), "val_wordings_suppressed": 0.90},  # ControlKG bar missed: not a candidate
-        {**row(50.0, 1.01, 1.00), "val_wordings_suppressed": math.nan},  # no check: ranks last
+        checked(row(20.0, 1.00, 1.00), 0.10),  # the least damage
+        checked(row(90.0, 1.06, 1.02), 0.40),  # the most suppressed
+        checked(row(300.0, 1.5, 1.0), 0.90),  # ControlKG bar missed: not a candidate
+        checked(row(50.0, 1.01, 1.00), math.nan),  # no check: ranks last
+        checked(row(60.0, 1.01, 1.00), 0.95, control=0.5),  # other facts easier in other wordings: not either
     ]
     assert choose_point(rows, BARS, "damage") == (0, "every bar on validation")
     kept, why = choose_point(rows, BARS, by="wordings")
-    assert kept == 1 and "validation-wording" in why
-    # ties on the share go to the least damage; without a point meeting every bar, the damage rule
+    assert kept == 1 and "validation wordings" in why
+    # ties on the share go to the least damage; with no control held in the wordings, the damage rule
     tied = [{**r, "val_wordings_suppressed": 0.4} for r in rows[:2]]
     assert choose_point(tied, BARS, by="wordings")[0] == 0
-    assert choose_point([rows[2], {**row(15.0, 1.12, 1.0)}], BARS, by="wordings")[1].startswith("TargetKG bar")
+    assert choose_point([rows[4], rows[0]], BARS, by="wordings")[0] == 1
+    assert choose_point([rows[4]], BARS, by="wordings") == (0, "every bar on validation")
+    assert choose_point([rows[2], checked(row(15.0, 1.12, 1.0), 0.5)], BARS, by="wordings")[1].startswith("TargetKG")
     with pytest.raises(InputError, match="sweep.choose_by"):
         choose_point(rows, BARS, by="test")
 
