@@ -474,15 +474,7 @@ def evaluate_robustness(
     train_blocks, test_blocks = (load_blocks(controllm_dir / f"{part}.safetensors") for part in ("train", "test"))
     lap("load")
     scored_positions = params.verbalize.scored_positions
-    wording_baselines = sentences["probe"].str.startswith("other_head:")  # only the original's score is read
-    scored = score_sentences(
-        variants, tokenizer, sentences[~wording_baselines], cfg.batch_size, device, scored_positions, names=VARIANTS
-    )
-    baselines = score_sentences(
-        variants, tokenizer, sentences[wording_baselines], cfg.batch_size, device, scored_positions, names=("original",)
-    )
-    scored = pd.concat([scored, baselines], ignore_index=True)
-    scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
+    scored = score_probes(variants, tokenizer, sentences, params, device)
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
     kl = controlkg_kl(
@@ -555,6 +547,22 @@ def evaluate_robustness(
         timings,
     )
     return result
+
+
+def score_probes(variants: Variants, tokenizer, sentences: pd.DataFrame, params: Params, device) -> pd.DataFrame:
+    """The probes' sentences scored under every variant (an `other_head:` row under the original only:
+    only its score is read), with the per-sentence `known` column (params `known`)."""
+    batch, positions = params.robustness.batch_size, params.verbalize.scored_positions
+    baselines = sentences["probe"].str.startswith("other_head:")
+    scored = pd.concat(
+        [
+            score_sentences(variants, tokenizer, sentences[~baselines], batch, device, positions, names=VARIANTS),
+            score_sentences(variants, tokenizer, sentences[baselines], batch, device, positions, names=("original",)),
+        ],
+        ignore_index=True,
+    )
+    scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
+    return scored
 
 
 def _split_report(splits_dir: Path) -> dict[str, Any] | None:

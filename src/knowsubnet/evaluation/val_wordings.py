@@ -28,13 +28,11 @@ from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
 from knowsubnet.evaluation import probes
 from knowsubnet.evaluation import robustness_stats as stats
-from knowsubnet.evaluation.robustness import known_split
-from knowsubnet.evaluation.robustness_stats import VARIANTS
+from knowsubnet.evaluation.robustness import known_split, score_probes
 from knowsubnet.evaluation.variants import Variants
 from knowsubnet.method import edits
 from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.facts import DTYPES
-from knowsubnet.scoring.sentences import score_sentences
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +74,7 @@ def evaluate_val_wordings(
     layers = edits.edit_layers(lm, edit, source=str(mask))
     variants = Variants(lm, layers, edit, params.robustness.seed, draws=params.eval.random_draws)
     sentences = build_sentences(params, splits_dir, factsets.read_verbalized(verbalized))
-    baseline_rows = sentences["probe"].str.startswith("other_head:")  # only the original's score is read
-    batch, positions = params.robustness.batch_size, params.verbalize.scored_positions
-    scored = pd.concat(
-        [
-            score_sentences(variants, tokenizer, sentences[~baseline_rows], batch, device, positions, names=VARIANTS),
-            score_sentences(
-                variants, tokenizer, sentences[baseline_rows], batch, device, positions, names=("original",)
-            ),
-        ],
-        ignore_index=True,
-    )
-    scored["known"] = stats.wording_known(scored, params.known.max_tail_ppl, params.known.min_head_gain).to_numpy()
+    scored = score_probes(variants, tokenizer, sentences, params, device)
     result = {
         "method": edit.metadata.get("method", "mask"),
         **summarize(scored, params),
