@@ -147,12 +147,6 @@ for _kind, _removal in (("mask", "mask.safetensors"), ("baseline", "removal.safe
 
 # -- the validation-wording check of every point (the preset's beside its evaluation), for the choice --
 
-VAL_WORDINGS_SHELL = (
-    "knowsubnet evaluate_val_wordings --params {PARAMS} {input.point} --model-dir results/models/{wildcards.model} "
-    "--mask {input.mask} --splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} "
-    "--out {output} 2> {log}"
-)
-
 for _kind, _removal, _out in (
     ("preset", "results/masks/{model}/{target}/seed{seed}/mask.safetensors",
      "results/eval/{model}/{target}/seed{seed}/val_wordings.json"),
@@ -185,7 +179,9 @@ for _kind, _removal, _out in (
         conda:
             "../envs/knowsubnet.yaml"
         shell:
-            VAL_WORDINGS_SHELL
+            "knowsubnet evaluate_val_wordings --params {PARAMS} {input.point} "
+            "--model-dir results/models/{wildcards.model} --mask {input.mask} "
+            "--splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} --out {output} 2> {log}"
 
 
 # sweep_select's five parallel lists, one entry per point (sweep_runs), in the order of its --names
