@@ -21,7 +21,7 @@ The tail is always the final span, so `prompt + tail_text` is the sentence and `
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -426,7 +426,9 @@ def check_template(template: object, where: str) -> str:
     return template
 
 
-def add_relation(rel: str, templates: list[str], heldout: list[str], where: str, validation: list[str] = ()) -> None:
+def add_relation(
+    rel: str, templates: Sequence[str], heldout: Sequence[str], where: str, validation: Sequence[str] = ()
+) -> None:
     """Register a relation of the user's (`data.user_facts.read_templates`): `templates` are what
     template choice and training read, `heldout` the wordings only the robustness probes read,
     `validation` those only the sweep's choice reads (none: its check has no sentence for the
