@@ -65,6 +65,12 @@ from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsu
     section,
 )
 
+
+def within(ratio: float, bar: float) -> bool:
+    """1 / bar <= ratio <= bar: a two-sided control bar of `Bars` (False for NaN)."""
+    return 1.0 / bar <= ratio <= bar
+
+
 TARGETS = """\
 Each key is a target's name. A target selects TargetKG facts by one of:
   rel: <relation>                 every fact of that relation

@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from knowsubnet.core.config import within
 from knowsubnet.evaluation.ablation_results import AblationMetrics
 
 BARS = ("min_sparsity", "min_target_ratio", "max_random_share", "max_controlkg_ratio", "max_controllm_ratio")
@@ -51,11 +52,6 @@ def ratios(result: AblationMetrics | Mapping[str, Any]) -> dict[str, float]:
     removed, random = out["ratio_removed_targetkg"], out["ratio_random_targetkg"]
     out["random_share"] = (random - 1.0) / (removed - 1.0) if removed > 1.0 else math.inf
     return out
-
-
-def within(ratio: float, bar: float) -> bool:
-    """1 / bar <= ratio <= bar: a two-sided control bar (False for NaN)."""
-    return 1.0 / bar <= ratio <= bar
 
 
 def check_bars(result: AblationMetrics | Mapping[str, Any], bars: Mapping[str, float]) -> dict[str, Any]:

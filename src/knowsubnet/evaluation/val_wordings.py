@@ -56,12 +56,6 @@ def build_sentences(params: Params, splits_dir: Path, verbalized: pd.DataFrame) 
     return pd.concat(parts, ignore_index=True)
 
 
-def summarize(scored: pd.DataFrame, params: Params) -> dict[str, Any]:
-    """Per probe: the PPL ratios (removed, random) and the shares of known sentences suppressed."""
-    cfg = params.robustness
-    return stats.wording_summary(scored, cfg.bootstrap, cfg.seed, cfg.suppressed_ratio, PROBES)
-
-
 def evaluate_val_wordings(
     params: Params, *, model_dir: Path, mask: Path, splits_dir: Path, verbalized: Path, out: Path
 ) -> dict[str, Any]:
@@ -75,9 +69,11 @@ def evaluate_val_wordings(
     variants = Variants(lm, layers, edit, params.robustness.seed, draws=params.eval.random_draws)
     sentences = build_sentences(params, splits_dir, factsets.read_verbalized(verbalized))
     scored = score_probes(variants, tokenizer, sentences, params, device)
+    cfg = params.robustness
     result = {
         "method": edit.metadata.get("method", "mask"),
-        **summarize(scored, params),
+        # per probe: the PPL ratios (removed, random) and the shares of known sentences suppressed
+        **stats.wording_summary(scored, cfg.bootstrap, cfg.seed, cfg.suppressed_ratio, PROBES),
         "wall_time_s": round(time.monotonic() - start, 2),
         "provenance": stamp(
             {"robustness": params.section("robustness"), "known": params.section("known")},

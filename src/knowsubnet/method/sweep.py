@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from knowsubnet.core import config
-from knowsubnet.core.config import Bars
+from knowsubnet.core.config import Bars, within
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.method import registry
@@ -25,6 +25,7 @@ from knowsubnet.method import registry
 MASK = registry.MASK
 PRESET = "preset"  # the run's own mask (results/masks/...), a mask point of every sweep
 SETS = ("targetkg", "controlkg", "controllm")
+WORDING_COLUMNS = ("val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x")  # wording_row's
 
 
 def point_overlay(mapping: dict[str, Any], point: str, schema: str | Path) -> dict[str, Any]:
@@ -89,20 +90,20 @@ def val_row(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def wording_row(result: dict[str, Any]) -> dict[str, float]:
-    """A point's validation-wording numbers from its val_wordings.json (`evaluation.val_wordings`): the
-    share of known validation-wording sentences its removal suppresses, a random removal's share, and
-    the ControlKG validation facts' PPL ratio in the same wordings (NaN where nothing was known)."""
-
-    def number(x: Any) -> float:
-        return float(x) if x is not None else math.nan
-
+def wording_row(result: dict[str, Any] | None) -> dict[str, float]:
+    """A point's validation-wording numbers (WORDING_COLUMNS) from its val_wordings.json
+    (`evaluation.val_wordings`): the share of known validation-wording sentences its removal
+    suppresses, a random removal's share, and the ControlKG validation facts' PPL ratio in the same
+    wordings. NaN where nothing was known, and all NaN without a check (`result` None)."""
+    if result is None:
+        return dict.fromkeys(WORDING_COLUMNS, math.nan)
     target, control = result["targetkg_val"], result["controlkg_val"]
-    return {
-        "val_wordings_suppressed": number(target["suppressed_share"]["removed"]["share"]),
-        "val_wordings_random": number(target["suppressed_share"]["random"]["share"]),
-        "val_wordings_controlkg_x": number(control["removed"]["ratio"]),
-    }
+    values = (
+        target["suppressed_share"]["removed"]["share"],
+        target["suppressed_share"]["random"]["share"],
+        control["removed"]["ratio"],
+    )
+    return {name: float(x) if x is not None else math.nan for name, x in zip(WORDING_COLUMNS, values)}
 
 
 def _finite(x: float) -> bool:
@@ -113,16 +114,13 @@ def val_bars(row: dict[str, Any], bars: Bars) -> dict[str, bool]:
     """Which of report.bars a point meets on validation: TargetKG ratio (and sparsity where the point
     has one), ControlKG and ControlLM ratios within [1 / bar, bar] (two-sided, as the report's)."""
 
-    def within(x, bar):
-        return not _finite(x) or 1.0 / bar <= x <= bar  # no ControlLM validation blocks: no bar
-
-    sparsity = row.get("val_sparsity", math.nan)
+    sparsity, controllm = row.get("val_sparsity", math.nan), row["val_controllm_x"]
     return {
         "min_target_ratio": _finite(row["val_targetkg_x"]) and row["val_targetkg_x"] >= bars.min_target_ratio,
         "min_sparsity": not _finite(sparsity) or sparsity >= bars.min_sparsity,
-        "max_controlkg_ratio": _finite(row["val_controlkg_x"])
-        and within(row["val_controlkg_x"], bars.max_controlkg_ratio),
-        "max_controllm_ratio": within(row["val_controllm_x"], bars.max_controllm_ratio),
+        "max_controlkg_ratio": within(row["val_controlkg_x"], bars.max_controlkg_ratio),
+        # no ControlLM validation blocks: no bar
+        "max_controllm_ratio": not _finite(controllm) or within(controllm, bars.max_controllm_ratio),
     }
 
 
@@ -164,15 +162,17 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
         x = rows[i].get("val_wordings_suppressed", math.nan)
         return x if _finite(x) else -math.inf
 
-    def control_held(i: int) -> bool:
-        x = rows[i].get("val_wordings_controlkg_x", math.nan)
-        return _finite(x) and 1.0 / bars.max_controlkg_ratio <= x <= bars.max_controlkg_ratio
-
-    held = [i for i in range(len(rows)) if all(met[i].values()) and control_held(i)]
-    if held and by == "wordings":
-        key = lambda i: (-suppressed(i), damage(rows[i]), -rows[i]["val_targetkg_x"], i)  # noqa: E731
-        why = "every bar on validation and ControlKG in the validation wordings, most of their sentences suppressed"
-        return min(held, key=key), why
+    if by == "wordings":
+        held = [
+            i
+            for i in range(len(rows))
+            if all(met[i].values())
+            and within(rows[i].get("val_wordings_controlkg_x", math.nan), bars.max_controlkg_ratio)
+        ]
+        if held:
+            key = lambda i: (-suppressed(i), damage(rows[i]), -rows[i]["val_targetkg_x"], i)  # noqa: E731
+            why = "every bar on validation and ControlKG in the validation wordings, most of their sentences suppressed"
+            return min(held, key=key), why
     for why, ok in (
         ("every bar on validation", lambda m: all(m.values())),
         ("TargetKG bar on validation, least control damage", lambda m: m["min_target_ratio"] and m["min_sparsity"]),

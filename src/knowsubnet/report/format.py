@@ -75,7 +75,7 @@ def with_interval(value: float | None, low: float | None, high: float | None, di
 
 
 def band(bar: float) -> str:
-    """A two-sided control bar as its range: 1.1 -> "0.909–1.1" (evaluation.bars.within)."""
+    """A two-sided control bar as its range: 1.1 -> "0.909–1.1" (core.config.within)."""
     return f"{1 / bar:.3g}–{bar:g}"
 
 

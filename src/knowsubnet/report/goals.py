@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowsubnet.core.config import Bars, Goals
+from knowsubnet.core.config import Bars, Goals, within
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation import relearn
@@ -126,9 +126,6 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
 def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
     """The goals a row misses, in the module doc's order; an undefined number misses its goal."""
 
-    def within(x, bar):
-        return x is not None and 1.0 / bar <= x <= bar
-
     def at_least(x, bar):
         return x is not None and x >= bar
 
@@ -137,8 +134,8 @@ def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
 
     checks = [
         ("targetkg", at_least(row["targetkg_x"], bars.min_target_ratio)),
-        ("controlkg", within(row["controlkg_x"], bars.max_controlkg_ratio)),
-        ("controllm", within(row["controllm_x"], bars.max_controllm_ratio)),
+        ("controlkg", row["controlkg_x"] is not None and within(row["controlkg_x"], bars.max_controlkg_ratio)),
+        ("controllm", row["controllm_x"] is not None and within(row["controllm_x"], bars.max_controllm_ratio)),
         ("wordings_train", at_least(row["suppressed_train"], goals.min_suppressed)),
         ("wordings_test", at_least(row["suppressed_test"], goals.min_suppressed)),
         ("probe", row["probe_removed"] is not None and row["probe_random"] is not None

@@ -30,10 +30,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from knowsubnet.core import bootstrap
-from knowsubnet.core.config import Bars
+from knowsubnet.core.config import Bars, within
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.evaluation.bars import within
 from knowsubnet.report.format import band, draw_bars, markdown_table, save_figure, with_interval, write_csv
 
 FACT_SETS = ("targetkg", "controlkg")  # the sets scored per fact in the evaluation's facts.parquet

@@ -26,13 +26,12 @@ from matplotlib.figure import Figure
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.method.sweep import SETS, choose_point, val_bars, val_row, wording_row
+from knowsubnet.method.sweep import SETS, WORDING_COLUMNS, choose_point, val_bars, val_row, wording_row
 from knowsubnet.report.format import band, draw_bars, markdown_table, read_record, save_figure, write_csv
 from knowsubnet.report.seed_comparison import seed_comparison
 
 KEY = ("model", "target", "seed", "method")
 TEST_COLUMNS = [f"test_{s}_x" for s in SETS] + ["test_verdict"]
-WORDING_COLUMNS = ["val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x"]
 COLUMNS = [
     "model",
     "target",
@@ -93,9 +92,9 @@ def point_rows(
     for i, (name, meta_path) in enumerate(points):
         meta = read_record(meta_path, ("model", "target", "seed"), "a sweep point's meta.json")
         check = (
-            wording_row(read_record(wordings[i], ("targetkg_val", "controlkg_val"), "a validation-wording check"))
+            read_record(wordings[i], ("targetkg_val", "controlkg_val"), "a validation-wording check")
             if wordings
-            else dict.fromkeys(WORDING_COLUMNS, math.nan)
+            else None
         )
         rows.append(
             {
@@ -104,7 +103,7 @@ def point_rows(
                 "seed": int(meta["seed"]),
                 "point": name,
                 **val_row(meta),
-                **check,
+                **wording_row(check),
             }
         )
     return rows
