@@ -21,6 +21,7 @@ has no fact to resample: the geometric mean over seeds, with the seeds' range.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -184,14 +185,20 @@ def _versus_mask(row: dict, mask: dict, draws: dict) -> None:
     row["supported"] = "; ".join(said) or "no difference from the mask"
 
 
+def group_stream(model: str, target: str) -> list[int]:
+    """The bootstrap stream of one model x target, from its names: its intervals are the same whichever other
+    targets share the table (a stream by position in the table moved them when a target was added)."""
+    return [BOOTSTRAP_SEED, zlib.crc32(f"{model}/{target}".encode())]
+
+
 def seed_comparison(
     kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bars, n_boot: int, out_dir: str | Path, dpi: int
 ) -> pd.DataFrame:
     """comparison.csv, comparison.md and comparison.png in `out_dir` from the kept rows of the search's
     table (`kept`, with the test columns) and each kept row's test facts.parquet by the row's index."""
     rows: list[dict] = []
-    for k, (_, group) in enumerate(kept.groupby(["model", "target"], sort=True)):
-        rows += compare_group(group, facts, bars, n_boot, [BOOTSTRAP_SEED, k])
+    for (model, target), group in kept.groupby(["model", "target"], sort=True):
+        rows += compare_group(group, facts, bars, n_boot, group_stream(model, target))
     table = pd.DataFrame(rows, columns=COLUMNS)
     out_dir = Path(out_dir)
     write_csv(out_dir / "comparison.csv", table)

@@ -138,3 +138,15 @@ def test_no_known_test_fact_leaves_the_numbers_and_the_differences_undefined(tmp
     table = seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30).set_index("method")
     assert table["targetkg_x"].isna().all() and table.loc["mask", "bars_missed"] == "min_target_ratio"
     assert table.loc["other", "supported"] == "undefined: no known test fact in a set"
+
+
+def test_a_targets_rows_are_the_same_alone_and_beside_another_target(tmp_path):
+    kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met"), "other": (2.0, 0.1, 1.0, "")})
+    alone = seed_comparison(kept, facts, BARS, 200, tmp_path / "alone", 30)
+    # another target sorting before "A" ("0"), which took the first stream when streams went by position
+    other = kept.assign(target="0")
+    both = pd.concat([kept, other], ignore_index=True)
+    both_facts = {**facts, **{len(kept) + i: path for i, path in facts.items()}}
+    beside = seed_comparison(both, both_facts, BARS, 200, tmp_path / "beside", 30)
+    beside = beside[beside["target"] == "A"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, beside)
