@@ -34,6 +34,7 @@ from knowsubnet.core import bootstrap
 from knowsubnet.core.config import Bars, within
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
+from knowsubnet.core.provenance import code_version
 from knowsubnet.report.format import band, draw_bars, markdown_table, save_figure, with_interval, write_csv
 
 FACT_SETS = ("targetkg", "controlkg")  # the sets scored per fact in the evaluation's facts.parquet
@@ -202,12 +203,19 @@ def seed_comparison(
     table = pd.DataFrame(rows, columns=COLUMNS)
     out_dir = Path(out_dir)
     write_csv(out_dir / "comparison.csv", table)
-    lines = comparison_markdown(table, bars)
+    lines = comparison_markdown(table, bars) + made_by(kept)
     if len(table):
         _figure(table, bars, out_dir / "comparison.png", dpi)
         lines += "\n![test trade-off, pooled over seeds](comparison.png)\n"
     write_text(out_dir / "comparison.md", lines)
     return table
+
+
+def made_by(kept: pd.DataFrame) -> str:
+    """The table's provenance: the code that pooled it, and the code versions that made its kept points."""
+    versions = kept.get("code_version", pd.Series("", index=kept.index)).fillna("").replace("", "unrecorded")
+    counts = ", ".join(f"`{v}` ({n})" for v, n in sorted(versions.value_counts().items()))
+    return f"\nPooled by knowsubnet `{code_version()}` from {len(kept)} kept points, made by: {counts}.\n"
 
 
 def _figure(table: pd.DataFrame, bars: Bars, path: Path, dpi: int) -> Path:

@@ -44,6 +44,7 @@ COLUMNS = [
     *WORDING_COLUMNS,
     "val_bars",
     "wall_s",
+    "code_version",
     "chosen",
     "chosen_by",
     *TEST_COLUMNS,
@@ -104,6 +105,8 @@ def point_rows(
                 "point": name,
                 **val_row(meta),
                 **wording_row(check),
+                # which code made the point: a table may pool points made at several commits
+                "code_version": (meta.get("provenance") or {}).get("code_version", ""),
             }
         )
     return rows

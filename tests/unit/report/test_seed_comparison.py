@@ -150,3 +150,12 @@ def test_a_targets_rows_are_the_same_alone_and_beside_another_target(tmp_path):
     beside = seed_comparison(both, both_facts, BARS, 200, tmp_path / "beside", 30)
     beside = beside[beside["target"] == "A"].reset_index(drop=True)
     pd.testing.assert_frame_equal(alone, beside)
+
+
+def test_the_table_names_the_code_that_made_its_points(tmp_path):
+    kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met")})
+    kept["code_version"] = ["0.1.0+gaaa", "0.1.0+gbbb", "0.1.0+gaaa"]
+    seed_comparison(kept, facts, BARS, 50, tmp_path / "out", 30)
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "from 3 kept points, made by: `0.1.0+gaaa` (2), `0.1.0+gbbb` (1)." in text
+    assert "Pooled by knowsubnet `" in text

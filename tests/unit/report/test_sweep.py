@@ -158,7 +158,7 @@ def _write_points(root):
     for name, meta in metas.items():
         folder = root / name
         (folder / "eval").mkdir(parents=True)
-        (folder / "meta.json").write_text(json.dumps(meta))
+        (folder / "meta.json").write_text(json.dumps(meta | {"provenance": {"code_version": f"0.1.0+g{name}"}}))
         (folder / "eval" / "headline.json").write_text(
             json.dumps(
                 {
@@ -181,7 +181,9 @@ def test_table_chooses_on_validation_and_reads_only_the_kept_points_test_files(t
     assert frame.loc[frame["chosen"], "test_targetkg_x"].eq(20.0).all()
     assert frame.loc[~frame["chosen"], "test_targetkg_x"].isna().all()
     assert (frame.loc[~frame["chosen"], "test_verdict"].fillna("") == "").all()
-    assert pd.read_csv(tmp_path / "out" / "selection.csv")["point"].tolist() == ["g1", "g2", "a", "b", "preset"]
+    table = pd.read_csv(tmp_path / "out" / "selection.csv")
+    assert table["point"].tolist() == ["g1", "g2", "a", "b", "preset"]
+    assert table["code_version"].tolist() == [f"0.1.0+g{p}" for p in table["point"]]  # from each point's meta
     assert "## Kept per method" in (tmp_path / "out" / "selection.md").read_text()
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
 
