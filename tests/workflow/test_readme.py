@@ -39,12 +39,13 @@ def proj(tmp_path_factory):
     return proj
 
 
-def dry(cmd: str, *rules: str):
+def dry(cmd: str, *rules: str, targets: tuple[str, ...] = ()):
     def check(proj):
         out = run(shlex.split(cmd) + ["-n"], proj)  # shlex: a quoted --config list stays one word
         text = out.stdout + out.stderr
         assert "discover_mask" in text or "export_remaining" in text
         assert all(f"rule {rule}:" in text for rule in rules), rules
+        assert all(f"target={target}," in text for target in targets), targets
 
     return check
 
@@ -221,7 +222,13 @@ CHECKS = {
         "sweep_evaluate_baseline",
         "sweep_select",
     ),
-    FIVE_TARGETS: dry(FIVE_TARGETS, "discover_mask", "sweep_npo", "sweep_rmu", "sweep_select"),
+    FIVE_TARGETS: dry(
+        FIVE_TARGETS,
+        "sweep_npo",
+        "sweep_rmu",
+        "sweep_select",
+        targets=("IsA", "AtLocation", "fruit", "sun", "swimming"),
+    ),
     (
         "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
         "config/overlays/demo-sweep-seeds.yaml --config sweep__choose_by=wordings"
