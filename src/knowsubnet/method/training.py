@@ -489,8 +489,8 @@ class MaskTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed: params, seed, masked layers, and the content of
-        every input (model weights, TargetKG / ControlKG tokens, ControlLM blocks)."""
+        """What a checkpoint must match to be resumed: params, seed, masked layers, the content of every
+        input (model weights, TargetKG / ControlKG tokens, ControlLM blocks), compute dtype and threads."""
         if getattr(self, "_model_digest", None) is None:
             self._model_digest = digest.state_dict(self.model)  # the model is frozen: hash it once
         return {
@@ -500,6 +500,8 @@ class MaskTrainer:
             "layers": [layer.name for layer in self.layers],
             "model_weights": self._model_digest,
             **self.input_digests,
+            # the dtype and the thread count change a CPU run's bits: a checkpoint of other ones is not resumed
+            "compute": precision.provenance(self.dtype, self.device),
         }
 
     def save_checkpoint(self) -> None:

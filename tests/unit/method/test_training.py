@@ -237,6 +237,24 @@ def test_checkpoint_of_other_params_restarts_from_scratch(tmp_path, caplog):
     assert again.log == clean.log and all(torch.equal(again.logits[k], clean.logits[k]) for k in clean.logits)
 
 
+def test_checkpoint_of_another_thread_count_restarts_from_scratch(tmp_path, caplog):
+    """A CPU run's bits depend on its thread count (the workflow runs one thread, a stage by hand torch's
+    default): a checkpoint another count left behind is not resumed."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run(tmp_path, "a", steps=4)  # leaves its final checkpoint behind
+        torch.set_num_threads(1)
+        with caplog.at_level("WARNING", logger="knowsubnet.core.checkpoint"):
+            run(tmp_path, "a", steps=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.message for r in caplog.records if "starting from scratch" in r.message] == [
+        f"{tmp_path / 'a' / 'checkpoint.pt'}: checkpoint was written for other inputs (changed: compute); "
+        "starting from scratch"
+    ]
+
+
 def changed_inputs(which):
     """The run's inputs with one of them changed in content only (same shapes and counts)."""
     t, c, lm = data()
