@@ -1,7 +1,7 @@
 """Resumable stages: one checkpoint file per stage output, one policy.
 
 A checkpoint is a cache of progress, never an input: it is resumed only when its fingerprint (the
-params and a digest of every input that shaped it) equals the current one. A checkpoint that
+params, a digest of every input that shaped it, and the torch thread count) equals the current one. A checkpoint that
 cannot be read, or that was written for other inputs or params, is set aside with one log line
 saying why, and the stage starts from scratch. The file is written atomically, so a kill leaves
 either the previous checkpoint or the new one.
@@ -24,17 +24,24 @@ from knowsubnet.core.io import atomic_path
 log = logging.getLogger(__name__)
 
 
+def _with_threads(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint and this process's torch thread count: it changes a CPU run's bits (the workflow
+    runs one thread, a stage run by hand torch's default), so a checkpoint of another count is not resumed."""
+    return {**fingerprint, "compute": {"torch_threads": torch.get_num_threads()}}
+
+
 def save(path: str | Path | None, fingerprint: dict[str, Any], state: dict[str, Any]) -> None:
     if path is None:
         return
     with atomic_path(Path(path)) as tmp:
-        torch.save({"fingerprint": fingerprint, "state": state}, tmp)
+        torch.save({"fingerprint": _with_threads(fingerprint), "state": state}, tmp)
 
 
 def load(path: str | Path | None, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     """The saved state when `path` holds a checkpoint written for `fingerprint`; None otherwise."""
     if path is None or not Path(path).is_file():
         return None
+    fingerprint = _with_threads(fingerprint)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         saved_fingerprint, state = saved["fingerprint"], saved["state"]

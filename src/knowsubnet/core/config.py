@@ -66,9 +66,9 @@ from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsu
 )
 
 
-def within(ratio: float, bar: float) -> bool:
-    """1 / bar <= ratio <= bar: a two-sided control bar of `Bars` (False for NaN)."""
-    return 1.0 / bar <= ratio <= bar
+def within(ratio: float | None, bar: float) -> bool:
+    """1 / bar <= ratio <= bar: a two-sided control bar of `Bars` (False for an undefined ratio, None or NaN)."""
+    return ratio is not None and 1.0 / bar <= ratio <= bar
 
 
 TARGETS = """\

@@ -489,8 +489,9 @@ class MaskTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed: params, seed, masked layers, the content of every
-        input (model weights, TargetKG / ControlKG tokens, ControlLM blocks), compute dtype and threads."""
+        """What a checkpoint must match to be resumed (`core.checkpoint` adds the thread count): params,
+        seed, masked layers, the content of every input (model weights, TargetKG / ControlKG tokens,
+        ControlLM blocks) and the compute dtype that `dtype: auto` resolved to."""
         if getattr(self, "_model_digest", None) is None:
             self._model_digest = digest.state_dict(self.model)  # the model is frozen: hash it once
         return {
@@ -500,8 +501,7 @@ class MaskTrainer:
             "layers": [layer.name for layer in self.layers],
             "model_weights": self._model_digest,
             **self.input_digests,
-            # the dtype and the thread count change a CPU run's bits: a checkpoint of other ones is not resumed
-            "compute": precision.provenance(self.dtype, self.device),
+            "compute_dtype": precision.name(self.dtype),  # auto resolves per machine: its bits differ
         }
 
     def save_checkpoint(self) -> None:

@@ -134,8 +134,8 @@ def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
 
     checks = [
         ("targetkg", at_least(row["targetkg_x"], bars.min_target_ratio)),
-        ("controlkg", row["controlkg_x"] is not None and within(row["controlkg_x"], bars.max_controlkg_ratio)),
-        ("controllm", row["controllm_x"] is not None and within(row["controllm_x"], bars.max_controllm_ratio)),
+        ("controlkg", within(row["controlkg_x"], bars.max_controlkg_ratio)),
+        ("controllm", within(row["controllm_x"], bars.max_controllm_ratio)),
         ("wordings_train", at_least(row["suppressed_train"], goals.min_suppressed)),
         ("wordings_test", at_least(row["suppressed_test"], goals.min_suppressed)),
         ("probe", row["probe_removed"] is not None and row["probe_random"] is not None
