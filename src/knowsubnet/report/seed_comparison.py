@@ -123,7 +123,8 @@ def _bars_missed(row: dict, verdicts: Sequence[str], bars: Bars) -> list[str]:
 
 def compare_group(kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bars, n_boot: int, rng_seed) -> list[dict]:
     """One row per method of one model x target: `kept` holds the kept points (one per method x seed, with
-    their test columns), `facts` each kept row's facts.parquet by the row's index."""
+    their test columns), `facts` each kept row's facts.parquet by the row's index. The facts' draws are the
+    target's (`rng_seed`), shared by every method so that a difference from the mask resamples the same facts."""
     ratios = {i: fact_log_ratios(facts[i]) for i in kept.index}
     first = ratios[kept.index[0]]
     uuids = {name: first[name].index for name in FACT_SETS}
@@ -133,7 +134,8 @@ def compare_group(kept: pd.DataFrame, facts: Mapping[int, str | Path], bars: Bar
     for method, runs in kept.groupby("method", sort=True):
         runs = runs.sort_values("seed")
         n_seeds = len(runs)
-        seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+        # the seeds' draws from the method's own stream: its row is the same whichever methods share the table
+        seed_idx = np.random.default_rng([*rng_seed, _crc(method)]).integers(0, n_seeds, size=(n_boot, n_seeds))
         row = {
             "model": runs["model"].iloc[0],
             "target": runs["target"].iloc[0],
@@ -189,7 +191,11 @@ def _versus_mask(row: dict, mask: dict, draws: dict) -> None:
 def group_stream(model: str, target: str) -> list[int]:
     """The bootstrap stream of one model x target, from its names: its intervals are the same whichever other
     targets share the table (a stream by position in the table moved them when a target was added)."""
-    return [BOOTSTRAP_SEED, zlib.crc32(f"{model}/{target}".encode())]
+    return [BOOTSTRAP_SEED, _crc(f"{model}/{target}")]
+
+
+def _crc(name: str) -> int:
+    return zlib.crc32(name.encode())
 
 
 def seed_comparison(

@@ -152,6 +152,17 @@ def test_a_targets_rows_are_the_same_alone_and_beside_another_target(tmp_path):
     pd.testing.assert_frame_equal(alone, beside)
 
 
+def test_a_methods_row_is_the_same_beside_a_method_that_sorts_before_it(tmp_path):
+    # methods drew their seeds in turn from the target's stream: adding "attribution" moved the mask's interval
+    methods = {"mask": (3.0, 0.0, 1.0, "all met"), "other": (2.0, 0.1, 1.0, "")}
+    kept, facts = kept_runs(tmp_path / "a", methods)
+    before, facts_before = kept_runs(tmp_path / "b", {"attribution": (1.0, 0.2, 1.0, ""), **methods})
+    alone = seed_comparison(kept, facts, BARS, 200, tmp_path / "alone", 30)
+    beside = seed_comparison(before, facts_before, BARS, 200, tmp_path / "beside", 30)
+    beside = beside[beside["method"] != "attribution"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, beside)
+
+
 def test_the_table_names_the_code_that_made_its_points(tmp_path):
     kept, facts = kept_runs(tmp_path, {"mask": (3.0, 0.0, 1.0, "all met")})
     kept["code_version"] = ["0.1.0+gaaa", "0.1.0+gbbb", "0.1.0+gaaa"]
