@@ -219,6 +219,8 @@ CHECKS = {
         "sweep_mask",
         "sweep_npo",
         "sweep_rmu",
+        "sweep_graddiff",
+        "sweep_attribution",
         "sweep_evaluate_baseline",
         "sweep_select",
     ),
@@ -226,6 +228,8 @@ CHECKS = {
         FIVE_TARGETS,
         "sweep_npo",
         "sweep_rmu",
+        "sweep_graddiff",
+        "sweep_attribution",
         "sweep_select",
         targets=("IsA", "AtLocation", "fruit", "sun", "swimming"),
     ),
@@ -239,6 +243,19 @@ CHECKS = {
         "sweep_val_wordings_mask",
         "sweep_val_wordings_baseline",
         "sweep_select",
+    ),
+    (
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-suppress-seeds.yaml"
+    ): dry(
+        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+        "config/overlays/demo-sweep-suppress-seeds.yaml",
+        "discover_mask",
+        "sweep_mask",
+        "sweep_val_wordings_preset",
+        "sweep_val_wordings_mask",
+        "sweep_select",
+        targets=("IsA", "AtLocation"),
     ),
 }
 
