@@ -144,11 +144,13 @@ def stage_help(proj):
     assert "--out-dir" in out and "--params" in out and "mask, train, known" in out, out
 
 
-FIVE_TARGETS = (  # the README's comparison: every target of issue 29 on three seeds
-    "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-    "config/overlays/demo-sweep-seeds.yaml --config "
-    '\'run__targets=["IsA","AtLocation","fruit","sun","swimming"]\''
-)
+# the search's commands (issue 29), each named once: the README's table row and its dry run
+DEMO_SWEEP = "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+SWEEP_SCREEN = DEMO_SWEEP + "config/overlays/demo-sweep.yaml"
+SWEEP_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-seeds.yaml"
+FIVE_TARGETS = SWEEP_SEEDS + ' --config \'run__targets=["IsA","AtLocation","fruit","sun","swimming"]\''
+SWEEP_BY_WORDINGS = SWEEP_SEEDS + " --config sweep__choose_by=wordings"
+SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
 
 CHECKS = {
     "make run": make_dry("run"),
@@ -193,12 +195,8 @@ CHECKS = {
     "snakemake --lint": lint,
     "knowsubnet discover_mask --help": stage_help,
     "make bench": bench,
-    (
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep.yaml"
-    ): dry(
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep.yaml",
+    SWEEP_SCREEN: dry(
+        SWEEP_SCREEN,
         "sweep_point",
         "sweep_mask",
         "sweep_graddiff",
@@ -209,12 +207,8 @@ CHECKS = {
         "sweep_evaluate_baseline",
         "sweep_select",
     ),
-    (
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-seeds.yaml"
-    ): dry(
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-seeds.yaml",
+    SWEEP_SEEDS: dry(
+        SWEEP_SEEDS,
         "discover_mask",
         "sweep_mask",
         "sweep_npo",
@@ -233,23 +227,15 @@ CHECKS = {
         "sweep_select",
         targets=("IsA", "AtLocation", "fruit", "sun", "swimming"),
     ),
-    (
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-seeds.yaml --config sweep__choose_by=wordings"
-    ): dry(
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-seeds.yaml --config sweep__choose_by=wordings",
+    SWEEP_BY_WORDINGS: dry(
+        SWEEP_BY_WORDINGS,
         "sweep_val_wordings_preset",
         "sweep_val_wordings_mask",
         "sweep_val_wordings_baseline",
         "sweep_select",
     ),
-    (
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-suppress-seeds.yaml"
-    ): dry(
-        "snakemake sweep --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
-        "config/overlays/demo-sweep-suppress-seeds.yaml",
+    SUPPRESS_SEEDS: dry(
+        SUPPRESS_SEEDS,
         "discover_mask",
         "sweep_mask",
         "sweep_val_wordings_preset",
