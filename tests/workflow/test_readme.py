@@ -151,6 +151,7 @@ SWEEP_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-seeds.yaml"
 FIVE_TARGETS = SWEEP_SEEDS + ' --config \'run__targets=["IsA","AtLocation","fruit","sun","swimming"]\''
 SWEEP_BY_WORDINGS = SWEEP_SEEDS + " --config sweep__choose_by=wordings"
 SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
+STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
 
 CHECKS = {
     "make run": make_dry("run"),
@@ -242,6 +243,15 @@ CHECKS = {
         "sweep_val_wordings_mask",
         "sweep_select",
         targets=("IsA", "AtLocation"),
+    ),
+    STRONGER: dry(
+        STRONGER,
+        "discover_mask",
+        "sweep_mask",
+        "sweep_val_wordings_preset",
+        "sweep_val_wordings_mask",
+        "sweep_select",
+        targets=("IsA",),
     ),
 }
 
