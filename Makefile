@@ -1,6 +1,6 @@
 # make setup   - virtual environment with the versions of requirements.lock (torch from TORCH_SPEC: docs/ENVIRONMENT.md)
 # make lock    - resolve requirements.lock afresh from pyproject.toml (in a temporary virtual environment)
-# make run     - the main job: SmolLM2-135M (PyPI), IsA and fruit through robustness and the report, ~20 min on 2 cores
+# make run     - the main job: SmolLM2-135M (PyPI), IsA and fruit through robustness and the report, ~30 min on 2 cores
 # make run-tiny - the whole pipeline for params.yaml (the tiny preset, the test preset)
 # make test    - the test suite, on both cores (make test-fast: every module's fast tests)
 # make lint    - ruff format --check and ruff check (pyproject.toml's [tool.ruff]; tests/workflow/test_style.py)
