@@ -152,6 +152,14 @@ FIVE_TARGETS = SWEEP_SEEDS + ' --config \'run__targets=["IsA","AtLocation","frui
 SWEEP_BY_WORDINGS = SWEEP_SEEDS + " --config sweep__choose_by=wordings"
 SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
 STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
+# the rules of a mask-only sweep that chooses by the held-out-wording check (SUPPRESS_SEEDS, STRONGER)
+CHOICE_BY_WORDINGS = (
+    "discover_mask",
+    "sweep_mask",
+    "sweep_val_wordings_preset",
+    "sweep_val_wordings_mask",
+    "sweep_select",
+)
 
 CHECKS = {
     "make run": make_dry("run"),
@@ -235,24 +243,8 @@ CHECKS = {
         "sweep_val_wordings_baseline",
         "sweep_select",
     ),
-    SUPPRESS_SEEDS: dry(
-        SUPPRESS_SEEDS,
-        "discover_mask",
-        "sweep_mask",
-        "sweep_val_wordings_preset",
-        "sweep_val_wordings_mask",
-        "sweep_select",
-        targets=("IsA", "AtLocation"),
-    ),
-    STRONGER: dry(
-        STRONGER,
-        "discover_mask",
-        "sweep_mask",
-        "sweep_val_wordings_preset",
-        "sweep_val_wordings_mask",
-        "sweep_select",
-        targets=("IsA",),
-    ),
+    SUPPRESS_SEEDS: dry(SUPPRESS_SEEDS, *CHOICE_BY_WORDINGS, targets=("IsA", "AtLocation")),
+    STRONGER: dry(STRONGER, *CHOICE_BY_WORDINGS, targets=("IsA",)),
 }
 
 
