@@ -152,7 +152,8 @@ FIVE_TARGETS = SWEEP_SEEDS + ' --config \'run__targets=["IsA","AtLocation","frui
 SWEEP_BY_WORDINGS = SWEEP_SEEDS + " --config sweep__choose_by=wordings"
 SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
 STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
-# the rules of a mask-only sweep that chooses by the held-out-wording check (SUPPRESS_SEEDS, STRONGER)
+SUBJECT = DEMO_SWEEP + "config/overlays/demo-sweep-subject.yaml"
+# the rules of a mask-only sweep that chooses by the held-out-wording check (SUPPRESS_SEEDS, STRONGER, SUBJECT)
 CHOICE_BY_WORDINGS = (
     "discover_mask",
     "sweep_mask",
@@ -245,6 +246,7 @@ CHECKS = {
     ),
     SUPPRESS_SEEDS: dry(SUPPRESS_SEEDS, *CHOICE_BY_WORDINGS, targets=("IsA", "AtLocation")),
     STRONGER: dry(STRONGER, *CHOICE_BY_WORDINGS, targets=("IsA",)),
+    SUBJECT: dry(SUBJECT, *CHOICE_BY_WORDINGS, targets=("IsA",)),
 }
 
 

@@ -61,6 +61,7 @@ class WordingGroup(Record):
     random: RatioCI = part(RatioCI)
     suppressed_share: Mapping[str, ShareCI] = part(ShareCI, "map")  # {removed, random}
     by_template: Mapping[str, float | None]
+    suppressed_by_template: Mapping[str, float] | None = None  # absent from files written before it
 
 
 @dataclass(frozen=True, kw_only=True)

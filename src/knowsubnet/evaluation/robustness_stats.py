@@ -116,8 +116,17 @@ def wording_summary(
             "by_template": {
                 int(t): ratio_ci(group, "removed", n_boot, seed)["ratio"] for t, group in known.groupby("template_id")
             },
+            # one wording may be reached and another not: the share alone hides which (docs/PRECISION.md)
+            "suppressed_by_template": suppressed_by_template(known, bar),
         }
     return out
+
+
+def suppressed_by_template(known: pd.DataFrame, bar: float) -> dict[int, float]:
+    """Per wording (template id): the share of the removed model's known sentences suppressed (PPL >= bar x
+    the original's)."""
+    hit = known["nll_removed"] - known["nll_original"] >= math.log(bar)
+    return {int(t): float(group.mean()) for t, group in hit.groupby(known["template_id"])}
 
 
 def in_context_summary(scored: pd.DataFrame, ks: list[int], n_boot: int, seed: int) -> dict[str, Any]:

@@ -20,7 +20,10 @@ The goals (params `report.bars` and `report.goals`):
 
 Beside the goal, not part of it, specificity (`false_tails_x`, `foreign_heads_x`): the test facts' sentences
 with a wrong tail, and with a ControlKG fact's head; a removal of the facts leaves them near x1, a removal
-of the tail words in that context raises them as much as the facts.
+of the tail words in that context raises them as much as the facts. And where the wordings are missed
+(`suppressed_test_trained`, `suppressed_test_by_wording`): the test facts' sentences suppressed in the
+trained wordings (how far the removal reaches unseen facts in wordings it knows) and in each held-out
+wording apart (one may be reached and another not).
 
 A number that is undefined (no known sentence, no probe, no relearning on text) is left empty and its
 goal counted as missed: the goal is not shown to hold.
@@ -29,7 +32,7 @@ goal counted as missed: the goal is not shown to hold.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +64,8 @@ COLUMNS = [
     "missed",
     "false_tails_x",
     "foreign_heads_x",
+    "suppressed_test_trained",
+    "suppressed_test_by_wording",
 ]
 
 
@@ -117,10 +122,17 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     row["missed"] = ", ".join(missed_goals(row, bars, goals))
     row["false_tails_x"] = _value(result.specificity.false_tails.removed)
     row["foreign_heads_x"] = _value(result.specificity.foreign_heads.removed)
+    row["suppressed_test_trained"] = _value(words.test_trained.suppressed_share.get("removed"))
+    row["suppressed_test_by_wording"] = by_wording(words.test_heldout.suppressed_by_template)
     row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}
     if relearned is not None and relearned.recovered is not None and relearned.low is not None:
         row["relearn_text_recovered_ci"] = with_interval(relearned.recovered, relearned.low, relearned.high)
     return row
+
+
+def by_wording(shares: Mapping[str, float] | None) -> str:
+    """`template id: share` for each held-out wording, as text ("5: 66 %, 6: 14 %"); "–" where not recorded."""
+    return ", ".join(f"{t}: {share:.0%}".replace("%", " %") for t, share in shares.items()) if shares else "–"
 
 
 def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
@@ -180,6 +192,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
         f"4-bit, recovered (< {goals.max_recovered:g})",
         "missed",
         "specificity: wrong tails × / foreign heads ×",
+        "test facts suppressed: trained wordings / each held-out wording",
     ]
     lines = []
     for _, row in table.iterrows():
@@ -197,6 +210,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
                 number(row["quantized_recovered"]),
                 row["missed"] or "none: every goal met",
                 f"{number(row['false_tails_x'])} / {number(row['foreign_heads_x'])}",
+                f"{number(row['suppressed_test_trained'], 2)} / {row['suppressed_test_by_wording']}",
             ]
         )
     frame = pd.DataFrame(lines, columns=header)

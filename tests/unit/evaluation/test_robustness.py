@@ -347,6 +347,7 @@ def test_an_empty_mask_shows_nothing_removed_under_every_probe(workspace, stage_
     ):
         assert section["removed"]["ratio"] == 1.0
     assert words["test_heldout"]["suppressed_share"]["removed"]["share"] == 0.0
+    assert words["test_heldout"]["suppressed_by_template"] == {5: 0.0, 6: 0.0}  # each held-out wording
     assert result["controlkg_kl"]["removed"] == 0.0
     choice = result["multiple_choice"]["targetkg"]
     assert choice["removed"]["share"] == choice["original"]["share"]

@@ -75,3 +75,12 @@ def test_each_goal_missed_alone(edit, missed, tmp_path):
     result = a_removal_meeting_every_goal()
     edit(result)
     assert row_of(result, tmp_path)["missed"] == missed
+
+
+def test_the_test_facts_per_held_out_wording_stand_beside_the_goal(tmp_path):
+    result = a_removal_meeting_every_goal()
+    result["wordings"]["test_heldout"]["suppressed_by_template"] = {"5": 0.66, "6": 0.14}
+    row = row_of(result, tmp_path)
+    assert row["suppressed_test_by_wording"] == "5: 66 %, 6: 14 %" and row["suppressed_test_trained"] == 0.5
+    assert row["missed"] == ""  # beside the goal, not part of it: the pooled share decides
+    assert row_of(robustness_dict(), tmp_path)["suppressed_test_by_wording"] == "–"  # a file written before it
