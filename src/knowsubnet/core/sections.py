@@ -288,6 +288,17 @@ class Train:
     hidden_layer: PosInt = Field(
         1, description="the block it reads, from the top of the masked ones (1: the last), as baselines.rmu.layer"
     )
+    suppress_objective: Literal["uniform", "npo"] = Field(
+        "uniform",
+        description=(
+            "the suppression loss at TargetKG tails: uniform, KL(U || p_rem) (the paper's: a flat next token); npo, "
+            "NPO's loss on the tail token itself, (2 / npo_beta) softplus(npo_beta (log p_rem - log p_orig)) "
+            "(method.objectives)"
+        ),
+    )
+    npo_beta: number(gt=0) = Field(
+        0.1, description="NPO's inverse temperature, for suppress_objective npo (as baselines.npo.beta)"
+    )
     controlkg_known_only: bool = Field(
         True, description="false: the ControlKG objective uses every ControlKG fact, known or not"
     )

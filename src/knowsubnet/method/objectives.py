@@ -9,6 +9,9 @@ the tail-token positions of KG facts, or every position of ControlLM blocks.
     controllm  = the same KL, at every token of the ControlLM blocks
     sparsity   = expected subnetwork density = mean_entries sigmoid(mask logit)
                  (hard-concrete: mean P(z != 0), the L0 expectation)
+    npo        = mean_pos (2 / beta) softplus(beta (log p_rem(y) - log p_orig(y)))   (`train.suppress_objective:
+                 npo`, in suppress's place): NPO's loss (Zhang et al. 2024) on the tail token y itself, where
+                 suppress flattens the whole next-token distribution
     hidden     = mean_pos cos(d_rem, d_orig)^2 (optional, `train.lambda_hidden`): d is what the masked
                  blocks up to block `train.hidden_layer` add to the residual stream, at every prompt
                  position of a TargetKG fact (its words, up to the one that predicts the tail)
@@ -70,6 +73,15 @@ def suppress_loss(logits: torch.Tensor) -> torch.Tensor:
     """
     z = logits.float()
     return (torch.logsumexp(z, dim=-1) - z.mean(dim=-1)).mean() - math.log(z.shape[-1])
+
+
+def npo_loss(logits: torch.Tensor, tokens: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO at tail positions: mean (2 / beta) softplus(beta (log p_rem(y) - log p_orig(y))). logits [P, V],
+    tokens [P] (the tail tokens y), ref_logprob [P] (the original's log p(y)). (2 / beta) log 2 where the
+    removal changed nothing; it falls towards 0, and its gradient with it, as y's probability falls below
+    the original's: unlike a log-likelihood ascent it stops pushing a token already gone."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return (2.0 / beta) * F.softplus(beta * (logp - ref_logprob.float())).mean()
 
 
 class _KLFromLogits(torch.autograd.Function):

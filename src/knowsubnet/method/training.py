@@ -209,6 +209,8 @@ class MaskTrainer:
         ref = torch.cat(refs)
         # fp16 keeps log-probs to ~1e-3 relative; only used when the fp32 cache would be large.
         self.c_ref = ref if ref.numel() * 4 <= (1 << 31) else ref.half()
+        if self.cfg.suppress_objective == "npo":
+            self._cache_tail_reference(chunk)
 
         if self.n_lm and self.cfg.batch.controllm and self.cfg.lambda_controllm > 0:
             log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
@@ -225,6 +227,31 @@ class MaskTrainer:
             self.lm_hidden = self.lm_final = None
         if self.cfg.lambda_hidden > 0:
             self._cache_hidden_reference()
+
+    @torch.no_grad()
+    def _cache_tail_reference(self, chunk: int) -> None:
+        """For the NPO suppression loss: the original's log-probability of each TargetKG training fact's tail
+        token at each tail position (flat, fact by fact, as `_kg_tail_logits` orders them)."""
+        parts = []
+        for start in range(0, self.n_target, chunk):
+            idx = torch.arange(start, min(start + chunk, self.n_target))
+            (logits,) = self._kg_tail_logits(None, [("target", idx)])
+            parts.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, self._tail_tokens(idx)[:, None])[:, 0])
+        self.t_ref_tail = torch.cat(parts)
+        n_tail = (self.t_targets != IGNORE).sum(dim=1).cpu()
+        self.t_tail_count, self.t_tail_offset = n_tail, torch.cumsum(n_tail, 0) - n_tail
+
+    def _tail_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        """The tail tokens of TargetKG facts `idx`, tail positions row-major (the order of their logits)."""
+        where = self.t_targets[idx.to(self.device)]
+        return where[where != IGNORE]
+
+    def _suppress(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The suppression loss at the tails of TargetKG facts `idx` (`train.suppress_objective`)."""
+        if self.cfg.suppress_objective == "uniform":
+            return objectives.suppress_loss(logits)
+        rows = flat_rows(self.t_tail_count, self.t_tail_offset, idx).to(self.device)
+        return objectives.npo_loss(logits, self._tail_tokens(idx), self.t_ref_tail[rows], self.cfg.npo_beta)
 
     @torch.no_grad()
     def _cache_hidden_reference(self) -> None:
@@ -411,7 +438,7 @@ class MaskTrainer:
         """The three model losses of the remaining model (`weights` = W_eff) on one batch."""
         target_logits, control_logits = self._kg_tail_logits(weights, [("target", idx_t), ("control", idx_c)])
         out = {
-            "suppress": objectives.suppress_loss(target_logits),
+            "suppress": self._suppress(target_logits, idx_t),
             "controlkg": objectives.controlkg_loss(control_logits, self._controlkg_ref(idx_c)),
         }
         if idx_lm is not None:
@@ -423,8 +450,7 @@ class MaskTrainer:
             # W * m = W - W_eff, from the same draw.
             subnet = {layer.name: self.top.weight(layer.name) - weights[layer.name] for layer in self.layers}
             (logits,) = self._kg_tail_logits(subnet, [("target", idx_t)])
-            where = self.t_targets[idx_t.to(self.device)]
-            out["expression"] = F.cross_entropy(logits.float(), where[where != IGNORE])
+            out["expression"] = F.cross_entropy(logits.float(), self._tail_tokens(idx_t))
         else:
             out["expression"] = torch.zeros((), device=self.device)
         if self.cfg.lambda_hidden > 0:
@@ -606,7 +632,7 @@ class MaskTrainer:
                 idx = torch.arange(start, min(start + chunk, n))
                 (logits,) = self._kg_tail_logits(weights, [(name, idx)])
                 loss = (
-                    objectives.suppress_loss(logits)
+                    self._suppress(logits, idx)
                     if name == "target"
                     else objectives.controlkg_loss(logits, self._controlkg_ref(idx))
                 )

@@ -83,3 +83,23 @@ def test_hidden_loss_is_mean_squared_cosine_and_zero_for_a_removed_contribution(
     contribution = torch.tensor([[1.0, 1.0], [0.0, -5.0], [0.0, 0.0]])  # cos 1/sqrt(2), -1, gone
     assert objectives.hidden_loss(contribution, original).item() == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert objectives.hidden_loss(original, original).item() == pytest.approx(1.0)
+
+
+def test_npo_loss_is_its_formula_and_stops_pushing_a_token_already_gone():
+    beta = 0.1
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    tokens = torch.tensor([0, 2])
+    ref = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+    # nothing removed: (2 / beta) log 2 at every position
+    assert math.isclose(objectives.npo_loss(logits, tokens, ref, beta).item(), 2 / beta * math.log(2), rel_tol=1e-6)
+    by_hand = [2 / beta * math.log1p(math.exp(beta * (lp - r))) for lp, r in zip([-4.0, -30.0], ref.tolist())]
+    gone = torch.tensor([[-4.0, 0.0, 0.0], [0.0, 0.0, -30.0]])
+    gone = gone - torch.logsumexp(gone, dim=-1, keepdim=True)  # log-probs: y at -4 and -30 nats (about)
+    lp = gone.gather(-1, tokens[:, None])[:, 0]
+    by_hand = [2 / beta * math.log1p(math.exp(beta * (a - r))) for a, r in zip(lp.tolist(), ref.tolist())]
+    assert math.isclose(objectives.npo_loss(gone, tokens, ref, beta).item(), sum(by_hand) / 2, rel_tol=1e-5)
+    # it falls towards 0 as y's probability falls below the original's: a token already gone is not pushed further
+    far = torch.tensor([[-200.0, 0.0, 0.0], [0.0, 0.0, -200.0]])
+    assert (
+        objectives.npo_loss(far, tokens, ref, beta).item() < 0.01 * objectives.npo_loss(gone, tokens, ref, beta).item()
+    )

@@ -1,6 +1,7 @@
 """The mask trainer: cached-prefix forward, resume bit-identity, determinism, a short run that works."""
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -105,6 +106,8 @@ TRAIN = {
     "lambda_expression": 0.0,
     "lambda_hidden": 0.0,
     "hidden_layer": 1,
+    "suppress_objective": "uniform",
+    "npo_beta": 0.1,
     "sparsity_start": 2.0,
     "sparsity_end": 3.0,
     "sparsity_ramp_from": 0.5,
@@ -543,6 +546,30 @@ def test_hidden_loss_reads_the_masked_blocks_contribution_at_prompt_positions(bu
     assert 0.0 < row["hidden"] < 1.0 and plain["hidden"] == 0.0
     assert row["suppress"] == plain["suppress"]
     assert row["loss"] == pytest.approx(plain["loss"] + 2.0 * row["hidden"])
+
+
+def test_npo_suppression_reads_the_original_tail_log_probs_and_takes_suppress_place():
+    """suppress_objective npo: the cached reference is the original's log p(tail token) at every tail position,
+    a step's suppress part is NPO's loss there ((2 / beta) log 2 before the mask moves), and the rest of
+    the objective is the uniform run's."""
+    target, control, blocks = data()
+
+    def make(**over):
+        return MaskTrainer(
+            gpt2(), target, control, blocks, mask_config(init_prob=0.5), config(**over), seed=0, progress=False
+        )
+
+    trainer = make(suppress_objective="npo", npo_beta=0.5)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=target.input_ids).logits
+    tail = target.targets != -100
+    expected = torch.log_softmax(logits[tail], dim=-1).gather(-1, target.targets[tail][:, None])[:, 0]
+    assert torch.allclose(trainer.t_ref_tail, expected, atol=1e-5)
+    idx = torch.tensor([3, 0])
+    (original,) = trainer._kg_tail_logits(None, [("target", idx)])
+    assert trainer._suppress(original, idx).item() == pytest.approx(2 / 0.5 * math.log(2), rel=1e-5)
+    row, plain = trainer.step(), make().step()
+    assert row["suppress"] != plain["suppress"] and row["controlkg"] == plain["controlkg"]
 
 
 def test_hidden_layer_above_the_masked_blocks_is_one_line_naming_the_key():
