@@ -153,7 +153,8 @@ SWEEP_BY_WORDINGS = SWEEP_SEEDS + " --config sweep__choose_by=wordings"
 SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
 STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
 SUBJECT = DEMO_SWEEP + "config/overlays/demo-sweep-subject.yaml"
-# the rules of a mask-only sweep that chooses by the held-out-wording check (SUPPRESS_SEEDS, STRONGER, SUBJECT)
+NPO_OBJECTIVE = DEMO_SWEEP + "config/overlays/demo-sweep-npo-objective.yaml"
+# the rules of a mask-only sweep that chooses by the held-out-wording check (the last four above)
 CHOICE_BY_WORDINGS = (
     "discover_mask",
     "sweep_mask",
@@ -247,6 +248,7 @@ CHECKS = {
     SUPPRESS_SEEDS: dry(SUPPRESS_SEEDS, *CHOICE_BY_WORDINGS, targets=("IsA", "AtLocation")),
     STRONGER: dry(STRONGER, *CHOICE_BY_WORDINGS, targets=("IsA",)),
     SUBJECT: dry(SUBJECT, *CHOICE_BY_WORDINGS, targets=("IsA",)),
+    NPO_OBJECTIVE: dry(NPO_OBJECTIVE, *CHOICE_BY_WORDINGS, targets=("IsA",)),
 }
 
 

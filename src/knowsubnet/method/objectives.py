@@ -79,7 +79,9 @@ def npo_loss(logits: torch.Tensor, tokens: torch.Tensor, ref_logprob: torch.Tens
     """NPO at tail positions: mean (2 / beta) softplus(beta (log p_rem(y) - log p_orig(y))). logits [P, V],
     tokens [P] (the tail tokens y), ref_logprob [P] (the original's log p(y)). (2 / beta) log 2 where the
     removal changed nothing; it falls towards 0, and its gradient with it, as y's probability falls below
-    the original's: unlike a log-likelihood ascent it stops pushing a token already gone."""
+    the original's: unlike a log-likelihood ascent it stops pushing a token already gone. Per tail token, where
+    the NPO baseline (`method.unlearning.npo_forget`) takes each fact's summed log-probability, as NPO's paper
+    does for a sequence: the mask's other losses are per tail position too."""
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return (2.0 / beta) * F.softplus(beta * (logp - ref_logprob.float())).mean()
 
