@@ -37,10 +37,8 @@ from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsu
     Baselines,
     Batch,
     ControlLM,
-    Csqa,
     Data,
     Eval,
-    Export,
     Goals,
     HardConcrete,
     Known,
@@ -64,6 +62,7 @@ from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsu
     Verbalize,
     section,
 )
+from knowsubnet.core.sections_downstream import Csqa, Export  # noqa: F401  (re-exported, as the sections below)
 
 
 def within(ratio: float | None, bar: float) -> bool:

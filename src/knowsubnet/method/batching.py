@@ -1,4 +1,5 @@
-"""Batches of training facts: draws without replacement, and groups of similar length."""
+"""Batches of training facts: draws without replacement, groups of similar length, and the rows of a
+batch's facts in a flat per-position cache."""
 
 from __future__ import annotations
 
@@ -40,3 +41,17 @@ def length_groups(lengths: torch.Tensor, overhead: int = 48) -> list[torch.Tenso
         bounds.append((values[cut[j]], values[j - 1]))
         j = cut[j]
     return [torch.nonzero((lengths >= lo) & (lengths <= hi)).flatten() for lo, hi in reversed(bounds)]
+
+
+def per_row(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a flat per-position cache of the `positions` [B, T] (bool) set in each row: (counts, offsets)."""
+    counts = positions.sum(dim=1).cpu()
+    return counts, torch.cumsum(counts, 0) - counts
+
+
+def flat_rows(counts: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of a flat per-position cache (fact by fact, `counts[i]` rows from `offsets[i]`) for the
+    facts `idx`, in batch order: the order in which a batch's positions are gathered row-major."""
+    counts, starts = counts[idx], offsets[idx]
+    first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)

@@ -39,7 +39,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, row_lengths
 from knowsubnet.method import objectives
-from knowsubnet.method.batching import draw, length_groups
+from knowsubnet.method.batching import draw, flat_rows, length_groups, per_row
 from knowsubnet.method.masking import (
     MaskableLayer,
     apply_mask,
@@ -76,14 +76,6 @@ LOG_COLUMNS = (
 
 # Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
 FINAL_CONTROLLM_BLOCKS = 32
-
-
-def flat_rows(counts: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows of a flat per-position cache (fact by fact, `counts[i]` rows from `offsets[i]`) for the
-    facts `idx`, in batch order: the order in which a batch's positions are gathered row-major."""
-    counts, starts = counts[idx], offsets[idx]
-    first_of_each = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return torch.repeat_interleave(starts, counts) + (torch.arange(int(counts.sum())) - first_of_each)
 
 
 @dataclass
@@ -198,9 +190,7 @@ class MaskTrainer:
         self.c_hidden = self._pad_hidden(self._prefix_all(controlkg.input_ids, chunk), width)
 
         # Original ControlKG tail log-probs, flat in (fact, position) order, plus per-fact offsets.
-        n_tail = (self.c_targets != IGNORE).sum(dim=1).cpu()
-        self.c_tail_count = n_tail
-        self.c_tail_offset = torch.cumsum(n_tail, 0) - n_tail
+        self.c_tail_count, self.c_tail_offset = per_row(self.c_targets != IGNORE)
         refs = []
         for start in range(0, self.n_control, chunk):
             idx = torch.arange(start, min(start + chunk, self.n_control))
@@ -238,8 +228,7 @@ class MaskTrainer:
             (logits,) = self._kg_tail_logits(None, [("target", idx)])
             parts.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, self._tail_tokens(idx)[:, None])[:, 0])
         self.t_ref_tail = torch.cat(parts)
-        n_tail = (self.t_targets != IGNORE).sum(dim=1).cpu()
-        self.t_tail_count, self.t_tail_offset = n_tail, torch.cumsum(n_tail, 0) - n_tail
+        self.t_tail_count, self.t_tail_offset = per_row(self.t_targets != IGNORE)
 
     def _tail_tokens(self, idx: torch.Tensor) -> torch.Tensor:
         """The tail tokens of TargetKG facts `idx`, tail positions row-major (the order of their logits)."""
@@ -265,8 +254,7 @@ class MaskTrainer:
             )
         self.hidden_block = n_blocks - self.cfg.hidden_layer
         self.t_prompt = objectives.prompt_positions(self.t_targets)
-        self.t_prompt_count = self.t_prompt.sum(dim=1).cpu()
-        self.t_prompt_offset = torch.cumsum(self.t_prompt_count, 0) - self.t_prompt_count
+        self.t_prompt_count, self.t_prompt_offset = per_row(self.t_prompt)
         chunk, parts = max(self.cfg.batch.targetkg, 1), []
         for start in range(0, self.n_target, chunk):
             idx = torch.arange(start, min(start + chunk, self.n_target), device=self.device)

@@ -34,8 +34,9 @@ from knowsubnet.core.config import Mask, NoiseRamp, Ramp, Rmu, Select, Train, Un
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives, registry
+from knowsubnet.method.batching import flat_rows
 from knowsubnet.method.masking import MaskableLayer
-from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer, flat_rows
+from knowsubnet.method.training import CONTROLLM_FINAL_CACHE_BYTES, MaskTrainer
 from knowsubnet.models import precision
 
 METHODS = tuple(registry.names(registry.FINETUNING))  # graddiff, npo, rmu
