@@ -45,10 +45,14 @@ def share_ci(values: pd.Series, n_boot: int, seed: int) -> dict[str, Any]:
     return {"share": float(x.mean()), "low": low, "high": high, "n_facts": len(x)}
 
 
+def suppressed(frame: pd.DataFrame, variant: str, threshold: float) -> pd.Series:
+    """Per sentence: is its PPL under `variant` >= threshold x the original's?"""
+    return (frame[f"nll_{variant}"] - frame["nll_original"]) >= math.log(threshold)
+
+
 def suppressed_share(frame: pd.DataFrame, variant: str, threshold: float) -> pd.Series:
-    """Per fact: the share of its sentences whose PPL under `variant` is >= threshold x the original's."""
-    hit = (frame[f"nll_{variant}"] - frame["nll_original"]) >= math.log(threshold)
-    return hit.groupby(frame["uuid"]).mean()
+    """Per fact: the share of its sentences suppressed under `variant`."""
+    return suppressed(frame, variant, threshold).groupby(frame["uuid"]).mean()
 
 
 def top1(frame: pd.DataFrame, variant: str) -> pd.Series:
@@ -108,9 +112,7 @@ def wording_summary(
             "known_sentences": int(len(known)),
             **{variant: ratio_ci(known, variant, n_boot, seed) for variant in ("removed", "random")},
             "suppressed_share": {
-                variant: sentence_share_ci(
-                    known[f"nll_{variant}"] - known["nll_original"] >= math.log(bar), known["uuid"], n_boot, seed
-                )
+                variant: sentence_share_ci(suppressed(known, variant, bar), known["uuid"], n_boot, seed)
                 for variant in ("removed", "random")
             },
             "by_template": {
@@ -123,9 +125,8 @@ def wording_summary(
 
 
 def suppressed_by_template(known: pd.DataFrame, bar: float) -> dict[int, float]:
-    """Per wording (template id): the share of the removed model's known sentences suppressed (PPL >= bar x
-    the original's)."""
-    hit = known["nll_removed"] - known["nll_original"] >= math.log(bar)
+    """Per wording (template id): the share of the removed model's known sentences suppressed."""
+    hit = suppressed(known, "removed", bar)
     return {int(t): float(group.mean()) for t, group in hit.groupby(known["template_id"])}
 
 

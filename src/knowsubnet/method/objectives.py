@@ -82,8 +82,12 @@ def npo_loss(logits: torch.Tensor, tokens: torch.Tensor, ref_logprob: torch.Tens
     the original's: unlike a log-likelihood ascent it stops pushing a token already gone. Per tail token, where
     the NPO baseline (`method.unlearning.npo_forget`) takes each fact's summed log-probability, as NPO's paper
     does for a sequence: the mask's other losses are per tail position too."""
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-    return (2.0 / beta) * F.softplus(beta * (logp - ref_logprob.float())).mean()
+    return (2.0 / beta) * F.softplus(beta * (token_logprobs(logits, tokens) - ref_logprob.float())).mean()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) at each position, in fp32: logits [P, V], tokens [P] -> [P]."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 class _KLFromLogits(torch.autograd.Function):

@@ -221,12 +221,12 @@ class MaskTrainer:
     @torch.no_grad()
     def _cache_tail_reference(self, chunk: int) -> None:
         """For the NPO suppression loss: the original's log-probability of each TargetKG training fact's tail
-        token at each tail position (flat, fact by fact, as `_kg_tail_logits` orders them)."""
+        token at each tail position (flat, fact by fact, as `_kg_tail_logits` orders them: ControlKG's layout)."""
         parts = []
         for start in range(0, self.n_target, chunk):
             idx = torch.arange(start, min(start + chunk, self.n_target))
             (logits,) = self._kg_tail_logits(None, [("target", idx)])
-            parts.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, self._tail_tokens(idx)[:, None])[:, 0])
+            parts.append(objectives.token_logprobs(logits, self._tail_tokens(idx)))
         self.t_ref_tail = torch.cat(parts)
         self.t_tail_count, self.t_tail_offset = per_row(self.t_targets != IGNORE)
 

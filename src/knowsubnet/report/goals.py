@@ -42,7 +42,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
 from knowsubnet.evaluation import relearn
 from knowsubnet.evaluation.robustness_results import RatioCI, RobustnessResult, ShareCI
-from knowsubnet.report.format import markdown_table, with_interval, write_csv
+from knowsubnet.report.format import markdown_table, pct, with_interval, write_csv
 
 RELEARN_TEXT = "wikitext"  # the relearning data that is unrelated text
 QUANTIZED_BITS = "4"
@@ -132,7 +132,7 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
 
 def by_wording(shares: Mapping[str, float] | None) -> str:
     """`template id: share` for each held-out wording, as text ("5: 66 %, 6: 14 %"); "–" where not recorded."""
-    return ", ".join(f"{t}: {share:.0%}".replace("%", " %") for t, share in shares.items()) if shares else "–"
+    return ", ".join(f"{t}: {pct(share, 0)}" for t, share in shares.items()) if shares else "–"
 
 
 def missed_goals(row: dict, bars: Bars, goals: Goals) -> list[str]:
