@@ -239,6 +239,21 @@ class Select:
     every: NonNegInt = Field(50, description="validate every this many steps")
     min_sparsity: Fraction = Field(0.95, description="sparsity the kept mask reaches at least")
     min_target_ratio: number(ge=0) = Field(10.0, description="TargetKG val PPL at least this x the original's")
+    prefer: Literal["least_damage", "most_removal"] = Field(
+        "least_damage",
+        description=(
+            "Among the qualifying checkpoints: least_damage, the least control damage (made for the flat-token "
+            "objective's x10-x1000 removals); most_removal, the highest TargetKG val PPL among those whose "
+            "ControlKG and ControlLM val ratios stay within the two-sided bars below (for an objective whose "
+            "removal grows by orders of magnitude late, where least damage trades most of it for a little)"
+        ),
+    )
+    max_controlkg_ratio: number(ge=1) = Field(
+        1.10, description="most_removal: ControlKG val PPL ratio within [1 / this, this] (as report.bars)"
+    )
+    max_controllm_ratio: number(ge=1) = Field(
+        1.05, description="most_removal: ControlLM val PPL ratio within [1 / this, this] (as report.bars)"
+    )
 
 
 @section

@@ -568,7 +568,14 @@ def test_discovery_never_reads_the_held_out_test_facts(workspace, tmp_path):
                 "checkpoint_every": 2,
                 "device": "cpu",
                 "batch": {"targetkg": 2, "controlkg": 2, "controllm": 1},
-                "select": {"every": 1, "min_sparsity": 0.0, "min_target_ratio": 0.0},
+                "select": {
+                    "every": 1,
+                    "min_sparsity": 0.0,
+                    "min_target_ratio": 0.0,
+                    "prefer": "least_damage",
+                    "max_controlkg_ratio": 1.1,
+                    "max_controllm_ratio": 1.05,
+                },
             },
         }
     )

@@ -75,7 +75,14 @@ def workspace(tmp_path_factory):
             "checkpoint_every": 3,
             "device": "cpu",
             "batch": {"targetkg": 3, "controlkg": 4, "controllm": 2},
-            "select": {"every": 3, "min_sparsity": 0.0, "min_target_ratio": 0.0},
+            "select": {
+                "every": 3,
+                "min_sparsity": 0.0,
+                "min_target_ratio": 0.0,
+                "prefer": "least_damage",
+                "max_controlkg_ratio": 1.1,
+                "max_controllm_ratio": 1.05,
+            },
         },
     }
     (root / "override.yaml").write_text(yaml.safe_dump(override))

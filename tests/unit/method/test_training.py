@@ -121,7 +121,14 @@ TRAIN = {
     "controlkg_known_only": True,
     "group_by_length": False,
     "targetkg_templates": "best",
-    "select": {"every": 0, "min_sparsity": 0.0, "min_target_ratio": 1.0},
+    "select": {
+        "every": 0,
+        "min_sparsity": 0.0,
+        "min_target_ratio": 1.0,
+        "prefer": "least_damage",
+        "max_controlkg_ratio": 1.1,
+        "max_controllm_ratio": 1.05,
+    },
 }
 
 
@@ -457,6 +464,36 @@ def test_select_checkpoint_prefers_least_control_damage_among_qualified():
     # damage counts both ways: ControlKG falling to x0.7 loses to rising to x1.1
     falling = dict(rows[2], step=250, val_controlkg_ppl=14.0, val_controllm_ppl=50.0)
     assert select_checkpoint([rows[3], falling], original, cfg) == 0
+
+
+def test_select_checkpoint_most_removal_keeps_the_largest_removal_with_controls_held():
+    from knowsubnet.method.selection import select_checkpoint
+
+    original = {"targetkg": 10.0, "controlkg": 20.0, "controllm": 50.0}
+
+    def row(step, target, controlkg, controllm=50.0):
+        return {
+            "step": step,
+            "val_sparsity": 0.99,
+            "val_targetkg_ppl": target,
+            "val_controlkg_ppl": controlkg,
+            "val_controllm_ppl": controllm,
+        }
+
+    # IsA seed 1 of the eighth screen in small: a x10^3 removal at little damage, then x10^30 at a
+    # ControlKG still inside its bar, then more at ControlKG x1.2 (outside) and ControlLM x0.9 (outside)
+    rows = [row(50, 1e4, 19.8), row(100, 1e31, 21.2), row(150, 1e35, 24.0), row(200, 1e36, 20.0, 45.0)]
+    most = select_config(every=50, min_sparsity=0.98, min_target_ratio=10.0, prefer="most_removal")
+    least = select_config(every=50, min_sparsity=0.98, min_target_ratio=10.0)
+    assert select_checkpoint(rows, original, least) == 0
+    assert select_checkpoint(rows, original, most) == 1
+    # no checkpoint holds its controls: least damage, as least_damage would
+    assert select_checkpoint(rows[2:], original, most) == select_checkpoint(rows[2:], original, least) == 1
+    # the bars are the criterion's: a wider ControlKG bar lets step 150 in
+    wide = select_config(
+        every=50, min_sparsity=0.98, min_target_ratio=10.0, prefer="most_removal", max_controlkg_ratio=1.25
+    )
+    assert select_checkpoint(rows, original, wide) == 2
 
 
 def test_validation_scores_match_evaluation_and_the_kept_mask_is_the_selected_one():
