@@ -32,6 +32,7 @@ from knowsubnet.core import free_form
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.schema_errors import error_line
 from knowsubnet.core.sections import (  # noqa: F401  (re-exported: `from knowsubnet.core.config import Mask`)
+    Adversary,
     Attribution,
     Bars,
     Baselines,

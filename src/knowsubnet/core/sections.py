@@ -257,6 +257,21 @@ class Select:
 
 
 @section
+class Adversary:
+    """A relearning adversary inside the mask's training (`method.adversary`): unrelated text finetunes the
+    remaining weights, and the mask is trained to keep the facts suppressed in the finetuned model too."""
+
+    weight: number(ge=0) = Field(
+        0.0, description="weight of the suppression loss on the adversary's finetuned model (0: no adversary)"
+    )
+    lr: number(gt=0) = Field(1.0e-4, description="its Adam learning rate (the robustness stage's relearning)")
+    restart_every: PosInt = Field(
+        50, description="its finetune starts again from the remaining model every this many mask steps"
+    )
+    batch: PosInt = Field(2, description="ControlLM training blocks per adversary step")
+
+
+@section
 class Train:
     steps: PosInt = Field(300, description="training steps")
     lr: number(gt=0) = Field(0.2, description="Adam, as the paper")
@@ -314,6 +329,13 @@ class Train:
     )
     npo_beta: number(gt=0) = Field(
         0.1, description="NPO's inverse temperature, for suppress_objective npo (as baselines.npo.beta)"
+    )
+    adversary: Adversary = Field(
+        default_factory=Adversary,
+        description=(
+            "tamper resistance: every step one Adam step of a relearning finetune on ControlLM text, and the "
+            "suppression loss again on the finetuned remaining model, weighed adversary.weight"
+        ),
     )
     controlkg_known_only: bool = Field(
         True, description="false: the ControlKG objective uses every ControlKG fact, known or not"

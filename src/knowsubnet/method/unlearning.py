@@ -257,6 +257,7 @@ class UnlearningTrainer(MaskTrainer):
             "controllm": controllm,
             "expression": zero,
             "hidden": zero,
+            "suppress_relearned": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts
@@ -291,6 +292,7 @@ class UnlearningTrainer(MaskTrainer):
             ),
             "expression": zero,
             "hidden": zero,
+            "suppress_relearned": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts
