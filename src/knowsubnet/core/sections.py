@@ -258,17 +258,25 @@ class Select:
 
 @section
 class Adversary:
-    """A relearning adversary inside the mask's training (`method.adversary`): unrelated text finetunes the
-    remaining weights, and the mask is trained to keep the facts suppressed in the finetuned model too."""
+    """Attacks on the remaining model inside the mask's training (`method.adversary`): the mask is trained to
+    keep the facts suppressed after them too (tamper resistance)."""
 
     weight: number(ge=0) = Field(
-        0.0, description="weight of the suppression loss on the adversary's finetuned model (0: no adversary)"
+        0.0, description="weight of the suppression loss on the attacked remaining model (0: no adversary)"
     )
-    lr: number(gt=0) = Field(1.0e-4, description="its Adam learning rate (the robustness stage's relearning)")
+    attacks: Annotated[list[Literal["relearn", "quantize"]], Field(min_length=1), UNIQUE] = Field(
+        ["relearn"],
+        description=(
+            "relearn: a finetune on ControlLM text, one Adam step per mask step; quantize: the remaining masked "
+            "layers rounded as gguf would (straight-through); both: the finetuned model, rounded"
+        ),
+    )
+    lr: number(gt=0) = Field(1.0e-4, description="relearn: Adam's learning rate (the robustness stage's relearning)")
     restart_every: PosInt = Field(
-        50, description="its finetune starts again from the remaining model every this many mask steps"
+        50, description="relearn: the finetune starts again from the remaining model every this many mask steps"
     )
-    batch: PosInt = Field(2, description="ControlLM training blocks per adversary step")
+    batch: PosInt = Field(2, description="relearn: ControlLM training blocks per finetune step")
+    bits: Literal[4, 8] = Field(4, description="quantize: bits per weight (Q4_0 or Q8_0, as robustness.quantize)")
 
 
 @section
@@ -333,8 +341,8 @@ class Train:
     adversary: Adversary = Field(
         default_factory=Adversary,
         description=(
-            "tamper resistance: every step one Adam step of a relearning finetune on ControlLM text, and the "
-            "suppression loss again on the finetuned remaining model, weighed adversary.weight"
+            "tamper resistance: the suppression loss again on the remaining model after adversary.attacks (a "
+            "relearning finetune on ControlLM text, 4-bit rounding), weighed adversary.weight"
         ),
     )
     controlkg_known_only: bool = Field(

@@ -39,7 +39,7 @@ from knowsubnet.core.errors import InputError
 from knowsubnet.core.progress import progress_bar
 from knowsubnet.data.encoding import IGNORE, row_lengths
 from knowsubnet.method import objectives
-from knowsubnet.method.adversary import RelearnAdversary
+from knowsubnet.method.adversary import WeightAdversary
 from knowsubnet.method.batching import draw, flat_rows, length_groups, per_row
 from knowsubnet.method.masking import (
     MaskableLayer,
@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 # Largest ControlLM hidden-state cache for which the original final hidden states are cached as well.
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
-# suppress_relearned: the suppression loss on the relearning adversary's finetuned model (train.adversary)
-LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "hidden", "suppress_relearned")
+# suppress_attacked: the suppression loss on the remaining model after the adversary's attacks (train.adversary)
+LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "hidden", "suppress_attacked")
 LOG_COLUMNS += ("sparsity_loss", "sparsity_weight", "noise_scale", "lr", "density")
 
 # Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
@@ -140,13 +140,13 @@ class MaskTrainer:
         self._verify_and_cache(targetkg, controlkg, controllm)
         self.adversary = None
         if train_config.adversary.weight > 0:
-            if self.lm_hidden is None:
+            if "relearn" in train_config.adversary.attacks and self.lm_hidden is None:
                 raise InputError(
-                    "params key 'train.adversary.weight': the adversary finetunes on ControlLM blocks, and none are "
+                    "params key 'train.adversary.attacks': relearn finetunes on ControlLM blocks, and none are "
                     "cached: expected controllm blocks, train.batch.controllm > 0 and train.lambda_controllm > 0"
                 )
             args = (self.layers, self.top, self.lm_hidden, controllm, mask_config.granularity, self.seed)
-            self.adversary = RelearnAdversary(train_config.adversary, *args)
+            self.adversary = WeightAdversary(train_config.adversary, *args)
         self.validation = validation
         if validation is not None:
             self._cache_validation(validation)
@@ -488,11 +488,11 @@ class MaskTrainer:
         # W_eff, once for all forwards of the step
         weights = self.mask.effective_weights(self.noise_gen, noise_scale=noise_scale)
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
-        parts["suppress_relearned"] = torch.zeros((), device=self.device)
-        if self.adversary is not None:  # the same facts, after the adversary's finetune so far
-            self.adversary.finetune_step(self.step_count + 1, weights, binary_masks(self.mask.state_dict()))
-            (logits,) = self._kg_tail_logits(self.adversary.perturbed(weights), [("target", idx_t)])
-            parts["suppress_relearned"] = self._suppress(logits, idx_t)
+        parts["suppress_attacked"] = torch.zeros((), device=self.device)
+        if self.adversary is not None:  # the same facts, after the adversary's attacks
+            removed = binary_masks(self.mask.state_dict())
+            attacked = self.adversary.attacked(self.step_count + 1, weights, removed)
+            parts["suppress_attacked"] = self._suppress(*self._kg_tail_logits(attacked, [("target", idx_t)]), idx_t)
         parts["sparsity_loss"] = self.mask.expected_density()
         loss = (
             cfg.lambda_suppress * parts["suppress"]
@@ -500,7 +500,7 @@ class MaskTrainer:
             + cfg.lambda_controllm * parts["controllm"]
             + cfg.lambda_expression * parts["expression"]
             + cfg.lambda_hidden * parts["hidden"]
-            + cfg.adversary.weight * parts["suppress_relearned"]
+            + cfg.adversary.weight * parts["suppress_attacked"]
             + weight_s * parts["sparsity_loss"]
         )
         return loss, parts

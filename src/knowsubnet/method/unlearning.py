@@ -257,7 +257,7 @@ class UnlearningTrainer(MaskTrainer):
             "controllm": controllm,
             "expression": zero,
             "hidden": zero,
-            "suppress_relearned": zero,
+            "suppress_attacked": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts
@@ -292,7 +292,7 @@ class UnlearningTrainer(MaskTrainer):
             ),
             "expression": zero,
             "hidden": zero,
-            "suppress_relearned": zero,
+            "suppress_attacked": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts

@@ -131,7 +131,7 @@ def test_discover_then_export(workspace):
         "controllm",
         "expression",
         "hidden",
-        "suppress_relearned",
+        "suppress_attacked",
         "sparsity_loss",
         "sparsity_weight",
         "noise_scale",
