@@ -338,6 +338,13 @@ class Train:
     npo_beta: number(gt=0) = Field(
         0.1, description="NPO's inverse temperature, for suppress_objective npo (as baselines.npo.beta)"
     )
+    lambda_other_tails: number(ge=0) = Field(
+        0.0,
+        description=(
+            "weight of the loss that keeps, at TargetKG tails, the original's distribution over every token but the "
+            "tail: a removal of the fact, not of every tail word in its context (robustness' wrong tails)"
+        ),
+    )
     adversary: Adversary = Field(
         default_factory=Adversary,
         description=(

@@ -90,6 +90,24 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
+# The tail token's logit out of the softmax for `other_tails_*`: exp(-1e4) is 0 in fp32, and unlike -inf it
+# keeps 0 * (log p - log q) at 0 in the KL.
+WITHOUT_TOKEN = -1.0e4
+
+
+def other_tails_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(v | v != token) at each position, fp32: the distribution over every other continuation."""
+    return torch.log_softmax(logits.float().scatter(-1, tokens[:, None], WITHOUT_TOKEN), dim=-1)
+
+
+def other_tails_loss(logits: torch.Tensor, tokens: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Keep the fact's alternatives: KL(p_orig(. | not the tail token) || p_rem(. | not the tail token)) at
+    TargetKG tail positions (ref_logprobs: `other_tails_logprobs` of the original). The tail token itself is
+    free to fall; the others keep their relative odds, so a wrong tail's sentence stays where it was and the
+    removal is of the fact, not of every tail word in its context."""
+    return maintain_loss(logits.float().scatter(-1, tokens[:, None], WITHOUT_TOKEN), ref_logprobs)
+
+
 class _KLFromLogits(torch.autograd.Function):
     """mean_pos KL(p || softmax(z)) = mean_pos sum_v p (log p - log_softmax(z)), in fp32 whatever z's dtype.
 

@@ -51,6 +51,7 @@ from knowsubnet.method.masking import (
 )
 from knowsubnet.method.samplers import MaskLogits
 from knowsubnet.method.selection import VAL_COLUMNS, ValidationSets, select_checkpoint, selection_summary
+from knowsubnet.method.tail_reference import TailReference
 from knowsubnet.models import precision
 from knowsubnet.models.prepare import pick_device
 from knowsubnet.models.top_blocks import TopBlocks, check_prefix_path
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 CONTROLLM_FINAL_CACHE_BYTES = 4 << 30
 # suppress_attacked: the suppression loss on the remaining model after the adversary's attacks (train.adversary)
 LOG_COLUMNS = ("step", "loss", "suppress", "controlkg", "controllm", "expression", "hidden", "suppress_attacked")
-LOG_COLUMNS += ("sparsity_loss", "sparsity_weight", "noise_scale", "lr", "density")
+LOG_COLUMNS += ("other_tails", "sparsity_loss", "sparsity_weight", "noise_scale", "lr", "density")
 
 # Final losses are measured with the deterministic mask on at most this many ControlLM blocks.
 FINAL_CONTROLLM_BLOCKS = 32
@@ -198,8 +199,10 @@ class MaskTrainer:
         ref = torch.cat(refs)
         # fp16 keeps log-probs to ~1e-3 relative; only used when the fp32 cache would be large.
         self.c_ref = ref if ref.numel() * 4 <= (1 << 31) else ref.half()
-        if self.cfg.suppress_objective == "npo":
-            self._cache_tail_reference(chunk)
+        self.tails = None  # the original at TargetKG tails, for the objectives that read it
+        if self.cfg.suppress_objective == "npo" or self.cfg.lambda_other_tails > 0:
+            logits = lambda idx: self._kg_tail_logits(None, [("target", idx)])[0]  # noqa: E731
+            self.tails = TailReference(self.t_targets, logits, chunk, other_tails=self.cfg.lambda_other_tails > 0)
 
         if self.n_lm and self.cfg.batch.controllm and self.cfg.lambda_controllm > 0:
             log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
@@ -217,18 +220,6 @@ class MaskTrainer:
         if self.cfg.lambda_hidden > 0:
             self._cache_hidden_reference()
 
-    @torch.no_grad()
-    def _cache_tail_reference(self, chunk: int) -> None:
-        """For the NPO suppression loss: the original's log-probability of each TargetKG training fact's tail
-        token at each tail position (flat, fact by fact, as `_kg_tail_logits` orders them: ControlKG's layout)."""
-        parts = []
-        for start in range(0, self.n_target, chunk):
-            idx = torch.arange(start, min(start + chunk, self.n_target))
-            (logits,) = self._kg_tail_logits(None, [("target", idx)])
-            parts.append(objectives.token_logprobs(logits, self._tail_tokens(idx)))
-        self.t_ref_tail = torch.cat(parts)
-        self.t_tail_count, self.t_tail_offset = per_row(self.t_targets != IGNORE)
-
     def _tail_tokens(self, idx: torch.Tensor) -> torch.Tensor:
         """The tail tokens of TargetKG facts `idx`, tail positions row-major (the order of their logits)."""
         where = self.t_targets[idx.to(self.device)]
@@ -238,8 +229,7 @@ class MaskTrainer:
         """The suppression loss at the tails of TargetKG facts `idx` (`train.suppress_objective`)."""
         if self.cfg.suppress_objective == "uniform":
             return objectives.suppress_loss(logits)
-        rows = flat_rows(self.t_tail_count, self.t_tail_offset, idx).to(self.device)
-        return objectives.npo_loss(logits, self._tail_tokens(idx), self.t_ref_tail[rows], self.cfg.npo_beta)
+        return self.tails.npo(logits, idx, self.cfg.npo_beta)
 
     @torch.no_grad()
     def _cache_hidden_reference(self) -> None:
@@ -432,6 +422,9 @@ class MaskTrainer:
             out["controllm"] = objectives.controllm_loss(*self._controllm_logits(weights, idx_lm))
         else:
             out["controllm"] = torch.zeros((), device=self.device)
+        out["other_tails"] = torch.zeros((), device=self.device)
+        if self.cfg.lambda_other_tails > 0:
+            out["other_tails"] = self.tails.other_tails_loss(target_logits, idx_t)
         if self.cfg.lambda_expression > 0:
             # The subnetwork alone (in the masked layers) must still express TargetKG:
             # W * m = W - W_eff, from the same draw.
@@ -500,6 +493,7 @@ class MaskTrainer:
             + cfg.lambda_controllm * parts["controllm"]
             + cfg.lambda_expression * parts["expression"]
             + cfg.lambda_hidden * parts["hidden"]
+            + cfg.lambda_other_tails * parts["other_tails"]
             + cfg.adversary.weight * parts["suppress_attacked"]
             + weight_s * parts["sparsity_loss"]
         )

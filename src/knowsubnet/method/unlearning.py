@@ -258,6 +258,7 @@ class UnlearningTrainer(MaskTrainer):
             "expression": zero,
             "hidden": zero,
             "suppress_attacked": zero,
+            "other_tails": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts
@@ -293,6 +294,7 @@ class UnlearningTrainer(MaskTrainer):
             "expression": zero,
             "hidden": zero,
             "suppress_attacked": zero,
+            "other_tails": zero,
             "sparsity_loss": zero,
         }
         return self._weighted(parts), parts

@@ -132,6 +132,7 @@ def test_discover_then_export(workspace):
         "expression",
         "hidden",
         "suppress_attacked",
+        "other_tails",
         "sparsity_loss",
         "sparsity_weight",
         "noise_scale",

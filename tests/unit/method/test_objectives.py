@@ -103,3 +103,26 @@ def test_npo_loss_is_its_formula_and_stops_pushing_a_token_already_gone():
     assert (
         objectives.npo_loss(far, tokens, ref, beta).item() < 0.01 * objectives.npo_loss(gone, tokens, ref, beta).item()
     )
+
+
+def test_other_tails_loss_lets_the_tail_token_fall_and_keeps_the_others_odds():
+    """KL over every token but the tail: zero at the original and when only the tail token falls; positive
+    when a wrong tail falls with it; no gradient reaches the tail token's logit."""
+    original = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.5, 0.5, 0.5, 3.0]])
+    tokens = torch.tensor([0, 3])
+    ref = objectives.other_tails_logprobs(original, tokens)
+    assert torch.isfinite(ref).all() and torch.allclose(ref.exp().sum(-1), torch.ones(2))
+    assert ref[0, 0].exp().item() == 0.0
+    # by hand, row 0: p(v | v != 0) over [1, 0, -1]
+    rest = torch.tensor([1.0, 0.0, -1.0]).softmax(-1)
+    assert torch.allclose(ref[0, 1:].exp(), rest)
+    assert objectives.other_tails_loss(original, tokens, ref).item() == pytest.approx(0.0, abs=1e-6)
+    only_tail = original.clone()
+    only_tail[0, 0], only_tail[1, 3] = -30.0, -30.0  # the fact gone, its alternatives as they were
+    assert objectives.other_tails_loss(only_tail, tokens, ref).item() == pytest.approx(0.0, abs=1e-6)
+    wrong_tail_too = only_tail.clone()
+    wrong_tail_too[0, 1] = -30.0  # a wrong tail pushed down with it
+    assert objectives.other_tails_loss(wrong_tail_too, tokens, ref).item() > 0.1
+    logits = wrong_tail_too.clone().requires_grad_(True)
+    objectives.other_tails_loss(logits, tokens, ref).backward()
+    assert logits.grad[0, 0] == 0.0 and logits.grad[1, 3] == 0.0 and logits.grad[0, 1] < 0.0

@@ -111,6 +111,7 @@ TRAIN = {
     "hidden_layer": 1,
     "suppress_objective": "uniform",
     "npo_beta": 0.1,
+    "lambda_other_tails": 0.0,
     "adversary": {"weight": 0.0, "attacks": ["relearn"], "lr": 1.0e-4, "restart_every": 50, "batch": 2, "bits": 4},
     "sparsity_start": 2.0,
     "sparsity_end": 3.0,
@@ -605,12 +606,39 @@ def test_npo_suppression_reads_the_original_tail_log_probs_and_takes_suppress_pl
         logits = trainer.model(input_ids=target.input_ids).logits
     tail = target.targets != -100
     expected = torch.log_softmax(logits[tail], dim=-1).gather(-1, target.targets[tail][:, None])[:, 0]
-    assert torch.allclose(trainer.t_ref_tail, expected, atol=1e-5)
+    assert torch.allclose(trainer.tails.token_logprob, expected, atol=1e-5)
     idx = torch.tensor([3, 0])
     (original,) = trainer._kg_tail_logits(None, [("target", idx)])
     assert trainer._suppress(original, idx).item() == pytest.approx(2 / 0.5 * math.log(2), rel=1e-5)
     row, plain = trainer.step(), make().step()
     assert row["suppress"] != plain["suppress"] and row["controlkg"] == plain["controlkg"]
+
+
+def test_other_tails_loss_reads_the_original_beside_the_tail_and_adds_to_the_objective():
+    """lambda_other_tails: the cached reference is the original's distribution over every token but the tail
+    at each TargetKG tail position; a step's other_tails part is zero before the mask moves (init_prob 0.5
+    draws a mask, so it is not) and enters the loss with its weight; uniform suppression still works."""
+    target, control, blocks = data()
+
+    def make(**over):
+        return MaskTrainer(
+            gpt2(), target, control, blocks, mask_config(init_prob=0.5), config(**over), seed=0, progress=False
+        )
+
+    trainer, plain = make(lambda_other_tails=2.0), make()
+    assert plain.tails is None and trainer.tails.other_tails is not None
+    with torch.no_grad():
+        logits = trainer.model(input_ids=target.input_ids).logits
+    tail = target.targets != -100
+    expected = objectives.other_tails_logprobs(logits[tail], target.targets[tail])
+    assert torch.allclose(trainer.tails.other_tails, expected, atol=1e-5)
+    idx = torch.tensor([3, 0])
+    (original,) = trainer._kg_tail_logits(None, [("target", idx)])
+    assert trainer.tails.other_tails_loss(original, idx).item() == pytest.approx(0.0, abs=1e-5)
+    row, plain_row = trainer.step(), plain.step()
+    assert plain_row["other_tails"] == 0.0 and row["other_tails"] > 0.0
+    assert row["suppress"] == plain_row["suppress"]
+    assert row["loss"] == pytest.approx(plain_row["loss"] + 2.0 * row["other_tails"])
 
 
 def test_hidden_layer_above_the_masked_blocks_is_one_line_naming_the_key():
