@@ -154,7 +154,8 @@ SUPPRESS_SEEDS = DEMO_SWEEP + "config/overlays/demo-sweep-suppress-seeds.yaml"
 STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
 SUBJECT = DEMO_SWEEP + "config/overlays/demo-sweep-subject.yaml"
 NPO_OBJECTIVE = DEMO_SWEEP + "config/overlays/demo-sweep-npo-objective.yaml"
-# the rules of a mask-only sweep that chooses by the held-out-wording check (the last four above)
+ROBUST = DEMO_SWEEP + "config/overlays/demo-sweep-robust.yaml"
+# the rules of a mask-only sweep that chooses by the held-out-wording check (the last five above)
 CHOICE_BY_WORDINGS = (
     "discover_mask",
     "sweep_mask",
@@ -249,6 +250,7 @@ CHECKS = {
     STRONGER: dry(STRONGER, *CHOICE_BY_WORDINGS, targets=("IsA",)),
     SUBJECT: dry(SUBJECT, *CHOICE_BY_WORDINGS, targets=("IsA",)),
     NPO_OBJECTIVE: dry(NPO_OBJECTIVE, *CHOICE_BY_WORDINGS, targets=("IsA",)),
+    ROBUST: dry(ROBUST, *CHOICE_BY_WORDINGS, targets=("IsA",)),
 }
 
 

@@ -199,10 +199,12 @@ class MaskTrainer:
         ref = torch.cat(refs)
         # fp16 keeps log-probs to ~1e-3 relative; only used when the fp32 cache would be large.
         self.c_ref = ref if ref.numel() * 4 <= (1 << 31) else ref.half()
-        self.tails = None  # the original at TargetKG tails, for the objectives that read it
-        if self.cfg.suppress_objective == "npo" or self.cfg.lambda_other_tails > 0:
-            logits = lambda idx: self._kg_tail_logits(None, [("target", idx)])[0]  # noqa: E731
-            self.tails = TailReference(self.t_targets, logits, chunk, other_tails=self.cfg.lambda_other_tails > 0)
+
+        def original_tail_logits(idx: torch.Tensor) -> torch.Tensor:
+            return self._kg_tail_logits(None, [("target", idx)])[0]
+
+        # the original at TargetKG tails: their tokens, and what NPO's loss and the other tails' loss read
+        self.tails = TailReference(self.t_targets, original_tail_logits, chunk, self.cfg.lambda_other_tails > 0)
 
         if self.n_lm and self.cfg.batch.controllm and self.cfg.lambda_controllm > 0:
             log.info("caching hidden states entering block %d for %d ControlLM blocks", self.first_block, self.n_lm)
@@ -219,11 +221,6 @@ class MaskTrainer:
             self.lm_hidden = self.lm_final = None
         if self.cfg.lambda_hidden > 0:
             self._cache_hidden_reference()
-
-    def _tail_tokens(self, idx: torch.Tensor) -> torch.Tensor:
-        """The tail tokens of TargetKG facts `idx`, tail positions row-major (the order of their logits)."""
-        where = self.t_targets[idx.to(self.device)]
-        return where[where != IGNORE]
 
     def _suppress(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The suppression loss at the tails of TargetKG facts `idx` (`train.suppress_objective`)."""
@@ -430,7 +427,7 @@ class MaskTrainer:
             # W * m = W - W_eff, from the same draw.
             subnet = {layer.name: self.top.weight(layer.name) - weights[layer.name] for layer in self.layers}
             (logits,) = self._kg_tail_logits(subnet, [("target", idx_t)])
-            out["expression"] = F.cross_entropy(logits.float(), self._tail_tokens(idx_t))
+            out["expression"] = F.cross_entropy(logits.float(), self.tails.tokens(idx_t))
         else:
             out["expression"] = torch.zeros((), device=self.device)
         if self.cfg.lambda_hidden > 0:

@@ -626,7 +626,7 @@ def test_other_tails_loss_reads_the_original_beside_the_tail_and_adds_to_the_obj
         )
 
     trainer, plain = make(lambda_other_tails=2.0), make()
-    assert plain.tails is None and trainer.tails.other_tails is not None
+    assert plain.tails.other_tails is None and trainer.tails.other_tails is not None
     with torch.no_grad():
         logits = trainer.model(input_ids=target.input_ids).logits
     tail = target.targets != -100
