@@ -20,7 +20,10 @@ The goals (params `report.bars` and `report.goals`):
 
 Beside the goal, not part of it, specificity (`false_tails_x`, `foreign_heads_x`): the test facts' sentences
 with a wrong tail, and with a ControlKG fact's head; a removal of the facts leaves them near x1, a removal
-of the tail words in that context raises them as much as the facts. And where the wordings are missed
+of the tail words in that context raises them as much as the facts. And what each attack leaves
+(`relearn_text_x`, `quantized_x`): TargetKG x after relearning on text and after 4-bit rounding; the
+recovered shares are shares of the log gap, so a removal far past the bar can recover much of its log and
+still hold x10. And where the wordings are missed
 (`suppressed_test_trained`, `suppressed_test_by_wording`): the test facts' sentences suppressed in the
 trained wordings (how far the removal reaches unseen facts in wordings it knows) and in each held-out
 wording apart (one may be reached and another not).
@@ -64,6 +67,8 @@ COLUMNS = [
     "missed",
     "false_tails_x",
     "foreign_heads_x",
+    "relearn_text_x",
+    "quantized_x",
     "suppressed_test_trained",
     "suppressed_test_by_wording",
 ]
@@ -91,12 +96,24 @@ def quantized_recovered(result: RobustnessResult) -> float | None:
 
 
 def relearn_text(result: RobustnessResult):
-    """The removal-held-at-zero run of the first relearning point that trains on unrelated text, or None."""
+    """The runs (original, removal held at zero) of the first relearning point that trains on unrelated
+    text, or None."""
     for point in result.relearning.points:
         runs = point.data.get(RELEARN_TEXT)
         if runs is not None and runs.removed_held is not None:
-            return runs.removed_held
+            return runs
     return None
+
+
+def after_attacks(result: RobustnessResult, text) -> tuple[float | None, float | None]:
+    """TargetKG x after relearning on text (the removed model's PPL after it ÷ the original's after the same
+    finetune) and after 4-bit rounding: how much removal is left, where `*_recovered` says what share of its
+    log went. A removal of x10^29 that keeps x10^18 has recovered 0.36 and still holds the bar."""
+    relearned = None
+    if text is not None and text.original is not None and text.original.ppl_after > 0:
+        relearned = text.removed_held.ppl_after / text.original.ppl_after
+    rounded = result.quantized.get(QUANTIZED_BITS)
+    return relearned, rounded.ratio.removed.get("targetkg") if rounded is not None else None
 
 
 def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> dict:
@@ -104,7 +121,8 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     held = result.held_out.held_out
     words, probe = result.wordings, result.readouts.linear_probe
     controllm = result.quantized["none"].ratio.removed.get("controllm") if "none" in result.quantized else None
-    relearned = relearn_text(result)
+    text = relearn_text(result)
+    relearned = text.removed_held if text else None
     parts = {
         "targetkg_x": held.removed if held else None,
         "controlkg_x": result.held_out.controlkg.removed,
@@ -122,6 +140,7 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     row["missed"] = ", ".join(missed_goals(row, bars, goals))
     row["false_tails_x"] = _value(result.specificity.false_tails.removed)
     row["foreign_heads_x"] = _value(result.specificity.foreign_heads.removed)
+    row["relearn_text_x"], row["quantized_x"] = after_attacks(result, text)
     row["suppressed_test_trained"] = _value(words.test_trained.suppressed_share.get("removed"))
     row["suppressed_test_by_wording"] = by_wording(words.test_heldout.suppressed_by_template)
     row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}
@@ -192,6 +211,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
         f"4-bit, recovered (< {goals.max_recovered:g})",
         "missed",
         "specificity: wrong tails × / foreign heads ×",
+        "TargetKG × left after relearning / 4-bit",
         "test facts suppressed: trained wordings / each held-out wording",
     ]
     lines = []
@@ -210,6 +230,7 @@ def goals_markdown(table: pd.DataFrame, bars: Bars, goals: Goals) -> str:
                 number(row["quantized_recovered"]),
                 row["missed"] or "none: every goal met",
                 f"{number(row['false_tails_x'])} / {number(row['foreign_heads_x'])}",
+                f"{number(row['relearn_text_x'])} / {number(row['quantized_x'])}",
                 f"{number(row['suppressed_test_trained'], 2)} / {row['suppressed_test_by_wording']}",
             ]
         )

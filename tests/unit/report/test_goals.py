@@ -56,6 +56,11 @@ def test_a_removal_meeting_every_goal_misses_none(tmp_path):
     assert row["quantized_recovered"] == pytest.approx(1 - math.log(30.0) / math.log(40.0))  # 0.078
     assert row["targetkg_x_ci"] == "40 [20, 80]"
     assert row["false_tails_x"] == 2.0 and row["foreign_heads_x"] == 2.0  # beside the goal, not in it
+    # what the attacks leave: the removed PPL after relearning ÷ the original's after it; x at 4 bits
+    assert row["relearn_text_x"] == 1.0 and row["quantized_x"] == 30.0
+    unequal = a_removal_meeting_every_goal()
+    unequal["relearning"]["points"][0]["data"]["wikitext"]["removed_held"]["ppl_after"] = 6.0
+    assert row_of(unequal, tmp_path)["relearn_text_x"] == 4.0
 
 
 @pytest.mark.parametrize(
