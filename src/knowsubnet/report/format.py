@@ -49,6 +49,8 @@ def fmt(value: Any) -> str:
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
     magnitude = abs(value)
+    if magnitude >= 1e6:  # a removal with NPO's loss reaches x10^30: 3 significant digits, not 31
+        return f"{value:.3g}"
     if magnitude >= 1000:
         return f"{value:,.0f}"
     if magnitude >= 10:

@@ -136,3 +136,12 @@ def test_report_is_deterministic(tmp_path):
     for path in sorted((a / "out").rglob("*")):
         if path.is_file() and path.name != "report.md":  # report.md names its code version only
             assert path.read_bytes() == (b / "out" / path.relative_to(a / "out")).read_bytes(), path
+
+
+def test_numbers_read_across_magnitudes():
+    """fmt: few digits at every magnitude; a removal of x10^28 in 3 significant digits, not 29."""
+    from knowsubnet.report.format import fmt
+
+    assert fmt(8.3797e28) == "8.38e+28" and fmt(-2.5e7) == "-2.5e+07"
+    assert fmt(18342.4) == "18,342" and fmt(241.44) == "241.4" and fmt(0.9687) == "0.969"
+    assert fmt(4e-5) == "4.00e-05" and fmt(float("inf")) == "∞" and fmt(None) == "–" and fmt(7) == "7"
