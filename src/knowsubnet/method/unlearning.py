@@ -30,7 +30,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from knowsubnet.core.config import Mask, NoiseRamp, Ramp, Rmu, Select, Train, Unlearning
+from knowsubnet.core.config import Adversary, Mask, NoiseRamp, Ramp, Rmu, Select, Train, Unlearning
 from knowsubnet.core.errors import InputError
 from knowsubnet.data.encoding import IGNORE
 from knowsubnet.method import edits, objectives, registry
@@ -94,6 +94,8 @@ def trainer_config(train: Train, cfg: Unlearning | Rmu) -> Train:
         lambda_controllm=lambdas[2],
         lambda_expression=0.0,
         lambda_hidden=0.0,
+        lambda_other_tails=0.0,
+        adversary=Adversary(),  # the mask's own objectives stay the mask's
         sparsity_weight=Ramp(0.0, 0.0, 1.0),
         noise_scale=NoiseRamp(1.0, 1.0, 1.0),
         batch=cfg.batch,
