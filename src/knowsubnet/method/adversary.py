@@ -15,8 +15,8 @@ The mask's extra loss is the suppression loss on the attacked model: which weigh
 facts stay suppressed after the attack. First-order: no gradient flows through the finetune's steps.
 
 Caveat for the robustness numbers: relearn finetunes on the ControlLM training blocks, the text the
-robustness stage relearns on (`wikitext`); that relearning is then no longer an unseen attack (its
-learning rate, batches, seeds and length differ). Rounding here covers the masked layers only; the
+robustness stage relearns on (`wikitext`), at the same learning rate; that relearning is then no longer an
+unseen attack (its batches, seeds and length differ). Rounding here covers the masked layers only; the
 robustness stage rounds every block.
 """
 
