@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from knowsubnet.core.config import Adversary
 from knowsubnet.method.batching import draw
-from knowsubnet.method.masking import MaskableLayer, expand_to_weight
+from knowsubnet.method.masking import MaskableLayer, binary_masks, expand_to_weight
 from knowsubnet.models import precision
 from knowsubnet.models.gguf_rounding import quantize_weight
 from knowsubnet.models.top_blocks import TopBlocks
@@ -61,11 +61,12 @@ class WeightAdversary:
             }
             self.optimizer = precision.adam(list(self.delta.values()), cfg.lr, top.compute_dtype)
 
-    def attacked(self, step: int, weights: dict[str, torch.Tensor], removed: dict[str, torch.Tensor]):
+    def attacked(self, step: int, weights: dict[str, torch.Tensor], logits: dict[str, torch.Tensor]):
         """The remaining model `weights` (W_eff of this step, differentiable in the mask) after the attacks:
-        the relearning finetune one step further (the `removed` weights held at zero), then the rounding."""
+        the relearning finetune one step further (the weights the mask `logits` remove held at zero), then
+        the rounding."""
         if self.relearn:
-            self._finetune_step(step, weights, removed)
+            self._finetune_step(step, weights, binary_masks(logits))
             weights = {name: value + self.delta[name].detach() for name, value in weights.items()}
         if self.quantize:  # straight through: the rounded values forward, the identity backward
             weights = {

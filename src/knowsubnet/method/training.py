@@ -480,8 +480,7 @@ class MaskTrainer:
         parts = self._losses(weights, idx_t, idx_c, idx_lm)
         parts["suppress_attacked"] = torch.zeros((), device=self.device)
         if self.adversary is not None:  # the same facts, after the adversary's attacks
-            removed = binary_masks(self.mask.state_dict())
-            attacked = self.adversary.attacked(self.step_count + 1, weights, removed)
+            attacked = self.adversary.attacked(self.step_count + 1, weights, self.mask.state_dict())
             parts["suppress_attacked"] = self._suppress(*self._kg_tail_logits(attacked, [("target", idx_t)]), idx_t)
         parts["sparsity_loss"] = self.mask.expected_density()
         loss = (

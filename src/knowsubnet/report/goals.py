@@ -86,10 +86,8 @@ def _interval(part: RatioCI | ShareCI | None, digits: int) -> str:
 def quantized_recovered(result: RobustnessResult) -> float | None:
     """1 - log(TargetKG x after 4-bit rounding) / log(TargetKG x in fp32), as relearning's recovered fraction
     of the log-PPL gap (and undefined, None, where it is: a removal under x2)."""
-    plain, rounded = result.quantized.get("none"), result.quantized.get(QUANTIZED_BITS)
-    if plain is None or rounded is None:
-        return None
-    before, after = plain.ratio.removed.get("targetkg"), rounded.ratio.removed.get("targetkg")
+    plain = result.quantized.get("none")
+    before, after = plain.ratio.removed.get("targetkg") if plain else None, quantized_x(result)
     if before is None or after is None or not after > 0.0:
         return None
     return relearn.recovered_fraction(math.log(before), math.log(after))
@@ -105,15 +103,19 @@ def relearn_text(result: RobustnessResult):
     return None
 
 
-def after_attacks(result: RobustnessResult, text) -> tuple[float | None, float | None]:
-    """TargetKG x after relearning on text (the removed model's PPL after it ÷ the original's after the same
-    finetune) and after 4-bit rounding: how much removal is left, where `*_recovered` says what share of its
-    log went. A removal of x10^29 that keeps x10^18 has recovered 0.36 and still holds the bar."""
-    relearned = None
-    if text is not None and text.original is not None and text.original.ppl_after > 0:
-        relearned = text.removed_held.ppl_after / text.original.ppl_after
+def quantized_x(result: RobustnessResult) -> float | None:
+    """TargetKG x after 4-bit rounding (both models rounded), or None."""
     rounded = result.quantized.get(QUANTIZED_BITS)
-    return relearned, rounded.ratio.removed.get("targetkg") if rounded is not None else None
+    return rounded.ratio.removed.get("targetkg") if rounded is not None else None
+
+
+def relearn_text_x(text) -> float | None:
+    """TargetKG x after relearning on text: the removed model's PPL after it ÷ the original's after the same
+    finetune. With `quantized_x`, how much removal an attack leaves, where `*_recovered` says what share of
+    its log went: a removal of x10^29 that keeps x10^18 has recovered 0.36 and still holds the bar."""
+    if text is None or text.original is None or not text.original.ppl_after > 0:
+        return None
+    return text.removed_held.ppl_after / text.original.ppl_after
 
 
 def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> dict:
@@ -140,7 +142,7 @@ def goal_row(point: str, result: RobustnessResult, bars: Bars, goals: Goals) -> 
     row["missed"] = ", ".join(missed_goals(row, bars, goals))
     row["false_tails_x"] = _value(result.specificity.false_tails.removed)
     row["foreign_heads_x"] = _value(result.specificity.foreign_heads.removed)
-    row["relearn_text_x"], row["quantized_x"] = after_attacks(result, text)
+    row["relearn_text_x"], row["quantized_x"] = relearn_text_x(text), quantized_x(result)
     row["suppressed_test_trained"] = _value(words.test_trained.suppressed_share.get("removed"))
     row["suppressed_test_by_wording"] = by_wording(words.test_heldout.suppressed_by_template)
     row |= {f"{name}_ci": _interval(part, 3) for name, part in parts.items()}

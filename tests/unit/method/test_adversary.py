@@ -70,8 +70,8 @@ def test_quantize_rounds_the_remaining_weights_forward_and_passes_the_gradient_s
         name: value.detach().clone().requires_grad_(True)
         for name, value in trainer.mask.effective_weights(deterministic=True).items()
     }
-    removed = binary_masks(trainer.mask.state_dict())
-    attacked = trainer.adversary.attacked(1, weights, removed)
+    logits = trainer.mask.state_dict()
+    attacked = trainer.adversary.attacked(1, weights, logits)
     for layer in trainer.layers:
         expected = quantize_weight(weights[layer.name].detach(), 4, transposed=layer.transposed)
         assert torch.equal(attacked[layer.name].detach(), expected)
@@ -80,7 +80,7 @@ def test_quantize_rounds_the_remaining_weights_forward_and_passes_the_gradient_s
     assert all(torch.equal(w.grad, torch.ones_like(w)) for w in weights.values())
 
     both = make(adversary=dict(ADVERSARY, attacks=["relearn", "quantize"]))
-    attacked = both.adversary.attacked(1, {k: v.detach() for k, v in weights.items()}, removed)
+    attacked = both.adversary.attacked(1, {k: v.detach() for k, v in weights.items()}, logits)
     for layer in both.layers:
         finetuned = weights[layer.name].detach() + both.adversary.delta[layer.name].detach()
         assert torch.equal(attacked[layer.name], quantize_weight(finetuned, 4, transposed=layer.transposed))
