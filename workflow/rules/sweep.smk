@@ -164,6 +164,7 @@ for _kind, _removal, _out in (
             model="results/models/{model}/config.json",
             verbalized="results/verbalized/{model}/{target}.parquet",
             splits=lambda w: split_files(w.target),
+            controllm_val="results/controllm/{model}/val.safetensors",
             mask=_removal,
         output:
             _out,
@@ -181,7 +182,8 @@ for _kind, _removal, _out in (
         shell:
             "knowsubnet evaluate_val_wordings --params {PARAMS} {input.point} "
             "--model-dir results/models/{wildcards.model} --mask {input.mask} "
-            "--splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} --out {output} 2> {log}"
+            "--splits data/processed/splits/{wildcards.target} --verbalized {input.verbalized} "
+            "--controllm-val {input.controllm_val} --out {output} 2> {log}"
 
 
 # sweep_select's five parallel lists, one entry per point (sweep_runs), in the order of its --names

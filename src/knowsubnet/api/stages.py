@@ -283,7 +283,8 @@ STAGES: dict[str, Stage] = {
             "knowsubnet.evaluation.val_wordings:evaluate_val_wordings",
             doc="The held-out-wording check on validation, for the sweep's choice: the known validation facts in "
             "their relations' validation wordings (never the test's), the share of sentences the removal "
-            "suppresses beside a random removal's, and the ControlKG validation facts in the same wordings.",
+            "suppresses beside a random removal's, the ControlKG validation facts in the same wordings, and "
+            "relearning on the ControlLM validation text (the share of the validation facts' removal it closes).",
             params=(
                 "robustness.max_facts",
                 "robustness.suppressed_ratio",
@@ -295,12 +296,14 @@ STAGES: dict[str, Stage] = {
                 "eval.dtype",
                 "eval.random_draws",
                 "verbalize.other_heads",
+                "robustness.relearn",
             ),
             args=(
                 MODEL_DIR,
                 MASK,
                 SPLITS,
                 VERBALIZED,
+                Arg("--controllm-val", "results/controllm/<model>/val.safetensors (the relearning check's text)"),
                 Arg("--out", "results/sweep/<model>/<target>/<point>/seed<seed>/eval/val_wordings.json"),
             ),
         ),

@@ -641,6 +641,7 @@ class Sweep:
     robustness: list[str] = Field(
         [], description="points (or 'preset', the run's own mask) through robustness and the goal table: sweep_goals"
     )
-    choose_by: Literal["damage", "wordings"] = Field(
-        "damage", description="points meeting every bar: least damage, or most validation-wording sentences suppressed"
+    choose_by: Literal["damage", "wordings", "relearning"] = Field(
+        "damage",
+        description="points meeting every bar: least damage, most val-wording sentences suppressed, least relearned",
     )

@@ -187,7 +187,7 @@ def build_sentences(
     return sentences, {"holdout": holdout, "facts": facts, "wordings": {"trained": trained, "heldout": heldout}}
 
 
-def _factset(tokenizer, rows: pd.DataFrame, scored_positions: str):
+def factset(tokenizer, rows: pd.DataFrame, scored_positions: str):
     return encode_facts(
         tokenizer,
         rows["prompt"].tolist(),
@@ -303,7 +303,7 @@ def hidden_readouts(
     out: dict[str, Any] = {"lens": None, "linear_probe": None}
     if test_rows.empty:
         return out
-    test = CachedFacts(model, layers, _factset(tokenizer, test_rows, scored_positions), device)
+    test = CachedFacts(model, layers, factset(tokenizer, test_rows, scored_positions), device)
     lens = {}
     for variant in VARIANTS:
         with variants.entered(variant):
@@ -325,7 +325,7 @@ def hidden_readouts(
             raise AssertionError("choice sets out of the facts' order")
         embeddings, valid = readouts.candidate_embeddings(model, tokenizer, prompts, candidates)
         cached = (
-            test if name == "test" else CachedFacts(model, layers, _factset(tokenizer, rows, scored_positions), device)
+            test if name == "test" else CachedFacts(model, layers, factset(tokenizer, rows, scored_positions), device)
         )
         sets[name] = (cached, embeddings, valid, true_index)
     # a fact with no false candidate would always count as right: only facts with a choice count
@@ -368,7 +368,7 @@ def quantized_scores(
     and rounded to each of `robustness.quantize_bits`, through the whole model: does rounding bring
     removed knowledge back, or break the controls?"""
     sets = {
-        name: _factset(tokenizer, facts[key], scored_positions)
+        name: factset(tokenizer, facts[key], scored_positions)
         for name, key in (("targetkg", "probe_test"), ("controlkg", "control_test"))
         if len(facts[key])
     }
@@ -409,7 +409,7 @@ def _relearning_sets(tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Te
     """(train, scored) FactSets per relearning data; None where there is nothing to train or score."""
 
     def fs(rows: pd.DataFrame):
-        return _factset(tokenizer, rows, scored_positions) if len(rows) else None
+        return factset(tokenizer, rows, scored_positions) if len(rows) else None
 
     scored = fs(facts["scored"])
     sets = {
@@ -478,7 +478,7 @@ def evaluate_robustness(
     lap("score_sentences")
     control = scored[scored["probe"] == "controlkg_test"]
     kl = controlkg_kl(
-        variants, CachedFacts(lm, layers, _factset(tokenizer, control, scored_positions), device), cfg.batch_size
+        variants, CachedFacts(lm, layers, factset(tokenizer, control, scored_positions), device), cfg.batch_size
     )
     lap("controlkg_kl")
     facts = extra["facts"]

@@ -11,10 +11,17 @@ in that wording (params `known` applied per sentence, as the robustness stage's 
 
 The robustness stage (`evaluation.robustness`) measures the same on test facts in the test's
 held-out wordings, for the report; this is its validation twin, for the choice.
+
+Beside it, relearning on unrelated text on validation (`relearn_on_text`): the goal's relearning part,
+which a choice between relearning-aware recipes needs, measured without the test. The remaining model and
+the original are finetuned alike on the ControlLM validation blocks (text no training step sees: the
+mask, its adversary and the robustness stage's relearning all use the training blocks), and the share of
+the removal's gap on the known validation TargetKG facts that the finetune closes is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -26,11 +33,13 @@ from knowsubnet.core.config import Params
 from knowsubnet.core.io import write_json
 from knowsubnet.core.provenance import stamp
 from knowsubnet.data import factsets
-from knowsubnet.evaluation import probes
+from knowsubnet.data.encoding import load_blocks
+from knowsubnet.evaluation import probes, relearn, relearning
 from knowsubnet.evaluation import robustness_stats as stats
-from knowsubnet.evaluation.robustness import known_split, score_probes
+from knowsubnet.evaluation.robustness import factset, known_split, score_probes
 from knowsubnet.evaluation.variants import Variants
 from knowsubnet.method import edits
+from knowsubnet.models.precision import resolve
 from knowsubnet.models.prepare import load_model, pick_device
 from knowsubnet.scoring.facts import DTYPES
 
@@ -56,8 +65,33 @@ def build_sentences(params: Params, splits_dir: Path, verbalized: pd.DataFrame) 
     return pd.concat(parts, ignore_index=True)
 
 
+def relearn_on_text(lm, layers, variants, tokenizer, params: Params, facts: pd.DataFrame, blocks, device):
+    """The first robustness.relearn point that trains on unrelated text (as the goal table's
+    `relearn_text_recovered`), run on `blocks` and scored on `facts` (known validation TargetKG facts,
+    best template), for the original and the remaining model with its removed weights held at zero.
+    `relearning.run`'s result for that data; None where there is no such point, no fact or no text."""
+    cfg = params.robustness.relearn
+    point = next((p for p in cfg.points if "wikitext" in p.get("data", cfg.data)), None)
+    if point is None or not len(facts) or not len(blocks):
+        return None
+    check = dataclasses.replace(
+        cfg, points=[{**point, "data": ["wikitext"]}], data=["wikitext"], models=["original", "removed_held"]
+    )
+    sets = {
+        "wikitext": (
+            relearn.text_rows(blocks, cfg.text_tokens),
+            factset(tokenizer, facts, params.verbalize.scored_positions),
+        )
+    }
+    dtype = resolve(cfg.dtype, device, key="robustness.relearn.dtype")
+    result = relearning.run(
+        lm, layers, variants, sets, check, device, dtype, params.robustness.bootstrap, params.robustness.seed
+    )
+    return {"point": {k: point[k] for k in ("scope", "lr", "steps")}, **result["points"][0]["data"]["wikitext"]}
+
+
 def evaluate_val_wordings(
-    params: Params, *, model_dir: Path, mask: Path, splits_dir: Path, verbalized: Path, out: Path
+    params: Params, *, model_dir: Path, mask: Path, splits_dir: Path, verbalized: Path, controllm_val: Path, out: Path
 ) -> dict[str, Any]:
     """The evaluate_val_wordings stage: the check for one removal (a mask or a baseline's
     removal.safetensors), written to `out` (JSON, with provenance). Returns what it wrote."""
@@ -67,18 +101,24 @@ def evaluate_val_wordings(
     edit = edits.load_edit(mask)
     layers = edits.edit_layers(lm, edit, source=str(mask))
     variants = Variants(lm, layers, edit, params.robustness.seed, draws=params.eval.random_draws)
-    sentences = build_sentences(params, splits_dir, factsets.read_verbalized(verbalized))
+    verbalized_rows = factsets.read_verbalized(verbalized)
+    sentences = build_sentences(params, splits_dir, verbalized_rows)
     scored = score_probes(variants, tokenizer, sentences, params, device)
+    val_facts = known_split(splits_dir, "targetkg_val", verbalized_rows, params)
+    relearned = relearn_on_text(lm, layers, variants, tokenizer, params, val_facts, load_blocks(controllm_val), device)
     cfg = params.robustness
     result = {
         "method": edit.metadata.get("method", "mask"),
         # per probe: the PPL ratios (removed, random) and the shares of known sentences suppressed
         **stats.wording_summary(scored, cfg.bootstrap, cfg.seed, cfg.suppressed_ratio, PROBES),
+        # relearning on the ControlLM validation text, scored on the known validation TargetKG facts
+        "relearn_text": relearned,
         "wall_time_s": round(time.monotonic() - start, 2),
         "provenance": stamp(
             {"robustness": params.section("robustness"), "known": params.section("known")},
             model_dir=str(model_dir),
             mask=str(mask),
+            controllm_val=str(controllm_val),
             device=str(device),
         ),
     }

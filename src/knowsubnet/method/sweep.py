@@ -25,7 +25,9 @@ from knowsubnet.method import registry
 MASK = registry.MASK
 PRESET = "preset"  # the run's own mask (results/masks/...), a mask point of every sweep
 SETS = ("targetkg", "controlkg", "controllm")
-WORDING_COLUMNS = ("val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x")  # wording_row's
+# wording_row's: the validation-wording check, and relearning on validation text (evaluation.val_wordings)
+WORDING_COLUMNS = ("val_wordings_suppressed", "val_wordings_random", "val_wordings_controlkg_x", "val_relearn_text")
+CHOOSE_BY = ("damage", "wordings", "relearning")
 
 
 def point_overlay(mapping: dict[str, Any], point: str, schema: str | Path) -> dict[str, Any]:
@@ -93,15 +95,19 @@ def val_row(meta: dict[str, Any]) -> dict[str, Any]:
 def wording_row(result: dict[str, Any] | None) -> dict[str, float]:
     """A point's validation-wording numbers (WORDING_COLUMNS) from its val_wordings.json
     (`evaluation.val_wordings`): the share of known validation-wording sentences its removal
-    suppresses, a random removal's share, and the ControlKG validation facts' PPL ratio in the same
-    wordings. NaN where nothing was known, and all NaN without a check (`result` None)."""
+    suppresses, a random removal's share, the ControlKG validation facts' PPL ratio in the same
+    wordings, and the share of the validation facts' removal that relearning on validation text
+    recovers. NaN where nothing was known (or nothing removed, or no such check), and all NaN without a
+    check (`result` None)."""
     if result is None:
         return dict.fromkeys(WORDING_COLUMNS, math.nan)
     target, control = result["targetkg_val"], result["controlkg_val"]
+    relearned = (result.get("relearn_text") or {}).get("removed_held") or {}
     values = (
         target["suppressed_share"]["removed"]["share"],
         target["suppressed_share"]["random"]["share"],
         control["removed"]["ratio"],
+        relearned.get("recovered"),
     )
     return {name: float(x) if x is not None else math.nan for name, x in zip(WORDING_COLUMNS, values)}
 
@@ -145,8 +151,9 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
        least damage (`damage`); by="wordings": among those whose ControlKG validation facts in the
        validation wordings also stay within the ControlKG bar (two-sided: a removal that makes other
        facts easier in other wordings has changed them too), the largest share of validation-wording
-       sentences suppressed (`wording_row`), then the least damage; when none holds its control
-       there, by damage;
+       sentences suppressed (`wording_row`), then the least damage; by="relearning": among the same,
+       the least removal recovered by relearning on validation text, then as by="wordings"; when none
+       holds its control there, by damage;
     2. else among those that reach the TargetKG bar (and the sparsity bar where they have one), the
        least damage;
     3. else the largest log TargetKG ratio minus the damage.
@@ -154,15 +161,19 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
     Ties go to the larger TargetKG ratio, then to the earlier row."""
     if not rows:
         raise ValueError("choose_point: no points")
-    if by not in ("damage", "wordings"):
-        raise InputError(f"params key 'sweep.choose_by' = {by!r}: expected damage or wordings")
+    if by not in CHOOSE_BY:
+        raise InputError(f"params key 'sweep.choose_by' = {by!r}: expected one of {', '.join(CHOOSE_BY)}")
     met = [val_bars(row, bars) for row in rows]
 
     def suppressed(i: int) -> float:  # a point without the check ranks last
         x = rows[i].get("val_wordings_suppressed", math.nan)
         return x if _finite(x) else -math.inf
 
-    if by == "wordings":
+    def recovered(i: int) -> float:  # a point without the check ranks last
+        x = rows[i].get("val_relearn_text", math.nan)
+        return x if _finite(x) else math.inf
+
+    if by in ("wordings", "relearning"):
         held = [
             i
             for i in range(len(rows))
@@ -172,6 +183,9 @@ def choose_point(rows: list[dict[str, Any]], bars: Bars, by: str) -> tuple[int, 
         if held:
             key = lambda i: (-suppressed(i), damage(rows[i]), -rows[i]["val_targetkg_x"], i)  # noqa: E731
             why = "every bar on validation and ControlKG in the validation wordings, most of their sentences suppressed"
+            if by == "relearning":
+                key = lambda i, wordings=key: (recovered(i), *wordings(i))  # noqa: E731
+                why = "every bar on validation and ControlKG in the validation wordings, least relearned on val text"
             return min(held, key=key), why
     for why, ok in (
         ("every bar on validation", lambda m: all(m.values())),

@@ -200,6 +200,7 @@ def sweep_table(
         "kept",
         *(f"val_{s}_x" for s in SETS),
         "val_wordings_suppressed",
+        "val_relearn_text",
         "val_bars",
         "chosen_by",
         *TEST_COLUMNS,
@@ -212,8 +213,9 @@ def sweep_table(
         f"{band(bars.max_controllm_ratio)}. Each method's point is chosen on the validation sets "
         f"(`method.sweep.choose_point`, sweep.choose_by: {choose_by}); `val_wordings_suppressed`: the share "
         "of known validation-fact sentences in the validation wordings (never the test's) that the removal "
-        "suppresses (`val_wordings_random`: a random removal of its size). The `test_` columns are the test "
-        "splits of the kept points only, read after the choice.",
+        "suppresses (`val_wordings_random`: a random removal of its size); `val_relearn_text`: the share of "
+        "the validation facts' removal that finetuning on the ControlLM validation text brings back. The "
+        "`test_` columns are the test splits of the kept points only, read after the choice.",
         "",
         "## Kept per method (test columns marked test_)",
         "",

@@ -645,9 +645,17 @@ def test_the_validation_wording_check_scores_validation_facts_in_validation_word
         assert len(rows) and set(rows["uuid"]) <= val_uuids[name]
         assert all(t in relations.validation_wording_ids(r) for r, t in zip(rows["rel"], rows["template_id"]))
 
+    # the relearning check's text: validation blocks, never the training blocks the mask and the test use
+    from knowsubnet.data import encoding
+
+    text = encoding.controllm_blocks(workspace["tokenizer"], "the river runs past the old mill " * 20, 16)
+    encoding.save_blocks(tmp_path / "val.safetensors", text)
+
     def check(mask):
         out = tmp_path / f"{mask.stem}.json"
-        kwargs = dict(model_dir=root / "model", splits_dir=root / "splits" / "IsA")
+        kwargs = dict(
+            model_dir=root / "model", splits_dir=root / "splits" / "IsA", controllm_val=tmp_path / "val.safetensors"
+        )
         result = val_wordings.evaluate_val_wordings(
             params, mask=mask, verbalized=root / "verbalized" / "IsA.parquet", out=out, **kwargs
         )
@@ -658,5 +666,15 @@ def test_the_validation_wording_check_scores_validation_facts_in_validation_word
     for name in val_wordings.PROBES:
         assert empty[name]["removed"]["ratio"] == 1.0
     assert empty["targetkg_val"]["suppressed_share"]["removed"]["share"] == 0.0
+    # nothing removed, nothing to recover: the share is undefined, the check ran
+    assert empty["relearn_text"]["removed_held"]["recovered"] is None
+    assert empty["relearn_text"]["point"] == {"scope": "masked", "lr": 1e-2, "steps": 3}  # the first on text
     everything = check(write_mask(root, "all-val", lambda shape: torch.full(shape, 1.0)))
     assert everything["targetkg_val"]["removed"]["ratio"] != 1.0
+    relearned = everything["relearn_text"]
+    assert set(relearned) >= {"point", "original", "removed_held"} and "random_held" not in relearned
+    assert relearned["removed_held"]["ppl_before"] > relearned["original"]["ppl_before"]
+    # the original learns from the text; every masked weight removed and held at zero leaves nothing to
+    # finetune, so the remaining model stays where it was
+    assert relearned["original"]["ppl_after"] != relearned["original"]["ppl_before"]
+    assert relearned["removed_held"]["ppl_after"] == relearned["removed_held"]["ppl_before"]

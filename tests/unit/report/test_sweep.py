@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 from knowsubnet.core import config
 from knowsubnet.core.config import Bars
 from knowsubnet.core.errors import InputError
-from knowsubnet.method.sweep import choose_point, point_overlay, val_row
+from knowsubnet.method.sweep import choose_point, point_overlay, val_row, wording_row
 from knowsubnet.report.sweep import sweep_table
 
 SCHEMA = REPO_ROOT / "config" / "params.schema.yaml"
@@ -127,6 +127,44 @@ def test_choice_by_validation_wordings_ranks_the_points_meeting_every_bar_by_sen
     assert choose_point([rows[2], checked(row(15.0, 1.12, 1.0), 0.5)], BARS, by="wordings")[1].startswith("TargetKG")
     with pytest.raises(InputError, match="sweep.choose_by"):
         choose_point(rows, BARS, by="test")
+
+
+def test_choice_by_relearning_ranks_the_points_meeting_every_bar_by_the_removal_relearned_on_validation_text():
+    def checked(r, suppressed, recovered, control=1.0):
+        return {
+            **r,
+            "val_wordings_suppressed": suppressed,
+            "val_wordings_controlkg_x": control,
+            "val_relearn_text": recovered,
+        }
+
+    rows = [
+        checked(row(90.0, 1.06, 1.02), 0.40, 0.30),  # the most suppressed
+        checked(row(20.0, 1.00, 1.00), 0.10, 0.12),  # the least relearned
+        checked(row(300.0, 1.5, 1.0), 0.90, 0.01),  # ControlKG bar missed: not a candidate
+        checked(row(50.0, 1.01, 1.00), 0.95, 0.05, control=0.5),  # other facts easier in other wordings
+        checked(row(60.0, 1.01, 1.00), 0.30, math.nan),  # no check (nothing removed on val): ranks last
+    ]
+    assert choose_point(rows, BARS, by="wordings")[0] == 0
+    kept, why = choose_point(rows, BARS, by="relearning")
+    assert kept == 1 and "relearned" in why
+    # equal shares relearned: the wordings decide
+    assert choose_point([{**r, "val_relearn_text": 0.2} for r in rows[:2]], BARS, by="relearning")[0] == 0
+    assert choose_point([rows[4], rows[0]], BARS, by="relearning")[0] == 1
+
+
+def test_wording_row_reads_the_relearning_check_and_leaves_it_empty_where_undefined():
+    share = {"removed": {"share": 0.5}, "random": {"share": 0.0}}
+    check = {"targetkg_val": {"suppressed_share": share}, "controlkg_val": {"removed": {"ratio": 1.02}}}
+    relearned = {**check, "relearn_text": {"removed_held": {"recovered": 0.25}}}
+    assert wording_row(relearned)["val_relearn_text"] == 0.25
+    for older in (
+        check,
+        {**check, "relearn_text": None},
+        {**check, "relearn_text": {"removed_held": {"recovered": None}}},
+    ):
+        assert math.isnan(wording_row(older)["val_relearn_text"])
+    assert all(math.isnan(x) for x in wording_row(None).values())
 
 
 def test_point_overlay_is_checked_against_the_params():
@@ -263,7 +301,7 @@ def test_every_sweep_overlays_points_validate(overlay):
     mapping = config.merge_files([*files, REPO_ROOT / "config" / "overlays" / "demo-short.yaml", overlay])
     config.validate(mapping, SCHEMA)
     points = mapping["sweep"]["points"]
-    assert points
+    assert points or "preset" in mapping["sweep"]["robustness"]  # no point: the preset, through robustness
     if overlay.stem == "demo-sweep":  # the first screen: every method
         assert {p["method"] for p in points.values()} == {"mask", "graddiff", "npo", "rmu", "attribution"}
     for name in points:
