@@ -155,6 +155,11 @@ STRONGER = DEMO_SWEEP + "config/overlays/demo-sweep-stronger.yaml"
 SUBJECT = DEMO_SWEEP + "config/overlays/demo-sweep-subject.yaml"
 NPO_OBJECTIVE = DEMO_SWEEP + "config/overlays/demo-sweep-npo-objective.yaml"
 ROBUST = DEMO_SWEEP + "config/overlays/demo-sweep-robust.yaml"
+ADVERSARY = DEMO_SWEEP + "config/overlays/demo-sweep-adversary.yaml"
+ADOPTED = (
+    "snakemake sweep sweep_robustness --cores 2 --configfile config/presets/demo.yaml config/overlays/demo-short.yaml "
+    "config/overlays/demo-sweep-adopted.yaml"
+)
 # the rules of a mask-only sweep that chooses by the held-out-wording check (the last five above)
 CHOICE_BY_WORDINGS = (
     "discover_mask",
@@ -251,6 +256,16 @@ CHECKS = {
     SUBJECT: dry(SUBJECT, *CHOICE_BY_WORDINGS, targets=("IsA",)),
     NPO_OBJECTIVE: dry(NPO_OBJECTIVE, *CHOICE_BY_WORDINGS, targets=("IsA",)),
     ROBUST: dry(ROBUST, *CHOICE_BY_WORDINGS, targets=("IsA",)),
+    ADVERSARY: dry(ADVERSARY, *CHOICE_BY_WORDINGS, targets=("IsA",)),
+    ADOPTED: dry(
+        ADOPTED,
+        "discover_mask",
+        "sweep_val_wordings_preset",
+        "evaluate_robustness",
+        "sweep_goals",
+        "sweep_select",
+        targets=("IsA", "AtLocation", "fruit", "sun", "swimming"),
+    ),
 }
 
 
