@@ -30,16 +30,24 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU multiplies bf16 natively
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where that file is absent."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in Linux /proc/cpuinfo; empty where that file is absent."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if not line.strip():  # the first processor's block ends here
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags; empty where /proc/cpuinfo is absent."""
+    return frozenset(cpuinfo().get("flags", "").split())
 
 
 def cpu_bf16_flags() -> list[str]:
@@ -56,6 +64,8 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "machine": platform.machine(),
+        # CPU runs are bit-identical per seed on one CPU model; another model's kernels round differently
+        "cpu": cpuinfo().get("model name", platform.processor() or "unknown"),
         "cpu_bf16": ",".join(cpu_bf16_flags()) or "none",
     }
 

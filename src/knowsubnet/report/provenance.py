@@ -51,7 +51,8 @@ def provenance_section(records: list[AblationMetrics], params: dict | None, mode
     lines += [
         f"- Code version of the evaluations: {', '.join(f'`{v}`' for v in versions)}",
         f"- Code version of this report: `{code_version()}`",
-        f"- Environment: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}",
+        f"- Environment: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"CPU {env['cpu']}",
         f"- Distinct params sets among the evaluations (sha256 prefix): "
         f"{', '.join(f'`{d}`' for d in digests) if digests else 'not recorded'}"
         + (" — more than one: runs used different params." if len(digests) > 1 else ""),
