@@ -42,7 +42,8 @@ MODELS = {
     "removed_free": ("removed", False),
     "random_held": ("random", True),
 }
-DATA = ("targetkg", "controlkg", "wikitext", "unknown")
+TEXT = "wikitext"  # the relearning data that is unrelated text (the goal's relearning part)
+DATA = ("targetkg", "controlkg", TEXT, "unknown")
 
 
 def recovered_interval(

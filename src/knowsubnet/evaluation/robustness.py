@@ -415,7 +415,7 @@ def _relearning_sets(tokenizer, facts: dict[str, pd.DataFrame], blocks: torch.Te
     sets = {
         "targetkg": (fs(facts["targetkg"]), scored),
         "controlkg": (fs(facts["controlkg"]), scored),
-        "wikitext": (relearn.text_rows(blocks, cfg.relearn.text_tokens) if len(blocks) else None, scored),
+        relearning.TEXT: (relearn.text_rows(blocks, cfg.relearn.text_tokens) if len(blocks) else None, scored),
         "unknown": (fs(facts["unknown"]), fs(facts["unknown_scored"])),
     }
     return {name: pair if all(x is not None and len(x) for x in pair) else None for name, pair in sets.items()}

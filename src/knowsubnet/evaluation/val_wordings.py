@@ -49,15 +49,20 @@ log = logging.getLogger(__name__)
 PROBES = {"targetkg_val": "wording:targetkg_val:validation", "controlkg_val": "wording:controlkg_val:validation"}
 
 
-def build_sentences(params: Params, splits_dir: Path, verbalized: pd.DataFrame) -> pd.DataFrame:
-    """The sentences the check scores (`evaluation.probes` rows): each known validation fact (a seeded
-    sample of robustness.max_facts per set) in each validation wording of its relation, and, where
-    params known.min_head_gain is set, the same wordings with other heads (the per-wording `known`
+def known_facts(params: Params, splits_dir: Path, verbalized: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per PROBES name, the split's facts the original knows (verbalised rows, best template)."""
+    return {name: known_split(splits_dir, name, verbalized, params) for name in PROBES}
+
+
+def build_sentences(params: Params, known: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The sentences the check scores (`evaluation.probes` rows): each known validation fact (`known_facts`;
+    a seeded sample of robustness.max_facts per set) in each validation wording of its relation, and,
+    where params known.min_head_gain is set, the same wordings with other heads (the per-wording `known`
     test's baseline)."""
     cfg = params.robustness
     parts = []
     for name, probe in PROBES.items():
-        facts = probes.sample(known_split(splits_dir, name, verbalized, params), cfg.max_facts, cfg.seed)
+        facts = probes.sample(known[name], cfg.max_facts, cfg.seed)
         wordings = probes.validation_wordings(sorted(set(facts["rel"])))
         parts.append(probes.in_wordings(probe, facts, wordings))
         if params.known.min_head_gain is not None:
@@ -71,14 +76,12 @@ def relearn_on_text(lm, layers, variants, tokenizer, params: Params, facts: pd.D
     best template), for the original and the remaining model with its removed weights held at zero.
     `relearning.run`'s result for that data; None where there is no such point, no fact or no text."""
     cfg = params.robustness.relearn
-    point = next((p for p in cfg.points if "wikitext" in p.get("data", cfg.data)), None)
+    point = next((p for p in cfg.points if relearning.TEXT in p.get("data", cfg.data)), None)
     if point is None or not len(facts) or not len(blocks):
         return None
-    check = dataclasses.replace(
-        cfg, points=[{**point, "data": ["wikitext"]}], data=["wikitext"], models=["original", "removed_held"]
-    )
+    check = dataclasses.replace(cfg, points=[{**point, "data": [relearning.TEXT]}], models=["original", "removed_held"])
     sets = {
-        "wikitext": (
+        relearning.TEXT: (
             relearn.text_rows(blocks, cfg.text_tokens),
             factset(tokenizer, facts, params.verbalize.scored_positions),
         )
@@ -87,7 +90,7 @@ def relearn_on_text(lm, layers, variants, tokenizer, params: Params, facts: pd.D
     result = relearning.run(
         lm, layers, variants, sets, check, device, dtype, params.robustness.bootstrap, params.robustness.seed
     )
-    return {"point": {k: point[k] for k in ("scope", "lr", "steps")}, **result["points"][0]["data"]["wikitext"]}
+    return {"point": {k: point[k] for k in ("scope", "lr", "steps")}, **result["points"][0]["data"][relearning.TEXT]}
 
 
 def evaluate_val_wordings(
@@ -101,11 +104,10 @@ def evaluate_val_wordings(
     edit = edits.load_edit(mask)
     layers = edits.edit_layers(lm, edit, source=str(mask))
     variants = Variants(lm, layers, edit, params.robustness.seed, draws=params.eval.random_draws)
-    verbalized_rows = factsets.read_verbalized(verbalized)
-    sentences = build_sentences(params, splits_dir, verbalized_rows)
-    scored = score_probes(variants, tokenizer, sentences, params, device)
-    val_facts = known_split(splits_dir, "targetkg_val", verbalized_rows, params)
-    relearned = relearn_on_text(lm, layers, variants, tokenizer, params, val_facts, load_blocks(controllm_val), device)
+    known = known_facts(params, splits_dir, factsets.read_verbalized(verbalized))
+    scored = score_probes(variants, tokenizer, build_sentences(params, known), params, device)
+    blocks = load_blocks(controllm_val)
+    relearned = relearn_on_text(lm, layers, variants, tokenizer, params, known["targetkg_val"], blocks, device)
     cfg = params.robustness
     result = {
         "method": edit.metadata.get("method", "mask"),

@@ -43,11 +43,10 @@ import pandas as pd
 from knowsubnet.core.config import Bars, Goals, within
 from knowsubnet.core.errors import InputError
 from knowsubnet.core.io import write_text
-from knowsubnet.evaluation import relearn
+from knowsubnet.evaluation import relearn, relearning
 from knowsubnet.evaluation.robustness_results import RatioCI, RobustnessResult, ShareCI
 from knowsubnet.report.format import markdown_table, pct, with_interval, write_csv
 
-RELEARN_TEXT = "wikitext"  # the relearning data that is unrelated text
 QUANTIZED_BITS = "4"
 COLUMNS = [
     "model",
@@ -97,7 +96,7 @@ def relearn_text(result: RobustnessResult):
     """The runs (original, removal held at zero) of the first relearning point that trains on unrelated
     text, or None."""
     for point in result.relearning.points:
-        runs = point.data.get(RELEARN_TEXT)
+        runs = point.data.get(relearning.TEXT)
         if runs is not None and runs.removed_held is not None:
             return runs
     return None

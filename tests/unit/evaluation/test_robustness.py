@@ -633,8 +633,9 @@ def test_the_validation_wording_check_scores_validation_facts_in_validation_word
 
     root = workspace["root"]
     params = toy_params()
+    verbalized = factsets.read_verbalized(root / "verbalized" / "IsA.parquet")
     sentences = val_wordings.build_sentences(
-        params, root / "splits" / "IsA", factsets.read_verbalized(root / "verbalized" / "IsA.parquet")
+        params, val_wordings.known_facts(params, root / "splits" / "IsA", verbalized)
     )
     val_uuids = {
         name: set(pd.read_parquet(root / "splits" / "IsA" / f"{name}.parquet")["uuid"])
